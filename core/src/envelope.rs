@@ -1,0 +1,192 @@
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+/// A place in the global log: the id of the transaction that wrote an event
+/// and the event's global position.
+///
+/// Readers of the whole log order events by `(transaction_id, position)`; a
+/// checkpoint is the pair of the last event a reader processed. Positions are
+/// unique but may have gaps (rolled-back appends); transaction ids order the
+/// commits so that a reader resuming from a checkpoint never skips an event
+/// that committed late.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+pub struct LogPosition {
+    /// The id of the transaction that wrote the event (`xid8` in Postgres).
+    pub transaction_id: u64,
+    /// The event's global position, unique across the store.
+    pub position: u64,
+}
+
+impl LogPosition {
+    /// The position before the first event: reading from here reads the whole log.
+    pub const START: LogPosition = LogPosition {
+        transaction_id: 0,
+        position: 0,
+    };
+
+    /// A position from its two parts.
+    pub const fn new(transaction_id: u64, position: u64) -> Self {
+        LogPosition {
+            transaction_id,
+            position,
+        }
+    }
+}
+
+/// Metadata carried by every event: who caused it and why.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Metadata {
+    /// Ties together every event and command of one business operation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<Uuid>,
+    /// The id of the event or command that directly caused this event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub causation_id: Option<Uuid>,
+    /// The user or system actor on whose behalf the event was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Free-form fields.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Metadata {
+    /// Empty metadata.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the correlation id.
+    pub fn with_correlation_id(mut self, id: Uuid) -> Self {
+        self.correlation_id = Some(id);
+        self
+    }
+
+    /// Sets the causation id.
+    pub fn with_causation_id(mut self, id: Uuid) -> Self {
+        self.causation_id = Some(id);
+        self
+    }
+
+    /// Sets the user.
+    pub fn with_user(mut self, user: impl Into<String>) -> Self {
+        self.user = Some(user.into());
+        self
+    }
+
+    /// Adds a free-form field.
+    pub fn with(mut self, key: impl Into<String>, value: impl Into<serde_json::Value>) -> Self {
+        self.extra.insert(key.into(), value.into());
+        self
+    }
+}
+
+/// An event ready to be appended: already encoded, not yet stored.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    /// The event's id (UUID v7: time-ordered).
+    pub event_id: Uuid,
+    /// The stable name of the event type, e.g. `lead.scored`.
+    pub event_type: String,
+    /// The schema version of `payload`.
+    pub schema_version: u32,
+    /// The JSON payload.
+    pub payload: Box<RawValue>,
+    /// Correlation, causation and free-form fields.
+    pub metadata: Metadata,
+}
+
+impl NewEvent {
+    /// A new event with a fresh UUID v7 id.
+    pub fn new(
+        event_type: impl Into<String>,
+        schema_version: u32,
+        payload: Box<RawValue>,
+        metadata: Metadata,
+    ) -> Self {
+        NewEvent {
+            event_id: Uuid::now_v7(),
+            event_type: event_type.into(),
+            schema_version,
+            payload,
+            metadata,
+        }
+    }
+}
+
+/// A stored event with its envelope. `T` is the payload: the raw JSON as
+/// stored ([`RecordedEvent`]) or the decoded, upcast application event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Envelope<T> {
+    /// The event's id.
+    pub event_id: Uuid,
+    /// The stream (usually one aggregate instance) the event belongs to.
+    pub stream_id: String,
+    /// The event's version within its stream, starting at 1, without gaps.
+    pub stream_version: u64,
+    /// The event's place in the global log.
+    pub log_position: LogPosition,
+    /// The stable name of the event type.
+    pub event_type: String,
+    /// The schema version the payload was *stored* with (before upcasting).
+    pub schema_version: u32,
+    /// Correlation, causation and free-form fields.
+    pub metadata: Metadata,
+    /// When the event was recorded.
+    pub recorded_at: DateTime<Utc>,
+    /// The payload.
+    pub payload: T,
+}
+
+/// A stored event whose payload is the raw JSON as stored.
+pub type RecordedEvent = Envelope<Box<RawValue>>;
+
+impl<T> Envelope<T> {
+    /// The event's global position.
+    pub fn position(&self) -> u64 {
+        self.log_position.position
+    }
+
+    /// Replaces the payload, keeping the envelope.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Envelope<U> {
+        Envelope {
+            event_id: self.event_id,
+            stream_id: self.stream_id,
+            stream_version: self.stream_version,
+            log_position: self.log_position,
+            event_type: self.event_type,
+            schema_version: self.schema_version,
+            metadata: self.metadata,
+            recorded_at: self.recorded_at,
+            payload: f(self.payload),
+        }
+    }
+
+    /// Like [`Envelope::map`] with a fallible function.
+    pub fn try_map<U, E>(self, f: impl FnOnce(T) -> Result<U, E>) -> Result<Envelope<U>, E> {
+        let Envelope {
+            event_id,
+            stream_id,
+            stream_version,
+            log_position,
+            event_type,
+            schema_version,
+            metadata,
+            recorded_at,
+            payload,
+        } = self;
+        Ok(Envelope {
+            payload: f(payload)?,
+            event_id,
+            stream_id,
+            stream_version,
+            log_position,
+            event_type,
+            schema_version,
+            metadata,
+            recorded_at,
+        })
+    }
+}

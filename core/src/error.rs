@@ -1,0 +1,216 @@
+use std::fmt;
+
+use crate::schema::{SchemaChanges, SchemaViolation};
+use crate::store::ExpectedVersion;
+
+/// The error type of annals' stores and registries.
+///
+/// Every variant says what happened and, where there is one, what to do about
+/// it. Failures a caller usually handles differently have their own types
+/// ([`VersionConflict`], [`DecodeError`], [`SchemaViolation`],
+/// [`SchemaChanges`]) wrapped here.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An append's expected version did not match the stream.
+    #[error(transparent)]
+    Conflict(#[from] VersionConflict),
+
+    /// A stored event could not be turned into the application's event type.
+    #[error("cannot decode the event at global position {position} (stream `{stream_id}`, version {stream_version}): {source}")]
+    Decode {
+        /// The event's global position.
+        position: u64,
+        /// The event's stream.
+        stream_id: String,
+        /// The event's version in its stream.
+        stream_version: u64,
+        /// What went wrong.
+        #[source]
+        source: DecodeError,
+    },
+
+    /// An event could not be serialized to JSON.
+    #[error("cannot serialize event `{event_type}` to JSON: {source}")]
+    Encode {
+        /// The event type.
+        event_type: String,
+        /// The serializer's error.
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// A payload does not match its JSON Schema; nothing was written.
+    #[error(transparent)]
+    SchemaViolation(#[from] SchemaViolation),
+
+    /// Schemas changed without a version bump (the breaking-change guard).
+    #[error(transparent)]
+    SchemaChanged(#[from] SchemaChanges),
+
+    /// An append named an event type or version that the store's schema
+    /// registry does not know, while validation is on.
+    #[error("event type `{event_type}` version {version} is not registered with this store's schema registry: register the event enum with `registry().register::<YourEvent>()` (typed appends do this for you) or switch validation off for this store")]
+    Unregistered {
+        /// The event type.
+        event_type: String,
+        /// The schema version.
+        version: u32,
+    },
+
+    /// Two Rust types claim the same (event type, version) with different
+    /// schemas, or a schema could not be compiled.
+    #[error("schema registry: {0}")]
+    Registry(String),
+
+    /// A stored row is unreadable (bad metadata, impossible values).
+    #[error("corrupted row at global position {position}: {message}")]
+    CorruptedRow {
+        /// The row's global position.
+        position: u64,
+        /// What is wrong with it.
+        message: String,
+    },
+
+    /// The database failed or went away; the operation did not complete.
+    #[error("database error while {context}: {source}; the operation was not applied (or was rolled back) and may be retried once the database is reachable")]
+    Backend {
+        /// What the store was doing.
+        context: &'static str,
+        /// The driver's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
+}
+
+impl Error {
+    /// Wraps a backend (driver) error with what the store was doing.
+    pub fn backend(
+        context: &'static str,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Self {
+        Error::Backend {
+            context,
+            source: source.into(),
+        }
+    }
+
+    /// The conflict, if this error is one.
+    pub fn as_conflict(&self) -> Option<&VersionConflict> {
+        match self {
+            Error::Conflict(c) => Some(c),
+            _ => None,
+        }
+    }
+}
+
+/// An append's expected version did not match the stream's actual version.
+/// Nothing was written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("version conflict on stream `{stream_id}`: expected {expected}, but the stream is at {}; reload the stream and retry the command", fmt_actual(*.actual))]
+pub struct VersionConflict {
+    /// The stream.
+    pub stream_id: String,
+    /// What the append expected.
+    pub expected: ExpectedVersion,
+    /// The stream's version when the append was refused (`None`: no stream).
+    pub actual: Option<u64>,
+}
+
+fn fmt_actual(actual: Option<u64>) -> String {
+    match actual {
+        None => "no stream".to_owned(),
+        Some(v) => format!("version {v}"),
+    }
+}
+
+/// Why a stored (event type, version, payload) could not be decoded into the
+/// application's current event type.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The event type is not one this Rust type knows.
+    #[error("unknown event type `{event_type}` (this code knows {}); add it to the event enum, or read this stream with the event type that owns it", known.join(", "))]
+    UnknownEventType {
+        /// The stored event type.
+        event_type: String,
+        /// The event types the code knows.
+        known: Vec<&'static str>,
+    },
+
+    /// The stored version is newer than the code: the event was written by a
+    /// newer release.
+    #[error("event `{event_type}` is stored with version {version}, newer than this code's version {current}; deploy the code that writes version {version} before reading it")]
+    VersionTooNew {
+        /// The event type.
+        event_type: String,
+        /// The stored version.
+        version: u32,
+        /// The newest version this code knows.
+        current: u32,
+    },
+
+    /// The stored version is older than the oldest version the upcast chain
+    /// reaches.
+    #[error("event `{event_type}` is stored with version {version}, but the upcast chain starts at version {oldest}; add version {version} to the event's `history(...)`")]
+    VersionTooOld {
+        /// The event type.
+        event_type: String,
+        /// The stored version.
+        version: u32,
+        /// The oldest version the code can upcast from.
+        oldest: u32,
+    },
+
+    /// The payload does not deserialize into the version's Rust type.
+    #[error("payload of `{event_type}` v{version} does not deserialize at `{path}`: {message}")]
+    Deserialize {
+        /// The event type.
+        event_type: String,
+        /// The stored version.
+        version: u32,
+        /// Where in the payload deserialization failed (serde path, `.` for the root).
+        path: String,
+        /// The deserializer's message.
+        message: String,
+    },
+
+    /// The payload does not match its version's JSON Schema.
+    #[error(transparent)]
+    SchemaInvalid(#[from] SchemaViolation),
+
+    /// A JSON-level upcaster refused the payload.
+    #[error("upcasting `{event_type}` from version {from_version} failed: {source}")]
+    Upcast {
+        /// The event type.
+        event_type: String,
+        /// The version the upcaster starts from.
+        from_version: u32,
+        /// The upcaster's error.
+        #[source]
+        source: UpcastError,
+    },
+}
+
+/// The error a JSON-level upcaster returns when it cannot transform a payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpcastError {
+    message: String,
+}
+
+impl UpcastError {
+    /// An upcast error with a message saying what is wrong with the payload.
+    pub fn new(message: impl Into<String>) -> Self {
+        UpcastError {
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for UpcastError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for UpcastError {}

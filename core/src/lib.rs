@@ -1,0 +1,52 @@
+//! The core of [annals](https://docs.rs/annals): events and their versions, the
+//! schema registry, the event-store traits and the in-memory backend.
+//!
+//! Applications normally depend on the `annals` facade crate, which re-exports
+//! everything here together with the derive macros and the Postgres backend.
+//!
+//! The pieces:
+//!
+//! - [`Event`]: implemented by `#[derive(Event)]`; names every event type,
+//!   gives its current schema version, encodes it and decodes any stored
+//!   version by walking the upcast chain.
+//! - [`SchemaRegistry`]: the JSON Schema of every (event type, version), a
+//!   stable fingerprint of each, payload validation and the breaking-change
+//!   guard ([`SchemaLock`]).
+//! - [`EventStore`]: append with an [`ExpectedVersion`], read a stream, read
+//!   the global log from a [`LogPosition`]; [`EventStoreExt`] adds the typed
+//!   layer (encode, validate, decode, upcast).
+//! - [`InMemoryEventStore`]: the embedded default, with exactly the semantics
+//!   of the Postgres store (pinned by the conformance suite in `testing`).
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod envelope;
+mod error;
+mod event;
+mod memory;
+mod schema;
+mod store;
+
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+pub mod testing;
+
+pub use envelope::{Envelope, LogPosition, Metadata, NewEvent, RecordedEvent};
+pub use error::{DecodeError, Error, UpcastError, VersionConflict};
+pub use event::{Event, EventSchema, EventTypeInfo};
+pub use memory::InMemoryEventStore;
+pub use schema::{
+    fingerprint, RegisteredSchema, SchemaChange, SchemaChanges, SchemaLock, SchemaRegistry,
+    SchemaViolation,
+};
+pub use store::{AppendResult, EventStore, EventStoreExt, ExpectedVersion};
+
+/// Support code for the derive macros. Not public API: it may change in any
+/// release.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::event::private::*;
+    pub use crate::{DecodeError, Event, EventSchema, EventTypeInfo, UpcastError};
+    pub use schemars;
+    pub use serde;
+    pub use serde_json;
+}

@@ -1,0 +1,230 @@
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use chrono::Utc;
+
+use crate::{
+    AppendResult, Envelope, Error, EventStore, ExpectedVersion, LogPosition, NewEvent,
+    RecordedEvent, SchemaRegistry, VersionConflict,
+};
+
+/// The embedded event store: everything in memory, with exactly the semantics
+/// of the Postgres store (the same conformance suite runs against both).
+///
+/// Cloning is cheap and shares the store.
+///
+/// ```
+/// # use annals_core::{InMemoryEventStore, EventStore, ExpectedVersion, NewEvent, Metadata};
+/// # tokio_test_block(async {
+/// let store = InMemoryEventStore::new().without_validation();
+/// let payload = serde_json::value::to_raw_value(&serde_json::json!({"name": "Ana"}))?;
+/// let event = NewEvent::new("lead.created", 1, payload, Metadata::new());
+/// let result = store.append("lead-1", ExpectedVersion::NoStream, vec![event]).await?;
+/// assert_eq!(result.version, 1);
+/// assert_eq!(store.read_stream("lead-1", 1, 10).await?.len(), 1);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # });
+/// # fn tokio_test_block<F: std::future::Future<Output = Result<(), Box<dyn std::error::Error>>>>(f: F) {
+/// #     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f).unwrap()
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct InMemoryEventStore {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<State>,
+    registry: Arc<SchemaRegistry>,
+    validate: bool,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    log: Vec<RecordedEvent>,
+    streams: HashMap<String, Vec<usize>>,
+    next_transaction: u64,
+    next_position: u64,
+}
+
+impl Default for InMemoryEventStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl InMemoryEventStore {
+    /// An empty store with its own schema registry; validation on.
+    pub fn new() -> Self {
+        Self::with_registry(Arc::new(SchemaRegistry::new()))
+    }
+
+    /// An empty store sharing a schema registry.
+    pub fn with_registry(registry: Arc<SchemaRegistry>) -> Self {
+        InMemoryEventStore {
+            shared: Arc::new(Shared {
+                state: Mutex::new(State::default()),
+                registry,
+                validate: true,
+            }),
+        }
+    }
+
+    /// The same store configuration without schema validation on append
+    /// (call before appending: the returned store is a new, empty one).
+    pub fn without_validation(self) -> Self {
+        InMemoryEventStore {
+            shared: Arc::new(Shared {
+                state: Mutex::new(State::default()),
+                registry: self.shared.registry.clone(),
+                validate: false,
+            }),
+        }
+    }
+
+    /// The shared schema registry.
+    pub fn registry_arc(&self) -> Arc<SchemaRegistry> {
+        self.shared.registry.clone()
+    }
+
+    /// How many events the store holds.
+    pub fn len(&self) -> usize {
+        self.lock().log.len()
+    }
+
+    /// Whether the store holds no events.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // a panic while holding the lock leaves the state consistent: every
+        // mutation below happens after all checks
+        self.shared.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn append_sync(
+        &self,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, Error> {
+        if self.shared.validate {
+            self.shared.registry.validate_new(&events)?;
+        }
+        let mut state = self.lock();
+        let current = state
+            .streams
+            .get(stream_id)
+            .and_then(|s| s.last())
+            .map(|&i| state.log[i].stream_version);
+        if !expected.matches(current) {
+            return Err(VersionConflict {
+                stream_id: stream_id.to_owned(),
+                expected,
+                actual: current,
+            }
+            .into());
+        }
+        let base = current.unwrap_or(0);
+        if events.is_empty() {
+            return Ok(AppendResult {
+                version: base,
+                events: Vec::new(),
+            });
+        }
+        state.next_transaction += 1;
+        let tx = state.next_transaction;
+        let now = Utc::now();
+        let mut appended = Vec::with_capacity(events.len());
+        for (i, e) in events.into_iter().enumerate() {
+            state.next_position += 1;
+            let record = Envelope {
+                event_id: e.event_id,
+                stream_id: stream_id.to_owned(),
+                stream_version: base + i as u64 + 1,
+                log_position: LogPosition::new(tx, state.next_position),
+                event_type: e.event_type,
+                schema_version: e.schema_version,
+                metadata: e.metadata,
+                recorded_at: now,
+                payload: e.payload,
+            };
+            let index = state.log.len();
+            state.log.push(record.clone());
+            state
+                .streams
+                .entry(stream_id.to_owned())
+                .or_default()
+                .push(index);
+            appended.push(record);
+        }
+        Ok(AppendResult {
+            version: base + appended.len() as u64,
+            events: appended,
+        })
+    }
+}
+
+impl EventStore for InMemoryEventStore {
+    fn registry(&self) -> &SchemaRegistry {
+        &self.shared.registry
+    }
+
+    fn validates_on_append(&self) -> bool {
+        self.shared.validate
+    }
+
+    async fn append(
+        &self,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, Error> {
+        self.append_sync(stream_id, expected, events)
+    }
+
+    async fn read_stream(
+        &self,
+        stream_id: &str,
+        from_version: u64,
+        max_count: usize,
+    ) -> Result<Vec<RecordedEvent>, Error> {
+        let state = self.lock();
+        let Some(indices) = state.streams.get(stream_id) else {
+            return Ok(Vec::new());
+        };
+        let skip = from_version.saturating_sub(1) as usize;
+        Ok(indices
+            .iter()
+            .skip(skip)
+            .take(max_count)
+            .map(|&i| state.log[i].clone())
+            .collect())
+    }
+
+    async fn read_all(
+        &self,
+        after: LogPosition,
+        max_count: usize,
+    ) -> Result<Vec<RecordedEvent>, Error> {
+        let state = self.lock();
+        // appends are serialized, so the log is already in (transaction, position) order
+        let start = state.log.partition_point(|e| e.log_position <= after);
+        Ok(state.log[start..]
+            .iter()
+            .take(max_count)
+            .cloned()
+            .collect())
+    }
+
+    async fn stream_version(&self, stream_id: &str) -> Result<Option<u64>, Error> {
+        let state = self.lock();
+        Ok(state
+            .streams
+            .get(stream_id)
+            .and_then(|s| s.last())
+            .map(|&i| state.log[i].stream_version))
+    }
+}

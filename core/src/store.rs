@@ -1,0 +1,223 @@
+use std::fmt;
+use std::future::Future;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Envelope, Error, Event, LogPosition, Metadata, NewEvent, RecordedEvent, SchemaRegistry};
+
+/// What an append expects of its stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ExpectedVersion {
+    /// Append whatever the stream's version.
+    Any,
+    /// The stream must not exist yet (no events).
+    NoStream,
+    /// The stream's last event must have exactly this version.
+    Exact(u64),
+}
+
+impl fmt::Display for ExpectedVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExpectedVersion::Any => f.write_str("any version"),
+            ExpectedVersion::NoStream => f.write_str("no stream"),
+            ExpectedVersion::Exact(v) => write!(f, "version {v}"),
+        }
+    }
+}
+
+impl ExpectedVersion {
+    /// The expectation that matches a stream currently at `version`
+    /// (`None`: the stream does not exist).
+    pub fn from_current(version: Option<u64>) -> Self {
+        match version {
+            None | Some(0) => ExpectedVersion::NoStream,
+            Some(v) => ExpectedVersion::Exact(v),
+        }
+    }
+
+    /// Whether a stream at `actual` satisfies this expectation.
+    pub fn matches(&self, actual: Option<u64>) -> bool {
+        match (self, actual) {
+            (ExpectedVersion::Any, _) => true,
+            (ExpectedVersion::NoStream, None) => true,
+            (ExpectedVersion::NoStream, Some(_)) => false,
+            (ExpectedVersion::Exact(e), Some(a)) => *e == a,
+            (ExpectedVersion::Exact(_), None) => false,
+        }
+    }
+}
+
+/// The outcome of a successful append.
+#[derive(Debug, Clone)]
+pub struct AppendResult {
+    /// The stream's version after the append (its last event's version).
+    pub version: u64,
+    /// The appended events with their envelopes (positions, times).
+    pub events: Vec<RecordedEvent>,
+}
+
+/// An event store at the level of stored rows: appends with optimistic
+/// concurrency, reads of one stream, and reads of the global log.
+///
+/// Every backend has the same semantics, pinned by the conformance suite
+/// (`annals_core::testing::conformance`, feature `testing`):
+///
+/// - stream versions start at 1 and have no gaps;
+/// - an append of several events is all-or-nothing;
+/// - a stream at another version than expected refuses the append with
+///   [`Error::Conflict`] and writes nothing;
+/// - with validation on (the default), every payload is checked against its
+///   (type, version) schema before anything is written;
+/// - the global log is read in `(transaction_id, position)` order, and a
+///   reader that resumes after its last [`LogPosition`] never skips an event.
+pub trait EventStore: Send + Sync {
+    /// The schema registry used to validate and decode.
+    fn registry(&self) -> &SchemaRegistry;
+
+    /// Whether appends validate payloads against their schemas.
+    fn validates_on_append(&self) -> bool;
+
+    /// Appends events to a stream if it is at the expected version.
+    fn append(
+        &self,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> impl Future<Output = Result<AppendResult, Error>> + Send;
+
+    /// Reads up to `max_count` events of a stream, from `from_version`
+    /// (inclusive; 0 and 1 both mean the start), in version order.
+    fn read_stream(
+        &self,
+        stream_id: &str,
+        from_version: u64,
+        max_count: usize,
+    ) -> impl Future<Output = Result<Vec<RecordedEvent>, Error>> + Send;
+
+    /// Reads up to `max_count` events of the global log after `after`
+    /// (exclusive), in `(transaction_id, position)` order.
+    fn read_all(
+        &self,
+        after: LogPosition,
+        max_count: usize,
+    ) -> impl Future<Output = Result<Vec<RecordedEvent>, Error>> + Send;
+
+    /// The version of a stream's last event (`None`: no such stream).
+    fn stream_version(
+        &self,
+        stream_id: &str,
+    ) -> impl Future<Output = Result<Option<u64>, Error>> + Send;
+}
+
+/// The typed layer over any [`EventStore`]: encodes application events,
+/// validates, decodes and upcasts. Implemented for every store.
+pub trait EventStoreExt: EventStore {
+    /// Encodes and appends application events with shared metadata.
+    fn append_events<E: Event>(
+        &self,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: &[E],
+        metadata: &Metadata,
+    ) -> impl Future<Output = Result<AppendResult, Error>> + Send {
+        let encoded = encode_events(self.registry(), events, metadata);
+        async move { self.append(stream_id, expected, encoded?).await }
+    }
+
+    /// Reads and decodes a whole stream from `from_version`.
+    fn read_stream_as<E: Event>(
+        &self,
+        stream_id: &str,
+        from_version: u64,
+    ) -> impl Future<Output = Result<Vec<Envelope<E>>, Error>> + Send {
+        async move {
+            self.registry().register::<E>()?;
+            let mut out = Vec::new();
+            let mut from = from_version.max(1);
+            loop {
+                let page = self.read_stream(stream_id, from, READ_PAGE).await?;
+                let n = page.len();
+                for r in page {
+                    from = r.stream_version + 1;
+                    out.push(decode_registered(self.registry(), r)?);
+                }
+                if n < READ_PAGE {
+                    return Ok(out);
+                }
+            }
+        }
+    }
+
+    /// Decodes one stored event into `E`, validating an old-version payload
+    /// against its schema before upcasting.
+    fn decode<E: Event>(&self, recorded: RecordedEvent) -> Result<Envelope<E>, Error> {
+        self.registry().register::<E>()?;
+        decode_registered(self.registry(), recorded)
+    }
+}
+
+impl<S: EventStore + ?Sized> EventStoreExt for S {}
+
+const READ_PAGE: usize = 1000;
+
+/// Encodes application events into [`NewEvent`]s (registering `E`).
+pub(crate) fn encode_events<E: Event>(
+    registry: &SchemaRegistry,
+    events: &[E],
+    metadata: &Metadata,
+) -> Result<Vec<NewEvent>, Error> {
+    registry.register::<E>()?;
+    events
+        .iter()
+        .map(|e| {
+            let payload = e.encode().map_err(|source| Error::Encode {
+                event_type: e.event_type().to_owned(),
+                source,
+            })?;
+            Ok(NewEvent::new(
+                e.event_type(),
+                e.schema_version(),
+                payload,
+                metadata.clone(),
+            ))
+        })
+        .collect()
+}
+
+/// Decodes a stored event; `E` must already be registered.
+fn decode_registered<E: Event>(
+    registry: &SchemaRegistry,
+    recorded: RecordedEvent,
+) -> Result<Envelope<E>, Error> {
+    let wrap = |r: &RecordedEvent, source| Error::Decode {
+        position: r.log_position.position,
+        stream_id: r.stream_id.clone(),
+        stream_version: r.stream_version,
+        source,
+    };
+    if let Some(info) = E::type_info(&recorded.event_type) {
+        if recorded.schema_version < info.version {
+            // an old version: validate against its own schema before upcasting
+            if let Some(schema) = registry.get(&recorded.event_type, recorded.schema_version) {
+                let value = crate::__private::parse_value(
+                    &recorded.event_type,
+                    recorded.schema_version,
+                    &recorded.payload,
+                )
+                .map_err(|e| wrap(&recorded, e))?;
+                schema
+                    .validate(&value)
+                    .map_err(|e| wrap(&recorded, e.into()))?;
+            }
+        }
+    }
+    match E::decode(
+        &recorded.event_type,
+        recorded.schema_version,
+        &recorded.payload,
+    ) {
+        Ok(event) => Ok(recorded.map(|_| event)),
+        Err(e) => Err(wrap(&recorded, e)),
+    }
+}

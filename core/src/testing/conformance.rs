@@ -1,0 +1,449 @@
+//! The backend conformance suite: the semantics every [`EventStore`] must
+//! have, written down once. A backend runs all of it with one call:
+//!
+//! ```
+//! # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(async {
+//! use annals_core::InMemoryEventStore;
+//! annals_core::testing::conformance::run(|validate| async move {
+//!     let store = InMemoryEventStore::new();
+//!     if validate { store } else { store.without_validation() }
+//! })
+//! .await;
+//! # });
+//! ```
+//!
+//! Each check panics with a message saying which rule broke.
+
+use std::collections::HashSet;
+use std::future::Future;
+
+use serde_json::json;
+use serde_json::value::to_raw_value;
+
+use super::events::{Created, Scored, TestEvent};
+use crate::{
+    DecodeError, Error, EventStore, EventStoreExt, ExpectedVersion, LogPosition, Metadata,
+    NewEvent,
+};
+
+fn created(name: &str) -> TestEvent {
+    TestEvent::Created(Created {
+        name: name.to_owned(),
+        email: None,
+    })
+}
+
+fn scored(score: u8) -> TestEvent {
+    TestEvent::Scored(Scored {
+        score,
+        confidence: 0.9,
+        model: "m1".to_owned(),
+    })
+}
+
+fn raw(event_type: &str, version: u32, payload: serde_json::Value) -> NewEvent {
+    let payload = match to_raw_value(&payload) {
+        Ok(p) => p,
+        Err(e) => panic!("test payload does not serialize: {e}"),
+    };
+    NewEvent::new(event_type, version, payload, Metadata::new())
+}
+
+async fn must<T>(what: &str, fut: impl Future<Output = Result<T, Error>>) -> T {
+    match fut.await {
+        Ok(v) => v,
+        Err(e) => panic!("{what}: unexpected error: {e}"),
+    }
+}
+
+/// Runs every check. `make(validate)` returns a fresh, empty store that
+/// validates appended payloads when `validate` is true.
+pub async fn run<S, F, Fut>(mut make: F)
+where
+    S: EventStore + Clone + 'static,
+    F: FnMut(bool) -> Fut,
+    Fut: Future<Output = S>,
+{
+    append_and_read(make(true).await).await;
+    expected_versions(make(true).await).await;
+    empty_append(make(true).await).await;
+    batches_are_atomic(make(true).await).await;
+    validation(make(true).await).await;
+    read_stream_ranges(make(true).await).await;
+    read_all_order_and_paging(make(true).await).await;
+    upcasting(make(true).await).await;
+    bad_rows(make(false).await).await;
+    concurrent_writers(make(true).await).await;
+}
+
+async fn append_and_read<S: EventStore>(store: S) {
+    let meta = Metadata::new()
+        .with_correlation_id(uuid::Uuid::now_v7())
+        .with_causation_id(uuid::Uuid::now_v7())
+        .with_user("ana")
+        .with("tenant", "clinic-7");
+    let result = must(
+        "append to a new stream",
+        store.append_events(
+            "lead-1",
+            ExpectedVersion::NoStream,
+            &[created("Ana"), scored(80)],
+            &meta,
+        ),
+    )
+    .await;
+    assert_eq!(result.version, 2, "the stream's version after two events");
+    assert_eq!(result.events.len(), 2, "append returns the appended events");
+    assert_eq!(result.events[0].stream_version, 1, "stream versions start at 1");
+    assert_eq!(
+        result.events[0].log_position.transaction_id, result.events[1].log_position.transaction_id,
+        "events of one append share a transaction"
+    );
+
+    let read = must("read the stream", store.read_stream("lead-1", 1, 100)).await;
+    assert_eq!(read.len(), 2);
+    for (a, r) in result.events.iter().zip(&read) {
+        assert_eq!(a.event_id, r.event_id, "event ids are kept");
+        assert_eq!(a.log_position, r.log_position, "append reports the stored position");
+        assert_eq!(a.stream_version, r.stream_version);
+        assert_eq!(r.stream_id, "lead-1");
+        assert_eq!(r.metadata, meta, "metadata round-trips");
+    }
+    assert_eq!(read[0].event_type, "test.created");
+    assert_eq!(read[1].event_type, "test.scored");
+    assert_eq!(read[1].schema_version, 3);
+    assert!(read[0].log_position < read[1].log_position);
+
+    let typed = must("read typed", store.read_stream_as::<TestEvent>("lead-1", 1)).await;
+    assert_eq!(typed[0].payload, created("Ana"));
+    assert_eq!(typed[1].payload, scored(80));
+    assert_eq!(
+        must("stream version", store.stream_version("lead-1")).await,
+        Some(2)
+    );
+    assert_eq!(
+        must("stream version", store.stream_version("nobody")).await,
+        None
+    );
+}
+
+async fn expected_versions<S: EventStore>(store: S) {
+    let m = Metadata::new();
+    must(
+        "Any on a new stream",
+        store.append_events("s", ExpectedVersion::Any, &[created("a")], &m),
+    )
+    .await;
+    must(
+        "Any on an existing stream",
+        store.append_events("s", ExpectedVersion::Any, &[scored(1)], &m),
+    )
+    .await;
+    let conflict = |r: Result<_, Error>| match r {
+        Err(Error::Conflict(c)) => c,
+        Err(e) => panic!("expected a version conflict, got: {e}"),
+        Ok(_) => panic!("expected a version conflict, the append succeeded"),
+    };
+    let c = conflict(
+        store
+            .append_events("s", ExpectedVersion::NoStream, &[scored(2)], &m)
+            .await,
+    );
+    assert_eq!(c.expected, ExpectedVersion::NoStream);
+    assert_eq!(c.actual, Some(2));
+    assert_eq!(c.stream_id, "s");
+    let c = conflict(
+        store
+            .append_events("s", ExpectedVersion::Exact(1), &[scored(2)], &m)
+            .await,
+    );
+    assert_eq!((c.expected, c.actual), (ExpectedVersion::Exact(1), Some(2)));
+    let c = conflict(
+        store
+            .append_events("new", ExpectedVersion::Exact(3), &[scored(2)], &m)
+            .await,
+    );
+    assert_eq!(c.actual, None, "a missing stream reports no version");
+    let ok = must(
+        "Exact on the right version",
+        store.append_events("s", ExpectedVersion::Exact(2), &[scored(3)], &m),
+    )
+    .await;
+    assert_eq!(ok.version, 3);
+    assert_eq!(must("read", store.read_stream("s", 1, 100)).await.len(), 3);
+    assert!(must("read new", store.read_stream("new", 1, 100)).await.is_empty());
+}
+
+async fn empty_append<S: EventStore>(store: S) {
+    let r = must(
+        "empty append to a new stream",
+        store.append("e", ExpectedVersion::NoStream, Vec::new()),
+    )
+    .await;
+    assert_eq!(r.version, 0);
+    assert!(r.events.is_empty());
+    assert_eq!(must("version", store.stream_version("e")).await, None);
+    let err = store
+        .append("e", ExpectedVersion::Exact(4), Vec::new())
+        .await;
+    assert!(
+        matches!(err, Err(Error::Conflict(_))),
+        "an empty append still checks the expected version"
+    );
+}
+
+async fn batches_are_atomic<S: EventStore>(store: S) {
+    let m = Metadata::new();
+    must(
+        "seed",
+        store.append_events("b", ExpectedVersion::NoStream, &[created("x")], &m),
+    )
+    .await;
+    let before = must("read all", store.read_all(LogPosition::START, 1000)).await.len();
+    let r = store
+        .append(
+            "b",
+            ExpectedVersion::Exact(1),
+            vec![
+                raw("test.note", 1, json!("ok")),
+                raw("test.scored", 3, json!({"score": 250, "confidence": 1.0, "model": "m"})),
+                raw("test.note", 1, json!("ok")),
+            ],
+        )
+        .await;
+    assert!(
+        matches!(r, Err(Error::SchemaViolation(_))),
+        "a batch with one invalid event is refused"
+    );
+    let r = store
+        .append_events("b", ExpectedVersion::Exact(7), &[scored(1), scored(2)], &m)
+        .await;
+    assert!(matches!(r, Err(Error::Conflict(_))));
+    let after = must("read all", store.read_all(LogPosition::START, 1000)).await.len();
+    assert_eq!(before, after, "a refused batch writes nothing");
+    assert_eq!(must("version", store.stream_version("b")).await, Some(1));
+}
+
+async fn validation<S: EventStore>(store: S) {
+    assert!(store.validates_on_append());
+    store
+        .registry()
+        .register::<TestEvent>()
+        .unwrap_or_else(|e| panic!("register: {e}"));
+    let r = store
+        .append(
+            "v",
+            ExpectedVersion::Any,
+            vec![raw("test.scored", 3, json!({"score": 101, "confidence": 0.1, "model": "m"}))],
+        )
+        .await;
+    match r {
+        Err(Error::SchemaViolation(v)) => {
+            assert_eq!(v.event_type, "test.scored");
+            assert_eq!(v.version, 3);
+            assert_eq!(v.pointer(), "/score", "the violation names the failing field");
+        }
+        other => panic!("expected a schema violation, got {other:?}"),
+    }
+    let r = store
+        .append("v", ExpectedVersion::Any, vec![raw("test.unknown", 1, json!({}))])
+        .await;
+    assert!(
+        matches!(r, Err(Error::Unregistered { ref event_type, version: 1 }) if event_type == "test.unknown"),
+        "an unregistered type is refused while validating: {r:?}"
+    );
+    let r = store
+        .append("v", ExpectedVersion::Any, vec![raw("test.scored", 9, json!({}))])
+        .await;
+    assert!(matches!(r, Err(Error::Unregistered { version: 9, .. })));
+    // an old version is valid to append when its payload matches its schema
+    must(
+        "append a v2 payload",
+        store.append(
+            "v",
+            ExpectedVersion::Any,
+            vec![raw("test.scored", 2, json!({"score": 5, "confidence": 0.2}))],
+        ),
+    )
+    .await;
+}
+
+async fn read_stream_ranges<S: EventStore>(store: S) {
+    let events: Vec<TestEvent> = (0..25).map(|i| scored(i as u8)).collect();
+    must(
+        "append 25",
+        store.append_events("r", ExpectedVersion::NoStream, &events, &Metadata::new()),
+    )
+    .await;
+    let page = must("from 10", store.read_stream("r", 10, 5)).await;
+    let versions: Vec<u64> = page.iter().map(|e| e.stream_version).collect();
+    assert_eq!(versions, vec![10, 11, 12, 13, 14]);
+    let from0 = must("from 0", store.read_stream("r", 0, 100)).await;
+    assert_eq!(from0.len(), 25, "from version 0 reads from the start");
+    assert!(must("past the end", store.read_stream("r", 26, 10)).await.is_empty());
+    let typed = must("typed from 20", store.read_stream_as::<TestEvent>("r", 20)).await;
+    assert_eq!(typed.len(), 6);
+    assert_eq!(typed[0].payload, scored(19));
+}
+
+async fn read_all_order_and_paging<S: EventStore>(store: S) {
+    let m = Metadata::new();
+    for i in 0..10u8 {
+        let stream = format!("p-{}", i % 3);
+        must(
+            "append",
+            store.append_events(&stream, ExpectedVersion::Any, &[scored(i), scored(i)], &m),
+        )
+        .await;
+    }
+    let all = must("read all", store.read_all(LogPosition::START, 1000)).await;
+    assert_eq!(all.len(), 20);
+    for w in all.windows(2) {
+        assert!(
+            w[0].log_position < w[1].log_position,
+            "the log is in (transaction, position) order"
+        );
+    }
+    let ids: HashSet<_> = all.iter().map(|e| e.event_id).collect();
+    assert_eq!(ids.len(), 20, "event ids are unique");
+    let mut after = LogPosition::START;
+    let mut paged = Vec::new();
+    loop {
+        let page = must("page", store.read_all(after, 3)).await;
+        if page.is_empty() {
+            break;
+        }
+        assert!(page.len() <= 3, "read_all honours max_count");
+        after = page[page.len() - 1].log_position;
+        paged.extend(page);
+    }
+    let a: Vec<_> = all.iter().map(|e| e.event_id).collect();
+    let b: Vec<_> = paged.iter().map(|e| e.event_id).collect();
+    assert_eq!(a, b, "paging by checkpoint sees every event exactly once, in order");
+    let tail = must("after the last", store.read_all(after, 10)).await;
+    assert!(tail.is_empty());
+}
+
+async fn upcasting<S: EventStore>(store: S) {
+    store
+        .registry()
+        .register::<TestEvent>()
+        .unwrap_or_else(|e| panic!("register: {e}"));
+    must(
+        "append old versions",
+        store.append(
+            "u",
+            ExpectedVersion::NoStream,
+            vec![
+                raw("test.scored", 1, json!({"points": 70})),
+                raw("test.scored", 2, json!({"score": 60, "confidence": 0.7})),
+                raw("test.scored", 3, json!({"score": 50, "confidence": 0.6, "model": "m2"})),
+            ],
+        ),
+    )
+    .await;
+    let typed = must("read upcast", store.read_stream_as::<TestEvent>("u", 1)).await;
+    let scores: Vec<TestEvent> = typed.into_iter().map(|e| e.payload).collect();
+    assert_eq!(
+        scores,
+        vec![
+            TestEvent::Scored(Scored { score: 70, confidence: 0.5, model: "unknown".into() }),
+            TestEvent::Scored(Scored { score: 60, confidence: 0.7, model: "unknown".into() }),
+            TestEvent::Scored(Scored { score: 50, confidence: 0.6, model: "m2".into() }),
+        ],
+        "v1 (JSON upcaster) and v2 (From) reach v3"
+    );
+}
+
+async fn bad_rows<S: EventStore>(store: S) {
+    assert!(!store.validates_on_append());
+    let m = Metadata::new();
+    must(
+        "append good events elsewhere",
+        store.append_events("good", ExpectedVersion::NoStream, &[created("ok")], &m),
+    )
+    .await;
+    let cases: Vec<(&str, NewEvent)> = vec![
+        ("unknown", raw("test.nope", 1, json!({}))),
+        ("too-new", raw("test.scored", 4, json!({}))),
+        ("too-old", raw("test.created", 0, json!({}))),
+        ("invalid-old", raw("test.scored", 2, json!({"score": "high", "confidence": 0.1}))),
+        ("bad-current", raw("test.scored", 3, json!({"score": 1, "confidence": 0.1}))),
+        ("upcast-fails", raw("test.scored", 1, json!({"no_points": 1}))),
+    ];
+    for (stream, event) in cases {
+        let appended = must("append a bad row", store.append(stream, ExpectedVersion::Any, vec![event])).await;
+        let position = appended.events[0].log_position.position;
+        let err = match store.read_stream_as::<TestEvent>(stream, 1).await {
+            Err(Error::Decode {
+                position: p,
+                source,
+                stream_id,
+                ..
+            }) => {
+                assert_eq!(p, position, "{stream}: the error names the event's position");
+                assert_eq!(stream_id, stream);
+                source
+            }
+            other => panic!("{stream}: expected a decode error, got {other:?}"),
+        };
+        match (stream, &err) {
+            ("unknown", DecodeError::UnknownEventType { event_type, known }) => {
+                assert_eq!(event_type, "test.nope");
+                assert!(known.contains(&"test.created"));
+            }
+            ("too-new", DecodeError::VersionTooNew { version: 4, current: 3, .. }) => {}
+            ("too-old", DecodeError::VersionTooOld { version: 0, oldest: 1, .. }) => {}
+            ("invalid-old", DecodeError::SchemaInvalid(v)) => assert_eq!(v.pointer(), "/score"),
+            ("bad-current", DecodeError::Deserialize { version: 3, .. }) => {}
+            ("upcast-fails", DecodeError::Upcast { from_version: 1, .. }) => {}
+            _ => panic!("{stream}: wrong decode error: {err}"),
+        }
+        let message = err.to_string();
+        assert!(!message.is_empty());
+    }
+    let good = must("other streams still read", store.read_stream_as::<TestEvent>("good", 1)).await;
+    assert_eq!(good.len(), 1);
+}
+
+async fn concurrent_writers<S: EventStore + Clone + 'static>(store: S) {
+    const WRITERS: usize = 8;
+    const ROUNDS: u64 = 5;
+    let mut wins = vec![0usize; ROUNDS as usize];
+    for round in 0..ROUNDS {
+        let mut handles = Vec::new();
+        for w in 0..WRITERS {
+            let store = store.clone();
+            let expected = if round == 0 {
+                ExpectedVersion::NoStream
+            } else {
+                ExpectedVersion::Exact(round)
+            };
+            handles.push(tokio::spawn(async move {
+                store
+                    .append_events("hot", expected, &[scored(w as u8)], &Metadata::new())
+                    .await
+            }));
+        }
+        for h in handles {
+            match h.await {
+                Ok(Ok(r)) => {
+                    assert_eq!(r.version, round + 1);
+                    wins[round as usize] += 1;
+                }
+                Ok(Err(Error::Conflict(c))) => {
+                    assert_eq!(c.actual, Some(round + 1), "the loser sees the winner's version")
+                }
+                Ok(Err(e)) => panic!("a concurrent writer failed with something else than a conflict: {e}"),
+                Err(e) => panic!("writer task panicked: {e}"),
+            }
+        }
+    }
+    assert_eq!(wins, vec![1; ROUNDS as usize], "exactly one winner per version");
+    let versions: Vec<u64> = must("read", store.read_stream("hot", 1, 100))
+        .await
+        .iter()
+        .map(|e| e.stream_version)
+        .collect();
+    assert_eq!(versions, (1..=ROUNDS).collect::<Vec<_>>(), "no gaps, no duplicates");
+}

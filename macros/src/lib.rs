@@ -1,0 +1,20 @@
+//! Derive macros of [annals](https://docs.rs/annals): `Event` (and, as they
+//! land, `Aggregate` and `Saga`).
+//!
+//! This crate is a thin shim: each derive parses its input, validates it
+//! (collecting every error with its span) and expands it. Use the macros
+//! through the `annals` facade, whose docs describe the attributes.
+
+mod ctxt;
+mod event;
+mod util;
+
+use proc_macro::TokenStream;
+use syn::{parse_macro_input, DeriveInput};
+
+/// Derives `annals::Event`. See the `annals` crate documentation.
+#[proc_macro_derive(Event, attributes(event))]
+pub fn derive_event(input: TokenStream) -> TokenStream {
+    let input = parse_macro_input!(input as DeriveInput);
+    event::expand_derive_event(&input).into()
+}

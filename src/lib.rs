@@ -1,0 +1,22 @@
+#![doc = include_str!("docs/crate.md")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub use annals_core::*;
+
+/// Derives [`Event`] for an enum (one newtype variant per event type) or a
+/// struct (one event type). See the [crate docs](crate#events) for the
+/// attributes.
+pub use annals_macros::Event;
+
+/// The Postgres backend (`annals-postgres`).
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use annals_postgres as postgres;
+
+/// The most used items: `use annals::prelude::*;`.
+pub mod prelude {
+    pub use annals_core::{
+        Envelope, Event, EventStore, EventStoreExt, ExpectedVersion, InMemoryEventStore, Metadata,
+    };
+    pub use annals_macros::Event;
+}
