@@ -63,6 +63,14 @@ pub enum Error {
     #[error("schema registry: {0}")]
     Registry(String),
 
+    /// An appended event's id is already stored (an event is appended at most
+    /// once); nothing was written.
+    #[error("event id {event_id} is already stored; an event can be appended once: give new events new ids (retried appends of the same events can treat this as success)")]
+    DuplicateEventId {
+        /// The duplicate id.
+        event_id: uuid::Uuid,
+    },
+
     /// A stored row is unreadable (bad metadata, impossible values).
     #[error("corrupted row at global position {position}: {message}")]
     CorruptedRow {

@@ -1,4 +1,4 @@
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use chrono::Utc;
@@ -44,6 +44,7 @@ struct Shared {
 struct State {
     log: Vec<RecordedEvent>,
     streams: HashMap<String, Vec<usize>>,
+    event_ids: HashSet<uuid::Uuid>,
     next_transaction: u64,
     next_position: u64,
 }
@@ -127,6 +128,14 @@ impl InMemoryEventStore {
             }
             .into());
         }
+        let mut batch = HashSet::with_capacity(events.len());
+        for e in &events {
+            if state.event_ids.contains(&e.event_id) || !batch.insert(e.event_id) {
+                return Err(Error::DuplicateEventId {
+                    event_id: e.event_id,
+                });
+            }
+        }
         let base = current.unwrap_or(0);
         if events.is_empty() {
             return Ok(AppendResult {
@@ -151,6 +160,7 @@ impl InMemoryEventStore {
                 recorded_at: now,
                 payload: e.payload,
             };
+            state.event_ids.insert(record.event_id);
             let index = state.log.len();
             state.log.push(record.clone());
             state

@@ -1,1 +1,33 @@
-//! pg
+//! The Postgres backend of [annals](https://docs.rs/annals), on sqlx.
+//!
+//! - [`migrate`] creates (and [`migrate_down`] removes) every table the
+//!   framework uses, from migrations embedded in this crate.
+//! - [`PgEventStore`] is the event store: one-round-trip appends with
+//!   optimistic concurrency, stream reads, and reads of the global log in
+//!   gap-free `(transaction id, position)` order below the snapshot horizon.
+//! - The persisted schema registry ([`PgEventStoreBuilder::register`]) refuses
+//!   to start when the code's schema for a stored (type, version) changed.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), annals_core::Error> {
+//! use annals_postgres::{migrate, PgEventStore};
+//! let pool = sqlx::PgPool::connect("postgres://localhost/app").await
+//!     .map_err(|e| annals_core::Error::backend("connecting", e))?;
+//! migrate(&pool).await?;
+//! # #[derive(annals_macros::Event)] #[event(crate = "annals_core")] enum LeadEvent { A(u8) }
+//! let store = PgEventStore::builder(pool).register::<LeadEvent>().build().await?;
+//! # Ok(()) }
+//! ```
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod migrate;
+mod store;
+
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+pub mod testing;
+
+pub use migrate::{migrate, migrate_down, MIGRATIONS_TABLE};
+pub use store::{Horizon, LogWatcher, PgEventStore, PgEventStoreBuilder, EVENTS_CHANNEL};
+
+pub use sqlx;

@@ -1,0 +1,560 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use annals_core::{
+    AppendResult, Envelope, Error, Event, EventStore, ExpectedVersion, LogPosition, Metadata,
+    NewEvent, RecordedEvent, SchemaRegistry, VersionConflict,
+};
+use chrono::{DateTime, Utc};
+use serde_json::value::RawValue;
+use sqlx::postgres::{PgListener, PgRow};
+use sqlx::{PgConnection, PgPool, Row};
+
+/// The channel on which every append notifies readers (at commit).
+pub const EVENTS_CHANNEL: &str = "annals_events";
+
+/// The Postgres event store.
+///
+/// Cloning is cheap (the pool and registry are shared).
+#[derive(Clone, Debug)]
+pub struct PgEventStore {
+    pool: PgPool,
+    registry: Arc<SchemaRegistry>,
+    validate: bool,
+}
+
+type Registration = Box<dyn FnOnce(&SchemaRegistry) -> Result<(), Error> + Send>;
+
+/// Builds a [`PgEventStore`]: registers event types and records their
+/// schemas in the database, refusing to start on a changed schema.
+pub struct PgEventStoreBuilder {
+    pool: PgPool,
+    registry: Arc<SchemaRegistry>,
+    validate: bool,
+    registrations: Vec<Registration>,
+}
+
+impl std::fmt::Debug for PgEventStoreBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgEventStoreBuilder")
+            .field("validate", &self.validate)
+            .field("registrations", &self.registrations.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgEventStoreBuilder {
+    /// Registers an event type: its schemas are validated against (and
+    /// recorded in) the database's schema registry at [`build`](Self::build).
+    pub fn register<E: Event>(mut self) -> Self {
+        self.registrations
+            .push(Box::new(|registry| registry.register::<E>()));
+        self
+    }
+
+    /// Uses a shared schema registry instead of a new one.
+    pub fn registry(mut self, registry: Arc<SchemaRegistry>) -> Self {
+        self.registry = registry;
+        self
+    }
+
+    /// Switches schema validation on append off (it is on by default).
+    pub fn without_validation(mut self) -> Self {
+        self.validate = false;
+        self
+    }
+
+    /// Registers the event types, checks their schemas against those recorded
+    /// in the database and records the new ones.
+    ///
+    /// Fails with [`Error::SchemaChanged`] when the code's schema for a stored
+    /// (type, version) differs from the recorded one: bump the version.
+    pub async fn build(self) -> Result<PgEventStore, Error> {
+        for r in self.registrations {
+            r(&self.registry)?;
+        }
+        let store = PgEventStore {
+            pool: self.pool,
+            registry: self.registry,
+            validate: self.validate,
+        };
+        store.sync_schemas().await?;
+        Ok(store)
+    }
+}
+
+/// How far the snapshot horizon holds readers of the global log back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Horizon {
+    /// The horizon: every transaction id below it has finished.
+    pub xmin: u64,
+    /// When the oldest still-open transaction (the one holding the horizon)
+    /// started, if any is open.
+    pub oldest_open_since: Option<DateTime<Utc>>,
+    /// Seconds the horizon has been held back (0 when nothing is open).
+    pub lag_seconds: f64,
+    /// Committed events not yet visible to log readers because an older
+    /// transaction is still open.
+    pub events_held_back: u64,
+}
+
+macro_rules! columns {
+    () => {
+        "position, transaction_id::text::int8 AS tx, event_id, stream_id, stream_version, event_type, schema_version, payload::text AS payload, metadata::text AS metadata, recorded_at"
+    };
+}
+
+/// The append statement: bump the stream's version (the `bump` CTE decides
+/// the concurrency rule), then insert every event in one statement. When the
+/// stream is not at the expected version `bump` returns no row and nothing
+/// is inserted.
+macro_rules! append_sql {
+    ($bump:literal) => {
+        concat!(
+            "WITH bump AS (", $bump, "),
+             ins AS (
+                 INSERT INTO annals_events (event_id, stream_id, stream_version, event_type, schema_version, payload, metadata)
+                 SELECT e.id, $1, bump.version - $2 + e.ord, e.t, e.v, e.p::jsonb, e.m::jsonb
+                 FROM bump, UNNEST($3::uuid[], $4::text[], $5::int4[], $6::text[], $7::text[])
+                      WITH ORDINALITY AS e(id, t, v, p, m, ord)
+                 ORDER BY e.ord
+                 RETURNING position, transaction_id, stream_version, recorded_at
+             )
+             SELECT position, transaction_id::text::int8 AS tx, stream_version, recorded_at FROM ins ORDER BY position"
+        )
+    };
+}
+
+const APPEND_NO_STREAM: &str = append_sql!(
+    "INSERT INTO annals_streams (stream_id, version) VALUES ($1, $2)
+     ON CONFLICT (stream_id) DO NOTHING RETURNING version"
+);
+const APPEND_ANY: &str = append_sql!(
+    "INSERT INTO annals_streams (stream_id, version) VALUES ($1, $2)
+     ON CONFLICT (stream_id) DO UPDATE SET version = annals_streams.version + EXCLUDED.version, updated_at = now()
+     RETURNING version"
+);
+const APPEND_EXACT: &str = append_sql!(
+    "UPDATE annals_streams SET version = version + $2, updated_at = now()
+     WHERE stream_id = $1 AND version = $8 RETURNING version"
+);
+const READ_STREAM: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM annals_events WHERE stream_id = $1 AND stream_version >= $2 ORDER BY stream_version LIMIT $3"
+);
+// only below the horizon: every transaction there has finished, so a reader
+// resuming after its checkpoint can never skip a late commit
+const READ_ALL: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM annals_events
+     WHERE (transaction_id, position) > ($1::text::xid8, $2)
+       AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+     ORDER BY transaction_id, position
+     LIMIT $3"
+);
+
+impl PgEventStore {
+    /// A builder for a store on `pool` (run [`migrate`](crate::migrate) first).
+    pub fn builder(pool: PgPool) -> PgEventStoreBuilder {
+        PgEventStoreBuilder {
+            pool,
+            registry: Arc::new(SchemaRegistry::new()),
+            validate: true,
+            registrations: Vec::new(),
+        }
+    }
+
+    /// The connection pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// The shared schema registry.
+    pub fn registry_arc(&self) -> Arc<SchemaRegistry> {
+        self.registry.clone()
+    }
+
+    /// Registers an event type after start-up and records its schemas,
+    /// with the same breaking-change check as the builder.
+    pub async fn register<E: Event>(&self) -> Result<(), Error> {
+        self.registry.register::<E>()?;
+        self.sync_schemas().await
+    }
+
+    /// Compares every schema in the registry with the recorded ones and
+    /// records those not yet stored.
+    pub async fn sync_schemas(&self) -> Result<(), Error> {
+        let schemas = self.registry.schemas();
+        if schemas.is_empty() {
+            return Ok(());
+        }
+        let types: Vec<String> = schemas.iter().map(|s| s.event_type.clone()).collect();
+        let versions: Vec<i32> = schemas.iter().map(|s| s.version as i32).collect();
+        let fingerprints: Vec<String> = schemas.iter().map(|s| s.fingerprint.clone()).collect();
+        let bodies: Vec<String> = schemas.iter().map(|s| s.schema.to_string()).collect();
+        let rust_types: Vec<String> = schemas.iter().map(|s| s.rust_type.to_owned()).collect();
+        // insert what is new, then read back everything recorded for these
+        // keys (including rows a concurrent process inserted first)
+        let rows = sqlx::query(
+            "WITH new AS (
+                 INSERT INTO annals_event_schemas (event_type, version, fingerprint, schema, rust_type)
+                 SELECT t, v, f, s::jsonb, r FROM UNNEST($1::text[], $2::int4[], $3::text[], $4::text[], $5::text[]) AS x(t, v, f, s, r)
+                 ON CONFLICT (event_type, version) DO NOTHING
+                 RETURNING event_type, version, fingerprint
+             )
+             SELECT e.event_type, e.version, e.fingerprint
+             FROM annals_event_schemas e
+             JOIN UNNEST($1::text[], $2::int4[]) AS k(t, v) ON e.event_type = k.t AND e.version = k.v",
+        )
+        .bind(&types)
+        .bind(&versions)
+        .bind(&fingerprints)
+        .bind(&bodies)
+        .bind(&rust_types)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| Error::backend("recording event schemas", e))?;
+        let mut recorded = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let t: String = row.try_get(0).map_err(|e| Error::backend("reading event schemas", e))?;
+            let v: i32 = row.try_get(1).map_err(|e| Error::backend("reading event schemas", e))?;
+            let f: String = row.try_get(2).map_err(|e| Error::backend("reading event schemas", e))?;
+            recorded.push((t, v as u32, f));
+        }
+        self.registry
+            .check_against(recorded.iter().map(|(t, v, f)| (t.as_str(), *v, f.as_str())))?;
+        Ok(())
+    }
+
+    /// Appends inside the caller's transaction (or on any connection), so a
+    /// command can append and write other rows atomically. Same semantics as
+    /// [`EventStore::append`]; nothing is visible before the caller commits.
+    pub async fn append_in(
+        &self,
+        conn: &mut PgConnection,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, Error> {
+        if self.validate {
+            self.registry.validate_new(&events)?;
+        }
+        if events.is_empty() {
+            let actual = stream_version_on(&mut *conn, stream_id).await?;
+            if !expected.matches(actual) {
+                return Err(VersionConflict {
+                    stream_id: stream_id.to_owned(),
+                    expected,
+                    actual,
+                }
+                .into());
+            }
+            return Ok(AppendResult {
+                version: actual.unwrap_or(0),
+                events: Vec::new(),
+            });
+        }
+        let n = events.len() as i64;
+        let sql = match expected {
+            ExpectedVersion::NoStream => APPEND_NO_STREAM,
+            ExpectedVersion::Any => APPEND_ANY,
+            ExpectedVersion::Exact(_) => APPEND_EXACT,
+        };
+        let mut ids = Vec::with_capacity(events.len());
+        let mut types = Vec::with_capacity(events.len());
+        let mut versions = Vec::with_capacity(events.len());
+        let mut payloads = Vec::with_capacity(events.len());
+        let mut metas = Vec::with_capacity(events.len());
+        for e in &events {
+            ids.push(e.event_id);
+            types.push(e.event_type.as_str());
+            versions.push(e.schema_version as i32);
+            payloads.push(e.payload.get());
+            metas.push(serde_json::to_string(&e.metadata).map_err(|source| Error::Encode {
+                event_type: e.event_type.clone(),
+                source,
+            })?);
+        }
+        let expected_exact = match expected {
+            ExpectedVersion::Exact(v) => v as i64,
+            _ => 0,
+        };
+        let mut q = sqlx::query(sql)
+            .bind(stream_id)
+            .bind(n)
+            .bind(&ids)
+            .bind(&types)
+            .bind(&versions)
+            .bind(&payloads)
+            .bind(&metas);
+        if matches!(expected, ExpectedVersion::Exact(_)) {
+            q = q.bind(expected_exact);
+        }
+        let rows = match q.fetch_all(&mut *conn).await {
+            Ok(rows) => rows,
+            Err(e) => return Err(self.map_append_error(conn, stream_id, expected, e).await),
+        };
+        if rows.is_empty() {
+            // the stream was not at the expected version: nothing was written
+            let actual = stream_version_on(&mut *conn, stream_id).await?;
+            return Err(VersionConflict {
+                stream_id: stream_id.to_owned(),
+                expected,
+                actual,
+            }
+            .into());
+        }
+        let mut out = Vec::with_capacity(events.len());
+        let mut last = 0;
+        for (row, e) in rows.iter().zip(events) {
+            let position: i64 = get(row, "position")?;
+            let tx: i64 = get(row, "tx")?;
+            let stream_version: i64 = get(row, "stream_version")?;
+            let recorded_at: DateTime<Utc> = get(row, "recorded_at")?;
+            last = stream_version as u64;
+            out.push(Envelope {
+                event_id: e.event_id,
+                stream_id: stream_id.to_owned(),
+                stream_version: stream_version as u64,
+                log_position: LogPosition::new(tx as u64, position as u64),
+                event_type: e.event_type,
+                schema_version: e.schema_version,
+                metadata: e.metadata,
+                recorded_at,
+                payload: e.payload,
+            });
+        }
+        Ok(AppendResult {
+            version: last,
+            events: out,
+        })
+    }
+
+    async fn map_append_error(
+        &self,
+        conn: &mut PgConnection,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        e: sqlx::Error,
+    ) -> Error {
+        if let Some(db) = e.as_database_error() {
+            match db.constraint() {
+                Some("annals_events_event_id_key") => {
+                    // detail: `Key (event_id)=(0192...) already exists.`
+                    let id = db
+                        .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                        .and_then(|pg| pg.detail())
+                        .and_then(|d| d.split("=(").nth(1))
+                        .and_then(|rest| rest.split(')').next())
+                        .and_then(|id| uuid::Uuid::parse_str(id).ok());
+                    if let Some(event_id) = id {
+                        return Error::DuplicateEventId { event_id };
+                    }
+                }
+                Some("annals_events_stream_version_key") | Some("annals_streams_pkey") => {
+                    // the streams table and the events disagree, or a
+                    // concurrent insert won: report it as the conflict it is
+                    let actual = stream_version_on(conn, stream_id).await.ok().flatten();
+                    return VersionConflict {
+                        stream_id: stream_id.to_owned(),
+                        expected,
+                        actual,
+                    }
+                    .into();
+                }
+                _ => {}
+            }
+        }
+        Error::backend("appending events", e)
+    }
+
+    /// How far the snapshot horizon holds log readers back. Seeing other
+    /// sessions' transaction start times needs the `pg_read_all_stats` role
+    /// (or superuser); without it `oldest_open_since` may be `None`.
+    pub async fn horizon(&self) -> Result<Horizon, Error> {
+        let row = sqlx::query(
+            "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::int8 AS xmin,
+                    LEAST(
+                      (SELECT min(xact_start) FROM pg_stat_activity
+                        WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid()),
+                      (SELECT min(prepared) FROM pg_prepared_xacts)) AS oldest,
+                    now() AS now,
+                    (SELECT count(*) FROM annals_events
+                      WHERE transaction_id >= pg_snapshot_xmin(pg_current_snapshot())) AS held",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| Error::backend("reading the snapshot horizon", e))?;
+        let xmin: i64 = get(&row, "xmin")?;
+        let oldest: Option<DateTime<Utc>> = get(&row, "oldest")?;
+        let now: DateTime<Utc> = get(&row, "now")?;
+        let held: i64 = get(&row, "held")?;
+        let lag_seconds = oldest
+            .map(|o| ((now - o).num_milliseconds().max(0) as f64) / 1000.0)
+            .unwrap_or(0.0);
+        Ok(Horizon {
+            xmin: xmin as u64,
+            oldest_open_since: oldest,
+            lag_seconds,
+            events_held_back: held as u64,
+        })
+    }
+
+    /// A watcher that wakes when events are appended (LISTEN/NOTIFY), with
+    /// polling as the fallback.
+    pub async fn watch(&self) -> Result<LogWatcher, Error> {
+        let mut listener = PgListener::connect_with(&self.pool)
+            .await
+            .map_err(|e| Error::backend("connecting the event listener", e))?;
+        listener
+            .listen(EVENTS_CHANNEL)
+            .await
+            .map_err(|e| Error::backend("listening for appended events", e))?;
+        Ok(LogWatcher { listener })
+    }
+}
+
+/// Wakes log readers when events are appended.
+#[derive(Debug)]
+pub struct LogWatcher {
+    listener: PgListener,
+}
+
+impl LogWatcher {
+    /// Waits until an append commits or `poll` elapses, whichever is first.
+    /// Returns `true` when woken by a notification. A lost connection is
+    /// re-established by the listener; waiting then falls back to polling.
+    pub async fn wait(&mut self, poll: Duration) -> bool {
+        match tokio::time::timeout(poll, self.listener.recv()).await {
+            Ok(Ok(_)) => {
+                // drain notifications that arrived together
+                while self.listener.next_buffered().is_some() {}
+                true
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "event listener failed; falling back to polling");
+                tokio::time::sleep(poll).await;
+                false
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+fn get<'r, T>(row: &'r PgRow, column: &str) -> Result<T, Error>
+where
+    T: sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
+{
+    row.try_get(column)
+        .map_err(|e| Error::backend("reading a row", e))
+}
+
+async fn stream_version_on(conn: &mut PgConnection, stream_id: &str) -> Result<Option<u64>, Error> {
+    let v: Option<i64> = sqlx::query_scalar("SELECT version FROM annals_streams WHERE stream_id = $1")
+        .bind(stream_id)
+        .fetch_optional(conn)
+        .await
+        .map_err(|e| Error::backend("reading a stream's version", e))?;
+    Ok(v.filter(|v| *v > 0).map(|v| v as u64))
+}
+
+fn decode_row(row: &PgRow) -> Result<RecordedEvent, Error> {
+    let position: i64 = get(row, "position")?;
+    let corrupted = |message: String| Error::CorruptedRow {
+        position: position as u64,
+        message,
+    };
+    let tx: i64 = get(row, "tx")?;
+    let schema_version: i32 = get(row, "schema_version")?;
+    let stream_version: i64 = get(row, "stream_version")?;
+    let payload: String = get(row, "payload")?;
+    let metadata: String = get(row, "metadata")?;
+    let metadata: Metadata = serde_json::from_str(&metadata)
+        .map_err(|e| corrupted(format!("metadata is not an annals metadata object: {e}")))?;
+    let payload = RawValue::from_string(payload)
+        .map_err(|e| corrupted(format!("payload is not JSON: {e}")))?;
+    if schema_version < 0 {
+        return Err(corrupted(format!("negative schema version {schema_version}")));
+    }
+    Ok(Envelope {
+        event_id: get(row, "event_id")?,
+        stream_id: get(row, "stream_id")?,
+        stream_version: stream_version as u64,
+        log_position: LogPosition::new(tx as u64, position as u64),
+        event_type: get(row, "event_type")?,
+        schema_version: schema_version as u32,
+        metadata,
+        recorded_at: get(row, "recorded_at")?,
+        payload,
+    })
+}
+
+fn limit(max_count: usize) -> i64 {
+    i64::try_from(max_count).unwrap_or(i64::MAX)
+}
+
+impl EventStore for PgEventStore {
+    fn registry(&self) -> &SchemaRegistry {
+        &self.registry
+    }
+
+    fn validates_on_append(&self) -> bool {
+        self.validate
+    }
+
+    async fn append(
+        &self,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, Error> {
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(|e| Error::backend("acquiring a connection to append", e))?;
+        self.append_in(&mut conn, stream_id, expected, events).await
+    }
+
+    async fn read_stream(
+        &self,
+        stream_id: &str,
+        from_version: u64,
+        max_count: usize,
+    ) -> Result<Vec<RecordedEvent>, Error> {
+        let rows = sqlx::query(READ_STREAM)
+            .bind(stream_id)
+            .bind(from_version.min(i64::MAX as u64) as i64)
+            .bind(limit(max_count))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| Error::backend("reading a stream", e))?;
+        rows.iter().map(decode_row).collect()
+    }
+
+    async fn read_all(
+        &self,
+        after: LogPosition,
+        max_count: usize,
+    ) -> Result<Vec<RecordedEvent>, Error> {
+        let rows = sqlx::query(READ_ALL)
+            .bind(after.transaction_id.to_string())
+            .bind(after.position.min(i64::MAX as u64) as i64)
+            .bind(limit(max_count))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| Error::backend("reading the global log", e))?;
+        rows.iter().map(decode_row).collect()
+    }
+
+    async fn stream_version(&self, stream_id: &str) -> Result<Option<u64>, Error> {
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(|e| Error::backend("acquiring a connection", e))?;
+        stream_version_on(&mut conn, stream_id).await
+    }
+}

@@ -1,0 +1,505 @@
+//! The Postgres event store against a real PostgreSQL (DATABASE_URL; the
+//! test command `scripts/test` starts one).
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use annals_core::testing::conformance::read_all_settled;
+use annals_core::testing::events::{Created, TestEvent};
+use annals_core::{
+    DecodeError, Error, Event, EventStore, EventStoreExt, ExpectedVersion, LogPosition, Metadata,
+    NewEvent,
+};
+use annals_postgres::testing::TestDatabase;
+use annals_postgres::{migrate, migrate_down, PgEventStore};
+use sqlx::Row;
+
+fn created(name: &str) -> TestEvent {
+    TestEvent::Created(Created {
+        name: name.to_owned(),
+        email: None,
+    })
+}
+
+fn new_event(e: &TestEvent) -> NewEvent {
+    NewEvent::new(
+        e.event_type(),
+        e.schema_version(),
+        e.encode().expect("encode"),
+        Metadata::new(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance() {
+    let db = TestDatabase::new().await;
+    let pool = db.pool().clone();
+    annals_core::testing::conformance::run(move |validate| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query("TRUNCATE annals_events, annals_streams")
+                .execute(&pool)
+                .await
+                .expect("truncate between conformance checks");
+            let builder = PgEventStore::builder(pool);
+            let builder = if validate {
+                builder
+            } else {
+                builder.without_validation()
+            };
+            builder.build().await.expect("build store")
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrations_go_up_down_and_up_again() {
+    let db = TestDatabase::empty().await;
+    let pool = db.pool();
+    let tables = |pool: sqlx::PgPool| async move {
+        let rows: Vec<String> = sqlx::query_scalar(
+            "SELECT table_name::text FROM information_schema.tables
+             WHERE table_schema = 'public' AND table_name LIKE 'annals\\_%' AND table_name <> 'annals_migrations'
+             ORDER BY 1",
+        )
+        .fetch_all(&pool)
+        .await
+        .expect("list tables");
+        rows
+    };
+    assert!(tables(pool.clone()).await.is_empty());
+    // two processes migrating at once: both succeed, the work happens once
+    let (a, b) = tokio::join!(migrate(pool), migrate(pool));
+    a.expect("first concurrent migrate");
+    b.expect("second concurrent migrate");
+    migrate(pool).await.expect("idempotent");
+    let up = tables(pool.clone()).await;
+    for t in [
+        "annals_events",
+        "annals_streams",
+        "annals_event_schemas",
+        "annals_snapshots",
+        "annals_projection_checkpoints",
+        "annals_dead_letters",
+        "annals_sagas",
+        "annals_saga_outbox",
+        "annals_knowledge_base",
+    ] {
+        assert!(up.iter().any(|x| x == t), "missing table {t}; have {up:?}");
+    }
+    let vector: Option<String> =
+        sqlx::query_scalar("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
+            .fetch_optional(pool)
+            .await
+            .expect("query extension");
+    assert!(vector.is_some(), "the vector extension is installed");
+    let xid_type: String = sqlx::query_scalar(
+        "SELECT data_type::text FROM information_schema.columns WHERE table_name = 'annals_events' AND column_name = 'transaction_id'",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("column type");
+    assert_eq!(xid_type, "xid8");
+
+    migrate_down(pool).await.expect("down");
+    assert!(
+        tables(pool.clone()).await.is_empty(),
+        "down removes every table"
+    );
+    migrate(pool).await.expect("up again");
+    assert_eq!(tables(pool.clone()).await, up);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_commit_is_not_skipped() {
+    let db = TestDatabase::new().await;
+    let store = db.store().await;
+    store.registry().register::<TestEvent>().expect("register");
+    let m = Metadata::new();
+    // A takes its position first but commits last
+    let mut a = db.pool().begin().await.expect("begin");
+    let a_result = store
+        .append_in(
+            &mut a,
+            "a",
+            ExpectedVersion::NoStream,
+            vec![new_event(&created("early"))],
+        )
+        .await
+        .expect("append in tx A");
+    let b_result = store
+        .append_events("b", ExpectedVersion::NoStream, &[created("late")], &m)
+        .await
+        .expect("append B");
+    assert!(
+        a_result.events[0].log_position.position < b_result.events[0].log_position.position
+    );
+
+    // while A is open, the reader sees nothing: B is above the horizon
+    let seen = store.read_all(LogPosition::START, 100).await.expect("read");
+    assert!(
+        seen.is_empty(),
+        "no event above the horizon is visible: {seen:?}"
+    );
+    // (other tests' transactions on the same server may hold the horizon too:
+    // xids are server-wide)
+    let horizon = store.horizon().await.expect("horizon");
+    assert!(horizon.events_held_back >= 1, "B is held back by A");
+    assert!(horizon.oldest_open_since.is_some());
+    assert!(horizon.lag_seconds >= 0.0);
+
+    a.commit().await.expect("commit A");
+    let seen = read_all_settled(&store, LogPosition::START, 2).await;
+    let streams: Vec<&str> = seen.iter().map(|e| e.stream_id.as_str()).collect();
+    assert_eq!(streams, vec!["a", "b"], "A then B, in transaction order");
+
+    // a rolled-back append leaves a harmless gap in positions
+    let mut c = db.pool().begin().await.expect("begin");
+    store
+        .append_in(
+            &mut c,
+            "c",
+            ExpectedVersion::Any,
+            vec![new_event(&created("rolled back"))],
+        )
+        .await
+        .expect("append in C");
+    c.rollback().await.expect("rollback");
+    store
+        .append_events("d", ExpectedVersion::Any, &[created("after rollback")], &m)
+        .await
+        .expect("append D");
+    let after = seen[seen.len() - 1].log_position;
+    let rest = read_all_settled(&store, after, 1).await;
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].stream_id, "d");
+    assert!(
+        rest[0].log_position.position > after.position + 1,
+        "a gap, skipped harmlessly"
+    );
+    assert_eq!(
+        store.stream_version("c").await.expect("version"),
+        None,
+        "rollback left nothing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follower_sees_every_event_exactly_once_under_random_commit_delays() {
+    const WRITERS: usize = 8;
+    const PER_WRITER: usize = 25;
+    let db = TestDatabase::new().await;
+    let store = db.store().await;
+    store.registry().register::<TestEvent>().expect("register");
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let store = store.clone();
+        let pool = db.pool().clone();
+        writers.push(tokio::spawn(async move {
+            let mut seed = (w as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            for i in 0..PER_WRITER {
+                let mut tx = pool.begin().await.expect("begin");
+                store
+                    .append_in(
+                        &mut tx,
+                        &format!("writer-{w}"),
+                        ExpectedVersion::Any,
+                        vec![new_event(&created(&format!("w{w}-{i}")))],
+                    )
+                    .await
+                    .expect("append");
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                tokio::time::sleep(Duration::from_millis(seed % 15)).await;
+                tx.commit().await.expect("commit");
+            }
+        }));
+    }
+    let total = WRITERS * PER_WRITER;
+    let mut seen = Vec::new();
+    let mut ids = HashSet::new();
+    let mut after = LogPosition::START;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while seen.len() < total {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "reader timed out with {} of {total}",
+            seen.len()
+        );
+        let page = store.read_all(after, 7).await.expect("read page");
+        for e in &page {
+            assert!(e.log_position > after, "checkpoints only move forward");
+            after = e.log_position;
+            assert!(ids.insert(e.event_id), "event {} seen twice", e.event_id);
+        }
+        seen.extend(page);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    for w in writers {
+        w.await.expect("writer");
+    }
+    let tail = store.read_all(after, 100).await.expect("tail");
+    assert!(
+        tail.is_empty(),
+        "nothing left after every event was seen: {}",
+        tail.len()
+    );
+    assert_eq!(ids.len(), total, "every committed event seen exactly once");
+    for w in 0..WRITERS {
+        let versions: Vec<u64> = seen
+            .iter()
+            .filter(|e| e.stream_id == format!("writer-{w}"))
+            .map(|e| e.stream_version)
+            .collect();
+        assert_eq!(
+            versions,
+            (1..=PER_WRITER as u64).collect::<Vec<_>>(),
+            "per-stream order holds"
+        );
+    }
+}
+
+async fn insert_row(
+    pool: &sqlx::PgPool,
+    stream: &str,
+    event_type: &str,
+    version: i32,
+    payload: &str,
+    metadata: &str,
+) -> u64 {
+    let position: i64 = sqlx::query_scalar(
+        "INSERT INTO annals_events (event_id, stream_id, stream_version, event_type, schema_version, payload, metadata)
+         VALUES ($1, $2, 1, $3, $4, $5::jsonb, $6::jsonb) RETURNING position",
+    )
+    .bind(uuid::Uuid::now_v7())
+    .bind(stream)
+    .bind(event_type)
+    .bind(version)
+    .bind(payload)
+    .bind(metadata)
+    .fetch_one(pool)
+    .await
+    .expect("insert row");
+    position as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupted_rows_are_typed_errors_and_other_streams_read_on() {
+    let db = TestDatabase::new().await;
+    let store = db.store().await;
+    let pool = db.pool();
+    store
+        .append_events(
+            "ok",
+            ExpectedVersion::NoStream,
+            &[created("fine")],
+            &Metadata::new(),
+        )
+        .await
+        .expect("append");
+    // rows written behind the store's back
+    let p_unknown = insert_row(pool, "unknown", "test.gone", 1, "{}", "{}").await;
+    let p_new = insert_row(pool, "newer", "test.scored", 7, "{}", "{}").await;
+    let p_invalid = insert_row(
+        pool,
+        "invalid",
+        "test.scored",
+        2,
+        r#"{"score": "high", "confidence": 1}"#,
+        "{}",
+    )
+    .await;
+    let p_meta = insert_row(pool, "meta", "test.created", 1, r#"{"name": "x"}"#, "[1, 2]").await;
+
+    match store.read_stream_as::<TestEvent>("unknown", 1).await {
+        Err(Error::Decode {
+            position,
+            source: DecodeError::UnknownEventType { .. },
+            ..
+        }) => assert_eq!(position, p_unknown),
+        other => panic!("unknown type: {other:?}"),
+    }
+    match store.read_stream_as::<TestEvent>("newer", 1).await {
+        Err(Error::Decode {
+            position,
+            source:
+                DecodeError::VersionTooNew {
+                    version: 7,
+                    current: 3,
+                    ..
+                },
+            ..
+        }) => assert_eq!(position, p_new),
+        other => panic!("newer version: {other:?}"),
+    }
+    match store.read_stream_as::<TestEvent>("invalid", 1).await {
+        Err(Error::Decode {
+            position,
+            source: DecodeError::SchemaInvalid(v),
+            ..
+        }) => {
+            assert_eq!(position, p_invalid);
+            assert_eq!(v.pointer(), "/score");
+        }
+        other => panic!("invalid payload: {other:?}"),
+    }
+    match store.read_stream("meta", 1, 10).await {
+        Err(Error::CorruptedRow { position, message }) => {
+            assert_eq!(position, p_meta);
+            assert!(message.contains("metadata"), "{message}");
+        }
+        other => panic!("corrupted metadata: {other:?}"),
+    }
+    let ok = store
+        .read_stream_as::<TestEvent>("ok", 1)
+        .await
+        .expect("other streams read on");
+    assert_eq!(ok.len(), 1);
+    // the error messages say what happened and what to do
+    let e = store
+        .read_stream_as::<TestEvent>("newer", 1)
+        .await
+        .expect_err("newer");
+    let msg = e.to_string();
+    assert!(
+        msg.contains(&format!("global position {p_new}")) && msg.contains("deploy"),
+        "{msg}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persisted_schema_registry_refuses_changed_schemas() {
+    let db = TestDatabase::new().await;
+    PgEventStore::builder(db.pool().clone())
+        .register::<TestEvent>()
+        .build()
+        .await
+        .expect("first start records schemas");
+    let rows = sqlx::query("SELECT event_type, version FROM annals_event_schemas ORDER BY 1, 2")
+        .fetch_all(db.pool())
+        .await
+        .expect("schemas");
+    let keys: Vec<(String, i32)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert!(keys.contains(&("test.scored".to_owned(), 1)));
+    assert!(keys.contains(&("test.scored".to_owned(), 3)));
+    // a second start with the same code is fine
+    PgEventStore::builder(db.pool().clone())
+        .register::<TestEvent>()
+        .build()
+        .await
+        .expect("restart");
+    // someone changed the payload of test.created v1 without a version bump
+    sqlx::query(
+        "UPDATE annals_event_schemas SET fingerprint = 'sha256:0000' WHERE event_type = 'test.created' AND version = 1",
+    )
+    .execute(db.pool())
+    .await
+    .expect("tamper");
+    let err = PgEventStore::builder(db.pool().clone())
+        .register::<TestEvent>()
+        .build()
+        .await
+        .expect_err("a changed schema refuses to start");
+    match &err {
+        Error::SchemaChanged(c) => {
+            assert_eq!(c.changes.len(), 1);
+            assert_eq!(c.changes[0].event_type, "test.created");
+            assert_eq!(c.changes[0].version, 1);
+        }
+        other => panic!("expected SchemaChanged, got {other}"),
+    }
+    assert!(err.to_string().contains("bump"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn append_in_a_callers_transaction_is_atomic_with_it() {
+    let db = TestDatabase::new().await;
+    let store = db.store().await;
+    store.registry().register::<TestEvent>().expect("register");
+    sqlx::query("CREATE TABLE side (x int)")
+        .execute(db.pool())
+        .await
+        .expect("side table");
+    for commit in [false, true] {
+        let mut tx = db.pool().begin().await.expect("begin");
+        store
+            .append_in(
+                &mut tx,
+                "t",
+                ExpectedVersion::NoStream,
+                vec![new_event(&created("tx"))],
+            )
+            .await
+            .expect("append");
+        sqlx::query("INSERT INTO side VALUES (1)")
+            .execute(&mut *tx)
+            .await
+            .expect("side row");
+        if commit {
+            tx.commit().await.expect("commit");
+        } else {
+            tx.rollback().await.expect("rollback");
+            assert_eq!(store.stream_version("t").await.expect("v"), None);
+        }
+    }
+    assert_eq!(store.stream_version("t").await.expect("v"), Some(1));
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM side")
+        .fetch_one(db.pool())
+        .await
+        .expect("count");
+    assert_eq!(n, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchers_wake_on_append() {
+    let db = TestDatabase::new().await;
+    let store = db.store().await;
+    let mut watcher = store.watch().await.expect("watch");
+    let s = store.clone();
+    let writer = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        s.append_events(
+            "w",
+            ExpectedVersion::Any,
+            &[created("wake")],
+            &Metadata::new(),
+        )
+        .await
+        .expect("append");
+    });
+    let started = std::time::Instant::now();
+    assert!(
+        watcher.wait(Duration::from_secs(10)).await,
+        "woken by NOTIFY, not by the poll timeout"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    writer.await.expect("writer");
+    assert!(
+        !watcher.wait(Duration::from_millis(50)).await,
+        "no append, the poll times out"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_event_ids_are_refused() {
+    let db = TestDatabase::new().await;
+    let store = db.store().await;
+    store.registry().register::<TestEvent>().expect("register");
+    let e = new_event(&created("once"));
+    let id = e.event_id;
+    store
+        .append("x", ExpectedVersion::Any, vec![e.clone()])
+        .await
+        .expect("first");
+    match store.append("y", ExpectedVersion::Any, vec![e]).await {
+        Err(Error::DuplicateEventId { event_id }) => assert_eq!(event_id, id),
+        other => panic!("expected DuplicateEventId, got {other:?}"),
+    }
+    assert_eq!(
+        store.stream_version("y").await.expect("v"),
+        None,
+        "nothing written"
+    );
+}
