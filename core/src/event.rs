@@ -97,8 +97,80 @@ pub(crate) mod private {
 
     use crate::{DecodeError, EventTypeInfo, UpcastError};
 
-    /// Compile-time check that a payload type can be an event payload.
-    pub const fn assert_payload<T: Serialize + DeserializeOwned + schemars::JsonSchema>() {}
+    /// What the derive needs of every payload type (current and historical).
+    /// Every use in generated code goes through this one trait, spanned at
+    /// the type, so a type that is not serializable gets one error.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` cannot be an event payload: it must implement `Serialize`, `Deserialize` and `JsonSchema`",
+        label = "not an event payload",
+        note = "derive them: `#[derive(serde::Serialize, serde::Deserialize, schemars::JsonSchema)]`"
+    )]
+    pub trait EventPayload: Sized {
+        /// Serializes the payload.
+        fn encode_payload(&self) -> Result<Box<RawValue>, serde_json::Error>;
+        /// Deserializes a stored payload.
+        fn decode_payload(
+            event_type: &str,
+            version: u32,
+            payload: &RawValue,
+        ) -> Result<Self, DecodeError>;
+        /// Deserializes an upcast JSON value.
+        fn decode_payload_value(
+            event_type: &str,
+            version: u32,
+            payload: Value,
+        ) -> Result<Self, DecodeError>;
+        /// Serializes for a following JSON-level upcaster.
+        fn payload_to_value(&self, event_type: &str, version: u32) -> Result<Value, DecodeError>;
+        /// The JSON Schema of the payload.
+        fn payload_schema() -> Value;
+    }
+
+    #[diagnostic::do_not_recommend]
+    impl<T: Serialize + DeserializeOwned + schemars::JsonSchema> EventPayload for T {
+        fn encode_payload(&self) -> Result<Box<RawValue>, serde_json::Error> {
+            encode(self)
+        }
+        fn decode_payload(
+            event_type: &str,
+            version: u32,
+            payload: &RawValue,
+        ) -> Result<Self, DecodeError> {
+            decode_raw(event_type, version, payload)
+        }
+        fn decode_payload_value(
+            event_type: &str,
+            version: u32,
+            payload: Value,
+        ) -> Result<Self, DecodeError> {
+            decode_value(event_type, version, payload)
+        }
+        fn payload_to_value(&self, event_type: &str, version: u32) -> Result<Value, DecodeError> {
+            to_value(event_type, version, self)
+        }
+        fn payload_schema() -> Value {
+            schema_of::<T>()
+        }
+    }
+
+    /// The link from one historical version to the next: `From`, checked by
+    /// the compiler.
+    #[diagnostic::on_unimplemented(
+        message = "no upcast from `{Self}` to `{Next}`: the history names `{Self}` as the version before `{Next}`",
+        label = "this version has no link to the next",
+        note = "implement `From<{Self}> for {Next}` to convert a stored old version into the next one"
+    )]
+    pub trait UpcastInto<Next> {
+        /// Converts into the next version.
+        fn upcast(self) -> Next;
+    }
+
+    #[diagnostic::do_not_recommend]
+    impl<A, B: From<A>> UpcastInto<B> for A {
+        fn upcast(self) -> B {
+            B::from(self)
+        }
+    }
 
     /// Deserializes a stored payload into `T`; on failure, re-parses with
     /// path tracking to say where it failed.

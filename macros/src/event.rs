@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use proc_macro2::{Span, TokenStream};
-use quote::{format_ident, quote, quote_spanned, ToTokens};
+use quote::{quote, quote_spanned, ToTokens};
 use syn::parse::{Parse, ParseStream};
 use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
@@ -486,7 +486,8 @@ fn expand(input: &DeriveInput, krate: &Path, types: &[EventType]) -> TokenStream
     });
     let encode_arms = types.iter().map(|t| {
         let pat = pattern(t, quote!(__payload));
-        quote!(#pat => #p::encode(__payload),)
+        let call = payload_call(&p, &t.payload, quote!(encode_payload));
+        quote!(#pat => #call(__payload),)
     });
     let wrap = |t: &EventType, value: TokenStream| match t.variant {
         Some(v) => quote!(Self::#v(#value)),
@@ -499,9 +500,10 @@ fn expand(input: &DeriveInput, krate: &Path, types: &[EventType]) -> TokenStream
         let version = t.version;
         let current_value = wrap(t, quote!(__current));
         let mut version_arms = Vec::new();
+        let decode_current = payload_call(&p, current, quote!(decode_payload));
         version_arms.push(quote! {
             #version => {
-                let __current: #current = #p::decode_raw::<#current>(__event_type, __version, __payload)?;
+                let __current: #current = #decode_current(__event_type, __version, __payload)?;
                 ::core::result::Result::Ok(#current_value)
             }
         });
@@ -512,7 +514,8 @@ fn expand(input: &DeriveInput, krate: &Path, types: &[EventType]) -> TokenStream
             let mut typed: Option<&Type> = None;
             match &entry.link {
                 Link::Type(ty) => {
-                    body.push(quote!(let __v: #ty = #p::decode_raw::<#ty>(__event_type, __version, __payload)?;));
+                    let call = payload_call(&p, ty, quote!(decode_payload));
+                    body.push(quote!(let __v: #ty = #call(__event_type, __version, __payload)?;));
                     typed = Some(ty);
                 }
                 Link::Json(path) => {
@@ -527,12 +530,13 @@ fn expand(input: &DeriveInput, krate: &Path, types: &[EventType]) -> TokenStream
                 let nv = next.version;
                 match (&next.link, typed) {
                     (Link::Type(ty), Some(prev)) => {
-                        let conv = from_call(prev, ty);
+                        let conv = from_call(&p, prev, ty);
                         body.push(quote!(let __v: #ty = #conv;));
                         typed = Some(ty);
                     }
                     (Link::Type(ty), None) => {
-                        body.push(quote!(let __v: #ty = #p::decode_value::<#ty>(__event_type, #nv, __j)?;));
+                        let call = payload_call(&p, ty, quote!(decode_payload_value));
+                        body.push(quote!(let __v: #ty = #call(__event_type, #nv, __j)?;));
                         typed = Some(ty);
                     }
                     (Link::Json(path), None) => {
@@ -547,11 +551,12 @@ fn expand(input: &DeriveInput, krate: &Path, types: &[EventType]) -> TokenStream
             }
             match typed {
                 Some(prev) => {
-                    let conv = from_call(prev, current);
+                    let conv = from_call(&p, prev, current);
                     body.push(quote!(let __current: #current = #conv;));
                 }
                 None => {
-                    body.push(quote!(let __current: #current = #p::decode_value::<#current>(__event_type, #version, __j)?;));
+                    let call = payload_call(&p, current, quote!(decode_payload_value));
+                    body.push(quote!(let __current: #current = #call(__event_type, #version, __j)?;));
                 }
             }
             version_arms.push(quote! {
@@ -577,7 +582,8 @@ fn expand(input: &DeriveInput, krate: &Path, types: &[EventType]) -> TokenStream
             match &h.link {
                 Link::Type(ty) => {
                     let ty_name = ty.to_token_stream().to_string().replace(' ', "");
-                    out.push(quote!(#p::EventSchema { event_type: #name, version: #v, schema: #p::schema_of::<#ty>(), rust_type: #ty_name }));
+                    let schema = payload_call(&p, ty, quote!(payload_schema));
+                    out.push(quote!(#p::EventSchema { event_type: #name, version: #v, schema: #schema(), rust_type: #ty_name }));
                 }
                 Link::Json(path) => {
                     let fn_name = format!("json({})", path.to_token_stream().to_string().replace(' ', ""));
@@ -588,23 +594,10 @@ fn expand(input: &DeriveInput, krate: &Path, types: &[EventType]) -> TokenStream
         let ty = &t.payload;
         let v = t.version;
         let ty_name = ty.to_token_stream().to_string().replace(' ', "");
-        out.push(quote!(#p::EventSchema { event_type: #name, version: #v, schema: #p::schema_of::<#ty>(), rust_type: #ty_name }));
+        let schema = payload_call(&p, ty, quote!(payload_schema));
+        out.push(quote!(#p::EventSchema { event_type: #name, version: #v, schema: #schema(), rust_type: #ty_name }));
         out
     });
-
-    // payload bounds, spanned at each type so a missing Serialize points there
-    let asserts = types.iter().flat_map(|t| {
-        let mut out = Vec::new();
-        let ty = &t.payload;
-        out.push(quote_spanned!(ty.span()=> #p::assert_payload::<#ty>();));
-        for h in &t.history {
-            if let Link::Type(ty) = &h.link {
-                out.push(quote_spanned!(ty.span()=> #p::assert_payload::<#ty>();));
-            }
-        }
-        out
-    });
-    let assert_fn = format_ident!("__annals_assert_payloads_{}", ident);
 
     quote! {
         const _: () = {
@@ -640,18 +633,21 @@ fn expand(input: &DeriveInput, krate: &Path, types: &[EventType]) -> TokenStream
                 }
             }
 
-            #[allow(non_snake_case, dead_code)]
-            const fn #assert_fn() {
-                #(#asserts)*
-            }
         };
     }
 }
 
-/// `<Next as From<Prev>>::from(__v)`, spanned at `Prev` so that a missing
-/// link points at the historical type that lacks it.
-fn from_call(prev: &Type, next: &Type) -> TokenStream {
-    quote_spanned!(prev.span()=> <#next as ::core::convert::From<#prev>>::from(__v))
+/// `<Prev as UpcastInto<Next>>::upcast(__v)`, spanned at `Prev` so that a
+/// missing link points at the historical type that lacks it.
+fn from_call(p: &TokenStream, prev: &Type, next: &Type) -> TokenStream {
+    quote_spanned!(prev.span()=> <#prev as #p::UpcastInto<#next>>::upcast(__v))
+}
+
+/// `<Ty as EventPayload>::method`, spanned at the type: every use of a
+/// payload type carries the same obligation at the same span, so a type that
+/// is not a payload gets one (deduplicated) error.
+fn payload_call(p: &TokenStream, ty: &Type, method: TokenStream) -> TokenStream {
+    quote_spanned!(ty.span()=> <#ty as #p::EventPayload>::#method)
 }
 
 /// The upcaster as a function pointer, spanned at its path so that a wrong

@@ -1,0 +1,8 @@
+use annals::Event;
+
+#[derive(Event)]
+enum LeadEvent {
+    Scored { score: u8 },
+}
+
+fn main() {}
