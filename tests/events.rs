@@ -149,8 +149,10 @@ fn decode_errors_are_typed() {
         LeadEvent::decode("lead.vanished", 1, &raw),
         Err(DecodeError::UnknownEventType { .. })
     ));
-    let bad = serde_json::value::to_raw_value(&serde_json::json!({"score": 1, "confidence": "x", "model": "m"}))
-        .expect("raw");
+    let bad = serde_json::value::to_raw_value(
+        &serde_json::json!({"score": 1, "confidence": "x", "model": "m"}),
+    )
+    .expect("raw");
     match LeadEvent::decode("lead.scored", 3, &bad) {
         Err(DecodeError::Deserialize { path, .. }) => assert_eq!(path, "confidence"),
         other => panic!("{other:?}"),
@@ -245,7 +247,10 @@ async fn store_validates_and_upcasts_through_the_facade() {
         .await
         .expect("read");
     assert_eq!(events.len(), 2);
-    assert_eq!(events[1].schema_version, 1, "the envelope keeps the stored version");
+    assert_eq!(
+        events[1].schema_version, 1,
+        "the envelope keeps the stored version"
+    );
     assert_eq!(
         events[1].payload,
         LeadEvent::Scored(LeadScored {
@@ -276,7 +281,8 @@ fn fingerprints_ignore_docs_and_order_but_not_shape() {
     let b = serde_json::json!({"required": ["x"], "properties": {"x": {"type": "integer"}}, "type": "object"});
     let c = serde_json::json!({"required": ["x"], "properties": {"x": {"type": "string"}}, "type": "object"});
     // a property *named* description is part of the shape
-    let d = serde_json::json!({"type": "object", "properties": {"description": {"type": "string"}}});
+    let d =
+        serde_json::json!({"type": "object", "properties": {"description": {"type": "string"}}});
     let e = serde_json::json!({"type": "object", "properties": {}});
     assert_eq!(fingerprint(&a), fingerprint(&b));
     assert_ne!(fingerprint(&b), fingerprint(&c));
@@ -318,8 +324,13 @@ fn schema_lock_file_helper() {
     }
     let registry = SchemaRegistry::new();
     registry.register::<LeadEvent>().expect("register");
-    std::fs::write(&path, SchemaLock::from_registry(&registry).render().replace("sha256:", "sha256:ff"))
-        .expect("tampered lock");
+    std::fs::write(
+        &path,
+        SchemaLock::from_registry(&registry)
+            .render()
+            .replace("sha256:", "sha256:ff"),
+    )
+    .expect("tampered lock");
     let result = std::panic::catch_unwind(|| SchemaLock::assert_file::<LeadEvent>(&path));
     assert!(result.is_err(), "a changed schema fails the test");
     let _ = std::fs::remove_dir_all(&dir);

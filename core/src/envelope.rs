@@ -11,7 +11,9 @@ use uuid::Uuid;
 /// unique but may have gaps (rolled-back appends); transaction ids order the
 /// commits so that a reader resuming from a checkpoint never skips an event
 /// that committed late.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 pub struct LogPosition {
     /// The id of the transaction that wrote the event (`xid8` in Postgres).
     pub transaction_id: u64,

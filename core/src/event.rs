@@ -71,8 +71,11 @@ pub trait Event: Sized + Send + Sync + 'static {
 
     /// Decodes a stored payload of any known version into the current type,
     /// upcasting step by step.
-    fn decode(event_type: &str, schema_version: u32, payload: &RawValue)
-        -> Result<Self, DecodeError>;
+    fn decode(
+        event_type: &str,
+        schema_version: u32,
+        payload: &RawValue,
+    ) -> Result<Self, DecodeError>;
 
     /// The JSON Schema of every (event type, version), current and historical.
     fn schemas() -> Vec<EventSchema>;

@@ -222,11 +222,7 @@ impl EventStore for InMemoryEventStore {
         let state = self.lock();
         // appends are serialized, so the log is already in (transaction, position) order
         let start = state.log.partition_point(|e| e.log_position <= after);
-        Ok(state.log[start..]
-            .iter()
-            .take(max_count)
-            .cloned()
-            .collect())
+        Ok(state.log[start..].iter().take(max_count).cloned().collect())
     }
 
     async fn stream_version(&self, stream_id: &str) -> Result<Option<u64>, Error> {

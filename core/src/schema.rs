@@ -329,18 +329,17 @@ impl SchemaRegistry {
     /// Validates events about to be appended. Nothing is written when one fails.
     pub fn validate_new(&self, events: &[NewEvent]) -> Result<(), Error> {
         for e in events {
-            let schema = self.get(&e.event_type, e.schema_version).ok_or_else(|| {
-                Error::Unregistered {
-                    event_type: e.event_type.clone(),
-                    version: e.schema_version,
-                }
-            })?;
-            let value: Value = serde_json::from_str(e.payload.get()).map_err(|source| {
-                Error::Encode {
+            let schema =
+                self.get(&e.event_type, e.schema_version)
+                    .ok_or_else(|| Error::Unregistered {
+                        event_type: e.event_type.clone(),
+                        version: e.schema_version,
+                    })?;
+            let value: Value =
+                serde_json::from_str(e.payload.get()).map_err(|source| Error::Encode {
                     event_type: e.event_type.clone(),
                     source,
-                }
-            })?;
+                })?;
             schema.validate(&value)?;
         }
         Ok(())

@@ -3,7 +3,9 @@ use std::future::Future;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Envelope, Error, Event, LogPosition, Metadata, NewEvent, RecordedEvent, SchemaRegistry};
+use crate::{
+    Envelope, Error, Event, LogPosition, Metadata, NewEvent, RecordedEvent, SchemaRegistry,
+};
 
 /// What an append expects of its stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

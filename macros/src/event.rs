@@ -274,8 +274,13 @@ fn check_type(cx: &Ctxt, attrs: TypeAttrs) -> (u32, Vec<HistoryEntry>) {
                     e.version
                 ),
             );
-        } else if let (Link::Type(_), Some(HistoryEntry { link: Link::Json(_), .. })) =
-            (&e.link, by_version.get(&next))
+        } else if let (
+            Link::Type(_),
+            Some(HistoryEntry {
+                link: Link::Json(_),
+                ..
+            }),
+        ) = (&e.link, by_version.get(&next))
         {
             cx.error_spanned_by(
                 &e.version_lit,
@@ -352,7 +357,11 @@ pub(crate) fn expand_derive_event(input: &DeriveInput) -> TokenStream {
                     Some(lit) => (check_name(&cx, lit), lit.span()),
                     None => {
                         let v = snake_case(&variant.ident.to_string());
-                        let name = if prefix.is_empty() { v } else { format!("{prefix}.{v}") };
+                        let name = if prefix.is_empty() {
+                            v
+                        } else {
+                            format!("{prefix}.{v}")
+                        };
                         (name, variant.ident.span())
                     }
                 };

@@ -218,13 +218,22 @@ impl PgEventStore {
         .map_err(|e| Error::backend("recording event schemas", e))?;
         let mut recorded = Vec::with_capacity(rows.len());
         for row in &rows {
-            let t: String = row.try_get(0).map_err(|e| Error::backend("reading event schemas", e))?;
-            let v: i32 = row.try_get(1).map_err(|e| Error::backend("reading event schemas", e))?;
-            let f: String = row.try_get(2).map_err(|e| Error::backend("reading event schemas", e))?;
+            let t: String = row
+                .try_get(0)
+                .map_err(|e| Error::backend("reading event schemas", e))?;
+            let v: i32 = row
+                .try_get(1)
+                .map_err(|e| Error::backend("reading event schemas", e))?;
+            let f: String = row
+                .try_get(2)
+                .map_err(|e| Error::backend("reading event schemas", e))?;
             recorded.push((t, v as u32, f));
         }
-        self.registry
-            .check_against(recorded.iter().map(|(t, v, f)| (t.as_str(), *v, f.as_str())))?;
+        self.registry.check_against(
+            recorded
+                .iter()
+                .map(|(t, v, f)| (t.as_str(), *v, f.as_str())),
+        )?;
         Ok(())
     }
 
@@ -272,10 +281,12 @@ impl PgEventStore {
             types.push(e.event_type.as_str());
             versions.push(e.schema_version as i32);
             payloads.push(e.payload.get());
-            metas.push(serde_json::to_string(&e.metadata).map_err(|source| Error::Encode {
-                event_type: e.event_type.clone(),
-                source,
-            })?);
+            metas.push(
+                serde_json::to_string(&e.metadata).map_err(|source| Error::Encode {
+                    event_type: e.event_type.clone(),
+                    source,
+                })?,
+            );
         }
         let expected_exact = match expected {
             ExpectedVersion::Exact(v) => v as i64,
@@ -452,11 +463,12 @@ where
 }
 
 async fn stream_version_on(conn: &mut PgConnection, stream_id: &str) -> Result<Option<u64>, Error> {
-    let v: Option<i64> = sqlx::query_scalar("SELECT version FROM annals_streams WHERE stream_id = $1")
-        .bind(stream_id)
-        .fetch_optional(conn)
-        .await
-        .map_err(|e| Error::backend("reading a stream's version", e))?;
+    let v: Option<i64> =
+        sqlx::query_scalar("SELECT version FROM annals_streams WHERE stream_id = $1")
+            .bind(stream_id)
+            .fetch_optional(conn)
+            .await
+            .map_err(|e| Error::backend("reading a stream's version", e))?;
     Ok(v.filter(|v| *v > 0).map(|v| v as u64))
 }
 
@@ -476,7 +488,9 @@ fn decode_row(row: &PgRow) -> Result<RecordedEvent, Error> {
     let payload = RawValue::from_string(payload)
         .map_err(|e| corrupted(format!("payload is not JSON: {e}")))?;
     if schema_version < 0 {
-        return Err(corrupted(format!("negative schema version {schema_version}")));
+        return Err(corrupted(format!(
+            "negative schema version {schema_version}"
+        )));
     }
     Ok(Envelope {
         event_id: get(row, "event_id")?,

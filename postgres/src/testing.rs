@@ -61,9 +61,7 @@ async fn exec(conn: &mut PgConnection, sql: &str) -> Result<(), sqlx::Error> {
 async fn ensure_template(conn: &mut PgConnection, options: &PgConnectOptions) -> String {
     let template = format!("annals_tpl_{}", crate::migrate::migrations_fingerprint());
     let lock_key: i64 = 0x616e_6e61_6c73; // "annals"
-    let fail = |what: &str, e: &dyn std::fmt::Display| -> ! {
-        panic!("test support: {what}: {e}")
-    };
+    let fail = |what: &str, e: &dyn std::fmt::Display| -> ! { panic!("test support: {what}: {e}") };
     if let Err(e) = sqlx::query("SELECT pg_advisory_lock($1)")
         .bind(lock_key)
         .execute(&mut *conn)
@@ -71,19 +69,25 @@ async fn ensure_template(conn: &mut PgConnection, options: &PgConnectOptions) ->
     {
         fail("locking the template", &e);
     }
-    let exists: Option<i32> = match sqlx::query_scalar("SELECT 1 FROM pg_database WHERE datname = $1")
-        .bind(&template)
-        .fetch_optional(&mut *conn)
-        .await
-    {
-        Ok(v) => v,
-        Err(e) => fail("looking up the template", &e),
-    };
+    let exists: Option<i32> =
+        match sqlx::query_scalar("SELECT 1 FROM pg_database WHERE datname = $1")
+            .bind(&template)
+            .fetch_optional(&mut *conn)
+            .await
+        {
+            Ok(v) => v,
+            Err(e) => fail("looking up the template", &e),
+        };
     if exists.is_none() {
         // build under a temporary name, then rename: a crash never leaves a
         // half-migrated template behind under the real name
         let building = format!("{template}_building");
-        if let Err(e) = exec(conn, &format!("DROP DATABASE IF EXISTS \"{building}\" WITH (FORCE)")).await {
+        if let Err(e) = exec(
+            conn,
+            &format!("DROP DATABASE IF EXISTS \"{building}\" WITH (FORCE)"),
+        )
+        .await
+        {
             fail("dropping a stale template", &e);
         }
         if let Err(e) = exec(conn, &format!("CREATE DATABASE \"{building}\"")).await {
@@ -98,10 +102,18 @@ async fn ensure_template(conn: &mut PgConnection, options: &PgConnectOptions) ->
             Err(e) => fail("connecting to the template", &e),
         };
         if let Err(e) = crate::migrate(&pool).await {
-            fail("migrating the template (is pgvector installed? `scripts/test` installs it)", &e);
+            fail(
+                "migrating the template (is pgvector installed? `scripts/test` installs it)",
+                &e,
+            );
         }
         pool.close().await;
-        if let Err(e) = exec(conn, &format!("ALTER DATABASE \"{building}\" RENAME TO \"{template}\"")).await {
+        if let Err(e) = exec(
+            conn,
+            &format!("ALTER DATABASE \"{building}\" RENAME TO \"{template}\""),
+        )
+        .await
+        {
             fail("renaming the template", &e);
         }
     }
@@ -138,7 +150,12 @@ impl TestDatabase {
         let name = format!("annals_test_{}", uuid::Uuid::now_v7().simple());
         let mut attempt = 0;
         loop {
-            match exec(&mut conn, &format!("CREATE DATABASE \"{name}\" TEMPLATE \"{template}\"")).await {
+            match exec(
+                &mut conn,
+                &format!("CREATE DATABASE \"{name}\" TEMPLATE \"{template}\""),
+            )
+            .await
+            {
                 Ok(()) => break,
                 // the template is briefly in use by a concurrent CREATE DATABASE
                 Err(e) if attempt < 50 => {
@@ -206,13 +223,20 @@ impl Drop for TestDatabase {
         // Drop is synchronous: drop the database on a helper thread with its
         // own runtime, and wait for it
         let handle = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
                 return;
             };
             rt.block_on(async move {
                 drop(pool);
                 if let Ok(mut conn) = options.connect().await {
-                    let _ = exec(&mut conn, &format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).await;
+                    let _ = exec(
+                        &mut conn,
+                        &format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"),
+                    )
+                    .await;
                     let _ = conn.close().await;
                 }
             });

@@ -132,9 +132,7 @@ async fn late_commit_is_not_skipped() {
         .append_events("b", ExpectedVersion::NoStream, &[created("late")], &m)
         .await
         .expect("append B");
-    assert!(
-        a_result.events[0].log_position.position < b_result.events[0].log_position.position
-    );
+    assert!(a_result.events[0].log_position.position < b_result.events[0].log_position.position);
 
     // while A is open, the reader sees nothing: B is above the horizon
     let seen = store.read_all(LogPosition::START, 100).await.expect("read");
@@ -311,7 +309,15 @@ async fn corrupted_rows_are_typed_errors_and_other_streams_read_on() {
         "{}",
     )
     .await;
-    let p_meta = insert_row(pool, "meta", "test.created", 1, r#"{"name": "x"}"#, "[1, 2]").await;
+    let p_meta = insert_row(
+        pool,
+        "meta",
+        "test.created",
+        1,
+        r#"{"name": "x"}"#,
+        "[1, 2]",
+    )
+    .await;
 
     match store.read_stream_as::<TestEvent>("unknown", 1).await {
         Err(Error::Decode {

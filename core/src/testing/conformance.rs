@@ -22,8 +22,7 @@ use serde_json::value::to_raw_value;
 
 use super::events::{Created, Scored, TestEvent};
 use crate::{
-    DecodeError, Error, EventStore, EventStoreExt, ExpectedVersion, LogPosition, Metadata,
-    NewEvent,
+    DecodeError, Error, EventStore, EventStoreExt, ExpectedVersion, LogPosition, Metadata, NewEvent,
 };
 
 fn created(name: &str) -> TestEvent {
@@ -113,7 +112,10 @@ async fn append_and_read<S: EventStore>(store: S) {
     .await;
     assert_eq!(result.version, 2, "the stream's version after two events");
     assert_eq!(result.events.len(), 2, "append returns the appended events");
-    assert_eq!(result.events[0].stream_version, 1, "stream versions start at 1");
+    assert_eq!(
+        result.events[0].stream_version, 1,
+        "stream versions start at 1"
+    );
     assert_eq!(
         result.events[0].log_position.transaction_id, result.events[1].log_position.transaction_id,
         "events of one append share a transaction"
@@ -123,7 +125,10 @@ async fn append_and_read<S: EventStore>(store: S) {
     assert_eq!(read.len(), 2);
     for (a, r) in result.events.iter().zip(&read) {
         assert_eq!(a.event_id, r.event_id, "event ids are kept");
-        assert_eq!(a.log_position, r.log_position, "append reports the stored position");
+        assert_eq!(
+            a.log_position, r.log_position,
+            "append reports the stored position"
+        );
         assert_eq!(a.stream_version, r.stream_version);
         assert_eq!(r.stream_id, "lead-1");
         assert_eq!(r.metadata, meta, "metadata round-trips");
@@ -190,7 +195,9 @@ async fn expected_versions<S: EventStore>(store: S) {
     .await;
     assert_eq!(ok.version, 3);
     assert_eq!(must("read", store.read_stream("s", 1, 100)).await.len(), 3);
-    assert!(must("read new", store.read_stream("new", 1, 100)).await.is_empty());
+    assert!(must("read new", store.read_stream("new", 1, 100))
+        .await
+        .is_empty());
 }
 
 async fn empty_append<S: EventStore>(store: S) {
@@ -225,7 +232,11 @@ async fn batches_are_atomic<S: EventStore>(store: S) {
             ExpectedVersion::Exact(1),
             vec![
                 raw("test.note", 1, json!("ok")),
-                raw("test.scored", 3, json!({"score": 250, "confidence": 1.0, "model": "m"})),
+                raw(
+                    "test.scored",
+                    3,
+                    json!({"score": 250, "confidence": 1.0, "model": "m"}),
+                ),
                 raw("test.note", 1, json!("ok")),
             ],
         )
@@ -260,26 +271,42 @@ async fn validation<S: EventStore>(store: S) {
         .append(
             "v",
             ExpectedVersion::Any,
-            vec![raw("test.scored", 3, json!({"score": 101, "confidence": 0.1, "model": "m"}))],
+            vec![raw(
+                "test.scored",
+                3,
+                json!({"score": 101, "confidence": 0.1, "model": "m"}),
+            )],
         )
         .await;
     match r {
         Err(Error::SchemaViolation(v)) => {
             assert_eq!(v.event_type, "test.scored");
             assert_eq!(v.version, 3);
-            assert_eq!(v.pointer(), "/score", "the violation names the failing field");
+            assert_eq!(
+                v.pointer(),
+                "/score",
+                "the violation names the failing field"
+            );
         }
         other => panic!("expected a schema violation, got {other:?}"),
     }
     let r = store
-        .append("v", ExpectedVersion::Any, vec![raw("test.unknown", 1, json!({}))])
+        .append(
+            "v",
+            ExpectedVersion::Any,
+            vec![raw("test.unknown", 1, json!({}))],
+        )
         .await;
     assert!(
         matches!(r, Err(Error::Unregistered { ref event_type, version: 1 }) if event_type == "test.unknown"),
         "an unregistered type is refused while validating: {r:?}"
     );
     let r = store
-        .append("v", ExpectedVersion::Any, vec![raw("test.scored", 9, json!({}))])
+        .append(
+            "v",
+            ExpectedVersion::Any,
+            vec![raw("test.scored", 9, json!({}))],
+        )
         .await;
     assert!(matches!(r, Err(Error::Unregistered { version: 9, .. })));
     // an old version is valid to append when its payload matches its schema
@@ -288,7 +315,11 @@ async fn validation<S: EventStore>(store: S) {
         store.append(
             "v",
             ExpectedVersion::Any,
-            vec![raw("test.scored", 2, json!({"score": 5, "confidence": 0.2}))],
+            vec![raw(
+                "test.scored",
+                2,
+                json!({"score": 5, "confidence": 0.2}),
+            )],
         ),
     )
     .await;
@@ -306,7 +337,9 @@ async fn read_stream_ranges<S: EventStore>(store: S) {
     assert_eq!(versions, vec![10, 11, 12, 13, 14]);
     let from0 = must("from 0", store.read_stream("r", 0, 100)).await;
     assert_eq!(from0.len(), 25, "from version 0 reads from the start");
-    assert!(must("past the end", store.read_stream("r", 26, 10)).await.is_empty());
+    assert!(must("past the end", store.read_stream("r", 26, 10))
+        .await
+        .is_empty());
     let typed = must("typed from 20", store.read_stream_as::<TestEvent>("r", 20)).await;
     assert_eq!(typed.len(), 6);
     assert_eq!(typed[0].payload, scored(19));
@@ -345,7 +378,10 @@ async fn read_all_order_and_paging<S: EventStore>(store: S) {
     }
     let a: Vec<_> = all.iter().map(|e| e.event_id).collect();
     let b: Vec<_> = paged.iter().map(|e| e.event_id).collect();
-    assert_eq!(a, b, "paging by checkpoint sees every event exactly once, in order");
+    assert_eq!(
+        a, b,
+        "paging by checkpoint sees every event exactly once, in order"
+    );
     let tail = must("after the last", store.read_all(after, 10)).await;
     assert!(tail.is_empty());
 }
@@ -363,7 +399,11 @@ async fn upcasting<S: EventStore>(store: S) {
             vec![
                 raw("test.scored", 1, json!({"points": 70})),
                 raw("test.scored", 2, json!({"score": 60, "confidence": 0.7})),
-                raw("test.scored", 3, json!({"score": 50, "confidence": 0.6, "model": "m2"})),
+                raw(
+                    "test.scored",
+                    3,
+                    json!({"score": 50, "confidence": 0.6, "model": "m2"}),
+                ),
             ],
         ),
     )
@@ -373,9 +413,21 @@ async fn upcasting<S: EventStore>(store: S) {
     assert_eq!(
         scores,
         vec![
-            TestEvent::Scored(Scored { score: 70, confidence: 0.5, model: "unknown".into() }),
-            TestEvent::Scored(Scored { score: 60, confidence: 0.7, model: "unknown".into() }),
-            TestEvent::Scored(Scored { score: 50, confidence: 0.6, model: "m2".into() }),
+            TestEvent::Scored(Scored {
+                score: 70,
+                confidence: 0.5,
+                model: "unknown".into()
+            }),
+            TestEvent::Scored(Scored {
+                score: 60,
+                confidence: 0.7,
+                model: "unknown".into()
+            }),
+            TestEvent::Scored(Scored {
+                score: 50,
+                confidence: 0.6,
+                model: "m2".into()
+            }),
         ],
         "v1 (JSON upcaster) and v2 (From) reach v3"
     );
@@ -393,12 +445,29 @@ async fn bad_rows<S: EventStore>(store: S) {
         ("unknown", raw("test.nope", 1, json!({}))),
         ("too-new", raw("test.scored", 4, json!({}))),
         ("too-old", raw("test.created", 0, json!({}))),
-        ("invalid-old", raw("test.scored", 2, json!({"score": "high", "confidence": 0.1}))),
-        ("bad-current", raw("test.scored", 3, json!({"score": 1, "confidence": 0.1}))),
-        ("upcast-fails", raw("test.scored", 1, json!({"no_points": 1}))),
+        (
+            "invalid-old",
+            raw(
+                "test.scored",
+                2,
+                json!({"score": "high", "confidence": 0.1}),
+            ),
+        ),
+        (
+            "bad-current",
+            raw("test.scored", 3, json!({"score": 1, "confidence": 0.1})),
+        ),
+        (
+            "upcast-fails",
+            raw("test.scored", 1, json!({"no_points": 1})),
+        ),
     ];
     for (stream, event) in cases {
-        let appended = must("append a bad row", store.append(stream, ExpectedVersion::Any, vec![event])).await;
+        let appended = must(
+            "append a bad row",
+            store.append(stream, ExpectedVersion::Any, vec![event]),
+        )
+        .await;
         let position = appended.events[0].log_position.position;
         let err = match store.read_stream_as::<TestEvent>(stream, 1).await {
             Err(Error::Decode {
@@ -407,7 +476,10 @@ async fn bad_rows<S: EventStore>(store: S) {
                 stream_id,
                 ..
             }) => {
-                assert_eq!(p, position, "{stream}: the error names the event's position");
+                assert_eq!(
+                    p, position,
+                    "{stream}: the error names the event's position"
+                );
                 assert_eq!(stream_id, stream);
                 source
             }
@@ -418,17 +490,40 @@ async fn bad_rows<S: EventStore>(store: S) {
                 assert_eq!(event_type, "test.nope");
                 assert!(known.contains(&"test.created"));
             }
-            ("too-new", DecodeError::VersionTooNew { version: 4, current: 3, .. }) => {}
-            ("too-old", DecodeError::VersionTooOld { version: 0, oldest: 1, .. }) => {}
+            (
+                "too-new",
+                DecodeError::VersionTooNew {
+                    version: 4,
+                    current: 3,
+                    ..
+                },
+            ) => {}
+            (
+                "too-old",
+                DecodeError::VersionTooOld {
+                    version: 0,
+                    oldest: 1,
+                    ..
+                },
+            ) => {}
             ("invalid-old", DecodeError::SchemaInvalid(v)) => assert_eq!(v.pointer(), "/score"),
             ("bad-current", DecodeError::Deserialize { version: 3, .. }) => {}
-            ("upcast-fails", DecodeError::Upcast { from_version: 1, .. }) => {}
+            (
+                "upcast-fails",
+                DecodeError::Upcast {
+                    from_version: 1, ..
+                },
+            ) => {}
             _ => panic!("{stream}: wrong decode error: {err}"),
         }
         let message = err.to_string();
         assert!(!message.is_empty());
     }
-    let good = must("other streams still read", store.read_stream_as::<TestEvent>("good", 1)).await;
+    let good = must(
+        "other streams still read",
+        store.read_stream_as::<TestEvent>("good", 1),
+    )
+    .await;
     assert_eq!(good.len(), 1);
 }
 
@@ -458,18 +553,32 @@ async fn concurrent_writers<S: EventStore + Clone + 'static>(store: S) {
                     wins[round as usize] += 1;
                 }
                 Ok(Err(Error::Conflict(c))) => {
-                    assert_eq!(c.actual, Some(round + 1), "the loser sees the winner's version")
+                    assert_eq!(
+                        c.actual,
+                        Some(round + 1),
+                        "the loser sees the winner's version"
+                    )
                 }
-                Ok(Err(e)) => panic!("a concurrent writer failed with something else than a conflict: {e}"),
+                Ok(Err(e)) => {
+                    panic!("a concurrent writer failed with something else than a conflict: {e}")
+                }
                 Err(e) => panic!("writer task panicked: {e}"),
             }
         }
     }
-    assert_eq!(wins, vec![1; ROUNDS as usize], "exactly one winner per version");
+    assert_eq!(
+        wins,
+        vec![1; ROUNDS as usize],
+        "exactly one winner per version"
+    );
     let versions: Vec<u64> = must("read", store.read_stream("hot", 1, 100))
         .await
         .iter()
         .map(|e| e.stream_version)
         .collect();
-    assert_eq!(versions, (1..=ROUNDS).collect::<Vec<_>>(), "no gaps, no duplicates");
+    assert_eq!(
+        versions,
+        (1..=ROUNDS).collect::<Vec<_>>(),
+        "no gaps, no duplicates"
+    );
 }
