@@ -8,6 +8,10 @@ pub use annals_core::*;
 /// attributes.
 pub use annals_macros::Event;
 
+/// Derives [`AggregateState`] for an aggregate's state: its type name, event
+/// type, snapshot policy and snapshot codec. See the [crate docs](crate#aggregates).
+pub use annals_macros::Aggregate;
+
 /// The Postgres backend (`annals-postgres`).
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
@@ -16,7 +20,8 @@ pub use annals_postgres as postgres;
 /// The most used items: `use annals::prelude::*;`.
 pub mod prelude {
     pub use annals_core::{
-        Envelope, Event, EventStore, EventStoreExt, ExpectedVersion, InMemoryEventStore, Metadata,
+        given, Aggregate, AggregateState, Envelope, Event, EventStore, EventStoreExt,
+        ExpectedVersion, InMemoryEventStore, InMemorySnapshotStore, Metadata, Repository,
     };
-    pub use annals_macros::Event;
+    pub use annals_macros::{Aggregate, Event};
 }

@@ -19,17 +19,23 @@
 //!   of the Postgres store (pinned by the conformance suite in `testing`).
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod aggregate;
 mod envelope;
 mod error;
 mod event;
 mod memory;
+pub mod metrics;
+mod repository;
+mod scenario;
 mod schema;
+mod snapshot;
 mod store;
 
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
 
+pub use aggregate::{Aggregate, AggregateState};
 pub use envelope::{Envelope, LogPosition, Metadata, NewEvent, RecordedEvent};
 pub use error::{DecodeError, Error, UpcastError, VersionConflict};
 pub use event::{Event, EventSchema, EventTypeInfo};
@@ -38,14 +44,18 @@ pub use schema::{
     fingerprint, RegisteredSchema, SchemaChange, SchemaChanges, SchemaLock, SchemaRegistry,
     SchemaViolation,
 };
+pub use repository::{CommandError, Executed, Loaded, Repository, SnapshotWrite};
+pub use scenario::{given, Scenario, ScenarioWhen};
+pub use snapshot::{InMemorySnapshotStore, NoSnapshots, Snapshot, SnapshotStore};
 pub use store::{AppendResult, EventStore, EventStoreExt, ExpectedVersion};
 
 /// Support code for the derive macros. Not public API: it may change in any
 /// release.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::aggregate::private::*;
     pub use crate::event::private::*;
-    pub use crate::{DecodeError, Event, EventSchema, EventTypeInfo, UpcastError};
+    pub use crate::{AggregateState, DecodeError, Event, EventSchema, EventTypeInfo, UpcastError};
     pub use schemars;
     pub use serde;
     pub use serde_json;

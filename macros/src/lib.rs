@@ -5,6 +5,7 @@
 //! (collecting every error with its span) and expands it. Use the macros
 //! through the `annals` facade, whose docs describe the attributes.
 
+mod aggregate;
 mod ctxt;
 mod event;
 mod util;
@@ -17,4 +18,12 @@ use syn::{parse_macro_input, DeriveInput};
 pub fn derive_event(input: TokenStream) -> TokenStream {
     let input = parse_macro_input!(input as DeriveInput);
     event::expand_derive_event(&input).into()
+}
+
+/// Derives `annals::AggregateState` (type name, snapshot policy, snapshot
+/// codec). See the `annals` crate documentation.
+#[proc_macro_derive(Aggregate, attributes(aggregate))]
+pub fn derive_aggregate(input: TokenStream) -> TokenStream {
+    let input = parse_macro_input!(input as DeriveInput);
+    aggregate::expand_derive_aggregate(&input).into()
 }

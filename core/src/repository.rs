@@ -1,0 +1,369 @@
+//! The repository: load aggregates (snapshot + newer events) and execute
+//! commands with optimistic concurrency and bounded retries.
+
+use std::marker::PhantomData;
+
+use crate::metrics as m;
+use crate::{
+    Aggregate, AggregateState, Envelope, Error, EventStore, EventStoreExt, ExpectedVersion,
+    Metadata, NoSnapshots, Snapshot, SnapshotStore, VersionConflict,
+};
+
+/// How snapshots are written after a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SnapshotWrite {
+    /// On a background task: the command returns as soon as its events are
+    /// appended, so the snapshot adds no round trip to its latency (needs a
+    /// Tokio runtime). A failed write is logged and counted, never fatal.
+    #[default]
+    Background,
+    /// Before the command returns (deterministic; for tests and batch jobs).
+    Inline,
+}
+
+/// An aggregate loaded from its snapshot and events.
+#[derive(Debug, Clone)]
+pub struct Loaded<A> {
+    /// The state.
+    pub state: A,
+    /// The stream version the state reflects (0: no events yet).
+    pub version: u64,
+    /// The version of the snapshot the load started from, if one was used.
+    pub snapshot_version: Option<u64>,
+    /// How many events were replayed on top of the snapshot.
+    pub events_replayed: u64,
+    /// Whether a stored snapshot had to be ignored (so a fresh one is due).
+    pub snapshot_invalidated: bool,
+}
+
+/// A command's outcome.
+#[derive(Debug)]
+pub struct Executed<A: Aggregate> {
+    /// The new events with their envelopes (empty when the command decided
+    /// nothing needed to happen).
+    pub events: Vec<Envelope<A::Event>>,
+    /// The stream version after the command.
+    pub version: u64,
+    /// The state after the command.
+    pub state: A,
+    /// How many attempts it took (1 without conflicts).
+    pub attempts: u32,
+}
+
+/// Why a command failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CommandError<E: std::error::Error + 'static> {
+    /// The aggregate rejected the command; nothing was written.
+    #[error("command rejected: {0}")]
+    Rejected(#[source] E),
+    /// Other writers kept changing the aggregate; every retry conflicted.
+    #[error("command gave up after {attempts} attempts: {source}; the aggregate is under heavy contention, retry later or raise the repository's max_retries")]
+    Conflict {
+        /// How many attempts were made.
+        attempts: u32,
+        /// The last conflict.
+        #[source]
+        source: VersionConflict,
+    },
+    /// The store failed (or an event could not be decoded).
+    #[error(transparent)]
+    Store(#[from] Error),
+}
+
+/// Loads aggregates and executes commands against them.
+///
+/// ```
+/// # use annals_core as annals;
+/// # use annals::{Aggregate, InMemoryEventStore, InMemorySnapshotStore, Metadata, Repository};
+/// # #[derive(Debug, Clone, PartialEq, annals_macros::Event)]
+/// # #[event(crate = "annals_core")]
+/// # enum CounterEvent { Added(u32) }
+/// # #[derive(Default, serde::Serialize, serde::Deserialize, schemars::JsonSchema, annals_macros::Aggregate)]
+/// # #[aggregate(event = CounterEvent, snapshot_every = 2, crate = "annals_core")]
+/// # struct Counter { total: u64 }
+/// # #[derive(Debug, thiserror::Error)] #[error("never")] struct Never;
+/// # impl Aggregate for Counter {
+/// #     type Command = u32; type Error = Never;
+/// #     fn handle(&self, add: &u32) -> Result<Vec<CounterEvent>, Never> { Ok(vec![CounterEvent::Added(*add)]) }
+/// #     fn apply(&mut self, CounterEvent::Added(n): &CounterEvent) { self.total += u64::from(*n) }
+/// # }
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let repo = Repository::<Counter, _, _>::new(InMemoryEventStore::new())
+///     .with_snapshots(InMemorySnapshotStore::new())
+///     .inline_snapshots();
+/// for n in 1..=5 {
+///     repo.execute("c1", &n, &Metadata::new()).await?;
+/// }
+/// let loaded = repo.load("c1").await?;
+/// assert_eq!(loaded.state.total, 15);
+/// assert_eq!(loaded.snapshot_version, Some(4));
+/// assert_eq!(loaded.events_replayed, 1);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # }).unwrap();
+/// ```
+#[derive(Debug, Clone)]
+pub struct Repository<A, S, N = NoSnapshots> {
+    store: S,
+    snapshots: N,
+    max_retries: u32,
+    snapshot_write: SnapshotWrite,
+    snapshot_every: Option<u64>,
+    _aggregate: PhantomData<fn() -> A>,
+}
+
+impl<A: Aggregate, S: EventStore> Repository<A, S, NoSnapshots> {
+    /// A repository on `store`, without snapshots, retrying conflicts 3 times.
+    pub fn new(store: S) -> Self {
+        Repository {
+            store,
+            snapshots: NoSnapshots,
+            max_retries: 3,
+            snapshot_write: SnapshotWrite::default(),
+            snapshot_every: A::SNAPSHOT_EVERY,
+            _aggregate: PhantomData,
+        }
+    }
+}
+
+impl<A: Aggregate, S: EventStore, N: SnapshotStore> Repository<A, S, N> {
+    /// Uses a snapshot store (the policy is the aggregate's `snapshot_every`).
+    pub fn with_snapshots<N2: SnapshotStore>(self, snapshots: N2) -> Repository<A, S, N2> {
+        Repository {
+            store: self.store,
+            snapshots,
+            max_retries: self.max_retries,
+            snapshot_write: self.snapshot_write,
+            snapshot_every: self.snapshot_every,
+            _aggregate: PhantomData,
+        }
+    }
+
+    /// How many times a command is retried after a version conflict.
+    pub fn max_retries(mut self, retries: u32) -> Self {
+        self.max_retries = retries;
+        self
+    }
+
+    /// Overrides the aggregate's snapshot policy (`None`: no snapshots).
+    pub fn snapshot_every(mut self, every: Option<u64>) -> Self {
+        self.snapshot_every = every.filter(|n| *n > 0);
+        self
+    }
+
+    /// Writes snapshots before commands return (see [`SnapshotWrite`]).
+    pub fn inline_snapshots(mut self) -> Self {
+        self.snapshot_write = SnapshotWrite::Inline;
+        self
+    }
+
+    /// The event store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// Loads an aggregate: its newest usable snapshot plus the events after
+    /// it. A snapshot of another shape or codec version, or one that does
+    /// not decode, is ignored with a warning and the stream replayed in full.
+    pub async fn load(&self, id: &str) -> Result<Loaded<A>, Error> {
+        let stream = A::stream_id(id);
+        let mut loaded = Loaded {
+            state: A::default(),
+            version: 0,
+            snapshot_version: None,
+            events_replayed: 0,
+            snapshot_invalidated: false,
+        };
+        if self.snapshot_every.is_some() {
+            match self.snapshots.load(A::TYPE, &stream).await? {
+                Some(s) => match usable::<A>(&s) {
+                    Ok(state) => {
+                        metrics::counter!(m::SNAPSHOT_HITS_TOTAL, "aggregate" => A::TYPE)
+                            .increment(1);
+                        loaded.state = state;
+                        loaded.version = s.version;
+                        loaded.snapshot_version = Some(s.version);
+                    }
+                    Err(reason) => {
+                        tracing::warn!(
+                            aggregate = A::TYPE,
+                            stream = %stream,
+                            snapshot_version = s.version,
+                            reason,
+                            "ignoring an unusable snapshot; replaying the stream in full"
+                        );
+                        metrics::counter!(m::SNAPSHOT_INVALIDATIONS_TOTAL, "aggregate" => A::TYPE, "reason" => reason)
+                            .increment(1);
+                        loaded.snapshot_invalidated = true;
+                    }
+                },
+                None => {
+                    metrics::counter!(m::SNAPSHOT_MISSES_TOTAL, "aggregate" => A::TYPE)
+                        .increment(1);
+                }
+            }
+        }
+        let events = self
+            .store
+            .read_stream_as::<A::Event>(&stream, loaded.version + 1)
+            .await?;
+        for e in &events {
+            loaded.state.apply(&e.payload);
+            loaded.version = e.stream_version;
+        }
+        loaded.events_replayed = events.len() as u64;
+        metrics::counter!(m::EVENTS_REPLAYED_TOTAL, "aggregate" => A::TYPE)
+            .increment(loaded.events_replayed);
+        Ok(loaded)
+    }
+
+    /// Executes a command: load, decide, append with the loaded version as
+    /// the expected one; on a conflict, reload and decide again, up to
+    /// `max_retries` times. The metadata (correlation and causation ids,
+    /// user) goes on every event.
+    pub async fn execute(
+        &self,
+        id: &str,
+        command: &A::Command,
+        metadata: &Metadata,
+    ) -> Result<Executed<A>, CommandError<A::Error>> {
+        let stream = A::stream_id(id);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut loaded = self.load(id).await.map_err(|e| {
+                metrics::counter!(m::COMMANDS_TOTAL, "aggregate" => A::TYPE, "outcome" => "error")
+                    .increment(1);
+                CommandError::Store(e)
+            })?;
+            let events = match loaded.state.handle(command) {
+                Ok(events) => events,
+                Err(e) => {
+                    metrics::counter!(m::COMMANDS_TOTAL, "aggregate" => A::TYPE, "outcome" => "rejected")
+                        .increment(1);
+                    return Err(CommandError::Rejected(e));
+                }
+            };
+            if events.is_empty() {
+                metrics::counter!(m::COMMANDS_TOTAL, "aggregate" => A::TYPE, "outcome" => "ok")
+                    .increment(1);
+                return Ok(Executed {
+                    events: Vec::new(),
+                    version: loaded.version,
+                    state: loaded.state,
+                    attempts: attempt,
+                });
+            }
+            let expected = ExpectedVersion::from_current(Some(loaded.version));
+            match self
+                .store
+                .append_events(&stream, expected, &events, metadata)
+                .await
+            {
+                Ok(result) => {
+                    for e in &events {
+                        loaded.state.apply(e);
+                    }
+                    let envelopes: Vec<Envelope<A::Event>> = result
+                        .events
+                        .into_iter()
+                        .zip(events)
+                        .map(|(r, e)| r.map(|_| e))
+                        .collect();
+                    metrics::counter!(m::COMMANDS_TOTAL, "aggregate" => A::TYPE, "outcome" => "ok")
+                        .increment(1);
+                    if self.snapshot_due(&loaded, result.version) {
+                        self.write_snapshot(&stream, &loaded.state, result.version)
+                            .await;
+                    }
+                    return Ok(Executed {
+                        events: envelopes,
+                        version: result.version,
+                        state: loaded.state,
+                        attempts: attempt,
+                    });
+                }
+                Err(Error::Conflict(c)) => {
+                    if attempt > self.max_retries {
+                        metrics::counter!(m::COMMANDS_TOTAL, "aggregate" => A::TYPE, "outcome" => "conflict")
+                            .increment(1);
+                        return Err(CommandError::Conflict {
+                            attempts: attempt,
+                            source: c,
+                        });
+                    }
+                    metrics::counter!(m::COMMAND_RETRIES_TOTAL, "aggregate" => A::TYPE)
+                        .increment(1);
+                    tracing::debug!(aggregate = A::TYPE, stream = %stream, attempt, "version conflict; reloading and retrying");
+                }
+                Err(e) => {
+                    metrics::counter!(m::COMMANDS_TOTAL, "aggregate" => A::TYPE, "outcome" => "error")
+                        .increment(1);
+                    return Err(CommandError::Store(e));
+                }
+            }
+        }
+    }
+
+    /// Whether the append that moved the stream from `loaded.version` to
+    /// `new_version` crossed a multiple of the policy (or the stored
+    /// snapshot was unusable and the stream is long enough to deserve one).
+    fn snapshot_due(&self, loaded: &Loaded<A>, new_version: u64) -> bool {
+        let Some(every) = self.snapshot_every else {
+            return false;
+        };
+        new_version / every > loaded.version / every
+            || (loaded.snapshot_invalidated && new_version >= every)
+    }
+
+    async fn write_snapshot(&self, stream: &str, state: &A, version: u64) {
+        let encoded = match state.encode_state() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(aggregate = A::TYPE, stream, error = %e, "cannot encode a snapshot");
+                metrics::counter!(m::SNAPSHOT_WRITE_ERRORS_TOTAL, "aggregate" => A::TYPE)
+                    .increment(1);
+                return;
+            }
+        };
+        let snapshot = Snapshot {
+            aggregate_type: A::TYPE.to_owned(),
+            aggregate_id: stream.to_owned(),
+            version,
+            state: encoded,
+            fingerprint: A::state_fingerprint().to_owned(),
+            codec_version: A::CODEC_VERSION,
+        };
+        let store = self.snapshots.clone();
+        let save = async move {
+            match store.save(snapshot).await {
+                Ok(()) => {
+                    metrics::counter!(m::SNAPSHOT_WRITES_TOTAL, "aggregate" => A::TYPE)
+                        .increment(1)
+                }
+                Err(e) => {
+                    tracing::warn!(aggregate = A::TYPE, error = %e, "snapshot write failed; the next load replays more events");
+                    metrics::counter!(m::SNAPSHOT_WRITE_ERRORS_TOTAL, "aggregate" => A::TYPE)
+                        .increment(1);
+                }
+            }
+        };
+        match (self.snapshot_write, tokio::runtime::Handle::try_current()) {
+            (SnapshotWrite::Background, Ok(handle)) => {
+                handle.spawn(save);
+            }
+            _ => save.await,
+        }
+    }
+}
+
+/// The snapshot's state, or why it cannot be used.
+fn usable<A: AggregateState>(s: &Snapshot) -> Result<A, &'static str> {
+    if s.fingerprint != A::state_fingerprint() {
+        return Err("fingerprint");
+    }
+    if s.codec_version != A::CODEC_VERSION {
+        return Err("codec");
+    }
+    A::decode_state(&s.state).map_err(|_| "decode")
+}
