@@ -21,6 +21,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod migrate;
+mod snapshot;
 mod store;
 
 #[cfg(feature = "testing")]
@@ -28,6 +29,7 @@ mod store;
 pub mod testing;
 
 pub use migrate::{migrate, migrate_down, MIGRATIONS_TABLE};
+pub use snapshot::PgSnapshotStore;
 pub use store::{Horizon, LogWatcher, PgEventStore, PgEventStoreBuilder, EVENTS_CHANNEL};
 
 pub use sqlx;

@@ -33,6 +33,7 @@ pub async fn migrate_down(pool: &PgPool) -> Result<(), Error> {
 
 /// A short fingerprint of the embedded migrations (their checksums), used to
 /// name test template databases so a migration change gets a new template.
+#[cfg(feature = "testing")]
 pub(crate) fn migrations_fingerprint() -> String {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();

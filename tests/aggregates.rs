@@ -1,0 +1,351 @@
+//! Aggregates, the repository and snapshots, on the in-memory backend and on
+//! Postgres (DATABASE_URL; `scripts/test` starts a server).
+
+use annals::postgres::testing::TestDatabase;
+use annals::postgres::{PgEventStore, PgSnapshotStore};
+use annals::{
+    given, Aggregate, AggregateState, CommandError, EventStore, InMemoryEventStore,
+    InMemorySnapshotStore, Metadata, Repository, Snapshot, SnapshotStore,
+};
+use proptest::prelude::*;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+struct Created {
+    name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+struct Scored {
+    score: u8,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+struct Qualified {
+    reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, annals::Event)]
+enum LeadEvent {
+    Created(Created),
+    Scored(Scored),
+    Qualified(Qualified),
+    Noted(String),
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema, annals::Aggregate)]
+#[aggregate(event = LeadEvent, snapshot_every = 5)]
+struct Lead {
+    name: Option<String>,
+    scores: Vec<u8>,
+    qualified: bool,
+    notes: u32,
+}
+
+#[derive(Debug, Clone)]
+enum LeadCommand {
+    Create(String),
+    Score(u8),
+    Qualify(String),
+    Note(String),
+}
+
+#[derive(Debug, PartialEq, thiserror::Error)]
+enum LeadError {
+    #[error("the lead does not exist")]
+    Missing,
+    #[error("the lead already exists")]
+    Exists,
+    #[error("a lead needs a score of 50 or more to qualify, it has {0}")]
+    ScoreTooLow(u8),
+}
+
+impl Aggregate for Lead {
+    type Command = LeadCommand;
+    type Error = LeadError;
+
+    fn handle(&self, command: &LeadCommand) -> Result<Vec<LeadEvent>, LeadError> {
+        match command {
+            LeadCommand::Create(name) => match self.name {
+                Some(_) => Err(LeadError::Exists),
+                None => Ok(vec![LeadEvent::Created(Created { name: name.clone() })]),
+            },
+            _ if self.name.is_none() => Err(LeadError::Missing),
+            LeadCommand::Score(score) => Ok(vec![LeadEvent::Scored(Scored { score: *score })]),
+            LeadCommand::Qualify(reason) => {
+                let best = self.scores.iter().copied().max().unwrap_or(0);
+                if self.qualified {
+                    Ok(vec![])
+                } else if best < 50 {
+                    Err(LeadError::ScoreTooLow(best))
+                } else {
+                    Ok(vec![LeadEvent::Qualified(Qualified { reason: reason.clone() })])
+                }
+            }
+            LeadCommand::Note(text) => Ok(vec![LeadEvent::Noted(text.clone())]),
+        }
+    }
+
+    fn apply(&mut self, event: &LeadEvent) {
+        match event {
+            LeadEvent::Created(c) => self.name = Some(c.name.clone()),
+            LeadEvent::Scored(s) => self.scores.push(s.score),
+            LeadEvent::Qualified(_) => self.qualified = true,
+            LeadEvent::Noted(_) => self.notes += 1,
+        }
+    }
+}
+
+#[test]
+fn derive_supplies_name_policy_and_codec() {
+    assert_eq!(Lead::TYPE, "lead");
+    assert_eq!(Lead::SNAPSHOT_EVERY, Some(5));
+    assert_eq!(Lead::CODEC_VERSION, 1);
+    assert!(Lead::state_fingerprint().starts_with("sha256:"));
+    assert_eq!(Lead::stream_id("42"), "lead-42");
+}
+
+#[test]
+fn given_when_then() {
+    let created = LeadEvent::Created(Created { name: "Ana".into() });
+    given::<Lead>([])
+        .when(LeadCommand::Create("Ana".into()))
+        .then_expect([created.clone()]);
+    given::<Lead>([created.clone()])
+        .when(LeadCommand::Create("Ana".into()))
+        .then_error(LeadError::Exists);
+    given::<Lead>([created.clone(), LeadEvent::Scored(Scored { score: 30 })])
+        .when(LeadCommand::Qualify("budget".into()))
+        .then_error(LeadError::ScoreTooLow(30));
+    let state = given::<Lead>([created, LeadEvent::Scored(Scored { score: 70 })])
+        .when(LeadCommand::Qualify("budget".into()))
+        .then_expect([LeadEvent::Qualified(Qualified {
+            reason: "budget".into(),
+        })]);
+    assert!(state.qualified);
+    given::<Lead>([])
+        .when(LeadCommand::Score(1))
+        .then_error_matches(|e| matches!(e, LeadError::Missing));
+}
+
+fn arb_commands() -> impl Strategy<Value = Vec<LeadCommand>> {
+    prop::collection::vec(
+        prop_oneof![
+            any::<u8>().prop_map(LeadCommand::Score),
+            "[a-z]{0,8}".prop_map(LeadCommand::Note),
+            "[a-z]{1,8}".prop_map(LeadCommand::Qualify),
+        ],
+        0..40,
+    )
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    #[test]
+    fn load_with_and_without_snapshots_is_identical(commands in arb_commands(), every in 1u64..7) {
+        runtime().block_on(async {
+            let store = InMemoryEventStore::new();
+            let snapshots = InMemorySnapshotStore::new();
+            let with = Repository::<Lead, _, _>::new(store.clone())
+                .with_snapshots(snapshots.clone())
+                .snapshot_every(Some(every))
+                .inline_snapshots();
+            let without = Repository::<Lead, _>::new(store.clone());
+            let m = Metadata::new();
+            with.execute("p", &LeadCommand::Create("P".into()), &m).await.expect("create");
+            let mut expected = given::<Lead>([LeadEvent::Created(Created { name: "P".into() })]).state().clone();
+            for c in &commands {
+                match with.execute("p", c, &m).await {
+                    Ok(done) => {
+                        for e in &done.events {
+                            expected.apply(&e.payload);
+                        }
+                        prop_assert_eq!(&done.state, &expected);
+                    }
+                    Err(CommandError::Rejected(_)) => {}
+                    Err(e) => panic!("unexpected: {e}"),
+                }
+            }
+            let a = with.load("p").await.expect("load with snapshots");
+            let b = without.load("p").await.expect("load without");
+            prop_assert_eq!(&a.state, &b.state);
+            prop_assert_eq!(&a.state, &expected);
+            prop_assert_eq!(a.version, b.version);
+            prop_assert!(a.events_replayed < every, "at most every-1 events after the snapshot");
+            Ok(())
+        })?;
+    }
+}
+
+async fn outdated_and_corrupted_snapshots_are_ignored<S: EventStore + Clone, N: SnapshotStore>(
+    store: S,
+    snapshots: N,
+    put: impl Fn(Snapshot) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+) {
+    let repo = Repository::<Lead, _, _>::new(store)
+        .with_snapshots(snapshots.clone())
+        .inline_snapshots();
+    let m = Metadata::new();
+    repo.execute("s", &LeadCommand::Create("S".into()), &m).await.expect("create");
+    for i in 0..11 {
+        repo.execute("s", &LeadCommand::Score(i), &m).await.expect("score");
+    }
+    let fresh = repo.load("s").await.expect("load");
+    assert_eq!(fresh.snapshot_version, Some(10));
+    assert_eq!(fresh.events_replayed, 2);
+    let truth = fresh.state.clone();
+
+    let bad = |state: &str, fingerprint: &str, codec: u32| Snapshot {
+        aggregate_type: "lead".into(),
+        aggregate_id: "lead-s".into(),
+        version: 12,
+        state: serde_json::value::RawValue::from_string(state.to_owned()).expect("raw"),
+        fingerprint: fingerprint.to_owned(),
+        codec_version: codec,
+    };
+    // written by an older shape of the state: a different fingerprint
+    put(bad(r#"{"name": "S", "score_total": 55}"#, "sha256:older-shape", 1)).await;
+    let loaded = repo.load("s").await.expect("load ignores the old shape");
+    assert!(loaded.snapshot_invalidated);
+    assert_eq!(loaded.snapshot_version, None);
+    assert_eq!(loaded.events_replayed, 12, "replayed in full");
+    assert_eq!(loaded.state, truth, "never a wrong state");
+    // the next command writes a fresh snapshot of the current shape
+    repo.execute("s", &LeadCommand::Note("n".into()), &m).await.expect("note");
+    let replaced = snapshots
+        .load("lead", "lead-s")
+        .await
+        .expect("load snapshot")
+        .expect("a snapshot");
+    assert_eq!(replaced.fingerprint, Lead::state_fingerprint());
+    assert_eq!(replaced.version, 13);
+    assert_eq!(repo.load("s").await.expect("load").snapshot_version, Some(13));
+
+    // a corrupted row with the right fingerprint: does not decode, ignored
+    put(bad(r#"{"name": 17}"#, Lead::state_fingerprint(), 1)).await;
+    let loaded = repo.load("s").await.expect("load ignores the corrupted snapshot");
+    assert!(loaded.snapshot_invalidated);
+    assert_eq!(loaded.events_replayed, 13);
+    assert_eq!(loaded.state.notes, 1);
+    // another codec version: ignored too
+    put(bad(&serde_json::to_string(&loaded.state).expect("json"), Lead::state_fingerprint(), 7)).await;
+    assert!(repo.load("s").await.expect("load").snapshot_invalidated);
+}
+
+async fn concurrent_commands_all_succeed<S: EventStore + Clone + 'static>(store: S) {
+    let repo = Repository::<Lead, _>::new(store).max_retries(100);
+    let m = Metadata::new();
+    repo.execute("hot", &LeadCommand::Create("H".into()), &m).await.expect("create");
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let repo = repo.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut retries = 0;
+            for i in 0..10 {
+                let done = repo
+                    .execute("hot", &LeadCommand::Note(format!("{t}-{i}")), &Metadata::new())
+                    .await
+                    .expect("every command succeeds through retries");
+                retries += done.attempts - 1;
+            }
+            retries
+        }));
+    }
+    let mut retries = 0;
+    for t in tasks {
+        retries += t.await.expect("task");
+    }
+    let loaded = repo.load("hot").await.expect("load");
+    assert_eq!(loaded.state.notes, 80, "every command applied exactly once");
+    assert_eq!(loaded.version, 81);
+    eprintln!("8 tasks x 10 commands on one aggregate: {retries} retries");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_memory_snapshots_self_invalidate() {
+    let snapshots = InMemorySnapshotStore::new();
+    let s2 = snapshots.clone();
+    outdated_and_corrupted_snapshots_are_ignored(InMemoryEventStore::new(), snapshots, move |s| {
+        s2.put(s);
+        Box::pin(async {})
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_memory_concurrent_commands() {
+    concurrent_commands_all_succeed(InMemoryEventStore::new()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_snapshots_self_invalidate() {
+    let db = TestDatabase::new().await;
+    let store = PgEventStore::builder(db.pool().clone())
+        .register::<LeadEvent>()
+        .build()
+        .await
+        .expect("store");
+    let pool = db.pool().clone();
+    outdated_and_corrupted_snapshots_are_ignored(store, PgSnapshotStore::new(db.pool().clone()), move |s| {
+        let pool = pool.clone();
+        Box::pin(async move {
+            sqlx_put(&pool, s).await;
+        })
+    })
+    .await;
+}
+
+/// Overwrites a snapshot row unconditionally, as a corrupting writer would.
+async fn sqlx_put(pool: &annals::postgres::sqlx::PgPool, s: Snapshot) {
+    annals::postgres::sqlx::query(
+        "UPDATE annals_snapshots SET state = $3::jsonb, fingerprint = $4, codec_version = $5, version = $6
+         WHERE aggregate_type = $1 AND aggregate_id = $2",
+    )
+    .bind(&s.aggregate_type)
+    .bind(&s.aggregate_id)
+    .bind(s.state.get())
+    .bind(&s.fingerprint)
+    .bind(s.codec_version as i32)
+    .bind(s.version as i64)
+    .execute(pool)
+    .await
+    .expect("overwrite snapshot");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_concurrent_commands() {
+    let db = TestDatabase::new().await;
+    concurrent_commands_all_succeed(db.store().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_metadata_flows_into_events() {
+    let repo = Repository::<Lead, _>::new(InMemoryEventStore::new());
+    let correlation = uuid::Uuid::now_v7();
+    let m = Metadata::new()
+        .with_correlation_id(correlation)
+        .with_user("dr-popescu");
+    let done = repo
+        .execute("m", &LeadCommand::Create("M".into()), &m)
+        .await
+        .expect("create");
+    assert_eq!(done.events[0].metadata.correlation_id, Some(correlation));
+    assert_eq!(done.events[0].metadata.user.as_deref(), Some("dr-popescu"));
+    assert_eq!(done.events[0].stream_id, "lead-m");
+    match repo.execute("m", &LeadCommand::Create("M".into()), &m).await {
+        Err(CommandError::Rejected(LeadError::Exists)) => {}
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    let done = repo
+        .execute("m", &LeadCommand::Qualify("x".into()), &m)
+        .await;
+    assert!(matches!(done, Err(CommandError::Rejected(LeadError::ScoreTooLow(0)))));
+}
