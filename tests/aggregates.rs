@@ -34,7 +34,9 @@ enum LeadEvent {
     Noted(String),
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema, annals::Aggregate)]
+#[derive(
+    Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema, annals::Aggregate,
+)]
 #[aggregate(event = LeadEvent, snapshot_every = 5)]
 struct Lead {
     name: Option<String>,
@@ -80,7 +82,9 @@ impl Aggregate for Lead {
                 } else if best < 50 {
                     Err(LeadError::ScoreTooLow(best))
                 } else {
-                    Ok(vec![LeadEvent::Qualified(Qualified { reason: reason.clone() })])
+                    Ok(vec![LeadEvent::Qualified(Qualified {
+                        reason: reason.clone(),
+                    })])
                 }
             }
             LeadCommand::Note(text) => Ok(vec![LeadEvent::Noted(text.clone())]),
@@ -194,9 +198,13 @@ async fn outdated_and_corrupted_snapshots_are_ignored<S: EventStore + Clone, N: 
         .with_snapshots(snapshots.clone())
         .inline_snapshots();
     let m = Metadata::new();
-    repo.execute("s", &LeadCommand::Create("S".into()), &m).await.expect("create");
+    repo.execute("s", &LeadCommand::Create("S".into()), &m)
+        .await
+        .expect("create");
     for i in 0..11 {
-        repo.execute("s", &LeadCommand::Score(i), &m).await.expect("score");
+        repo.execute("s", &LeadCommand::Score(i), &m)
+            .await
+            .expect("score");
     }
     let fresh = repo.load("s").await.expect("load");
     assert_eq!(fresh.snapshot_version, Some(10));
@@ -212,14 +220,21 @@ async fn outdated_and_corrupted_snapshots_are_ignored<S: EventStore + Clone, N: 
         codec_version: codec,
     };
     // written by an older shape of the state: a different fingerprint
-    put(bad(r#"{"name": "S", "score_total": 55}"#, "sha256:older-shape", 1)).await;
+    put(bad(
+        r#"{"name": "S", "score_total": 55}"#,
+        "sha256:older-shape",
+        1,
+    ))
+    .await;
     let loaded = repo.load("s").await.expect("load ignores the old shape");
     assert!(loaded.snapshot_invalidated);
     assert_eq!(loaded.snapshot_version, None);
     assert_eq!(loaded.events_replayed, 12, "replayed in full");
     assert_eq!(loaded.state, truth, "never a wrong state");
     // the next command writes a fresh snapshot of the current shape
-    repo.execute("s", &LeadCommand::Note("n".into()), &m).await.expect("note");
+    repo.execute("s", &LeadCommand::Note("n".into()), &m)
+        .await
+        .expect("note");
     let replaced = snapshots
         .load("lead", "lead-s")
         .await
@@ -227,23 +242,36 @@ async fn outdated_and_corrupted_snapshots_are_ignored<S: EventStore + Clone, N: 
         .expect("a snapshot");
     assert_eq!(replaced.fingerprint, Lead::state_fingerprint());
     assert_eq!(replaced.version, 13);
-    assert_eq!(repo.load("s").await.expect("load").snapshot_version, Some(13));
+    assert_eq!(
+        repo.load("s").await.expect("load").snapshot_version,
+        Some(13)
+    );
 
     // a corrupted row with the right fingerprint: does not decode, ignored
     put(bad(r#"{"name": 17}"#, Lead::state_fingerprint(), 1)).await;
-    let loaded = repo.load("s").await.expect("load ignores the corrupted snapshot");
+    let loaded = repo
+        .load("s")
+        .await
+        .expect("load ignores the corrupted snapshot");
     assert!(loaded.snapshot_invalidated);
     assert_eq!(loaded.events_replayed, 13);
     assert_eq!(loaded.state.notes, 1);
     // another codec version: ignored too
-    put(bad(&serde_json::to_string(&loaded.state).expect("json"), Lead::state_fingerprint(), 7)).await;
+    put(bad(
+        &serde_json::to_string(&loaded.state).expect("json"),
+        Lead::state_fingerprint(),
+        7,
+    ))
+    .await;
     assert!(repo.load("s").await.expect("load").snapshot_invalidated);
 }
 
 async fn concurrent_commands_all_succeed<S: EventStore + Clone + 'static>(store: S) {
     let repo = Repository::<Lead, _>::new(store).max_retries(100);
     let m = Metadata::new();
-    repo.execute("hot", &LeadCommand::Create("H".into()), &m).await.expect("create");
+    repo.execute("hot", &LeadCommand::Create("H".into()), &m)
+        .await
+        .expect("create");
     let mut tasks = Vec::new();
     for t in 0..8 {
         let repo = repo.clone();
@@ -251,7 +279,11 @@ async fn concurrent_commands_all_succeed<S: EventStore + Clone + 'static>(store:
             let mut retries = 0;
             for i in 0..10 {
                 let done = repo
-                    .execute("hot", &LeadCommand::Note(format!("{t}-{i}")), &Metadata::new())
+                    .execute(
+                        "hot",
+                        &LeadCommand::Note(format!("{t}-{i}")),
+                        &Metadata::new(),
+                    )
                     .await
                     .expect("every command succeeds through retries");
                 retries += done.attempts - 1;
@@ -294,12 +326,16 @@ async fn postgres_snapshots_self_invalidate() {
         .await
         .expect("store");
     let pool = db.pool().clone();
-    outdated_and_corrupted_snapshots_are_ignored(store, PgSnapshotStore::new(db.pool().clone()), move |s| {
-        let pool = pool.clone();
-        Box::pin(async move {
-            sqlx_put(&pool, s).await;
-        })
-    })
+    outdated_and_corrupted_snapshots_are_ignored(
+        store,
+        PgSnapshotStore::new(db.pool().clone()),
+        move |s| {
+            let pool = pool.clone();
+            Box::pin(async move {
+                sqlx_put(&pool, s).await;
+            })
+        },
+    )
     .await;
 }
 
@@ -340,12 +376,18 @@ async fn command_metadata_flows_into_events() {
     assert_eq!(done.events[0].metadata.correlation_id, Some(correlation));
     assert_eq!(done.events[0].metadata.user.as_deref(), Some("dr-popescu"));
     assert_eq!(done.events[0].stream_id, "lead-m");
-    match repo.execute("m", &LeadCommand::Create("M".into()), &m).await {
+    match repo
+        .execute("m", &LeadCommand::Create("M".into()), &m)
+        .await
+    {
         Err(CommandError::Rejected(LeadError::Exists)) => {}
         other => panic!("expected a rejection, got {other:?}"),
     }
     let done = repo
         .execute("m", &LeadCommand::Qualify("x".into()), &m)
         .await;
-    assert!(matches!(done, Err(CommandError::Rejected(LeadError::ScoreTooLow(0)))));
+    assert!(matches!(
+        done,
+        Err(CommandError::Rejected(LeadError::ScoreTooLow(0)))
+    ));
 }

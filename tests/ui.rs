@@ -6,3 +6,9 @@ fn event_derive_errors() {
     let t = trybuild::TestCases::new();
     t.compile_fail("tests/ui/event/*.rs");
 }
+
+#[test]
+fn aggregate_derive_errors() {
+    let t = trybuild::TestCases::new();
+    t.compile_fail("tests/ui/aggregate/*.rs");
+}

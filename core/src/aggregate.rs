@@ -109,6 +109,27 @@ pub(crate) mod private {
         fn decode_state_payload(state: &RawValue) -> Result<Self, serde_json::Error>;
     }
 
+    /// The codec's functions, obtained through one bound so that a state
+    /// without serde/schemars gets exactly one error.
+    #[allow(missing_debug_implementations)]
+    pub struct StateCodecFns<T> {
+        /// The shape fingerprint.
+        pub fingerprint: fn() -> String,
+        /// Serializes.
+        pub encode: fn(&T) -> Result<Box<RawValue>, serde_json::Error>,
+        /// Deserializes.
+        pub decode: fn(&RawValue) -> Result<T, serde_json::Error>,
+    }
+
+    /// The codec of `T`.
+    pub fn state_codec<T: StateCodec>() -> StateCodecFns<T> {
+        StateCodecFns {
+            fingerprint: T::shape_fingerprint,
+            encode: T::encode_state_payload,
+            decode: T::decode_state_payload,
+        }
+    }
+
     #[diagnostic::do_not_recommend]
     impl<T: Serialize + DeserializeOwned + schemars::JsonSchema> StateCodec for T {
         fn shape_fingerprint() -> String {

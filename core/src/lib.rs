@@ -40,12 +40,12 @@ pub use envelope::{Envelope, LogPosition, Metadata, NewEvent, RecordedEvent};
 pub use error::{DecodeError, Error, UpcastError, VersionConflict};
 pub use event::{Event, EventSchema, EventTypeInfo};
 pub use memory::InMemoryEventStore;
+pub use repository::{CommandError, Executed, Loaded, Repository, SnapshotWrite};
+pub use scenario::{given, Scenario, ScenarioWhen};
 pub use schema::{
     fingerprint, RegisteredSchema, SchemaChange, SchemaChanges, SchemaLock, SchemaRegistry,
     SchemaViolation,
 };
-pub use repository::{CommandError, Executed, Loaded, Repository, SnapshotWrite};
-pub use scenario::{given, Scenario, ScenarioWhen};
 pub use snapshot::{InMemorySnapshotStore, NoSnapshots, Snapshot, SnapshotStore};
 pub use store::{AppendResult, EventStore, EventStoreExt, ExpectedVersion};
 

@@ -338,8 +338,7 @@ impl<A: Aggregate, S: EventStore, N: SnapshotStore> Repository<A, S, N> {
         let save = async move {
             match store.save(snapshot).await {
                 Ok(()) => {
-                    metrics::counter!(m::SNAPSHOT_WRITES_TOTAL, "aggregate" => A::TYPE)
-                        .increment(1)
+                    metrics::counter!(m::SNAPSHOT_WRITES_TOTAL, "aggregate" => A::TYPE).increment(1)
                 }
                 Err(e) => {
                     tracing::warn!(aggregate = A::TYPE, error = %e, "snapshot write failed; the next load replays more events");

@@ -95,7 +95,9 @@ impl<A: Aggregate> ScenarioWhen<A> {
     {
         match self.result {
             Err(e) => assert!(e == expected, "expected error `{expected}`, got `{e}`"),
-            Ok(events) => panic!("expected error `{expected}`, but the command produced {events:?}"),
+            Ok(events) => {
+                panic!("expected error `{expected}`, but the command produced {events:?}")
+            }
         }
     }
 

@@ -2,7 +2,6 @@
 
 use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned, ToTokens};
-use syn::spanned::Spanned;
 use syn::{Data, DeriveInput, LitInt, LitStr, Path, Type};
 
 use crate::ctxt::Ctxt;
@@ -21,7 +20,11 @@ const KEYS: &str = "`event`, `name`, `snapshot_every`, `codec_version`, `crate`"
 
 fn parse(cx: &Ctxt, input: &DeriveInput) -> Attrs {
     let mut out = Attrs::default();
-    for attr in input.attrs.iter().filter(|a| a.path().is_ident("aggregate")) {
+    for attr in input
+        .attrs
+        .iter()
+        .filter(|a| a.path().is_ident("aggregate"))
+    {
         let res = attr.parse_nested_meta(|meta| {
             let key = meta.path.to_token_stream().to_string();
             let dup = |cx: &Ctxt| cx.error_spanned_by(&meta.path, format!("duplicate `{key}` attribute"));
@@ -89,10 +92,16 @@ pub(crate) fn expand_derive_aggregate(input: &DeriveInput) -> TokenStream {
     let cx = Ctxt::new();
     let attrs = parse(&cx, input);
     if !input.generics.params.is_empty() {
-        cx.error_spanned_by(&input.generics, "`#[derive(Aggregate)]` does not support generic types");
+        cx.error_spanned_by(
+            &input.generics,
+            "`#[derive(Aggregate)]` does not support generic types",
+        );
     }
     if let Data::Union(u) = &input.data {
-        cx.error_spanned_by(u.union_token, "an aggregate's state must be a struct or an enum");
+        cx.error_spanned_by(
+            u.union_token,
+            "an aggregate's state must be a struct or an enum",
+        );
     }
     if attrs.event.is_none() {
         cx.error_spanned_by(
@@ -114,32 +123,31 @@ pub(crate) fn expand_derive_aggregate(input: &DeriveInput) -> TokenStream {
         Some((_, n)) => quote!(::core::option::Option::Some(#n)),
         None => quote!(::core::option::Option::None),
     };
-    let codec = attrs.codec_version.map(|(_, n)| n).unwrap_or(1);
+    let codec_version = attrs.codec_version.map(|(_, n)| n).unwrap_or(1);
     let event = attrs.event;
     // every use of the state's codec goes through one trait, spanned at the
     // type's name: a state without serde/schemars gets one clear error
-    let codec_trait = quote_spanned!(ident.span()=> <#ident as #p::StateCodec>);
-    let _ = input.span();
+    let codec = quote_spanned!(ident.span()=> #p::state_codec::<#ident>());
     quote! {
         const _: () = {
             #[automatically_derived]
             impl #p::AggregateState for #ident {
                 const TYPE: &'static str = #name;
                 const SNAPSHOT_EVERY: ::core::option::Option<u64> = #every;
-                const CODEC_VERSION: u32 = #codec;
+                const CODEC_VERSION: u32 = #codec_version;
                 type Event = #event;
 
                 fn state_fingerprint() -> &'static str {
                     static FINGERPRINT: ::std::sync::OnceLock<::std::string::String> = ::std::sync::OnceLock::new();
-                    FINGERPRINT.get_or_init(#codec_trait::shape_fingerprint).as_str()
+                    FINGERPRINT.get_or_init(#codec.fingerprint).as_str()
                 }
 
                 fn encode_state(&self) -> ::core::result::Result<::std::boxed::Box<#p::serde_json::value::RawValue>, #p::serde_json::Error> {
-                    #codec_trait::encode_state_payload(self)
+                    (#codec.encode)(self)
                 }
 
                 fn decode_state(state: &#p::serde_json::value::RawValue) -> ::core::result::Result<Self, #p::serde_json::Error> {
-                    #codec_trait::decode_state_payload(state)
+                    (#codec.decode)(state)
                 }
             }
         };
