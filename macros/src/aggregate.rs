@@ -5,7 +5,7 @@ use quote::{quote, quote_spanned, ToTokens};
 use syn::{Data, DeriveInput, LitInt, LitStr, Path, Type};
 
 use crate::ctxt::Ctxt;
-use crate::util::snake_case;
+use crate::util::{skip_value, snake_case};
 
 #[derive(Default)]
 struct Attrs {
@@ -69,13 +69,7 @@ fn parse(cx: &Ctxt, input: &DeriveInput) -> Attrs {
                         &meta.path,
                         format!("unknown aggregate attribute `{key}`; expected one of {KEYS}"),
                     );
-                    if meta.input.peek(syn::Token![=]) {
-                        meta.value()?.parse::<syn::Expr>()?;
-                    } else if meta.input.peek(syn::token::Paren) {
-                        let content;
-                        syn::parenthesized!(content in meta.input);
-                        content.parse::<TokenStream>()?;
-                    }
+                    skip_value(&meta)?;
                 }
             }
             Ok(())

@@ -10,7 +10,7 @@ use syn::spanned::Spanned;
 use syn::{Data, DeriveInput, Fields, Ident, LitInt, LitStr, Path, Token, Type};
 
 use crate::ctxt::Ctxt;
-use crate::util::snake_case;
+use crate::util::{skip_value, snake_case};
 
 mod kw {
     syn::custom_keyword!(json);
@@ -125,18 +125,6 @@ fn parse_type_key(
         return Ok(false);
     }
     Ok(true)
-}
-
-/// Skips the value of an unknown key so that parsing goes on.
-fn skip_value(meta: &syn::meta::ParseNestedMeta) -> syn::Result<()> {
-    if meta.input.peek(Token![=]) {
-        meta.value()?.parse::<syn::Expr>()?;
-    } else if meta.input.peek(syn::token::Paren) {
-        let content;
-        syn::parenthesized!(content in meta.input);
-        content.parse::<TokenStream>()?;
-    }
-    Ok(())
 }
 
 fn parse_variant_attrs(cx: &Ctxt, attrs: &[syn::Attribute]) -> TypeAttrs {
