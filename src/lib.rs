@@ -25,3 +25,9 @@ pub mod prelude {
     };
     pub use annals_macros::{Aggregate, Event};
 }
+
+/// The README's code blocks, compiled and run as doc tests so the quick
+/// start never drifts from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
