@@ -81,7 +81,7 @@ pub enum Error {
     },
 
     /// The database failed or went away; the operation did not complete.
-    #[error("database error while {context}: {source}; the operation was not applied (or was rolled back) and may be retried once the database is reachable")]
+    #[error("database error while {context}: {source}; check that the database is reachable, then retry: appends are safe to retry (the expected version and the event ids reject a duplicate)")]
     Backend {
         /// What the store was doing.
         context: &'static str,

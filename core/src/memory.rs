@@ -192,7 +192,16 @@ impl EventStore for InMemoryEventStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, Error> {
-        self.append_sync(stream_id, expected, events)
+        let started = std::time::Instant::now();
+        let result = self.append_sync(stream_id, expected, events);
+        crate::metrics::record_append(
+            "memory",
+            started,
+            result
+                .as_ref()
+                .map(|r| r.events.iter().map(|e| e.event_type.as_str())),
+        );
+        result
     }
 
     async fn read_stream(

@@ -2,6 +2,41 @@
 //! facade (the application picks the exporter). Labels are bounded: type
 //! names and reasons, never ids.
 
+/// Events appended (counter; labels `event_type`, `store` = `memory` |
+/// `postgres`). An append inside a caller's transaction is counted when the
+/// statement succeeds, even if the caller later rolls back.
+pub const EVENTS_APPENDED_TOTAL: &str = "annals_events_appended_total";
+/// Duration of append calls, successful or not (histogram, seconds; label
+/// `store`).
+pub const APPEND_DURATION_SECONDS: &str = "annals_append_duration_seconds";
+/// Appends refused by a version conflict (counter; label `store`).
+pub const APPEND_CONFLICTS_TOTAL: &str = "annals_append_conflicts_total";
+
+/// Records one append call's outcome: `events` (type names of the appended
+/// events) on success, the conflict on a version conflict, and the duration
+/// either way. Called by the stores.
+#[doc(hidden)]
+pub fn record_append<'a>(
+    store: &'static str,
+    started: std::time::Instant,
+    outcome: Result<impl Iterator<Item = &'a str>, &crate::Error>,
+) {
+    metrics::histogram!(APPEND_DURATION_SECONDS, "store" => store)
+        .record(started.elapsed().as_secs_f64());
+    match outcome {
+        Ok(types) => {
+            for t in types {
+                metrics::counter!(EVENTS_APPENDED_TOTAL, "event_type" => t.to_owned(), "store" => store)
+                    .increment(1);
+            }
+        }
+        Err(crate::Error::Conflict(_)) => {
+            metrics::counter!(APPEND_CONFLICTS_TOTAL, "store" => store).increment(1)
+        }
+        Err(_) => {}
+    }
+}
+
 /// Commands executed by a repository (counter; labels `aggregate`,
 /// `outcome` = `ok` | `rejected` | `conflict` | `error`).
 pub const COMMANDS_TOTAL: &str = "annals_commands_total";

@@ -247,6 +247,25 @@ impl PgEventStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, Error> {
+        let started = std::time::Instant::now();
+        let result = self.append_on(conn, stream_id, expected, events).await;
+        annals_core::metrics::record_append(
+            "postgres",
+            started,
+            result
+                .as_ref()
+                .map(|r| r.events.iter().map(|e| e.event_type.as_str())),
+        );
+        result
+    }
+
+    async fn append_on(
+        &self,
+        conn: &mut PgConnection,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, Error> {
         if self.validate {
             self.registry.validate_new(&events)?;
         }

@@ -509,3 +509,78 @@ async fn duplicate_event_ids_are_refused() {
         "nothing written"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_goes_away_gives_typed_errors_and_loses_nothing() {
+    let db = TestDatabase::new().await;
+    let store = db.store().await;
+    store.registry().register::<TestEvent>().expect("register");
+    let m = Metadata::new();
+    store
+        .append_events("g", ExpectedVersion::NoStream, &[created("before")], &m)
+        .await
+        .expect("append");
+    // kill every connection of the store's pool mid-flight: an open
+    // transaction holding an append dies with its connection
+    let mut tx = db.pool().begin().await.expect("begin");
+    store
+        .append_in(
+            &mut tx,
+            "g",
+            ExpectedVersion::Exact(1),
+            vec![new_event(&created("in flight"))],
+        )
+        .await
+        .expect("append in tx");
+    let killer = sqlx::PgPool::connect_with(db.connect_options())
+        .await
+        .expect("second pool");
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .execute(&killer)
+    .await
+    .expect("terminate");
+    let err = tx.commit().await.expect_err("the connection is gone");
+    let _ = err;
+    // the pool notices the dead connections and reconnects; the failed
+    // transaction left nothing, the earlier event is intact
+    let mut ok = false;
+    for _ in 0..20 {
+        match store.stream_version("g").await {
+            Ok(v) => {
+                assert_eq!(v, Some(1), "the in-flight append was rolled back");
+                ok = true;
+                break;
+            }
+            Err(e) => {
+                assert!(
+                    matches!(e, Error::Backend { .. }),
+                    "a lost connection is a typed backend error: {e}"
+                );
+                assert!(e.to_string().contains("retry"), "{e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    assert!(ok, "the store recovers once the database is back");
+    store
+        .append_events("g", ExpectedVersion::Exact(1), &[created("after")], &m)
+        .await
+        .expect("appends work again");
+
+    // an unreachable server: a typed error naming what the store was doing
+    let unreachable = sqlx::postgres::PgPoolOptions::new()
+        .acquire_timeout(Duration::from_millis(500))
+        .connect_lazy_with(db.connect_options().port(1));
+    let dead = PgEventStore::builder(unreachable)
+        .without_validation()
+        .build()
+        .await
+        .expect("no schemas to sync: builds without touching the database");
+    match dead.read_stream("g", 1, 10).await {
+        Err(Error::Backend { context, .. }) => assert_eq!(context, "reading a stream"),
+        other => panic!("expected a backend error, got {other:?}"),
+    }
+}
