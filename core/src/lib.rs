@@ -47,7 +47,7 @@ pub use schema::{
     SchemaViolation,
 };
 pub use snapshot::{InMemorySnapshotStore, NoSnapshots, Snapshot, SnapshotStore};
-pub use store::{AppendResult, EventStore, EventStoreExt, ExpectedVersion};
+pub use store::{AppendResult, EventStore, EventStoreExt, ExpectedVersion, StoredPayload};
 
 /// Support code for the derive macros. Not public API: it may change in any
 /// release.

@@ -203,13 +203,17 @@ impl<A: Aggregate, S: EventStore, N: SnapshotStore> Repository<A, S, N> {
                 }
             }
         }
-        let events = self
+        // only types, versions and payloads: a load needs no envelopes
+        self.store.registry().register::<A::Event>()?;
+        let stored = self
             .store
-            .read_stream_as::<A::Event>(&stream, loaded.version + 1)
+            .read_stream_payloads(&stream, loaded.version + 1)
             .await?;
-        for e in &events {
-            loaded.state.apply(&e.payload);
-            loaded.version = e.stream_version;
+        let events =
+            crate::store::decode_payloads::<A::Event>(self.store.registry(), &stream, stored)?;
+        for (version, e) in &events {
+            loaded.state.apply(e);
+            loaded.version = *version;
         }
         loaded.events_replayed = events.len() as u64;
         metrics::counter!(m::EVENTS_REPLAYED_TOTAL, "aggregate" => A::TYPE)

@@ -50,6 +50,23 @@ impl ExpectedVersion {
     }
 }
 
+/// The part of a stored event that rebuilding state needs: its type,
+/// version and payload (plus its position, for error messages). Reading
+/// these instead of whole envelopes skips the ids, times and metadata.
+#[derive(Debug, Clone)]
+pub struct StoredPayload {
+    /// The event's global position.
+    pub position: u64,
+    /// The event's version in its stream.
+    pub stream_version: u64,
+    /// The event type.
+    pub event_type: String,
+    /// The stored schema version.
+    pub schema_version: u32,
+    /// The JSON payload.
+    pub payload: Box<serde_json::value::RawValue>,
+}
+
 /// The outcome of a successful append.
 #[derive(Debug, Clone)]
 pub struct AppendResult {
@@ -104,6 +121,30 @@ pub trait EventStore: Send + Sync {
         after: LogPosition,
         max_count: usize,
     ) -> impl Future<Output = Result<Vec<RecordedEvent>, Error>> + Send;
+
+    /// Reads the payloads of a stream from `from_version` (inclusive), in
+    /// version order: what loading an aggregate needs. Backends may
+    /// override it with a leaner query; the default reads whole envelopes.
+    fn read_stream_payloads(
+        &self,
+        stream_id: &str,
+        from_version: u64,
+    ) -> impl Future<Output = Result<Vec<StoredPayload>, Error>> + Send {
+        async move {
+            Ok(self
+                .read_stream(stream_id, from_version, usize::MAX)
+                .await?
+                .into_iter()
+                .map(|r| StoredPayload {
+                    position: r.log_position.position,
+                    stream_version: r.stream_version,
+                    event_type: r.event_type,
+                    schema_version: r.schema_version,
+                    payload: r.payload,
+                })
+                .collect())
+        }
+    }
 
     /// The version of a stream's last event (`None`: no such stream).
     fn stream_version(
@@ -185,34 +226,57 @@ fn decode_registered<E: Event>(
     registry: &SchemaRegistry,
     recorded: RecordedEvent,
 ) -> Result<Envelope<E>, Error> {
-    let wrap = |r: &RecordedEvent, source| Error::Decode {
-        position: r.log_position.position,
-        stream_id: r.stream_id.clone(),
-        stream_version: r.stream_version,
-        source,
-    };
-    if let Some(info) = E::type_info(&recorded.event_type) {
-        if recorded.schema_version < info.version {
-            // an old version: validate against its own schema before upcasting
-            if let Some(schema) = registry.get(&recorded.event_type, recorded.schema_version) {
-                let value = crate::__private::parse_value(
-                    &recorded.event_type,
-                    recorded.schema_version,
-                    &recorded.payload,
-                )
-                .map_err(|e| wrap(&recorded, e))?;
-                schema
-                    .validate(&value)
-                    .map_err(|e| wrap(&recorded, e.into()))?;
-            }
-        }
-    }
-    match E::decode(
+    let event = decode_parts::<E>(
+        registry,
         &recorded.event_type,
         recorded.schema_version,
         &recorded.payload,
-    ) {
-        Ok(event) => Ok(recorded.map(|_| event)),
-        Err(e) => Err(wrap(&recorded, e)),
+    )
+    .map_err(|source| Error::Decode {
+        position: recorded.log_position.position,
+        stream_id: recorded.stream_id.clone(),
+        stream_version: recorded.stream_version,
+        source,
+    })?;
+    Ok(recorded.map(|_| event))
+}
+
+/// Decodes stored payloads of one stream; `E` must already be registered.
+pub(crate) fn decode_payloads<E: Event>(
+    registry: &SchemaRegistry,
+    stream_id: &str,
+    stored: Vec<StoredPayload>,
+) -> Result<Vec<(u64, E)>, Error> {
+    stored
+        .into_iter()
+        .map(|p| {
+            decode_parts::<E>(registry, &p.event_type, p.schema_version, &p.payload)
+                .map(|e| (p.stream_version, e))
+                .map_err(|source| Error::Decode {
+                    position: p.position,
+                    stream_id: stream_id.to_owned(),
+                    stream_version: p.stream_version,
+                    source,
+                })
+        })
+        .collect()
+}
+
+/// Validates an old-version payload against its own schema, then decodes
+/// and upcasts.
+fn decode_parts<E: Event>(
+    registry: &SchemaRegistry,
+    event_type: &str,
+    schema_version: u32,
+    payload: &serde_json::value::RawValue,
+) -> Result<E, crate::DecodeError> {
+    if let Some(info) = E::type_info(event_type) {
+        if schema_version < info.version {
+            if let Some(schema) = registry.get(event_type, schema_version) {
+                let value = crate::__private::parse_value(event_type, schema_version, payload)?;
+                schema.validate(&value)?;
+            }
+        }
     }
+    E::decode(event_type, schema_version, payload)
 }

@@ -3,7 +3,7 @@ use std::time::Duration;
 
 use annals_core::{
     AppendResult, Envelope, Error, Event, EventStore, ExpectedVersion, LogPosition, Metadata,
-    NewEvent, RecordedEvent, SchemaRegistry, VersionConflict,
+    NewEvent, RecordedEvent, SchemaRegistry, StoredPayload, VersionConflict,
 };
 use chrono::{DateTime, Utc};
 use serde_json::value::RawValue;
@@ -637,6 +637,57 @@ impl EventStore for PgEventStore {
             .await
             .map_err(|e| Error::backend("reading the global log", e))?;
         rows.iter().map(decode_row).collect()
+    }
+
+    async fn read_stream_payloads(
+        &self,
+        stream_id: &str,
+        from_version: u64,
+    ) -> Result<Vec<StoredPayload>, Error> {
+        let rows = sqlx::query(
+            "SELECT position, stream_version, event_type, schema_version, payload
+             FROM annals_events WHERE stream_id = $1 AND stream_version >= $2 ORDER BY stream_version",
+        )
+        .bind(stream_id)
+        .bind(from_version.min(i64::MAX as u64) as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| Error::backend("reading a stream", e))?;
+        rows.iter()
+            .map(|row| {
+                let position: i64 = row
+                    .try_get(0)
+                    .map_err(|e| Error::backend(COLUMN_NAMES[0], e))?;
+                let stream_version: i64 = row
+                    .try_get(1)
+                    .map_err(|e| Error::backend(COLUMN_NAMES[4], e))?;
+                let event_type: String = row
+                    .try_get(2)
+                    .map_err(|e| Error::backend(COLUMN_NAMES[5], e))?;
+                let schema_version: i32 = row
+                    .try_get(3)
+                    .map_err(|e| Error::backend(COLUMN_NAMES[6], e))?;
+                let corrupted = |message: String| Error::CorruptedRow {
+                    position: position as u64,
+                    message,
+                };
+                if schema_version < 0 {
+                    return Err(corrupted(format!(
+                        "negative schema version {schema_version}"
+                    )));
+                }
+                let payload: Json<Box<RawValue>> = row
+                    .try_get(4)
+                    .map_err(|e| corrupted(format!("payload is not JSON: {e}")))?;
+                Ok(StoredPayload {
+                    position: position as u64,
+                    stream_version: stream_version as u64,
+                    event_type,
+                    schema_version: schema_version as u32,
+                    payload: payload.0,
+                })
+            })
+            .collect()
     }
 
     async fn stream_version(&self, stream_id: &str) -> Result<Option<u64>, Error> {

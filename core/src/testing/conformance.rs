@@ -340,6 +340,22 @@ async fn read_stream_ranges<S: EventStore>(store: S) {
     assert!(must("past the end", store.read_stream("r", 26, 10))
         .await
         .is_empty());
+    let payloads = must("payloads from 10", store.read_stream_payloads("r", 10)).await;
+    let full = must("full from 10", store.read_stream("r", 10, 100)).await;
+    assert_eq!(payloads.len(), 16);
+    for (p, f) in payloads.iter().zip(&full) {
+        assert_eq!(p.position, f.log_position.position);
+        assert_eq!(p.stream_version, f.stream_version);
+        assert_eq!(p.event_type, f.event_type);
+        assert_eq!(p.schema_version, f.schema_version);
+        assert_eq!(
+            p.payload.get().replace(' ', ""),
+            f.payload.get().replace(' ', "")
+        );
+    }
+    assert!(must("no stream", store.read_stream_payloads("nobody", 1))
+        .await
+        .is_empty());
     let typed = must("typed from 20", store.read_stream_as::<TestEvent>("r", 20)).await;
     assert_eq!(typed.len(), 6);
     assert_eq!(typed[0].payload, scored(19));
