@@ -31,8 +31,8 @@ use annals::postgres::sqlx::{self, postgres::PgRow, types::Json, PgPool, Row};
 use annals::postgres::testing::TestDatabase;
 use annals::postgres::{PgEventStore, PgSnapshotStore};
 use annals::{
-    Aggregate, AggregateState, Event, EventStoreExt, ExpectedVersion, Metadata, NoSnapshots,
-    Repository, SnapshotStore,
+    Aggregate, AggregateState, Event, EventStore, EventStoreExt, ExpectedVersion, Metadata,
+    NoSnapshots, Repository, SnapshotStore,
 };
 use criterion::{Criterion, SamplingMode, Throughput};
 use schemars::JsonSchema;
@@ -48,7 +48,7 @@ const SAMPLES: usize = 10;
 /// Interleaved rounds per (annals, baseline) pair of the slow groups.
 const ROUNDS: usize = 6;
 /// ... of the sub-millisecond snapshot loads (one call per round is noisy).
-const FAST_ROUNDS: usize = 200;
+const FAST_ROUNDS: usize = 150;
 /// ... of the command groups (each round runs 1,000 commands twice).
 const CMD_ROUNDS: usize = 4;
 const SIZES: [usize; 3] = [1_000, 10_000, 100_000];
@@ -199,9 +199,15 @@ fn configure(
     measurement: Duration,
     elements: usize,
 ) {
+    // the sub-millisecond ops need little warm-up
+    let warm_up = if measurement < Duration::from_secs(2) {
+        Duration::from_millis(500)
+    } else {
+        Duration::from_secs(1)
+    };
     group
         .sample_size(SAMPLES)
-        .warm_up_time(Duration::from_secs(1))
+        .warm_up_time(warm_up)
         .measurement_time(measurement)
         .sampling_mode(SamplingMode::Flat)
         .throughput(Throughput::Elements(elements as u64));
@@ -257,68 +263,45 @@ async fn baseline_load_snapshot(pool: &PgPool, stream: &str) -> (Lead, u64) {
     (state, version as u64 + rows.len() as u64)
 }
 
-/// Diagnostic: annals' stream read (`READ_STREAM` in postgres/src/store.rs).
-const ANNALS_READ_STREAM: &str = "SELECT position, transaction_id::text::int8 AS tx, event_id, stream_id, stream_version, event_type, schema_version, payload::text AS payload, metadata::text AS metadata, recorded_at
-     FROM annals_events WHERE stream_id = $1 AND stream_version >= $2 ORDER BY stream_version LIMIT $3";
-
-/// Diagnostic: what a repository load needs of each row, in one query.
-const LEAN_READ: &str = "SELECT stream_version, event_type, schema_version, payload::text
+/// Diagnostic: the query of annals' aggregate load
+/// (`PgEventStore::read_stream_payloads` in postgres/src/store.rs, as of
+/// commit 88a6a4a): 5 columns, payload as jsonb (binary), one query.
+const LEAN_READ: &str = "SELECT position, stream_version, event_type, schema_version, payload
      FROM annals_events WHERE stream_id = $1 AND stream_version >= $2 ORDER BY stream_version";
 
-fn borrowed_op<'a>(rt: &'a Runtime, pool: &'a PgPool, stream: &'a str, n: usize) -> Op<'a> {
+fn borrowed_op<'a>(
+    rt: &'a Runtime,
+    pool: &'a PgPool,
+    stream: &'a str,
+    n: usize,
+    decode: Decode,
+) -> Op<'a> {
     Box::new(move || {
         timed(|| {
-            let (state, v) = rt.block_on(lean_borrowed_fold(pool, stream, 1));
+            let (state, v) = rt.block_on(borrowed_fold(pool, stream, 1, decode));
             assert_eq!(v, n as u64);
             black_box(state);
         })
     })
 }
 
-/// Diagnostic: a lean load (the 4 columns of LEAN_READ, one query), the
-/// payload decoded by `Event::decode` after `RawValue::from_string` (as
-/// annals does today), or by serde once.
-fn lean_load<'a>(
-    rt: &'a Runtime,
-    pool: &'a PgPool,
-    stream: &'a str,
-    n: usize,
-    serde_once: bool,
-) -> Op<'a> {
-    Box::new(move || {
-        timed(|| {
-            let state = rt.block_on(async {
-                let rows: Vec<(i64, String, i32, String)> = sqlx::query_as(LEAN_READ)
-                    .bind(stream)
-                    .bind(1i64)
-                    .fetch_all(pool)
-                    .await
-                    .expect("read");
-                assert_eq!(rows.len(), n);
-                let mut state = Lead::default();
-                for (_, t, v, p) in rows {
-                    if serde_once {
-                        fold(
-                            &mut state,
-                            &serde_json::from_str::<LeadScored>(&p).expect("decode"),
-                        );
-                    } else {
-                        let raw = RawValue::from_string(p).expect("json");
-                        state.apply(&LeadEvent::decode(&t, v as u32, &raw).expect("decode"));
-                    }
-                }
-                state
-            });
-            black_box(state);
-        })
-    })
+/// How the diagnostics' reads decode a payload.
+#[derive(Clone, Copy)]
+enum Decode {
+    /// serde straight from the row's jsonb bytes into the payload type (one
+    /// parse, as the baseline does).
+    Serde,
+    /// today's annals API from the row's bytes: a borrowed `&RawValue` (a
+    /// validating parse, no copy), then `Event::decode` by (type, version)
+    /// (the second parse).
+    Event,
 }
 
-/// Diagnostic: the lean read decoded as rows arrive: the payload borrowed
-/// from the row (`&str`, no per-row String), checked into a borrowed
-/// `&RawValue`, decoded by today's `Event::decode` and folded at once (no
-/// Vec of envelopes). The shape of the recommended repository read.
-async fn lean_borrowed_fold(pool: &PgPool, stream: &str, from: i64) -> (Lead, u64) {
+/// Diagnostic reads of annals' own load query (LEAN_READ), decoded as rows
+/// arrive (no Vec of rows, of `StoredPayload`s or of events; no per-row
+/// String or Box) and folded at once. With `Decode::Event` this is the
+/// recommended shape of `Repository::load`'s read.
+async fn borrowed_fold(pool: &PgPool, stream: &str, from: i64, decode: Decode) -> (Lead, u64) {
     let mut state = Lead::default();
     let mut version = 0u64;
     let state_ref = &mut state;
@@ -327,15 +310,21 @@ async fn lean_borrowed_fold(pool: &PgPool, stream: &str, from: i64) -> (Lead, u6
         .bind(stream)
         .bind(from)
         .try_map(|row: PgRow| {
-            let v: i64 = row.try_get(0)?;
-            let t: &str = row.try_get(1)?;
-            let sv: i32 = row.try_get(2)?;
-            let p: &str = row.try_get(3)?;
-            let raw: &RawValue =
-                serde_json::from_str(p).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-            let e = LeadEvent::decode(t, sv as u32, raw)
-                .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-            state_ref.apply(&e);
+            let v: i64 = row.try_get(1)?;
+            match decode {
+                Decode::Serde => {
+                    let p: Json<LeadScored> = row.try_get(4)?;
+                    fold(state_ref, &p.0);
+                }
+                Decode::Event => {
+                    let t: &str = row.try_get(2)?;
+                    let sv: i32 = row.try_get(3)?;
+                    let p: Json<&RawValue> = row.try_get(4)?;
+                    let e = LeadEvent::decode(t, sv as u32, p.0)
+                        .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+                    state_ref.apply(&e);
+                }
+            }
             *version_ref = v as u64;
             Ok(())
         })
@@ -345,14 +334,20 @@ async fn lean_borrowed_fold(pool: &PgPool, stream: &str, from: i64) -> (Lead, u6
     (state, version)
 }
 
+/// The recommended read: annals' load query, `Event::decode`, folded as
+/// rows arrive.
+async fn lean_borrowed_fold(pool: &PgPool, stream: &str, from: i64) -> (Lead, u64) {
+    borrowed_fold(pool, stream, from, Decode::Event).await
+}
+
 /// Diagnostic: the snapshot row and the events after it in one round trip,
 /// the events decoded as in `lean_borrowed_fold`.
 const ONE_ROUND_TRIP: &str = "WITH s AS (
          SELECT version, state, fingerprint, codec_version FROM annals_snapshots
          WHERE aggregate_type = $2 AND aggregate_id = $1)
-     SELECT 0 AS kind, version AS v, fingerprint AS t, codec_version AS sv, state::text AS body FROM s
+     SELECT 0 AS kind, version AS v, fingerprint AS t, codec_version AS sv, state AS body FROM s
      UNION ALL
-     SELECT 1, stream_version, event_type, schema_version, payload::text FROM annals_events
+     SELECT 1, stream_version, event_type, schema_version, payload FROM annals_events
       WHERE stream_id = $1 AND stream_version > COALESCE((SELECT version FROM s), 0)
      ORDER BY kind, v";
 
@@ -369,16 +364,14 @@ async fn one_round_trip_load(pool: &PgPool, stream: &str) -> (Lead, u64) {
             let v: i64 = row.try_get(1)?;
             let t: &str = row.try_get(2)?;
             let sv: i32 = row.try_get(3)?;
-            let body: &str = row.try_get(4)?;
-            let raw: &RawValue =
-                serde_json::from_str(body).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+            let body: Json<&RawValue> = row.try_get(4)?;
             if kind == 0 {
                 // a real implementation replays in full when this fails
                 assert!(t == Lead::state_fingerprint() && sv as u32 == Lead::CODEC_VERSION);
                 *state_ref =
-                    Lead::decode_state(raw).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+                    Lead::decode_state(body.0).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
             } else {
-                let e = LeadEvent::decode(t, sv as u32, raw)
+                let e = LeadEvent::decode(t, sv as u32, body.0)
                     .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
                 state_ref.apply(&e);
             }
@@ -514,7 +507,7 @@ fn loads(c: &mut Criterion, rt: &Runtime, rows: &mut Vec<Comparison>) {
         let group = format!("agg_load_{}_no_snapshot", size_name(n));
         let id = format!("n{n}");
         let stream = format!("lead-{id}");
-        let (plain, pool, store, id, stream) = (&plain, &pool, &store, &id, &stream);
+        let (plain, pool, id, stream) = (&plain, &pool, &id, &stream);
         let mut ops: Vec<(&str, Op<'_>)> = vec![
             (
                 "annals_load",
@@ -539,77 +532,51 @@ fn loads(c: &mut Criterion, rt: &Runtime, rows: &mut Vec<Comparison>) {
         ];
         let mut pairs = vec![("annals_load", "sqlx_baseline")];
         if n == DIAG_SIZE {
-            ops.extend::<[(&str, Op<'_>); 5]>([
-                // annals' typed read without the fold
+            ops.extend::<[(&str, Op<'_>); 3]>([
+                // annals' load query, rows fetched and not decoded
                 (
-                    "diag_read_stream_as",
+                    "diag_load_sql_rows_only",
                     Box::new(move || {
                         timed(|| {
-                            let e = rt
-                                .block_on(store.read_stream_as::<LeadEvent>(stream, 1))
-                                .expect("read");
-                            assert_eq!(e.len(), n);
-                            black_box(e);
-                        })
-                    }),
-                ),
-                // annals' SQL, paged by 1000 as read_stream_as does, rows not decoded
-                (
-                    "diag_annals_sql_rows_only",
-                    Box::new(move || {
-                        timed(|| {
-                            let got = rt.block_on(async {
-                                let (mut from, mut got) = (1i64, 0usize);
-                                loop {
-                                    let rows = sqlx::query(ANNALS_READ_STREAM)
+                            let rows = rt
+                                .block_on(
+                                    sqlx::query(LEAN_READ)
                                         .bind(stream)
-                                        .bind(from)
-                                        .bind(1000i64)
-                                        .fetch_all(pool)
-                                        .await
-                                        .expect("read");
-                                    got += rows.len();
-                                    from += rows.len() as i64;
-                                    if rows.len() < 1000 {
-                                        break got;
-                                    }
-                                    black_box(rows);
-                                }
-                            });
-                            assert_eq!(got, n);
+                                        .bind(1i64)
+                                        .fetch_all(pool),
+                                )
+                                .expect("read");
+                            assert_eq!(rows.len(), n);
+                            black_box(rows);
                         })
                     }),
                 ),
-                // the 4 columns a load needs, one query, decoded by today's
-                // Event::decode (RawValue::from_string, then decode): what a
-                // lean repository read would cost with the current Event API
+                // the same query decoded as rows arrive, serde straight into
+                // the payload type (one parse, no copies) ...
                 (
-                    "diag_lean_sql_event_decode",
-                    lean_load(rt, pool, stream, n, false),
+                    "diag_lean_cols_serde",
+                    borrowed_op(rt, pool, stream, n, Decode::Serde),
                 ),
-                // the same rows, the payload decoded by serde once: what a
-                // decode-from-text path in Event would cost
+                // ... and through today's Event API (the recommended read)
                 (
-                    "diag_lean_sql_serde_once",
-                    lean_load(rt, pool, stream, n, true),
+                    "diag_lean_borrowed_fold",
+                    borrowed_op(rt, pool, stream, n, Decode::Event),
                 ),
-                ("diag_lean_borrowed_fold", borrowed_op(rt, pool, stream, n)),
             ]);
             pairs.extend([
-                ("annals_load", "diag_read_stream_as"),
-                ("diag_read_stream_as", "diag_annals_sql_rows_only"),
-                ("diag_lean_sql_event_decode", "sqlx_baseline"),
-                ("diag_lean_sql_serde_once", "sqlx_baseline"),
+                ("annals_load", "diag_lean_borrowed_fold"),
+                ("diag_lean_borrowed_fold", "diag_lean_cols_serde"),
+                ("diag_lean_cols_serde", "sqlx_baseline"),
+                ("diag_load_sql_rows_only", "sqlx_baseline"),
                 ("diag_lean_borrowed_fold", "sqlx_baseline"),
             ]);
         } else if n == SIZES[2] {
             ops.push((
-                "diag_lean_sql_event_decode",
-                lean_load(rt, pool, stream, n, false),
+                "diag_lean_borrowed_fold",
+                borrowed_op(rt, pool, stream, n, Decode::Event),
             ));
-            ops.push(("diag_lean_borrowed_fold", borrowed_op(rt, pool, stream, n)));
-            pairs.push(("diag_lean_sql_event_decode", "sqlx_baseline"));
             pairs.push(("diag_lean_borrowed_fold", "sqlx_baseline"));
+            pairs.push(("annals_load", "diag_lean_borrowed_fold"));
         }
         let measurement = Duration::from_secs(if n >= 100_000 { 5 } else { 3 });
         stamp(&group);
@@ -629,67 +596,58 @@ fn loads(c: &mut Criterion, rt: &Runtime, rows: &mut Vec<Comparison>) {
             events: n as u64,
             target: Target::TimeAtMost(1.1),
         });
-        if n == SIZES[2] {
-            for (label, a) in [
+        let diags: &[(&'static str, &str, &str)] = if n == DIAG_SIZE {
+            &[
                 (
-                    "  diag: lean SQL + Event::decode / baseline",
-                    "diag_lean_sql_event_decode",
-                ),
-                (
-                    "  diag: lean SQL, borrowed decode + fold / baseline",
-                    "diag_lean_borrowed_fold",
-                ),
-            ] {
-                rows.push(Comparison {
-                    label,
-                    annals: key(a),
-                    baseline: key("sqlx_baseline"),
-                    events: n as u64,
-                    target: Target::None,
-                });
-            }
-        }
-        if n == DIAG_SIZE {
-            for (label, a, b) in [
-                (
-                    "  diag: Repository::load / read_stream_as (the fold)",
+                    "  diag: load / recommended read (buffering, copies)",
                     "annals_load",
-                    "diag_read_stream_as",
+                    "diag_lean_borrowed_fold",
                 ),
                 (
-                    "  diag: read_stream_as / its SQL rows only",
-                    "diag_read_stream_as",
-                    "diag_annals_sql_rows_only",
+                    "  diag: recommended / serde once (Event::decode)",
+                    "diag_lean_borrowed_fold",
+                    "diag_lean_cols_serde",
                 ),
                 (
-                    "  diag: its SQL rows only / baseline",
-                    "diag_annals_sql_rows_only",
+                    "  diag: serde once / baseline (5 columns vs 1)",
+                    "diag_lean_cols_serde",
                     "sqlx_baseline",
                 ),
                 (
-                    "  diag: lean SQL + Event::decode / baseline",
-                    "diag_lean_sql_event_decode",
+                    "  diag: load SQL rows only, undecoded / baseline",
+                    "diag_load_sql_rows_only",
                     "sqlx_baseline",
                 ),
                 (
-                    "  diag: lean SQL + serde once / baseline",
-                    "diag_lean_sql_serde_once",
-                    "sqlx_baseline",
-                ),
-                (
-                    "  diag: lean SQL, borrowed decode + fold / baseline",
+                    "  diag: recommended read / baseline",
                     "diag_lean_borrowed_fold",
                     "sqlx_baseline",
                 ),
-            ] {
-                rows.push(Comparison {
-                    label,
-                    annals: key(a),
-                    baseline: key(b),
-                    events: n as u64,
-                    target: Target::None,
-                });
-            }
+            ]
+        } else if n == SIZES[2] {
+            &[
+                (
+                    "  diag: load / recommended read (buffering, copies)",
+                    "annals_load",
+                    "diag_lean_borrowed_fold",
+                ),
+                (
+                    "  diag: recommended read / baseline",
+                    "diag_lean_borrowed_fold",
+                    "sqlx_baseline",
+                ),
+            ]
+        } else {
+            &[]
+        };
+        for (label, a, b) in diags {
+            rows.push(Comparison {
+                label,
+                annals: key(a),
+                baseline: key(b),
+                events: n as u64,
+                target: Target::None,
+            });
         }
     }
 
@@ -793,16 +751,24 @@ fn loads(c: &mut Criterion, rt: &Runtime, rows: &mut Vec<Comparison>) {
             ),
         ),
         (
-            "diag_10k_read_stream_as_99",
+            "diag_10k_load_read_99",
             recorded(
-                format!("{group}/diag_10k_read_stream_as_99"),
+                format!("{group}/diag_10k_load_read_99"),
                 Box::new(move || {
                     timed(|| {
-                        let e = rt
-                            .block_on(store.read_stream_as::<LeadEvent>(stream, from as u64))
+                        // what Repository::load does after the snapshot:
+                        // read_stream_payloads, decode each, fold
+                        let stored = rt
+                            .block_on(store.read_stream_payloads(stream, from as u64))
                             .expect("read");
-                        assert_eq!(e.len(), TAIL);
-                        black_box(e);
+                        assert_eq!(stored.len(), TAIL);
+                        let mut state = Lead::default();
+                        for p in &stored {
+                            let e = LeadEvent::decode(&p.event_type, p.schema_version, &p.payload)
+                                .expect("decode");
+                            state.apply(&e);
+                        }
+                        black_box(state);
                     })
                 }),
             ),
@@ -831,15 +797,15 @@ fn loads(c: &mut Criterion, rt: &Runtime, rows: &mut Vec<Comparison>) {
         ),
     ]);
     pairs.extend([
-        ("diag_10k_read_stream_as_99", "diag_10k_sqlx_payloads_99"),
+        ("diag_10k_load_read_99", "diag_10k_sqlx_payloads_99"),
         ("diag_10k_lean_borrowed_99", "diag_10k_sqlx_payloads_99"),
         ("diag_10k_one_round_trip", "annals_10k_99_after"),
         ("diag_10k_one_round_trip", "sqlx_10k_99_after"),
     ]);
     for (label, a, b) in [
         (
-            "  diag 10k: read_stream_as of the 99 / baseline's read",
-            "diag_10k_read_stream_as_99",
+            "  diag 10k: annals' load read of the 99 / baseline's",
+            "diag_10k_load_read_99",
             "diag_10k_sqlx_payloads_99",
         ),
         (
@@ -870,7 +836,7 @@ fn loads(c: &mut Criterion, rt: &Runtime, rows: &mut Vec<Comparison>) {
     run_group(
         c,
         group,
-        |g| configure(g, Duration::from_secs(2), 1),
+        |g| configure(g, Duration::from_millis(1500), 1),
         &ops,
         &pairs,
         FAST_ROUNDS,
@@ -918,7 +884,10 @@ fn snapshot_summary() {
     let diag = |name: &str| median_call(&format!("agg_load_snapshot_every_100/diag_10k_{name}"));
     for (name, what) in [
         ("snapshot_row_only", "PgSnapshotStore::load alone"),
-        ("read_stream_as_99", "read_stream_as of the 99 events alone"),
+        (
+            "load_read_99",
+            "annals' load read (read_stream_payloads + decode + fold) of the 99 alone",
+        ),
         (
             "lean_borrowed_99",
             "lean borrowed read + fold of the 99 alone",
@@ -990,21 +959,25 @@ enum Runner {
     Sql(&'static str, &'static str),
     /// Diagnostic: annals' own read and append statements, bound by hand.
     AnnalsSql,
+    /// Diagnostic: the command's load alone, through the repository.
+    LoadAnnals(Arc<PlainRepo>),
+    /// Diagnostic: the baseline's load alone (select + fold).
+    LoadSql,
 }
 
-/// Diagnostic: annals' append statement for `ExpectedVersion::Exact`
-/// (`append_sql!` + `APPEND_EXACT` in postgres/src/store.rs).
-const ANNALS_APPEND_EXACT: &str = "WITH bump AS (UPDATE annals_streams SET version = version + $2, updated_at = now()
-     WHERE stream_id = $1 AND version = $8 RETURNING version),
-             ins AS (
-                 INSERT INTO annals_events (event_id, stream_id, stream_version, event_type, schema_version, payload, metadata)
-                 SELECT e.id, $1, bump.version - $2 + e.ord, e.t, e.v, e.p::jsonb, e.m::jsonb
-                 FROM bump, UNNEST($3::uuid[], $4::text[], $5::int4[], $6::text[], $7::text[])
-                      WITH ORDINALITY AS e(id, t, v, p, m, ord)
-                 ORDER BY e.ord
-                 RETURNING position, transaction_id, stream_version, recorded_at
-             )
-             SELECT position, transaction_id::text::int8 AS tx, stream_version, recorded_at FROM ins ORDER BY position";
+/// Diagnostic baseline: the copy-table baseline's INSERT into annals_events
+/// itself (its NOTIFY trigger fires), without the stream row.
+const EVENTS_ONLY_INSERT: &str = "INSERT INTO annals_events (event_id, stream_id, stream_version, event_type, schema_version, payload, metadata)
+     VALUES ($1, $2, $3 + 1, $4, $5, $6::jsonb, $7::jsonb)";
+
+/// Diagnostic: annals' one-event append for `ExpectedVersion::Exact`
+/// (`append_one_sql!` + `APPEND_ONE_EXACT` in postgres/src/store.rs, as of
+/// commit 88a6a4a).
+const ANNALS_APPEND_ONE_EXACT: &str = "WITH bump AS (UPDATE annals_streams SET version = version + $2, updated_at = now()
+     WHERE stream_id = $1 AND version = $8 RETURNING version)
+             INSERT INTO annals_events (event_id, stream_id, stream_version, event_type, schema_version, payload, metadata)
+             SELECT $3, $1, bump.version, $4, $5, $6::jsonb, $7::jsonb FROM bump
+             RETURNING position, transaction_id::text::int8 AS tx, stream_version, recorded_at";
 
 async fn command(
     runner: &Runner,
@@ -1016,6 +989,24 @@ async fn command(
 ) {
     let expect = FEW as u64 + 1;
     match runner {
+        Runner::LoadAnnals(repo) => {
+            let l = repo.load(id).await.expect("load");
+            assert_eq!(l.version, FEW as u64);
+            black_box(l);
+        }
+        Runner::LoadSql => {
+            let rows: Vec<Json<LeadScored>> = sqlx::query_scalar(TABLES_SELECT)
+                .bind(stream)
+                .fetch_all(pool)
+                .await
+                .expect("baseline read");
+            let mut state = Lead::default();
+            for r in &rows {
+                fold(&mut state, &r.0);
+            }
+            assert_eq!(state.scores, FEW as u64);
+            black_box(state);
+        }
         Runner::Annals(repo) => {
             let done = repo.execute(id, cmd, meta).await.expect("execute");
             assert_eq!((done.version, done.attempts), (expect, 1));
@@ -1055,31 +1046,29 @@ async fn command(
             black_box(state);
         }
         Runner::AnnalsSql => {
-            let rows = sqlx::query(ANNALS_READ_STREAM)
+            // the load's query (read_stream_payloads) and the one-event
+            // append, bound by hand, payloads decoded by serde from the rows
+            let rows = sqlx::query(LEAN_READ)
                 .bind(stream)
                 .bind(1i64)
-                .bind(1000i64)
                 .fetch_all(pool)
                 .await
                 .expect("read");
             let mut state = Lead::default();
             for r in &rows {
-                let p: String = r.get("payload");
-                fold(
-                    &mut state,
-                    &serde_json::from_str::<LeadScored>(&p).expect("decode"),
-                );
+                let p: Json<LeadScored> = r.get(4);
+                fold(&mut state, &p.0);
             }
             let version = rows.len() as i64;
             let event = decide(&state, cmd).expect("decide");
-            let out = sqlx::query(ANNALS_APPEND_EXACT)
+            let out = sqlx::query(ANNALS_APPEND_ONE_EXACT)
                 .bind(stream)
                 .bind(1i64)
-                .bind(vec![Uuid::now_v7()])
-                .bind(vec!["lead.scored"])
-                .bind(vec![2i32])
-                .bind(vec![serde_json::to_string(&event).expect("encode")])
-                .bind(vec![serde_json::to_string(meta).expect("encode metadata")])
+                .bind(Uuid::now_v7())
+                .bind("lead.scored")
+                .bind(2i32)
+                .bind(serde_json::to_string(&event).expect("encode"))
+                .bind(serde_json::to_string(meta).expect("encode metadata"))
                 .bind(version)
                 .fetch_all(pool)
                 .await
@@ -1177,40 +1166,66 @@ fn commands(c: &mut Criterion, rt: &Runtime, rows: &mut Vec<Comparison>) {
         ("agg_command_8_tasks", "8 tasks", TASKS),
     ] {
         stamp(group);
+        let mut ops: Vec<(&str, Op<'_>)> = vec![
+            ("annals_validated", op(annals.clone(), concurrency)),
+            (
+                "annals_unvalidated",
+                op(annals_unvalidated.clone(), concurrency),
+            ),
+            (
+                "annals_with_pg_snapshots",
+                op(annals_snapshots.clone(), concurrency),
+            ),
+            (
+                "sqlx_copy_table",
+                op(Runner::Sql(COPY_SELECT, COPY_INSERT), concurrency),
+            ),
+            (
+                "sqlx_annals_tables",
+                op(Runner::Sql(TABLES_SELECT, TABLES_INSERT), concurrency),
+            ),
+            (
+                "diag_annals_sql_by_hand",
+                op(Runner::AnnalsSql, concurrency),
+            ),
+        ];
+        let mut pairs = vec![
+            ("annals_validated", "sqlx_copy_table"),
+            ("annals_validated", "sqlx_annals_tables"),
+            ("annals_unvalidated", "diag_annals_sql_by_hand"),
+            ("annals_validated", "annals_unvalidated"),
+        ];
+        if concurrency == 1 {
+            // where the time goes, from one task: the loads alone, and the
+            // baseline's INSERT into annals_events (trigger, no stream row)
+            let Runner::Annals(repo) = &annals else {
+                unreachable!()
+            };
+            ops.extend::<[(&str, Op<'_>); 3]>([
+                (
+                    "diag_load_only_annals",
+                    op(Runner::LoadAnnals(repo.clone()), 1),
+                ),
+                ("diag_load_only_sqlx", op(Runner::LoadSql, 1)),
+                (
+                    "diag_sqlx_events_only",
+                    op(Runner::Sql(TABLES_SELECT, EVENTS_ONLY_INSERT), 1),
+                ),
+            ]);
+            pairs.extend([
+                ("diag_load_only_annals", "diag_load_only_sqlx"),
+                ("diag_sqlx_events_only", "sqlx_copy_table"),
+            ]);
+        }
         run_group(
             c,
             group,
             |g| configure(g, Duration::from_secs(4), AGGREGATES),
-            &[
-                ("annals_validated", op(annals.clone(), concurrency)),
-                (
-                    "annals_unvalidated",
-                    op(annals_unvalidated.clone(), concurrency),
-                ),
-                (
-                    "annals_with_pg_snapshots",
-                    op(annals_snapshots.clone(), concurrency),
-                ),
-                (
-                    "sqlx_copy_table",
-                    op(Runner::Sql(COPY_SELECT, COPY_INSERT), concurrency),
-                ),
-                (
-                    "sqlx_annals_tables",
-                    op(Runner::Sql(TABLES_SELECT, TABLES_INSERT), concurrency),
-                ),
-                (
-                    "diag_annals_sql_by_hand",
-                    op(Runner::AnnalsSql, concurrency),
-                ),
-            ],
-            &[
-                ("annals_validated", "sqlx_copy_table"),
-                ("annals_validated", "sqlx_annals_tables"),
-                ("annals_unvalidated", "diag_annals_sql_by_hand"),
-            ],
+            &ops,
+            &pairs,
             CMD_ROUNDS,
         );
+        drop(ops);
         let key = |name: &str| leak(format!("{group}/{name}"));
         for (label, a, b, target) in [
             (
@@ -1271,6 +1286,24 @@ fn commands(c: &mut Criterion, rt: &Runtime, rows: &mut Vec<Comparison>) {
                 "  diag: + PgSnapshotStore / validated annals",
                 "annals_with_pg_snapshots",
                 "annals_validated",
+                Target::None,
+            ),
+            (
+                "  diag: load alone, annals / sqlx",
+                "diag_load_only_annals",
+                "diag_load_only_sqlx",
+                Target::None,
+            ),
+            (
+                "  diag: events-only baseline / copy table (trigger)",
+                "diag_sqlx_events_only",
+                "sqlx_copy_table",
+                Target::None,
+            ),
+            (
+                "  diag: same-tables / events-only (stream row)",
+                "sqlx_annals_tables",
+                "diag_sqlx_events_only",
                 Target::None,
             ),
         ] {
