@@ -42,7 +42,9 @@ use tokio::runtime::Runtime;
 use uuid::Uuid;
 
 mod common;
-use common::{print_summary, run_group, scored, Comparison, LeadEvent, LeadScored, Op, Target};
+use common::{
+    print_summary, run_group, runtime, scored, timed, Comparison, LeadEvent, LeadScored, Op, Target,
+};
 
 const SAMPLES: usize = 10;
 /// Interleaved rounds per (annals, baseline) pair of the slow groups.
@@ -129,20 +131,6 @@ type PlainRepo = Repository<Lead, PgEventStore, NoSnapshots>;
 type SnapRepo = Repository<Lead, PgEventStore, PgSnapshotStore>;
 
 // --- helpers -------------------------------------------------------------------
-
-fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a tokio runtime")
-}
-
-fn timed(f: impl FnOnce()) -> Duration {
-    let start = Instant::now();
-    f();
-    start.elapsed()
-}
 
 /// Prints the wall-clock time (UTC) at the start of a group, to match a run
 /// against other activity on the machine.

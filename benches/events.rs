@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::hint::black_box;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use annals::{
     Event, EventStore, EventStoreExt, ExpectedVersion, InMemoryEventStore, Metadata, NewEvent,
@@ -21,7 +21,8 @@ use uuid::Uuid;
 
 mod common;
 use common::{
-    print_summary, raw, run_group, scored, scored_v1, Comparison, LeadEvent, LeadScored, Op, Target,
+    print_summary, raw, run_group, scored, scored_v1, timed, Comparison, LeadEvent, LeadScored, Op,
+    Target,
 };
 
 const N: usize = 10_000;
@@ -50,13 +51,6 @@ fn configure(group: &mut BenchmarkGroup<'_, WallTime>) {
         .measurement_time(Duration::from_secs(3))
         .sampling_mode(SamplingMode::Flat)
         .throughput(Throughput::Elements(N as u64));
-}
-
-/// Times `f` once.
-fn timed(f: impl FnOnce()) -> Duration {
-    let start = Instant::now();
-    f();
-    start.elapsed()
 }
 
 /// `Event::decode` of every payload at `version`.

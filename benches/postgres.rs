@@ -10,7 +10,7 @@
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use annals::postgres::sqlx::types::chrono::{DateTime, Utc};
 use annals::postgres::sqlx::{self, types::Json, PgPool, Row};
@@ -23,7 +23,9 @@ use tokio::runtime::Runtime;
 use uuid::Uuid;
 
 mod common;
-use common::{print_summary, run_group, scored, Comparison, LeadEvent, LeadScored, Op, Target};
+use common::{
+    print_summary, run_group, runtime, scored, timed, Comparison, LeadEvent, LeadScored, Op, Target,
+};
 
 const SAMPLES: usize = 10;
 /// Interleaved rounds per (annals, baseline) pair.
@@ -42,21 +44,6 @@ const PAGE: usize = 1_000;
 /// append, the stream version supplied by the client, no stream row.
 const INSERT_ONE: &str = "INSERT INTO annals_events (event_id, stream_id, stream_version, event_type, schema_version, payload, metadata)
      VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7::jsonb)";
-
-fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a tokio runtime")
-}
-
-/// Times `f` once.
-fn timed(f: impl FnOnce()) -> Duration {
-    let start = Instant::now();
-    f();
-    start.elapsed()
-}
 
 fn configure(
     group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,

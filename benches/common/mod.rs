@@ -15,6 +15,24 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
+// --- timing ------------------------------------------------------------------
+
+/// A 2-worker multi-thread runtime for the database benches.
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+/// Times `f` once.
+pub(crate) fn timed(f: impl FnOnce()) -> std::time::Duration {
+    let start = std::time::Instant::now();
+    f();
+    start.elapsed()
+}
+
 // --- events ------------------------------------------------------------------
 
 /// `lead.created` v1.
