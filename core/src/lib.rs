@@ -26,6 +26,7 @@ mod event;
 mod memory;
 pub mod metrics;
 mod repository;
+mod retry;
 mod scenario;
 mod schema;
 mod snapshot;
@@ -41,6 +42,7 @@ pub use error::{DecodeError, Error, UpcastError, VersionConflict};
 pub use event::{Event, EventSchema, EventTypeInfo};
 pub use memory::InMemoryEventStore;
 pub use repository::{CommandError, Executed, Loaded, Repository, SnapshotWrite};
+pub use retry::{RetryError, RetryPolicy};
 pub use scenario::{given, Scenario, ScenarioWhen};
 pub use schema::{
     fingerprint, RegisteredSchema, SchemaChange, SchemaChanges, SchemaLock, SchemaRegistry,

@@ -56,3 +56,13 @@ pub const SNAPSHOT_WRITES_TOTAL: &str = "annals_snapshot_writes_total";
 pub const SNAPSHOT_WRITE_ERRORS_TOTAL: &str = "annals_snapshot_write_errors_total";
 /// Events replayed while loading aggregates (counter; label `aggregate`).
 pub const EVENTS_REPLAYED_TOTAL: &str = "annals_events_replayed_total";
+
+/// Retries of a failed operation (counter; label `handler`: the projection,
+/// saga or component that retried).
+pub const RETRIES_TOTAL: &str = "annals_retries_total";
+
+/// Counts one retry of `handler`.
+#[doc(hidden)]
+pub fn record_retry(handler: &str) {
+    metrics::counter!(RETRIES_TOTAL, "handler" => handler.to_owned()).increment(1);
+}
