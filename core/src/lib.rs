@@ -26,6 +26,7 @@ mod event;
 mod memory;
 pub mod metrics;
 mod projection;
+pub mod rag;
 mod repository;
 mod retry;
 mod scenario;

@@ -66,3 +66,71 @@ pub const RETRIES_TOTAL: &str = "annals_retries_total";
 pub fn record_retry(handler: &str) {
     metrics::counter!(RETRIES_TOTAL, "handler" => handler.to_owned()).increment(1);
 }
+
+// knowledge base
+
+/// Embedding cache lookups answered from the cache (counter; labels `model`,
+/// `cache` = `memory` | `redis` | the cache's own name).
+pub const EMBEDDING_CACHE_HITS_TOTAL: &str = "annals_embedding_cache_hits_total";
+/// Embedding cache lookups that missed and went to the embedder (counter;
+/// labels `model`, `cache`).
+pub const EMBEDDING_CACHE_MISSES_TOTAL: &str = "annals_embedding_cache_misses_total";
+/// Embedding requests served by an embedder: one per batch, and one per
+/// HTTP request for the HTTP embedder, retries included (counter; label
+/// `model`).
+pub const EMBEDDER_CALLS_TOTAL: &str = "annals_embedder_calls_total";
+/// Texts embedded (counter; label `model`).
+pub const EMBEDDER_TEXTS_TOTAL: &str = "annals_embedder_texts_total";
+/// Failed embedder requests (counter; labels `model`, `kind` =
+/// `rate_limited` | `status` | `timeout` | `transport` | `malformed`).
+pub const EMBEDDER_ERRORS_TOTAL: &str = "annals_embedder_errors_total";
+/// Rows re-embedded by the embedding refresh job (counter; label `model`:
+/// the target model).
+pub const EMBEDDING_REFRESH_ROWS_TOTAL: &str = "annals_embedding_refresh_rows_total";
+/// Rows the running embedding refresh job still has to re-embed (gauge;
+/// label `model`).
+pub const EMBEDDING_REFRESH_PENDING_ROWS: &str = "annals_embedding_refresh_pending_rows";
+/// Duration of knowledge base searches (histogram, seconds; label `store` =
+/// `memory` | `postgres`).
+pub const KNOWLEDGE_SEARCH_DURATION_SECONDS: &str = "annals_knowledge_search_duration_seconds";
+
+/// Counts one embedder request of `texts` texts.
+#[doc(hidden)]
+pub fn record_embedder_call(model: &str, texts: usize) {
+    metrics::counter!(EMBEDDER_CALLS_TOTAL, "model" => model.to_owned()).increment(1);
+    metrics::counter!(EMBEDDER_TEXTS_TOTAL, "model" => model.to_owned()).increment(texts as u64);
+}
+
+/// Counts one failed embedder request.
+#[doc(hidden)]
+pub fn record_embedder_error(model: &str, kind: &'static str) {
+    metrics::counter!(EMBEDDER_ERRORS_TOTAL, "model" => model.to_owned(), "kind" => kind)
+        .increment(1);
+}
+
+/// Counts embedding cache hits and misses of one lookup.
+#[doc(hidden)]
+pub fn record_embedding_cache(model: &str, cache: &'static str, hits: usize, misses: usize) {
+    if hits > 0 {
+        metrics::counter!(EMBEDDING_CACHE_HITS_TOTAL, "model" => model.to_owned(), "cache" => cache)
+            .increment(hits as u64);
+    }
+    if misses > 0 {
+        metrics::counter!(EMBEDDING_CACHE_MISSES_TOTAL, "model" => model.to_owned(), "cache" => cache)
+            .increment(misses as u64);
+    }
+}
+
+/// Records one knowledge base search's duration.
+#[doc(hidden)]
+pub fn record_knowledge_search(store: &'static str, started: std::time::Instant) {
+    metrics::histogram!(KNOWLEDGE_SEARCH_DURATION_SECONDS, "store" => store)
+        .record(started.elapsed().as_secs_f64());
+}
+
+/// Records a refresh batch: `rows` re-embedded, `pending` left.
+#[doc(hidden)]
+pub fn record_refresh_progress(model: &str, rows: u64, pending: u64) {
+    metrics::counter!(EMBEDDING_REFRESH_ROWS_TOTAL, "model" => model.to_owned()).increment(rows);
+    metrics::gauge!(EMBEDDING_REFRESH_PENDING_ROWS, "model" => model.to_owned()).set(pending as f64);
+}
