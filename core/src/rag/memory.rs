@@ -462,3 +462,68 @@ impl KnowledgeBase for InMemoryKnowledgeBase {
 fn is_of(row: &ChunkRow, model: &str) -> bool {
     row.embedding.as_ref().is_some_and(|e| e.model == model)
 }
+
+/// The knowledge base projection on the in-memory backend: feeds an
+/// [`InMemoryKnowledgeBase`] from [`DocumentEvent`]s in the log, through
+/// the same [`Ingestor`] path as a direct ingest.
+///
+/// Transient failures (the embedding service, the database) are reported
+/// as [dependency](crate::FailureKind::Dependency) failures, so the runner
+/// retries them and never parks the event; the others (an empty document)
+/// as failures of the event.
+#[derive(Debug)]
+pub struct InMemoryKnowledgeProjection<E> {
+    name: String,
+    kb: InMemoryKnowledgeBase,
+    ingestor: Ingestor<E>,
+}
+
+impl<E: Embedder> InMemoryKnowledgeProjection<E> {
+    /// A projection named `name` writing to `kb` through `ingestor`.
+    pub fn new(name: impl Into<String>, kb: InMemoryKnowledgeBase, ingestor: Ingestor<E>) -> Self {
+        InMemoryKnowledgeProjection {
+            name: name.into(),
+            kb,
+            ingestor,
+        }
+    }
+
+    /// The knowledge base it writes.
+    pub fn knowledge_base(&self) -> &InMemoryKnowledgeBase {
+        &self.kb
+    }
+}
+
+impl<E: Embedder + 'static> crate::Projection for InMemoryKnowledgeProjection<E> {
+    type Event = DocumentEvent;
+    type Tx = crate::MemoryTx;
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn apply(
+        &self,
+        _tx: &mut crate::MemoryTx,
+        event: &crate::Envelope<DocumentEvent>,
+    ) -> impl Future<Output = Result<(), crate::HandlerError>> + Send {
+        async move {
+            self.kb
+                .ingest(&self.ingestor, &event.payload)
+                .await
+                .map(drop)
+                .map_err(KnowledgeError::into_handler_error)
+        }
+    }
+
+    fn reset(
+        &self,
+        _tx: &mut crate::MemoryTx,
+    ) -> impl Future<Output = Result<(), crate::HandlerError>> + Send {
+        let mut state = self.kb.lock();
+        state.rows.clear();
+        state.hashes.clear();
+        drop(state);
+        std::future::ready(Ok(()))
+    }
+}

@@ -82,7 +82,7 @@ pub use knowledge::{
     KnowledgeEntry, KnowledgeError, KnowledgeWriter, RefreshJobState, RowOp, Scope, SearchHit,
     SearchQuery, StaleRow, StoredEmbedding,
 };
-pub use memory::{InMemoryKnowledgeBase, InMemoryKnowledgeWriter};
+pub use memory::{InMemoryKnowledgeBase, InMemoryKnowledgeProjection, InMemoryKnowledgeWriter};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use redis::RedisEmbeddingCache;
