@@ -20,6 +20,7 @@
 //! ```
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod knowledge;
 mod migrate;
 mod snapshot;
 mod store;
@@ -28,6 +29,9 @@ mod store;
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
 
+pub use knowledge::{
+    quote_literal, PgKnowledgeBase, PgKnowledgeProjection, PgKnowledgeWriter,
+};
 pub use migrate::{migrate, migrate_down, MIGRATIONS_TABLE};
 pub use snapshot::PgSnapshotStore;
 pub use store::{Horizon, LogWatcher, PgEventStore, PgEventStoreBuilder, EVENTS_CHANNEL};

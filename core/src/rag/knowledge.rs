@@ -12,7 +12,6 @@ use super::ingest::{DocumentEvent, IngestReport, Ingestor};
 
 /// One stored chunk of a document, as a search returns it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[non_exhaustive]
 pub struct KnowledgeEntry {
     /// The row's id. The document's anchor chunk has the document's id.
     pub id: Uuid,
@@ -163,7 +162,6 @@ impl SearchQuery {
 
 /// One search result.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[non_exhaustive]
 pub struct SearchHit {
     /// The matching chunk.
     pub entry: KnowledgeEntry,
