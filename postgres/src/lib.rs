@@ -21,6 +21,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod migrate;
+mod projection;
 mod snapshot;
 mod store;
 
@@ -28,8 +29,10 @@ mod store;
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
 
+pub use annals_core::Horizon;
 pub use migrate::{migrate, migrate_down, MIGRATIONS_TABLE};
+pub use projection::{PgLease, PgProjectionStore};
 pub use snapshot::PgSnapshotStore;
-pub use store::{Horizon, LogWatcher, PgEventStore, PgEventStoreBuilder, EVENTS_CHANNEL};
+pub use store::{LogWatcher, PgEventStore, PgEventStoreBuilder, EVENTS_CHANNEL};
 
 pub use sqlx;
