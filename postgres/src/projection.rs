@@ -204,6 +204,8 @@ impl ProjectionStore for PgProjectionStore {
     type Conn = PgConnection;
     type Lease = PgLease;
 
+    const TRANSACTIONAL: bool = true;
+
     fn conn(tx: &mut Self::Tx) -> &mut PgConnection {
         tx
     }

@@ -191,6 +191,8 @@ impl ProjectionStore for InMemoryProjectionStore {
     type Conn = MemoryTx;
     type Lease = InMemoryLease;
 
+    const TRANSACTIONAL: bool = false;
+
     fn conn(tx: &mut InMemoryTransaction) -> &mut MemoryTx {
         &mut tx.conn
     }

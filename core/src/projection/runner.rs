@@ -652,11 +652,12 @@ where
         shutdown: &mut Shutdown,
     ) -> Result<(), ProjectionError> {
         let mut items: Vec<Item<P::Event>> = batch.into_iter().map(|r| self.classify(r)).collect();
-        let fast = items.iter().all(|i| match i {
-            Item::Skip(..) => true,
-            Item::Event(e) => !s.pending.contains_key(&e.stream_id),
-            Item::Undecodable(..) => false,
-        });
+        let fast = B::TRANSACTIONAL
+            && items.iter().all(|i| match i {
+                Item::Skip(..) => true,
+                Item::Event(e) => !s.pending.contains_key(&e.stream_id),
+                Item::Undecodable(..) => false,
+            });
         if fast {
             let events: Vec<Envelope<P::Event>> = items
                 .into_iter()
@@ -708,6 +709,8 @@ where
         let mut i = 0;
         while i < items.len() {
             let mut end = items.len();
+            // the failure found at `end` while a longer slice was tried
+            let mut carried: Option<Failure> = None;
             loop {
                 self.await_breaker(shutdown).await?;
                 let mut tx = self.backend.begin().await?;
@@ -720,6 +723,10 @@ where
                         self.count_applied(s, applied);
                         self.count_parked(s, parked, "behind");
                         i = end;
+                        if let Some(failure) = carried.take() {
+                            self.handle_failure(s, &items[i], failure, shutdown).await?;
+                            i += 1;
+                        }
                         break;
                     }
                     Err((0, failure)) => {
@@ -729,11 +736,26 @@ where
                         i += 1;
                         break;
                     }
-                    Err((k, _)) => {
-                        // commit what applied before the failing event first
+                    Err((k, failure)) if !B::TRANSACTIONAL => {
+                        // what applied before the failing event stays
+                        // applied: move the checkpoint past it (never apply
+                        // it twice), then handle the failing event
+                        self.breaker.release();
+                        let last = &items[i + k - 1];
+                        self.commit_at(tx, s, last.position(), last.recorded_at())
+                            .await?;
+                        i += k;
+                        self.handle_failure(s, &items[i], failure, shutdown).await?;
+                        i += 1;
+                        break;
+                    }
+                    Err((k, failure)) => {
+                        // roll back, apply and commit what came before the
+                        // failing event, then handle it alone
                         drop(tx);
                         self.breaker.release();
                         end = i + k;
+                        carried = Some(failure);
                     }
                 }
             }

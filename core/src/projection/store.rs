@@ -88,6 +88,14 @@ pub trait ProjectionStore: DeadLetterStore + Clone + Send + Sync + 'static {
     /// Ownership of one projection.
     type Lease: Lease;
 
+    /// Whether rolling a transaction back also undoes what the projection
+    /// wrote through [`Conn`](Self::Conn). When it does (Postgres), a
+    /// runner applies a whole batch in one transaction and, if an event
+    /// fails, rolls back and applies the events before it again; when it
+    /// does not (in memory), it applies events one at a time and never
+    /// applies an event twice.
+    const TRANSACTIONAL: bool;
+
     /// The connection inside a transaction.
     fn conn(tx: &mut Self::Tx) -> &mut Self::Conn;
 
