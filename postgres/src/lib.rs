@@ -22,6 +22,7 @@
 
 mod knowledge;
 mod migrate;
+mod projection;
 mod snapshot;
 mod store;
 
@@ -32,8 +33,10 @@ pub mod testing;
 pub use knowledge::{
     quote_literal, PgKnowledgeBase, PgKnowledgeProjection, PgKnowledgeWriter,
 };
+pub use annals_core::Horizon;
 pub use migrate::{migrate, migrate_down, MIGRATIONS_TABLE};
+pub use projection::{PgLease, PgProjectionStore};
 pub use snapshot::PgSnapshotStore;
-pub use store::{Horizon, LogWatcher, PgEventStore, PgEventStoreBuilder, EVENTS_CHANNEL};
+pub use store::{LogWatcher, PgEventStore, PgEventStoreBuilder, EVENTS_CHANNEL};
 
 pub use sqlx;
