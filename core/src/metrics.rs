@@ -172,5 +172,6 @@ pub fn record_knowledge_search(store: &'static str, started: std::time::Instant)
 #[doc(hidden)]
 pub fn record_refresh_progress(model: &str, rows: u64, pending: u64) {
     metrics::counter!(EMBEDDING_REFRESH_ROWS_TOTAL, "model" => model.to_owned()).increment(rows);
-    metrics::gauge!(EMBEDDING_REFRESH_PENDING_ROWS, "model" => model.to_owned()).set(pending as f64);
+    metrics::gauge!(EMBEDDING_REFRESH_PENDING_ROWS, "model" => model.to_owned())
+        .set(pending as f64);
 }

@@ -48,11 +48,15 @@ async fn server(replies: Vec<Reply>) -> Server {
     let log = seen.clone();
     tokio::spawn(async move {
         loop {
-            let Ok((mut socket, _)) = listener.accept().await else { return };
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
             let replies = replies.clone();
             let log = log.clone();
             tokio::spawn(async move {
-                let Some((head, body)) = read_request(&mut socket).await else { return };
+                let Some((head, body)) = read_request(&mut socket).await else {
+                    return;
+                };
                 let mut lines = head.lines();
                 let path = lines
                     .next()
@@ -65,29 +69,48 @@ async fn server(replies: Vec<Reply>) -> Server {
                     .map(|(_, v)| v.trim().to_owned());
                 let body: serde_json::Value =
                     serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
-                log.lock().unwrap().push(Seen { path, authorization, body: body.clone() });
+                log.lock().unwrap().push(Seen {
+                    path,
+                    authorization,
+                    body: body.clone(),
+                });
                 let reply = {
                     let mut q = replies.lock().unwrap();
-                    if q.len() > 1 { q.pop_front().unwrap() } else { q.front().cloned().unwrap() }
+                    if q.len() > 1 {
+                        q.pop_front().unwrap()
+                    } else {
+                        q.front().cloned().unwrap()
+                    }
                 };
                 let (status, headers, text) = match reply {
                     Reply::Stall(d) => {
                         tokio::time::sleep(d).await;
                         return;
                     }
-                    Reply::Raw { status, headers, body } => (status, headers, body),
+                    Reply::Raw {
+                        status,
+                        headers,
+                        body,
+                    } => (status, headers, body),
                     Reply::Embeddings { dims } => {
                         let n = body["input"].as_array().map_or(0, Vec::len);
                         let data: Vec<serde_json::Value> = (0..n)
                             .rev()
-                            .map(|i| serde_json::json!({
-                                "object": "embedding",
-                                "index": i,
-                                "embedding": vec![(i + 1) as f32; dims],
-                            }))
+                            .map(|i| {
+                                serde_json::json!({
+                                    "object": "embedding",
+                                    "index": i,
+                                    "embedding": vec![(i + 1) as f32; dims],
+                                })
+                            })
                             .collect();
                         let model = body["model"].clone();
-                        (200, vec![], serde_json::json!({ "object": "list", "data": data, "model": model }).to_string())
+                        (
+                            200,
+                            vec![],
+                            serde_json::json!({ "object": "list", "data": data, "model": model })
+                                .to_string(),
+                        )
                     }
                 };
                 let mut response = format!(
@@ -104,7 +127,10 @@ async fn server(replies: Vec<Reply>) -> Server {
             });
         }
     });
-    Server { base_url: format!("http://{addr}"), seen }
+    Server {
+        base_url: format!("http://{addr}"),
+        seen,
+    }
 }
 
 async fn read_request(socket: &mut tokio::net::TcpStream) -> Option<(String, Vec<u8>)> {
@@ -166,7 +192,10 @@ async fn embeds_in_batches_with_the_key_and_model() {
     assert_eq!(seen.len(), 3, "5 texts in batches of 2");
     for s in &seen {
         assert_eq!(s.path, "/v1/embeddings");
-        assert_eq!(s.authorization.as_deref(), Some(format!("Bearer {KEY}").as_str()));
+        assert_eq!(
+            s.authorization.as_deref(),
+            Some(format!("Bearer {KEY}").as_str())
+        );
         assert_eq!(s.body["model"], "test-model");
         assert!(s.body.get("dimensions").is_none());
     }
@@ -180,7 +209,11 @@ async fn embeds_in_batches_with_the_key_and_model() {
 #[tokio::test]
 async fn a_429_is_retried_then_succeeds() {
     let server = server(vec![
-        Reply::Raw { status: 429, headers: vec![("retry-after", "1")], body: "{}".into() },
+        Reply::Raw {
+            status: 429,
+            headers: vec![("retry-after", "1")],
+            body: "{}".into(),
+        },
         Reply::Embeddings { dims: 2 },
     ])
     .await;
@@ -199,7 +232,11 @@ async fn failures_are_typed_errors() {
         body: "slow down".into(),
     }])
     .await;
-    let err = HttpEmbedder::new(config(&server_429, 2)).unwrap().embed(&["x"]).await.unwrap_err();
+    let err = HttpEmbedder::new(config(&server_429, 2))
+        .unwrap()
+        .embed(&["x"])
+        .await
+        .unwrap_err();
     assert!(
         matches!(err, EmbedError::RateLimited { attempts: 3, retry_after: Some(d) } if d == Duration::from_secs(7)),
         "{err:?}"
@@ -207,8 +244,17 @@ async fn failures_are_typed_errors() {
     assert!(err.is_transient());
 
     // 500: retried, then reported with the body
-    let server_500 = server(vec![Reply::Raw { status: 500, headers: vec![], body: "model overloaded".into() }]).await;
-    let err = HttpEmbedder::new(config(&server_500, 2)).unwrap().embed(&["x"]).await.unwrap_err();
+    let server_500 = server(vec![Reply::Raw {
+        status: 500,
+        headers: vec![],
+        body: "model overloaded".into(),
+    }])
+    .await;
+    let err = HttpEmbedder::new(config(&server_500, 2))
+        .unwrap()
+        .embed(&["x"])
+        .await
+        .unwrap_err();
     assert!(
         matches!(&err, EmbedError::Status { status: 500, attempts: 3, body } if body == "model overloaded"),
         "{err:?}"
@@ -216,51 +262,126 @@ async fn failures_are_typed_errors() {
     assert_eq!(server_500.seen.lock().unwrap().len(), 3);
 
     // 400: the request is wrong, not retried
-    let server_400 = server(vec![Reply::Raw { status: 400, headers: vec![], body: "{\"error\":\"bad input\"}".into() }]).await;
-    let err = HttpEmbedder::new(config(&server_400, 2)).unwrap().embed(&["x"]).await.unwrap_err();
-    assert!(matches!(err, EmbedError::Status { status: 400, attempts: 1, .. }), "{err:?}");
+    let server_400 = server(vec![Reply::Raw {
+        status: 400,
+        headers: vec![],
+        body: "{\"error\":\"bad input\"}".into(),
+    }])
+    .await;
+    let err = HttpEmbedder::new(config(&server_400, 2))
+        .unwrap()
+        .embed(&["x"])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            EmbedError::Status {
+                status: 400,
+                attempts: 1,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     assert!(!err.is_transient());
     assert_eq!(server_400.seen.lock().unwrap().len(), 1);
 
     // timeout
     let stall = server(vec![Reply::Stall(Duration::from_secs(3))]).await;
     let started = std::time::Instant::now();
-    let err = HttpEmbedder::new(config(&stall, 2).timeout(Duration::from_millis(200)).retry(fast_retries(2)))
-        .unwrap()
-        .embed(&["x"])
-        .await
-        .unwrap_err();
-    assert!(matches!(err, EmbedError::Timeout { attempts: 2, .. }), "{err:?}");
-    assert!(started.elapsed() < Duration::from_secs(2), "timeouts took {:?}", started.elapsed());
+    let err = HttpEmbedder::new(
+        config(&stall, 2)
+            .timeout(Duration::from_millis(200))
+            .retry(fast_retries(2)),
+    )
+    .unwrap()
+    .embed(&["x"])
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, EmbedError::Timeout { attempts: 2, .. }),
+        "{err:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "timeouts took {:?}",
+        started.elapsed()
+    );
 
     // malformed bodies: not retried
     for (body, what) in [
         ("not json at all".to_owned(), "malformed"),
-        (r#"{"data":[{"index":0,"embedding":[1,2,3]}]}"#.to_owned(), "dimensions"),
+        (
+            r#"{"data":[{"index":0,"embedding":[1,2,3]}]}"#.to_owned(),
+            "dimensions",
+        ),
         (r#"{"data":[]}"#.to_owned(), "count"),
-        (r#"{"data":[{"index":5,"embedding":[1,2]}]}"#.to_owned(), "malformed"),
+        (
+            r#"{"data":[{"index":5,"embedding":[1,2]}]}"#.to_owned(),
+            "malformed",
+        ),
     ] {
-        let s = server(vec![Reply::Raw { status: 200, headers: vec![], body }]).await;
-        let err = HttpEmbedder::new(config(&s, 2)).unwrap().embed(&["x"]).await.unwrap_err();
+        let s = server(vec![Reply::Raw {
+            status: 200,
+            headers: vec![],
+            body,
+        }])
+        .await;
+        let err = HttpEmbedder::new(config(&s, 2))
+            .unwrap()
+            .embed(&["x"])
+            .await
+            .unwrap_err();
         let ok = match what {
             "malformed" => matches!(err, EmbedError::MalformedResponse { .. }),
-            "dimensions" => matches!(err, EmbedError::Dimensions { expected: 2, actual: 3, .. }),
-            _ => matches!(err, EmbedError::Count { sent: 1, received: 0 }),
+            "dimensions" => matches!(
+                err,
+                EmbedError::Dimensions {
+                    expected: 2,
+                    actual: 3,
+                    ..
+                }
+            ),
+            _ => matches!(
+                err,
+                EmbedError::Count {
+                    sent: 1,
+                    received: 0
+                }
+            ),
         };
         assert!(ok, "{what}: {err:?}");
         assert_eq!(s.seen.lock().unwrap().len(), 1, "{what} was retried");
     }
 
     // nothing listening
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let cfg = HttpEmbedderConfig::new(format!("http://127.0.0.1:{port}"), "m", 2).retry(fast_retries(2));
-    let err = HttpEmbedder::new(cfg).unwrap().embed(&["x"]).await.unwrap_err();
-    assert!(matches!(err, EmbedError::Transport { attempts: 2, .. }), "{err:?}");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cfg =
+        HttpEmbedderConfig::new(format!("http://127.0.0.1:{port}"), "m", 2).retry(fast_retries(2));
+    let err = HttpEmbedder::new(cfg)
+        .unwrap()
+        .embed(&["x"])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, EmbedError::Transport { attempts: 2, .. }),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]
 async fn the_key_is_never_shown_and_bad_config_is_refused() {
-    let server = server(vec![Reply::Raw { status: 401, headers: vec![], body: "invalid key".into() }]).await;
+    let server = server(vec![Reply::Raw {
+        status: 401,
+        headers: vec![],
+        body: "invalid key".into(),
+    }])
+    .await;
     let cfg = config(&server, 2);
     assert!(!format!("{cfg:?}").contains(KEY));
     let embedder = HttpEmbedder::new(cfg).unwrap();
@@ -296,6 +417,9 @@ async fn the_key_is_never_shown_and_bad_config_is_refused() {
         "timeout": 2500
     }))
     .unwrap();
-    assert_eq!((cfg.timeout, cfg.batch_size), (Duration::from_millis(2500), 100));
+    assert_eq!(
+        (cfg.timeout, cfg.batch_size),
+        (Duration::from_millis(2500), 100)
+    );
     assert!(!format!("{cfg:?}").contains("sk-from-config"));
 }

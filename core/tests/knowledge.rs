@@ -38,7 +38,17 @@ async fn the_projection_uses_the_ingest_path() {
     );
     assert_eq!(projection.name(), "knowledge");
     let id = uuid::Uuid::now_v7();
-    let doc = document(id, Some("c"), "en", &[], "Hours", &["We are open from 8 to 20 on weekdays.", "The clinic is closed on Sundays."]);
+    let doc = document(
+        id,
+        Some("c"),
+        "en",
+        &[],
+        "Hours",
+        &[
+            "We are open from 8 to 20 on weekdays.",
+            "The clinic is closed on Sundays.",
+        ],
+    );
     let mut tx = MemoryTx::new();
     projection
         .apply(&mut tx, &envelope(DocumentEvent::Added(doc.clone()), 1))
@@ -101,13 +111,33 @@ async fn the_projection_runner_feeds_the_knowledge_base_from_the_log() {
     ));
     let runner = ProjectionRunner::new(store.clone(), InMemoryProjectionStore::new(), projection);
     let (a, b) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
-    let doc_a = document(a, Some("c"), "en", &[], "Hours", &["We are open from 8 to 20 on weekdays.", "The clinic is closed on Sundays."]);
-    let doc_b = document(b, Some("c"), "en", &[], "Parking", &["Free parking for patients behind the building."]);
+    let doc_a = document(
+        a,
+        Some("c"),
+        "en",
+        &[],
+        "Hours",
+        &[
+            "We are open from 8 to 20 on weekdays.",
+            "The clinic is closed on Sundays.",
+        ],
+    );
+    let doc_b = document(
+        b,
+        Some("c"),
+        "en",
+        &[],
+        "Parking",
+        &["Free parking for patients behind the building."],
+    );
     for (stream, event) in [
         (format!("document-{a}"), DocumentEvent::Added(doc_a.clone())),
         (format!("document-{b}"), DocumentEvent::Added(doc_b)),
         (format!("document-{a}"), DocumentEvent::Updated(doc_a)),
-        (format!("document-{b}"), DocumentEvent::Retired(DocumentRetired { document_id: b })),
+        (
+            format!("document-{b}"),
+            DocumentEvent::Retired(DocumentRetired { document_id: b }),
+        ),
     ] {
         store
             .append_events(&stream, ExpectedVersion::Any, &[event], &Metadata::new())
@@ -118,8 +148,14 @@ async fn the_projection_runner_feeds_the_knowledge_base_from_the_log() {
     assert_eq!(done.events_applied, 4);
     assert_eq!(counting.texts(), 3, "the unchanged update embedded nothing");
     let q = SearchQuery::new(Scope::Clinic("c".into()), 10);
-    let hits = kb.search_text(&HashingEmbedder::new(32), "parking", &q).await.unwrap();
-    assert!(hits.iter().all(|h| h.entry.document.title == "Hours"), "the retired document is found");
+    let hits = kb
+        .search_text(&HashingEmbedder::new(32), "parking", &q)
+        .await
+        .unwrap();
+    assert!(
+        hits.iter().all(|h| h.entry.document.title == "Hours"),
+        "the retired document is found"
+    );
     assert_eq!(hits.len(), 2);
     // a rebuild replays the log into an empty knowledge base: the cache
     // answers every text
@@ -127,5 +163,11 @@ async fn the_projection_runner_feeds_the_knowledge_base_from_the_log() {
     let rebuilt = runner.rebuild().await.unwrap();
     assert_eq!(rebuilt.events_applied, 4);
     assert_eq!(counting.calls(), 0, "the rebuild went to the embedder");
-    assert_eq!(kb.search_text(&HashingEmbedder::new(32), "parking", &q).await.unwrap().len(), 2);
+    assert_eq!(
+        kb.search_text(&HashingEmbedder::new(32), "parking", &q)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
 }

@@ -23,7 +23,9 @@ fn redis_url() -> String {
 async fn cache(prefix: &str) -> RedisEmbeddingCache {
     RedisEmbeddingCache::connect(&redis_url())
         .await
-        .unwrap_or_else(|e| panic!("cannot connect to REDIS_URL ({e}); is it running? `scripts/test` starts one"))
+        .unwrap_or_else(|e| {
+            panic!("cannot connect to REDIS_URL ({e}); is it running? `scripts/test` starts one")
+        })
         .with_prefix(prefix)
 }
 
@@ -40,14 +42,22 @@ const CHILD: &str = "ANNALS_REDIS_CHILD_PREFIX";
 async fn child_writes_an_embedding() {
     let prefix = std::env::var(CHILD).expect("run by survives_a_process_restart");
     let embedder = CachedEmbedder::new(HashingEmbedder::new(16), cache(&prefix).await);
-    embedder.embed(&["written by another process"]).await.unwrap();
+    embedder
+        .embed(&["written by another process"])
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
 async fn survives_a_process_restart() {
     let prefix = prefix();
     let child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--ignored", "--exact", "child_writes_an_embedding", "--test-threads=1"])
+        .args([
+            "--ignored",
+            "--exact",
+            "child_writes_an_embedding",
+            "--test-threads=1",
+        ])
         .env(CHILD, &prefix)
         .output()
         .unwrap();
@@ -57,14 +67,31 @@ async fn survives_a_process_restart() {
         String::from_utf8_lossy(&child.stdout),
         String::from_utf8_lossy(&child.stderr)
     );
-    assert!(String::from_utf8_lossy(&child.stdout).contains("1 passed"), "the child ran no test");
+    assert!(
+        String::from_utf8_lossy(&child.stdout).contains("1 passed"),
+        "the child ran no test"
+    );
     // this process never embedded it: the hit comes from Redis
     let counting = CountingEmbedder::new(HashingEmbedder::new(16));
     let embedder = CachedEmbedder::new(counting.clone(), cache(&prefix).await);
-    let v = embedder.embed(&["written by another process"]).await.unwrap();
-    assert_eq!(counting.calls(), 0, "the other process's embedding was not found");
-    assert_eq!(v[0], HashingEmbedder::new(16).embed_one("written by another process"));
-    embedder.cache().invalidate_model(counting.model()).await.unwrap();
+    let v = embedder
+        .embed(&["written by another process"])
+        .await
+        .unwrap();
+    assert_eq!(
+        counting.calls(),
+        0,
+        "the other process's embedding was not found"
+    );
+    assert_eq!(
+        v[0],
+        HashingEmbedder::new(16).embed_one("written by another process")
+    );
+    embedder
+        .cache()
+        .invalidate_model(counting.model())
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -78,7 +105,11 @@ async fn hits_skip_the_embedder_and_entries_expire_by_ttl() {
     assert_eq!(counting.calls(), 1, "hits made an embedder call");
     assert_eq!(again, vec![first[1].clone(), first[0].clone()]);
     // the key carries the TTL
-    let mut conn = redis::Client::open(redis_url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let mut conn = redis::Client::open(redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
     let ttl: i64 = redis::cmd("PTTL")
         .arg(cache.key(counting.model(), &TextHash::of("a")))
         .query_async(&mut conn)
@@ -125,7 +156,11 @@ async fn invalidate_removes_exactly_one_models_keys() {
 async fn a_corrupt_value_is_a_miss() {
     let cache = cache(&prefix()).await;
     let k = TextHash::of("corrupt");
-    let mut conn = redis::Client::open(redis_url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let mut conn = redis::Client::open(redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
     let _: () = redis::cmd("SET")
         .arg(cache.key("m", &k))
         .arg("abc")
@@ -139,7 +174,11 @@ async fn a_corrupt_value_is_a_miss() {
 #[tokio::test]
 async fn an_unreachable_redis_is_a_typed_error() {
     // a port nothing listens on (bound, then released)
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let err = RedisEmbeddingCache::connect(&format!("redis://127.0.0.1:{port}/"))
         .await
         .unwrap_err();

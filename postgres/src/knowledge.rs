@@ -7,7 +7,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use annals_core::rag::{
-    BatchCommit, ChunkRow, DocumentEvent, DocumentMeta, EmbeddingUpdate, Embedder, IngestReport,
+    BatchCommit, ChunkRow, DocumentEvent, DocumentMeta, Embedder, EmbeddingUpdate, IngestReport,
     Ingestor, KnowledgeBase, KnowledgeEntry, KnowledgeError, KnowledgeWriter, RefreshJobState,
     RowOp, Scope, SearchHit, SearchQuery, StaleRow, StoredEmbedding,
 };
@@ -115,7 +115,13 @@ impl PgKnowledgeBase {
             state => {
                 if state == Some(false) {
                     // a concurrent build that failed leaves an invalid index
-                    exec(&mut conn, format!("DROP INDEX CONCURRENTLY IF EXISTS {name}"), "dropping an invalid index", model).await?;
+                    exec(
+                        &mut conn,
+                        format!("DROP INDEX CONCURRENTLY IF EXISTS {name}"),
+                        "dropping an invalid index",
+                        model,
+                    )
+                    .await?;
                 }
                 let sql = create_index_sql(&name, model, dimensions, true);
                 exec(&mut conn, sql, "creating the HNSW index", model).await?;
@@ -254,7 +260,11 @@ impl PgKnowledgeBase {
                 .await
                 .map_err(|e| map_dimensions(e, "searching", model, true));
         }
-        let ef = self.ef_search.unwrap_or(DEFAULT_EF_SEARCH).max(query.k).min(1000);
+        let ef = self
+            .ef_search
+            .unwrap_or(DEFAULT_EF_SEARCH)
+            .max(query.k)
+            .min(1000);
         let mut begin = format!("BEGIN READ ONLY; SET LOCAL hnsw.ef_search = {ef}");
         if filtered && self.iterative_scans().await {
             begin.push_str("; SET LOCAL hnsw.iterative_scan = strict_order");
@@ -312,7 +322,12 @@ async fn index_state(conn: &mut PgConnection, name: &str) -> Result<Option<bool>
 
 /// Runs a DDL statement (the model's index), mapping a dimension mismatch
 /// of rows already stored to its typed error.
-async fn exec(conn: &mut PgConnection, sql: String, context: &'static str, model: &str) -> Result<(), KnowledgeError> {
+async fn exec(
+    conn: &mut PgConnection,
+    sql: String,
+    context: &'static str,
+    model: &str,
+) -> Result<(), KnowledgeError> {
     sqlx::raw_sql(AssertSqlSafe(sql))
         .execute(conn)
         .await
@@ -346,7 +361,8 @@ fn create_index_sql(name: &str, model: &str, dimensions: usize, concurrently: bo
     )
 }
 
-const ENTRY_COLUMNS: &str = "id, parent_id, source_type, title, content, content_hash, chunk_index, chunk_total, \
+const ENTRY_COLUMNS: &str =
+    "id, parent_id, source_type, title, content, content_hash, chunk_index, chunk_total, \
      clinic_id, language, tags, metadata, version, is_active, embedding_model, embedded_at";
 
 /// The search statement of one (model, dimensions): the model and the
@@ -464,7 +480,12 @@ fn dimension_mismatch(e: &sqlx::Error) -> Option<(usize, usize)> {
 /// typed errors. `query_side`: the cast that failed was of the new vector's
 /// length (an index build, a query), so pgvector's "expected" is the new
 /// length and its "not" the stored one.
-fn map_dimensions(e: sqlx::Error, context: &'static str, model: &str, query_side: bool) -> KnowledgeError {
+fn map_dimensions(
+    e: sqlx::Error,
+    context: &'static str,
+    model: &str,
+    query_side: bool,
+) -> KnowledgeError {
     match dimension_mismatch(&e) {
         Some((a, b)) => {
             let (expected, actual) = if query_side { (b, a) } else { (a, b) };
@@ -946,7 +967,10 @@ impl<E: Embedder + 'static> Projection for PgKnowledgeProjection<E> {
         }
     }
 
-    fn reset(&self, tx: &mut PgConnection) -> impl Future<Output = Result<(), HandlerError>> + Send {
+    fn reset(
+        &self,
+        tx: &mut PgConnection,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send {
         async move {
             sqlx::query("DELETE FROM annals_knowledge_base")
                 .execute(tx)
@@ -965,7 +989,10 @@ mod tests {
 
     #[test]
     fn literals_are_quoted_like_postgres_quote_literal() {
-        assert_eq!(quote_literal("text-embedding-3-small"), "'text-embedding-3-small'");
+        assert_eq!(
+            quote_literal("text-embedding-3-small"),
+            "'text-embedding-3-small'"
+        );
         assert_eq!(quote_literal("o'brien"), "'o''brien'");
         assert_eq!(quote_literal(r"a\b'c"), r"E'a\\b''c'");
     }

@@ -30,10 +30,8 @@ mod store;
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
 
-pub use knowledge::{
-    quote_literal, PgKnowledgeBase, PgKnowledgeProjection, PgKnowledgeWriter,
-};
 pub use annals_core::Horizon;
+pub use knowledge::{quote_literal, PgKnowledgeBase, PgKnowledgeProjection, PgKnowledgeWriter};
 pub use migrate::{migrate, migrate_down, MIGRATIONS_TABLE};
 pub use projection::{PgLease, PgProjectionStore};
 pub use snapshot::PgSnapshotStore;

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use annals_core::rag::{
-    cosine_similarity, DocumentEvent, Embedder, EmbeddingRefresh, HashingEmbedder, Ingestor, KnowledgeBase,
-    Scope, SearchQuery,
+    cosine_similarity, DocumentEvent, Embedder, EmbeddingRefresh, HashingEmbedder, Ingestor,
+    KnowledgeBase, Scope, SearchQuery,
 };
 use annals_core::testing::knowledge::{chunker, document, CountingEmbedder};
 use annals_core::{Envelope, LogPosition, Metadata, Projection};
@@ -80,8 +80,12 @@ async fn load(pool: &PgPool, model: &str, vectors: &[Vec<f32>]) -> Vec<Uuid> {
         let base = batch_no * 1_000;
         let batch_ids: Vec<Uuid> = (0..batch.len()).map(|_| Uuid::now_v7()).collect();
         let hashes: Vec<String> = batch_ids.iter().map(|id| id.simple().to_string()).collect();
-        let clinics: Vec<String> = (0..batch.len()).map(|i| format!("c{}", (base + i) % 5)).collect();
-        let contents: Vec<String> = (0..batch.len()).map(|i| format!("row {}", base + i)).collect();
+        let clinics: Vec<String> = (0..batch.len())
+            .map(|i| format!("c{}", (base + i) % 5))
+            .collect();
+        let contents: Vec<String> = (0..batch.len())
+            .map(|i| format!("row {}", base + i))
+            .collect();
         let vecs: Vec<Vector> = batch.iter().map(|v| Vector::from(v.clone())).collect();
         sqlx::query(
             "INSERT INTO annals_knowledge_base (id, source_type, title, content, content_hash, \
@@ -131,14 +135,21 @@ async fn searches_use_the_hnsw_index_with_and_without_filters() {
     }
     // a model without an index: still correct, by a scan
     let plan = kb
-        .explain("no-such-model", &vectors[7], &SearchQuery::new(Scope::All, 10))
+        .explain(
+            "no-such-model",
+            &vectors[7],
+            &SearchQuery::new(Scope::All, 10),
+        )
         .await
         .unwrap();
     assert!(!plan.contains("annals_kb_hnsw_"), "{plan}");
     // an awkward model name is quoted, not injected
     let odd = "it's a \\ model";
     kb.ensure_index(odd, 64).await.unwrap();
-    let hits = kb.search(odd, &vectors[0], &SearchQuery::new(Scope::All, 3)).await.unwrap();
+    let hits = kb
+        .search(odd, &vectors[0], &SearchQuery::new(Scope::All, 3))
+        .await
+        .unwrap();
     assert!(hits.is_empty());
 }
 
@@ -166,7 +177,10 @@ async fn hnsw_recall_at_10_against_exact_search() {
         exact.sort_by(|a, b| b.0.total_cmp(&a.0));
         let truth: Vec<Uuid> = exact[..10].iter().map(|(_, i)| ids[*i]).collect();
         for (slot, kb) in [&kb, &tuned].into_iter().enumerate() {
-            let hits = kb.search(model, q, &SearchQuery::new(Scope::All, 10)).await.unwrap();
+            let hits = kb
+                .search(model, q, &SearchQuery::new(Scope::All, 10))
+                .await
+                .unwrap();
             assert_eq!(hits.len(), 10);
             found[slot] += hits.iter().filter(|h| truth.contains(&h.entry.id)).count();
         }
@@ -182,7 +196,9 @@ async fn hnsw_recall_at_10_against_exact_search() {
             .await
             .unwrap();
         assert_eq!(hits.len(), 10, "a selective filter left the result short");
-        assert!(hits.iter().all(|h| h.entry.document.clinic_id.as_deref() == Some("c2")));
+        assert!(hits
+            .iter()
+            .all(|h| h.entry.document.clinic_id.as_deref() == Some("c2")));
         found[2] += hits.iter().filter(|h| truth.contains(&h.entry.id)).count();
     }
     let [default, tuned, filtered] = found.map(|f| f as f64 / (10 * queries.len()) as f64);
@@ -191,8 +207,14 @@ async fn hnsw_recall_at_10_against_exact_search() {
          {tuned:.3} with ef_search 100, {filtered:.3} with a 1-in-5 clinic filter (ef_search 40, iterative scan)"
     );
     assert!(default >= 0.85, "recall@10 {default:.3} is below 0.85");
-    assert!(tuned >= 0.95, "recall@10 with ef_search 100 {tuned:.3} is below 0.95");
-    assert!(filtered >= 0.85, "filtered recall@10 {filtered:.3} is below 0.85");
+    assert!(
+        tuned >= 0.95,
+        "recall@10 with ef_search 100 {tuned:.3} is below 0.95"
+    );
+    assert!(
+        filtered >= 0.85,
+        "filtered recall@10 {filtered:.3} is below 0.85"
+    );
 }
 
 fn envelope(payload: DocumentEvent) -> Envelope<DocumentEvent> {
@@ -220,19 +242,38 @@ async fn the_projection_writes_inside_the_callers_transaction() {
         Ingestor::new(embedder.clone()).with_chunker(chunker()),
     );
     let id = Uuid::now_v7();
-    let doc = document(id, Some("c"), "en", &[], "Hours", &["We are open from 8 to 20 on weekdays.", "The clinic is closed on Sundays."]);
+    let doc = document(
+        id,
+        Some("c"),
+        "en",
+        &[],
+        "Hours",
+        &[
+            "We are open from 8 to 20 on weekdays.",
+            "The clinic is closed on Sundays.",
+        ],
+    );
     // rolled back: nothing stays
     let mut tx = db.pool().begin().await.unwrap();
-    projection.apply(&mut tx, &envelope(DocumentEvent::Added(doc.clone()))).await.unwrap();
+    projection
+        .apply(&mut tx, &envelope(DocumentEvent::Added(doc.clone())))
+        .await
+        .unwrap();
     tx.rollback().await.unwrap();
     assert!(kb.document(id).await.unwrap().is_empty());
     // committed, then replayed: stored once, embedded once more only
     let mut tx = db.pool().begin().await.unwrap();
-    projection.apply(&mut tx, &envelope(DocumentEvent::Added(doc.clone()))).await.unwrap();
+    projection
+        .apply(&mut tx, &envelope(DocumentEvent::Added(doc.clone())))
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
     embedder.reset();
     let mut tx = db.pool().begin().await.unwrap();
-    projection.apply(&mut tx, &envelope(DocumentEvent::Updated(doc))).await.unwrap();
+    projection
+        .apply(&mut tx, &envelope(DocumentEvent::Updated(doc)))
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
     assert_eq!(embedder.calls(), 0);
     assert_eq!(kb.document(id).await.unwrap().len(), 2);
@@ -249,9 +290,12 @@ async fn a_refresh_dropped_mid_run_resumes_after_its_last_batch() {
     let old = Ingestor::new(HashingEmbedder::new(32)).with_chunker(chunker());
     for n in 0..30 {
         let p = format!("Document number {n} talks about topic {n} at length.");
-        kb.ingest(&old, &DocumentEvent::Added(document(Uuid::now_v7(), Some("c"), "en", &[], "d", &[&p])))
-            .await
-            .unwrap();
+        kb.ingest(
+            &old,
+            &DocumentEvent::Added(document(Uuid::now_v7(), Some("c"), "en", &[], "d", &[&p])),
+        )
+        .await
+        .unwrap();
     }
     let new = CountingEmbedder::new(HashingEmbedder::new(32).with_seed(3));
     let refresh = EmbeddingRefresh::new(new.clone()).batch_size(5);
@@ -262,25 +306,26 @@ async fn a_refresh_dropped_mid_run_resumes_after_its_last_batch() {
         r = refresh.run(&kb, move |p| if p.done >= 10 { signal.notify_one() }) => panic!("the run should have been dropped: {r:?}"),
         () = stop.notified() => {}
     }
-    let (status, done, total): (String, i64, i64) = sqlx::query_as(
-        "SELECT status, done, total FROM annals_embedding_refresh_jobs",
-    )
-    .fetch_one(db.pool())
-    .await
-    .unwrap();
+    let (status, done, total): (String, i64, i64) =
+        sqlx::query_as("SELECT status, done, total FROM annals_embedding_refresh_jobs")
+            .fetch_one(db.pool())
+            .await
+            .unwrap();
     assert_eq!((status.as_str(), done, total), ("running", 10, 30));
     assert_eq!(kb.count_stale(new.model()).await.unwrap(), 20);
     new.reset();
     let outcome = refresh.run(&kb, |_| {}).await.unwrap();
     assert!(outcome.resumed);
-    assert_eq!((outcome.refreshed, outcome.done, outcome.total), (20, 30, 30));
+    assert_eq!(
+        (outcome.refreshed, outcome.done, outcome.total),
+        (20, 30, 30)
+    );
     assert_eq!(new.texts(), 20, "stored batches were embedded again");
-    let (status, finished): (String, bool) = sqlx::query_as(
-        "SELECT status, finished_at IS NOT NULL FROM annals_embedding_refresh_jobs",
-    )
-    .fetch_one(db.pool())
-    .await
-    .unwrap();
+    let (status, finished): (String, bool) =
+        sqlx::query_as("SELECT status, finished_at IS NOT NULL FROM annals_embedding_refresh_jobs")
+            .fetch_one(db.pool())
+            .await
+            .unwrap();
     assert_eq!((status.as_str(), finished), ("completed", true));
     // the job created the new model's index
     let index: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
@@ -306,15 +351,39 @@ async fn the_projection_runner_feeds_the_knowledge_base_exactly_once() {
         kb.clone(),
         Ingestor::new(counting.clone()).with_chunker(chunker()),
     ));
-    let runner = ProjectionRunner::new(store.clone(), PgProjectionStore::new(db.pool().clone()), projection);
+    let runner = ProjectionRunner::new(
+        store.clone(),
+        PgProjectionStore::new(db.pool().clone()),
+        projection,
+    );
     let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
-    let doc_a = document(a, Some("c"), "en", &[], "Hours", &["We are open from 8 to 20 on weekdays.", "The clinic is closed on Sundays."]);
-    let doc_b = document(b, Some("c"), "en", &[], "Parking", &["Free parking for patients behind the building."]);
+    let doc_a = document(
+        a,
+        Some("c"),
+        "en",
+        &[],
+        "Hours",
+        &[
+            "We are open from 8 to 20 on weekdays.",
+            "The clinic is closed on Sundays.",
+        ],
+    );
+    let doc_b = document(
+        b,
+        Some("c"),
+        "en",
+        &[],
+        "Parking",
+        &["Free parking for patients behind the building."],
+    );
     for (stream, event) in [
         (format!("document-{a}"), DocumentEvent::Added(doc_a.clone())),
         (format!("document-{b}"), DocumentEvent::Added(doc_b)),
         (format!("document-{a}"), DocumentEvent::Updated(doc_a)),
-        (format!("document-{b}"), DocumentEvent::Retired(DocumentRetired { document_id: b })),
+        (
+            format!("document-{b}"),
+            DocumentEvent::Retired(DocumentRetired { document_id: b }),
+        ),
     ] {
         store
             .append_events(&stream, ExpectedVersion::Any, &[event], &Metadata::new())
@@ -344,7 +413,10 @@ async fn the_projection_runner_feeds_the_knowledge_base_exactly_once() {
     // caught up: a second catch-up applies nothing
     assert_eq!(owned(|| runner.catch_up()).await.events_applied, 0);
     let q = SearchQuery::new(Scope::Clinic("c".into()), 10);
-    let hits = kb.search_text(&HashingEmbedder::new(32), "parking", &q).await.unwrap();
+    let hits = kb
+        .search_text(&HashingEmbedder::new(32), "parking", &q)
+        .await
+        .unwrap();
     assert_eq!(hits.len(), 2);
     assert!(hits.iter().all(|h| h.entry.document.title == "Hours"));
     // a rebuild clears the table and replays the log

@@ -107,7 +107,8 @@ pub trait EmbeddingCache: Send + Sync {
     ) -> impl Future<Output = Result<(), CacheError>> + Send;
 
     /// Removes every embedding of `model`; returns how many there were.
-    fn invalidate_model(&self, model: &str) -> impl Future<Output = Result<u64, CacheError>> + Send;
+    fn invalidate_model(&self, model: &str)
+        -> impl Future<Output = Result<u64, CacheError>> + Send;
 }
 
 impl<C: EmbeddingCache + ?Sized> EmbeddingCache for Arc<C> {
@@ -128,7 +129,10 @@ impl<C: EmbeddingCache + ?Sized> EmbeddingCache for Arc<C> {
     ) -> impl Future<Output = Result<(), CacheError>> + Send {
         (**self).put_many(model, entries)
     }
-    fn invalidate_model(&self, model: &str) -> impl Future<Output = Result<u64, CacheError>> + Send {
+    fn invalidate_model(
+        &self,
+        model: &str,
+    ) -> impl Future<Output = Result<u64, CacheError>> + Send {
         (**self).invalidate_model(model)
     }
 }
@@ -342,7 +346,10 @@ impl EmbeddingCache for InMemoryEmbeddingCache {
         std::future::ready(Ok(()))
     }
 
-    fn invalidate_model(&self, model: &str) -> impl Future<Output = Result<u64, CacheError>> + Send {
+    fn invalidate_model(
+        &self,
+        model: &str,
+    ) -> impl Future<Output = Result<u64, CacheError>> + Send {
         std::future::ready(Ok(self.invalidate_sync(model)))
     }
 }
@@ -391,7 +398,13 @@ impl<E: Embedder, C: EmbeddingCache> CachedEmbedder<E, C> {
         let mut slots = match self.cache.get_many(model, &keys).await {
             Ok(found) if found.len() == keys.len() => found,
             Ok(found) => {
-                tracing::warn!(cache = self.cache.name(), model, expected = keys.len(), got = found.len(), "embedding cache answered the wrong number of slots; treating all as misses");
+                tracing::warn!(
+                    cache = self.cache.name(),
+                    model,
+                    expected = keys.len(),
+                    got = found.len(),
+                    "embedding cache answered the wrong number of slots; treating all as misses"
+                );
                 vec![None; keys.len()]
             }
             Err(error) => {
@@ -515,10 +528,18 @@ mod tests {
         let e = CachedEmbedder::new(counting(), InMemoryEmbeddingCache::new(100));
         let first = e.embed(&["a b", "c d", "a b"]).await.unwrap();
         assert_eq!(e.inner().calls.load(Ordering::SeqCst), 1);
-        assert_eq!(e.inner().texts.load(Ordering::SeqCst), 2, "duplicates embedded once");
+        assert_eq!(
+            e.inner().texts.load(Ordering::SeqCst),
+            2,
+            "duplicates embedded once"
+        );
         assert_eq!(first[0], first[2]);
         let again = e.embed(&["c d", "a b"]).await.unwrap();
-        assert_eq!(e.inner().calls.load(Ordering::SeqCst), 1, "all hits: no call");
+        assert_eq!(
+            e.inner().calls.load(Ordering::SeqCst),
+            1,
+            "all hits: no call"
+        );
         assert_eq!(again, vec![first[1].clone(), first[0].clone()]);
         let mixed = e.embed(&["a b", "new text"]).await.unwrap();
         assert_eq!(e.inner().calls.load(Ordering::SeqCst), 2);
@@ -530,9 +551,15 @@ mod tests {
     async fn entries_expire_and_the_least_recently_used_goes_first() {
         let cache = InMemoryEmbeddingCache::new(2).with_ttl(Duration::from_secs(60));
         let (a, b, c) = (TextHash::of("a"), TextHash::of("b"), TextHash::of("c"));
-        cache.put_many("m", &[(a, &[1.0]), (b, &[2.0])]).await.unwrap();
+        cache
+            .put_many("m", &[(a, &[1.0]), (b, &[2.0])])
+            .await
+            .unwrap();
         // touch a: b is now the least recently used
-        assert_eq!(cache.get_many("m", &[a]).await.unwrap(), vec![Some(vec![1.0])]);
+        assert_eq!(
+            cache.get_many("m", &[a]).await.unwrap(),
+            vec![Some(vec![1.0])]
+        );
         cache.put_many("m", &[(c, &[3.0])]).await.unwrap();
         assert_eq!(cache.len(), 2);
         assert_eq!(
@@ -540,7 +567,10 @@ mod tests {
             vec![Some(vec![1.0]), None, Some(vec![3.0])]
         );
         tokio::time::advance(Duration::from_secs(61)).await;
-        assert_eq!(cache.get_many("m", &[a, c]).await.unwrap(), vec![None, None]);
+        assert_eq!(
+            cache.get_many("m", &[a, c]).await.unwrap(),
+            vec![None, None]
+        );
         assert!(cache.is_empty());
     }
 
@@ -553,7 +583,10 @@ mod tests {
         assert_eq!(cache.invalidate_model("m1").await.unwrap(), 1);
         assert_eq!(cache.invalidate_model("m1").await.unwrap(), 0);
         assert_eq!(cache.get_many("m1", &[k]).await.unwrap(), vec![None]);
-        assert_eq!(cache.get_many("m2", &[k]).await.unwrap(), vec![Some(vec![2.0])]);
+        assert_eq!(
+            cache.get_many("m2", &[k]).await.unwrap(),
+            vec![Some(vec![2.0])]
+        );
         assert_eq!(cache.len(), 1);
         // the LRU order forgot m1's entry: filling up evicts nothing wrongly
         for i in 0..9 {
@@ -561,7 +594,10 @@ mod tests {
             cache.put_many("m3", &[(key, &[0.0])]).await.unwrap();
         }
         assert_eq!(cache.len(), 10);
-        assert_eq!(cache.get_many("m2", &[k]).await.unwrap(), vec![Some(vec![2.0])]);
+        assert_eq!(
+            cache.get_many("m2", &[k]).await.unwrap(),
+            vec![Some(vec![2.0])]
+        );
     }
 
     #[test]

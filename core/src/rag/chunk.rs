@@ -114,9 +114,10 @@ fn cut_point(chars: &[char], start: usize, hard_end: usize) -> usize {
     if let Some(i) = paragraph {
         return i;
     }
-    let sentence = window.clone().rev().find(|&i| {
-        matches!(chars[i - 1], '.' | '!' | '?' | ';' | '…') && chars[i].is_whitespace()
-    });
+    let sentence = window
+        .clone()
+        .rev()
+        .find(|&i| matches!(chars[i - 1], '.' | '!' | '?' | ';' | '…') && chars[i].is_whitespace());
     if let Some(i) = sentence {
         return i;
     }

@@ -23,7 +23,10 @@ impl ApiKey {
 
     /// The key in the environment variable `var`, if set and not empty.
     pub fn from_env(var: &str) -> Option<Self> {
-        std::env::var(var).ok().filter(|k| !k.is_empty()).map(ApiKey)
+        std::env::var(var)
+            .ok()
+            .filter(|k| !k.is_empty())
+            .map(ApiKey)
     }
 
     fn expose(&self) -> &str {
@@ -199,10 +202,14 @@ impl HttpEmbedder {
             return Err(EmbedError::Config("the model name is empty".to_owned()));
         }
         if config.dimensions == 0 {
-            return Err(EmbedError::Config("dimensions must be at least 1".to_owned()));
+            return Err(EmbedError::Config(
+                "dimensions must be at least 1".to_owned(),
+            ));
         }
         if config.batch_size == 0 {
-            return Err(EmbedError::Config("batch_size must be at least 1".to_owned()));
+            return Err(EmbedError::Config(
+                "batch_size must be at least 1".to_owned(),
+            ));
         }
         let base = config.base_url.trim_end_matches('/');
         if !(base.starts_with("http://") || base.starts_with("https://")) {
@@ -243,7 +250,11 @@ impl HttpEmbedder {
             let vectors = self
                 .config
                 .retry
-                .run("http_embedder", |_| self.attempt(batch), EmbedError::is_transient)
+                .run(
+                    "http_embedder",
+                    |_| self.attempt(batch),
+                    EmbedError::is_transient,
+                )
                 .await
                 .map_err(|e| with_attempts(e.last, e.attempts))?;
             out.extend(vectors);
@@ -289,7 +300,10 @@ impl HttpEmbedder {
             model: &self.config.model,
             input: batch,
             encoding_format: "float",
-            dimensions: self.config.send_dimensions.then_some(self.config.dimensions),
+            dimensions: self
+                .config
+                .send_dimensions
+                .then_some(self.config.dimensions),
         };
         let mut request = self.client.post(&self.endpoint).json(&body);
         if let Some(key) = &self.config.api_key {

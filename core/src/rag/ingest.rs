@@ -229,7 +229,11 @@ impl<E: Embedder> Ingestor<E> {
             })?;
         let existing = writer.document_rows(doc.document_id).await?;
         let mut plan = plan(doc, &chunks, total, &existing, model);
-        let texts: Vec<&str> = plan.to_embed.iter().map(|&i| plan.rows[i].content.as_str()).collect();
+        let texts: Vec<&str> = plan
+            .to_embed
+            .iter()
+            .map(|&i| plan.rows[i].content.as_str())
+            .collect();
         if !texts.is_empty() {
             let vectors = self.embedder.embed(&texts).await?;
             check_vectors(model, self.embedder.dimensions(), texts.len(), &vectors)?;
@@ -268,13 +272,7 @@ struct Plan {
 /// has rows, since the others point at it: when its text leaves the
 /// document, it takes the text of a new chunk, or else of a kept one (whose
 /// own row is deleted first).
-fn plan(
-    doc: &Document,
-    chunks: &[String],
-    total: u32,
-    existing: &[ChunkRow],
-    model: &str,
-) -> Plan {
+fn plan(doc: &Document, chunks: &[String], total: u32, existing: &[ChunkRow], model: &str) -> Plan {
     let id = doc.document_id;
     let mut report = IngestReport {
         document_id: id,
@@ -292,8 +290,10 @@ fn plan(
             report.repeated += 1;
         }
     }
-    let by_hash: HashMap<&str, &ChunkRow> =
-        existing.iter().map(|r| (r.content_hash.as_str(), r)).collect();
+    let by_hash: HashMap<&str, &ChunkRow> = existing
+        .iter()
+        .map(|r| (r.content_hash.as_str(), r))
+        .collect();
     let anchor = existing.iter().find(|r| r.id == id);
     let anchor_kept = anchor.is_some_and(|a| seen.contains(&a.content_hash));
 
@@ -308,7 +308,10 @@ fn plan(
     let mut anchor_free = anchor.is_none() || !anchor_kept;
     let anchor_version = anchor.map_or(0, |a| a.version);
     // a kept row that moves into the anchor, when no new text does
-    let mover = if anchor.is_some() && !anchor_kept && new.iter().all(|(_, _, h)| by_hash.contains_key(h.as_str())) {
+    let mover = if anchor.is_some()
+        && !anchor_kept
+        && new.iter().all(|(_, _, h)| by_hash.contains_key(h.as_str()))
+    {
         new.iter()
             .filter_map(|(_, _, h)| by_hash.get(h.as_str()).copied())
             .find(|r| r.id != id)
@@ -342,10 +345,7 @@ fn plan(
             is_active: true,
             embedding: stored.and_then(|r| r.embedding.clone()),
         };
-        let current = row
-            .embedding
-            .as_ref()
-            .is_some_and(|e| e.model == model);
+        let current = row.embedding.as_ref().is_some_and(|e| e.model == model);
         match stored {
             Some(r) if current && !moving => {
                 let same = r.document == row.document

@@ -128,7 +128,10 @@ impl InMemoryKnowledgeBase {
                             hashes.remove(&p.row.content_hash);
                         }
                     }
-                    if hashes.get(&row.content_hash).is_some_and(|owner| *owner != row.id) {
+                    if hashes
+                        .get(&row.content_hash)
+                        .is_some_and(|owner| *owner != row.id)
+                    {
                         return Err(KnowledgeError::Conflict { document_id });
                     }
                     if let Some(e) = &row.embedding {
@@ -332,7 +335,9 @@ impl KnowledgeBase for InMemoryKnowledgeBase {
             .jobs
             .iter()
             .find(|(_, j)| j.running && j.target_model == target_model)
-            .map(|(id, j)| RefreshJobState::new(*id, j.target_model.clone(), j.total, j.done, j.cursor, true));
+            .map(|(id, j)| {
+                RefreshJobState::new(*id, j.target_model.clone(), j.total, j.done, j.cursor, true)
+            });
         let job = match running {
             Some(job) => job,
             None => {
@@ -426,7 +431,9 @@ impl KnowledgeBase for InMemoryKnowledgeBase {
             let j = state
                 .jobs
                 .get_mut(&job.job_id)
-                .ok_or(KnowledgeError::Conflict { document_id: job.job_id })?;
+                .ok_or(KnowledgeError::Conflict {
+                    document_id: job.job_id,
+                })?;
             j.cursor = Some(to);
             j.done += updated;
             Ok(BatchCommit::Committed {

@@ -67,8 +67,7 @@ mod redis;
 mod refresh;
 
 pub use cache::{
-    CacheError, CachedEmbedder, EmbeddingCache, InMemoryEmbeddingCache, TextHash,
-    DEFAULT_CACHE_TTL,
+    CacheError, CachedEmbedder, EmbeddingCache, InMemoryEmbeddingCache, TextHash, DEFAULT_CACHE_TTL,
 };
 pub use chunk::Chunker;
 pub use embedder::{EmbedError, Embedder};

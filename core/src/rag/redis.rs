@@ -98,7 +98,11 @@ impl RedisEmbeddingCache {
         format!("{}:{model}:{}", self.prefix, hash.to_hex())
     }
 
-    async fn get(&self, model: &str, keys: &[TextHash]) -> Result<Vec<Option<Vec<f32>>>, CacheError> {
+    async fn get(
+        &self,
+        model: &str,
+        keys: &[TextHash],
+    ) -> Result<Vec<Option<Vec<f32>>>, CacheError> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
@@ -237,7 +241,10 @@ impl EmbeddingCache for RedisEmbeddingCache {
         self.put(model, entries)
     }
 
-    fn invalidate_model(&self, model: &str) -> impl Future<Output = Result<u64, CacheError>> + Send {
+    fn invalidate_model(
+        &self,
+        model: &str,
+    ) -> impl Future<Output = Result<u64, CacheError>> + Send {
         self.invalidate(model)
     }
 }

@@ -122,9 +122,7 @@ impl<E: Embedder> EmbeddingRefresh<E> {
         let mut refreshed = 0u64;
         let mut batches = 0u64;
         loop {
-            let rows = kb
-                .refresh_batch(model, job.cursor, self.batch_size)
-                .await?;
+            let rows = kb.refresh_batch(model, job.cursor, self.batch_size).await?;
             let Some(last) = rows.last().map(|r| r.id) else {
                 break;
             };
@@ -244,7 +242,9 @@ impl FromStr for Schedule {
             }
             match value.parse::<u32>() {
                 Ok(n) if n <= max => Ok(Some(n)),
-                _ => Err(err(format!("{name} must be `*` or 0 to {max}, not `{value}`"))),
+                _ => Err(err(format!(
+                    "{name} must be `*` or 0 to {max}, not `{value}`"
+                ))),
             }
         };
         if dom != "*" || month != "*" {
@@ -341,7 +341,10 @@ mod tests {
             hourly.next_after(Utc.with_ymd_and_hms(2025, 1, 5, 3, 30, 10).unwrap()),
             Utc.with_ymd_and_hms(2025, 1, 5, 4, 30, 0).unwrap()
         );
-        assert_eq!("0 0 * * 7".parse::<Schedule>().unwrap(), Schedule::weekly(0, 0, 0));
+        assert_eq!(
+            "0 0 * * 7".parse::<Schedule>().unwrap(),
+            Schedule::weekly(0, 0, 0)
+        );
         for bad in ["", "0 3 * *", "60 3 * * 0", "0 3 1 * 0", "x 3 * * 0"] {
             let e = bad.parse::<Schedule>().unwrap_err();
             assert!(e.to_string().starts_with("invalid schedule"), "{e}");

@@ -152,7 +152,9 @@ async fn ingest<K: KnowledgeBase, E: Embedder>(
 }
 
 fn titles(hits: &[SearchHit]) -> Vec<String> {
-    hits.iter().map(|h| h.entry.document.title.clone()).collect()
+    hits.iter()
+        .map(|h| h.entry.document.title.clone())
+        .collect()
 }
 
 /// Runs every check, each on a fresh knowledge base from `make`.
@@ -199,13 +201,18 @@ pub async fn dedupe_by_hash<K: KnowledgeBase>(kb: K) {
         rows.iter().map(|r| r.chunk_index).collect::<Vec<_>>(),
         vec![0, 1, 3]
     );
-    assert!(rows.iter().all(|r| r.chunk_total == 4 && r.document_id == doc));
+    assert!(rows
+        .iter()
+        .all(|r| r.chunk_total == 4 && r.document_id == doc));
     assert_eq!(rows[0].id, doc, "the first chunk is the document's anchor");
     assert!(rows[1..].iter().all(|r| r.parent_id == Some(doc)));
 
     // the same event again, and an update with the same content: no-ops
     embedder.reset();
-    for event in [DocumentEvent::Added(d.clone()), DocumentEvent::Updated(d.clone())] {
+    for event in [
+        DocumentEvent::Added(d.clone()),
+        DocumentEvent::Updated(d.clone()),
+    ] {
         let r = ingest(&kb, &ingestor, event).await;
         assert!(r.is_noop(), "unchanged content wrote something: {r:?}");
         assert_eq!(r.unchanged, 3);
@@ -263,9 +270,7 @@ pub async fn anchor_survives_rewrites<K: KnowledgeBase>(kb: K) {
         );
         let anchors: Vec<_> = rows.iter().filter(|r| r.id == doc).collect();
         assert_eq!(anchors.len(), 1, "exactly one anchor: {rows:?}");
-        assert!(rows
-            .iter()
-            .all(|r| r.id == doc || r.parent_id == Some(doc)));
+        assert!(rows.iter().all(|r| r.id == doc || r.parent_id == Some(doc)));
     };
     let add = |paragraphs: &[&str]| {
         DocumentEvent::Updated(document(doc, None, "en", &[], "Doc", paragraphs))
@@ -297,11 +302,46 @@ pub async fn filters_and_clinic_isolation<K: KnowledgeBase>(kb: K) {
     let embedder = HashingEmbedder::new(64);
     let ingestor = Ingestor::new(embedder.clone()).with_chunker(chunker());
     let docs = [
-        document(id(20), Some("north"), "en", &["hours"], "north hours", &[P1]),
-        document(id(21), Some("south"), "en", &["hours"], "south hours", &[P1]),
-        document(id(22), Some("north"), "ro", &["hours", "ro"], "north ore", &["Clinica este deschisă de luni până vineri, de la 8 la 20."]),
-        document(id(23), None, "en", &["emergency"], "shared emergencies", &[P4]),
-        document(id(24), Some("north"), "en", &["prices", "hours"], "north prices", &["A check-up costs 150 lei, cleaning 250 lei."]),
+        document(
+            id(20),
+            Some("north"),
+            "en",
+            &["hours"],
+            "north hours",
+            &[P1],
+        ),
+        document(
+            id(21),
+            Some("south"),
+            "en",
+            &["hours"],
+            "south hours",
+            &[P1],
+        ),
+        document(
+            id(22),
+            Some("north"),
+            "ro",
+            &["hours", "ro"],
+            "north ore",
+            &["Clinica este deschisă de luni până vineri, de la 8 la 20."],
+        ),
+        document(
+            id(23),
+            None,
+            "en",
+            &["emergency"],
+            "shared emergencies",
+            &[P4],
+        ),
+        document(
+            id(24),
+            Some("north"),
+            "en",
+            &["prices", "hours"],
+            "north prices",
+            &["A check-up costs 150 lei, cleaning 250 lei."],
+        ),
     ];
     for d in docs {
         ingest(&kb, &ingestor, DocumentEvent::Added(d)).await;
@@ -309,30 +349,54 @@ pub async fn filters_and_clinic_isolation<K: KnowledgeBase>(kb: K) {
     let search = |q: SearchQuery| {
         let kb = &kb;
         let embedder = &embedder;
-        async move { must("search", kb.search_text(embedder, "when is the clinic open", &q)).await }
+        async move {
+            must(
+                "search",
+                kb.search_text(embedder, "when is the clinic open", &q),
+            )
+            .await
+        }
     };
     let all = |scope| SearchQuery::new(scope, 100);
 
     let north = search(all(Scope::Clinic("north".into()))).await;
     assert_eq!(north.len(), 3);
-    assert!(north.iter().all(|h| h.entry.document.clinic_id.as_deref() == Some("north")));
-    assert_eq!(north[0].entry.document.title, "north hours", "{:?}", titles(&north));
+    assert!(north
+        .iter()
+        .all(|h| h.entry.document.clinic_id.as_deref() == Some("north")));
+    assert_eq!(
+        north[0].entry.document.title,
+        "north hours",
+        "{:?}",
+        titles(&north)
+    );
     assert!(north.windows(2).all(|w| w[0].similarity >= w[1].similarity));
     let south = search(all(Scope::Clinic("south".into()))).await;
     assert_eq!(titles(&south), vec!["south hours"]);
     let nobody = search(all(Scope::Clinic("west".into()))).await;
-    assert!(nobody.is_empty(), "an unknown clinic saw rows: {:?}", titles(&nobody));
+    assert!(
+        nobody.is_empty(),
+        "an unknown clinic saw rows: {:?}",
+        titles(&nobody)
+    );
     let with_shared = search(all(Scope::ClinicAndShared("south".into()))).await;
     let mut t = titles(&with_shared);
     t.sort();
     assert_eq!(t, vec!["shared emergencies", "south hours"]);
-    assert_eq!(titles(&search(all(Scope::Shared)).await), vec!["shared emergencies"]);
+    assert_eq!(
+        titles(&search(all(Scope::Shared)).await),
+        vec!["shared emergencies"]
+    );
     assert_eq!(search(all(Scope::All)).await.len(), 5);
 
     let ro = search(all(Scope::Clinic("north".into())).language("ro")).await;
     assert_eq!(titles(&ro), vec!["north ore"]);
     let tagged = search(all(Scope::All).tag("hours").tag("prices")).await;
-    assert_eq!(titles(&tagged), vec!["north prices"], "every tag must match");
+    assert_eq!(
+        titles(&tagged),
+        vec!["north prices"],
+        "every tag must match"
+    );
     let tagged = search(all(Scope::Clinic("north".into())).tag("hours")).await;
     assert_eq!(tagged.len(), 3);
     let none = search(all(Scope::All).source_type("protocol")).await;
@@ -342,7 +406,11 @@ pub async fn filters_and_clinic_isolation<K: KnowledgeBase>(kb: K) {
     let top = search(SearchQuery::new(Scope::All, 2)).await;
     assert_eq!(top.len(), 2, "k limits the hits");
     let close = search(all(Scope::All).min_similarity(0.5)).await;
-    assert!(!close.is_empty() && close.len() < 5, "{:?}", close.iter().map(|h| h.similarity).collect::<Vec<_>>());
+    assert!(
+        !close.is_empty() && close.len() < 5,
+        "{:?}",
+        close.iter().map(|h| h.similarity).collect::<Vec<_>>()
+    );
     assert!(close.iter().all(|h| h.similarity >= 0.5));
     // another model's vectors are never compared
     let other = HashingEmbedder::new(64).with_seed(9);
@@ -368,7 +436,9 @@ pub async fn retire_and_reactivate<K: KnowledgeBase>(kb: K) {
     assert_eq!(r.retired, 2);
     let rows = must("document", kb.document(doc)).await;
     assert!(rows.iter().all(|r| !r.is_active), "rows stay, inactive");
-    assert!(must("search", kb.search_text(&embedder, "open", &q)).await.is_empty());
+    assert!(must("search", kb.search_text(&embedder, "open", &q))
+        .await
+        .is_empty());
     let again = ingest(
         &kb,
         &ingestor,
@@ -380,7 +450,12 @@ pub async fn retire_and_reactivate<K: KnowledgeBase>(kb: K) {
     let r = ingest(&kb, &ingestor, DocumentEvent::Added(d)).await;
     assert_eq!((r.updated, r.embedded), (2, 0), "{r:?}");
     assert_eq!(embedder.calls(), 0, "reactivated rows were embedded again");
-    assert_eq!(must("search", kb.search_text(&embedder, "open", &q)).await.len(), 2);
+    assert_eq!(
+        must("search", kb.search_text(&embedder, "open", &q))
+            .await
+            .len(),
+        2
+    );
 }
 
 /// The refresh job re-embeds exactly the stale active rows, in batches,
@@ -394,14 +469,50 @@ pub async fn refresh_reembeds_only_stale_rows_and_resumes<K: KnowledgeBase>(kb: 
     for n in 0..10u128 {
         let p1 = format!("Old document {n}, first paragraph about topic {n}.");
         let p2 = format!("Old document {n}, second paragraph on subject {n}.");
-        ingest(&kb, &old_ingestor, DocumentEvent::Added(document(id(100 + n), Some("c"), "en", &[], "old", &[&p1, &p2]))).await;
+        ingest(
+            &kb,
+            &old_ingestor,
+            DocumentEvent::Added(document(
+                id(100 + n),
+                Some("c"),
+                "en",
+                &[],
+                "old",
+                &[&p1, &p2],
+            )),
+        )
+        .await;
     }
     for n in 0..3u128 {
         let p = format!("New document {n} about a fresh subject.");
-        ingest(&kb, &new_ingestor, DocumentEvent::Added(document(id(200 + n), Some("c"), "en", &[], "new", &[&p]))).await;
+        ingest(
+            &kb,
+            &new_ingestor,
+            DocumentEvent::Added(document(id(200 + n), Some("c"), "en", &[], "new", &[&p])),
+        )
+        .await;
     }
-    ingest(&kb, &old_ingestor, DocumentEvent::Added(document(id(300), Some("c"), "en", &[], "gone", &["Retired one.", "Retired two."]))).await;
-    ingest(&kb, &old_ingestor, DocumentEvent::Retired(DocumentRetired { document_id: id(300) })).await;
+    ingest(
+        &kb,
+        &old_ingestor,
+        DocumentEvent::Added(document(
+            id(300),
+            Some("c"),
+            "en",
+            &[],
+            "gone",
+            &["Retired one.", "Retired two."],
+        )),
+    )
+    .await;
+    ingest(
+        &kb,
+        &old_ingestor,
+        DocumentEvent::Retired(DocumentRetired {
+            document_id: id(300),
+        }),
+    )
+    .await;
     assert_eq!(must("count_stale", kb.count_stale(new.model())).await, 20);
 
     new.reset();
@@ -410,7 +521,10 @@ pub async fn refresh_reembeds_only_stale_rows_and_resumes<K: KnowledgeBase>(kb: 
     let mut seen = Vec::new();
     let failed = refresh.run(&kb, |p| seen.push((p.done, p.total))).await;
     assert!(
-        matches!(failed, Err(KnowledgeError::Embed(EmbedError::Timeout { .. }))),
+        matches!(
+            failed,
+            Err(KnowledgeError::Embed(EmbedError::Timeout { .. }))
+        ),
         "the third batch should fail: {failed:?}"
     );
     assert_eq!(seen, vec![(6, 20), (12, 20)]);
@@ -420,30 +534,61 @@ pub async fn refresh_reembeds_only_stale_rows_and_resumes<K: KnowledgeBase>(kb: 
     let q = SearchQuery::new(Scope::Clinic("c".into()), 50);
     let by_old = must("search", kb.search_text(&old, "document paragraph", &q)).await;
     let new_plain = HashingEmbedder::new(32).with_seed(5);
-    let by_new = must("search", kb.search_text(&new_plain, "document paragraph", &q)).await;
-    assert_eq!((by_old.len(), by_new.len()), (8, 15), "old: rows not yet refreshed; new: 3 + 12");
+    let by_new = must(
+        "search",
+        kb.search_text(&new_plain, "document paragraph", &q),
+    )
+    .await;
+    assert_eq!(
+        (by_old.len(), by_new.len()),
+        (8, 15),
+        "old: rows not yet refreshed; new: 3 + 12"
+    );
 
     // run again: resumes the job, embeds only the 8 rows left
     new.reset();
     new.fail_after(usize::MAX);
     let mut seen = Vec::new();
-    let outcome = must("refresh", refresh.run(&kb, |p| seen.push((p.done, p.total)))).await;
+    let outcome = must(
+        "refresh",
+        refresh.run(&kb, |p| seen.push((p.done, p.total))),
+    )
+    .await;
     assert!(outcome.resumed, "{outcome:?}");
-    assert_eq!((outcome.refreshed, outcome.done, outcome.total), (8, 20, 20));
+    assert_eq!(
+        (outcome.refreshed, outcome.done, outcome.total),
+        (8, 20, 20)
+    );
     assert_eq!(new.texts(), 8, "finished batches were redone");
     assert_eq!(seen, vec![(18, 20), (20, 20)]);
     assert_eq!(must("count_stale", kb.count_stale(new.model())).await, 0);
     let retired = must("document", kb.document(id(300))).await;
     assert!(
-        retired.iter().all(|r| r.embedding_model.as_deref() == Some(old.model())),
+        retired
+            .iter()
+            .all(|r| r.embedding_model.as_deref() == Some(old.model())),
         "retired rows are not refreshed"
     );
     let rows = must("document", kb.document(id(100))).await;
-    assert!(rows.iter().all(|r| r.embedding_model.as_deref() == Some(new.model())));
-    let by_new = must("search", kb.search_text(&new_plain, "document paragraph", &q)).await;
+    assert!(rows
+        .iter()
+        .all(|r| r.embedding_model.as_deref() == Some(new.model())));
+    let by_new = must(
+        "search",
+        kb.search_text(&new_plain, "document paragraph", &q),
+    )
+    .await;
     assert_eq!(by_new.len(), 23);
     // the refreshed embedding is the new model's vector of the text
-    let first = must("search", kb.search(new.model(), &new_plain.embed_one(&rows[0].content), &SearchQuery::new(Scope::All, 1))).await;
+    let first = must(
+        "search",
+        kb.search(
+            new.model(),
+            &new_plain.embed_one(&rows[0].content),
+            &SearchQuery::new(Scope::All, 1),
+        ),
+    )
+    .await;
     assert_eq!(first[0].entry.id, rows[0].id);
     assert!(first[0].similarity > 0.999);
 
@@ -460,28 +605,53 @@ pub async fn refresh_reembeds_only_stale_rows_and_resumes<K: KnowledgeBase>(kb: 
 pub async fn bad_input_is_refused<K: KnowledgeBase>(kb: K) {
     let ingestor = Ingestor::new(HashingEmbedder::new(16)).with_chunker(chunker());
     let doc = id(40);
-    let empty = ingest_err(&kb, &ingestor, DocumentEvent::Added(document(doc, None, "en", &[], "Empty", &["  "]))).await;
+    let empty = ingest_err(
+        &kb,
+        &ingestor,
+        DocumentEvent::Added(document(doc, None, "en", &[], "Empty", &["  "])),
+    )
+    .await;
     assert!(
         matches!(empty, KnowledgeError::EmptyDocument { document_id } if document_id == doc),
         "{empty}"
     );
     assert!(empty.to_string().contains("no content"), "{empty}");
     assert!(must("document", kb.document(doc)).await.is_empty());
-    ingest(&kb, &ingestor, DocumentEvent::Added(document(doc, None, "en", &[], "Doc", &[P1]))).await;
+    ingest(
+        &kb,
+        &ingestor,
+        DocumentEvent::Added(document(doc, None, "en", &[], "Doc", &[P1])),
+    )
+    .await;
     // an embedder claiming the same model name with other dimensions
     let liar = Ingestor::new(Renamed {
         inner: HashingEmbedder::new(8),
         model: HashingEmbedder::new(16).model().to_owned(),
     })
     .with_chunker(chunker());
-    let err = ingest_err(&kb, &liar, DocumentEvent::Added(document(id(41), None, "en", &[], "Doc", &[P2]))).await;
+    let err = ingest_err(
+        &kb,
+        &liar,
+        DocumentEvent::Added(document(id(41), None, "en", &[], "Doc", &[P2])),
+    )
+    .await;
     assert!(
-        matches!(err, KnowledgeError::Dimensions { expected: 16, actual: 8, .. }),
+        matches!(
+            err,
+            KnowledgeError::Dimensions {
+                expected: 16,
+                actual: 8,
+                ..
+            }
+        ),
         "{err}"
     );
     assert!(must("document", kb.document(id(41))).await.is_empty());
     let q = SearchQuery::new(Scope::All, 3);
-    let err = match kb.search(HashingEmbedder::new(16).model(), &[0.5; 4], &q).await {
+    let err = match kb
+        .search(HashingEmbedder::new(16).model(), &[0.5; 4], &q)
+        .await
+    {
         Err(e) => e,
         Ok(hits) => panic!("a 4-dimension query of a 16-dimension model returned {hits:?}"),
     };
