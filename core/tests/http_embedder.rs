@@ -1,4 +1,6 @@
 //! The HTTP embedder against a local HTTP server started by each test.
+// Tests may unwrap; clippy does not treat `tokio::test` bodies as tests.
+#![allow(clippy::unwrap_used)]
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};

@@ -1,5 +1,7 @@
 //! The knowledge base conformance suite on the in-memory backend, and the
 //! in-memory projection.
+// Tests may unwrap; clippy does not treat `tokio::test` bodies as tests.
+#![allow(clippy::unwrap_used)]
 
 use annals_core::rag::{
     DocumentEvent, HashingEmbedder, InMemoryKnowledgeBase, InMemoryKnowledgeProjection, Ingestor,

@@ -1,5 +1,7 @@
 //! The Redis embedding cache against a real Redis (REDIS_URL; the test
 //! command `scripts/test` starts one).
+// Tests may unwrap; clippy does not treat `tokio::test` bodies as tests.
+#![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
 

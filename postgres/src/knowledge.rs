@@ -561,6 +561,7 @@ impl PgKnowledgeWriter<'_> {
                     .map_err(|e| map_error(e, "retiring a row", Some(document_id)))?;
                 }
                 RowOp::Upsert(row) => {
+                    let row = *row;
                     if let Some(e) = &row.embedding {
                         self.kb
                             .ensure_index_in(self.conn, &e.model, e.vector.len())
@@ -646,270 +647,243 @@ impl KnowledgeWriter for PgKnowledgeWriter<'_> {
 }
 
 impl KnowledgeBase for PgKnowledgeBase {
-    fn ingest<E: Embedder>(
+    async fn ingest<E: Embedder>(
         &self,
         ingestor: &Ingestor<E>,
         event: &DocumentEvent,
-    ) -> impl Future<Output = Result<IngestReport, KnowledgeError>> + Send {
-        async move {
-            let mut tx = self
-                .pool
-                .begin()
-                .await
-                .map_err(|e| KnowledgeError::backend("starting an ingest", e))?;
-            let report = ingestor.apply(&mut self.writer(&mut tx), event).await?;
-            tx.commit()
-                .await
-                .map_err(|e| map_error(e, "committing an ingest", Some(event.document_id())))?;
-            Ok(report)
-        }
+    ) -> Result<IngestReport, KnowledgeError> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(|e| KnowledgeError::backend("starting an ingest", e))?;
+        let report = ingestor.apply(&mut self.writer(&mut tx), event).await?;
+        tx.commit()
+            .await
+            .map_err(|e| map_error(e, "committing an ingest", Some(event.document_id())))?;
+        Ok(report)
     }
 
-    fn search(
+    async fn search(
         &self,
         model: &str,
         vector: &[f32],
         query: &SearchQuery,
-    ) -> impl Future<Output = Result<Vec<SearchHit>, KnowledgeError>> + Send {
-        async move {
-            let started = std::time::Instant::now();
-            let result = self.search_rows(model, vector, query).await;
-            annals_core::metrics::record_knowledge_search("postgres", started);
-            result
-        }
+    ) -> Result<Vec<SearchHit>, KnowledgeError> {
+        let started = std::time::Instant::now();
+        let result = self.search_rows(model, vector, query).await;
+        annals_core::metrics::record_knowledge_search("postgres", started);
+        result
     }
 
-    fn document(
-        &self,
-        document_id: Uuid,
-    ) -> impl Future<Output = Result<Vec<KnowledgeEntry>, KnowledgeError>> + Send {
-        async move {
-            let rows = sqlx::query(AssertSqlSafe(format!(
-                "SELECT {ENTRY_COLUMNS} FROM annals_knowledge_base \
-                 WHERE id = $1 OR parent_id = $1 ORDER BY chunk_index"
-            )))
-            .bind(document_id)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| KnowledgeError::backend("reading a document", e))?;
-            rows.iter().map(entry).collect()
-        }
+    async fn document(&self, document_id: Uuid) -> Result<Vec<KnowledgeEntry>, KnowledgeError> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {ENTRY_COLUMNS} FROM annals_knowledge_base \
+             WHERE id = $1 OR parent_id = $1 ORDER BY chunk_index"
+        )))
+        .bind(document_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| KnowledgeError::backend("reading a document", e))?;
+        rows.iter().map(entry).collect()
     }
 
-    fn count_stale(&self, model: &str) -> impl Future<Output = Result<u64, KnowledgeError>> + Send {
-        async move {
-            let n: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM annals_knowledge_base \
-                 WHERE is_active AND embedding_model IS DISTINCT FROM $1",
-            )
-            .bind(model)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(|e| KnowledgeError::backend("counting stale rows", e))?;
-            Ok(n.max(0) as u64)
-        }
+    async fn count_stale(&self, model: &str) -> Result<u64, KnowledgeError> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM annals_knowledge_base \
+             WHERE is_active AND embedding_model IS DISTINCT FROM $1",
+        )
+        .bind(model)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| KnowledgeError::backend("counting stale rows", e))?;
+        Ok(n.max(0) as u64)
     }
 
-    fn refresh_start(
-        &self,
-        target_model: &str,
-    ) -> impl Future<Output = Result<RefreshJobState, KnowledgeError>> + Send {
-        async move {
-            let running = || {
-                sqlx::query(
-                    "SELECT job_id, total, done, last_processed_id FROM annals_embedding_refresh_jobs \
-                     WHERE target_model = $1 AND status = 'running'",
-                )
-                .bind(target_model)
-                .fetch_optional(&self.pool)
-            };
-            let job = |row: &PgRow, resumed: bool| -> Result<RefreshJobState, KnowledgeError> {
-                let total: i64 = get(row, "total")?;
-                let done: i64 = get(row, "done")?;
-                Ok(RefreshJobState::new(
-                    get(row, "job_id")?,
-                    target_model.to_owned(),
-                    total.max(0) as u64,
-                    done.max(0) as u64,
-                    get(row, "last_processed_id")?,
-                    resumed,
-                ))
-            };
-            let err = |e| KnowledgeError::backend("starting the refresh job", e);
-            if let Some(row) = running().await.map_err(err)? {
-                return job(&row, true);
-            }
-            let started = sqlx::query(
-                "INSERT INTO annals_embedding_refresh_jobs (target_model, total) \
-                 SELECT $1, count(*) FROM annals_knowledge_base \
-                  WHERE is_active AND embedding_model IS DISTINCT FROM $1 \
-                 ON CONFLICT (target_model) WHERE status = 'running' DO NOTHING \
-                 RETURNING job_id, total, done, last_processed_id",
+    async fn refresh_start(&self, target_model: &str) -> Result<RefreshJobState, KnowledgeError> {
+        let running = || {
+            sqlx::query(
+                "SELECT job_id, total, done, last_processed_id FROM annals_embedding_refresh_jobs \
+                 WHERE target_model = $1 AND status = 'running'",
             )
             .bind(target_model)
             .fetch_optional(&self.pool)
-            .await
-            .map_err(err)?;
-            match started {
-                Some(row) => job(&row, false),
-                // another worker started it just now
-                None => match running().await.map_err(err)? {
-                    Some(row) => job(&row, true),
-                    None => Err(KnowledgeError::backend(
-                        "starting the refresh job",
-                        "the running job vanished while starting; run again",
-                    )),
-                },
-            }
+        };
+        let job = |row: &PgRow, resumed: bool| -> Result<RefreshJobState, KnowledgeError> {
+            let total: i64 = get(row, "total")?;
+            let done: i64 = get(row, "done")?;
+            Ok(RefreshJobState::new(
+                get(row, "job_id")?,
+                target_model.to_owned(),
+                total.max(0) as u64,
+                done.max(0) as u64,
+                get(row, "last_processed_id")?,
+                resumed,
+            ))
+        };
+        let err = |e| KnowledgeError::backend("starting the refresh job", e);
+        if let Some(row) = running().await.map_err(err)? {
+            return job(&row, true);
+        }
+        let started = sqlx::query(
+            "INSERT INTO annals_embedding_refresh_jobs (target_model, total) \
+             SELECT $1, count(*) FROM annals_knowledge_base \
+              WHERE is_active AND embedding_model IS DISTINCT FROM $1 \
+             ON CONFLICT (target_model) WHERE status = 'running' DO NOTHING \
+             RETURNING job_id, total, done, last_processed_id",
+        )
+        .bind(target_model)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(err)?;
+        match started {
+            Some(row) => job(&row, false),
+            // another worker started it just now
+            None => match running().await.map_err(err)? {
+                Some(row) => job(&row, true),
+                None => Err(KnowledgeError::backend(
+                    "starting the refresh job",
+                    "the running job vanished while starting; run again",
+                )),
+            },
         }
     }
 
-    fn refresh_batch(
+    async fn refresh_batch(
         &self,
         target_model: &str,
         cursor: Option<Uuid>,
         limit: usize,
-    ) -> impl Future<Output = Result<Vec<StaleRow>, KnowledgeError>> + Send {
-        async move {
-            let rows = sqlx::query(
-                "SELECT id, content, content_hash FROM annals_knowledge_base \
-                 WHERE is_active AND embedding_model IS DISTINCT FROM $1 \
-                   AND ($2::uuid IS NULL OR id > $2) \
-                 ORDER BY id LIMIT $3",
-            )
-            .bind(target_model)
-            .bind(cursor)
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| KnowledgeError::backend("reading a refresh batch", e))?;
-            rows.iter()
-                .map(|r| {
-                    Ok(StaleRow {
-                        id: get(r, "id")?,
-                        content: get(r, "content")?,
-                        content_hash: get(r, "content_hash")?,
-                    })
+    ) -> Result<Vec<StaleRow>, KnowledgeError> {
+        let rows = sqlx::query(
+            "SELECT id, content, content_hash FROM annals_knowledge_base \
+             WHERE is_active AND embedding_model IS DISTINCT FROM $1 \
+               AND ($2::uuid IS NULL OR id > $2) \
+             ORDER BY id LIMIT $3",
+        )
+        .bind(target_model)
+        .bind(cursor)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| KnowledgeError::backend("reading a refresh batch", e))?;
+        rows.iter()
+            .map(|r| {
+                Ok(StaleRow {
+                    id: get(r, "id")?,
+                    content: get(r, "content")?,
+                    content_hash: get(r, "content_hash")?,
                 })
-                .collect()
-        }
+            })
+            .collect()
     }
 
-    fn refresh_commit(
+    async fn refresh_commit(
         &self,
         job: &RefreshJobState,
         from: Option<Uuid>,
         to: Uuid,
         updates: &[EmbeddingUpdate],
-    ) -> impl Future<Output = Result<BatchCommit, KnowledgeError>> + Send {
-        async move {
-            let err = |e| map_error(e, "storing a refresh batch", None);
-            let mut tx = self.pool.begin().await.map_err(err)?;
-            let model = &job.target_model;
-            if let Some(first) = updates.first() {
-                self.ensure_index_in(&mut tx, model, first.vector.len())
-                    .await?;
+    ) -> Result<BatchCommit, KnowledgeError> {
+        let err = |e| map_error(e, "storing a refresh batch", None);
+        let mut tx = self.pool.begin().await.map_err(err)?;
+        let model = &job.target_model;
+        if let Some(first) = updates.first() {
+            self.ensure_index_in(&mut tx, model, first.vector.len())
+                .await?;
+        }
+        let ids: Vec<Uuid> = updates.iter().map(|u| u.id).collect();
+        let hashes: Vec<&str> = updates.iter().map(|u| u.content_hash.as_str()).collect();
+        let vectors: Vec<Vector> = updates
+            .iter()
+            .map(|u| Vector::from(u.vector.clone()))
+            .collect();
+        let updated = sqlx::query(
+            "UPDATE annals_knowledge_base kb \
+             SET embedding = u.embedding, embedding_model = $4, embedded_at = now(), updated_at = now() \
+             FROM UNNEST($1::uuid[], $2::text[], $3::vector[]) AS u(id, hash, embedding) \
+             WHERE kb.id = u.id AND kb.content_hash = u.hash AND kb.is_active \
+               AND kb.embedding_model IS DISTINCT FROM $4",
+        )
+        .bind(&ids)
+        .bind(&hashes)
+        .bind(&vectors)
+        .bind(model)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| map_dimensions(e, "storing a refresh batch", model, false))?
+        .rows_affected();
+        let done: Option<i64> = sqlx::query_scalar(
+            "UPDATE annals_embedding_refresh_jobs \
+             SET last_processed_id = $3, done = done + $4, updated_at = now(), error = NULL \
+             WHERE job_id = $1 AND status = 'running' \
+               AND last_processed_id IS NOT DISTINCT FROM $2 \
+             RETURNING done",
+        )
+        .bind(job.job_id)
+        .bind(from)
+        .bind(to)
+        .bind(i64::try_from(updated).unwrap_or(i64::MAX))
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(err)?;
+        match done {
+            Some(done) => {
+                tx.commit().await.map_err(err)?;
+                Ok(BatchCommit::Committed {
+                    updated,
+                    done: done.max(0) as u64,
+                })
             }
-            let ids: Vec<Uuid> = updates.iter().map(|u| u.id).collect();
-            let hashes: Vec<&str> = updates.iter().map(|u| u.content_hash.as_str()).collect();
-            let vectors: Vec<Vector> = updates
-                .iter()
-                .map(|u| Vector::from(u.vector.clone()))
-                .collect();
-            let updated = sqlx::query(
-                "UPDATE annals_knowledge_base kb \
-                 SET embedding = u.embedding, embedding_model = $4, embedded_at = now(), updated_at = now() \
-                 FROM UNNEST($1::uuid[], $2::text[], $3::vector[]) AS u(id, hash, embedding) \
-                 WHERE kb.id = u.id AND kb.content_hash = u.hash AND kb.is_active \
-                   AND kb.embedding_model IS DISTINCT FROM $4",
-            )
-            .bind(&ids)
-            .bind(&hashes)
-            .bind(&vectors)
-            .bind(model)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| map_dimensions(e, "storing a refresh batch", model, false))?
-            .rows_affected();
-            let done: Option<i64> = sqlx::query_scalar(
-                "UPDATE annals_embedding_refresh_jobs \
-                 SET last_processed_id = $3, done = done + $4, updated_at = now(), error = NULL \
-                 WHERE job_id = $1 AND status = 'running' \
-                   AND last_processed_id IS NOT DISTINCT FROM $2 \
-                 RETURNING done",
-            )
-            .bind(job.job_id)
-            .bind(from)
-            .bind(to)
-            .bind(i64::try_from(updated).unwrap_or(i64::MAX))
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(err)?;
-            match done {
-                Some(done) => {
-                    tx.commit().await.map_err(err)?;
-                    Ok(BatchCommit::Committed {
-                        updated,
-                        done: done.max(0) as u64,
-                    })
-                }
-                None => {
-                    tx.rollback().await.map_err(err)?;
-                    let now = sqlx::query(
-                        "SELECT last_processed_id, done FROM annals_embedding_refresh_jobs WHERE job_id = $1",
-                    )
-                    .bind(job.job_id)
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err(err)?;
-                    let (cursor, done) = match now {
-                        Some(row) => (get(&row, "last_processed_id")?, get::<i64>(&row, "done")?),
-                        None => (job.cursor, i64::try_from(job.done).unwrap_or(i64::MAX)),
-                    };
-                    Ok(BatchCommit::Superseded {
-                        cursor,
-                        done: done.max(0) as u64,
-                    })
-                }
+            None => {
+                tx.rollback().await.map_err(err)?;
+                let now = sqlx::query(
+                    "SELECT last_processed_id, done FROM annals_embedding_refresh_jobs WHERE job_id = $1",
+                )
+                .bind(job.job_id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(err)?;
+                let (cursor, done) = match now {
+                    Some(row) => (get(&row, "last_processed_id")?, get::<i64>(&row, "done")?),
+                    None => (job.cursor, i64::try_from(job.done).unwrap_or(i64::MAX)),
+                };
+                Ok(BatchCommit::Superseded {
+                    cursor,
+                    done: done.max(0) as u64,
+                })
             }
         }
     }
 
-    fn refresh_finish(
-        &self,
-        job: &RefreshJobState,
-    ) -> impl Future<Output = Result<(), KnowledgeError>> + Send {
-        async move {
-            sqlx::query(
-                "UPDATE annals_embedding_refresh_jobs \
-                 SET status = 'completed', finished_at = now(), updated_at = now() \
-                 WHERE job_id = $1 AND status = 'running'",
-            )
-            .bind(job.job_id)
-            .execute(&self.pool)
-            .await
-            .map(drop)
-            .map_err(|e| KnowledgeError::backend("completing the refresh job", e))
-        }
+    async fn refresh_finish(&self, job: &RefreshJobState) -> Result<(), KnowledgeError> {
+        sqlx::query(
+            "UPDATE annals_embedding_refresh_jobs \
+             SET status = 'completed', finished_at = now(), updated_at = now() \
+             WHERE job_id = $1 AND status = 'running'",
+        )
+        .bind(job.job_id)
+        .execute(&self.pool)
+        .await
+        .map(drop)
+        .map_err(|e| KnowledgeError::backend("completing the refresh job", e))
     }
 
-    fn refresh_failed(
+    async fn refresh_failed(
         &self,
         job: &RefreshJobState,
         error: &str,
-    ) -> impl Future<Output = Result<(), KnowledgeError>> + Send {
-        async move {
-            sqlx::query(
-                "UPDATE annals_embedding_refresh_jobs SET error = $2, updated_at = now() \
-                 WHERE job_id = $1 AND status = 'running'",
-            )
-            .bind(job.job_id)
-            .bind(error)
-            .execute(&self.pool)
-            .await
-            .map(drop)
-            .map_err(|e| KnowledgeError::backend("recording a refresh failure", e))
-        }
+    ) -> Result<(), KnowledgeError> {
+        sqlx::query(
+            "UPDATE annals_embedding_refresh_jobs SET error = $2, updated_at = now() \
+             WHERE job_id = $1 AND status = 'running'",
+        )
+        .bind(job.job_id)
+        .bind(error)
+        .execute(&self.pool)
+        .await
+        .map(drop)
+        .map_err(|e| KnowledgeError::backend("recording a refresh failure", e))
     }
 }
 
@@ -953,33 +927,26 @@ impl<E: Embedder + 'static> Projection for PgKnowledgeProjection<E> {
         &self.name
     }
 
-    fn apply(
+    async fn apply(
         &self,
         tx: &mut PgConnection,
         event: &Envelope<DocumentEvent>,
-    ) -> impl Future<Output = Result<(), HandlerError>> + Send {
-        async move {
-            self.ingestor
-                .apply(&mut self.kb.writer(tx), &event.payload)
-                .await
-                .map(drop)
-                .map_err(KnowledgeError::into_handler_error)
-        }
+    ) -> Result<(), HandlerError> {
+        self.ingestor
+            .apply(&mut self.kb.writer(tx), &event.payload)
+            .await
+            .map(drop)
+            .map_err(KnowledgeError::into_handler_error)
     }
 
-    fn reset(
-        &self,
-        tx: &mut PgConnection,
-    ) -> impl Future<Output = Result<(), HandlerError>> + Send {
-        async move {
-            sqlx::query("DELETE FROM annals_knowledge_base")
-                .execute(tx)
-                .await
-                .map(drop)
-                .map_err(|e| {
-                    KnowledgeError::backend("clearing the knowledge base", e).into_handler_error()
-                })
-        }
+    async fn reset(&self, tx: &mut PgConnection) -> Result<(), HandlerError> {
+        sqlx::query("DELETE FROM annals_knowledge_base")
+            .execute(tx)
+            .await
+            .map(drop)
+            .map_err(|e| {
+                KnowledgeError::backend("clearing the knowledge base", e).into_handler_error()
+            })
     }
 }
 

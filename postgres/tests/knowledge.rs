@@ -1,5 +1,8 @@
 //! The knowledge base on a real PostgreSQL with pgvector (DATABASE_URL; the
 //! test command `scripts/test` starts one).
+// Tests may unwrap; clippy does not see these as tests (the multi-thread
+// `tokio::test` expansion).
+#![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
 

@@ -485,6 +485,7 @@ impl<E: Embedder, C: EmbeddingCache> Embedder for CachedEmbedder<E, C> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap; `tokio::test` bodies are not seen as tests
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 

@@ -128,6 +128,7 @@ fn cut_point(chars: &[char], start: usize, hard_end: usize) -> usize {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap
 mod tests {
     use super::*;
 

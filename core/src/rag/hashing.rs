@@ -208,6 +208,7 @@ fn fnv(seed: u64, chars: impl Iterator<Item = char>) -> u64 {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap
 mod tests {
     use super::*;
 

@@ -247,7 +247,7 @@ impl<E: Embedder> Ingestor<E> {
             }
         }
         let mut ops: Vec<RowOp> = plan.deletes.into_iter().map(RowOp::Delete).collect();
-        ops.extend(plan.rows.into_iter().map(RowOp::Upsert));
+        ops.extend(plan.rows.into_iter().map(|r| RowOp::Upsert(Box::new(r))));
         if !ops.is_empty() {
             writer.apply(doc.document_id, ops).await?;
         }

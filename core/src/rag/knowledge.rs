@@ -496,7 +496,7 @@ pub enum RowOp {
     /// Delete a row (its content left the document).
     Delete(Uuid),
     /// Insert the row, or replace every column of the row with its id.
-    Upsert(ChunkRow),
+    Upsert(Box<ChunkRow>),
     /// Mark a row retired (`is_active = false`, version + 1).
     Deactivate(Uuid),
 }

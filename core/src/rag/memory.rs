@@ -139,7 +139,13 @@ impl InMemoryKnowledgeBase {
                     }
                     hashes.insert(row.content_hash.clone(), row.id);
                     let created_at = previous.map_or(now, |p| p.created_at);
-                    staged.insert(row.id, Some(Stored { row, created_at }));
+                    staged.insert(
+                        row.id,
+                        Some(Stored {
+                            row: *row,
+                            created_at,
+                        }),
+                    );
                 }
                 RowOp::Deactivate(id) => {
                     if let Some(mut s) = current(&staged, &state, id) {
@@ -249,12 +255,12 @@ impl KnowledgeWriter for InMemoryKnowledgeWriter<'_> {
 }
 
 impl KnowledgeBase for InMemoryKnowledgeBase {
-    fn ingest<E: Embedder>(
+    async fn ingest<E: Embedder>(
         &self,
         ingestor: &Ingestor<E>,
         event: &DocumentEvent,
-    ) -> impl Future<Output = Result<IngestReport, KnowledgeError>> + Send {
-        async move { ingestor.apply(&mut self.writer(), event).await }
+    ) -> Result<IngestReport, KnowledgeError> {
+        ingestor.apply(&mut self.writer(), event).await
     }
 
     fn search(
@@ -509,18 +515,16 @@ impl<E: Embedder + 'static> crate::Projection for InMemoryKnowledgeProjection<E>
         &self.name
     }
 
-    fn apply(
+    async fn apply(
         &self,
         _tx: &mut crate::MemoryTx,
         event: &crate::Envelope<DocumentEvent>,
-    ) -> impl Future<Output = Result<(), crate::HandlerError>> + Send {
-        async move {
-            self.kb
-                .ingest(&self.ingestor, &event.payload)
-                .await
-                .map(drop)
-                .map_err(KnowledgeError::into_handler_error)
-        }
+    ) -> Result<(), crate::HandlerError> {
+        self.kb
+            .ingest(&self.ingestor, &event.payload)
+            .await
+            .map(drop)
+            .map_err(KnowledgeError::into_handler_error)
     }
 
     fn reset(

@@ -250,6 +250,7 @@ impl EmbeddingCache for RedisEmbeddingCache {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap
 mod tests {
     use super::*;
 
