@@ -2,6 +2,36 @@
 //! facade (the application picks the exporter). Labels are bounded: type
 //! names and reasons, never ids.
 
+/// Every metric name annals records (for dashboards, alert rules and the
+/// test that checks them).
+pub const ALL: &[&str] = &[
+    EVENTS_APPENDED_TOTAL,
+    APPEND_DURATION_SECONDS,
+    APPEND_CONFLICTS_TOTAL,
+    COMMANDS_TOTAL,
+    COMMAND_RETRIES_TOTAL,
+    SNAPSHOT_HITS_TOTAL,
+    SNAPSHOT_MISSES_TOTAL,
+    SNAPSHOT_INVALIDATIONS_TOTAL,
+    SNAPSHOT_WRITES_TOTAL,
+    SNAPSHOT_WRITE_ERRORS_TOTAL,
+    EVENTS_REPLAYED_TOTAL,
+    RETRIES_TOTAL,
+    PROJECTION_LAG_SECONDS,
+    PROJECTION_EVENTS_BEHIND,
+    PROJECTION_STALE,
+    PROJECTION_FAILED,
+    PROJECTION_EVENTS_APPLIED_TOTAL,
+    PROJECTION_BATCH_DURATION_SECONDS,
+    HORIZON_LAG_SECONDS,
+    HORIZON_EVENTS_HELD_BACK,
+    DEAD_LETTERS_PENDING,
+    DEAD_LETTERS_PARKED_TOTAL,
+    DEAD_LETTERS_REPLAYED_TOTAL,
+    CIRCUIT_BREAKER_STATE,
+    CIRCUIT_BREAKER_TRANSITIONS_TOTAL,
+];
+
 /// Events appended (counter; labels `event_type`, `store` = `memory` |
 /// `postgres`). An append inside a caller's transaction is counted when the
 /// statement succeeds, even if the caller later rolls back.
@@ -106,3 +136,24 @@ pub const CIRCUIT_BREAKER_STATE: &str = "annals_circuit_breaker_state";
 /// Circuit breaker state changes (counter; labels `breaker`, `to` =
 /// `closed` | `half_open` | `open`).
 pub const CIRCUIT_BREAKER_TRANSITIONS_TOTAL: &str = "annals_circuit_breaker_transitions_total";
+
+#[cfg(test)]
+mod tests {
+    /// `ALL` lists every `pub const` metric name of this file.
+    #[test]
+    fn all_lists_every_metric() {
+        let source = include_str!("metrics.rs");
+        let declared: Vec<&str> = source
+            .lines()
+            .filter_map(|l| l.strip_prefix("pub const "))
+            .filter_map(|l| l.split_once(": &str = \""))
+            .map(|(_, rest)| rest.trim_end_matches("\";"))
+            .collect();
+        assert!(declared.len() > 10, "{declared:?}");
+        for name in &declared {
+            assert!(super::ALL.contains(name), "metrics::ALL lacks {name}");
+            assert!(name.starts_with("annals_"), "{name}");
+        }
+        assert_eq!(declared.len(), super::ALL.len(), "ALL has a name twice");
+    }
+}
