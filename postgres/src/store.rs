@@ -590,6 +590,41 @@ fn decode_row(row: &PgRow) -> Result<RecordedEvent, Error> {
     })
 }
 
+/// Decodes a row of [`READ_PAYLOADS`], borrowing from it.
+fn payload_row(row: &PgRow) -> Result<PayloadRef<'_>, Error> {
+    let position: i64 = row
+        .try_get(0)
+        .map_err(|e| Error::backend(COLUMN_NAMES[0], e))?;
+    let corrupted = |message: String| Error::CorruptedRow {
+        position: position as u64,
+        message,
+    };
+    let stream_version: i64 = row
+        .try_get(1)
+        .map_err(|e| Error::backend(COLUMN_NAMES[4], e))?;
+    let event_type: &str = row
+        .try_get(2)
+        .map_err(|e| Error::backend(COLUMN_NAMES[5], e))?;
+    let schema_version: i32 = row
+        .try_get(3)
+        .map_err(|e| Error::backend(COLUMN_NAMES[6], e))?;
+    if schema_version < 0 {
+        return Err(corrupted(format!(
+            "negative schema version {schema_version}"
+        )));
+    }
+    let payload: Json<&RawValue> = row
+        .try_get(4)
+        .map_err(|e| corrupted(format!("payload is not JSON: {e}")))?;
+    Ok(PayloadRef {
+        position: position as u64,
+        stream_version: stream_version as u64,
+        event_type,
+        schema_version: schema_version as u32,
+        payload: payload.0,
+    })
+}
+
 /// What the store was reading when a column failed, by column index.
 const COLUMN_NAMES: [&str; 10] = [
     "reading an event's position",
@@ -675,36 +710,13 @@ impl EventStore for PgEventStore {
             .map_err(|e| Error::backend("reading a stream", e))?;
         rows.iter()
             .map(|row| {
-                let position: i64 = row
-                    .try_get(0)
-                    .map_err(|e| Error::backend(COLUMN_NAMES[0], e))?;
-                let stream_version: i64 = row
-                    .try_get(1)
-                    .map_err(|e| Error::backend(COLUMN_NAMES[4], e))?;
-                let event_type: String = row
-                    .try_get(2)
-                    .map_err(|e| Error::backend(COLUMN_NAMES[5], e))?;
-                let schema_version: i32 = row
-                    .try_get(3)
-                    .map_err(|e| Error::backend(COLUMN_NAMES[6], e))?;
-                let corrupted = |message: String| Error::CorruptedRow {
-                    position: position as u64,
-                    message,
-                };
-                if schema_version < 0 {
-                    return Err(corrupted(format!(
-                        "negative schema version {schema_version}"
-                    )));
-                }
-                let payload: Json<Box<RawValue>> = row
-                    .try_get(4)
-                    .map_err(|e| corrupted(format!("payload is not JSON: {e}")))?;
+                let p = payload_row(row)?;
                 Ok(StoredPayload {
-                    position: position as u64,
-                    stream_version: stream_version as u64,
-                    event_type,
-                    schema_version: schema_version as u32,
-                    payload: payload.0,
+                    position: p.position,
+                    stream_version: p.stream_version,
+                    event_type: p.event_type.to_owned(),
+                    schema_version: p.schema_version,
+                    payload: p.payload.to_owned(),
                 })
             })
             .collect()
@@ -727,37 +739,7 @@ impl EventStore for PgEventStore {
         // each row is decoded, borrowed, and folded as it arrives
         while let Some(row) = std::future::poll_fn(|cx| rows.as_mut().poll_next(cx)).await {
             let row = row.map_err(|e| Error::backend("reading a stream", e))?;
-            let position: i64 = row
-                .try_get(0)
-                .map_err(|e| Error::backend(COLUMN_NAMES[0], e))?;
-            let corrupted = |message: String| Error::CorruptedRow {
-                position: position as u64,
-                message,
-            };
-            let stream_version: i64 = row
-                .try_get(1)
-                .map_err(|e| Error::backend(COLUMN_NAMES[4], e))?;
-            let event_type: &str = row
-                .try_get(2)
-                .map_err(|e| Error::backend(COLUMN_NAMES[5], e))?;
-            let schema_version: i32 = row
-                .try_get(3)
-                .map_err(|e| Error::backend(COLUMN_NAMES[6], e))?;
-            if schema_version < 0 {
-                return Err(corrupted(format!(
-                    "negative schema version {schema_version}"
-                )));
-            }
-            let payload: Json<&RawValue> = row
-                .try_get(4)
-                .map_err(|e| corrupted(format!("payload is not JSON: {e}")))?;
-            f(PayloadRef {
-                position: position as u64,
-                stream_version: stream_version as u64,
-                event_type,
-                schema_version: schema_version as u32,
-                payload: payload.0,
-            })?;
+            f(payload_row(&row)?)?;
             n += 1;
         }
         Ok(n)
