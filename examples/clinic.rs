@@ -23,6 +23,14 @@ use uuid::Uuid;
 
 type BoxError = Box<dyn StdError>;
 
+/// `cargo run --example clinic -- serve`: the clinic as an HTTP service.
+#[path = "clinic/service.rs"]
+pub(crate) mod service;
+
+/// Tour section: projections, dead letters, circuit breakers.
+#[path = "clinic/projections.rs"]
+mod projections;
+
 // ---------------------------------------------------------------------------
 // The application's events
 // ---------------------------------------------------------------------------
@@ -877,6 +885,13 @@ async fn on_postgres(url: &str) -> Result<(), BoxError> {
         Ok(_) => return Err("the database accepted a changed schema".into()),
     }
     why("the database remembers every schema it stored events with, so a deployment with a silently changed payload refuses to start.");
+    projections::tour(
+        &store,
+        annals::postgres::PgProjectionStore::new(pool.clone()),
+        &run,
+        11,
+    )
+    .await?;
     knowledge_tour(&annals::postgres::PgKnowledgeBase::new(pool), &run).await?;
     Ok(())
 }
@@ -884,6 +899,10 @@ async fn on_postgres(url: &str) -> Result<(), BoxError> {
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
     let database_url = std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty());
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("serve") {
+        return serve(database_url.as_deref(), &args[1..]).await;
+    }
     match database_url {
         #[cfg(feature = "postgres")]
         Some(url) => on_postgres(&url).await?,
@@ -896,10 +915,65 @@ async fn main() -> Result<(), BoxError> {
             println!("==================================");
             let store = InMemoryEventStore::new();
             tour(&store, InMemorySnapshotStore::new(), "").await?;
+            projections::tour(&store, annals::InMemoryProjectionStore::new(), "", 10).await?;
             knowledge_tour(&annals::rag::InMemoryKnowledgeBase::new(), "").await?;
             println!();
             println!("The tour ran in memory. To run it on Postgres: `scripts/with-services cargo run --example clinic` (or set DATABASE_URL).");
         }
     }
+    Ok(())
+}
+
+/// Runs the clinic as a service until Ctrl-C: `serve [--port N]` (default
+/// 8080), on Postgres when `DATABASE_URL` is set, in memory otherwise.
+async fn serve(database_url: Option<&str>, args: &[String]) -> Result<(), BoxError> {
+    let port: u16 = match args {
+        [] => 8080,
+        [flag, port] if flag == "--port" => port
+            .parse()
+            .map_err(|e| format!("--port {port}: not a port number ({e})"))?,
+        _ => return Err("usage: cargo run --example clinic -- serve [--port N]".into()),
+    };
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets(&[
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ])?
+        .install_recorder()?;
+    let listener = tokio::net::TcpListener::bind(("0.0.0.0", port)).await?;
+    let stale_after = std::time::Duration::from_secs(300);
+    let service = match database_url {
+        #[cfg(feature = "postgres")]
+        Some(url) => {
+            use annals::postgres::{migrate, sqlx::PgPool, PgEventStore};
+            let pool = PgPool::connect(url).await?;
+            migrate(&pool).await?;
+            let store = PgEventStore::builder(pool)
+                .register::<LeadEvent>()
+                .build()
+                .await?;
+            service::start(store, listener, metrics, stale_after)?
+        }
+        #[cfg(not(feature = "postgres"))]
+        Some(_) => {
+            return Err("DATABASE_URL is set, but this build has no `postgres` feature".into())
+        }
+        None => service::start(InMemoryEventStore::new(), listener, metrics, stale_after)?,
+    };
+    println!(
+        "clinic service on http://{} (store: {}); try:",
+        service.addr,
+        if database_url.is_some() {
+            "Postgres"
+        } else {
+            "in memory"
+        }
+    );
+    println!(
+        "  curl -X POST localhost:{port}/leads/ana/commands -H 'content-type: application/json' \\\n       -d '{{\"type\":\"create\",\"name\":\"Ana\",\"treatment\":\"implant\"}}'"
+    );
+    println!("  curl localhost:{port}/leads/ana   curl localhost:{port}/health/ready   curl localhost:{port}/metrics");
+    tokio::signal::ctrl_c().await?;
+    println!("stopping");
+    service.stop().await?;
     Ok(())
 }

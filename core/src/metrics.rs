@@ -2,6 +2,44 @@
 //! facade (the application picks the exporter). Labels are bounded: type
 //! names and reasons, never ids.
 
+/// Every metric name annals records (for dashboards, alert rules and the
+/// test that checks them).
+pub const ALL: &[&str] = &[
+    EVENTS_APPENDED_TOTAL,
+    APPEND_DURATION_SECONDS,
+    APPEND_CONFLICTS_TOTAL,
+    COMMANDS_TOTAL,
+    COMMAND_RETRIES_TOTAL,
+    SNAPSHOT_HITS_TOTAL,
+    SNAPSHOT_MISSES_TOTAL,
+    SNAPSHOT_INVALIDATIONS_TOTAL,
+    SNAPSHOT_WRITES_TOTAL,
+    SNAPSHOT_WRITE_ERRORS_TOTAL,
+    EVENTS_REPLAYED_TOTAL,
+    RETRIES_TOTAL,
+    PROJECTION_LAG_SECONDS,
+    PROJECTION_EVENTS_BEHIND,
+    PROJECTION_STALE,
+    PROJECTION_FAILED,
+    PROJECTION_EVENTS_APPLIED_TOTAL,
+    PROJECTION_BATCH_DURATION_SECONDS,
+    HORIZON_LAG_SECONDS,
+    HORIZON_EVENTS_HELD_BACK,
+    DEAD_LETTERS_PENDING,
+    DEAD_LETTERS_PARKED_TOTAL,
+    DEAD_LETTERS_REPLAYED_TOTAL,
+    CIRCUIT_BREAKER_STATE,
+    CIRCUIT_BREAKER_TRANSITIONS_TOTAL,
+    EMBEDDING_CACHE_HITS_TOTAL,
+    EMBEDDING_CACHE_MISSES_TOTAL,
+    EMBEDDER_CALLS_TOTAL,
+    EMBEDDER_TEXTS_TOTAL,
+    EMBEDDER_ERRORS_TOTAL,
+    EMBEDDING_REFRESH_ROWS_TOTAL,
+    EMBEDDING_REFRESH_PENDING_ROWS,
+    KNOWLEDGE_SEARCH_DURATION_SECONDS,
+];
+
 /// Events appended (counter; labels `event_type`, `store` = `memory` |
 /// `postgres`). An append inside a caller's transaction is counted when the
 /// statement succeeds, even if the caller later rolls back.
@@ -174,4 +212,25 @@ pub fn record_refresh_progress(model: &str, rows: u64, pending: u64) {
     metrics::counter!(EMBEDDING_REFRESH_ROWS_TOTAL, "model" => model.to_owned()).increment(rows);
     metrics::gauge!(EMBEDDING_REFRESH_PENDING_ROWS, "model" => model.to_owned())
         .set(pending as f64);
+}
+
+#[cfg(test)]
+mod tests {
+    /// `ALL` lists every `pub const` metric name of this file.
+    #[test]
+    fn all_lists_every_metric() {
+        let source = include_str!("metrics.rs");
+        let declared: Vec<&str> = source
+            .lines()
+            .filter_map(|l| l.strip_prefix("pub const "))
+            .filter_map(|l| l.split_once(": &str = \""))
+            .map(|(_, rest)| rest.trim_end_matches("\";"))
+            .collect();
+        assert!(declared.len() > 10, "{declared:?}");
+        for name in &declared {
+            assert!(super::ALL.contains(name), "metrics::ALL lacks {name}");
+            assert!(name.starts_with("annals_"), "{name}");
+        }
+        assert_eq!(declared.len(), super::ALL.len(), "ALL has a name twice");
+    }
 }
