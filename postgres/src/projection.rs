@@ -40,6 +40,7 @@ pub struct PgProjectionStore {
 #[derive(Debug)]
 pub struct PgLease {
     conn: Option<PgConnection>,
+    key: i64,
 }
 
 impl Lease for PgLease {
@@ -58,6 +59,19 @@ impl Lease for PgLease {
             // the connection is gone (and with it the lock): forget it
             self.conn = None;
             false
+        }
+    }
+
+    async fn release(mut self) {
+        if let Some(mut conn) = self.conn.take() {
+            let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
+                .bind(self.key)
+                .execute(&mut conn)
+                .await;
+            if let Err(e) = unlocked {
+                tracing::debug!(error = %e, "unlocking a projection lease failed; closing its connection releases it");
+            }
+            let _ = sqlx::Connection::close(conn).await;
         }
     }
 }
@@ -232,13 +246,17 @@ impl ProjectionStore for PgProjectionStore {
             .await
             .map_err(db("connecting for a projection lease"))?
             .detach();
+        let key = lock_key(projection);
         let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(lock_key(projection))
+            .bind(key)
             .fetch_one(&mut conn)
             .await
             .map_err(db("taking a projection's advisory lock"))?;
         if locked {
-            Ok(Some(PgLease { conn: Some(conn) }))
+            Ok(Some(PgLease {
+                conn: Some(conn),
+                key,
+            }))
         } else {
             let _ = sqlx::Connection::close(conn).await;
             Ok(None)

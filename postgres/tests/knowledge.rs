@@ -396,25 +396,8 @@ async fn the_projection_runner_feeds_the_knowledge_base_exactly_once() {
     let done = runner.catch_up().await.unwrap();
     assert_eq!(done.events_applied, 4);
     assert_eq!(counting.texts(), 3, "the unchanged update embedded nothing");
-    // The lease of the first catch-up is a session lock on a connection
-    // that is dropped, not closed: the server frees it when it notices,
-    // a moment later. Until then a new catch-up is refused as NotOwner.
-    // (Reported to the projection runner's owner.)
-    async fn owned<T, F: std::future::Future<Output = Result<T, annals_core::ProjectionError>>>(
-        f: impl Fn() -> F,
-    ) -> T {
-        for _ in 0..100 {
-            match f().await {
-                Err(annals_core::ProjectionError::NotOwner { .. }) => {
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await
-                }
-                other => return other.unwrap(),
-            }
-        }
-        panic!("the projection's lease was never released");
-    }
     // caught up: a second catch-up applies nothing
-    assert_eq!(owned(|| runner.catch_up()).await.events_applied, 0);
+    assert_eq!(runner.catch_up().await.unwrap().events_applied, 0);
     let q = SearchQuery::new(Scope::Clinic("c".into()), 10);
     let hits = kb
         .search_text(&HashingEmbedder::new(32), "parking", &q)
@@ -423,7 +406,7 @@ async fn the_projection_runner_feeds_the_knowledge_base_exactly_once() {
     assert_eq!(hits.len(), 2);
     assert!(hits.iter().all(|h| h.entry.document.title == "Hours"));
     // a rebuild clears the table and replays the log
-    let rebuilt = owned(|| runner.rebuild()).await;
+    let rebuilt = runner.rebuild().await.unwrap();
     assert_eq!(rebuilt.events_applied, 4);
     assert_eq!(kb.document(a).await.unwrap().len(), 2);
     assert!(kb.document(b).await.unwrap().iter().all(|r| !r.is_active));

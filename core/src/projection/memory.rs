@@ -69,6 +69,10 @@ impl Lease for InMemoryLease {
     async fn is_held(&mut self) -> bool {
         true
     }
+
+    async fn release(self) {
+        drop(self);
+    }
 }
 
 impl Drop for InMemoryLease {

@@ -511,17 +511,28 @@ where
         shutdown: &mut Shutdown,
         follow: bool,
     ) -> Result<CatchUp, ProjectionError> {
-        let checkpoint = self.backend.init_checkpoint(self.name()).await?;
         let mut s = Session {
             lease,
-            position: checkpoint.position,
-            pending: self.backend.pending_streams(self.name()).await?,
+            position: LogPosition::START,
+            pending: HashMap::new(),
             lease_checked: Instant::now(),
-            summary: CatchUp {
-                position: checkpoint.position,
-                ..CatchUp::default()
-            },
+            summary: CatchUp::default(),
         };
+        let result = self.work(&mut s, shutdown, follow).await;
+        // hand over at once: a standby (or the next catch_up) need not
+        // wait for the backend to notice a dropped lease
+        s.lease.release().await;
+        result
+    }
+
+    async fn work(
+        &self,
+        s: &mut Session<B::Lease>,
+        shutdown: &mut Shutdown,
+        follow: bool,
+    ) -> Result<CatchUp, ProjectionError> {
+        self.resync(s).await?;
+        s.summary.position = s.position;
         // subscribe before the first read, so no append goes unnoticed
         let mut watcher = if follow {
             Some(self.store.watch().await?)
@@ -541,7 +552,7 @@ where
                 }
                 s.lease_checked = Instant::now();
             }
-            match self.step(&mut s, shutdown).await {
+            match self.step(s, shutdown).await {
                 Ok(0) => {
                     failures = 0;
                     self.export_caught_up();
@@ -575,7 +586,7 @@ where
                             projection: self.name().to_owned(),
                         });
                     }
-                    if let Err(e) = self.resync(&mut s).await {
+                    if let Err(e) = self.resync(s).await {
                         tracing::warn!(projection = self.name(), error = %e, "cannot reload the checkpoint");
                     }
                 }

@@ -66,9 +66,14 @@ pub struct Checkpoint {
 /// runner (in this process or another) applies its events. Dropping the
 /// lease releases it; so does the death of the process or connection that
 /// holds it.
-pub trait Lease: Send + 'static {
+pub trait Lease: Send + Sized + 'static {
     /// Whether the lease is still held (e.g. its connection is alive).
     fn is_held(&mut self) -> impl Future<Output = bool> + Send;
+
+    /// Gives the lease up now, so another runner can take over at once
+    /// (dropping it releases it too, but maybe only when the backend
+    /// notices: a Postgres session ends a moment after its socket closes).
+    fn release(self) -> impl Future<Output = ()> + Send;
 }
 
 /// The storage side of projection runners: transactions, checkpoints,
