@@ -51,7 +51,7 @@ pub use repository::{CommandError, Executed, Loaded, Repository, SnapshotWrite};
 pub use retry::{RetryError, RetryPolicy};
 pub use saga::{
     CommandBus, CommandOutcome, CorrelationId, Dispatch, InMemorySagaStore, Issue, NamedCommand,
-    OutboxCommand, OutboxEntry, Saga, SagaChange, SagaData, SagaDefinition, SagaError,
+    OutboxCommand, OutboxEntry, Saga, SagaChange, SagaData, SagaDefinition, SagaEngine, SagaError,
     SagaProgress, SagaProjection, SagaRecord, SagaStatus, SagaStore, SagaWorker, StateDefinition,
     StepRecord, StepStatus, Target, WorkerRound,
 };

@@ -5,6 +5,8 @@
 //! - [`PgEventStore`] is the event store: one-round-trip appends with
 //!   optimistic concurrency, stream reads, and reads of the global log in
 //!   gap-free `(transaction id, position)` order below the snapshot horizon.
+//! - [`PgSagaStore`] keeps sagas and their command outbox; its transactional
+//!   methods run in the projection runner's transaction.
 //! - The persisted schema registry ([`PgEventStoreBuilder::register`]) refuses
 //!   to start when the code's schema for a stored (type, version) changed.
 //!
@@ -21,6 +23,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod migrate;
+mod saga;
 mod snapshot;
 mod store;
 
@@ -29,6 +32,7 @@ mod store;
 pub mod testing;
 
 pub use migrate::{migrate, migrate_down, MIGRATIONS_TABLE};
+pub use saga::PgSagaStore;
 pub use snapshot::PgSnapshotStore;
 pub use store::{Horizon, LogWatcher, PgEventStore, PgEventStoreBuilder, EVENTS_CHANNEL};
 

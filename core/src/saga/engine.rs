@@ -3,6 +3,8 @@
 //! state and the commands to record; the stores write it, the projection and
 //! the worker call it.
 
+use std::marker::PhantomData;
+
 use chrono::Utc;
 use serde::Deserialize;
 use uuid::Uuid;
@@ -29,6 +31,98 @@ impl FailCause {
             FailCause::Timeout => "timeout",
             FailCause::Command => "command",
         }
+    }
+}
+
+/// The pure decisions of saga `S`: what a saga becomes when an event
+/// arrives, its timeout fires or one of its commands was delivered or given
+/// up. No I/O: [`SagaProjection`](super::SagaProjection) and
+/// [`SagaWorker`](super::SagaWorker) call it and hand the resulting
+/// [`SagaChange`] to a [`SagaStore`](super::SagaStore). Useful on its own to
+/// test a saga without a store, or to build another runner.
+///
+/// ```
+/// # use annals_core as annals;
+/// # use annals::{Envelope, LogPosition, Metadata, SagaEngine, SagaStatus};
+/// # #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+/// # struct Ordered { order: u64 }
+/// # #[derive(Debug, Clone, PartialEq, annals_macros::Event)]
+/// # #[event(crate = "annals_core")]
+/// # enum ShopEvent { Ordered(Ordered), Shipped(Ordered) }
+/// # #[derive(Debug, serde::Serialize, serde::Deserialize)]
+/// # enum ShopCommand { Ship(u64), CancelShipment(u64) }
+/// # #[derive(Default, serde::Serialize, serde::Deserialize)]
+/// # struct Order { id: u64 }
+/// # impl annals::SagaData for Order {
+/// #     type Event = ShopEvent;
+/// #     fn apply(&mut self, e: &ShopEvent) { if let ShopEvent::Ordered(o) = e { self.id = o.order } }
+/// # }
+/// # impl annals::Issue<u64> for Order { fn issue(&self) -> u64 { self.id } }
+/// # #[derive(Debug, Clone, Copy, PartialEq, Eq, annals_macros::Saga)]
+/// # #[saga(crate = "annals_core", event = ShopEvent, command = ShopCommand, data = Order,
+/// #        correlation = u64, correlate = order)]
+/// # enum Shipping {
+/// #     #[saga(start = Ordered, issue = Ship, compensate = CancelShipment, on(Shipped => Done))]
+/// #     Shipping,
+/// #     #[saga(terminal)]
+/// #     Done,
+/// # }
+/// let ordered = Envelope {
+///     event_id: uuid::Uuid::now_v7(),
+///     stream_id: "order-42".into(),
+///     stream_version: 1,
+///     log_position: LogPosition::new(1, 1),
+///     event_type: "shop.ordered".into(),
+///     schema_version: 1,
+///     metadata: Metadata::new(),
+///     recorded_at: chrono::Utc::now(),
+///     payload: ShopEvent::Ordered(Ordered { order: 42 }),
+/// };
+/// let change = SagaEngine::<Shipping>::on_event(None, "42".into(), &ordered)?
+///     .expect("`Ordered` starts a saga");
+/// assert_eq!(change.record.state, "Shipping");
+/// assert_eq!(change.record.status, SagaStatus::Running);
+/// assert_eq!(change.commands[0].command_type, "Ship");
+/// assert_eq!(change.commands[0].command, serde_json::json!({ "Ship": 42 }));
+/// # Ok::<(), annals::SagaError>(())
+/// ```
+#[derive(Debug)]
+pub struct SagaEngine<S> {
+    _saga: PhantomData<fn() -> S>,
+}
+
+impl<S: Saga> SagaEngine<S> {
+    /// An event for the saga with this correlation id (read from the event
+    /// by [`Saga::correlation_id`]; `existing` is that saga, if there is
+    /// one): starts a saga, moves one, or is ignored (`None`): not a start
+    /// event and no saga, a saga that is compensating or finished, an event
+    /// at or before the saga's last applied log position (a second
+    /// delivery), or an event the saga's state does not handle.
+    pub fn on_event(
+        existing: Option<SagaRecord>,
+        correlation_id: String,
+        event: &Envelope<S::Event>,
+    ) -> Result<Option<SagaChange>, SagaError> {
+        on_event::<S>(existing, correlation_id, event)
+    }
+
+    /// A saga whose deadline passed: moves it to its state's timeout target
+    /// (`None`: the saga is no longer running).
+    pub fn on_timeout(record: SagaRecord) -> Result<Option<SagaChange>, SagaError> {
+        on_timeout::<S>(record)
+    }
+
+    /// A command's delivery ended: a forward command given up makes a
+    /// running saga compensate; a compensating command done moves the
+    /// compensation on to the next older step once its step has no command
+    /// outstanding (`None`: nothing changes).
+    pub fn on_outcome(
+        record: SagaRecord,
+        entry: &OutboxEntry,
+        outcome: &CommandOutcome,
+        progress: SagaProgress,
+    ) -> Result<Option<SagaChange>, SagaError> {
+        on_outcome::<S>(record, entry, outcome, progress)
     }
 }
 

@@ -43,6 +43,7 @@ use serde::Serialize;
 
 use crate::Event;
 
+pub use engine::SagaEngine;
 pub use error::SagaError;
 pub use memory::InMemorySagaStore;
 pub use projection::SagaProjection;

@@ -184,9 +184,8 @@ pub struct SagaChange {
     pub cancel_pending: bool,
 }
 
-/// A command in the outbox.
+/// A command in the outbox (built by stores from their rows).
 #[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
 pub struct OutboxEntry {
     /// The outbox row's id (increasing in insertion order).
     pub id: u64,
