@@ -337,9 +337,13 @@ fn check(cx: &Ctxt, input: &DeriveInput, container: &ContainerAttrs, states: &[S
         .map(|s| format!("`{}`", s.ident))
         .collect::<Vec<_>>()
         .join(", ");
+    // a typo'd target or a dead-end state makes other states look
+    // unreachable: report the cause alone, and reachability once it is fixed
+    let broken = std::cell::Cell::new(false);
     let check_target = |t: &TargetSpec| {
         if let TargetSpec::State(target) = t {
             if !names.contains(&target.to_string()) {
+                broken.set(true);
                 cx.error_spanned_by(
                     target,
                     format!("no state `{target}` in `{ident}`: the states are {list}; or use `fail` to compensate"),
@@ -442,6 +446,7 @@ fn check(cx: &Ctxt, input: &DeriveInput, container: &ContainerAttrs, states: &[S
         }
         // a way out
         if a.on.is_empty() && a.timeout.is_none() {
+            broken.set(true);
             cx.error_spanned_by(
                 name,
                 format!("state `{name}` is not terminal and has no way out: add `on(Event => State)`, a `timeout`, or mark it `#[saga(terminal)]`"),
@@ -472,7 +477,7 @@ fn check(cx: &Ctxt, input: &DeriveInput, container: &ContainerAttrs, states: &[S
     }
 
     // reachability from the (one) start state
-    if starts.len() == 1 {
+    if starts.len() == 1 && !broken.get() {
         let index: HashMap<String, usize> = states
             .iter()
             .enumerate()
@@ -746,10 +751,11 @@ fn expand(
             }
         };
         let read = quote_spanned!(span=> &(*__payload).#field);
+        let expected = quote_spanned!(correlation.span()=> &#correlation);
         let call = quote_spanned!(correlation.span()=> #p::correlation::<#correlation>);
         quote! {
             #event::#ev(__payload) => {
-                let __id: &#correlation = #read;
+                let __id: #expected = #read;
                 #call(__id)
             }
         }
@@ -792,8 +798,17 @@ fn expand(
     let command_list = |commands: &[Ident]| {
         let items = commands.iter().map(|c| {
             let c_name = c.to_string();
-            let build =
-                quote_spanned!(c.span()=> #command::#c(<#data as #p::Issue<_>>::issue(__data)));
+            // the payload type comes from the variant's constructor (through
+            // its fn pointer, so that it is known when the `Issue` bound is
+            // checked); a missing `Issue` impl is reported once per payload
+            // type, at the data type
+            let ctor = respan(quote!(#command::#c), c.span());
+            let build_call =
+                quote_spanned!(data.span()=> <_ as #p::BuildCommand<#data>>::build(__ctor, __data));
+            let build = quote!({
+                let __ctor: fn(_) -> _ = #ctor;
+                #build_call
+            });
             quote!(#p::NamedCommand { command_type: #c_name, command: #build })
         });
         quote!(::std::vec![#(#items),*])
@@ -903,6 +918,24 @@ fn expand(
             }
         };
     }
+}
+
+/// `tokens` with every token at `span`, so that an error about the whole
+/// path (an unknown variant) underlines one token of the attribute.
+fn respan(tokens: TokenStream, span: proc_macro2::Span) -> TokenStream {
+    tokens
+        .into_iter()
+        .map(|mut t| {
+            if let proc_macro2::TokenTree::Group(g) = &t {
+                let mut group = proc_macro2::Group::new(g.delimiter(), respan(g.stream(), span));
+                group.set_span(span);
+                t = proc_macro2::TokenTree::Group(group);
+            } else {
+                t.set_span(span);
+            }
+            t
+        })
+        .collect()
 }
 
 #[cfg(test)]

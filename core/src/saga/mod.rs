@@ -165,9 +165,9 @@ pub trait SagaData: Default + Serialize + DeserializeOwned + Send + Sync + 'stat
 /// }
 /// ```
 #[diagnostic::on_unimplemented(
-    message = "the saga data `{Self}` cannot build the command `{P}`",
+    message = "the saga data `{Self}` cannot build `{P}`, the payload of a command the saga issues",
     label = "`{Self}` does not implement `Issue<{P}>`",
-    note = "implement `annals::Issue<{P}> for {Self}`: it builds the command from the saga's data"
+    note = "implement `annals::Issue<{P}> for {Self}`: it builds the command's payload from the saga's data"
 )]
 pub trait Issue<P> {
     /// Builds the command from the saga's data.
@@ -311,6 +311,24 @@ pub(crate) mod private {
     pub use super::{
         CorrelationId, Issue, NamedCommand, Saga, SagaData, SagaDefinition, StateDefinition, Target,
     };
+
+    /// A command variant's constructor, which builds its command from the
+    /// saga's data. Implemented for the constructor's fn pointer, so that
+    /// the payload type is known when the `Issue` bound is checked (and
+    /// named in its error).
+    pub trait BuildCommand<D> {
+        /// The command enum.
+        type Command;
+        /// Builds the payload (`Issue`) and wraps it.
+        fn build(self, data: &D) -> Self::Command;
+    }
+
+    impl<P, C, D: Issue<P>> BuildCommand<D> for fn(P) -> C {
+        type Command = C;
+        fn build(self, data: &D) -> C {
+            self(data.issue())
+        }
+    }
 
     /// A correlation id read from an event field of the declared type.
     pub fn correlation<T: CorrelationId + ?Sized>(id: &T) -> Option<String> {
