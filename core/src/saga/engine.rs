@@ -19,7 +19,7 @@ use crate::Envelope;
 /// [`SAGA_COMPENSATIONS_TOTAL`](crate::metrics::SAGA_COMPENSATIONS_TOTAL)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum FailCause {
-    Event,
+    EventReceived,
     Timeout,
     Command,
 }
@@ -27,7 +27,7 @@ pub(crate) enum FailCause {
 impl FailCause {
     pub(crate) fn as_str(self) -> &'static str {
         match self {
-            FailCause::Event => "event",
+            FailCause::EventReceived => "event",
             FailCause::Timeout => "timeout",
             FailCause::Command => "command",
         }

@@ -107,7 +107,7 @@ impl<S: Saga, St: SagaStore> Projection for SagaProjection<S, St> {
             .save(tx, &change)
             .await
             .map_err(super::SagaError::into_handler_error)?;
-        record_change(S::NAME, before, &change, FailCause::Event);
+        record_change(S::NAME, before, &change, FailCause::EventReceived);
         Ok(())
     }
 }
