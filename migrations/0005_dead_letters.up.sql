@@ -17,8 +17,13 @@ CREATE TABLE annals_dead_letters (
     stream_id       text NOT NULL,
     event_type      text NOT NULL,
     -- the last error; `attempts` counts every failed try, replays included
+    -- (0 for an event parked behind an earlier dead letter of its stream
+    -- without being tried: see blocked_by)
     error           text NOT NULL,
-    attempts        integer NOT NULL DEFAULT 1 CHECK (attempts >= 1),
+    attempts        integer NOT NULL DEFAULT 1 CHECK (attempts >= 0),
+    -- set when the event was parked only to keep stream order: the global
+    -- position of the earlier dead letter of the same stream it waits behind
+    blocked_by      bigint,
     first_failed_at timestamptz NOT NULL DEFAULT now(),
     last_failed_at  timestamptz NOT NULL DEFAULT now(),
     status          text NOT NULL DEFAULT 'pending'

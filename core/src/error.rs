@@ -80,6 +80,15 @@ pub enum Error {
         message: String,
     },
 
+    /// A projection's checkpoint moved underneath its runner: another runner
+    /// took the projection over. Nothing of the runner's transaction was
+    /// committed.
+    #[error("the checkpoint of projection `{projection}` moved underneath this runner: another runner owns the projection now; this runner's batch was rolled back")]
+    CheckpointMoved {
+        /// The projection.
+        projection: String,
+    },
+
     /// The database failed or went away; the operation did not complete.
     #[error("database error while {context}: {source}; check that the database is reachable, then retry: appends are safe to retry (the expected version and the event ids reject a duplicate)")]
     Backend {

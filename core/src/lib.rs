@@ -23,6 +23,8 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod aggregate;
+mod breaker;
+mod dead_letter;
 mod envelope;
 mod error;
 mod event;
@@ -34,6 +36,7 @@ mod retry;
 mod saga;
 mod scenario;
 mod schema;
+mod shutdown;
 mod snapshot;
 mod store;
 
@@ -42,11 +45,22 @@ mod store;
 pub mod testing;
 
 pub use aggregate::{Aggregate, AggregateState};
+pub use breaker::{
+    BreakerConfig, BreakerError, BreakerOpen, BreakerState, CircuitBreaker, CircuitBreakerRegistry,
+};
+pub use dead_letter::{
+    DeadLetter, DeadLetterQuery, DeadLetterStatus, DeadLetterStore, NewDeadLetter,
+};
 pub use envelope::{Envelope, LogPosition, Metadata, NewEvent, RecordedEvent};
 pub use error::{DecodeError, Error, UpcastError, VersionConflict};
 pub use event::{Event, EventSchema, EventTypeInfo};
-pub use memory::InMemoryEventStore;
-pub use projection::{FailureKind, HandlerError, MemoryTx, Projection};
+pub use memory::{InMemoryEventStore, MemoryWatcher};
+pub use projection::{
+    CatchUp, Checkpoint, FailureKind, FailurePolicy, HandlerError, HealthCheck, HealthReport,
+    InMemoryLease, InMemoryProjectionStore, InMemoryTransaction, Lease, MemoryTx, Projection,
+    ProjectionError, ProjectionHandle, ProjectionHealth, ProjectionRunner, ProjectionStatus,
+    ProjectionStore, Readiness, ReplayOutcome, ReplaySummary,
+};
 pub use repository::{CommandError, Executed, Loaded, Repository, SnapshotWrite};
 pub use retry::{RetryError, RetryPolicy};
 pub use saga::{
@@ -60,8 +74,12 @@ pub use schema::{
     fingerprint, RegisteredSchema, SchemaChange, SchemaChanges, SchemaLock, SchemaRegistry,
     SchemaViolation,
 };
+pub use shutdown::{Shutdown, ShutdownTrigger};
 pub use snapshot::{InMemorySnapshotStore, NoSnapshots, Snapshot, SnapshotStore};
-pub use store::{AppendResult, EventStore, EventStoreExt, ExpectedVersion, StoredPayload};
+pub use store::{
+    AppendResult, Backlog, EventStore, EventStoreExt, ExpectedVersion, Horizon, StoredPayload,
+    Watch, WatchLog,
+};
 
 /// Support code for the derive macros. Not public API: it may change in any
 /// release.

@@ -4,8 +4,8 @@ use std::sync::{Arc, Mutex};
 use chrono::Utc;
 
 use crate::{
-    AppendResult, Envelope, Error, EventStore, ExpectedVersion, LogPosition, NewEvent,
-    RecordedEvent, SchemaRegistry, VersionConflict,
+    AppendResult, Backlog, Envelope, Error, EventStore, ExpectedVersion, LogPosition, NewEvent,
+    RecordedEvent, SchemaRegistry, VersionConflict, Watch, WatchLog,
 };
 
 /// The embedded event store: everything in memory, with exactly the semantics
@@ -38,6 +38,8 @@ struct Shared {
     state: Mutex<State>,
     registry: Arc<SchemaRegistry>,
     validate: bool,
+    /// The number of events in the log, for watchers.
+    appended: tokio::sync::watch::Sender<usize>,
 }
 
 #[derive(Debug, Default)]
@@ -68,6 +70,7 @@ impl InMemoryEventStore {
                 state: Mutex::new(State::default()),
                 registry,
                 validate: true,
+                appended: tokio::sync::watch::channel(0).0,
             }),
         }
     }
@@ -80,6 +83,7 @@ impl InMemoryEventStore {
                 state: Mutex::new(State::default()),
                 registry: self.shared.registry.clone(),
                 validate: false,
+                appended: tokio::sync::watch::channel(0).0,
             }),
         }
     }
@@ -170,6 +174,7 @@ impl InMemoryEventStore {
                 .push(index);
             appended.push(record);
         }
+        self.shared.appended.send_replace(state.log.len());
         Ok(AppendResult {
             version: base + appended.len() as u64,
             events: appended,
@@ -241,5 +246,55 @@ impl EventStore for InMemoryEventStore {
             .get(stream_id)
             .and_then(|s| s.last())
             .map(|&i| state.log[i].stream_version))
+    }
+
+    async fn read_event(&self, position: u64) -> Result<Option<RecordedEvent>, Error> {
+        let state = self.lock();
+        // positions grow with the log
+        Ok(state
+            .log
+            .binary_search_by_key(&position, |e| e.log_position.position)
+            .ok()
+            .map(|i| state.log[i].clone()))
+    }
+
+    async fn backlog(&self, after: LogPosition) -> Result<Backlog, Error> {
+        let state = self.lock();
+        let start = state.log.partition_point(|e| e.log_position <= after);
+        let rest = &state.log[start..];
+        Ok(Backlog {
+            events: rest.len() as u64,
+            oldest_recorded_at: rest.first().map(|e| e.recorded_at),
+        })
+    }
+}
+
+/// Wakes readers of an [`InMemoryEventStore`] when events are appended.
+#[derive(Debug)]
+pub struct MemoryWatcher {
+    receiver: tokio::sync::watch::Receiver<usize>,
+}
+
+impl Watch for MemoryWatcher {
+    async fn wait(&mut self, timeout: std::time::Duration) -> bool {
+        match tokio::time::timeout(timeout, self.receiver.changed()).await {
+            Ok(Ok(())) => true,
+            // the store is gone: nothing will ever be appended
+            Ok(Err(_)) => {
+                tokio::time::sleep(timeout).await;
+                false
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+impl WatchLog for InMemoryEventStore {
+    type Watcher = MemoryWatcher;
+
+    async fn watch(&self) -> Result<MemoryWatcher, Error> {
+        let mut receiver = self.shared.appended.subscribe();
+        receiver.mark_unchanged();
+        Ok(MemoryWatcher { receiver })
     }
 }

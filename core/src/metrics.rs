@@ -67,6 +67,46 @@ pub fn record_retry(handler: &str) {
     metrics::counter!(RETRIES_TOTAL, "handler" => handler.to_owned()).increment(1);
 }
 
+// projections, the horizon, dead letters and circuit breakers
+
+/// Seconds between now and the oldest event a projection has not applied
+/// yet; 0 when it is caught up (gauge; label `projection`).
+pub const PROJECTION_LAG_SECONDS: &str = "annals_projection_lag_seconds";
+/// Committed events past a projection's checkpoint (gauge; label
+/// `projection`).
+pub const PROJECTION_EVENTS_BEHIND: &str = "annals_projection_events_behind";
+/// 1 when a projection is stale (lagging beyond its threshold, or failed),
+/// else 0 (gauge; label `projection`).
+pub const PROJECTION_STALE: &str = "annals_projection_stale";
+/// 1 when a projection stopped on an event it cannot apply, else 0 (gauge;
+/// label `projection`).
+pub const PROJECTION_FAILED: &str = "annals_projection_failed";
+/// Events applied by a projection (counter; label `projection`).
+pub const PROJECTION_EVENTS_APPLIED_TOTAL: &str = "annals_projection_events_applied_total";
+/// Duration of one projection batch: apply, checkpoint, commit (histogram,
+/// seconds; label `projection`).
+pub const PROJECTION_BATCH_DURATION_SECONDS: &str = "annals_projection_batch_duration_seconds";
+/// Seconds the store's horizon has been held back by the oldest open
+/// transaction (gauge).
+pub const HORIZON_LAG_SECONDS: &str = "annals_horizon_lag_seconds";
+/// Committed events that log readers cannot see yet because an older
+/// transaction is still open (gauge).
+pub const HORIZON_EVENTS_HELD_BACK: &str = "annals_horizon_events_held_back";
+/// Dead letters waiting for a replay or a discard (gauge; label `handler`).
+pub const DEAD_LETTERS_PENDING: &str = "annals_dead_letters_pending";
+/// Events parked as dead letters (counter; labels `handler`, `reason` =
+/// `failed` | `behind`: parked behind an earlier dead letter of its stream).
+pub const DEAD_LETTERS_PARKED_TOTAL: &str = "annals_dead_letters_parked_total";
+/// Dead-letter replays (counter; labels `handler`, `outcome` = `resolved` |
+/// `failed`).
+pub const DEAD_LETTERS_REPLAYED_TOTAL: &str = "annals_dead_letters_replayed_total";
+/// A circuit breaker's state: 0 closed, 1 half-open, 2 open (gauge; label
+/// `breaker`).
+pub const CIRCUIT_BREAKER_STATE: &str = "annals_circuit_breaker_state";
+/// Circuit breaker state changes (counter; labels `breaker`, `to` =
+/// `closed` | `half_open` | `open`).
+pub const CIRCUIT_BREAKER_TRANSITIONS_TOTAL: &str = "annals_circuit_breaker_transitions_total";
+
 // sagas
 
 /// Sagas entering a status (counter; labels `saga` = the saga type,

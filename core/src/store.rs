@@ -1,5 +1,8 @@
 use std::fmt;
 use std::future::Future;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
 
 use serde::{Deserialize, Serialize};
 
@@ -65,6 +68,47 @@ pub struct StoredPayload {
     pub schema_version: u32,
     /// The JSON payload.
     pub payload: Box<serde_json::value::RawValue>,
+}
+
+/// How far a store's snapshot horizon holds readers of the global log back.
+///
+/// Log readers only see events written by transactions that finished
+/// before the oldest still-open one, so that nothing can commit later behind
+/// a reader's checkpoint. A long-open transaction therefore delays every
+/// reader; this says by how much. Stores without concurrent transactions
+/// (the in-memory one) report [`Horizon::CLEAR`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Horizon {
+    /// The horizon: every transaction id below it has finished.
+    pub xmin: u64,
+    /// When the oldest still-open transaction (the one holding the horizon)
+    /// started, if any is open.
+    pub oldest_open_since: Option<DateTime<Utc>>,
+    /// Seconds the horizon has been held back (0 when nothing is open).
+    pub lag_seconds: f64,
+    /// Committed events not yet visible to log readers because an older
+    /// transaction is still open.
+    pub events_held_back: u64,
+}
+
+impl Horizon {
+    /// Nothing held back.
+    pub const CLEAR: Horizon = Horizon {
+        xmin: 0,
+        oldest_open_since: None,
+        lag_seconds: 0.0,
+        events_held_back: 0,
+    };
+}
+
+/// The committed events past a place in the global log: how far behind a
+/// reader with that checkpoint is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Backlog {
+    /// How many events.
+    pub events: u64,
+    /// When the oldest of them was recorded (`None` when there are none).
+    pub oldest_recorded_at: Option<DateTime<Utc>>,
 }
 
 /// The outcome of a successful append.
@@ -151,6 +195,64 @@ pub trait EventStore: Send + Sync {
         &self,
         stream_id: &str,
     ) -> impl Future<Output = Result<Option<u64>, Error>> + Send;
+
+    /// The event at a global position (`None`: no event there, e.g. a gap
+    /// left by a rolled-back append). Used to replay dead letters.
+    fn read_event(
+        &self,
+        position: u64,
+    ) -> impl Future<Output = Result<Option<RecordedEvent>, Error>> + Send;
+
+    /// The committed events after `after` in log order: how far behind a
+    /// reader at that checkpoint is. The default pages through
+    /// [`read_all`](Self::read_all); backends override it with a count.
+    fn backlog(&self, after: LogPosition) -> impl Future<Output = Result<Backlog, Error>> + Send {
+        async move {
+            let mut backlog = Backlog {
+                events: 0,
+                oldest_recorded_at: None,
+            };
+            let mut from = after;
+            loop {
+                let page = self.read_all(from, 1000).await?;
+                let Some(last) = page.last() else {
+                    return Ok(backlog);
+                };
+                from = last.log_position;
+                backlog.events += page.len() as u64;
+                for e in &page {
+                    backlog.oldest_recorded_at = Some(match backlog.oldest_recorded_at {
+                        Some(t) => t.min(e.recorded_at),
+                        None => e.recorded_at,
+                    });
+                }
+            }
+        }
+    }
+
+    /// How far the snapshot horizon holds log readers back. The default
+    /// (for stores without concurrent transactions) is [`Horizon::CLEAR`].
+    fn horizon(&self) -> impl Future<Output = Result<Horizon, Error>> + Send {
+        async { Ok(Horizon::CLEAR) }
+    }
+}
+
+/// Waits for new events in the global log.
+pub trait Watch: Send {
+    /// Waits until events may have been appended, or `timeout` elapses,
+    /// whichever is first. Returns `true` when woken by an append. Wake-ups
+    /// are hints: a reader always reads from its own checkpoint afterwards.
+    fn wait(&mut self, timeout: Duration) -> impl Future<Output = bool> + Send;
+}
+
+/// A store whose appends can wake readers of the global log (runners use
+/// it to follow the log live instead of polling only).
+pub trait WatchLog: EventStore {
+    /// The watcher type.
+    type Watcher: Watch + 'static;
+
+    /// A new watcher, woken by appends that commit after this call.
+    fn watch(&self) -> impl Future<Output = Result<Self::Watcher, Error>> + Send;
 }
 
 /// The typed layer over any [`EventStore`]: encodes application events,
@@ -264,7 +366,7 @@ pub(crate) fn decode_payloads<E: Event>(
 
 /// Validates an old-version payload against its own schema, then decodes
 /// and upcasts.
-fn decode_parts<E: Event>(
+pub(crate) fn decode_parts<E: Event>(
     registry: &SchemaRegistry,
     event_type: &str,
     schema_version: u32,

@@ -23,6 +23,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod migrate;
+mod projection;
 mod saga;
 mod snapshot;
 mod store;
@@ -31,9 +32,11 @@ mod store;
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
 
+pub use annals_core::Horizon;
 pub use migrate::{migrate, migrate_down, MIGRATIONS_TABLE};
+pub use projection::{PgLease, PgProjectionStore};
 pub use saga::PgSagaStore;
 pub use snapshot::PgSnapshotStore;
-pub use store::{Horizon, LogWatcher, PgEventStore, PgEventStoreBuilder, EVENTS_CHANNEL};
+pub use store::{LogWatcher, PgEventStore, PgEventStoreBuilder, EVENTS_CHANNEL};
 
 pub use sqlx;

@@ -2,8 +2,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use annals_core::{
-    AppendResult, Envelope, Error, Event, EventStore, ExpectedVersion, LogPosition, Metadata,
-    NewEvent, RecordedEvent, SchemaRegistry, StoredPayload, VersionConflict,
+    AppendResult, Backlog, Envelope, Error, Event, EventStore, ExpectedVersion, Horizon,
+    LogPosition, Metadata, NewEvent, RecordedEvent, SchemaRegistry, StoredPayload, VersionConflict,
+    Watch, WatchLog,
 };
 use chrono::{DateTime, Utc};
 use serde_json::value::RawValue;
@@ -84,21 +85,6 @@ impl PgEventStoreBuilder {
     }
 }
 
-/// How far the snapshot horizon holds readers of the global log back.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Horizon {
-    /// The horizon: every transaction id below it has finished.
-    pub xmin: u64,
-    /// When the oldest still-open transaction (the one holding the horizon)
-    /// started, if any is open.
-    pub oldest_open_since: Option<DateTime<Utc>>,
-    /// Seconds the horizon has been held back (0 when nothing is open).
-    pub lag_seconds: f64,
-    /// Committed events not yet visible to log readers because an older
-    /// transaction is still open.
-    pub events_held_back: u64,
-}
-
 macro_rules! columns {
     () => {
         "position, transaction_id::text::int8 AS tx, event_id, stream_id, stream_version, event_type, schema_version, payload, metadata, recorded_at"
@@ -167,6 +153,11 @@ const APPEND_ONE_EXACT: &str = append_one_sql!(bump_exact!());
 const APPEND_NO_STREAM: &str = append_sql!(bump_no_stream!());
 const APPEND_ANY: &str = append_sql!(bump_any!());
 const APPEND_EXACT: &str = append_sql!(bump_exact!());
+const READ_EVENT: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM annals_events WHERE position = $1"
+);
 const READ_STREAM: &str = concat!(
     "SELECT ",
     columns!(),
@@ -491,11 +482,11 @@ pub struct LogWatcher {
     listener: PgListener,
 }
 
-impl LogWatcher {
+impl Watch for LogWatcher {
     /// Waits until an append commits or `poll` elapses, whichever is first.
     /// Returns `true` when woken by a notification. A lost connection is
     /// re-established by the listener; waiting then falls back to polling.
-    pub async fn wait(&mut self, poll: Duration) -> bool {
+    async fn wait(&mut self, poll: Duration) -> bool {
         match tokio::time::timeout(poll, self.listener.recv()).await {
             Ok(Ok(_)) => {
                 // drain notifications that arrived together
@@ -697,5 +688,45 @@ impl EventStore for PgEventStore {
             .await
             .map_err(|e| Error::backend("acquiring a connection", e))?;
         stream_version_on(&mut conn, stream_id).await
+    }
+
+    async fn read_event(&self, position: u64) -> Result<Option<RecordedEvent>, Error> {
+        let row = sqlx::query(READ_EVENT)
+            .bind(position.min(i64::MAX as u64) as i64)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| Error::backend("reading an event by position", e))?;
+        row.as_ref().map(decode_row).transpose()
+    }
+
+    async fn backlog(&self, after: LogPosition) -> Result<Backlog, Error> {
+        // every committed event past the checkpoint, also those still above
+        // the horizon: they are committed, the reader just cannot see them yet
+        let row = sqlx::query(
+            "SELECT count(*) AS n, min(recorded_at) AS oldest FROM annals_events
+             WHERE (transaction_id, position) > ($1::text::xid8, $2)",
+        )
+        .bind(after.transaction_id.to_string())
+        .bind(after.position.min(i64::MAX as u64) as i64)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| Error::backend("counting events behind a checkpoint", e))?;
+        let n: i64 = get(&row, "n")?;
+        Ok(Backlog {
+            events: n.max(0) as u64,
+            oldest_recorded_at: get(&row, "oldest")?,
+        })
+    }
+
+    async fn horizon(&self) -> Result<Horizon, Error> {
+        PgEventStore::horizon(self).await
+    }
+}
+
+impl WatchLog for PgEventStore {
+    type Watcher = LogWatcher;
+
+    async fn watch(&self) -> Result<LogWatcher, Error> {
+        PgEventStore::watch(self).await
     }
 }

@@ -463,6 +463,7 @@ async fn watchers_wake_on_append() {
     let db = TestDatabase::new().await;
     let store = db.store().await;
     let mut watcher = store.watch().await.expect("watch");
+    use annals_core::Watch;
     let s = store.clone();
     let writer = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -11,6 +11,19 @@ use std::future::Future;
 
 use crate::{Envelope, Event};
 
+mod health;
+mod memory;
+mod runner;
+mod store;
+
+pub use health::{HealthCheck, HealthReport, ProjectionHealth, Readiness};
+pub use memory::{InMemoryLease, InMemoryProjectionStore, InMemoryTransaction};
+pub use runner::{
+    CatchUp, FailurePolicy, ProjectionError, ProjectionHandle, ProjectionRunner, ReplayOutcome,
+    ReplaySummary,
+};
+pub use store::{Checkpoint, Lease, ProjectionStatus, ProjectionStore};
+
 /// A read model fed by the global log.
 ///
 /// `Tx` is where the projection writes: the runner's open transaction on
@@ -40,6 +53,24 @@ pub trait Projection: Send + Sync + 'static {
         tx: &mut Self::Tx,
         event: &Envelope<Self::Event>,
     ) -> impl Future<Output = Result<(), HandlerError>> + Send;
+
+    /// Applies a batch of events, in log order, in one transaction. The
+    /// default calls [`apply`](Projection::apply) for each; override it to
+    /// write a batch with fewer round trips (e.g. one multi-row statement).
+    /// When it fails, the runner applies the batch's events one by one to
+    /// find the failing one.
+    fn apply_batch(
+        &self,
+        tx: &mut Self::Tx,
+        events: &[Envelope<Self::Event>],
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send {
+        async move {
+            for event in events {
+                self.apply(tx, event).await?;
+            }
+            Ok(())
+        }
+    }
 
     /// Clears the read model before a rebuild (in the same transaction that
     /// resets the checkpoint). The default does nothing.

@@ -22,7 +22,8 @@ use serde_json::value::to_raw_value;
 
 use super::events::{Created, Scored, TestEvent};
 use crate::{
-    DecodeError, Error, EventStore, EventStoreExt, ExpectedVersion, LogPosition, Metadata, NewEvent,
+    DecodeError, Error, EventStore, EventStoreExt, ExpectedVersion, LogPosition, Metadata,
+    NewEvent, Watch, WatchLog,
 };
 
 fn created(name: &str) -> TestEvent {
@@ -78,11 +79,13 @@ pub async fn read_all_settled<S: EventStore>(
 /// validates appended payloads when `validate` is true.
 pub async fn run<S, F, Fut>(mut make: F)
 where
-    S: EventStore + Clone + 'static,
+    S: WatchLog + Clone + 'static,
     F: FnMut(bool) -> Fut,
     Fut: Future<Output = S>,
 {
     append_and_read(make(true).await).await;
+    events_by_position_and_backlog(make(true).await).await;
+    watchers_wake_on_append(make(true).await).await;
     expected_versions(make(true).await).await;
     empty_append(make(true).await).await;
     batches_are_atomic(make(true).await).await;
@@ -92,6 +95,99 @@ where
     upcasting(make(true).await).await;
     bad_rows(make(false).await).await;
     concurrent_writers(make(true).await).await;
+}
+
+async fn events_by_position_and_backlog<S: EventStore>(store: S) {
+    let empty = must("backlog of an empty log", store.backlog(LogPosition::START)).await;
+    assert_eq!(empty.events, 0, "an empty log has no backlog");
+    assert_eq!(empty.oldest_recorded_at, None);
+    let a = must(
+        "append",
+        store.append_events(
+            "pos-a",
+            ExpectedVersion::NoStream,
+            &[created("A"), scored(1)],
+            &Metadata::new(),
+        ),
+    )
+    .await;
+    let b = must(
+        "append",
+        store.append_events(
+            "pos-b",
+            ExpectedVersion::NoStream,
+            &[created("B")],
+            &Metadata::new(),
+        ),
+    )
+    .await;
+    for e in a.events.iter().chain(&b.events) {
+        let read = must("read an event by position", store.read_event(e.position())).await;
+        let read = read.unwrap_or_else(|| panic!("read_event({}) found nothing", e.position()));
+        assert_eq!(
+            read.event_id, e.event_id,
+            "read_event returns the event at that position"
+        );
+        assert_eq!(read.log_position, e.log_position);
+    }
+    let beyond = b.events[0].position() + 1_000;
+    assert!(
+        must("read a missing position", store.read_event(beyond))
+            .await
+            .is_none(),
+        "read_event of a position with no event is None"
+    );
+    let all = read_all_settled(&store, LogPosition::START, 3).await;
+    assert_eq!(all.len(), 3);
+    let whole = must("backlog from the start", store.backlog(LogPosition::START)).await;
+    assert_eq!(whole.events, 3, "the backlog from the start is every event");
+    assert_eq!(
+        whole.oldest_recorded_at,
+        all.iter().map(|e| e.recorded_at).min(),
+        "the backlog's oldest event"
+    );
+    let rest = must(
+        "backlog after the first",
+        store.backlog(all[0].log_position),
+    )
+    .await;
+    assert_eq!(rest.events, 2, "the backlog after a checkpoint excludes it");
+    let none = must("backlog at the end", store.backlog(all[2].log_position)).await;
+    assert_eq!(none.events, 0, "a reader at the end has no backlog");
+}
+
+async fn watchers_wake_on_append<S: WatchLog + Clone + 'static>(store: S) {
+    let mut watcher = must("watch the log", store.watch()).await;
+    assert!(
+        !watcher.wait(std::time::Duration::from_millis(50)).await,
+        "a watcher is not woken while nothing is appended"
+    );
+    let writer = store.clone();
+    let append = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        must(
+            "append",
+            writer.append_events(
+                "watched",
+                ExpectedVersion::Any,
+                &[created("W")],
+                &Metadata::new(),
+            ),
+        )
+        .await;
+    });
+    let started = std::time::Instant::now();
+    assert!(
+        watcher.wait(std::time::Duration::from_secs(20)).await,
+        "an append wakes the watcher"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "the watcher woke on the append, not on its timeout"
+    );
+    if let Err(e) = append.await {
+        panic!("appending task failed: {e}");
+    }
 }
 
 async fn append_and_read<S: EventStore>(store: S) {

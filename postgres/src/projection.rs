@@ -1,0 +1,453 @@
+//! The Postgres projection store: checkpoints, ownership leases (advisory
+//! locks) and the dead-letter queue.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use annals_core::{
+    Checkpoint, DeadLetter, DeadLetterQuery, DeadLetterStatus, DeadLetterStore, Error, Lease,
+    LogPosition, NewDeadLetter, ProjectionStatus, ProjectionStore,
+};
+use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
+use sqlx::postgres::PgRow;
+use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
+
+/// Checkpoints, ownership and dead letters of projection runners, on the
+/// tables `annals_projection_checkpoints` and `annals_dead_letters`.
+///
+/// A runner's batch writes the projection's read model, its checkpoint and
+/// any dead letters in one Postgres transaction, so each event is applied
+/// exactly once, also across crashes. Ownership is a session-level advisory
+/// lock held on a dedicated connection: when the owning process dies, or its
+/// connection does, Postgres releases the lock and a standby takes over.
+///
+/// ```no_run
+/// # async fn demo(pool: sqlx::PgPool, store: annals_postgres::PgEventStore) {
+/// use annals_postgres::PgProjectionStore;
+/// let projections = PgProjectionStore::new(pool);
+/// // ProjectionRunner::new(store, projections, Arc::new(MyProjection)).spawn();
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct PgProjectionStore {
+    pool: PgPool,
+}
+
+/// Ownership of one projection: a session-level advisory lock on a
+/// connection of its own, released when this is dropped or the connection
+/// dies.
+#[derive(Debug)]
+pub struct PgLease {
+    conn: Option<PgConnection>,
+}
+
+impl Lease for PgLease {
+    async fn is_held(&mut self) -> bool {
+        let Some(conn) = self.conn.as_mut() else {
+            return false;
+        };
+        let alive = tokio::time::timeout(
+            Duration::from_secs(10),
+            sqlx::query("SELECT 1").execute(&mut *conn),
+        )
+        .await;
+        if matches!(alive, Ok(Ok(_))) {
+            true
+        } else {
+            // the connection is gone (and with it the lock): forget it
+            self.conn = None;
+            false
+        }
+    }
+}
+
+/// The advisory-lock key of a projection: 64 bits of a hash of its name,
+/// in a namespace of annals' own.
+fn lock_key(projection: &str) -> i64 {
+    let digest = Sha256::digest(format!("annals.projection:{projection}").as_bytes());
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&digest[..8]);
+    i64::from_be_bytes(bytes)
+}
+
+const CHECKPOINT_COLUMNS: &str = "projection_name, transaction_id::text::int8 AS tx, position, last_event_at, updated_at, status, error, error_position";
+const DEAD_LETTER_COLUMNS: &str = "id, handler, event_position, event_id, stream_id, event_type, error, attempts, first_failed_at, last_failed_at, status, resolved_at, discard_reason, blocked_by";
+
+fn db(context: &'static str) -> impl Fn(sqlx::Error) -> Error {
+    move |e| Error::backend(context, e)
+}
+
+fn decode_checkpoint(row: &PgRow) -> Result<Checkpoint, Error> {
+    let err = db("reading a projection checkpoint");
+    let projection: String = row.try_get(0).map_err(&err)?;
+    let status: String = row.try_get(5).map_err(&err)?;
+    let tx: i64 = row.try_get(1).map_err(&err)?;
+    let position: i64 = row.try_get(2).map_err(&err)?;
+    let error_position: Option<i64> = row.try_get(7).map_err(&err)?;
+    Ok(Checkpoint {
+        status: ProjectionStatus::parse(&status).ok_or_else(|| Error::CorruptedRow {
+            position: 0,
+            message: format!("projection `{projection}` has an unknown status `{status}`"),
+        })?,
+        projection,
+        position: LogPosition::new(tx.max(0) as u64, position.max(0) as u64),
+        last_event_at: row.try_get(3).map_err(&err)?,
+        updated_at: row.try_get(4).map_err(&err)?,
+        error: row.try_get(6).map_err(&err)?,
+        error_position: error_position.map(|p| p.max(0) as u64),
+    })
+}
+
+fn decode_dead_letter(row: &PgRow) -> Result<DeadLetter, Error> {
+    let err = db("reading a dead letter");
+    let id: i64 = row.try_get(0).map_err(&err)?;
+    let status: String = row.try_get(10).map_err(&err)?;
+    let position: i64 = row.try_get(2).map_err(&err)?;
+    let attempts: i32 = row.try_get(7).map_err(&err)?;
+    let blocked_by: Option<i64> = row.try_get(13).map_err(&err)?;
+    Ok(DeadLetter {
+        id: id.max(0) as u64,
+        handler: row.try_get(1).map_err(&err)?,
+        event_position: position.max(0) as u64,
+        event_id: row.try_get(3).map_err(&err)?,
+        stream_id: row.try_get(4).map_err(&err)?,
+        event_type: row.try_get(5).map_err(&err)?,
+        error: row.try_get(6).map_err(&err)?,
+        attempts: attempts.max(0) as u32,
+        first_failed_at: row.try_get(8).map_err(&err)?,
+        last_failed_at: row.try_get(9).map_err(&err)?,
+        status: DeadLetterStatus::parse(&status).ok_or_else(|| Error::CorruptedRow {
+            position: position.max(0) as u64,
+            message: format!("dead letter {id} has an unknown status `{status}`"),
+        })?,
+        resolved_at: row.try_get(11).map_err(&err)?,
+        discard_reason: row.try_get(12).map_err(&err)?,
+        blocked_by: blocked_by.map(|p| p.max(0) as u64),
+    })
+}
+
+fn int8(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+impl PgProjectionStore {
+    /// A projection store on `pool` (run [`migrate`](crate::migrate) first).
+    pub fn new(pool: PgPool) -> Self {
+        PgProjectionStore { pool }
+    }
+
+    /// The connection pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+impl DeadLetterStore for PgProjectionStore {
+    async fn list_dead_letters(&self, query: &DeadLetterQuery) -> Result<Vec<DeadLetter>, Error> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {DEAD_LETTER_COLUMNS} FROM annals_dead_letters
+             WHERE ($1::text IS NULL OR handler = $1)
+               AND ($2::text IS NULL OR status = $2)
+               AND id > $3
+             ORDER BY id LIMIT $4"
+        )))
+        .bind(query.handler.as_deref())
+        .bind(query.status.map(|s| s.as_str()))
+        .bind(int8(query.after_id))
+        .bind(int8(query.limit as u64))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("listing dead letters"))?;
+        rows.iter().map(decode_dead_letter).collect()
+    }
+
+    async fn dead_letter(&self, id: u64) -> Result<Option<DeadLetter>, Error> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {DEAD_LETTER_COLUMNS} FROM annals_dead_letters WHERE id = $1"
+        )))
+        .bind(int8(id))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("reading a dead letter"))?;
+        row.as_ref().map(decode_dead_letter).transpose()
+    }
+
+    async fn discard_dead_letter(&self, id: u64, reason: &str) -> Result<bool, Error> {
+        let done = sqlx::query(
+            "UPDATE annals_dead_letters
+                SET status = 'discarded', resolved_at = now(), discard_reason = $2
+              WHERE id = $1 AND status = 'pending'",
+        )
+        .bind(int8(id))
+        .bind(reason)
+        .execute(&self.pool)
+        .await
+        .map_err(db("discarding a dead letter"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn pending_dead_letters(&self, handler: &str) -> Result<u64, Error> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM annals_dead_letters WHERE handler = $1 AND status = 'pending'",
+        )
+        .bind(handler)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db("counting pending dead letters"))?;
+        Ok(n.max(0) as u64)
+    }
+}
+
+impl ProjectionStore for PgProjectionStore {
+    type Tx = Transaction<'static, Postgres>;
+    type Conn = PgConnection;
+    type Lease = PgLease;
+
+    const TRANSACTIONAL: bool = true;
+
+    fn conn(tx: &mut Self::Tx) -> &mut PgConnection {
+        tx
+    }
+
+    async fn begin(&self) -> Result<Self::Tx, Error> {
+        self.pool
+            .begin()
+            .await
+            .map_err(db("opening a projection transaction"))
+    }
+
+    async fn commit(&self, tx: Self::Tx) -> Result<(), Error> {
+        tx.commit()
+            .await
+            .map_err(db("committing a projection transaction"))
+    }
+
+    async fn try_acquire(&self, projection: &str) -> Result<Option<PgLease>, Error> {
+        // a connection of its own, outside the pool: the lock lives as long
+        // as this session, and must never go back to the pool with it
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(db("connecting for a projection lease"))?
+            .detach();
+        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(lock_key(projection))
+            .fetch_one(&mut conn)
+            .await
+            .map_err(db("taking a projection's advisory lock"))?;
+        if locked {
+            Ok(Some(PgLease { conn: Some(conn) }))
+        } else {
+            let _ = sqlx::Connection::close(conn).await;
+            Ok(None)
+        }
+    }
+
+    async fn checkpoint(&self, projection: &str) -> Result<Option<Checkpoint>, Error> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {CHECKPOINT_COLUMNS} FROM annals_projection_checkpoints WHERE projection_name = $1"
+        )))
+        .bind(projection)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("reading a projection checkpoint"))?;
+        row.as_ref().map(decode_checkpoint).transpose()
+    }
+
+    async fn checkpoints(&self) -> Result<Vec<Checkpoint>, Error> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {CHECKPOINT_COLUMNS} FROM annals_projection_checkpoints ORDER BY projection_name"
+        )))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("reading projection checkpoints"))?;
+        rows.iter().map(decode_checkpoint).collect()
+    }
+
+    async fn init_checkpoint(&self, projection: &str) -> Result<Checkpoint, Error> {
+        if projection.is_empty() {
+            return Err(Error::Registry(
+                "a projection needs a non-empty name".to_owned(),
+            ));
+        }
+        sqlx::query(
+            "INSERT INTO annals_projection_checkpoints (projection_name) VALUES ($1)
+             ON CONFLICT (projection_name) DO NOTHING",
+        )
+        .bind(projection)
+        .execute(&self.pool)
+        .await
+        .map_err(db("creating a projection checkpoint"))?;
+        self.checkpoint(projection)
+            .await?
+            .ok_or_else(|| Error::CorruptedRow {
+                position: 0,
+                message: format!("the checkpoint of projection `{projection}` vanished right after it was created"),
+            })
+    }
+
+    async fn advance(
+        &self,
+        tx: &mut Self::Tx,
+        projection: &str,
+        from: LogPosition,
+        to: LogPosition,
+        last_event_at: Option<DateTime<Utc>>,
+    ) -> Result<bool, Error> {
+        let done = sqlx::query(
+            "UPDATE annals_projection_checkpoints
+                SET transaction_id = $4::text::xid8, position = $5,
+                    last_event_at = COALESCE($6, last_event_at), updated_at = now(),
+                    status = 'running', error = NULL, error_position = NULL
+              WHERE projection_name = $1
+                AND transaction_id = $2::text::xid8 AND position = $3",
+        )
+        .bind(projection)
+        .bind(from.transaction_id.to_string())
+        .bind(int8(from.position))
+        .bind(to.transaction_id.to_string())
+        .bind(int8(to.position))
+        .bind(last_event_at)
+        .execute(&mut **tx)
+        .await
+        .map_err(db("moving a projection checkpoint"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn reset(&self, tx: &mut Self::Tx, projection: &str) -> Result<(), Error> {
+        sqlx::query(
+            "UPDATE annals_projection_checkpoints
+                SET transaction_id = '0', position = 0, last_event_at = NULL, updated_at = now(),
+                    status = 'running', error = NULL, error_position = NULL
+              WHERE projection_name = $1",
+        )
+        .bind(projection)
+        .execute(&mut **tx)
+        .await
+        .map_err(db("resetting a projection checkpoint"))?;
+        Ok(())
+    }
+
+    async fn mark_failed(&self, projection: &str, error: &str, position: u64) -> Result<(), Error> {
+        sqlx::query(
+            "INSERT INTO annals_projection_checkpoints AS c (projection_name, status, error, error_position)
+             VALUES ($1, 'failed', $2, $3)
+             ON CONFLICT (projection_name) DO UPDATE
+                SET status = 'failed', error = EXCLUDED.error,
+                    error_position = EXCLUDED.error_position, updated_at = now()",
+        )
+        .bind(projection)
+        .bind(error)
+        .bind(int8(position))
+        .execute(&self.pool)
+        .await
+        .map_err(db("marking a projection failed"))?;
+        Ok(())
+    }
+
+    async fn park(&self, tx: &mut Self::Tx, letter: &NewDeadLetter) -> Result<u64, Error> {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO annals_dead_letters AS d
+                 (handler, event_position, event_id, stream_id, event_type, error, attempts, blocked_by)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (handler, event_id) DO UPDATE
+                SET error = EXCLUDED.error, attempts = d.attempts + EXCLUDED.attempts,
+                    last_failed_at = now(), status = 'pending', resolved_at = NULL,
+                    discard_reason = NULL, blocked_by = EXCLUDED.blocked_by
+             RETURNING id",
+        )
+        .bind(&letter.handler)
+        .bind(int8(letter.event_position))
+        .bind(letter.event_id)
+        .bind(&letter.stream_id)
+        .bind(&letter.event_type)
+        .bind(&letter.error)
+        .bind(i32::try_from(letter.attempts).unwrap_or(i32::MAX))
+        .bind(letter.blocked_by.map(int8))
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(db("parking a dead letter"))?;
+        Ok(id.max(0) as u64)
+    }
+
+    async fn pending_streams(&self, handler: &str) -> Result<HashMap<String, u64>, Error> {
+        let rows = sqlx::query(
+            "SELECT stream_id, min(event_position) FROM annals_dead_letters
+              WHERE handler = $1 AND status = 'pending' GROUP BY stream_id",
+        )
+        .bind(handler)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("reading the streams with dead letters"))?;
+        rows.iter()
+            .map(|row| {
+                let stream: String = row.try_get(0).map_err(db("reading a dead letter"))?;
+                let first: i64 = row.try_get(1).map_err(db("reading a dead letter"))?;
+                Ok((stream, first.max(0) as u64))
+            })
+            .collect()
+    }
+
+    async fn lock_dead_letter(
+        &self,
+        tx: &mut Self::Tx,
+        id: u64,
+    ) -> Result<Option<DeadLetter>, Error> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {DEAD_LETTER_COLUMNS} FROM annals_dead_letters
+              WHERE id = $1 AND status = 'pending' FOR UPDATE"
+        )))
+        .bind(int8(id))
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(db("locking a dead letter"))?;
+        row.as_ref().map(decode_dead_letter).transpose()
+    }
+
+    async fn resolve_dead_letter(&self, tx: &mut Self::Tx, id: u64) -> Result<(), Error> {
+        sqlx::query(
+            "UPDATE annals_dead_letters SET status = 'resolved', resolved_at = now()
+              WHERE id = $1 AND status = 'pending'",
+        )
+        .bind(int8(id))
+        .execute(&mut **tx)
+        .await
+        .map_err(db("resolving a dead letter"))?;
+        Ok(())
+    }
+
+    async fn record_replay_failure(&self, id: u64, error: &str) -> Result<(), Error> {
+        sqlx::query(
+            "UPDATE annals_dead_letters
+                SET attempts = attempts + 1, error = $2, last_failed_at = now()
+              WHERE id = $1",
+        )
+        .bind(int8(id))
+        .bind(error)
+        .execute(&self.pool)
+        .await
+        .map_err(db("recording a failed replay"))?;
+        Ok(())
+    }
+
+    async fn discard_all_dead_letters(
+        &self,
+        tx: &mut Self::Tx,
+        handler: &str,
+        reason: &str,
+    ) -> Result<u64, Error> {
+        let done = sqlx::query(
+            "UPDATE annals_dead_letters
+                SET status = 'discarded', resolved_at = now(), discard_reason = $2
+              WHERE handler = $1 AND status = 'pending'",
+        )
+        .bind(handler)
+        .bind(reason)
+        .execute(&mut **tx)
+        .await
+        .map_err(db("discarding dead letters"))?;
+        Ok(done.rows_affected())
+    }
+}
