@@ -66,8 +66,8 @@ pub use retry::{RetryError, RetryPolicy};
 pub use saga::{
     CommandBus, CommandOutcome, CorrelationId, Dispatch, InMemorySagaStore, Issue, NamedCommand,
     OutboxCommand, OutboxEntry, Saga, SagaChange, SagaData, SagaDefinition, SagaEngine, SagaError,
-    SagaProgress, SagaProjection, SagaRecord, SagaStatus, SagaStore, SagaWorker, StateDefinition,
-    StepRecord, StepStatus, Target, WorkerRound,
+    SagaProgress, SagaProjection, SagaRecord, SagaStatus, SagaStore, SagaWorker, SagaWorkerHandle,
+    StateDefinition, StepRecord, StepStatus, Target, WorkerRound,
 };
 pub use scenario::{given, Scenario, ScenarioWhen};
 pub use schema::{

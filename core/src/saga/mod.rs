@@ -52,7 +52,7 @@ pub use record::{
     StepRecord, StepStatus,
 };
 pub use store::SagaStore;
-pub use worker::{CommandBus, Dispatch, SagaWorker, WorkerRound};
+pub use worker::{CommandBus, Dispatch, SagaWorker, SagaWorkerHandle, WorkerRound};
 
 /// A saga's state machine. Implemented by `#[derive(Saga)]` on an enum of
 /// unit variants, one per state; see the `annals` crate docs for the

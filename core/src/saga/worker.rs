@@ -1,6 +1,5 @@
 use std::future::Future;
 use std::marker::PhantomData;
-use std::pin::pin;
 use std::time::Duration;
 
 use serde::Deserialize as _;
@@ -10,7 +9,7 @@ use super::engine::{self, FailCause};
 use super::projection::record_change;
 use super::{CommandOutcome, OutboxEntry, Saga, SagaError, SagaStore};
 use crate::metrics as m;
-use crate::{HandlerError, RetryPolicy};
+use crate::{HandlerError, RetryPolicy, Shutdown, ShutdownTrigger};
 
 /// Where a saga's commands go: the application's side of the outbox.
 ///
@@ -105,7 +104,9 @@ impl WorkerRound {
 /// let worker = SagaWorker::<S, _, _>::new(InMemorySagaStore::new(), bus)
 ///     .retry_policy(RetryPolicy::new(5).initial_delay(Duration::from_millis(200)))
 ///     .poll_interval(Duration::from_millis(100));
-/// worker.run(async { let _ = tokio::signal::ctrl_c().await; }).await;
+/// let handle = worker.spawn();
+/// // ... on shutdown:
+/// handle.stop().await;
 /// # }
 /// ```
 #[derive(Debug)]
@@ -314,14 +315,14 @@ where
         Ok(round)
     }
 
-    /// Runs rounds until `shutdown` completes: back to back while there is
-    /// work, one poll interval apart when there is none. Errors (a database
-    /// that went away) are logged and retried after the poll interval; the
-    /// gauges are refreshed about every 5 s.
-    pub async fn run(&self, shutdown: impl Future<Output = ()>) {
-        let mut shutdown = pin!(shutdown);
+    /// Runs rounds until `shutdown` is triggered: back to back while there
+    /// is work, one poll interval apart when there is none. Errors (a
+    /// database that went away) are logged and retried after the poll
+    /// interval; the gauges are refreshed about every 5 s. A round in
+    /// progress finishes before it returns.
+    pub async fn run(&self, mut shutdown: Shutdown) {
         let mut last_gauges: Option<std::time::Instant> = None;
-        loop {
+        while !shutdown.is_triggered() {
             let idle = match self.run_once().await {
                 Ok(round) => round.is_idle(),
                 Err(e) => {
@@ -335,14 +336,63 @@ where
                 }
                 last_gauges = Some(std::time::Instant::now());
             }
-            let pause = if idle { self.poll } else { Duration::ZERO };
-            if tokio::time::timeout(pause, shutdown.as_mut()).await.is_ok() {
-                return;
-            }
-            if !idle {
+            if idle {
+                if shutdown.sleep(self.poll).await {
+                    return;
+                }
+            } else {
                 // let the rest of the runtime in between busy rounds
                 tokio::task::yield_now().await;
             }
         }
+    }
+
+    /// Starts [`run`](Self::run) on a Tokio task.
+    pub fn spawn(self) -> SagaWorkerHandle
+    where
+        St: Send + Sync,
+    {
+        let (trigger, shutdown) = Shutdown::new();
+        let task = tokio::spawn(async move { self.run(shutdown).await });
+        SagaWorkerHandle {
+            saga: S::NAME,
+            trigger,
+            task,
+        }
+    }
+}
+
+/// A [`SagaWorker`] running on a Tokio task.
+#[derive(Debug)]
+pub struct SagaWorkerHandle {
+    saga: &'static str,
+    trigger: ShutdownTrigger,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SagaWorkerHandle {
+    /// The saga type the worker serves.
+    pub fn saga(&self) -> &'static str {
+        self.saga
+    }
+
+    /// Whether the worker has ended.
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Asks the worker to stop after its current round and waits for it.
+    pub async fn stop(self) {
+        self.trigger.trigger();
+        if let Err(e) = self.task.await {
+            tracing::warn!(saga = self.saga, error = %e, "saga worker task failed");
+        }
+    }
+
+    /// Kills the worker's task at once, as a crash would: a claimed command
+    /// is claimed again when its lease runs out, an uncommitted outcome is
+    /// rolled back.
+    pub fn abort(&self) {
+        self.task.abort();
     }
 }
