@@ -76,7 +76,10 @@ CREATE INDEX annals_sagas_deadline
 --
 -- A row is pending (dispatched_at and failed_at both NULL), delivered
 -- (dispatched_at set) or given up (failed_at set: its last attempt failed,
--- or its saga started compensating before it was delivered). A worker
+-- or its saga started compensating before it was ever attempted). A
+-- saga's compensating rows are not claimed while one of its forward rows is
+-- pending (in flight, or waiting for a retry): a compensation never
+-- overtakes what it undoes. A worker
 -- claims pending rows with a lease, in a short statement of its own, so no
 -- transaction stays open (holding the log's horizon back) while the command
 -- bus works:
@@ -113,7 +116,8 @@ CREATE TABLE annals_saga_outbox (
 -- The dispatcher's queue:
 --   SELECT ... FROM annals_saga_outbox
 --    WHERE saga_type = $1 AND dispatched_at IS NULL AND failed_at IS NULL
---      AND next_attempt_at <= now()
+--      AND next_attempt_at <= now() AND <no pending forward row of its saga
+--      when it is a compensation>
 --    ORDER BY next_attempt_at, id LIMIT $n FOR UPDATE SKIP LOCKED
 -- Partial, so delivered rows (the vast majority over time) cost nothing.
 CREATE INDEX annals_saga_outbox_undispatched

@@ -339,7 +339,55 @@ impl Setup {
             panic!("the runner did not stop cleanly: {e}");
         }
         worker.stop().await;
-        result.unwrap_or_else(|left| panic!("{left} saga(s) did not finish in {limit:?}"));
+        if let Err(left) = result {
+            self.dump(leads).await;
+            panic!("{left} saga(s) did not finish in {limit:?}");
+        }
+    }
+
+    /// Prints the unfinished sagas and their commands (for a failed test).
+    async fn dump(&self, leads: &[Uuid]) {
+        for lead in leads {
+            let Some(saga) = self.saga(*lead).await else {
+                eprintln!("lead {lead}: no saga");
+                continue;
+            };
+            if saga.status.is_finished() {
+                continue;
+            }
+            eprintln!("unfinished: {saga:#?}");
+            for c in self.sagas.commands_of(saga.saga_id).await.unwrap() {
+                eprintln!("  command: {c:?}");
+            }
+            eprintln!("  clinic applied: {:?}", self.clinic.order(*lead));
+        }
+        let checkpoints = sqlx::query(
+            "SELECT projection_name, position, status, error FROM annals_projection_checkpoints",
+        )
+        .fetch_all(self.db.pool())
+        .await
+        .unwrap();
+        for c in checkpoints {
+            eprintln!(
+                "checkpoint {}: position {}, {} {:?}",
+                c.get::<String, _>(0),
+                c.get::<i64, _>(1),
+                c.get::<String, _>(2),
+                c.get::<Option<String>, _>(3)
+            );
+        }
+        let letters = sqlx::query("SELECT handler, event_type, error FROM annals_dead_letters")
+            .fetch_all(self.db.pool())
+            .await
+            .unwrap();
+        for l in letters {
+            eprintln!(
+                "dead letter: {} {} {}",
+                l.get::<String, _>(0),
+                l.get::<String, _>(1),
+                l.get::<String, _>(2)
+            );
+        }
     }
 
     async fn wait_finished(&self, leads: &[Uuid], limit: Duration) -> Result<(), usize> {
@@ -905,4 +953,56 @@ async fn saga_queries_and_the_optimistic_version() {
     projection.apply(&mut d, &event).await.unwrap();
     d.commit().await.unwrap();
     assert_eq!(s.saga(lead).await.unwrap(), saved);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compensation_waits_for_the_delivery_it_undoes() {
+    let s = setup().await;
+    let lead = Uuid::now_v7();
+    s.qualify(lead, Script::NoSlot).await;
+    let runner = runner(s.db.pool(), &s.events, &s.sagas);
+    while runner.catch_up().await.unwrap().events_applied == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // a worker claims ReserveSlot; the clinic answers before the worker has
+    // recorded the delivery (the bus appends the reply inside dispatch)
+    let claimed = s
+        .sagas
+        .claim_commands(BookingSaga::NAME, 10, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    s.events
+        .append_events(
+            &format!("clinic-{lead}"),
+            ExpectedVersion::Any,
+            &[ClinicEvent::SlotUnavailable(LeadRef { lead_id: lead })],
+            &Metadata::new(),
+        )
+        .await
+        .unwrap();
+    while runner.catch_up().await.unwrap().events_applied == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let saga = s.saga(lead).await.unwrap();
+    assert_eq!(saga.status, SagaStatus::Compensating);
+    // the in-flight ReserveSlot is not cancelled, and ReleaseSlot is not
+    // handed out before it is resolved
+    let commands = s.sagas.commands_of(saga.saga_id).await.unwrap();
+    assert!(commands[0].failed_at.is_none());
+    assert!(s
+        .sagas
+        .claim_commands(BookingSaga::NAME, 10, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .is_empty());
+    s.sagas.mark_delivered(&[claimed[0].id]).await.unwrap();
+    let next = s
+        .sagas
+        .claim_commands(BookingSaga::NAME, 10, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].command_type, "ReleaseSlot");
+    assert!(next[0].compensation);
 }

@@ -65,16 +65,13 @@ macro_rules! outbox_columns {
 }
 
 /// Inserts the commands of `saga` (a CTE returning `saga_id, saga_type`),
-/// skipping keys already recorded. `$13..$17` are the command columns,
-/// `$hold` the earliest first attempt.
+/// skipping keys already recorded. `$13..$17` are the command columns.
 macro_rules! insert_commands {
-    ($hold:literal) => {
+    () => {
         concat!(
             "cmds AS (
-                 INSERT INTO annals_saga_outbox (saga_id, saga_type, idempotency_key, command_type, command, step, compensation, next_attempt_at)
-                 SELECT saga.saga_id, saga.saga_type, c.k, c.t, c.c::jsonb, c.s, c.comp, ",
-            $hold,
-            "
+                 INSERT INTO annals_saga_outbox (saga_id, saga_type, idempotency_key, command_type, command, step, compensation)
+                 SELECT saga.saga_id, saga.saga_type, c.k, c.t, c.c::jsonb, c.s, c.comp
                  FROM saga, UNNEST($13::text[], $14::text[], $15::text[], $16::int4[], $17::bool[]) WITH ORDINALITY AS c(k, t, c, s, comp, ord)
                  ORDER BY c.ord
                  ON CONFLICT (idempotency_key) DO NOTHING
@@ -96,7 +93,7 @@ const INSERT_SAGA: &str = concat!(
              CASE WHEN $6 IN ('completed', 'failed') THEN now() END, $10, $11, $12)
          RETURNING saga_id, saga_type
      ), ",
-    insert_commands!("now()")
+    insert_commands!()
 );
 
 // as INSERT_SAGA ($2, $3 unused but bound), plus $18 expected version and
@@ -114,25 +111,28 @@ const UPDATE_SAGA: &str = concat!(
      ), cancelled AS (
          UPDATE annals_saga_outbox o
             SET failed_at = now(),
-                last_error = 'cancelled: the saga started compensating before this command was delivered'
+                last_error = 'cancelled: the saga started compensating before this command was attempted'
            FROM saga
-          WHERE $19::bool AND o.saga_id = saga.saga_id AND NOT o.compensation
+          WHERE $19::bool AND o.saga_id = saga.saga_id AND NOT o.compensation AND o.attempts = 0
             AND o.dispatched_at IS NULL AND o.failed_at IS NULL
-         RETURNING o.attempts, o.next_attempt_at
      ), ",
-    insert_commands!(
-        "GREATEST(now(), (SELECT max(next_attempt_at) FROM cancelled WHERE attempts > 0))"
-    )
+    insert_commands!()
 );
 
 const CLAIM: &str = concat!(
     "UPDATE annals_saga_outbox o
         SET attempts = o.attempts + 1, next_attempt_at = now() + $3::float8 * interval '1 millisecond'
-       FROM (SELECT id FROM annals_saga_outbox
-              WHERE saga_type = $1 AND dispatched_at IS NULL AND failed_at IS NULL AND next_attempt_at <= now()
-              ORDER BY next_attempt_at, id
+       FROM (SELECT c.id FROM annals_saga_outbox c
+              WHERE c.saga_type = $1 AND c.dispatched_at IS NULL AND c.failed_at IS NULL
+                AND c.next_attempt_at <= now()
+                -- a saga's compensations wait until its forward commands are resolved
+                AND NOT (c.compensation AND EXISTS (
+                    SELECT 1 FROM annals_saga_outbox f
+                     WHERE f.saga_id = c.saga_id AND NOT f.compensation
+                       AND f.dispatched_at IS NULL AND f.failed_at IS NULL))
+              ORDER BY c.next_attempt_at, c.id
               LIMIT $2
-              FOR UPDATE SKIP LOCKED) due
+              FOR UPDATE OF c SKIP LOCKED) due
       WHERE o.id = due.id
      RETURNING ",
     "o.id, o.saga_id, o.saga_type, o.idempotency_key, o.command_type, o.command, o.step, o.compensation, \

@@ -109,15 +109,11 @@ impl State {
         } else {
             row.completed_at = None;
         }
-        let mut hold_until = now;
         if change.cancel_pending {
             for e in &mut self.outbox {
-                if e.saga_id == row.saga_id && !e.compensation && pending(e) {
+                if e.saga_id == row.saga_id && !e.compensation && e.attempts == 0 && pending(e) {
                     e.failed_at = Some(now);
                     e.last_error = Some(CANCELLED.to_owned());
-                    if e.attempts > 0 {
-                        hold_until = hold_until.max(e.next_attempt_at);
-                    }
                 }
             }
         }
@@ -140,7 +136,7 @@ impl State {
                 created_at: now,
                 dispatched_at: None,
                 failed_at: None,
-                next_attempt_at: hold_until,
+                next_attempt_at: now,
             });
         }
         self.by_correlation.insert(key, row.saga_id);
@@ -245,11 +241,19 @@ impl SagaStore for InMemorySagaStore {
     ) -> Result<Vec<OutboxEntry>, SagaError> {
         let now = Utc::now();
         let mut state = self.lock();
+        // a saga's compensations wait until its forward commands are resolved
+        let unresolved: HashSet<Uuid> = state
+            .outbox
+            .iter()
+            .filter(|e| !e.compensation && pending(e))
+            .map(|e| e.saga_id)
+            .collect();
         let mut due: Vec<usize> = state
             .outbox
             .iter()
             .enumerate()
             .filter(|(_, e)| e.saga_type == saga_type && pending(e) && e.next_attempt_at <= now)
+            .filter(|(_, e)| !(e.compensation && unresolved.contains(&e.saga_id)))
             .map(|(i, _)| i)
             .collect();
         due.sort_by_key(|&i| (state.outbox[i].next_attempt_at, i));

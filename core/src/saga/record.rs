@@ -177,10 +177,12 @@ pub struct SagaChange {
     pub deadline: Option<Duration>,
     /// Commands to record in the outbox.
     pub commands: Vec<OutboxCommand>,
-    /// Whether the saga started compensating: its undelivered forward
-    /// commands are cancelled, and the new (compensating) commands wait
-    /// until any delivery of a cancelled command still in flight has had its
-    /// lease, so a compensation never overtakes what it undoes.
+    /// Whether the saga started compensating: its forward commands that
+    /// were never attempted are cancelled (they did nothing). Those already
+    /// attempted (in flight, or waiting for a retry) run their course, and
+    /// stores do not hand out a saga's compensating commands while it has
+    /// such a forward command unresolved, so a compensation never overtakes
+    /// what it undoes.
     pub cancel_pending: bool,
 }
 
@@ -213,7 +215,7 @@ pub struct OutboxEntry {
     /// When it was delivered (`None`: not yet).
     pub dispatched_at: Option<DateTime<Utc>>,
     /// When it was given up: its last attempt failed, or it was cancelled
-    /// because its saga started compensating.
+    /// because its saga started compensating before it was ever attempted.
     pub failed_at: Option<DateTime<Utc>>,
     /// The earliest time of its next attempt.
     pub next_attempt_at: DateTime<Utc>,

@@ -102,8 +102,9 @@ pub trait SagaStore: Clone + Send + Sync + 'static {
     /// works). A claim that is not followed by
     /// [`mark_delivered`](SagaStore::mark_delivered) or
     /// [`record_outcome`](SagaStore::record_outcome) within the lease (its
-    /// process died) is claimed again: delivery is at least once. Ordered by
-    /// id.
+    /// process died) is claimed again: delivery is at least once. A saga's
+    /// compensating commands are not claimed while one of its forward
+    /// commands is pending. Ordered by id.
     fn claim_commands(
         &self,
         saga_type: &str,

@@ -468,22 +468,54 @@ async fn a_failing_compensation_is_recorded_and_the_others_still_run() {
 }
 
 #[tokio::test]
-async fn compensation_cancels_undelivered_forward_commands() {
+async fn compensation_cancels_commands_never_attempted() {
     let mut h = Harness::new();
-    h.bus.failing.lock().unwrap().insert("BookCar");
+    // nothing is delivered before the car turns out unavailable
     for e in [
         TripEvent::Requested(r(8)),
         TripEvent::FlightBooked(r(8)),
         TripEvent::HotelBooked(r(8)),
+        TripEvent::CarUnavailable(r(8)),
     ] {
         h.apply(e).await;
     }
-    // BookCar fails once and waits for its retry; the car turns out unavailable
+    let saga = h.saga(8).await;
+    let commands = h.store.commands_of(saga.saga_id).await.unwrap();
+    for c in commands.iter().filter(|c| !c.compensation) {
+        assert!(c.failed_at.is_some(), "{} was cancelled", c.command_type);
+        assert!(c.last_error.as_deref().unwrap().starts_with("cancelled"));
+    }
+    h.settle().await;
+    assert_eq!(
+        h.bus.delivered(),
+        vec![
+            TripCommand::CancelCar(8),
+            TripCommand::CancelHotel(8),
+            TripCommand::CancelFlight(8)
+        ]
+    );
+    assert_eq!(h.saga(8).await.status, SagaStatus::Failed);
+}
+
+#[tokio::test]
+async fn a_compensation_waits_for_the_command_it_undoes() {
+    let mut h = Harness::new();
+    h.bus.failing.lock().unwrap().insert("BookCar");
+    for e in [
+        TripEvent::Requested(r(10)),
+        TripEvent::FlightBooked(r(10)),
+        TripEvent::HotelBooked(r(10)),
+    ] {
+        h.apply(e).await;
+    }
+    // BookCar fails once and waits a minute for its retry ...
     let worker = SagaWorker::<TripBooking, _, _>::new(h.store.clone(), h.bus.clone())
         .retry_policy(RetryPolicy::new(5).initial_delay(Duration::from_secs(60)));
     worker.run_once().await.unwrap();
-    h.apply(TripEvent::CarUnavailable(r(8))).await;
-    let saga = h.saga(8).await;
+    // ... when the car turns out unavailable
+    h.apply(TripEvent::CarUnavailable(r(10))).await;
+    let saga = h.saga(10).await;
+    assert_eq!(saga.status, SagaStatus::Compensating);
     let car = h
         .store
         .commands_of(saga.saga_id)
@@ -492,19 +524,48 @@ async fn compensation_cancels_undelivered_forward_commands() {
         .into_iter()
         .find(|c| c.command_type == "BookCar")
         .unwrap();
-    assert!(car.failed_at.is_some(), "the pending BookCar was cancelled");
-    assert!(car.last_error.unwrap().starts_with("cancelled"));
-    // the car step was attempted (maybe delivered), so it is compensated,
-    // but not before the cancelled attempt's retry time has passed
-    let cancel_car = h
+    assert!(
+        car.failed_at.is_none(),
+        "an attempted command runs its course"
+    );
+    // CancelCar is queued, but not handed out while BookCar is unresolved
+    let claimed = h
         .store
-        .commands_of(saga.saga_id)
+        .claim_commands("trip_booking", 10, Duration::from_secs(30))
         .await
-        .unwrap()
-        .into_iter()
-        .find(|c| c.command_type == "CancelCar")
         .unwrap();
-    assert!(cancel_car.next_attempt_at >= car.next_attempt_at);
+    assert!(claimed.is_empty(), "{claimed:?}");
+    // BookCar is given up: now the compensations go, newest first
+    h.store
+        .record_outcome(
+            &car,
+            CommandOutcome::Abandoned {
+                error: "gave up".into(),
+            },
+            |saga, progress| {
+                SagaEngine::<TripBooking>::on_outcome(
+                    saga,
+                    &car,
+                    &CommandOutcome::Abandoned {
+                        error: "gave up".into(),
+                    },
+                    progress,
+                )
+            },
+        )
+        .await
+        .unwrap();
+    h.bus.failing.lock().unwrap().clear();
+    h.settle().await;
+    assert_eq!(
+        h.bus.delivered()[2..],
+        [
+            TripCommand::CancelCar(10),
+            TripCommand::CancelHotel(10),
+            TripCommand::CancelFlight(10)
+        ]
+    );
+    assert_eq!(h.saga(10).await.status, SagaStatus::Failed);
 }
 
 #[tokio::test]
