@@ -383,7 +383,8 @@ async fn baseline_projection(pool: PgPool, events: PgEventStore) {
             .expect("load saga");
             let (next, status, command) = match (e.event_type.as_str(), &saga) {
                 ("bench.requested", None) => {
-                    let command = serde_json::to_string(&BenchCommand::ReserveSlot(lead)).unwrap();
+                    let command = serde_json::to_string(&BenchCommand::ReserveSlot(lead))
+                        .expect("a command serializes");
                     sqlx::query(BASELINE_INSERT)
                         .bind(Uuid::now_v7())
                         .bind(lead.to_string())
@@ -410,7 +411,10 @@ async fn baseline_projection(pool: PgPool, events: PgEventStore) {
             };
             let Some(saga) = saga else { continue };
             let (command_type, body) = match command {
-                Some((t, c)) => (Some(t), serde_json::to_string(&c).unwrap()),
+                Some((t, c)) => (
+                    Some(t),
+                    serde_json::to_string(&c).expect("a command serializes"),
+                ),
                 None => (None, "null".to_owned()),
             };
             let done = sqlx::query(BASELINE_UPDATE)
@@ -531,7 +535,11 @@ async fn breakdown() -> [(Duration, &'static str); 3] {
     }
     let projection = started.elapsed();
     assert_eq!(
-        sagas.list_unfinished(None, None, 1).await.unwrap().len(),
+        sagas
+            .list_unfinished(None, None, 1)
+            .await
+            .expect("list")
+            .len(),
         0,
         "every saga completed"
     );

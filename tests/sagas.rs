@@ -5,6 +5,7 @@
 //! The command bus is a simulated clinic: it applies each command once per
 //! idempotency key (counting duplicate deliveries), and answers with the
 //! event its script says, appended to the real event store.
+#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly, which is the point
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};

@@ -530,7 +530,7 @@ fn check(cx: &Ctxt, input: &DeriveInput, container: &ContainerAttrs, states: &[S
         }
     }
     for (event, _) in &container.overrides {
-        if !handled.iter().any(|h| *h == event) {
+        if !handled.contains(&event) {
             cx.error_spanned_by(
                 event,
                 format!(

@@ -337,4 +337,5 @@ pub(crate) mod private {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a test that unwraps fails loudly, which is the point
 mod tests;
