@@ -181,12 +181,13 @@ impl CommandBus<BenchCommand> for Sink {
 // --- the pipelines -----------------------------------------------------------------
 
 struct Pipeline {
-    _db: TestDatabase,
+    // fields drop in order: the tasks stop before their database goes
+    _tasks: Tasks,
     pool: PgPool,
     events: PgEventStore,
     confirmations: Arc<AtomicU64>,
     saga_type: &'static str,
-    _tasks: Tasks,
+    _db: TestDatabase,
 }
 
 enum Tasks {

@@ -151,7 +151,11 @@ pub trait SagaData: Default + Serialize + DeserializeOwned + Send + Sync + 'stat
 }
 
 /// How a saga's data builds one command payload `P`: one implementation per
-/// command (and compensating command) the saga issues.
+/// payload type of the commands (and compensating commands) the saga
+/// issues. Commands whose variants wrap the same payload type (say
+/// `ReserveSlot(LeadId)` and `ReleaseSlot(LeadId)`) share its
+/// implementation; give a command its own payload type to build it
+/// differently.
 ///
 /// ```
 /// use annals_core::Issue;
