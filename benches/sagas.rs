@@ -51,7 +51,7 @@ use common::{print_summary, run_group, runtime, Comparison, Op, Target};
 const SAGAS: usize = 200;
 const SAMPLES: usize = 10;
 /// Interleaved rounds of the paired comparison.
-const ROUNDS: usize = 4;
+const ROUNDS: usize = 10;
 /// Tasks appending the start events.
 const TASKS: usize = 8;
 /// The idle poll of both dispatchers.

@@ -548,6 +548,20 @@ impl SagaStore for PgSagaStore {
         F: FnMut(SagaRecord) -> Result<Option<SagaChange>, SagaError> + Send,
     {
         let fail = |e| SagaError::backend("firing saga timeouts", e);
+        // one cheap probe first: most scans find nothing due, and then need
+        // no transaction
+        let due: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM annals_sagas
+                             WHERE saga_type = $1 AND deadline_at IS NOT NULL AND deadline_at <= now()
+                               AND status IN ('pending', 'running'))",
+        )
+        .bind(saga_type)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(fail)?;
+        if !due {
+            return Ok(0);
+        }
         let mut conn = self.pool.acquire().await.map_err(fail)?;
         let mut tx = conn.begin().await.map_err(fail)?;
         let rows = sqlx::query(concat!(

@@ -117,6 +117,7 @@ pub struct SagaWorker<S, St, B> {
     batch_size: usize,
     lease: Duration,
     poll: Duration,
+    timeout_scan: Duration,
     _saga: PhantomData<fn() -> S>,
 }
 
@@ -127,8 +128,8 @@ where
     B: CommandBus<S::Command>,
 {
     /// A worker for saga `S` on `store`, delivering through `bus`, with the
-    /// default [`RetryPolicy`], batches of 64, a 30 s lease and a 250 ms
-    /// poll interval.
+    /// default [`RetryPolicy`], batches of 64, a 30 s lease, a 250 ms poll
+    /// interval and a timeout scan every second.
     pub fn new(store: St, bus: B) -> Self {
         SagaWorker {
             store,
@@ -137,6 +138,7 @@ where
             batch_size: 64,
             lease: Duration::from_secs(30),
             poll: Duration::from_millis(250),
+            timeout_scan: Duration::from_secs(1),
             _saga: PhantomData,
         }
     }
@@ -165,6 +167,14 @@ where
     /// How long [`run`](Self::run) sleeps after a round with nothing to do.
     pub fn poll_interval(mut self, poll: Duration) -> Self {
         self.poll = poll;
+        self
+    }
+
+    /// How often [`run`](Self::run) looks for timeouts that are due: a
+    /// timeout fires up to this late. Deadlines are stored, so this only
+    /// trades precision for queries.
+    pub fn timeout_scan_interval(mut self, interval: Duration) -> Self {
+        self.timeout_scan = interval;
         self
     }
 
@@ -316,14 +326,24 @@ where
     }
 
     /// Runs rounds until `shutdown` is triggered: back to back while there
-    /// is work, one poll interval apart when there is none. Errors (a
+    /// is work, one poll interval apart when there is none; timeouts are
+    /// looked for every [timeout scan
+    /// interval](Self::timeout_scan_interval). Errors (a
     /// database that went away) are logged and retried after the poll
     /// interval; the gauges are refreshed about every 5 s. A round in
     /// progress finishes before it returns.
     pub async fn run(&self, mut shutdown: Shutdown) {
         let mut last_gauges: Option<std::time::Instant> = None;
+        let mut last_scan: Option<std::time::Instant> = None;
         while !shutdown.is_triggered() {
-            let idle = match self.run_once().await {
+            let scan = last_scan.is_none_or(|t| t.elapsed() >= self.timeout_scan);
+            let round = if scan {
+                last_scan = Some(std::time::Instant::now());
+                self.run_once().await
+            } else {
+                self.dispatch().await
+            };
+            let idle = match round {
                 Ok(round) => round.is_idle(),
                 Err(e) => {
                     tracing::warn!(saga = S::NAME, error = %e, "saga worker round failed; retrying");
