@@ -1007,3 +1007,93 @@ async fn a_compensation_waits_for_the_delivery_it_undoes() {
     assert_eq!(next[0].command_type, "ReleaseSlot");
     assert!(next[0].compensation);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_written_log_caught_up_in_batches() {
+    // the whole story of 20 sagas is in the log before the runner starts
+    // (a new saga deployed over old events, or a runner that was down):
+    // each batch loads its sagas in one query and saves each once
+    let s = setup().await;
+    let mut leads = Vec::new();
+    for i in 0..20 {
+        let lead = Uuid::now_v7();
+        s.qualify(lead, Script::Books).await;
+        let r = || LeadRef { lead_id: lead };
+        let mut story = vec![ClinicEvent::SlotReserved(SlotReserved {
+            lead_id: lead,
+            slot: 3,
+        })];
+        story.push(ClinicEvent::DepositCharged(r()));
+        story.push(if i % 5 == 0 {
+            ClinicEvent::ConfirmationFailed(r())
+        } else {
+            ClinicEvent::ConfirmationSent(r())
+        });
+        for e in story {
+            s.events
+                .append_events(
+                    &format!("clinic-{lead}"),
+                    ExpectedVersion::Any,
+                    &[e],
+                    &Metadata::new(),
+                )
+                .await
+                .unwrap();
+        }
+        leads.push(lead);
+    }
+    let runner = runner(s.db.pool(), &s.events, &s.sagas).batch_size(50);
+    let mut applied = 0;
+    while applied < 80 {
+        applied += runner.catch_up().await.unwrap().events_applied;
+    }
+    for (i, lead) in leads.iter().enumerate() {
+        let saga = s.saga(*lead).await.unwrap();
+        // `fail` enters no state: a saga failed by its last event stays at step 2
+        let steps = if i % 5 == 0 { 2 } else { 3 };
+        assert_eq!(saga.current_step, steps, "{saga:?}");
+        // one write per batch the saga's story falls in (batches of 50 over
+        // stories of 4 events: one, or two at a batch boundary)
+        assert!(saga.version <= 2, "{saga:?}");
+        let commands = s.sagas.commands_of(saga.saga_id).await.unwrap();
+        let types: Vec<&str> = commands.iter().map(|c| c.command_type.as_str()).collect();
+        if i % 5 == 0 {
+            // failed at the last step: the forward commands were never
+            // attempted, so only compensations are queued, newest step first
+            assert_eq!(saga.status, SagaStatus::Compensating);
+            assert_eq!(types, ["CancelConfirmation"]);
+            assert_eq!(
+                commands[0].idempotency_key,
+                format!("{}/2/undo/0", saga.saga_id)
+            );
+        } else {
+            assert_eq!(saga.status, SagaStatus::Completed);
+            assert_eq!(types, ["ReserveSlot", "ChargeDeposit", "SendConfirmation"]);
+        }
+    }
+    // the worker then delivers what was recorded; the failed sagas end
+    // compensated (the clinic's replies to those deliveries are ignored:
+    // the sagas have moved on)
+    s.run_until_finished(&leads, Duration::from_secs(30)).await;
+    for (i, lead) in leads.iter().enumerate() {
+        let saga = s.saga(*lead).await.unwrap();
+        let expected = if i % 5 == 0 {
+            SagaStatus::Failed
+        } else {
+            SagaStatus::Completed
+        };
+        assert_eq!(saga.status, expected);
+    }
+    // a rebuild reads the whole log again: nothing moves twice
+    let before: Vec<SagaRecord> = {
+        let mut v = Vec::new();
+        for lead in &leads {
+            v.push(s.saga(*lead).await.unwrap());
+        }
+        v
+    };
+    runner.rebuild().await.unwrap();
+    for (lead, was) in leads.iter().zip(before) {
+        assert_eq!(s.saga(*lead).await.unwrap(), was);
+    }
+}

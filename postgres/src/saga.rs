@@ -308,6 +308,28 @@ impl SagaStore for PgSagaStore {
         row.as_ref().map(decode_saga).transpose()
     }
 
+    async fn load_many(
+        &self,
+        tx: &mut PgConnection,
+        saga_type: &str,
+        correlation_ids: &[String],
+    ) -> Result<Vec<SagaRecord>, SagaError> {
+        // locked in saga_id order: two transactions locking overlapping sets
+        // cannot deadlock
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            saga_columns!(),
+            " FROM annals_sagas WHERE saga_type = $1 AND correlation_id = ANY($2)
+              ORDER BY saga_id FOR UPDATE"
+        ))
+        .bind(saga_type)
+        .bind(correlation_ids)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(|e| SagaError::backend("loading sagas", e))?;
+        rows.iter().map(decode_saga).collect()
+    }
+
     async fn save(&self, tx: &mut PgConnection, change: &SagaChange) -> Result<(), SagaError> {
         save_on(tx, change).await
     }

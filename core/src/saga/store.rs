@@ -41,6 +41,26 @@ pub trait SagaStore: Clone + Send + Sync + 'static {
         correlation_id: &str,
     ) -> impl Future<Output = Result<Option<SagaRecord>, SagaError>> + Send;
 
+    /// The sagas of this type for these correlation ids (those that exist),
+    /// locked until `tx` ends. The default loads them one by one; a backend
+    /// can do it in one query (locking in a fixed order).
+    fn load_many(
+        &self,
+        tx: &mut Self::Tx,
+        saga_type: &str,
+        correlation_ids: &[String],
+    ) -> impl Future<Output = Result<Vec<SagaRecord>, SagaError>> + Send {
+        async move {
+            let mut out = Vec::with_capacity(correlation_ids.len());
+            for id in correlation_ids {
+                if let Some(saga) = self.load(tx, saga_type, id).await? {
+                    out.push(saga);
+                }
+            }
+            Ok(out)
+        }
+    }
+
     /// Writes a saga's change in `tx`: inserts or updates the row (an update
     /// only if the stored version is still `change.record.version`, else
     /// [`SagaError::Conflict`]; an insert for a correlation id that already

@@ -723,3 +723,90 @@ fn unknown_stored_state_is_a_typed_error() {
     let err = engine::on_timeout::<TripBooking>(record).unwrap_err();
     assert!(err.to_string().contains("state `Renamed`"), "{err}");
 }
+
+/// What a saga's outcome looks like, without ids, versions and times.
+fn shape(saga: &SagaRecord, commands: &[OutboxEntry]) -> String {
+    let steps: Vec<String> = saga
+        .completed_steps
+        .iter()
+        .map(|s| format!("{}:{}:{:?}", s.step, s.state, s.status))
+        .collect();
+    // commands that will be delivered: one by one, a command a later event
+    // of the batch cancels is recorded then cancelled; a batch never records
+    // it; either way it is never delivered
+    let commands: Vec<String> = commands
+        .iter()
+        .filter(|c| c.failed_at.is_none())
+        .map(|c| {
+            let key = c.idempotency_key.replacen(&saga.saga_id.to_string(), "", 1);
+            format!("{key} {}", c.command_type)
+        })
+        .collect();
+    format!(
+        "{} {} step {} last {:?} deadline {} steps {steps:?} commands {commands:?} data {}",
+        saga.status,
+        saga.state,
+        saga.current_step,
+        saga.last_event,
+        saga.deadline_at.is_some(),
+        saga.data
+    )
+}
+
+#[tokio::test]
+async fn a_batch_moves_sagas_as_its_events_one_by_one_would() {
+    let mut h = Harness::new();
+    let events: Vec<Envelope<TripEvent>> = [
+        TripEvent::Requested(r(1)),
+        TripEvent::Requested(r(2)),
+        TripEvent::FlightBooked(r(1)),
+        TripEvent::Note("not handled".into()),
+        TripEvent::Requested(r(3)),
+        TripEvent::FlightBooked(r(2)),
+        TripEvent::HotelBooked(r(1)),
+        TripEvent::CarBooked(r(1)), // saga 1 completes inside the batch
+        TripEvent::HotelBooked(r(2)),
+        TripEvent::CarUnavailable(r(2)), // saga 2 fails inside the batch
+        TripEvent::CarBooked(r(3)),      // not handled in saga 3's state
+        TripEvent::FlightBooked(r(9)),   // no saga 9
+    ]
+    .into_iter()
+    .map(|e| h.envelope(e))
+    .collect();
+    let one_by_one = InMemorySagaStore::new();
+    let projection = SagaProjection::<TripBooking, _>::new(one_by_one.clone());
+    for e in &events {
+        projection.apply(&mut MemoryTx::new(), e).await.unwrap();
+    }
+    h.projection
+        .apply_batch(&mut MemoryTx::new(), &events)
+        .await
+        .unwrap();
+    // a second delivery of the whole batch changes nothing
+    h.projection
+        .apply_batch(&mut MemoryTx::new(), &events)
+        .await
+        .unwrap();
+    for trip in [1u64, 2, 3] {
+        let a = one_by_one
+            .find_by_correlation_id("trip_booking", &trip.to_string())
+            .await
+            .unwrap()
+            .unwrap();
+        let b = h.saga(trip).await;
+        assert_eq!(
+            shape(&a, &one_by_one.commands_of(a.saga_id).await.unwrap()),
+            shape(&b, &h.store.commands_of(b.saga_id).await.unwrap()),
+            "trip {trip}"
+        );
+    }
+    assert_eq!(h.saga(1).await.status, SagaStatus::Completed);
+    let failed = h.saga(2).await;
+    assert_eq!(failed.status, SagaStatus::Compensating);
+    assert!(h
+        .store
+        .find_by_correlation_id("trip_booking", "9")
+        .await
+        .unwrap()
+        .is_none());
+}
