@@ -417,8 +417,8 @@ fn loads(c: &mut Criterion, rt: &Runtime, rows: &mut Vec<Comparison>) {
                 .expect("snapshot")
                 .expect("the repository wrote a snapshot");
             assert_eq!(saved.version, n as u64);
-            // the tail aggregate: a server-side copy of the stream, its
-            // stream row and its snapshot, then 99 commands
+            // the tail aggregate: a server-side copy of the stream and its
+            // snapshot, then 99 commands
             sqlx::query(
                 "INSERT INTO annals_events (event_id, stream_id, stream_version, event_type, schema_version, payload, metadata)
                  SELECT gen_random_uuid(), $2, stream_version, event_type, schema_version, payload, metadata
@@ -429,12 +429,6 @@ fn loads(c: &mut Criterion, rt: &Runtime, rows: &mut Vec<Comparison>) {
             .execute(&pool)
             .await
             .expect("copy the stream");
-            sqlx::query("INSERT INTO annals_streams (stream_id, version) VALUES ($1, $2)")
-                .bind(&tail_stream)
-                .bind(n as i64)
-                .execute(&pool)
-                .await
-                .expect("copy the stream row");
             sqlx::query(
                 "INSERT INTO annals_snapshots (aggregate_type, aggregate_id, version, state, fingerprint, codec_version)
                  SELECT aggregate_type, $2, version, state, fingerprint, codec_version
@@ -451,7 +445,7 @@ fn loads(c: &mut Criterion, rt: &Runtime, rows: &mut Vec<Comparison>) {
                     .expect("tail command");
             }
         }
-        sqlx::raw_sql("VACUUM (ANALYZE) annals_events, annals_streams, annals_snapshots")
+        sqlx::raw_sql("VACUUM (ANALYZE) annals_events, annals_snapshots")
             .execute(&pool)
             .await
             .expect("vacuum");
@@ -905,7 +899,7 @@ const CREATE_COPY: &str = "CREATE TABLE bench_events (LIKE annals_events INCLUDI
 /// Every iteration starts from the same state: 1,000 aggregates of FEW
 /// events, in annals' tables and in the copy table.
 const RESEED: &str = "
-TRUNCATE annals_events, annals_streams, annals_snapshots, bench_events;
+TRUNCATE annals_events, annals_snapshots, bench_events;
 INSERT INTO annals_events (event_id, stream_id, stream_version, event_type, schema_version, payload, metadata)
 SELECT gen_random_uuid(), 'lead-c' || a, v, 'lead.scored', 2,
        jsonb_build_object(
@@ -917,11 +911,10 @@ SELECT gen_random_uuid(), 'lead-c' || a, v, 'lead.scored', 2,
        '{\"user\": \"bench\"}'::jsonb
 FROM generate_series(0, 999) a, generate_series(1, 5) v
 ORDER BY a, v;
-INSERT INTO annals_streams (stream_id, version) SELECT 'lead-c' || a, 5 FROM generate_series(0, 999) a;
 INSERT INTO bench_events (event_id, stream_id, stream_version, event_type, schema_version, payload, metadata)
 SELECT gen_random_uuid(), stream_id, stream_version, event_type, schema_version, payload, metadata
 FROM annals_events ORDER BY position;
-ANALYZE annals_events, annals_streams, annals_snapshots, bench_events;
+ANALYZE annals_events, annals_snapshots, bench_events;
 ";
 
 const COPY_SELECT: &str =
@@ -931,13 +924,12 @@ const COPY_INSERT: &str = "INSERT INTO bench_events (event_id, stream_id, stream
      VALUES ($1, $2, $3 + 1, $4, $5, $6::jsonb, $7::jsonb)";
 const TABLES_SELECT: &str =
     "SELECT payload FROM annals_events WHERE stream_id = $1 ORDER BY stream_version";
-/// annals' guarantee, hand-written: the stream row decides the version check,
-/// in the same statement as the event row.
-const TABLES_INSERT: &str = "WITH bump AS (
-         UPDATE annals_streams SET version = version + 1, updated_at = now()
-         WHERE stream_id = $2 AND version = $3 RETURNING version)
-     INSERT INTO annals_events (event_id, stream_id, stream_version, event_type, schema_version, payload, metadata)
-     SELECT $1, $2, bump.version, $4, $5, $6::jsonb, $7::jsonb FROM bump";
+/// annals' guarantee, hand-written on annals' table: the unique
+/// (stream_id, stream_version) key is the version check (a conflict inserts
+/// nothing), and the NOTIFY trigger fires.
+const TABLES_INSERT: &str = "INSERT INTO annals_events (event_id, stream_id, stream_version, event_type, schema_version, payload, metadata)
+     VALUES ($1, $2, $3 + 1, $4, $5, $6::jsonb, $7::jsonb)
+     ON CONFLICT ON CONSTRAINT annals_events_stream_version_key DO NOTHING";
 
 #[derive(Clone)]
 enum Runner {
@@ -953,18 +945,12 @@ enum Runner {
     LoadSql,
 }
 
-/// Diagnostic baseline: the copy-table baseline's INSERT into annals_events
-/// itself (its NOTIFY trigger fires), without the stream row.
-const EVENTS_ONLY_INSERT: &str = "INSERT INTO annals_events (event_id, stream_id, stream_version, event_type, schema_version, payload, metadata)
-     VALUES ($1, $2, $3 + 1, $4, $5, $6::jsonb, $7::jsonb)";
-
 /// Diagnostic: annals' one-event append for `ExpectedVersion::Exact`
-/// (`append_one_sql!` + `APPEND_ONE_EXACT` in postgres/src/store.rs, as of
-/// commit 88a6a4a).
-const ANNALS_APPEND_ONE_EXACT: &str = "WITH bump AS (UPDATE annals_streams SET version = version + $2, updated_at = now()
-     WHERE stream_id = $1 AND version = $8 RETURNING version)
+/// (`append_one_sql!(base_exact!())` in postgres/src/store.rs).
+const ANNALS_APPEND_ONE_EXACT: &str = "WITH base AS (SELECT $7::int8 AS v WHERE EXISTS (SELECT 1 FROM annals_events WHERE stream_id = $1 AND stream_version = $7))
              INSERT INTO annals_events (event_id, stream_id, stream_version, event_type, schema_version, payload, metadata)
-             SELECT $3, $1, bump.version, $4, $5, $6::jsonb, $7::jsonb FROM bump
+             SELECT $2, $1, base.v + 1, $3, $4, $5::jsonb, $6::jsonb FROM base
+             ON CONFLICT ON CONSTRAINT annals_events_stream_version_key DO NOTHING
              RETURNING position, transaction_id::text::int8 AS tx, stream_version, recorded_at";
 
 async fn command(
@@ -1051,7 +1037,6 @@ async fn command(
             let event = decide(&state, cmd).expect("decide");
             let out = sqlx::query(ANNALS_APPEND_ONE_EXACT)
                 .bind(stream)
-                .bind(1i64)
                 .bind(Uuid::now_v7())
                 .bind("lead.scored")
                 .bind(2i32)
@@ -1189,20 +1174,16 @@ fn commands(c: &mut Criterion, rt: &Runtime, rows: &mut Vec<Comparison>) {
             let Runner::Annals(repo) = &annals else {
                 unreachable!()
             };
-            ops.extend::<[(&str, Op<'_>); 3]>([
+            ops.extend::<[(&str, Op<'_>); 2]>([
                 (
                     "diag_load_only_annals",
                     op(Runner::LoadAnnals(repo.clone()), 1),
                 ),
                 ("diag_load_only_sqlx", op(Runner::LoadSql, 1)),
-                (
-                    "diag_sqlx_events_only",
-                    op(Runner::Sql(TABLES_SELECT, EVENTS_ONLY_INSERT), 1),
-                ),
             ]);
             pairs.extend([
                 ("diag_load_only_annals", "diag_load_only_sqlx"),
-                ("diag_sqlx_events_only", "sqlx_copy_table"),
+                ("sqlx_annals_tables", "sqlx_copy_table"),
             ]);
         }
         run_group(
@@ -1283,15 +1264,9 @@ fn commands(c: &mut Criterion, rt: &Runtime, rows: &mut Vec<Comparison>) {
                 Target::None,
             ),
             (
-                "  diag: events-only baseline / copy table (trigger)",
-                "diag_sqlx_events_only",
-                "sqlx_copy_table",
-                Target::None,
-            ),
-            (
-                "  diag: same-tables / events-only (stream row)",
+                "  diag: same-tables baseline / copy table (trigger, ON CONFLICT)",
                 "sqlx_annals_tables",
-                "diag_sqlx_events_only",
+                "sqlx_copy_table",
                 Target::None,
             ),
         ] {

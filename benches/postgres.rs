@@ -68,7 +68,7 @@ async fn build_store(pool: &PgPool, validate: bool) -> PgEventStore {
 }
 
 async fn truncate(pool: &PgPool) {
-    sqlx::query("TRUNCATE annals_events, annals_streams")
+    sqlx::query("TRUNCATE annals_events")
         .execute(pool)
         .await
         .expect("truncate");
@@ -96,35 +96,28 @@ fn baseline_row(e: &LeadEvent, meta: &Metadata) -> (Uuid, String, String) {
 }
 
 /// Diagnostic: annals' own append statement for `ExpectedVersion::NoStream`,
-/// copied from postgres/src/store.rs (`append_sql!` + `APPEND_NO_STREAM`), run
-/// through plain sqlx: separates the statement's cost from the client side.
-const ANNALS_APPEND_NO_STREAM: &str = "WITH bump AS (INSERT INTO annals_streams (stream_id, version) VALUES ($1, $2)
-     ON CONFLICT (stream_id) DO NOTHING RETURNING version),
-             ins AS (
+/// copied from postgres/src/store.rs (`append_sql!(base_no_stream!())`),
+/// run through plain sqlx: separates the statement's cost from the client
+/// side.
+const ANNALS_APPEND_NO_STREAM: &str = "WITH base AS (SELECT 0::int8 AS v),
+             e AS (SELECT * FROM UNNEST($2::uuid[], $3::text[], $4::int4[], $5::text[], $6::text[])
+                   WITH ORDINALITY AS e(id, t, sv, p, m, ord)),
+             first AS (
                  INSERT INTO annals_events (event_id, stream_id, stream_version, event_type, schema_version, payload, metadata)
-                 SELECT e.id, $1, bump.version - $2 + e.ord, e.t, e.v, e.p::jsonb, e.m::jsonb
-                 FROM bump, UNNEST($3::uuid[], $4::text[], $5::int4[], $6::text[], $7::text[])
-                      WITH ORDINALITY AS e(id, t, v, p, m, ord)
-                 ORDER BY e.ord
+                 SELECT e.id, $1, base.v + 1, e.t, e.sv, e.p::jsonb, e.m::jsonb FROM base, e WHERE e.ord = 1
+                 ON CONFLICT ON CONSTRAINT annals_events_stream_version_key DO NOTHING
+                 RETURNING position, transaction_id, stream_version, recorded_at
+             ),
+             rest AS (
+                 INSERT INTO annals_events (event_id, stream_id, stream_version, event_type, schema_version, payload, metadata)
+                 SELECT e.id, $1, first.stream_version - 1 + e.ord, e.t, e.sv, e.p::jsonb, e.m::jsonb
+                 FROM first, e WHERE e.ord > 1 ORDER BY e.ord
                  RETURNING position, transaction_id, stream_version, recorded_at
              )
-             SELECT position, transaction_id::text::int8 AS tx, stream_version, recorded_at FROM ins ORDER BY position";
-
-/// Diagnostic: the smallest statement with annals' guarantee (the stream row
-/// decides the expected-version check, in the same statement as the event
-/// row): plain VALUES, no arrays, nothing returned.
-const TWO_TABLES_ONE: &str = "WITH bump AS (INSERT INTO annals_streams (stream_id, version) VALUES ($2, 1)
-     ON CONFLICT (stream_id) DO NOTHING RETURNING version)
-     INSERT INTO annals_events (event_id, stream_id, stream_version, event_type, schema_version, payload, metadata)
-     SELECT $1, $2, bump.version, $4, $5, $6::jsonb, $7::jsonb FROM bump";
-
-/// Diagnostic: the candidate single-event statement: `TWO_TABLES_ONE`
-/// returning what an `AppendResult` needs.
-const TWO_TABLES_ONE_RETURNING: &str = "WITH bump AS (INSERT INTO annals_streams (stream_id, version) VALUES ($2, 1)
-     ON CONFLICT (stream_id) DO NOTHING RETURNING version)
-     INSERT INTO annals_events (event_id, stream_id, stream_version, event_type, schema_version, payload, metadata)
-     SELECT $1, $2, bump.version, $4, $5, $6::jsonb, $7::jsonb FROM bump
-     RETURNING position, transaction_id::text::int8 AS tx, stream_version, recorded_at";
+             SELECT position, transaction_id::text::int8 AS tx, stream_version, recorded_at FROM first
+             UNION ALL
+             SELECT position, transaction_id::text::int8 AS tx, stream_version, recorded_at FROM rest
+             ORDER BY stream_version";
 
 /// Diagnostic: the baseline's INSERT returning what an `AppendResult` needs:
 /// the floor of a design that checks expected versions with the
@@ -167,12 +160,8 @@ enum Writer {
     Annals(PgEventStore),
     /// The baseline: one plain INSERT into annals_events.
     PlainInsert,
-    /// Diagnostic: annals' statement, bound by hand.
+    /// Diagnostic: annals' batch statement, bound by hand.
     AnnalsSql,
-    /// Diagnostic: stream row + event row in one plain statement.
-    TwoTables,
-    /// Diagnostic: the same, returning position, transaction and time.
-    TwoTablesReturning,
     /// Diagnostic: the plain INSERT, returning position, transaction and time.
     PlainReturning,
 }
@@ -197,7 +186,6 @@ async fn write_one(writer: &Writer, pool: &PgPool, stream: &str, e: &LeadEvent, 
             let (id, payload, metadata) = baseline_row(e, meta);
             let rows = sqlx::query(ANNALS_APPEND_NO_STREAM)
                 .bind(stream)
-                .bind(1i64)
                 .bind(vec![id])
                 .bind(vec!["lead.scored"])
                 .bind(vec![2i32])
@@ -209,14 +197,9 @@ async fn write_one(writer: &Writer, pool: &PgPool, stream: &str, e: &LeadEvent, 
             assert_eq!(rows.len(), 1);
             return;
         }
-        Writer::TwoTablesReturning | Writer::PlainReturning => {
-            let sql = if matches!(writer, Writer::PlainReturning) {
-                INSERT_ONE_RETURNING
-            } else {
-                TWO_TABLES_ONE_RETURNING
-            };
+        Writer::PlainReturning => {
             let (id, payload, metadata) = baseline_row(e, meta);
-            let row = sqlx::query(sql)
+            let row = sqlx::query(INSERT_ONE_RETURNING)
                 .bind(id)
                 .bind(stream)
                 .bind(1i64)
@@ -226,7 +209,7 @@ async fn write_one(writer: &Writer, pool: &PgPool, stream: &str, e: &LeadEvent, 
                 .bind(metadata)
                 .fetch_one(pool)
                 .await
-                .expect("two tables returning");
+                .expect("plain insert returning");
             black_box((
                 row.get::<i64, _>(0),
                 row.get::<i64, _>(1),
@@ -236,7 +219,6 @@ async fn write_one(writer: &Writer, pool: &PgPool, stream: &str, e: &LeadEvent, 
             return;
         }
         Writer::PlainInsert => INSERT_ONE,
-        Writer::TwoTables => TWO_TABLES_ONE,
     };
     let (id, payload, metadata) = baseline_row(e, meta);
     let done = sqlx::query(sql)
@@ -317,14 +299,6 @@ fn append_single(c: &mut Criterion, rt: &Runtime) {
                     op(Writer::AnnalsSql, concurrency),
                 ),
                 (
-                    "diag_two_tables_plain_sql",
-                    op(Writer::TwoTables, concurrency),
-                ),
-                (
-                    "diag_two_tables_returning",
-                    op(Writer::TwoTablesReturning, concurrency),
-                ),
-                (
                     "diag_plain_insert_returning",
                     op(Writer::PlainReturning, concurrency),
                 ),
@@ -333,10 +307,6 @@ fn append_single(c: &mut Criterion, rt: &Runtime) {
                 ("annals_validated", "sqlx_baseline"),
                 ("annals_unvalidated", "sqlx_baseline"),
                 ("annals_unvalidated", "diag_annals_sql_via_sqlx"),
-                ("diag_annals_sql_via_sqlx", "diag_two_tables_plain_sql"),
-                ("diag_two_tables_plain_sql", "sqlx_baseline"),
-                ("diag_two_tables_returning", "sqlx_baseline"),
-                ("diag_two_tables_returning", "diag_two_tables_plain_sql"),
                 ("diag_plain_insert_returning", "sqlx_baseline"),
             ],
             ROUNDS,
@@ -969,42 +939,10 @@ fn main() {
                 Target::None,
             ),
             row(
-                label(format!("  diag {what}: annals SQL / plain 2-table SQL")),
-                key("diag_annals_sql_via_sqlx"),
-                key("diag_two_tables_plain_sql"),
-                SINGLE,
-                Target::None,
-            ),
-            row(
-                label(format!("  diag {what}: plain 2-table SQL / plain INSERT")),
-                key("diag_two_tables_plain_sql"),
-                key("sqlx_baseline"),
-                SINGLE,
-                Target::None,
-            ),
-            row(
-                label(format!(
-                    "  diag {what}: 2-table SQL+RETURNING / 2-table SQL"
-                )),
-                key("diag_two_tables_returning"),
-                key("diag_two_tables_plain_sql"),
-                SINGLE,
-                Target::None,
-            ),
-            row(
                 label(format!(
                     "  diag {what}: plain INSERT+RETURNING / plain INSERT"
                 )),
                 key("diag_plain_insert_returning"),
-                key("sqlx_baseline"),
-                SINGLE,
-                Target::ThroughputAtLeast(0.9),
-            ),
-            row(
-                label(format!(
-                    "  diag {what}: 2-table SQL+RETURNING / plain INSERT"
-                )),
-                key("diag_two_tables_returning"),
                 key("sqlx_baseline"),
                 SINGLE,
                 Target::ThroughputAtLeast(0.9),

@@ -23,6 +23,18 @@ use uuid::Uuid;
 
 type BoxError = Box<dyn StdError>;
 
+/// `cargo run --example clinic -- serve`: the clinic as an HTTP service.
+#[path = "clinic/service.rs"]
+pub(crate) mod service;
+
+/// Tour section: projections, dead letters, circuit breakers.
+#[path = "clinic/projections.rs"]
+mod projections;
+
+/// Tour section: a saga, with compensation.
+#[path = "clinic/sagas.rs"]
+mod sagas;
+
 // ---------------------------------------------------------------------------
 // The application's events
 // ---------------------------------------------------------------------------
@@ -666,311 +678,159 @@ async fn tour<S: EventStore + Clone, N: SnapshotStore>(
 }
 
 // ---------------------------------------------------------------------------
-// The booking saga (the saga tour: `saga_tour`, called from the main flow)
+// The knowledge base (RAG): documents in, similarity search out
 // ---------------------------------------------------------------------------
 
-/// The front desk asks for an appointment for a qualified lead.
-#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq)]
-struct AppointmentRequested {
-    lead_id: Uuid,
-    name: String,
-}
-
-/// The scheduler held a slot for the lead.
-#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq)]
-struct SlotReserved {
-    lead_id: Uuid,
-    slot: String,
-}
-
-/// The messenger's report on a confirmation.
-#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq)]
-struct ConfirmationReport {
-    lead_id: Uuid,
-}
-
-/// The events the booking saga reads: `booking.appointment_requested`, ...
-#[derive(Event, Debug, Clone, PartialEq)]
-enum BookingEvent {
-    AppointmentRequested(AppointmentRequested),
-    SlotReserved(SlotReserved),
-    ConfirmationSent(ConfirmationReport),
-    ConfirmationFailed(ConfirmationReport),
-}
-
-/// A slot, for the scheduler.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
-struct SlotRequest {
-    lead_id: Uuid,
-    slot: Option<String>,
-}
-
-/// A message, for the messenger.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
-struct Message {
-    lead_id: Uuid,
-    to: String,
-    slot: Option<String>,
-}
-
-/// The commands the saga issues to the clinic's services.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
-enum BookingCommand {
-    ReserveSlot(SlotRequest),
-    ReleaseSlot(SlotRequest),
-    SendConfirmation(Message),
-    WithdrawConfirmation(Message),
-}
-
-/// What the saga knows about one booking.
-#[derive(Serialize, Deserialize, Debug, Default)]
-struct Booking {
-    lead_id: Uuid,
-    name: String,
-    slot: Option<String>,
-}
-
-impl annals::SagaData for Booking {
-    type Event = BookingEvent;
-    fn apply(&mut self, event: &BookingEvent) {
-        match event {
-            BookingEvent::AppointmentRequested(e) => {
-                self.lead_id = e.lead_id;
-                self.name = e.name.clone();
-            }
-            BookingEvent::SlotReserved(e) => self.slot = Some(e.slot.clone()),
-            BookingEvent::ConfirmationSent(_) | BookingEvent::ConfirmationFailed(_) => {}
-        }
+/// A clinic FAQ document as the CMS would publish it (a `document.added`
+/// event in a real application, applied by `InMemoryKnowledgeProjection`
+/// or `PgKnowledgeProjection`; here through the same ingest path directly).
+fn faq(
+    clinic: &str,
+    language: &str,
+    tags: &[&str],
+    title: &str,
+    content: &str,
+) -> annals::rag::Document {
+    annals::rag::Document {
+        document_id: Uuid::now_v7(),
+        meta: annals::rag::DocumentMeta {
+            source_type: "faq".into(),
+            title: title.into(),
+            clinic_id: Some(clinic.into()),
+            language: Some(language.into()),
+            tags: tags.iter().map(|t| (*t).to_owned()).collect(),
+            metadata: Default::default(),
+        },
+        content: content.into(),
     }
 }
 
-impl annals::Issue<SlotRequest> for Booking {
-    fn issue(&self) -> SlotRequest {
-        SlotRequest {
-            lead_id: self.lead_id,
-            slot: self.slot.clone(),
-        }
-    }
-}
-
-impl annals::Issue<Message> for Booking {
-    fn issue(&self) -> Message {
-        Message {
-            lead_id: self.lead_id,
-            to: self.name.clone(),
-            slot: self.slot.clone(),
-        }
-    }
-}
-
-/// A qualified lead → reserve a slot → send the confirmation → booked. If
-/// the confirmation fails or times out, the saga compensates: it withdraws
-/// the confirmation and releases the slot, newest step first. A misspelt
-/// state, a state with no way out or a step without compensation would not
-/// compile. (A real clinic would give the confirmation a day, not 1.5 s.)
-#[derive(annals::Saga, Debug, Clone, Copy, PartialEq, Eq)]
-#[saga(event = BookingEvent, command = BookingCommand, data = Booking,
-       correlation = Uuid, correlate = lead_id)]
-enum AppointmentBooking {
-    #[saga(start = AppointmentRequested, issue = ReserveSlot, compensate = ReleaseSlot,
-           on(SlotReserved => Confirming), timeout("1m"))]
-    Reserving,
-    #[saga(issue = SendConfirmation, compensate = WithdrawConfirmation,
-           on(ConfirmationSent => Booked, ConfirmationFailed => fail), timeout("1500ms"))]
-    Confirming,
-    #[saga(terminal)]
-    Booked,
-}
-
-/// The clinic's scheduler and messenger, behind the saga's command bus.
-/// They apply each command once per idempotency key, and report back with
-/// events: Bruno's phone bounces the confirmation, Carla's never answers.
-#[derive(Clone)]
-struct ClinicServices<S> {
-    events: S,
-    applied: std::sync::Arc<std::sync::Mutex<Vec<(String, BookingCommand)>>>,
-}
-
-impl<S: EventStore + Clone + 'static> annals::CommandBus<BookingCommand> for ClinicServices<S> {
-    async fn dispatch(
-        &self,
-        d: annals::Dispatch<BookingCommand>,
-    ) -> Result<(), annals::HandlerError> {
-        let reply = {
-            let mut applied = self.applied.lock().unwrap_or_else(|p| p.into_inner());
-            if applied.iter().any(|(key, _)| *key == d.idempotency_key) {
-                return Ok(()); // delivered again: already applied
-            }
-            applied.push((d.idempotency_key.clone(), d.command.clone()));
-            match &d.command {
-                BookingCommand::ReserveSlot(r) => Some(BookingEvent::SlotReserved(SlotReserved {
-                    lead_id: r.lead_id,
-                    slot: format!("Tue 10:{:02}", r.lead_id.as_u128() % 60),
-                })),
-                BookingCommand::SendConfirmation(m) if m.to == "Bruno" => {
-                    Some(BookingEvent::ConfirmationFailed(ConfirmationReport {
-                        lead_id: m.lead_id,
-                    }))
-                }
-                BookingCommand::SendConfirmation(m) if m.to == "Carla" => None,
-                BookingCommand::SendConfirmation(m) => {
-                    Some(BookingEvent::ConfirmationSent(ConfirmationReport {
-                        lead_id: m.lead_id,
-                    }))
-                }
-                BookingCommand::ReleaseSlot(_) | BookingCommand::WithdrawConfirmation(_) => None,
-            }
-        };
-        if let Some(event) = reply {
-            let lead = match &event {
-                BookingEvent::SlotReserved(e) => e.lead_id,
-                BookingEvent::ConfirmationSent(e) | BookingEvent::ConfirmationFailed(e) => {
-                    e.lead_id
-                }
-                BookingEvent::AppointmentRequested(e) => e.lead_id,
-            };
-            self.events
-                .append_events(
-                    &format!("booking-{lead}"),
-                    ExpectedVersion::Any,
-                    &[event],
-                    &Metadata::new().with_causation_id(d.saga_id),
-                )
-                .await
-                .map_err(annals::HandlerError::dependency)?;
-        }
-        Ok(())
-    }
-}
-
-/// The saga tour: three bookings through the projection runner and the
-/// saga worker, on the same stores as the rest of the tour.
-async fn saga_tour<S, B, St>(events: &S, projections: B, sagas: St, n: u32) -> Result<(), BoxError>
-where
-    S: annals::WatchLog + Clone + 'static,
-    B: annals::ProjectionStore<Conn = St::Tx>,
-    St: annals::SagaStore,
-{
-    use annals::{ProjectionRunner, Saga, SagaProjection, SagaStatus, SagaWorker, StepStatus};
-    use std::time::{Duration, Instant};
-
-    section(
-        n,
-        "A saga: book an appointment, compensate when a step fails",
-    );
-    say("#[derive(Saga)] on `AppointmentBooking` checked this shape when the example compiled:");
-    for line in AppointmentBooking::definition().to_string().lines() {
-        say(&format!("  {line}"));
-    }
-    let services = ClinicServices {
-        events: events.clone(),
-        applied: Default::default(),
+/// The knowledge base tour, on any backend: ingest FAQ documents in English
+/// and Romanian, search them per clinic, and re-embed them with a new model
+/// (the weekly refresh job). Clinic ids start with `run`.
+async fn knowledge_tour<K: annals::rag::KnowledgeBase>(kb: &K, run: &str) -> Result<(), BoxError> {
+    use annals::rag::{
+        CachedEmbedder, DocumentEvent, Embedder, EmbeddingRefresh, HashingEmbedder,
+        InMemoryEmbeddingCache, Ingestor, Schedule, Scope, SearchQuery,
     };
-    let runner = ProjectionRunner::new(
-        events.clone(),
-        projections,
-        std::sync::Arc::new(SagaProjection::<AppointmentBooking, _>::new(sagas.clone())),
-    )
-    .poll_interval(Duration::from_millis(100))
-    .spawn();
-    let worker = SagaWorker::<AppointmentBooking, _, _>::new(sagas.clone(), services.clone())
-        .poll_interval(Duration::from_millis(50))
-        .spawn();
-    let leads: Vec<(Uuid, &str)> = ["Ana", "Bruno", "Carla"]
-        .into_iter()
-        .map(|name| (Uuid::now_v7(), name))
-        .collect();
-    for (lead, name) in &leads {
-        events
-            .append_events(
-                &format!("booking-{lead}"),
-                ExpectedVersion::Any,
-                &[BookingEvent::AppointmentRequested(AppointmentRequested {
-                    lead_id: *lead,
-                    name: (*name).to_owned(),
-                })],
-                &Metadata::new().with_user("front-desk"),
-            )
-            .await?;
+    println!();
+    println!("K. The knowledge base (RAG): documents in, similarity search out");
+    let cluj = format!("{run}clinic-cluj");
+    let iasi = format!("{run}clinic-iasi");
+    // A deterministic local embedder (hashed words and character trigrams,
+    // 384 dimensions), behind a cache. In production: `HttpEmbedder` (any
+    // OpenAI-compatible /v1/embeddings) and `RedisEmbeddingCache`.
+    let embedder = CachedEmbedder::new(
+        HashingEmbedder::new(384),
+        InMemoryEmbeddingCache::new(10_000),
+    );
+    let ingestor = Ingestor::new(embedder);
+    let docs = [
+        faq(&cluj, "en", &["hours"], "Opening hours", "The clinic is open Monday to Friday from 8:00 to 20:00 and on Saturday from 9:00 to 14:00. On Sundays the clinic is closed."),
+        faq(&cluj, "ro", &["hours"], "Program", "Clinica este deschisă de luni până vineri între 8:00 și 20:00, iar sâmbăta între 9:00 și 14:00. Duminica clinica este închisă."),
+        faq(&cluj, "ro", &["prices"], "Prețuri", "O consultație costă 150 de lei. Detartrajul costă 250 de lei, iar albirea profesională 1200 de lei."),
+        faq(&cluj, "en", &["parking"], "Parking", "Patients park for free in the courtyard behind the clinic; the entrance is from the side street."),
+        faq(&iasi, "en", &["hours"], "Opening hours", "Our Iasi clinic is open every day from 10:00 to 18:00, Sundays included."),
+    ];
+    let mut chunks = 0;
+    for doc in &docs {
+        chunks += kb
+            .ingest(&ingestor, &DocumentEvent::Added(doc.clone()))
+            .await?
+            .embedded;
     }
-    say("The front desk asked for appointments for Ana, Bruno and Carla. `SagaProjection` (run by the");
-    say("`ProjectionRunner`) started a saga per lead; `SagaWorker` delivered the commands to the clinic's services.");
-    let started = Instant::now();
-    let mut finished = Vec::new();
-    while finished.len() < leads.len() {
-        if started.elapsed() > Duration::from_secs(30) {
-            return Err("the booking sagas did not finish within 30 s".into());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        finished.clear();
-        for (lead, name) in &leads {
-            if let Some(saga) = sagas
-                .find_by_correlation_id(AppointmentBooking::NAME, &lead.to_string())
-                .await?
-                .filter(|s| s.status.is_finished())
-            {
-                finished.push((*name, saga));
-            }
-        }
-    }
-    runner.stop().await?;
-    worker.stop().await;
-    let applied = services
-        .applied
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    for (name, saga) in &finished {
+    say(&format!("Ingested {} FAQ documents (English and Romanian, two clinics): {chunks} chunk(s) embedded by `{}`.", docs.len(), ingestor.embedder().model()));
+    let again = kb
+        .ingest(&ingestor, &DocumentEvent::Updated(docs[1].clone()))
+        .await?;
+    say(&format!("Publishing the Romanian hours again unchanged: {} chunk(s) unchanged, {} embedded, nothing written.", again.unchanged, again.embedded));
+    say(&format!(
+        "The embedding cache holds {} vectors, keyed by (model, SHA-256 of the text).",
+        ingestor.embedder().cache().len()
+    ));
+
+    for (question, language) in [
+        ("When is the clinic open on Saturday?", "en"),
+        ("Cât costă o consultație?", "ro"),
+    ] {
+        let query = SearchQuery::new(Scope::Clinic(cluj.clone()), 2)
+            .language(language)
+            .min_similarity(0.2);
         say(&format!(
-            "  {name}: {} in state `{}` after {} step(s){}",
-            saga.status,
-            saga.state,
-            saga.completed_steps.len(),
-            saga.error_message
-                .as_deref()
-                .map_or_else(String::new, |e| format!(": {e}"))
+            "Search `{question}` for clinic-cluj, language {language}, similarity >= 0.2:"
         ));
-        let prefix = saga.saga_id.to_string();
-        for (key, command) in applied.iter().filter(|(k, _)| k.starts_with(&prefix)) {
-            let key = key.replacen(&prefix, "{saga}", 1);
-            let what = match command {
-                BookingCommand::ReserveSlot(_) => "ReserveSlot".to_owned(),
-                BookingCommand::ReleaseSlot(r) => {
-                    format!("ReleaseSlot {}", r.slot.as_deref().unwrap_or("(none held)"))
-                }
-                BookingCommand::SendConfirmation(m) | BookingCommand::WithdrawConfirmation(m) => {
-                    let verb = match command {
-                        BookingCommand::SendConfirmation(_) => "SendConfirmation",
-                        _ => "WithdrawConfirmation",
-                    };
-                    format!(
-                        "{verb} to {} for {}",
-                        m.to,
-                        m.slot.as_deref().unwrap_or("?")
-                    )
-                }
-            };
-            say(&format!("      {key:<16} {what}"));
+        for hit in kb
+            .search_text(ingestor.embedder(), question, &query)
+            .await?
+        {
+            let preview: String = hit.entry.content.chars().take(60).collect();
+            say(&format!(
+                "  {:.2}  {:<14} {preview}...",
+                hit.similarity, hit.entry.document.title
+            ));
         }
     }
-    let statuses: Vec<SagaStatus> = finished.iter().map(|(_, s)| s.status).collect();
-    if statuses
-        != [
-            SagaStatus::Completed,
-            SagaStatus::Failed,
-            SagaStatus::Failed,
-        ]
-        || finished[1..].iter().any(|(_, s)| {
-            s.completed_steps
-                .iter()
-                .any(|st| st.status != StepStatus::Compensated)
-        })
+    let iasi_hits = kb
+        .search_text(
+            ingestor.embedder(),
+            "opening hours",
+            &SearchQuery::new(Scope::Clinic(iasi.clone()), 10),
+        )
+        .await?;
+    if iasi_hits
+        .iter()
+        .any(|h| h.entry.document.clinic_id.as_deref() != Some(iasi.as_str()))
     {
-        return Err("the booking sagas did not end as the clinic's services scripted".into());
+        return Err("a clinic saw another clinic's rows".into());
     }
-    say("Each command carries an idempotency key derived from the saga and the step (`{saga}/{step}/{n}`,");
-    say("compensations `{saga}/{step}/undo/{n}`): a service that remembers the keys applies a redelivered command once.");
-    why("the saga's state, its commands (an outbox) and the runner's checkpoint commit together; after a crash the worker delivers what was recorded, timeouts fire from stored deadlines, and a failure undoes the steps that were done, newest first.");
+    say(&format!("clinic-iasi asking for opening hours gets {} hit(s), all its own: a scope is part of every query.", iasi_hits.len()));
+
+    let schedule: Schedule = "0 3 * * 0".parse()?;
+    let new_model = HashingEmbedder::new(384).with_seed(2);
+    say(&format!(
+        "The configured model changes to `{}`. The refresh job is scheduled `{schedule}` (Sundays 03:00 UTC; next: {});",
+        new_model.model(),
+        schedule.next_after(chrono::Utc::now()).format("%a %Y-%m-%d %H:%M")
+    ));
+    say("here it runs now, in batches of 2 (default 100), with a progress bar:");
+    let refresh = EmbeddingRefresh::new(new_model.clone()).batch_size(2);
+    let outcome = refresh
+        .run(kb, |p| {
+            let width = 20;
+            let filled = (p.done * width).checked_div(p.total).unwrap_or(width) as usize;
+            say(&format!(
+                "  [{}{}] {}/{}",
+                "#".repeat(filled),
+                ".".repeat(width as usize - filled),
+                p.done,
+                p.total
+            ));
+        })
+        .await?;
+    say(&format!(
+        "Refreshed {} of {} stale row(s){}. A crashed run resumes after its last stored batch.",
+        outcome.refreshed,
+        outcome.total,
+        if outcome.resumed {
+            " (resumed an unfinished job)"
+        } else {
+            ""
+        }
+    ));
+    let hits = kb
+        .search_text(
+            &new_model,
+            "When is the clinic open on Saturday?",
+            &SearchQuery::new(Scope::Clinic(cluj.clone()), 1),
+        )
+        .await?;
+    if let Some(hit) = hits.first() {
+        say(&format!(
+            "Searching with the new model: {:.2} {}.",
+            hit.similarity, hit.entry.document.title
+        ));
+    }
+    why("retrieval for the clinic's assistant: documents arrive as events, unchanged text is never embedded twice, every query is confined to one clinic, and a model change is a resumable background job.");
     Ok(())
 }
 
@@ -1016,7 +876,7 @@ async fn on_postgres(url: &str) -> Result<(), BoxError> {
     say("Log readers only read below it: every transaction there has finished, so none can commit later behind a checkpoint.");
     say("xids are server-wide: a long-open transaction in any database of this server holds readers back;");
     say("`PgEventStore::horizon()` shows by how much, for health checks and alerts.");
-    match PgEventStore::builder(pool)
+    match PgEventStore::builder(pool.clone())
         .register::<ReshapedLeadScored>()
         .build()
         .await
@@ -1029,20 +889,31 @@ async fn on_postgres(url: &str) -> Result<(), BoxError> {
         Ok(_) => return Err("the database accepted a changed schema".into()),
     }
     why("the database remembers every schema it stored events with, so a deployment with a silently changed payload refuses to start.");
-    let pool = store.pool().clone();
-    saga_tour(
+    projections::tour(
         &store,
         annals::postgres::PgProjectionStore::new(pool.clone()),
-        annals::postgres::PgSagaStore::new(pool),
+        &run,
         11,
     )
     .await?;
+    sagas::tour(
+        &store,
+        annals::postgres::PgProjectionStore::new(pool.clone()),
+        annals::postgres::PgSagaStore::new(pool.clone()),
+        12,
+    )
+    .await?;
+    knowledge_tour(&annals::postgres::PgKnowledgeBase::new(pool), &run).await?;
     Ok(())
 }
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
     let database_url = std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty());
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("serve") {
+        return serve(database_url.as_deref(), &args[1..]).await;
+    }
     match database_url {
         #[cfg(feature = "postgres")]
         Some(url) => on_postgres(&url).await?,
@@ -1055,16 +926,72 @@ async fn main() -> Result<(), BoxError> {
             println!("==================================");
             let store = InMemoryEventStore::new();
             tour(&store, InMemorySnapshotStore::new(), "").await?;
-            saga_tour(
+            projections::tour(&store, annals::InMemoryProjectionStore::new(), "", 10).await?;
+            sagas::tour(
                 &store,
                 annals::InMemoryProjectionStore::new(),
                 annals::InMemorySagaStore::new(),
-                10,
+                11,
             )
             .await?;
+            knowledge_tour(&annals::rag::InMemoryKnowledgeBase::new(), "").await?;
             println!();
             println!("The tour ran in memory. To run it on Postgres: `scripts/with-services cargo run --example clinic` (or set DATABASE_URL).");
         }
     }
+    Ok(())
+}
+
+/// Runs the clinic as a service until Ctrl-C: `serve [--port N]` (default
+/// 8080), on Postgres when `DATABASE_URL` is set, in memory otherwise.
+async fn serve(database_url: Option<&str>, args: &[String]) -> Result<(), BoxError> {
+    let port: u16 = match args {
+        [] => 8080,
+        [flag, port] if flag == "--port" => port
+            .parse()
+            .map_err(|e| format!("--port {port}: not a port number ({e})"))?,
+        _ => return Err("usage: cargo run --example clinic -- serve [--port N]".into()),
+    };
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets(&[
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ])?
+        .install_recorder()?;
+    let listener = tokio::net::TcpListener::bind(("0.0.0.0", port)).await?;
+    let stale_after = std::time::Duration::from_secs(300);
+    let service = match database_url {
+        #[cfg(feature = "postgres")]
+        Some(url) => {
+            use annals::postgres::{migrate, sqlx::PgPool, PgEventStore};
+            let pool = PgPool::connect(url).await?;
+            migrate(&pool).await?;
+            let store = PgEventStore::builder(pool)
+                .register::<LeadEvent>()
+                .build()
+                .await?;
+            service::start(store, listener, metrics, stale_after)?
+        }
+        #[cfg(not(feature = "postgres"))]
+        Some(_) => {
+            return Err("DATABASE_URL is set, but this build has no `postgres` feature".into())
+        }
+        None => service::start(InMemoryEventStore::new(), listener, metrics, stale_after)?,
+    };
+    println!(
+        "clinic service on http://{} (store: {}); try:",
+        service.addr,
+        if database_url.is_some() {
+            "Postgres"
+        } else {
+            "in memory"
+        }
+    );
+    println!(
+        "  curl -X POST localhost:{port}/leads/ana/commands -H 'content-type: application/json' \\\n       -d '{{\"type\":\"create\",\"name\":\"Ana\",\"treatment\":\"implant\"}}'"
+    );
+    println!("  curl localhost:{port}/leads/ana   curl localhost:{port}/health/ready   curl localhost:{port}/metrics");
+    tokio::signal::ctrl_c().await?;
+    println!("stopping");
+    service.stop().await?;
     Ok(())
 }

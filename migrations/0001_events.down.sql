@@ -7,4 +7,3 @@ DROP FUNCTION annals_notify_events();
 DROP INDEX annals_events_type;
 DROP INDEX annals_events_global_order;
 DROP TABLE annals_events;
-DROP TABLE annals_streams;

@@ -27,9 +27,9 @@
 -- replay everything", never an error. That is why they are plain columns and
 -- not part of the key.
 --
--- aggregate_id is the aggregate's stream id (text, like annals_streams).
--- There is deliberately no foreign key to annals_streams: a snapshot is a
--- cache, and its write must not contend with appends on the stream row.
+-- aggregate_id is the aggregate's stream id (text, like
+-- annals_events.stream_id). There is no foreign key: a snapshot is a cache,
+-- and its write must not contend with appends.
 CREATE TABLE annals_snapshots (
     aggregate_type text NOT NULL,
     aggregate_id   text NOT NULL,

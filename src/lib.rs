@@ -25,7 +25,8 @@ pub use annals_postgres as postgres;
 pub mod prelude {
     pub use annals_core::{
         given, Aggregate, AggregateState, Envelope, Event, EventStore, EventStoreExt,
-        ExpectedVersion, InMemoryEventStore, InMemorySnapshotStore, Metadata, Repository,
+        ExpectedVersion, InMemoryEventStore, InMemorySnapshotStore, Metadata, Projection,
+        Repository,
     };
     pub use annals_core::{CommandBus, Issue, Saga, SagaData, SagaProjection, SagaWorker};
     pub use annals_macros::{Aggregate, Event, Saga};

@@ -31,6 +31,7 @@ mod event;
 mod memory;
 pub mod metrics;
 mod projection;
+pub mod rag;
 mod repository;
 mod retry;
 mod saga;
@@ -77,8 +78,8 @@ pub use schema::{
 pub use shutdown::{Shutdown, ShutdownTrigger};
 pub use snapshot::{InMemorySnapshotStore, NoSnapshots, Snapshot, SnapshotStore};
 pub use store::{
-    AppendResult, Backlog, EventStore, EventStoreExt, ExpectedVersion, Horizon, StoredPayload,
-    Watch, WatchLog,
+    AppendResult, Backlog, EventStore, EventStoreExt, ExpectedVersion, Horizon, PayloadRef,
+    StoredPayload, Watch, WatchLog,
 };
 
 /// Support code for the derive macros. Not public API: it may change in any

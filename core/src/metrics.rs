@@ -2,6 +2,52 @@
 //! facade (the application picks the exporter). Labels are bounded: type
 //! names and reasons, never ids.
 
+/// Every metric name annals records (for dashboards, alert rules and the
+/// test that checks them).
+pub const ALL: &[&str] = &[
+    EVENTS_APPENDED_TOTAL,
+    APPEND_DURATION_SECONDS,
+    APPEND_CONFLICTS_TOTAL,
+    COMMANDS_TOTAL,
+    COMMAND_RETRIES_TOTAL,
+    SNAPSHOT_HITS_TOTAL,
+    SNAPSHOT_MISSES_TOTAL,
+    SNAPSHOT_INVALIDATIONS_TOTAL,
+    SNAPSHOT_WRITES_TOTAL,
+    SNAPSHOT_WRITE_ERRORS_TOTAL,
+    EVENTS_REPLAYED_TOTAL,
+    RETRIES_TOTAL,
+    PROJECTION_LAG_SECONDS,
+    PROJECTION_EVENTS_BEHIND,
+    PROJECTION_STALE,
+    PROJECTION_FAILED,
+    PROJECTION_EVENTS_APPLIED_TOTAL,
+    PROJECTION_BATCH_DURATION_SECONDS,
+    HORIZON_LAG_SECONDS,
+    HORIZON_EVENTS_HELD_BACK,
+    DEAD_LETTERS_PENDING,
+    DEAD_LETTERS_PARKED_TOTAL,
+    DEAD_LETTERS_REPLAYED_TOTAL,
+    CIRCUIT_BREAKER_STATE,
+    CIRCUIT_BREAKER_TRANSITIONS_TOTAL,
+    EMBEDDING_CACHE_HITS_TOTAL,
+    EMBEDDING_CACHE_MISSES_TOTAL,
+    EMBEDDER_CALLS_TOTAL,
+    EMBEDDER_TEXTS_TOTAL,
+    EMBEDDER_ERRORS_TOTAL,
+    EMBEDDING_REFRESH_ROWS_TOTAL,
+    EMBEDDING_REFRESH_PENDING_ROWS,
+    KNOWLEDGE_SEARCH_DURATION_SECONDS,
+    SAGA_STATUS_CHANGES_TOTAL,
+    SAGAS_UNFINISHED,
+    SAGA_STEPS_TOTAL,
+    SAGA_COMPENSATIONS_TOTAL,
+    SAGA_TIMEOUTS_TOTAL,
+    SAGA_COMMANDS_DISPATCHED_TOTAL,
+    SAGA_COMMAND_FAILURES_TOTAL,
+    SAGA_OUTBOX_PENDING,
+];
+
 /// Events appended (counter; labels `event_type`, `store` = `memory` |
 /// `postgres`). An append inside a caller's transaction is counted when the
 /// statement succeeds, even if the caller later rolls back.
@@ -107,6 +153,75 @@ pub const CIRCUIT_BREAKER_STATE: &str = "annals_circuit_breaker_state";
 /// `closed` | `half_open` | `open`).
 pub const CIRCUIT_BREAKER_TRANSITIONS_TOTAL: &str = "annals_circuit_breaker_transitions_total";
 
+// knowledge base
+
+/// Embedding cache lookups answered from the cache (counter; labels `model`,
+/// `cache` = `memory` | `redis` | the cache's own name).
+pub const EMBEDDING_CACHE_HITS_TOTAL: &str = "annals_embedding_cache_hits_total";
+/// Embedding cache lookups that missed and went to the embedder (counter;
+/// labels `model`, `cache`).
+pub const EMBEDDING_CACHE_MISSES_TOTAL: &str = "annals_embedding_cache_misses_total";
+/// Embedding requests served by an embedder: one per batch, and one per
+/// HTTP request for the HTTP embedder, retries included (counter; label
+/// `model`).
+pub const EMBEDDER_CALLS_TOTAL: &str = "annals_embedder_calls_total";
+/// Texts embedded (counter; label `model`).
+pub const EMBEDDER_TEXTS_TOTAL: &str = "annals_embedder_texts_total";
+/// Failed embedder requests (counter; labels `model`, `kind` =
+/// `rate_limited` | `status` | `timeout` | `transport` | `malformed`).
+pub const EMBEDDER_ERRORS_TOTAL: &str = "annals_embedder_errors_total";
+/// Rows re-embedded by the embedding refresh job (counter; label `model`:
+/// the target model).
+pub const EMBEDDING_REFRESH_ROWS_TOTAL: &str = "annals_embedding_refresh_rows_total";
+/// Rows the running embedding refresh job still has to re-embed (gauge;
+/// label `model`).
+pub const EMBEDDING_REFRESH_PENDING_ROWS: &str = "annals_embedding_refresh_pending_rows";
+/// Duration of knowledge base searches (histogram, seconds; label `store` =
+/// `memory` | `postgres`).
+pub const KNOWLEDGE_SEARCH_DURATION_SECONDS: &str = "annals_knowledge_search_duration_seconds";
+
+/// Counts one embedder request of `texts` texts.
+#[doc(hidden)]
+pub fn record_embedder_call(model: &str, texts: usize) {
+    metrics::counter!(EMBEDDER_CALLS_TOTAL, "model" => model.to_owned()).increment(1);
+    metrics::counter!(EMBEDDER_TEXTS_TOTAL, "model" => model.to_owned()).increment(texts as u64);
+}
+
+/// Counts one failed embedder request.
+#[doc(hidden)]
+pub fn record_embedder_error(model: &str, kind: &'static str) {
+    metrics::counter!(EMBEDDER_ERRORS_TOTAL, "model" => model.to_owned(), "kind" => kind)
+        .increment(1);
+}
+
+/// Counts embedding cache hits and misses of one lookup.
+#[doc(hidden)]
+pub fn record_embedding_cache(model: &str, cache: &'static str, hits: usize, misses: usize) {
+    if hits > 0 {
+        metrics::counter!(EMBEDDING_CACHE_HITS_TOTAL, "model" => model.to_owned(), "cache" => cache)
+            .increment(hits as u64);
+    }
+    if misses > 0 {
+        metrics::counter!(EMBEDDING_CACHE_MISSES_TOTAL, "model" => model.to_owned(), "cache" => cache)
+            .increment(misses as u64);
+    }
+}
+
+/// Records one knowledge base search's duration.
+#[doc(hidden)]
+pub fn record_knowledge_search(store: &'static str, started: std::time::Instant) {
+    metrics::histogram!(KNOWLEDGE_SEARCH_DURATION_SECONDS, "store" => store)
+        .record(started.elapsed().as_secs_f64());
+}
+
+/// Records a refresh batch: `rows` re-embedded, `pending` left.
+#[doc(hidden)]
+pub fn record_refresh_progress(model: &str, rows: u64, pending: u64) {
+    metrics::counter!(EMBEDDING_REFRESH_ROWS_TOTAL, "model" => model.to_owned()).increment(rows);
+    metrics::gauge!(EMBEDDING_REFRESH_PENDING_ROWS, "model" => model.to_owned())
+        .set(pending as f64);
+}
+
 // sagas
 
 /// Sagas entering a status (counter; labels `saga` = the saga type,
@@ -141,4 +256,25 @@ pub const SAGA_OUTBOX_PENDING: &str = "annals_saga_outbox_pending";
 pub fn record_saga_status(saga: &'static str, status: crate::SagaStatus) {
     metrics::counter!(SAGA_STATUS_CHANGES_TOTAL, "saga" => saga, "status" => status.as_str())
         .increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    /// `ALL` lists every `pub const` metric name of this file.
+    #[test]
+    fn all_lists_every_metric() {
+        let source = include_str!("metrics.rs");
+        let declared: Vec<&str> = source
+            .lines()
+            .filter_map(|l| l.strip_prefix("pub const "))
+            .filter_map(|l| l.split_once(": &str = \""))
+            .map(|(_, rest)| rest.trim_end_matches("\";"))
+            .collect();
+        assert!(declared.len() > 10, "{declared:?}");
+        for name in &declared {
+            assert!(super::ALL.contains(name), "metrics::ALL lacks {name}");
+            assert!(name.starts_with("annals_"), "{name}");
+        }
+        assert_eq!(declared.len(), super::ALL.len(), "ALL has a name twice");
+    }
 }

@@ -203,19 +203,21 @@ impl<A: Aggregate, S: EventStore, N: SnapshotStore> Repository<A, S, N> {
                 }
             }
         }
-        // only types, versions and payloads: a load needs no envelopes
-        self.store.registry().register::<A::Event>()?;
-        let stored = self
+        // only types, versions and payloads, folded as they arrive: a load
+        // needs no envelopes and never holds the stream in memory
+        let registry = self.store.registry();
+        registry.register::<A::Event>()?;
+        let (state, version) = (&mut loaded.state, &mut loaded.version);
+        let replayed = self
             .store
-            .read_stream_payloads(&stream, loaded.version + 1)
+            .fold_stream_payloads(&stream, *version + 1, |p| {
+                let event = crate::store::decode_payload::<A::Event>(registry, &stream, p)?;
+                state.apply(&event);
+                *version = p.stream_version;
+                Ok(())
+            })
             .await?;
-        let events =
-            crate::store::decode_payloads::<A::Event>(self.store.registry(), &stream, stored)?;
-        for (version, e) in &events {
-            loaded.state.apply(e);
-            loaded.version = *version;
-        }
-        loaded.events_replayed = events.len() as u64;
+        loaded.events_replayed = replayed;
         metrics::counter!(m::EVENTS_REPLAYED_TOTAL, "aggregate" => A::TYPE)
             .increment(loaded.events_replayed);
         Ok(loaded)

@@ -111,6 +111,22 @@ pub struct Backlog {
     pub oldest_recorded_at: Option<DateTime<Utc>>,
 }
 
+/// One stored payload, borrowed from wherever the store holds it while a
+/// stream is folded ([`EventStore::fold_stream_payloads`]).
+#[derive(Debug, Clone, Copy)]
+pub struct PayloadRef<'a> {
+    /// The event's global position.
+    pub position: u64,
+    /// The event's version in its stream.
+    pub stream_version: u64,
+    /// The event type.
+    pub event_type: &'a str,
+    /// The stored schema version.
+    pub schema_version: u32,
+    /// The JSON payload.
+    pub payload: &'a serde_json::value::RawValue,
+}
+
 /// The outcome of a successful append.
 #[derive(Debug, Clone)]
 pub struct AppendResult {
@@ -187,6 +203,36 @@ pub trait EventStore: Send + Sync {
                     payload: r.payload,
                 })
                 .collect())
+        }
+    }
+
+    /// Calls `f` with each payload of a stream from `from_version`
+    /// (inclusive), in version order, as the rows arrive; returns how many
+    /// there were. Loading an aggregate folds its events this way without
+    /// holding the stream in memory. An error from `f` stops the fold and is
+    /// returned. The default reads [`read_stream_payloads`](Self::read_stream_payloads)
+    /// first; backends override it to decode rows as they stream in.
+    fn fold_stream_payloads<F>(
+        &self,
+        stream_id: &str,
+        from_version: u64,
+        mut f: F,
+    ) -> impl Future<Output = Result<u64, Error>> + Send
+    where
+        F: FnMut(PayloadRef<'_>) -> Result<(), Error> + Send,
+    {
+        async move {
+            let stored = self.read_stream_payloads(stream_id, from_version).await?;
+            for p in &stored {
+                f(PayloadRef {
+                    position: p.position,
+                    stream_version: p.stream_version,
+                    event_type: &p.event_type,
+                    schema_version: p.schema_version,
+                    payload: &p.payload,
+                })?;
+            }
+            Ok(stored.len() as u64)
         }
     }
 
@@ -343,25 +389,20 @@ fn decode_registered<E: Event>(
     Ok(recorded.map(|_| event))
 }
 
-/// Decodes stored payloads of one stream; `E` must already be registered.
-pub(crate) fn decode_payloads<E: Event>(
+/// Decodes one stored payload of a stream; `E` must already be registered.
+pub(crate) fn decode_payload<E: Event>(
     registry: &SchemaRegistry,
     stream_id: &str,
-    stored: Vec<StoredPayload>,
-) -> Result<Vec<(u64, E)>, Error> {
-    stored
-        .into_iter()
-        .map(|p| {
-            decode_parts::<E>(registry, &p.event_type, p.schema_version, &p.payload)
-                .map(|e| (p.stream_version, e))
-                .map_err(|source| Error::Decode {
-                    position: p.position,
-                    stream_id: stream_id.to_owned(),
-                    stream_version: p.stream_version,
-                    source,
-                })
-        })
-        .collect()
+    p: PayloadRef<'_>,
+) -> Result<E, Error> {
+    decode_parts::<E>(registry, p.event_type, p.schema_version, p.payload).map_err(|source| {
+        Error::Decode {
+            position: p.position,
+            stream_id: stream_id.to_owned(),
+            stream_version: p.stream_version,
+            source,
+        }
+    })
 }
 
 /// Validates an old-version payload against its own schema, then decodes

@@ -22,6 +22,7 @@
 //! ```
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod knowledge;
 mod migrate;
 mod projection;
 mod saga;
@@ -33,6 +34,7 @@ mod store;
 pub mod testing;
 
 pub use annals_core::Horizon;
+pub use knowledge::{quote_literal, PgKnowledgeBase, PgKnowledgeProjection, PgKnowledgeWriter};
 pub use migrate::{migrate, migrate_down, MIGRATIONS_TABLE};
 pub use projection::{PgLease, PgProjectionStore};
 pub use saga::PgSagaStore;

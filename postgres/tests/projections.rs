@@ -1,5 +1,6 @@
 //! Projection runners, dead letters and circuit breakers against a real
 //! PostgreSQL (DATABASE_URL; the test command `scripts/test` starts one).
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};

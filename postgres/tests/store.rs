@@ -37,7 +37,7 @@ async fn conformance() {
     annals_core::testing::conformance::run(move |validate| {
         let pool = pool.clone();
         async move {
-            sqlx::query("TRUNCATE annals_events, annals_streams")
+            sqlx::query("TRUNCATE annals_events")
                 .execute(&pool)
                 .await
                 .expect("truncate between conformance checks");
@@ -77,7 +77,6 @@ async fn migrations_go_up_down_and_up_again() {
     let up = tables(pool.clone()).await;
     for t in [
         "annals_events",
-        "annals_streams",
         "annals_event_schemas",
         "annals_snapshots",
         "annals_projection_checkpoints",
@@ -456,6 +455,118 @@ async fn append_in_a_callers_transaction_is_atomic_with_it() {
         .await
         .expect("count");
     assert_eq!(n, 1);
+
+    // a conflict inside the caller's transaction is a typed error and
+    // leaves that transaction usable (no statement failed)
+    let mut tx = db.pool().begin().await.expect("begin");
+    for expected in [ExpectedVersion::NoStream, ExpectedVersion::Exact(7)] {
+        let err = store
+            .append_in(
+                &mut tx,
+                "t",
+                expected,
+                vec![new_event(&created("a")), new_event(&created("b"))],
+            )
+            .await
+            .expect_err("conflict");
+        let conflict = err.as_conflict().expect("a version conflict");
+        assert_eq!(conflict.actual, Some(1));
+    }
+    sqlx::query("INSERT INTO side VALUES (2)")
+        .execute(&mut *tx)
+        .await
+        .expect("the transaction is still usable after a conflict");
+    store
+        .append_in(
+            &mut tx,
+            "t",
+            ExpectedVersion::Exact(1),
+            vec![new_event(&created("c"))],
+        )
+        .await
+        .expect("append after the conflict");
+    tx.commit().await.expect("commit");
+    assert_eq!(store.stream_version("t").await.expect("v"), Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_appends_keep_versions_contiguous() {
+    let db = TestDatabase::new().await;
+    let store = db.store().await;
+    store.registry().register::<TestEvent>().expect("register");
+    // `Any` appends never conflict: losers of a race retry after the winner
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..10 {
+                let events = (0..1 + (w + i) % 3)
+                    .map(|k| new_event(&created(&format!("w{w}-{i}-{k}"))))
+                    .collect();
+                store
+                    .append("any", ExpectedVersion::Any, events)
+                    .await
+                    .expect("an Any append never conflicts");
+            }
+        }));
+    }
+    // `Exact` appends racing for the same version: exactly one wins each round
+    let mut exact = Vec::new();
+    for _ in 0..8 {
+        let store = store.clone();
+        exact.push(tokio::spawn(async move {
+            let mut won = 0;
+            for round in 0..10u64 {
+                let at = store.stream_version("exact").await.expect("version");
+                let expected = ExpectedVersion::from_current(at);
+                match store
+                    .append(
+                        "exact",
+                        expected,
+                        vec![
+                            new_event(&created(&format!("r{round}a"))),
+                            new_event(&created(&format!("r{round}b"))),
+                        ],
+                    )
+                    .await
+                {
+                    Ok(_) => won += 1,
+                    Err(Error::Conflict(_)) => {}
+                    Err(e) => panic!("unexpected error: {e}"),
+                }
+            }
+            won
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    let mut won = 0;
+    for t in exact {
+        won += t.await.expect("task");
+    }
+    for (stream, expected_len) in [("any", None), ("exact", Some(won * 2))] {
+        let events = store.read_stream(stream, 1, 10_000).await.expect("read");
+        let versions: Vec<u64> = events.iter().map(|e| e.stream_version).collect();
+        let contiguous: Vec<u64> = (1..=events.len() as u64).collect();
+        assert_eq!(versions, contiguous, "{stream}: versions have no gaps");
+        if let Some(n) = expected_len {
+            assert_eq!(events.len() as u64, n, "{stream}: every win, in full");
+            // the two events of each win are adjacent: no batch interleaves
+            assert!(n > 0, "some Exact append won");
+            let name = |e: &annals_core::RecordedEvent| -> String {
+                let v: serde_json::Value = serde_json::from_str(e.payload.get()).expect("json");
+                v["name"].as_str().expect("a name").to_owned()
+            };
+            for pair in events.chunks(2) {
+                let (a, b) = (name(&pair[0]), name(&pair[1]));
+                let round = a
+                    .strip_suffix('a')
+                    .expect("a batch starts with its `a` event");
+                assert_eq!(b, format!("{round}b"), "the batch's `b` event follows it");
+            }
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,3 +5,4 @@
 
 pub mod conformance;
 pub mod events;
+pub mod knowledge;

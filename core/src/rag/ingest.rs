@@ -1,0 +1,380 @@
+//! Documents as events, and the one ingest code path: chunk, hash, skip
+//! what is unchanged, embed the rest, write.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use super::cache::hex;
+use super::chunk::Chunker;
+use super::embedder::{check_vectors, Embedder};
+use super::knowledge::{
+    validate_model_name, ChunkRow, DocumentMeta, KnowledgeError, KnowledgeWriter, RowOp,
+    StoredEmbedding,
+};
+
+/// A document of the knowledge base, as an event carries it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Document {
+    /// The document's id: its anchor row's id in the knowledge base.
+    pub document_id: Uuid,
+    /// Its fields (title, clinic, language, source type, tags, metadata).
+    #[serde(flatten)]
+    pub meta: DocumentMeta,
+    /// The full text; the ingestor chunks it.
+    pub content: String,
+}
+
+/// A document taken out of the knowledge base.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct DocumentRetired {
+    /// The document.
+    pub document_id: Uuid,
+}
+
+/// The events that feed the knowledge base: `document.added`,
+/// `document.updated` and `document.retired`.
+///
+/// Append them to any stream (say `document-{id}`); the knowledge base
+/// projection, or [`KnowledgeBase::ingest`](super::KnowledgeBase::ingest)
+/// called directly, applies them. Added and updated are handled alike (an
+/// upsert), so replaying either is harmless.
+#[derive(Debug, Clone, PartialEq, annals_macros::Event)]
+#[event(crate = "crate")]
+pub enum DocumentEvent {
+    /// A new document.
+    Added(Document),
+    /// A new version of a document.
+    Updated(Document),
+    /// The document is withdrawn: its rows stay, inactive, and searches no
+    /// longer see them.
+    Retired(DocumentRetired),
+}
+
+impl DocumentEvent {
+    /// The document the event is about.
+    pub fn document_id(&self) -> Uuid {
+        match self {
+            DocumentEvent::Added(d) | DocumentEvent::Updated(d) => d.document_id,
+            DocumentEvent::Retired(r) => r.document_id,
+        }
+    }
+}
+
+/// The content hash of a chunk: SHA-256 (hex) of the document id's 16 bytes
+/// followed by the chunk's UTF-8 text.
+///
+/// The knowledge base stores each hash once, so the same text is stored
+/// once per document: a repeated chunk is kept at its first position, and
+/// re-ingesting unchanged text writes nothing. The document id is part of
+/// the hash on purpose: documents come and go independently (one retired
+/// must not take another's text with it) and a clinic's document never
+/// shares a row with another clinic's. The same text in two documents is
+/// still embedded only once when the embedder is a
+/// [`CachedEmbedder`](super::CachedEmbedder), whose key is the text alone.
+pub fn chunk_hash(document_id: Uuid, content: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(document_id.as_bytes());
+    h.update(content.as_bytes());
+    hex(&h.finalize())
+}
+
+/// What one ingest did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct IngestReport {
+    /// The document.
+    pub document_id: Uuid,
+    /// Chunks the content was split into (repeats included).
+    pub chunks: usize,
+    /// Rows written with a new embedding: new or changed text, or text
+    /// whose stored embedding is of another model.
+    pub embedded: usize,
+    /// Rows left exactly as they were.
+    pub unchanged: usize,
+    /// Rows whose text was kept but whose other fields (position, title,
+    /// tags, ...) were rewritten, without embedding.
+    pub updated: usize,
+    /// Rows deleted (their text left the document).
+    pub deleted: usize,
+    /// Rows marked retired.
+    pub retired: usize,
+    /// Chunks that repeat an earlier chunk of the same document (stored
+    /// once).
+    pub repeated: usize,
+}
+
+impl IngestReport {
+    /// Whether the ingest wrote nothing.
+    pub fn is_noop(&self) -> bool {
+        self.embedded == 0 && self.updated == 0 && self.deleted == 0 && self.retired == 0
+    }
+}
+
+/// The ingest code path, shared by every backend and by the projection:
+/// chunk the document, hash each chunk, compare with the stored rows, embed
+/// only new or changed text (through whatever embedder it holds: wrap it in
+/// a [`CachedEmbedder`](super::CachedEmbedder)), write.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+/// use annals_core::rag::*;
+///
+/// let kb = InMemoryKnowledgeBase::new();
+/// let ingestor = Ingestor::new(HashingEmbedder::new(64));
+/// let doc = Document {
+///     document_id: uuid::Uuid::now_v7(),
+///     meta: DocumentMeta {
+///         source_type: "faq".into(),
+///         title: "Opening hours".into(),
+///         clinic_id: Some("clinic-1".into()),
+///         language: Some("en".into()),
+///         tags: vec![],
+///         metadata: Default::default(),
+///     },
+///     content: "We are open Monday to Friday, 8 to 20.".into(),
+/// };
+/// let first = kb.ingest(&ingestor, &DocumentEvent::Added(doc.clone())).await?;
+/// assert_eq!(first.embedded, 1);
+/// let again = kb.ingest(&ingestor, &DocumentEvent::Updated(doc)).await?;
+/// assert!(again.is_noop()); // unchanged: nothing embedded, nothing written
+/// # Ok::<(), KnowledgeError>(())
+/// # }).unwrap();
+/// ```
+#[derive(Debug, Clone)]
+pub struct Ingestor<E> {
+    embedder: E,
+    chunker: Chunker,
+}
+
+impl<E: Embedder> Ingestor<E> {
+    /// An ingestor with the default [`Chunker`].
+    pub fn new(embedder: E) -> Self {
+        Ingestor {
+            embedder,
+            chunker: Chunker::default(),
+        }
+    }
+
+    /// Uses `chunker` to split documents.
+    pub fn with_chunker(mut self, chunker: Chunker) -> Self {
+        self.chunker = chunker;
+        self
+    }
+
+    /// The embedder.
+    pub fn embedder(&self) -> &E {
+        &self.embedder
+    }
+
+    /// The chunker.
+    pub fn chunker(&self) -> &Chunker {
+        &self.chunker
+    }
+
+    /// Applies one event through `writer`: what a projection calls per
+    /// event, inside its transaction.
+    pub async fn apply<W: KnowledgeWriter>(
+        &self,
+        writer: &mut W,
+        event: &DocumentEvent,
+    ) -> Result<IngestReport, KnowledgeError> {
+        match event {
+            DocumentEvent::Added(doc) | DocumentEvent::Updated(doc) => {
+                self.upsert(writer, doc).await
+            }
+            DocumentEvent::Retired(r) => {
+                let rows = writer.document_rows(r.document_id).await?;
+                let ops: Vec<RowOp> = rows
+                    .iter()
+                    .filter(|row| row.is_active)
+                    .map(|row| RowOp::Deactivate(row.id))
+                    .collect();
+                let report = IngestReport {
+                    document_id: r.document_id,
+                    retired: ops.len(),
+                    unchanged: rows.len() - ops.len(),
+                    ..IngestReport::default()
+                };
+                if !ops.is_empty() {
+                    writer.apply(r.document_id, ops).await?;
+                }
+                Ok(report)
+            }
+        }
+    }
+
+    async fn upsert<W: KnowledgeWriter>(
+        &self,
+        writer: &mut W,
+        doc: &Document,
+    ) -> Result<IngestReport, KnowledgeError> {
+        let model = self.embedder.model();
+        validate_model_name(model)?;
+        let chunks = self.chunker.chunk(&doc.content);
+        if chunks.is_empty() {
+            return Err(KnowledgeError::EmptyDocument {
+                document_id: doc.document_id,
+            });
+        }
+        let total = u32::try_from(chunks.len())
+            .ok()
+            .filter(|t| i32::try_from(*t).is_ok())
+            .ok_or(KnowledgeError::TooManyChunks {
+                document_id: doc.document_id,
+                chunks: chunks.len(),
+            })?;
+        let existing = writer.document_rows(doc.document_id).await?;
+        let mut plan = plan(doc, &chunks, total, &existing, model);
+        let texts: Vec<&str> = plan
+            .to_embed
+            .iter()
+            .map(|&i| plan.rows[i].content.as_str())
+            .collect();
+        if !texts.is_empty() {
+            let vectors = self.embedder.embed(&texts).await?;
+            check_vectors(model, self.embedder.dimensions(), texts.len(), &vectors)?;
+            let embedded_at = Utc::now();
+            for (&i, vector) in plan.to_embed.iter().zip(vectors) {
+                plan.rows[i].embedding = Some(StoredEmbedding {
+                    model: model.to_owned(),
+                    vector,
+                    embedded_at,
+                });
+            }
+        }
+        let mut ops: Vec<RowOp> = plan.deletes.into_iter().map(RowOp::Delete).collect();
+        ops.extend(plan.rows.into_iter().map(|r| RowOp::Upsert(Box::new(r))));
+        if !ops.is_empty() {
+            writer.apply(doc.document_id, ops).await?;
+        }
+        Ok(plan.report)
+    }
+}
+
+/// The writes that bring a document's stored rows to its new content.
+struct Plan {
+    /// Rows to delete, first.
+    deletes: Vec<Uuid>,
+    /// Rows to upsert, after.
+    rows: Vec<ChunkRow>,
+    /// Indexes into `rows` that need a new embedding.
+    to_embed: Vec<usize>,
+    report: IngestReport,
+}
+
+/// Matches the new chunks to the stored rows by content hash.
+///
+/// The anchor row (id = document id) must survive as long as the document
+/// has rows, since the others point at it: when its text leaves the
+/// document, it takes the text of a new chunk, or else of a kept one (whose
+/// own row is deleted first).
+fn plan(doc: &Document, chunks: &[String], total: u32, existing: &[ChunkRow], model: &str) -> Plan {
+    let id = doc.document_id;
+    let mut report = IngestReport {
+        document_id: id,
+        chunks: chunks.len(),
+        ..IngestReport::default()
+    };
+    // the distinct chunks, at their first position
+    let mut seen = HashSet::new();
+    let mut new: Vec<(u32, &str, String)> = Vec::new();
+    for (i, content) in chunks.iter().enumerate() {
+        let hash = chunk_hash(id, content);
+        if seen.insert(hash.clone()) {
+            new.push((i as u32, content.as_str(), hash));
+        } else {
+            report.repeated += 1;
+        }
+    }
+    let by_hash: HashMap<&str, &ChunkRow> = existing
+        .iter()
+        .map(|r| (r.content_hash.as_str(), r))
+        .collect();
+    let anchor = existing.iter().find(|r| r.id == id);
+    let anchor_kept = anchor.is_some_and(|a| seen.contains(&a.content_hash));
+
+    let mut deletes: Vec<Uuid> = existing
+        .iter()
+        .filter(|r| r.id != id && !seen.contains(&r.content_hash))
+        .map(|r| r.id)
+        .collect();
+    let mut rows = Vec::new();
+    let mut to_embed = Vec::new();
+    // who takes the anchor's id when its own text is gone
+    let mut anchor_free = anchor.is_none() || !anchor_kept;
+    let anchor_version = anchor.map_or(0, |a| a.version);
+    // a kept row that moves into the anchor, when no new text does
+    let mover = if anchor.is_some()
+        && !anchor_kept
+        && new.iter().all(|(_, _, h)| by_hash.contains_key(h.as_str()))
+    {
+        new.iter()
+            .filter_map(|(_, _, h)| by_hash.get(h.as_str()).copied())
+            .find(|r| r.id != id)
+            .map(|r| r.id)
+    } else {
+        None
+    };
+    if let Some(m) = mover {
+        deletes.push(m);
+    }
+    for (index, content, hash) in &new {
+        let stored = by_hash.get(hash.as_str()).copied();
+        let moving = stored.is_some_and(|r| Some(r.id) == mover);
+        let (row_id, parent, version) = match stored {
+            Some(r) if !moving => (r.id, r.parent_id, r.version),
+            _ if anchor_free => {
+                anchor_free = false;
+                (id, None, anchor_version)
+            }
+            _ => (Uuid::now_v7(), Some(id), 0),
+        };
+        let mut row = ChunkRow {
+            id: row_id,
+            parent_id: parent,
+            document: doc.meta.clone(),
+            content: (*content).to_owned(),
+            content_hash: hash.clone(),
+            chunk_index: *index,
+            chunk_total: total,
+            version: version + 1,
+            is_active: true,
+            embedding: stored.and_then(|r| r.embedding.clone()),
+        };
+        let current = row.embedding.as_ref().is_some_and(|e| e.model == model);
+        match stored {
+            Some(r) if current && !moving => {
+                let same = r.document == row.document
+                    && r.chunk_index == row.chunk_index
+                    && r.chunk_total == row.chunk_total
+                    && r.is_active
+                    && r.content == row.content;
+                if same {
+                    report.unchanged += 1;
+                    continue;
+                }
+                report.updated += 1;
+            }
+            Some(_) if current => report.updated += 1, // moved into the anchor
+            _ => {
+                row.embedding = None;
+                to_embed.push(rows.len());
+                report.embedded += 1;
+            }
+        }
+        rows.push(row);
+    }
+    // content is never empty, so some chunk always took the anchor's id
+    debug_assert!(anchor.is_none() || !anchor_free);
+    report.deleted = deletes.len() - usize::from(mover.is_some());
+    Plan {
+        deletes,
+        rows,
+        to_embed,
+        report,
+    }
+}
