@@ -31,6 +31,10 @@ pub(crate) mod service;
 #[path = "clinic/projections.rs"]
 mod projections;
 
+/// Tour section: a saga, with compensation.
+#[path = "clinic/sagas.rs"]
+mod sagas;
+
 // ---------------------------------------------------------------------------
 // The application's events
 // ---------------------------------------------------------------------------
@@ -892,6 +896,13 @@ async fn on_postgres(url: &str) -> Result<(), BoxError> {
         11,
     )
     .await?;
+    sagas::tour(
+        &store,
+        annals::postgres::PgProjectionStore::new(pool.clone()),
+        annals::postgres::PgSagaStore::new(pool.clone()),
+        12,
+    )
+    .await?;
     knowledge_tour(&annals::postgres::PgKnowledgeBase::new(pool), &run).await?;
     Ok(())
 }
@@ -916,6 +927,13 @@ async fn main() -> Result<(), BoxError> {
             let store = InMemoryEventStore::new();
             tour(&store, InMemorySnapshotStore::new(), "").await?;
             projections::tour(&store, annals::InMemoryProjectionStore::new(), "", 10).await?;
+            sagas::tour(
+                &store,
+                annals::InMemoryProjectionStore::new(),
+                annals::InMemorySagaStore::new(),
+                11,
+            )
+            .await?;
             knowledge_tour(&annals::rag::InMemoryKnowledgeBase::new(), "").await?;
             println!();
             println!("The tour ran in memory. To run it on Postgres: `scripts/with-services cargo run --example clinic` (or set DATABASE_URL).");

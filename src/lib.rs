@@ -12,6 +12,10 @@ pub use annals_macros::Event;
 /// type, snapshot policy and snapshot codec. See the [crate docs](crate#aggregates).
 pub use annals_macros::Aggregate;
 
+/// Derives [`Saga`] for an enum of states, checking the saga's shape at
+/// compile time. See the [crate docs](crate#sagas) for the attributes.
+pub use annals_macros::Saga;
+
 /// The Postgres backend (`annals-postgres`).
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
@@ -24,7 +28,8 @@ pub mod prelude {
         ExpectedVersion, InMemoryEventStore, InMemorySnapshotStore, Metadata, Projection,
         Repository,
     };
-    pub use annals_macros::{Aggregate, Event};
+    pub use annals_core::{CommandBus, Issue, Saga, SagaData, SagaProjection, SagaWorker};
+    pub use annals_macros::{Aggregate, Event, Saga};
 }
 
 /// The README's code blocks, compiled and run as doc tests so the quick

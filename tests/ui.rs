@@ -12,3 +12,9 @@ fn aggregate_derive_errors() {
     let t = trybuild::TestCases::new();
     t.compile_fail("tests/ui/aggregate/*.rs");
 }
+
+#[test]
+fn saga_derive_errors() {
+    let t = trybuild::TestCases::new();
+    t.compile_fail("tests/ui/saga/*.rs");
+}

@@ -17,6 +17,9 @@
 //!   layer (encode, validate, decode, upcast).
 //! - [`InMemoryEventStore`]: the embedded default, with exactly the semantics
 //!   of the Postgres store (pinned by the conformance suite in `testing`).
+//! - [`Saga`]: implemented by `#[derive(Saga)]`; a state machine over events
+//!   whose state lives in a [`SagaStore`], fed by a [`SagaProjection`], with
+//!   its commands delivered and its timeouts fired by a [`SagaWorker`].
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod aggregate;
@@ -31,6 +34,7 @@ mod projection;
 pub mod rag;
 mod repository;
 mod retry;
+mod saga;
 mod scenario;
 mod schema;
 mod shutdown;
@@ -60,6 +64,12 @@ pub use projection::{
 };
 pub use repository::{CommandError, Executed, Loaded, Repository, SnapshotWrite};
 pub use retry::{RetryError, RetryPolicy};
+pub use saga::{
+    CommandBus, CommandOutcome, CorrelationId, Dispatch, InMemorySagaStore, Issue, NamedCommand,
+    OutboxCommand, OutboxEntry, Saga, SagaChange, SagaData, SagaDefinition, SagaEngine, SagaError,
+    SagaProgress, SagaProjection, SagaRecord, SagaStatus, SagaStore, SagaWorker, SagaWorkerHandle,
+    StateDefinition, StepRecord, StepStatus, Target, WorkerRound,
+};
 pub use scenario::{given, Scenario, ScenarioWhen};
 pub use schema::{
     fingerprint, RegisteredSchema, SchemaChange, SchemaChanges, SchemaLock, SchemaRegistry,
@@ -78,6 +88,7 @@ pub use store::{
 pub mod __private {
     pub use crate::aggregate::private::*;
     pub use crate::event::private::*;
+    pub use crate::saga::private::*;
     pub use crate::{AggregateState, DecodeError, Event, EventSchema, EventTypeInfo, UpcastError};
     pub use schemars;
     pub use serde;

@@ -38,6 +38,14 @@ pub const ALL: &[&str] = &[
     EMBEDDING_REFRESH_ROWS_TOTAL,
     EMBEDDING_REFRESH_PENDING_ROWS,
     KNOWLEDGE_SEARCH_DURATION_SECONDS,
+    SAGA_STATUS_CHANGES_TOTAL,
+    SAGAS_UNFINISHED,
+    SAGA_STEPS_TOTAL,
+    SAGA_COMPENSATIONS_TOTAL,
+    SAGA_TIMEOUTS_TOTAL,
+    SAGA_COMMANDS_DISPATCHED_TOTAL,
+    SAGA_COMMAND_FAILURES_TOTAL,
+    SAGA_OUTBOX_PENDING,
 ];
 
 /// Events appended (counter; labels `event_type`, `store` = `memory` |
@@ -212,6 +220,42 @@ pub fn record_refresh_progress(model: &str, rows: u64, pending: u64) {
     metrics::counter!(EMBEDDING_REFRESH_ROWS_TOTAL, "model" => model.to_owned()).increment(rows);
     metrics::gauge!(EMBEDDING_REFRESH_PENDING_ROWS, "model" => model.to_owned())
         .set(pending as f64);
+}
+
+// sagas
+
+/// Sagas entering a status (counter; labels `saga` = the saga type,
+/// `status` = `running` (started) | `compensating` | `completed` |
+/// `failed`). Counted when the write succeeds, even if the projection
+/// runner's transaction later rolls back.
+pub const SAGA_STATUS_CHANGES_TOTAL: &str = "annals_saga_status_changes_total";
+/// Unfinished sagas per status, as the saga worker last counted them in the
+/// store (gauge; labels `saga`, `status` = `pending` | `running` |
+/// `compensating`).
+pub const SAGAS_UNFINISHED: &str = "annals_sagas_unfinished";
+/// Saga steps taken: states entered that issued commands (counter; label
+/// `saga`).
+pub const SAGA_STEPS_TOTAL: &str = "annals_saga_steps_total";
+/// Sagas that started compensating (counter; labels `saga`, `reason` =
+/// `event` | `timeout` | `command`).
+pub const SAGA_COMPENSATIONS_TOTAL: &str = "annals_saga_compensations_total";
+/// Saga timeouts fired (counter; label `saga`).
+pub const SAGA_TIMEOUTS_TOTAL: &str = "annals_saga_timeouts_total";
+/// Saga commands delivered to the command bus (counter; labels `saga`,
+/// `command` = the command's variant name).
+pub const SAGA_COMMANDS_DISPATCHED_TOTAL: &str = "annals_saga_commands_dispatched_total";
+/// Failed deliveries of saga commands (counter; labels `saga`, `command`,
+/// `outcome` = `retry` | `abandoned`).
+pub const SAGA_COMMAND_FAILURES_TOTAL: &str = "annals_saga_command_failures_total";
+/// Saga commands waiting in the outbox, as the saga worker last counted
+/// them (gauge; label `saga`).
+pub const SAGA_OUTBOX_PENDING: &str = "annals_saga_outbox_pending";
+
+/// Counts a saga entering `status`.
+#[doc(hidden)]
+pub fn record_saga_status(saga: &'static str, status: crate::SagaStatus) {
+    metrics::counter!(SAGA_STATUS_CHANGES_TOTAL, "saga" => saga, "status" => status.as_str())
+        .increment(1);
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
-//! Derive macros of [annals](https://docs.rs/annals): `Event` (and, as they
-//! land, `Aggregate` and `Saga`).
+//! Derive macros of [annals](https://docs.rs/annals): `Event`, `Aggregate`
+//! and `Saga`.
 //!
 //! This crate is a thin shim: each derive parses its input, validates it
 //! (collecting every error with its span) and expands it. Use the macros
@@ -8,6 +8,7 @@
 mod aggregate;
 mod ctxt;
 mod event;
+mod saga;
 mod util;
 
 use proc_macro::TokenStream;
@@ -26,4 +27,12 @@ pub fn derive_event(input: TokenStream) -> TokenStream {
 pub fn derive_aggregate(input: TokenStream) -> TokenStream {
     let input = parse_macro_input!(input as DeriveInput);
     aggregate::expand_derive_aggregate(&input).into()
+}
+
+/// Derives `annals::Saga` for an enum of states, checking the saga's shape
+/// at compile time. See the `annals` crate documentation.
+#[proc_macro_derive(Saga, attributes(saga))]
+pub fn derive_saga(input: TokenStream) -> TokenStream {
+    let input = parse_macro_input!(input as DeriveInput);
+    saga::expand_derive_saga(&input).into()
 }

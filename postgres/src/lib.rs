@@ -5,6 +5,8 @@
 //! - [`PgEventStore`] is the event store: one-round-trip appends with
 //!   optimistic concurrency, stream reads, and reads of the global log in
 //!   gap-free `(transaction id, position)` order below the snapshot horizon.
+//! - [`PgSagaStore`] keeps sagas and their command outbox; its transactional
+//!   methods run in the projection runner's transaction.
 //! - The persisted schema registry ([`PgEventStoreBuilder::register`]) refuses
 //!   to start when the code's schema for a stored (type, version) changed.
 //!
@@ -23,6 +25,7 @@
 mod knowledge;
 mod migrate;
 mod projection;
+mod saga;
 mod snapshot;
 mod store;
 
@@ -34,6 +37,7 @@ pub use annals_core::Horizon;
 pub use knowledge::{quote_literal, PgKnowledgeBase, PgKnowledgeProjection, PgKnowledgeWriter};
 pub use migrate::{migrate, migrate_down, MIGRATIONS_TABLE};
 pub use projection::{PgLease, PgProjectionStore};
+pub use saga::PgSagaStore;
 pub use snapshot::PgSnapshotStore;
 pub use store::{LogWatcher, PgEventStore, PgEventStoreBuilder, EVENTS_CHANNEL};
 

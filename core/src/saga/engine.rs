@@ -1,0 +1,469 @@
+//! The saga engine: pure decisions. Given a stored saga and what happened
+//! (an event, a timeout, a command's outcome) it computes the saga's new
+//! state and the commands to record; the stores write it, the projection and
+//! the worker call it.
+
+use std::marker::PhantomData;
+
+use chrono::Utc;
+use serde::Deserialize;
+use uuid::Uuid;
+
+use super::{
+    CommandOutcome, NamedCommand, OutboxCommand, OutboxEntry, Saga, SagaChange, SagaData,
+    SagaError, SagaProgress, SagaRecord, SagaStatus, StepRecord, StepStatus, Target,
+};
+use crate::Envelope;
+
+/// Why a saga started compensating (the `reason` label of
+/// [`SAGA_COMPENSATIONS_TOTAL`](crate::metrics::SAGA_COMPENSATIONS_TOTAL)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FailCause {
+    EventReceived,
+    Timeout,
+    Command,
+}
+
+impl FailCause {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            FailCause::EventReceived => "event",
+            FailCause::Timeout => "timeout",
+            FailCause::Command => "command",
+        }
+    }
+}
+
+/// The pure decisions of saga `S`: what a saga becomes when an event
+/// arrives, its timeout fires or one of its commands was delivered or given
+/// up. No I/O: [`SagaProjection`](super::SagaProjection) and
+/// [`SagaWorker`](super::SagaWorker) call it and hand the resulting
+/// [`SagaChange`] to a [`SagaStore`](super::SagaStore). Useful on its own to
+/// test a saga without a store, or to build another runner.
+///
+/// ```
+/// # use annals_core as annals;
+/// # use annals::{Envelope, LogPosition, Metadata, SagaEngine, SagaStatus};
+/// # #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+/// # struct Ordered { order: u64 }
+/// # #[derive(Debug, Clone, PartialEq, annals_macros::Event)]
+/// # #[event(crate = "annals_core")]
+/// # enum ShopEvent { Ordered(Ordered), Shipped(Ordered) }
+/// # #[derive(Debug, serde::Serialize, serde::Deserialize)]
+/// # enum ShopCommand { Ship(u64), CancelShipment(u64) }
+/// # #[derive(Default, serde::Serialize, serde::Deserialize)]
+/// # struct Order { id: u64 }
+/// # impl annals::SagaData for Order {
+/// #     type Event = ShopEvent;
+/// #     fn apply(&mut self, e: &ShopEvent) { if let ShopEvent::Ordered(o) = e { self.id = o.order } }
+/// # }
+/// # impl annals::Issue<u64> for Order { fn issue(&self) -> u64 { self.id } }
+/// # #[derive(Debug, Clone, Copy, PartialEq, Eq, annals_macros::Saga)]
+/// # #[saga(crate = "annals_core", event = ShopEvent, command = ShopCommand, data = Order,
+/// #        correlation = u64, correlate = order)]
+/// # enum Shipping {
+/// #     #[saga(start = Ordered, issue = Ship, compensate = CancelShipment, on(Shipped => Done))]
+/// #     Shipping,
+/// #     #[saga(terminal)]
+/// #     Done,
+/// # }
+/// let ordered = Envelope {
+///     event_id: uuid::Uuid::now_v7(),
+///     stream_id: "order-42".into(),
+///     stream_version: 1,
+///     log_position: LogPosition::new(1, 1),
+///     event_type: "shop.ordered".into(),
+///     schema_version: 1,
+///     metadata: Metadata::new(),
+///     recorded_at: chrono::Utc::now(),
+///     payload: ShopEvent::Ordered(Ordered { order: 42 }),
+/// };
+/// let change = SagaEngine::<Shipping>::on_event(None, "42".into(), &ordered)?
+///     .expect("`Ordered` starts a saga");
+/// assert_eq!(change.record.state, "Shipping");
+/// assert_eq!(change.record.status, SagaStatus::Running);
+/// assert_eq!(change.commands[0].command_type, "Ship");
+/// assert_eq!(change.commands[0].command, serde_json::json!({ "Ship": 42 }));
+/// # Ok::<(), annals::SagaError>(())
+/// ```
+#[derive(Debug)]
+pub struct SagaEngine<S> {
+    _saga: PhantomData<fn() -> S>,
+}
+
+impl<S: Saga> SagaEngine<S> {
+    /// An event for the saga with this correlation id (read from the event
+    /// by [`Saga::correlation_id`]; `existing` is that saga, if there is
+    /// one): starts a saga, moves one, or is ignored (`None`): not a start
+    /// event and no saga, a saga that is compensating or finished, an event
+    /// at or before the saga's last applied log position (a second
+    /// delivery), or an event the saga's state does not handle.
+    pub fn on_event(
+        existing: Option<SagaRecord>,
+        correlation_id: String,
+        event: &Envelope<S::Event>,
+    ) -> Result<Option<SagaChange>, SagaError> {
+        on_event::<S>(existing, correlation_id, event)
+    }
+
+    /// A saga whose deadline passed: moves it to its state's timeout target
+    /// (`None`: the saga is no longer running).
+    pub fn on_timeout(record: SagaRecord) -> Result<Option<SagaChange>, SagaError> {
+        on_timeout::<S>(record)
+    }
+
+    /// A command's delivery ended: a forward command given up makes a
+    /// running saga compensate; a compensating command done moves the
+    /// compensation on to the next older step once its step has no command
+    /// outstanding (`None`: nothing changes).
+    pub fn on_outcome(
+        record: SagaRecord,
+        entry: &OutboxEntry,
+        outcome: &CommandOutcome,
+        progress: SagaProgress,
+    ) -> Result<Option<SagaChange>, SagaError> {
+        on_outcome::<S>(record, entry, outcome, progress)
+    }
+}
+
+/// An event for the saga with this correlation id: starts a saga, moves
+/// one, or is ignored (`None`): not a start event and no saga, a saga that
+/// is compensating or finished, a duplicate delivery, or an event the
+/// saga's state does not handle.
+pub(crate) fn on_event<S: Saga>(
+    existing: Option<SagaRecord>,
+    correlation_id: String,
+    event: &Envelope<S::Event>,
+) -> Result<Option<SagaChange>, SagaError> {
+    let Some(record) = existing else {
+        let Some(start) = S::start(&event.payload) else {
+            return Ok(None);
+        };
+        let mut data = S::Data::default();
+        data.apply(&event.payload);
+        let now = Utc::now();
+        let record = SagaRecord {
+            saga_id: Uuid::now_v7(),
+            saga_type: S::NAME.to_owned(),
+            correlation_id,
+            state: String::new(),
+            data: serde_json::Value::Null,
+            status: SagaStatus::Running,
+            current_step: 0,
+            completed_steps: Vec::new(),
+            version: 0,
+            deadline_at: None,
+            started_at: now,
+            updated_at: now,
+            completed_at: None,
+            error_message: None,
+            retry_count: 0,
+            last_event: event.log_position,
+        };
+        let mut change = new_change(record, true);
+        enter::<S>(&mut change, start, &data, true)?;
+        set_data::<S>(&mut change, &data)?;
+        return Ok(Some(change));
+    };
+    if !matches!(record.status, SagaStatus::Running | SagaStatus::Pending) {
+        return Ok(None);
+    }
+    if event.log_position <= record.last_event {
+        return Ok(None); // delivered again: already applied
+    }
+    let state = state_of::<S>(&record)?;
+    let Some(target) = state.on(&event.payload) else {
+        return Ok(None);
+    };
+    let mut data = data_of::<S>(&record)?;
+    data.apply(&event.payload);
+    let mut change = new_change(record, false);
+    change.record.status = SagaStatus::Running;
+    change.record.last_event = event.log_position;
+    match target {
+        Target::State(next) => enter::<S>(&mut change, next, &data, false)?,
+        Target::Fail => start_compensation::<S>(
+            &mut change,
+            &data,
+            format!(
+                "event `{}` failed the saga in state `{}`",
+                event.event_type,
+                state.state_name()
+            ),
+        )?,
+    }
+    set_data::<S>(&mut change, &data)?;
+    Ok(Some(change))
+}
+
+/// A saga whose deadline passed: moves it to its state's timeout target.
+/// `None` when the saga is no longer running (nothing to do).
+pub(crate) fn on_timeout<S: Saga>(record: SagaRecord) -> Result<Option<SagaChange>, SagaError> {
+    if !matches!(record.status, SagaStatus::Running | SagaStatus::Pending) {
+        return Ok(None);
+    }
+    let state = state_of::<S>(&record)?;
+    let mut change = new_change(record, false);
+    match state.timeout() {
+        // the code has no timeout for this state (any more): disarm it
+        None => change.deadline = None,
+        Some((_, Target::State(next))) => {
+            let data = data_of::<S>(&change.record)?;
+            enter::<S>(&mut change, next, &data, false)?;
+        }
+        Some((after, Target::Fail)) => {
+            let data = data_of::<S>(&change.record)?;
+            start_compensation::<S>(
+                &mut change,
+                &data,
+                format!(
+                    "timed out in state `{}` after {after:?}",
+                    state.state_name()
+                ),
+            )?;
+        }
+    }
+    Ok(Some(change))
+}
+
+/// A command's delivery ended (delivered or given up): a forward command
+/// given up makes a running saga compensate; a compensating command done
+/// moves compensation on to the next older step once its step has no
+/// command outstanding. `None`: nothing changes.
+pub(crate) fn on_outcome<S: Saga>(
+    record: SagaRecord,
+    entry: &OutboxEntry,
+    outcome: &CommandOutcome,
+    progress: SagaProgress,
+) -> Result<Option<SagaChange>, SagaError> {
+    let error = match outcome {
+        CommandOutcome::Retry { .. } => return Ok(None),
+        CommandOutcome::Delivered => None,
+        CommandOutcome::Abandoned { error } => Some(error.as_str()),
+    };
+    if !entry.compensation {
+        let Some(error) = error else {
+            return Ok(None);
+        };
+        if !matches!(record.status, SagaStatus::Running | SagaStatus::Pending) {
+            return Ok(None);
+        }
+        let data = data_of::<S>(&record)?;
+        let mut change = new_change(record, false);
+        if progress.step_delivered == 0 {
+            // no command of the step got through: it did nothing to undo
+            for s in &mut change.record.completed_steps {
+                if s.step == entry.step && s.status == StepStatus::Done {
+                    s.status = StepStatus::Failed;
+                }
+            }
+        }
+        start_compensation::<S>(
+            &mut change,
+            &data,
+            format!(
+                "command `{}` of step {} failed after {} attempt(s): {error}",
+                entry.command_type, entry.step, entry.attempts
+            ),
+        )?;
+        return Ok(Some(change));
+    }
+    if record.status != SagaStatus::Compensating {
+        return Ok(None);
+    }
+    let mut change = new_change(record, false);
+    let mut changed = false;
+    if let Some(error) = error {
+        for s in &mut change.record.completed_steps {
+            if s.step == entry.step {
+                s.status = StepStatus::CompensationFailed;
+            }
+        }
+        let note = format!(
+            "compensating command `{}` of step {} failed after {} attempt(s): {error}",
+            entry.command_type, entry.step, entry.attempts
+        );
+        change.record.error_message = Some(match change.record.error_message.take() {
+            Some(before) => format!("{before}; {note}"),
+            None => note,
+        });
+        changed = true;
+    }
+    if progress.outstanding == 0 {
+        for s in &mut change.record.completed_steps {
+            if s.step == entry.step && s.status == StepStatus::Compensating {
+                s.status = StepStatus::Compensated;
+            }
+        }
+        let busy = change
+            .record
+            .completed_steps
+            .iter()
+            .any(|s| s.status == StepStatus::Compensating);
+        if !busy {
+            let data = data_of::<S>(&change.record)?;
+            advance_compensation::<S>(&mut change, &data)?;
+        }
+        changed = true;
+    }
+    Ok(changed.then_some(change))
+}
+
+fn new_change(record: SagaRecord, insert: bool) -> SagaChange {
+    SagaChange {
+        record,
+        insert,
+        deadline: None,
+        commands: Vec::new(),
+        cancel_pending: false,
+    }
+}
+
+fn state_of<S: Saga>(record: &SagaRecord) -> Result<S, SagaError> {
+    S::from_state_name(&record.state).ok_or_else(|| SagaError::UnknownState {
+        saga_type: record.saga_type.clone(),
+        saga_id: record.saga_id,
+        state: record.state.clone(),
+    })
+}
+
+fn data_of<S: Saga>(record: &SagaRecord) -> Result<S::Data, SagaError> {
+    S::Data::deserialize(&record.data).map_err(|source| SagaError::Data {
+        saga_type: record.saga_type.clone(),
+        saga_id: record.saga_id,
+        action: "deserialize",
+        source,
+    })
+}
+
+fn set_data<S: Saga>(change: &mut SagaChange, data: &S::Data) -> Result<(), SagaError> {
+    change.record.data = serde_json::to_value(data).map_err(|source| SagaError::Data {
+        saga_type: change.record.saga_type.clone(),
+        saga_id: change.record.saga_id,
+        action: "serialize",
+        source,
+    })?;
+    Ok(())
+}
+
+/// The saga enters `state`: completes on a terminal state, else issues the
+/// state's commands (a new step) and arms its timeout.
+fn enter<S: Saga>(
+    change: &mut SagaChange,
+    state: S,
+    data: &S::Data,
+    first: bool,
+) -> Result<(), SagaError> {
+    let record = &mut change.record;
+    if !first {
+        record.current_step += 1;
+    }
+    record.state = state.state_name().to_owned();
+    change.deadline = None;
+    if state.is_terminal() {
+        record.status = SagaStatus::Completed;
+        return Ok(());
+    }
+    let step = record.current_step;
+    let commands = state.commands(data);
+    if !commands.is_empty() {
+        for (index, command) in commands.into_iter().enumerate() {
+            change
+                .commands
+                .push(outbox::<S>(record.saga_id, step, index, false, command)?);
+        }
+        record.completed_steps.push(StepRecord {
+            step,
+            state: state.state_name().to_owned(),
+            status: StepStatus::Done,
+        });
+    }
+    change.deadline = state.timeout().map(|(after, _)| after);
+    Ok(())
+}
+
+fn start_compensation<S: Saga>(
+    change: &mut SagaChange,
+    data: &S::Data,
+    reason: String,
+) -> Result<(), SagaError> {
+    change.record.status = SagaStatus::Compensating;
+    change.record.error_message = Some(reason);
+    change.deadline = None;
+    change.cancel_pending = true;
+    advance_compensation::<S>(change, data)
+}
+
+/// Issues the compensation of the newest step not yet compensated, or ends
+/// the saga as failed when there is none left.
+fn advance_compensation<S: Saga>(change: &mut SagaChange, data: &S::Data) -> Result<(), SagaError> {
+    change.deadline = None;
+    loop {
+        let record = &mut change.record;
+        let Some(index) = record
+            .completed_steps
+            .iter()
+            .rposition(|s| s.status == StepStatus::Done)
+        else {
+            record.status = SagaStatus::Failed;
+            return Ok(());
+        };
+        let state = S::from_state_name(&record.completed_steps[index].state).ok_or_else(|| {
+            SagaError::UnknownState {
+                saga_type: record.saga_type.clone(),
+                saga_id: record.saga_id,
+                state: record.completed_steps[index].state.clone(),
+            }
+        })?;
+        let step = record.completed_steps[index].step;
+        let commands = state.compensation(data);
+        if commands.is_empty() {
+            record.completed_steps[index].status = StepStatus::Compensated;
+            continue;
+        }
+        record.completed_steps[index].status = StepStatus::Compensating;
+        let saga_id = record.saga_id;
+        for (i, command) in commands.into_iter().enumerate() {
+            change
+                .commands
+                .push(outbox::<S>(saga_id, step, i, true, command)?);
+        }
+        return Ok(());
+    }
+}
+
+fn outbox<S: Saga>(
+    saga_id: Uuid,
+    step: u32,
+    index: usize,
+    compensation: bool,
+    command: NamedCommand<S::Command>,
+) -> Result<OutboxCommand, SagaError> {
+    let value = serde_json::to_value(&command.command).map_err(|source| SagaError::Command {
+        saga_type: S::NAME.to_owned(),
+        command_type: command.command_type.to_owned(),
+        source,
+    })?;
+    Ok(OutboxCommand {
+        idempotency_key: idempotency_key(saga_id, step, index, compensation),
+        command_type: command.command_type.to_owned(),
+        command: value,
+        step,
+        compensation,
+    })
+}
+
+/// `{saga}/{step}/{index}` for a step's commands, `{saga}/{step}/undo/{index}`
+/// for its compensation: stable across retries, restarts and instances.
+pub(crate) fn idempotency_key(
+    saga_id: Uuid,
+    step: u32,
+    index: usize,
+    compensation: bool,
+) -> String {
+    if compensation {
+        format!("{saga_id}/{step}/undo/{index}")
+    } else {
+        format!("{saga_id}/{step}/{index}")
+    }
+}

@@ -1,0 +1,614 @@
+use std::time::Duration;
+
+use annals_core::{
+    CommandOutcome, LogPosition, OutboxEntry, SagaChange, SagaError, SagaProgress, SagaRecord,
+    SagaStatus, SagaStore, StepRecord,
+};
+use sqlx::postgres::PgRow;
+use sqlx::types::Json;
+use sqlx::{Connection, PgConnection, PgPool, Row};
+use uuid::Uuid;
+
+/// Sagas in the `annals_sagas` table and their commands in the
+/// `annals_saga_outbox` table (see `migrations/0006_sagas.up.sql`).
+///
+/// [`load`](SagaStore::load) and [`save`](SagaStore::save) run on the
+/// caller's connection (the projection runner's transaction: a saga's new
+/// state, its outbox commands and the runner's checkpoint commit together);
+/// `load` locks the saga row until that transaction ends. A save is one
+/// statement: the row (with its optimistic version check) and the outbox
+/// commands together. The worker's operations use the pool, each in one
+/// short transaction; commands are claimed with `FOR UPDATE SKIP LOCKED`
+/// and a lease, so no transaction stays open while the command bus works
+/// (an open transaction would hold the global log's horizon back).
+///
+/// Cloning is cheap (the pool is shared).
+///
+/// ```no_run
+/// # async fn demo(pool: sqlx::PgPool) {
+/// use annals_postgres::PgSagaStore;
+/// use annals_core::SagaStore;
+/// let sagas = PgSagaStore::new(pool);
+/// let unfinished = sagas.list_unfinished(Some("booking"), None, 100).await;
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct PgSagaStore {
+    pool: PgPool,
+}
+
+impl PgSagaStore {
+    /// A saga store on `pool` (run [`migrate`](crate::migrate) first).
+    pub fn new(pool: PgPool) -> Self {
+        PgSagaStore { pool }
+    }
+
+    /// The connection pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+macro_rules! saga_columns {
+    () => {
+        "saga_id, saga_type, correlation_id, state->>'state' AS state_name, state->'data' AS data, \
+         status, current_step, completed_steps, version, deadline_at, started_at, updated_at, \
+         completed_at, error_message, retry_count, last_event_tx, last_event_position"
+    };
+}
+
+macro_rules! outbox_columns {
+    () => {
+        "id, saga_id, saga_type, idempotency_key, command_type, command, step, compensation, \
+         attempts, last_error, created_at, dispatched_at, failed_at, next_attempt_at"
+    };
+}
+
+/// Inserts the commands of `saga` (a CTE returning `saga_id, saga_type`),
+/// skipping keys already recorded. `$13..$17` are the command columns.
+macro_rules! insert_commands {
+    () => {
+        concat!(
+            "cmds AS (
+                 INSERT INTO annals_saga_outbox (saga_id, saga_type, idempotency_key, command_type, command, step, compensation)
+                 SELECT saga.saga_id, saga.saga_type, c.k, c.t, c.c::jsonb, c.s, c.comp
+                 FROM saga, UNNEST($13::text[], $14::text[], $15::text[], $16::int4[], $17::bool[]) WITH ORDINALITY AS c(k, t, c, s, comp, ord)
+                 ORDER BY c.ord
+                 ON CONFLICT (idempotency_key) DO NOTHING
+             )
+             SELECT count(*) FROM saga"
+        )
+    };
+}
+
+// $1 id, $2 type, $3 correlation, $4 state, $5 data, $6 status, $7 step,
+// $8 steps, $9 deadline (ms from now), $10 error, $11 last tx, $12 last pos,
+// $13..$17 commands
+const INSERT_SAGA: &str = concat!(
+    "WITH saga AS (
+         INSERT INTO annals_sagas (saga_id, saga_type, correlation_id, state, status, current_step,
+             completed_steps, version, deadline_at, completed_at, error_message, last_event_tx, last_event_position)
+         VALUES ($1, $2, $3, jsonb_build_object('state', $4::text, 'data', $5::jsonb), $6, $7, $8::jsonb, 1,
+             now() + $9::float8 * interval '1 millisecond',
+             CASE WHEN $6 IN ('completed', 'failed') THEN now() END, $10, $11, $12)
+         RETURNING saga_id, saga_type
+     ), ",
+    insert_commands!()
+);
+
+// as INSERT_SAGA ($2, $3 unused but bound), plus $18 expected version and
+// $19 cancel pending forward commands
+const UPDATE_SAGA: &str = concat!(
+    "WITH saga AS (
+         UPDATE annals_sagas SET
+             state = jsonb_build_object('state', $4::text, 'data', $5::jsonb), status = $6,
+             current_step = $7, completed_steps = $8::jsonb, version = version + 1,
+             deadline_at = now() + $9::float8 * interval '1 millisecond', updated_at = now(),
+             completed_at = CASE WHEN $6 IN ('completed', 'failed') THEN coalesce(completed_at, now()) END,
+             error_message = $10, last_event_tx = $11, last_event_position = $12
+         WHERE saga_id = $1 AND version = $18 AND saga_type = $2 AND correlation_id = $3
+         RETURNING saga_id, saga_type
+     ), cancelled AS (
+         UPDATE annals_saga_outbox o
+            SET failed_at = now(),
+                last_error = 'cancelled: the saga started compensating before this command was attempted'
+           FROM saga
+          WHERE $19::bool AND o.saga_id = saga.saga_id AND NOT o.compensation AND o.attempts = 0
+            AND o.dispatched_at IS NULL AND o.failed_at IS NULL
+     ), ",
+    insert_commands!()
+);
+
+const CLAIM: &str = concat!(
+    "UPDATE annals_saga_outbox o
+        SET attempts = o.attempts + 1, next_attempt_at = now() + $3::float8 * interval '1 millisecond'
+       FROM (SELECT c.id FROM annals_saga_outbox c
+              WHERE c.saga_type = $1 AND c.dispatched_at IS NULL AND c.failed_at IS NULL
+                AND c.next_attempt_at <= now()
+                -- a saga's compensations wait until its forward commands are resolved
+                AND NOT (c.compensation AND EXISTS (
+                    SELECT 1 FROM annals_saga_outbox f
+                     WHERE f.saga_id = c.saga_id AND NOT f.compensation
+                       AND f.dispatched_at IS NULL AND f.failed_at IS NULL))
+              ORDER BY c.next_attempt_at, c.id
+              LIMIT $2
+              FOR UPDATE OF c SKIP LOCKED) due
+      WHERE o.id = due.id
+     RETURNING ",
+    "o.id, o.saga_id, o.saga_type, o.idempotency_key, o.command_type, o.command, o.step, o.compensation, \
+     o.attempts, o.last_error, o.created_at, o.dispatched_at, o.failed_at, o.next_attempt_at"
+);
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn corrupted(message: String) -> SagaError {
+    SagaError::Corrupted { message }
+}
+
+fn decode_saga(row: &PgRow) -> Result<SagaRecord, SagaError> {
+    let get = |e: sqlx::Error| SagaError::backend("reading a saga row", e);
+    let saga_id: Uuid = row.try_get("saga_id").map_err(get)?;
+    let bad = |what: &str| corrupted(format!("saga {saga_id}: {what}"));
+    let state: Option<String> = row.try_get("state_name").map_err(get)?;
+    let state = state.ok_or_else(|| bad("`state` has no \"state\" key"))?;
+    let data: Option<Json<serde_json::Value>> = row.try_get("data").map_err(get)?;
+    let status: String = row.try_get("status").map_err(get)?;
+    let status =
+        SagaStatus::parse(&status).ok_or_else(|| bad(&format!("unknown status `{status}`")))?;
+    let steps: Json<Vec<StepRecord>> = row
+        .try_get("completed_steps")
+        .map_err(|e| bad(&format!("`completed_steps` is not a list of steps: {e}")))?;
+    let current_step: i32 = row.try_get("current_step").map_err(get)?;
+    let version: i64 = row.try_get("version").map_err(get)?;
+    let retry_count: i32 = row.try_get("retry_count").map_err(get)?;
+    let last_tx: i64 = row.try_get("last_event_tx").map_err(get)?;
+    let last_position: i64 = row.try_get("last_event_position").map_err(get)?;
+    Ok(SagaRecord {
+        saga_id,
+        saga_type: row.try_get("saga_type").map_err(get)?,
+        correlation_id: row.try_get("correlation_id").map_err(get)?,
+        state,
+        data: data.map_or(serde_json::Value::Null, |d| d.0),
+        status,
+        current_step: current_step.max(0) as u32,
+        completed_steps: steps.0,
+        version: version.max(0) as u64,
+        deadline_at: row.try_get("deadline_at").map_err(get)?,
+        started_at: row.try_get("started_at").map_err(get)?,
+        updated_at: row.try_get("updated_at").map_err(get)?,
+        completed_at: row.try_get("completed_at").map_err(get)?,
+        error_message: row.try_get("error_message").map_err(get)?,
+        retry_count: retry_count.max(0) as u32,
+        last_event: LogPosition::new(last_tx.max(0) as u64, last_position.max(0) as u64),
+    })
+}
+
+fn decode_entry(row: &PgRow) -> Result<OutboxEntry, SagaError> {
+    let get = |e: sqlx::Error| SagaError::backend("reading an outbox row", e);
+    let id: i64 = row.try_get("id").map_err(get)?;
+    let command: Json<serde_json::Value> = row.try_get("command").map_err(get)?;
+    let step: i32 = row.try_get("step").map_err(get)?;
+    let attempts: i32 = row.try_get("attempts").map_err(get)?;
+    Ok(OutboxEntry {
+        id: id.max(0) as u64,
+        saga_id: row.try_get("saga_id").map_err(get)?,
+        saga_type: row.try_get("saga_type").map_err(get)?,
+        idempotency_key: row.try_get("idempotency_key").map_err(get)?,
+        command_type: row.try_get("command_type").map_err(get)?,
+        command: command.0,
+        step: step.max(0) as u32,
+        compensation: row.try_get("compensation").map_err(get)?,
+        attempts: attempts.max(0) as u32,
+        last_error: row.try_get("last_error").map_err(get)?,
+        created_at: row.try_get("created_at").map_err(get)?,
+        dispatched_at: row.try_get("dispatched_at").map_err(get)?,
+        failed_at: row.try_get("failed_at").map_err(get)?,
+        next_attempt_at: row.try_get("next_attempt_at").map_err(get)?,
+    })
+}
+
+/// Writes a saga's change on `conn` (one statement).
+async fn save_on(conn: &mut PgConnection, change: &SagaChange) -> Result<(), SagaError> {
+    let r = &change.record;
+    let steps = serde_json::to_string(&r.completed_steps)
+        .map_err(|e| corrupted(format!("saga {}: steps do not serialize: {e}", r.saga_id)))?;
+    let mut keys = Vec::with_capacity(change.commands.len());
+    let mut types = Vec::with_capacity(change.commands.len());
+    let mut bodies = Vec::with_capacity(change.commands.len());
+    let mut step_numbers = Vec::with_capacity(change.commands.len());
+    let mut compensations = Vec::with_capacity(change.commands.len());
+    for c in &change.commands {
+        keys.push(c.idempotency_key.as_str());
+        types.push(c.command_type.as_str());
+        bodies.push(c.command.to_string());
+        step_numbers.push(i32::try_from(c.step).unwrap_or(i32::MAX));
+        compensations.push(c.compensation);
+    }
+    let sql = if change.insert {
+        INSERT_SAGA
+    } else {
+        UPDATE_SAGA
+    };
+    let mut q = sqlx::query(sql)
+        .bind(r.saga_id)
+        .bind(&r.saga_type)
+        .bind(&r.correlation_id)
+        .bind(&r.state)
+        .bind(Json(&r.data))
+        .bind(r.status.as_str())
+        .bind(i32::try_from(r.current_step).unwrap_or(i32::MAX))
+        .bind(&steps)
+        .bind(change.deadline.map(ms))
+        .bind(r.error_message.as_deref())
+        .bind(to_i64(r.last_event.transaction_id))
+        .bind(to_i64(r.last_event.position))
+        .bind(&keys)
+        .bind(&types)
+        .bind(&bodies)
+        .bind(&step_numbers)
+        .bind(&compensations);
+    if !change.insert {
+        q = q.bind(to_i64(r.version)).bind(change.cancel_pending);
+    }
+    let written: i64 = match q.fetch_one(&mut *conn).await {
+        Ok(row) => row
+            .try_get(0)
+            .map_err(|e| SagaError::backend("saving a saga", e))?,
+        Err(e) => {
+            let unique = e
+                .as_database_error()
+                .and_then(|d| d.constraint())
+                .is_some_and(|c| {
+                    c == "annals_sagas_type_correlation_key" || c == "annals_sagas_pkey"
+                });
+            return Err(if unique {
+                SagaError::AlreadyExists {
+                    saga_type: r.saga_type.clone(),
+                    correlation_id: r.correlation_id.clone(),
+                }
+            } else {
+                SagaError::backend("saving a saga", e)
+            });
+        }
+    };
+    if written == 0 {
+        return Err(SagaError::Conflict {
+            saga_id: r.saga_id,
+            expected: r.version,
+        });
+    }
+    Ok(())
+}
+
+impl SagaStore for PgSagaStore {
+    type Tx = PgConnection;
+
+    async fn load(
+        &self,
+        tx: &mut PgConnection,
+        saga_type: &str,
+        correlation_id: &str,
+    ) -> Result<Option<SagaRecord>, SagaError> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            saga_columns!(),
+            " FROM annals_sagas WHERE saga_type = $1 AND correlation_id = $2 FOR UPDATE"
+        ))
+        .bind(saga_type)
+        .bind(correlation_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| SagaError::backend("loading a saga", e))?;
+        row.as_ref().map(decode_saga).transpose()
+    }
+
+    async fn load_many(
+        &self,
+        tx: &mut PgConnection,
+        saga_type: &str,
+        correlation_ids: &[String],
+    ) -> Result<Vec<SagaRecord>, SagaError> {
+        // locked in saga_id order: two transactions locking overlapping sets
+        // cannot deadlock
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            saga_columns!(),
+            " FROM annals_sagas WHERE saga_type = $1 AND correlation_id = ANY($2)
+              ORDER BY saga_id FOR UPDATE"
+        ))
+        .bind(saga_type)
+        .bind(correlation_ids)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(|e| SagaError::backend("loading sagas", e))?;
+        rows.iter().map(decode_saga).collect()
+    }
+
+    async fn save(&self, tx: &mut PgConnection, change: &SagaChange) -> Result<(), SagaError> {
+        save_on(tx, change).await
+    }
+
+    async fn find_by_correlation_id(
+        &self,
+        saga_type: &str,
+        correlation_id: &str,
+    ) -> Result<Option<SagaRecord>, SagaError> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            saga_columns!(),
+            " FROM annals_sagas WHERE saga_type = $1 AND correlation_id = $2"
+        ))
+        .bind(saga_type)
+        .bind(correlation_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| SagaError::backend("finding a saga by correlation id", e))?;
+        row.as_ref().map(decode_saga).transpose()
+    }
+
+    async fn get(&self, saga_id: Uuid) -> Result<Option<SagaRecord>, SagaError> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            saga_columns!(),
+            " FROM annals_sagas WHERE saga_id = $1"
+        ))
+        .bind(saga_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| SagaError::backend("reading a saga", e))?;
+        row.as_ref().map(decode_saga).transpose()
+    }
+
+    async fn list_unfinished(
+        &self,
+        saga_type: Option<&str>,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> Result<Vec<SagaRecord>, SagaError> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            saga_columns!(),
+            " FROM annals_sagas
+             WHERE status IN ('pending', 'running', 'compensating')
+               AND ($1::text IS NULL OR saga_type = $1)
+               AND ($2::uuid IS NULL OR saga_id > $2)
+             ORDER BY saga_id LIMIT $3"
+        ))
+        .bind(saga_type)
+        .bind(after)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| SagaError::backend("listing unfinished sagas", e))?;
+        rows.iter().map(decode_saga).collect()
+    }
+
+    async fn commands_of(&self, saga_id: Uuid) -> Result<Vec<OutboxEntry>, SagaError> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            outbox_columns!(),
+            " FROM annals_saga_outbox WHERE saga_id = $1 ORDER BY id"
+        ))
+        .bind(saga_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| SagaError::backend("listing a saga's commands", e))?;
+        rows.iter().map(decode_entry).collect()
+    }
+
+    async fn pending_commands(&self, saga_type: &str) -> Result<u64, SagaError> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM annals_saga_outbox
+             WHERE saga_type = $1 AND dispatched_at IS NULL AND failed_at IS NULL",
+        )
+        .bind(saga_type)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| SagaError::backend("counting pending saga commands", e))?;
+        Ok(n.max(0) as u64)
+    }
+
+    async fn count_unfinished(&self, saga_type: &str) -> Result<Vec<(SagaStatus, u64)>, SagaError> {
+        let rows = sqlx::query(
+            "SELECT status, count(*) AS n FROM annals_sagas
+             WHERE saga_type = $1 AND status IN ('pending', 'running', 'compensating')
+             GROUP BY status ORDER BY status",
+        )
+        .bind(saga_type)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| SagaError::backend("counting unfinished sagas", e))?;
+        rows.iter()
+            .map(|row| {
+                let get = |e| SagaError::backend("reading saga counts", e);
+                let status: String = row.try_get("status").map_err(get)?;
+                let n: i64 = row.try_get("n").map_err(get)?;
+                let status = SagaStatus::parse(&status)
+                    .ok_or_else(|| corrupted(format!("unknown saga status `{status}`")))?;
+                Ok((status, n.max(0) as u64))
+            })
+            .collect()
+    }
+
+    async fn claim_commands(
+        &self,
+        saga_type: &str,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<OutboxEntry>, SagaError> {
+        let rows = sqlx::query(CLAIM)
+            .bind(saga_type)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .bind(ms(lease))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| SagaError::backend("claiming saga commands", e))?;
+        let mut entries = rows
+            .iter()
+            .map(decode_entry)
+            .collect::<Result<Vec<_>, _>>()?;
+        entries.sort_by_key(|e| e.id);
+        Ok(entries)
+    }
+
+    async fn mark_delivered(&self, ids: &[u64]) -> Result<(), SagaError> {
+        let ids: Vec<i64> = ids.iter().map(|&i| to_i64(i)).collect();
+        sqlx::query(
+            "UPDATE annals_saga_outbox SET dispatched_at = now()
+             WHERE id = ANY($1) AND dispatched_at IS NULL AND failed_at IS NULL AND NOT compensation",
+        )
+        .bind(&ids)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| SagaError::backend("marking saga commands delivered", e))?;
+        Ok(())
+    }
+
+    async fn record_outcome<F>(
+        &self,
+        command: &OutboxEntry,
+        outcome: CommandOutcome,
+        decide: F,
+    ) -> Result<(), SagaError>
+    where
+        F: FnOnce(SagaRecord, SagaProgress) -> Result<Option<SagaChange>, SagaError> + Send,
+    {
+        let id = to_i64(command.id);
+        if let CommandOutcome::Retry { error, after } = &outcome {
+            sqlx::query(
+                "WITH o AS (
+                     UPDATE annals_saga_outbox SET last_error = $2,
+                            next_attempt_at = now() + $3::float8 * interval '1 millisecond'
+                      WHERE id = $1 AND dispatched_at IS NULL AND failed_at IS NULL
+                 )
+                 UPDATE annals_sagas SET retry_count = retry_count + 1, error_message = $4, updated_at = now()
+                  WHERE saga_id = $5",
+            )
+            .bind(id)
+            .bind(error)
+            .bind(ms(*after))
+            .bind(format!(
+                "command `{}` attempt {} failed: {error}",
+                command.command_type, command.attempts
+            ))
+            .bind(command.saga_id)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| SagaError::backend("scheduling a saga command's retry", e))?;
+            return Ok(());
+        }
+        let fail = |e| SagaError::backend("recording a saga command's outcome", e);
+        let mut conn = self.pool.acquire().await.map_err(fail)?;
+        let mut tx = conn.begin().await.map_err(fail)?;
+        // the saga first, as the projection does: one lock order
+        let saga = sqlx::query(concat!(
+            "SELECT ",
+            saga_columns!(),
+            " FROM annals_sagas WHERE saga_id = $1 FOR UPDATE"
+        ))
+        .bind(command.saga_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(fail)?;
+        match &outcome {
+            CommandOutcome::Delivered => sqlx::query(
+                "UPDATE annals_saga_outbox SET dispatched_at = now()
+                 WHERE id = $1 AND dispatched_at IS NULL AND failed_at IS NULL",
+            )
+            .bind(id),
+            CommandOutcome::Abandoned { error } => sqlx::query(
+                "UPDATE annals_saga_outbox SET failed_at = now(), last_error = $2
+                 WHERE id = $1 AND dispatched_at IS NULL AND failed_at IS NULL",
+            )
+            .bind(id)
+            .bind(error),
+            CommandOutcome::Retry { .. } => return Ok(()),
+        }
+        .execute(&mut *tx)
+        .await
+        .map_err(fail)?;
+        if let Some(saga) = saga {
+            let saga = decode_saga(&saga)?;
+            let row = sqlx::query(
+                "SELECT count(*) FILTER (WHERE dispatched_at IS NULL AND failed_at IS NULL) AS outstanding,
+                        count(*) FILTER (WHERE step = $2 AND compensation = $3 AND dispatched_at IS NOT NULL) AS delivered
+                   FROM annals_saga_outbox WHERE saga_id = $1",
+            )
+            .bind(command.saga_id)
+            .bind(i32::try_from(command.step).unwrap_or(i32::MAX))
+            .bind(command.compensation)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(fail)?;
+            let outstanding: i64 = row.try_get("outstanding").map_err(fail)?;
+            let delivered: i64 = row.try_get("delivered").map_err(fail)?;
+            let progress = SagaProgress {
+                outstanding: outstanding.max(0) as u64,
+                step_delivered: delivered.max(0) as u64,
+            };
+            if let Some(change) = decide(saga, progress)? {
+                save_on(&mut tx, &change).await?;
+            }
+        }
+        tx.commit().await.map_err(fail)?;
+        Ok(())
+    }
+
+    async fn fire_due_timeouts<F>(
+        &self,
+        saga_type: &str,
+        limit: usize,
+        mut decide: F,
+    ) -> Result<usize, SagaError>
+    where
+        F: FnMut(SagaRecord) -> Result<Option<SagaChange>, SagaError> + Send,
+    {
+        let fail = |e| SagaError::backend("firing saga timeouts", e);
+        // one cheap probe first: most scans find nothing due, and then need
+        // no transaction
+        let due: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM annals_sagas
+                             WHERE saga_type = $1 AND deadline_at IS NOT NULL AND deadline_at <= now()
+                               AND status IN ('pending', 'running'))",
+        )
+        .bind(saga_type)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(fail)?;
+        if !due {
+            return Ok(0);
+        }
+        let mut conn = self.pool.acquire().await.map_err(fail)?;
+        let mut tx = conn.begin().await.map_err(fail)?;
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            saga_columns!(),
+            " FROM annals_sagas
+             WHERE saga_type = $1 AND deadline_at IS NOT NULL AND deadline_at <= now()
+               AND status IN ('pending', 'running')
+             ORDER BY deadline_at
+             LIMIT $2
+             FOR UPDATE SKIP LOCKED"
+        ))
+        .bind(saga_type)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(fail)?;
+        let mut changed = 0;
+        for row in &rows {
+            if let Some(change) = decide(decode_saga(row)?)? {
+                save_on(&mut tx, &change).await?;
+                changed += 1;
+            }
+        }
+        tx.commit().await.map_err(fail)?;
+        Ok(changed)
+    }
+}
