@@ -335,6 +335,48 @@ pub trait EventStoreExt: EventStore {
         }
     }
 
+    /// Reads and decodes the events of a stream from `from_version`, with
+    /// their stream versions but without the rest of the envelope: the
+    /// lean read for code that needs only the events themselves (ids,
+    /// times and metadata are not fetched). Old versions are validated and
+    /// upcast as on every other read.
+    ///
+    /// ```
+    /// # use annals_core as annals;
+    /// # use annals::{EventStoreExt, ExpectedVersion, InMemoryEventStore, Metadata};
+    /// #[derive(Debug, Clone, PartialEq, annals_macros::Event)]
+    /// #[event(crate = "annals_core")]
+    /// enum CounterEvent { Added(u32) }
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let store = InMemoryEventStore::new();
+    /// let events = [CounterEvent::Added(2), CounterEvent::Added(3)];
+    /// store.append_events("c1", ExpectedVersion::NoStream, &events, &Metadata::new()).await?;
+    /// let read = store.read_stream_events::<CounterEvent>("c1", 2).await?;
+    /// assert_eq!(read, vec![(2, CounterEvent::Added(3))]);
+    /// # Ok::<(), annals::Error>(())
+    /// # }).unwrap();
+    /// ```
+    fn read_stream_events<E: Event>(
+        &self,
+        stream_id: &str,
+        from_version: u64,
+    ) -> impl Future<Output = Result<Vec<(u64, E)>, Error>> + Send {
+        async move {
+            let registry = self.registry();
+            registry.register::<E>()?;
+            let mut events = Vec::new();
+            self.fold_stream_payloads(stream_id, from_version.max(1), |p| {
+                events.push((
+                    p.stream_version,
+                    decode_payload::<E>(registry, stream_id, p)?,
+                ));
+                Ok(())
+            })
+            .await?;
+            Ok(events)
+        }
+    }
+
     /// Decodes one stored event into `E`, validating an old-version payload
     /// against its schema before upcasting.
     fn decode<E: Event>(&self, recorded: RecordedEvent) -> Result<Envelope<E>, Error> {

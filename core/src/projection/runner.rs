@@ -294,6 +294,9 @@ struct Session<L> {
     pending: HashMap<String, u64>,
     lease_checked: Instant,
     summary: CatchUp,
+    /// The batch after the last one, read while that one was applied: the
+    /// position it was read after, and its events.
+    prefetched: Option<(LogPosition, Vec<RecordedEvent>)>,
 }
 
 impl<S, B, P> ProjectionRunner<S, B, P>
@@ -325,6 +328,8 @@ where
     }
 
     /// Events read (and applied in one transaction) per batch (at least 1).
+    /// While catching up, the next batch is read while a full one is being
+    /// applied, so reads and writes overlap.
     pub fn batch_size(mut self, n: usize) -> Self {
         self.batch_size = n.max(1);
         self
@@ -517,6 +522,7 @@ where
             pending: HashMap::new(),
             lease_checked: Instant::now(),
             summary: CatchUp::default(),
+            prefetched: None,
         };
         let result = self.work(&mut s, shutdown, follow).await;
         // hand over at once: a standby (or the next catch_up) need not
@@ -612,15 +618,33 @@ where
             // replays (maybe by another process) only ever remove entries
             s.pending = self.backend.pending_streams(self.name()).await?;
         }
-        let batch = self.store.read_all(s.position, self.batch_size).await?;
+        let batch = match s.prefetched.take() {
+            Some((after, batch)) if after == s.position => batch,
+            _ => self.store.read_all(s.position, self.batch_size).await?,
+        };
         let Some(last) = batch.last() else {
             return Ok(0);
         };
         let (last, last_at) = (last.log_position, last.recorded_at);
         let n = batch.len();
         let started = Instant::now();
-        self.process_batch(s, batch, (last, last_at), shutdown)
-            .await?;
+        if n < self.batch_size {
+            // the end of the log is near: nothing worth reading ahead
+            self.process_batch(s, batch, (last, last_at), shutdown)
+                .await?;
+        } else {
+            // catching up: read the next batch while this one is applied,
+            // so the read's round trip overlaps the write's
+            let (processed, next) = tokio::join!(
+                self.process_batch(s, batch, (last, last_at), shutdown),
+                self.store.read_all(last, self.batch_size)
+            );
+            processed?;
+            // a failed read ahead is read again (and reported) next step
+            if let (Ok(next), true) = (next, s.position == last) {
+                s.prefetched = Some((last, next));
+            }
+        }
         s.summary.events_read += n as u64;
         metrics::histogram!(m::PROJECTION_BATCH_DURATION_SECONDS, "projection" => self.name().to_owned())
             .record(started.elapsed().as_secs_f64());
