@@ -153,8 +153,49 @@ impl RetryPolicy {
     pub async fn run<T, E, F, Fut>(
         &self,
         handler: &str,
+        operation: F,
+        retryable: impl Fn(&E) -> bool,
+    ) -> Result<T, RetryError<E>>
+    where
+        F: FnMut(u32) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        self.run_with_hints(handler, operation, retryable, |_| None)
+            .await
+    }
+
+    /// [`run`](Self::run), honouring a delay the failure asks for (an HTTP
+    /// `Retry-After`, say): `hint` reads it from the error, and the next
+    /// attempt waits for the longer of it and the backoff. A hint is capped
+    /// at [`max_delay`](Self::max_delay), so a server cannot stall the
+    /// caller for longer than the policy allows.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+    /// use std::time::{Duration, Instant};
+    /// use annals_core::RetryPolicy;
+    ///
+    /// let policy = RetryPolicy::new(2).initial_delay(Duration::from_millis(1));
+    /// let started = Instant::now();
+    /// let mut calls = 0;
+    /// let result: Result<(), _> = policy
+    ///     .run_with_hints(
+    ///         "doc-example",
+    ///         |_| { calls += 1; let first = calls == 1; async move { if first { Err(Duration::from_millis(50)) } else { Ok(()) } } },
+    ///         |_| true,
+    ///         |wait: &Duration| Some(*wait),
+    ///     )
+    ///     .await;
+    /// assert!(result.is_ok());
+    /// assert!(started.elapsed() >= Duration::from_millis(50));
+    /// # });
+    /// ```
+    pub async fn run_with_hints<T, E, F, Fut>(
+        &self,
+        handler: &str,
         mut operation: F,
         retryable: impl Fn(&E) -> bool,
+        hint: impl Fn(&E) -> Option<Duration>,
     ) -> Result<T, RetryError<E>>
     where
         F: FnMut(u32) -> Fut,
@@ -173,7 +214,8 @@ impl RetryPolicy {
                         });
                     }
                     crate::metrics::record_retry(handler);
-                    tokio::time::sleep(self.delay_after(attempt)).await;
+                    let asked = hint(&e).map_or(Duration::ZERO, |d| d.min(self.max_delay));
+                    tokio::time::sleep(self.delay_after(attempt).max(asked)).await;
                 }
             }
         }

@@ -168,6 +168,7 @@ async fn read_request(socket: &mut tokio::net::TcpStream) -> Option<(String, Vec
 fn fast_retries(attempts: u32) -> RetryPolicy {
     RetryPolicy::new(attempts)
         .initial_delay(Duration::from_millis(5))
+        .max_delay(Duration::from_millis(50))
         .jitter(0.0)
 }
 
@@ -219,10 +220,40 @@ async fn a_429_is_retried_then_succeeds() {
         Reply::Embeddings { dims: 2 },
     ])
     .await;
-    let embedder = HttpEmbedder::new(config(&server, 2)).unwrap();
+    // the server's Retry-After (1 s) is honoured: longer than the backoff
+    let patient = RetryPolicy::new(3)
+        .initial_delay(Duration::from_millis(5))
+        .max_delay(Duration::from_secs(5))
+        .jitter(0.0);
+    let embedder = HttpEmbedder::new(config(&server, 2).retry(patient)).unwrap();
+    let started = std::time::Instant::now();
     let v = embedder.embed(&["x"]).await.unwrap();
+    let waited = started.elapsed();
     assert_eq!(v, vec![vec![1.0, 1.0]]);
     assert_eq!(server.seen.lock().unwrap().len(), 2);
+    assert!(waited >= Duration::from_secs(1), "retried after {waited:?}");
+}
+
+#[tokio::test]
+async fn a_retry_after_longer_than_the_policy_allows_is_capped() {
+    let server = server(vec![
+        Reply::Raw {
+            status: 429,
+            headers: vec![("retry-after", "3600")],
+            body: "{}".into(),
+        },
+        Reply::Embeddings { dims: 2 },
+    ])
+    .await;
+    // fast_retries caps every delay at 50 ms
+    let embedder = HttpEmbedder::new(config(&server, 2)).unwrap();
+    let started = std::time::Instant::now();
+    embedder.embed(&["x"]).await.unwrap();
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(50) && waited < Duration::from_secs(5),
+        "retried after {waited:?}"
+    );
 }
 
 #[tokio::test]

@@ -78,6 +78,8 @@ pub struct HttpEmbedderConfig {
     pub send_dimensions: bool,
     /// Retries of rate limits (429), timeouts, unreachable services and
     /// 5xx answers. Other 4xx answers and malformed bodies are not retried.
+    /// A 429's `Retry-After` (in seconds) is honoured, up to the policy's
+    /// `max_delay`.
     #[serde(default)]
     pub retry: RetryPolicy,
 }
@@ -151,7 +153,8 @@ impl HttpEmbedderConfig {
 ///
 /// Each batch of up to `batch_size` texts is one request, retried by the
 /// configured [`RetryPolicy`] when the failure is transient (429, 5xx,
-/// timeout, connection). Every request is counted in
+/// timeout, connection); after a 429 it waits at least the answer's
+/// `Retry-After` (capped at the policy's `max_delay`). Every request is counted in
 /// [`EMBEDDER_CALLS_TOTAL`](crate::metrics::EMBEDDER_CALLS_TOTAL), every
 /// failure in [`EMBEDDER_ERRORS_TOTAL`](crate::metrics::EMBEDDER_ERRORS_TOTAL),
 /// each retry in [`RETRIES_TOTAL`](crate::metrics::RETRIES_TOTAL) (handler
@@ -250,10 +253,14 @@ impl HttpEmbedder {
             let vectors = self
                 .config
                 .retry
-                .run(
+                .run_with_hints(
                     "http_embedder",
                     |_| self.attempt(batch),
                     EmbedError::is_transient,
+                    |e| match e {
+                        EmbedError::RateLimited { retry_after, .. } => *retry_after,
+                        _ => None,
+                    },
                 )
                 .await
                 .map_err(|e| with_attempts(e.last, e.attempts))?;
