@@ -157,7 +157,8 @@ struct ClinicState {
     order: HashMap<Uuid, Vec<String>>,
     duplicates: u64,
     scripts: HashMap<Uuid, Script>,
-    /// Command types the clinic refuses (a service that is down).
+    /// Command types the clinic declines (the service answers no: a failure
+    /// of the command, not of the service, so it is retried, then given up).
     down: HashSet<&'static str>,
     attempts: HashMap<String, u32>,
 }
@@ -196,8 +197,8 @@ impl CommandBus<ClinicCommand> for Clinic {
             let mut s = self.lock();
             *s.attempts.entry(d.command_type.clone()).or_default() += 1;
             if s.down.contains(d.command_type.as_str()) {
-                return Err(HandlerError::dependency(format!(
-                    "{} service unavailable",
+                return Err(HandlerError::event(format!(
+                    "{} declined by the clinic",
                     d.command_type
                 )));
             }
@@ -600,7 +601,7 @@ async fn a_failing_command_is_retried_with_backoff_then_the_saga_compensates() {
         .error_message
         .as_deref()
         .unwrap()
-        .contains("command `ChargeDeposit` of step 1 failed after 3 attempt(s): dependency failed: ChargeDeposit service unavailable"));
+        .contains("command `ChargeDeposit` of step 1 failed after 3 attempt(s): ChargeDeposit declined by the clinic"));
     // the charge never went through, so only the reservation is undone
     assert_eq!(s.clinic.order(lead), ["ReserveSlot", "ReleaseSlot"]);
     assert_eq!(
@@ -620,7 +621,10 @@ async fn a_failing_command_is_retried_with_backoff_then_the_saga_compensates() {
         .unwrap();
     assert_eq!(charge.attempts, 3);
     assert!(charge.failed_at.is_some());
-    assert!(charge.last_error.unwrap().contains("service unavailable"));
+    assert!(charge
+        .last_error
+        .unwrap()
+        .contains("declined by the clinic"));
 }
 
 /// What the clinic did for every saga, checked against the sagas' final

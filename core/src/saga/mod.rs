@@ -17,8 +17,11 @@
 //! - [`SagaWorker`]: dispatches the outbox through the application's
 //!   [`CommandBus`] (at least once, with an idempotency key per command,
 //!   retried with [`RetryPolicy`](crate::RetryPolicy) backoff; after the last
-//!   attempt the saga compensates), and fires timeouts from their persisted
-//!   deadlines.
+//!   attempt the saga compensates), pauses behind a
+//!   [`CircuitBreaker`](crate::CircuitBreaker) while the receiving service
+//!   is down (a [`HandlerError::dependency`](crate::HandlerError::dependency)
+//!   never makes a saga compensate), and fires timeouts from their
+//!   persisted deadlines.
 //! - [`SagaStore`]: where sagas and their outbox live: [`InMemorySagaStore`],
 //!   or the Postgres backend's `PgSagaStore`.
 //!

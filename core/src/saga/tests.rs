@@ -75,11 +75,15 @@ enum TripBooking {
     Booked,
 }
 
-/// Records deliveries; fails the command types in `failing`.
+/// Records deliveries; refuses the command types in `failing` (the
+/// service answers no) and fails every command while `down` (the service
+/// is unreachable); counts the calls.
 #[derive(Clone, Default)]
 struct Bus {
     delivered: Arc<Mutex<Vec<(String, TripCommand)>>>,
     failing: Arc<Mutex<HashSet<&'static str>>>,
+    down: Arc<std::sync::atomic::AtomicBool>,
+    calls: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Bus {
@@ -95,13 +99,20 @@ impl Bus {
 
 impl CommandBus<TripCommand> for Bus {
     async fn dispatch(&self, d: Dispatch<TripCommand>) -> Result<(), HandlerError> {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(HandlerError::dependency("the booking service is down"));
+        }
         if self
             .failing
             .lock()
             .unwrap()
             .contains(d.command_type.as_str())
         {
-            return Err(HandlerError::dependency("the booking service is down"));
+            return Err(HandlerError::event(format!(
+                "the booking service refused {}",
+                d.command_type
+            )));
         }
         self.delivered
             .lock()
@@ -566,6 +577,89 @@ async fn a_compensation_waits_for_the_command_it_undoes() {
         ]
     );
     assert_eq!(h.saga(10).await.status, SagaStatus::Failed);
+}
+
+#[tokio::test]
+async fn a_service_that_is_down_opens_the_breaker_and_pauses_the_sagas() {
+    use std::sync::atomic::Ordering;
+    let mut h = Harness::new();
+    let breakers = crate::CircuitBreakerRegistry::new();
+    let name = SagaWorker::<TripBooking, InMemorySagaStore, Bus>::breaker_name();
+    assert_eq!(name, "saga:trip_booking");
+    breakers.configure(
+        &name,
+        crate::BreakerConfig::default()
+            .failure_threshold(3)
+            .cool_down(Duration::from_millis(300)),
+    );
+    // retries as fast and as few as they come: without the breaker, an
+    // outage would give BookFlight up after 3 attempts and fail the sagas
+    let worker = SagaWorker::<TripBooking, _, _>::new(h.store.clone(), h.bus.clone())
+        .retry_policy(
+            RetryPolicy::new(3)
+                .initial_delay(Duration::from_millis(1))
+                .jitter(0.0),
+        )
+        .breakers(breakers.clone());
+    h.bus.down.store(true, Ordering::SeqCst);
+    for trip in 20..25 {
+        h.apply(TripEvent::Requested(r(trip))).await;
+    }
+    // rounds until the breaker opens: 3 failed calls
+    for _ in 0..10 {
+        worker.run_once().await.unwrap();
+        if worker.breaker().state() == crate::BreakerState::Open {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(worker.breaker().state(), crate::BreakerState::Open);
+    let calls = h.bus.calls.load(Ordering::SeqCst);
+    assert_eq!(calls, 3, "the breaker opens at its threshold");
+    // while it is open: no calls, nothing claimed, nothing given up
+    for _ in 0..20 {
+        let round = worker.run_once().await.unwrap();
+        assert_eq!(round.delivered + round.failed, 0, "{round:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(h.bus.calls.load(Ordering::SeqCst), calls);
+    for trip in 20..25 {
+        assert_eq!(h.saga(trip).await.status, SagaStatus::Running);
+    }
+    // after the cool-down, one trial; it fails, the breaker opens again
+    tokio::time::sleep(Duration::from_millis(320)).await;
+    assert_eq!(worker.breaker().state(), crate::BreakerState::HalfOpen);
+    let round = worker.run_once().await.unwrap();
+    assert_eq!(round.failed, 1, "one trial: {round:?}");
+    assert_eq!(h.bus.calls.load(Ordering::SeqCst), calls + 1);
+    assert_eq!(worker.breaker().state(), crate::BreakerState::Open);
+    // the service comes back: the next trial closes the breaker and every
+    // saga goes on, none compensated, though BookFlight had "used up" its
+    // attempts on the outage
+    h.bus.down.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(320)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while h.bus.delivered().len() < 5 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sagas never resumed"
+        );
+        worker.run_once().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(worker.breaker().state(), crate::BreakerState::Closed);
+    let mut delivered: Vec<String> = h.bus.delivered().iter().map(|c| format!("{c:?}")).collect();
+    delivered.sort();
+    let expected: Vec<String> = (20..25).map(|t| format!("BookFlight({t})")).collect();
+    assert_eq!(delivered, expected, "each once, in any order across sagas");
+    for trip in 20..25 {
+        let saga = h.saga(trip).await;
+        assert_eq!(saga.status, SagaStatus::Running, "{saga:?}");
+        assert!(saga
+            .completed_steps
+            .iter()
+            .all(|s| s.status != StepStatus::Failed));
+    }
 }
 
 #[tokio::test]

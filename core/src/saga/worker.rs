@@ -1,5 +1,6 @@
 use std::future::Future;
 use std::marker::PhantomData;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize as _;
@@ -9,7 +10,10 @@ use super::engine::{self, FailCause};
 use super::projection::record_change;
 use super::{CommandOutcome, OutboxEntry, Saga, SagaError, SagaStore};
 use crate::metrics as m;
-use crate::{HandlerError, RetryPolicy, Shutdown, ShutdownTrigger};
+use crate::{
+    BreakerState, CircuitBreaker, CircuitBreakerRegistry, FailureKind, HandlerError, RetryPolicy,
+    Shutdown, ShutdownTrigger,
+};
 
 /// Where a saga's commands go: the application's side of the outbox.
 ///
@@ -20,8 +24,13 @@ use crate::{HandlerError, RetryPolicy, Shutdown, ShutdownTrigger};
 /// remembers the keys it applied applies each command once.
 ///
 /// Return `Ok` once the command was accepted (applied, or queued durably).
-/// An error is retried with the worker's [`RetryPolicy`]; after the last
-/// attempt the command is given up and the saga compensates.
+/// An error ([`HandlerError::event`], or any error through `?`) is retried
+/// with the worker's [`RetryPolicy`]; after the last attempt the command is
+/// given up and the saga compensates. A [`HandlerError::dependency`] (the
+/// receiving service is down) never gives a command up: it counts against
+/// the worker's circuit breaker, and while the breaker is open the worker
+/// claims no commands, so an outage pauses the sagas instead of
+/// compensating them (a saga's own `timeout` bounds how long it waits).
 ///
 /// ```
 /// use annals_core::{CommandBus, Dispatch, HandlerError};
@@ -118,6 +127,7 @@ pub struct SagaWorker<S, St, B> {
     lease: Duration,
     poll: Duration,
     timeout_scan: Duration,
+    breaker: Arc<CircuitBreaker>,
     _saga: PhantomData<fn() -> S>,
 }
 
@@ -129,9 +139,11 @@ where
 {
     /// A worker for saga `S` on `store`, delivering through `bus`, with the
     /// default [`RetryPolicy`], batches of 64, a 30 s lease, a 250 ms poll
-    /// interval and a timeout scan every second.
+    /// interval, a timeout scan every second, and a circuit breaker named
+    /// [`breaker_name`](Self::breaker_name) in a registry of its own.
     pub fn new(store: St, bus: B) -> Self {
         SagaWorker {
+            breaker: CircuitBreakerRegistry::new().get(&Self::breaker_name()),
             store,
             bus,
             retry: RetryPolicy::default(),
@@ -178,6 +190,24 @@ where
         self
     }
 
+    /// Uses a shared circuit-breaker registry; the worker's breaker is the
+    /// one named [`breaker_name`](Self::breaker_name) (configure it there).
+    pub fn breakers(mut self, registry: CircuitBreakerRegistry) -> Self {
+        self.breaker = registry.get(&Self::breaker_name());
+        self
+    }
+
+    /// The name of the breaker that guards the command bus:
+    /// `saga:{saga name}`.
+    pub fn breaker_name() -> String {
+        format!("saga:{}", S::NAME)
+    }
+
+    /// The circuit breaker that guards the command bus.
+    pub fn breaker(&self) -> &Arc<CircuitBreaker> {
+        &self.breaker
+    }
+
     /// The store.
     pub fn store(&self) -> &St {
         &self.store
@@ -207,11 +237,17 @@ where
     }
 
     /// Claims one batch of due commands and delivers them. Returns the
-    /// delivered and failed counts.
+    /// delivered and failed counts. While the breaker is open nothing is
+    /// claimed; when half-open, one command is claimed as the trial.
     pub async fn dispatch(&self) -> Result<WorkerRound, SagaError> {
+        let limit = match self.breaker.state() {
+            BreakerState::Closed => self.batch_size,
+            BreakerState::HalfOpen => 1,
+            BreakerState::Open => return Ok(WorkerRound::default()),
+        };
         let claimed = self
             .store
-            .claim_commands(S::NAME, self.batch_size, self.lease)
+            .claim_commands(S::NAME, limit, self.lease)
             .await?;
         let mut round = WorkerRound::default();
         let mut delivered_forward = Vec::new();
@@ -262,6 +298,14 @@ where
                 }
             }
         };
+        if let Err(open) = self.breaker.try_acquire() {
+            // the breaker opened during this batch: leave the command for
+            // the trial, without counting it as the command's failure
+            return CommandOutcome::Retry {
+                error: open.to_string(),
+                after: open.retry_after,
+            };
+        }
         let dispatch = Dispatch {
             command,
             idempotency_key: entry.idempotency_key.clone(),
@@ -272,14 +316,36 @@ where
             attempt: entry.attempts,
         };
         match self.bus.dispatch(dispatch).await {
-            Ok(()) => CommandOutcome::Delivered,
-            Err(e) if self.retry.allows_retry_after(entry.attempts) => CommandOutcome::Retry {
-                error: e.to_string(),
-                after: self.retry.delay_after(entry.attempts.max(1)),
-            },
-            Err(e) => CommandOutcome::Abandoned {
-                error: e.to_string(),
-            },
+            Ok(()) => {
+                self.breaker.record_success();
+                CommandOutcome::Delivered
+            }
+            Err(e) if e.kind() == FailureKind::Dependency => {
+                // the service is down, not the command wrong: never given
+                // up for it; the breaker paces the attempts
+                self.breaker.record_failure();
+                CommandOutcome::Retry {
+                    error: e.to_string(),
+                    after: self
+                        .retry
+                        .delay_after(entry.attempts.max(1))
+                        .max(self.breaker.retry_after()),
+                }
+            }
+            Err(e) => {
+                // the service answered: it is up
+                self.breaker.record_success();
+                if self.retry.allows_retry_after(entry.attempts) {
+                    CommandOutcome::Retry {
+                        error: e.to_string(),
+                        after: self.retry.delay_after(entry.attempts.max(1)),
+                    }
+                } else {
+                    CommandOutcome::Abandoned {
+                        error: e.to_string(),
+                    }
+                }
+            }
         }
     }
 
