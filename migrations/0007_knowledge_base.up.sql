@@ -54,8 +54,8 @@ CREATE EXTENSION IF NOT EXISTS vector;
 -- Extra filters (is_active, clinic_id, tags, ...) are applied to the rows
 -- the index scan returns, and an HNSW scan returns at most hnsw.ef_search
 -- (default 40) candidates: with selective filters, raise ef_search or, on
--- pgvector >= 0.8, SET hnsw.iterative_scan = relaxed_order so the LIMIT is
--- still filled.
+-- pgvector >= 0.8, SET hnsw.iterative_scan = strict_order (what
+-- PgKnowledgeBase does) so the LIMIT is still filled, in distance order.
 --
 -- Useful side effect: once a model's index exists, a row of that model whose
 -- embedding has another dimension fails to insert ("expected 384 dimensions,

@@ -50,7 +50,9 @@ pub struct HealthReport {
     pub projections: Vec<ProjectionHealth>,
     /// How far the snapshot horizon holds log readers back.
     pub horizon: Horizon,
-    /// Whether the horizon has been held back longer than its threshold.
+    /// Whether the horizon has been held back longer than its threshold
+    /// *and* holds committed events back from readers (a long transaction
+    /// that holds nothing back, such as a backup's, is not a problem).
     pub horizon_stale: bool,
     /// When the report was made.
     pub checked_at: DateTime<Utc>,
@@ -123,7 +125,8 @@ impl<S: EventStore, B: ProjectionStore> HealthCheck<S, B> {
         self
     }
 
-    /// How long the horizon may be held back before readiness fails.
+    /// How long the horizon may hold committed events back from readers
+    /// before readiness fails (default 5 minutes).
     pub fn horizon_stale_after(mut self, threshold: Duration) -> Self {
         self.horizon_stale_after = threshold;
         self
@@ -227,7 +230,8 @@ impl<S: EventStore, B: ProjectionStore> HealthCheck<S, B> {
         metrics::gauge!(m::HORIZON_EVENTS_HELD_BACK).set(horizon.events_held_back as f64);
         Ok(HealthReport {
             projections,
-            horizon_stale: horizon.lag_seconds > self.horizon_stale_after.as_secs_f64(),
+            horizon_stale: horizon.lag_seconds > self.horizon_stale_after.as_secs_f64()
+                && horizon.events_held_back > 0,
             horizon,
             checked_at: Utc::now(),
         })
