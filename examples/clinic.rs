@@ -841,7 +841,6 @@ async fn knowledge_tour<K: annals::rag::KnowledgeBase>(kb: &K, run: &str) -> Res
 #[cfg(feature = "postgres")]
 async fn on_postgres(url: &str) -> Result<(), BoxError> {
     use annals::postgres::sqlx::postgres::PgPoolOptions;
-    use annals::postgres::{migrate, PgEventStore, PgSnapshotStore};
 
     let pool = PgPoolOptions::new()
         .max_connections(4)
@@ -849,6 +848,14 @@ async fn on_postgres(url: &str) -> Result<(), BoxError> {
         .connect(url)
         .await
         .map_err(|e| format!("cannot connect to the database in DATABASE_URL: {e}"))?;
+    tour_on_postgres(pool).await
+}
+
+/// The whole tour on the database behind `pool` (migrated first).
+#[cfg(feature = "postgres")]
+pub(crate) async fn tour_on_postgres(pool: annals::postgres::sqlx::PgPool) -> Result<(), BoxError> {
+    use annals::postgres::{migrate, PgEventStore, PgSnapshotStore};
+
     migrate(&pool).await?;
     let store = PgEventStore::builder(pool.clone())
         .register::<LeadEvent>()
@@ -922,23 +929,29 @@ async fn main() -> Result<(), BoxError> {
             return Err("DATABASE_URL is set, but this build has no `postgres` feature".into());
         }
         None => {
-            println!("annals tour on the in-memory store");
-            println!("==================================");
-            let store = InMemoryEventStore::new();
-            tour(&store, InMemorySnapshotStore::new(), "").await?;
-            projections::tour(&store, annals::InMemoryProjectionStore::new(), "", 10).await?;
-            sagas::tour(
-                &store,
-                annals::InMemoryProjectionStore::new(),
-                annals::InMemorySagaStore::new(),
-                11,
-            )
-            .await?;
-            knowledge_tour(&annals::rag::InMemoryKnowledgeBase::new(), "").await?;
+            tour_in_memory().await?;
             println!();
             println!("The tour ran in memory. To run it on Postgres: `scripts/with-services cargo run --example clinic` (or set DATABASE_URL).");
         }
     }
+    Ok(())
+}
+
+/// The whole tour on the in-memory stores.
+pub(crate) async fn tour_in_memory() -> Result<(), BoxError> {
+    println!("annals tour on the in-memory store");
+    println!("==================================");
+    let store = InMemoryEventStore::new();
+    tour(&store, InMemorySnapshotStore::new(), "").await?;
+    projections::tour(&store, annals::InMemoryProjectionStore::new(), "", 10).await?;
+    sagas::tour(
+        &store,
+        annals::InMemoryProjectionStore::new(),
+        annals::InMemorySagaStore::new(),
+        11,
+    )
+    .await?;
+    knowledge_tour(&annals::rag::InMemoryKnowledgeBase::new(), "").await?;
     Ok(())
 }
 

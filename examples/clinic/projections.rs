@@ -152,15 +152,25 @@ where
             letter.id, letter.event_type, letter.stream_id
         ));
     }
+    if parked.len() != 2 {
+        return Err(format!(
+            "expected the poison event and the one behind it parked, found {} dead letter(s)",
+            parked.len()
+        )
+        .into());
+    }
     why("a poison event is retried with backoff, then parked so the projection moves on; Emil's next event waits behind it, so his stream is never applied out of order.");
 
     gateway.accepts_empty_sender.store(true, Ordering::SeqCst);
     let replayed = runner.replay_all().await?;
+    let pending = projections.pending_dead_letters(projection.name()).await?;
     say(&format!(
-        "After the template fix, `replay_all` resolved {} dead letter(s) in stream order ({} left pending).",
+        "After the template fix, `replay_all` resolved {} dead letter(s) in stream order ({pending} left pending).",
         replayed.resolved,
-        projections.pending_dead_letters(projection.name()).await?
     ));
+    if replayed.resolved != 2 || pending != 0 {
+        return Err("the replay did not resolve both dead letters".into());
+    }
 
     gateway.down.store(true, Ordering::SeqCst);
     let handle = runner.clone().spawn();
@@ -171,13 +181,22 @@ where
     while breaker.state() != BreakerState::Open && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    if breaker.state() != BreakerState::Open {
+        return Err("the breaker did not open while the gateway was down".into());
+    }
     let calls = gateway.calls.load(Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(200)).await;
+    let calls_while_open = gateway.calls.load(Ordering::SeqCst) - calls;
     say(&format!(
-        "The gateway went down: after 3 failures the breaker is {:?}; calls while open: {}.",
+        "The gateway went down: after 3 failures the breaker is {:?}; calls while open: {calls_while_open}.",
         breaker.state(),
-        gateway.calls.load(Ordering::SeqCst) - calls
     ));
+    if calls_while_open != 0 {
+        return Err(format!(
+            "the gateway was called {calls_while_open} time(s) while the breaker was open"
+        )
+        .into());
+    }
     gateway.down.store(false, Ordering::SeqCst);
     let sent_before = gateway.sent.lock().unwrap_or_else(|p| p.into_inner()).len();
     while gateway.sent.lock().unwrap_or_else(|p| p.into_inner()).len() == sent_before
@@ -185,11 +204,15 @@ where
     {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    let pending = projections.pending_dead_letters(projection.name()).await?;
     say(&format!(
-        "It came back: the half-open trial call succeeded, the breaker is {:?}, Filip's confirmation went out, nothing was parked ({} pending).",
+        "It came back: the half-open trial call succeeded, the breaker is {:?}, Filip's confirmation went out, nothing was parked ({pending} pending).",
         breaker.state(),
-        projections.pending_dead_letters(projection.name()).await?
     ));
+    let sent = gateway.sent.lock().unwrap_or_else(|p| p.into_inner()).len();
+    if sent == sent_before || pending != 0 || breaker.state() != BreakerState::Closed {
+        return Err("the projection did not recover through the half-open trial".into());
+    }
     handle.stop().await?;
     let checkpoint = projections.checkpoint(projection.name()).await?;
     if let Some(c) = checkpoint {

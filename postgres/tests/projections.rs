@@ -96,7 +96,7 @@ struct Env {
 
 async fn env() -> Env {
     let db = TestDatabase::new().await;
-    sqlx::query("CREATE TABLE applied (position bigint, stream_id text, version bigint, n int)")
+    sqlx::query("CREATE TABLE applied (seq bigint GENERATED ALWAYS AS IDENTITY, position bigint, stream_id text, version bigint, n int)")
         .execute(db.pool())
         .await
         .unwrap();
@@ -157,8 +157,9 @@ impl Env {
             .unwrap()
     }
 
+    /// The values applied to a stream, in the order they were applied.
     async fn values_of(&self, stream: &str) -> Vec<i32> {
-        sqlx::query_scalar("SELECT n FROM applied WHERE stream_id = $1 ORDER BY version")
+        sqlx::query_scalar("SELECT n FROM applied WHERE stream_id = $1 ORDER BY seq")
             .bind(stream)
             .fetch_all(self.pool())
             .await
