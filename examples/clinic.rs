@@ -792,6 +792,7 @@ async fn knowledge_tour<K: annals::rag::KnowledgeBase>(kb: &K, run: &str) -> Res
         new_model.model(),
         schedule.next_after(chrono::Utc::now()).format("%a %Y-%m-%d %H:%M")
     ));
+    say("A service runs it on a task until shutdown: `schedule.run_until(shutdown, || refresh.run(&kb, |_| {}), |outcome| ...)`;");
     say("here it runs now, in batches of 2 (default 100), with a progress bar:");
     let refresh = EmbeddingRefresh::new(new_model.clone()).batch_size(2);
     let outcome = refresh

@@ -304,10 +304,45 @@ impl Schedule {
         start
     }
 
-    /// Runs `job` at every matching time, forever (spawn it on a task; drop
-    /// or abort the task to stop). Each run's result goes to `on_result`.
-    pub async fn run_forever<F, Fut, T>(&self, mut job: F, mut on_result: impl FnMut(T))
+    /// Runs `job` at every matching time, forever (spawn it on a task;
+    /// abort the task to stop, or use [`run_until`](Self::run_until)).
+    /// Each run's result goes to `on_result`.
+    pub async fn run_forever<F, Fut, T>(&self, job: F, on_result: impl FnMut(T))
     where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = T>,
+    {
+        self.run_until(crate::Shutdown::never(), job, on_result)
+            .await
+    }
+
+    /// Runs `job` at every matching time until `shutdown` is triggered; a
+    /// run in progress finishes first. Each run's result goes to
+    /// `on_result`.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+    /// use annals_core::Shutdown;
+    /// use annals_core::rag::Schedule;
+    ///
+    /// let weekly: Schedule = "0 3 * * 0".parse().unwrap();
+    /// let (stop, shutdown) = Shutdown::new();
+    /// let job = tokio::spawn(async move {
+    ///     weekly
+    ///         .run_until(shutdown, || async { "refreshed" }, |outcome| println!("{outcome}"))
+    ///         .await
+    /// });
+    /// // ... at shutdown:
+    /// stop.trigger();
+    /// job.await.unwrap();
+    /// # });
+    /// ```
+    pub async fn run_until<F, Fut, T>(
+        &self,
+        mut shutdown: crate::Shutdown,
+        mut job: F,
+        mut on_result: impl FnMut(T),
+    ) where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = T>,
     {
@@ -316,7 +351,9 @@ impl Schedule {
             let next = self.next_after(now);
             let wait = (next - now).to_std().unwrap_or_default();
             tracing::debug!(%next, "scheduled job sleeping");
-            tokio::time::sleep(wait).await;
+            if shutdown.sleep(wait).await {
+                return;
+            }
             on_result(job().await);
         }
     }
@@ -328,6 +365,37 @@ mod tests {
     use chrono::TimeZone;
 
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_scheduled_job_runs_at_its_times_until_shutdown() {
+        let every_minute: Schedule = "* * * * *".parse().unwrap();
+        let runs = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let (stop, shutdown) = crate::Shutdown::new();
+        let counted = runs.clone();
+        let task = tokio::spawn(async move {
+            every_minute
+                .run_until(
+                    shutdown,
+                    || async { 7 },
+                    move |n: u32| {
+                        counted.fetch_add(n, std::sync::atomic::Ordering::SeqCst);
+                    },
+                )
+                .await
+        });
+        // nothing before its first time (at most a minute away) ...
+        tokio::task::yield_now().await;
+        assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 0);
+        // ... then runs (tokio's clock is paused and jumps ahead)
+        tokio::time::sleep(std::time::Duration::from_secs(5 * 60)).await;
+        let ran = runs.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(ran >= 7 && ran % 7 == 0, "{ran}");
+        stop.trigger();
+        tokio::time::timeout(std::time::Duration::from_secs(1), task)
+            .await
+            .expect("stops at once when triggered")
+            .unwrap();
+    }
 
     #[test]
     fn schedules_parse_and_find_the_next_time() {
