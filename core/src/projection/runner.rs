@@ -628,6 +628,7 @@ where
         let (last, last_at) = (last.log_position, last.recorded_at);
         let n = batch.len();
         let started = Instant::now();
+        let parked_before = s.summary.events_parked;
         if n < self.batch_size {
             // the end of the log is near: nothing worth reading ahead
             self.process_batch(s, batch, (last, last_at), shutdown)
@@ -644,6 +645,10 @@ where
             if let (Ok(next), true) = (next, s.position == last) {
                 s.prefetched = Some((last, next));
             }
+        }
+        if s.summary.events_parked != parked_before {
+            // events parked behind a dead letter count as pending too
+            self.export_pending().await;
         }
         s.summary.events_read += n as u64;
         metrics::histogram!(m::PROJECTION_BATCH_DURATION_SECONDS, "projection" => self.name().to_owned())
@@ -764,14 +769,14 @@ where
                         }
                         break;
                     }
-                    Err((0, failure)) => {
+                    Err((0, _, failure)) => {
                         drop(tx);
                         self.breaker.release();
                         self.handle_failure(s, &items[i], failure, shutdown).await?;
                         i += 1;
                         break;
                     }
-                    Err((k, failure)) if !B::TRANSACTIONAL => {
+                    Err((k, (applied, parked), failure)) if !B::TRANSACTIONAL => {
                         // what applied before the failing event stays
                         // applied: move the checkpoint past it (never apply
                         // it twice), then handle the failing event
@@ -779,12 +784,14 @@ where
                         let last = &items[i + k - 1];
                         self.commit_at(tx, s, last.position(), last.recorded_at())
                             .await?;
+                        self.count_applied(s, applied);
+                        self.count_parked(s, parked, "behind");
                         i += k;
                         self.handle_failure(s, &items[i], failure, shutdown).await?;
                         i += 1;
                         break;
                     }
-                    Err((k, failure)) => {
+                    Err((k, _, failure)) => {
                         // roll back, apply and commit what came before the
                         // failing event, then handle it alone
                         drop(tx);
@@ -798,15 +805,17 @@ where
         Ok(())
     }
 
-    /// Applies items one by one inside `tx`. `Ok(Err((k, f)))`: item `k`
-    /// failed (the caller rolls back).
+    /// Applies items one by one inside `tx`; counts (applied, parked).
+    /// `Ok(Err((k, counts, f)))`: item `k` failed, after `counts` (the
+    /// caller rolls back, or keeps the prefix on a non-transactional
+    /// backend).
     #[allow(clippy::type_complexity)]
     async fn try_each(
         &self,
         tx: &mut B::Tx,
         pending: &HashMap<String, u64>,
         items: &[Item<P::Event>],
-    ) -> Result<Result<(u64, u64), (usize, Failure)>, ProjectionError> {
+    ) -> Result<Result<(u64, u64), (usize, (u64, u64), Failure)>, ProjectionError> {
         let (mut applied, mut parked) = (0, 0);
         for (k, item) in items.iter().enumerate() {
             if let Some(&first) = item.stream_id().and_then(|id| pending.get(id)) {
@@ -819,11 +828,15 @@ where
             match item {
                 Item::Skip(..) => {}
                 Item::Undecodable(_, e) => {
-                    return Ok(Err((k, Failure::Undecodable(e.to_string()))))
+                    return Ok(Err((
+                        k,
+                        (applied, parked),
+                        Failure::Undecodable(e.to_string()),
+                    )))
                 }
                 Item::Event(e) => match self.projection.apply(B::conn(tx), e).await {
                     Ok(()) => applied += 1,
-                    Err(err) => return Ok(Err((k, Failure::Handler(err)))),
+                    Err(err) => return Ok(Err((k, (applied, parked), Failure::Handler(err)))),
                 },
             }
         }
