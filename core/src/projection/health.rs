@@ -230,8 +230,7 @@ impl<S: EventStore, B: ProjectionStore> HealthCheck<S, B> {
         metrics::gauge!(m::HORIZON_EVENTS_HELD_BACK).set(horizon.events_held_back as f64);
         Ok(HealthReport {
             projections,
-            horizon_stale: horizon.lag_seconds > self.horizon_stale_after.as_secs_f64()
-                && horizon.events_held_back > 0,
+            horizon_stale: horizon_stale(&horizon, self.horizon_stale_after),
             horizon,
             checked_at: Utc::now(),
         })
@@ -299,4 +298,33 @@ fn export(h: &ProjectionHealth) {
         },
     );
     metrics::gauge!(m::DEAD_LETTERS_PENDING, "handler" => name).set(h.dead_letters_pending as f64);
+}
+
+/// Whether `horizon` has been held back longer than `threshold` while it
+/// hides committed events from readers.
+fn horizon_stale(horizon: &Horizon, threshold: Duration) -> bool {
+    horizon.lag_seconds > threshold.as_secs_f64() && horizon.events_held_back > 0
+}
+
+#[cfg(test)]
+mod horizon_tests {
+    use super::*;
+
+    fn horizon(lag_seconds: f64, events_held_back: u64) -> Horizon {
+        Horizon {
+            lag_seconds,
+            events_held_back,
+            ..Horizon::CLEAR
+        }
+    }
+
+    #[test]
+    fn a_held_back_horizon_is_stale_only_when_it_hides_events() {
+        let five_minutes = Duration::from_secs(300);
+        assert!(horizon_stale(&horizon(301.0, 3), five_minutes));
+        // a long transaction that hides nothing (a backup, say)
+        assert!(!horizon_stale(&horizon(3_600.0, 0), five_minutes));
+        // events held back briefly: ordinary commit latency
+        assert!(!horizon_stale(&horizon(2.0, 40), five_minutes));
+    }
 }
