@@ -276,6 +276,16 @@ pub trait EventStore: Send + Sync {
         }
     }
 
+    /// The log position of the newest committed event, whether or not log
+    /// readers can see it yet (`None`: an empty log, or a store where every
+    /// committed event is visible at once, which is the default). A
+    /// [`catch_up`](crate::ProjectionRunner::catch_up) waits until it has
+    /// read this far, so events committed before it started are applied
+    /// even while an open transaction holds the horizon back for a moment.
+    fn log_end(&self) -> impl Future<Output = Result<Option<LogPosition>, Error>> + Send {
+        async { Ok(None) }
+    }
+
     /// How far the snapshot horizon holds log readers back. The default
     /// (for stores without concurrent transactions) is [`Horizon::CLEAR`].
     fn horizon(&self) -> impl Future<Output = Result<Horizon, Error>> + Send {

@@ -785,6 +785,17 @@ impl EventStore for PgEventStore {
     async fn horizon(&self) -> Result<Horizon, Error> {
         PgEventStore::horizon(self).await
     }
+
+    async fn log_end(&self) -> Result<Option<LogPosition>, Error> {
+        let row: Option<(i64, i64)> = sqlx::query_as(
+            "SELECT transaction_id::text::int8 AS tx, position FROM annals_events
+              ORDER BY transaction_id DESC, position DESC LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| Error::backend("reading the end of the global log", e))?;
+        Ok(row.map(|(tx, position)| LogPosition::new(tx as u64, position as u64)))
+    }
 }
 
 impl WatchLog for PgEventStore {

@@ -532,6 +532,58 @@ async fn health_turns_stale_when_the_projection_stops_and_recovers_when_it_resum
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catch_up_waits_for_events_an_open_transaction_hides() {
+    let env = env().await;
+    let recorder = Arc::new(Recorder::default());
+    // a transaction that took a transaction id first and stays open (held
+    // short: the horizon is server-wide, and other tests share the server)
+    let mut open = env.pool().begin().await.unwrap();
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut *open)
+        .await
+        .unwrap();
+    // committed after it: invisible to log readers until it ends
+    env.append("c-1", [1, 2]).await;
+    assert!(env.store.horizon().await.unwrap().events_held_back >= 2);
+    let ends = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        open.rollback().await.unwrap();
+    });
+    let started = Instant::now();
+    let done = env.runner(&recorder).catch_up().await.unwrap();
+    assert_eq!(
+        done.events_applied, 2,
+        "catch_up returned before the events it was called after"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    assert_eq!(env.values_of("c-1").await, [1, 2]);
+    ends.await.unwrap();
+
+    // the wait is bounded: with a transaction that never ends, catch_up
+    // returns after its settle timeout with what it could read
+    let mut open = env.pool().begin().await.unwrap();
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut *open)
+        .await
+        .unwrap();
+    env.append("c-1", [3]).await;
+    let started = Instant::now();
+    let done = env
+        .runner(&recorder)
+        .settle_timeout(Duration::from_millis(200))
+        .catch_up()
+        .await
+        .unwrap();
+    let waited = started.elapsed();
+    open.rollback().await.unwrap();
+    assert_eq!(done.events_applied, 0);
+    assert!(
+        waited >= Duration::from_millis(200) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_runner_survives_the_database_dropping_its_connections() {
     let env = env().await;
     let recorder = Arc::new(Recorder::default());

@@ -197,6 +197,7 @@ pub struct ProjectionRunner<S, B, P> {
     poll_interval: Duration,
     takeover_interval: Duration,
     lease_check_interval: Duration,
+    settle_timeout: Duration,
     retry: RetryPolicy,
     on_failure: FailurePolicy,
     breakers: CircuitBreakerRegistry,
@@ -213,6 +214,7 @@ impl<S: Clone, B: Clone, P> Clone for ProjectionRunner<S, B, P> {
             poll_interval: self.poll_interval,
             takeover_interval: self.takeover_interval,
             lease_check_interval: self.lease_check_interval,
+            settle_timeout: self.settle_timeout,
             retry: self.retry.clone(),
             on_failure: self.on_failure,
             breakers: self.breakers.clone(),
@@ -320,6 +322,7 @@ where
             poll_interval: Duration::from_secs(1),
             takeover_interval: Duration::from_secs(1),
             lease_check_interval: Duration::from_secs(5),
+            settle_timeout: Duration::from_secs(10),
             retry: RetryPolicy::default(),
             on_failure: FailurePolicy::Park,
             breakers,
@@ -352,6 +355,14 @@ where
     /// How often an owner checks that it still holds its lease.
     pub fn lease_check_interval(mut self, interval: Duration) -> Self {
         self.lease_check_interval = interval;
+        self
+    }
+
+    /// How long [`catch_up`](Self::catch_up) waits for events that were
+    /// committed before it started but that an open transaction still hides
+    /// from log readers (default 10 s).
+    pub fn settle_timeout(mut self, timeout: Duration) -> Self {
+        self.settle_timeout = timeout;
         self
     }
 
@@ -462,9 +473,12 @@ where
         }
     }
 
-    /// Applies every event up to the end of the log (as far as the horizon
-    /// lets readers see) and returns. Fails with
-    /// [`ProjectionError::NotOwner`] while another runner owns the projection.
+    /// Applies every event committed before the call and returns. Events an
+    /// open transaction still hides from log readers (see
+    /// [`EventStore::log_end`]) are waited for up to the
+    /// [settle timeout](Self::settle_timeout); events appended meanwhile
+    /// may be applied too. Fails with [`ProjectionError::NotOwner`] while
+    /// another runner owns the projection.
     pub async fn catch_up(&self) -> Result<CatchUp, ProjectionError> {
         self.store.registry().register::<P::Event>()?;
         let lease = self.acquire_now().await?;
@@ -539,6 +553,13 @@ where
     ) -> Result<CatchUp, ProjectionError> {
         self.resync(s).await?;
         s.summary.position = s.position;
+        // a catch-up reads at least as far as the log reached before it
+        let target = if follow {
+            None
+        } else {
+            self.store.log_end().await?
+        };
+        let started = Instant::now();
         // subscribe before the first read, so no append goes unnoticed
         let mut watcher = if follow {
             Some(self.store.watch().await?)
@@ -564,6 +585,15 @@ where
                     self.export_caught_up();
                     s.summary.position = s.position;
                     let Some(watcher) = watcher.as_mut() else {
+                        if target.is_some_and(|t| s.position < t)
+                            && started.elapsed() < self.settle_timeout
+                        {
+                            // committed, but above the horizon for now
+                            if shutdown.sleep(Duration::from_millis(10)).await {
+                                return Ok(s.summary);
+                            }
+                            continue;
+                        }
                         return Ok(s.summary);
                     };
                     tokio::select! {
