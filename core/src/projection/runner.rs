@@ -475,7 +475,7 @@ where
 
     /// Applies every event committed before the call and returns. Events an
     /// open transaction still hides from log readers (see
-    /// [`EventStore::log_end`]) are waited for up to the
+    /// [`EventStore::log_end`](crate::EventStore::log_end)) are waited for up to the
     /// [settle timeout](Self::settle_timeout); events appended meanwhile
     /// may be applied too. Fails with [`ProjectionError::NotOwner`] while
     /// another runner owns the projection.
