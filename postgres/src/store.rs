@@ -145,6 +145,21 @@ macro_rules! append_one_sql {
     };
 }
 
+/// The one-event append for a statement that is its own transaction: the
+/// same rule without `ON CONFLICT` (a speculative insertion costs an extra
+/// index probe). A lost race is a unique violation, mapped to the conflict;
+/// it can only abort the statement's own transaction, never a caller's.
+macro_rules! append_one_owned_sql {
+    ($($base:tt)*) => {
+        concat!(
+            "WITH base AS (", $($base)*, ")
+             INSERT INTO annals_events (event_id, stream_id, stream_version, event_type, schema_version, payload, metadata)
+             SELECT $2, $1, base.v + 1, $3, $4, $5::jsonb, $6::jsonb FROM base
+             RETURNING position, transaction_id::text::int8 AS tx, stream_version, recorded_at"
+        )
+    };
+}
+
 // The three concurrency rules, as the `base` CTE of either statement.
 /// No stream yet: start after version 0 (version 1 taken = conflict).
 macro_rules! base_no_stream {
@@ -169,6 +184,8 @@ macro_rules! base_exact {
 const APPEND_ONE_NO_STREAM: &str = append_one_sql!(base_no_stream!());
 const APPEND_ONE_ANY: &str = append_one_sql!(base_any!());
 const APPEND_ONE_EXACT: &str = append_one_sql!(base_exact!());
+const APPEND_ONE_OWNED_NO_STREAM: &str = append_one_owned_sql!(base_no_stream!());
+const APPEND_ONE_OWNED_EXACT: &str = append_one_owned_sql!(base_exact!());
 const APPEND_NO_STREAM: &str = append_sql!(base_no_stream!());
 const APPEND_ANY: &str = append_sql!(base_any!());
 const APPEND_EXACT: &str = append_sql!(base_exact!());
@@ -295,8 +312,24 @@ impl PgEventStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, Error> {
+        self.append_timed(conn, false, stream_id, expected, events)
+            .await
+    }
+
+    /// [`append_on`](Self::append_on), with the append metrics. `owned`:
+    /// the statement is its own transaction (no caller's transaction).
+    async fn append_timed(
+        &self,
+        conn: &mut PgConnection,
+        owned: bool,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, Error> {
         let started = std::time::Instant::now();
-        let result = self.append_on(conn, stream_id, expected, events).await;
+        let result = self
+            .append_on(conn, owned, stream_id, expected, events)
+            .await;
         annals_core::metrics::record_append(
             "postgres",
             started,
@@ -310,6 +343,7 @@ impl PgEventStore {
     async fn append_on(
         &self,
         conn: &mut PgConnection,
+        owned: bool,
         stream_id: &str,
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
@@ -333,13 +367,15 @@ impl PgEventStore {
             });
         }
         let one = events.len() == 1;
-        let sql = match (expected, one) {
-            (ExpectedVersion::NoStream, false) => APPEND_NO_STREAM,
-            (ExpectedVersion::Any, false) => APPEND_ANY,
-            (ExpectedVersion::Exact(_), false) => APPEND_EXACT,
-            (ExpectedVersion::NoStream, true) => APPEND_ONE_NO_STREAM,
-            (ExpectedVersion::Any, true) => APPEND_ONE_ANY,
-            (ExpectedVersion::Exact(_), true) => APPEND_ONE_EXACT,
+        let sql = match (expected, one, owned) {
+            (ExpectedVersion::NoStream, false, _) => APPEND_NO_STREAM,
+            (ExpectedVersion::Any, false, _) => APPEND_ANY,
+            (ExpectedVersion::Exact(_), false, _) => APPEND_EXACT,
+            (ExpectedVersion::NoStream, true, true) => APPEND_ONE_OWNED_NO_STREAM,
+            (ExpectedVersion::NoStream, true, false) => APPEND_ONE_NO_STREAM,
+            (ExpectedVersion::Any, true, _) => APPEND_ONE_ANY,
+            (ExpectedVersion::Exact(_), true, true) => APPEND_ONE_OWNED_EXACT,
+            (ExpectedVersion::Exact(_), true, false) => APPEND_ONE_EXACT,
         };
         let mut ids = Vec::with_capacity(events.len());
         let mut types = Vec::with_capacity(events.len());
@@ -663,7 +699,10 @@ impl EventStore for PgEventStore {
             .acquire()
             .await
             .map_err(|e| Error::backend("acquiring a connection to append", e))?;
-        self.append_in(&mut conn, stream_id, expected, events).await
+        // the pool's connection is in autocommit: the statement is its own
+        // transaction
+        self.append_timed(&mut conn, true, stream_id, expected, events)
+            .await
     }
 
     async fn read_stream(
