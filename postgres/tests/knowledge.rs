@@ -411,3 +411,92 @@ async fn the_projection_runner_feeds_the_knowledge_base_exactly_once() {
     assert_eq!(kb.document(a).await.unwrap().len(), 2);
     assert!(kb.document(b).await.unwrap().iter().all(|r| !r.is_active));
 }
+
+/// Embeds like `inner`, but its second call waits until `resume` is
+/// notified (after notifying `paused`): a refresh caught between batches.
+#[derive(Clone)]
+struct Gated {
+    inner: HashingEmbedder,
+    calls: Arc<std::sync::atomic::AtomicU32>,
+    paused: Arc<tokio::sync::Notify>,
+    resume: Arc<tokio::sync::Notify>,
+}
+
+impl Embedder for Gated {
+    fn model(&self) -> &str {
+        self.inner.model()
+    }
+
+    fn dimensions(&self) -> usize {
+        self.inner.dimensions()
+    }
+
+    async fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, annals_core::rag::EmbedError> {
+        if self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+            self.paused.notify_one();
+            self.resume.notified().await;
+        }
+        self.inner.embed(texts).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn searches_keep_working_while_a_refresh_runs() {
+    let db = TestDatabase::new().await;
+    let kb = PgKnowledgeBase::new(db.pool().clone());
+    let old = HashingEmbedder::new(32);
+    let ingestor = Ingestor::new(old.clone()).with_chunker(chunker());
+    for n in 0..10u128 {
+        let text = format!("Opening hours of branch {n}: weekdays from 8 to 20.");
+        kb.ingest(
+            &ingestor,
+            &DocumentEvent::Added(document(
+                Uuid::from_u128(500 + n),
+                Some("c"),
+                "en",
+                &[],
+                "hours",
+                &[&text],
+            )),
+        )
+        .await
+        .unwrap();
+    }
+    let new_model = HashingEmbedder::new(32).with_seed(9);
+    let gated = Gated {
+        inner: new_model.clone(),
+        calls: Arc::default(),
+        paused: Arc::default(),
+        resume: Arc::default(),
+    };
+    let refresh = EmbeddingRefresh::new(gated.clone()).batch_size(3);
+    let running = {
+        let kb = kb.clone();
+        tokio::spawn(async move { refresh.run(&kb, |_| {}).await })
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(30), gated.paused.notified())
+        .await
+        .expect("the refresh reached its second batch");
+    // mid-refresh: 3 rows carry the new model, 7 the old; both searches
+    // answer, neither waits for the refresh
+    let query = SearchQuery::new(Scope::Clinic("c".into()), 10);
+    let search = |embedder: HashingEmbedder| {
+        let (kb, query) = (kb.clone(), query.clone());
+        async move {
+            tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                kb.search_text(&embedder, "opening hours", &query),
+            )
+            .await
+            .expect("a search during the refresh does not block")
+            .unwrap()
+        }
+    };
+    assert_eq!(search(old.clone()).await.len(), 7);
+    assert_eq!(search(new_model.clone()).await.len(), 3);
+    gated.resume.notify_one();
+    let outcome = running.await.unwrap().unwrap();
+    assert_eq!((outcome.refreshed, outcome.total), (10, 10));
+    assert!(search(old).await.is_empty());
+    assert_eq!(search(new_model).await.len(), 10);
+}
