@@ -328,11 +328,19 @@ async fn a_poison_event_is_parked_the_handler_goes_on_and_a_replay_resolves_it()
         .unwrap();
     assert_eq!(checkpoint.position.position, letters[2].event_position);
 
-    // a restart keeps the parked entries, and the breaker starts closed
+    // a restart (new runner, new connections) keeps the parked entries,
+    // and the breaker starts closed even though the old one was open
+    for _ in 0..20 {
+        runner.breaker().record_failure();
+    }
+    assert_eq!(runner.breaker().state(), BreakerState::Open);
     drop(runner);
+    let fresh_pool = PgPool::connect_with(env.db.connect_options())
+        .await
+        .unwrap();
     let restarted = ProjectionRunner::new(
         env.store.clone(),
-        PgProjectionStore::new(env.pool().clone()),
+        PgProjectionStore::new(fresh_pool),
         recorder.clone(),
     );
     assert_eq!(restarted.breaker().state(), BreakerState::Closed);
