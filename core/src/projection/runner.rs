@@ -752,7 +752,12 @@ where
                 }
                 Err(e) => {
                     drop(tx);
-                    self.breaker.release();
+                    if e.kind() == FailureKind::Dependency {
+                        // the dependency failed for the whole batch: count it
+                        self.breaker.record_failure();
+                    } else {
+                        self.breaker.release();
+                    }
                     tracing::debug!(projection = self.name(), error = %e, "batch failed; applying its events one by one to find the failing one");
                     items = events.into_iter().map(Item::Event).collect();
                 }
