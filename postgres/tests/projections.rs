@@ -592,6 +592,31 @@ async fn catch_up_waits_for_events_an_open_transaction_hides() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_runner_is_woken_by_notify_not_by_polling() {
+    let env = env().await;
+    let recorder = Arc::new(Recorder::default());
+    // polling once a minute: only a notification can wake it in time
+    let handle = env
+        .runner(&recorder)
+        .poll_interval(Duration::from_secs(60))
+        .spawn();
+    env.append("c-1", [1]).await;
+    env.wait_applied(1).await;
+    for n in 2..=4 {
+        let started = Instant::now();
+        env.append("c-1", [n]).await;
+        env.wait_applied(i64::from(n)).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "woken after {:?}",
+            started.elapsed()
+        );
+    }
+    assert_eq!(env.values_of("c-1").await, [1, 2, 3, 4]);
+    handle.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_runner_survives_the_database_dropping_its_connections() {
     let env = env().await;
     let recorder = Arc::new(Recorder::default());

@@ -567,6 +567,10 @@ where
             None
         };
         let mut failures = 0u32;
+        // after a wake-up that found nothing to read (the append that woke
+        // us can still be above the horizon, held back by an older open
+        // transaction): look again soon, backing off to the poll interval
+        let mut recheck: Option<Duration> = None;
         loop {
             if shutdown.is_triggered() {
                 return Ok(s.summary);
@@ -596,13 +600,23 @@ where
                         }
                         return Ok(s.summary);
                     };
+                    let timeout = recheck.map_or(self.poll_interval, |d| d.min(self.poll_interval));
                     tokio::select! {
-                        _ = watcher.wait(self.poll_interval) => {}
+                        woken = watcher.wait(timeout) => {
+                            recheck = if woken {
+                                Some(Duration::from_millis(10))
+                            } else {
+                                recheck
+                                    .map(|d| d * 2)
+                                    .filter(|d| *d < self.poll_interval)
+                            };
+                        }
                         _ = shutdown.triggered() => return Ok(s.summary),
                     }
                 }
                 Ok(_) => {
                     failures = 0;
+                    recheck = None;
                     s.summary.position = s.position;
                 }
                 Err(ProjectionError::Store(e)) => {
