@@ -45,6 +45,10 @@ pub struct RefreshOutcome {
     pub done: u64,
     /// Whether this run resumed a job an earlier run left unfinished.
     pub resumed: bool,
+    /// Active rows still embedded by another model when the job finished:
+    /// written during the run by an ingestor still on the old model. Zero
+    /// once every writer uses the new model; otherwise run the job again.
+    pub stale_left: u64,
 }
 
 /// Re-embeds every active row whose embedding is not of the embedder's
@@ -176,14 +180,20 @@ impl<E: Embedder> EmbeddingRefresh<E> {
             on_progress(&progress);
         }
         kb.refresh_finish(&job).await?;
-        crate::metrics::record_refresh_progress(model, 0, 0);
-        tracing::info!(job_id = %job.job_id, model, refreshed, done = job.done, total = job.total, "embedding refresh completed");
+        let stale_left = kb.count_stale(model).await?;
+        crate::metrics::record_refresh_progress(model, 0, stale_left);
+        if stale_left > 0 {
+            tracing::warn!(job_id = %job.job_id, model, stale_left, "embedding refresh completed, but rows of another model were written meanwhile; switch every ingestor to the new model and run the refresh again");
+        } else {
+            tracing::info!(job_id = %job.job_id, model, refreshed, done = job.done, total = job.total, "embedding refresh completed");
+        }
         Ok(RefreshOutcome {
             job_id: job.job_id,
             refreshed,
             total: job.total,
             done: job.done,
             resumed: job.resumed,
+            stale_left,
         })
     }
 }
