@@ -91,6 +91,13 @@ macro_rules! columns {
     };
 }
 
+/// A lost race inserts nothing and leaves the transaction usable.
+macro_rules! skip_conflict {
+    () => {
+        "ON CONFLICT ON CONSTRAINT annals_events_stream_version_key DO NOTHING"
+    };
+}
+
 /// The append statements. There is no stream table: the unique key
 /// `annals_events (stream_id, stream_version)` is the concurrency control.
 /// The `base` CTE decides the concurrency rule (the version the append
@@ -113,9 +120,9 @@ macro_rules! append_sql {
                    WITH ORDINALITY AS e(id, t, sv, p, m, ord)),
              first AS (
                  INSERT INTO annals_events (event_id, stream_id, stream_version, event_type, schema_version, payload, metadata)
-                 SELECT e.id, $1, base.v + 1, e.t, e.sv, e.p::jsonb, e.m::jsonb FROM base, e WHERE e.ord = 1
-                 ON CONFLICT ON CONSTRAINT annals_events_stream_version_key DO NOTHING
-                 RETURNING position, transaction_id, stream_version, recorded_at
+                 SELECT e.id, $1, base.v + 1, e.t, e.sv, e.p::jsonb, e.m::jsonb FROM base, e WHERE e.ord = 1 ",
+            skip_conflict!(),
+            " RETURNING position, transaction_id, stream_version, recorded_at
              ),
              rest AS (
                  INSERT INTO annals_events (event_id, stream_id, stream_version, event_type, schema_version, payload, metadata)
@@ -132,30 +139,20 @@ macro_rules! append_sql {
 }
 
 /// The one-event append: the same rule as [`append_sql!`] with scalar
-/// binds and no UNNEST (cheaper on the server for a single row).
+/// binds and no UNNEST (cheaper on the server for a single row), and the
+/// conflict clause given first: `skip_conflict!()` inside a caller's
+/// transaction, nothing when the statement is its own transaction (a
+/// speculative insertion costs an extra index probe; a lost race is then a
+/// unique violation, mapped to the conflict, that can only abort the
+/// statement's own transaction).
 macro_rules! append_one_sql {
-    ($($base:tt)*) => {
+    ($conflict:expr; $($base:tt)*) => {
         concat!(
             "WITH base AS (", $($base)*, ")
              INSERT INTO annals_events (event_id, stream_id, stream_version, event_type, schema_version, payload, metadata)
-             SELECT $2, $1, base.v + 1, $3, $4, $5::jsonb, $6::jsonb FROM base
-             ON CONFLICT ON CONSTRAINT annals_events_stream_version_key DO NOTHING
-             RETURNING position, transaction_id::text::int8 AS tx, stream_version, recorded_at"
-        )
-    };
-}
-
-/// The one-event append for a statement that is its own transaction: the
-/// same rule without `ON CONFLICT` (a speculative insertion costs an extra
-/// index probe). A lost race is a unique violation, mapped to the conflict;
-/// it can only abort the statement's own transaction, never a caller's.
-macro_rules! append_one_owned_sql {
-    ($($base:tt)*) => {
-        concat!(
-            "WITH base AS (", $($base)*, ")
-             INSERT INTO annals_events (event_id, stream_id, stream_version, event_type, schema_version, payload, metadata)
-             SELECT $2, $1, base.v + 1, $3, $4, $5::jsonb, $6::jsonb FROM base
-             RETURNING position, transaction_id::text::int8 AS tx, stream_version, recorded_at"
+             SELECT $2, $1, base.v + 1, $3, $4, $5::jsonb, $6::jsonb FROM base ",
+            $conflict,
+            " RETURNING position, transaction_id::text::int8 AS tx, stream_version, recorded_at"
         )
     };
 }
@@ -181,11 +178,11 @@ macro_rules! base_exact {
     };
 }
 
-const APPEND_ONE_NO_STREAM: &str = append_one_sql!(base_no_stream!());
-const APPEND_ONE_ANY: &str = append_one_sql!(base_any!());
-const APPEND_ONE_EXACT: &str = append_one_sql!(base_exact!());
-const APPEND_ONE_OWNED_NO_STREAM: &str = append_one_owned_sql!(base_no_stream!());
-const APPEND_ONE_OWNED_EXACT: &str = append_one_owned_sql!(base_exact!());
+const APPEND_ONE_NO_STREAM: &str = append_one_sql!(skip_conflict!(); base_no_stream!());
+const APPEND_ONE_ANY: &str = append_one_sql!(skip_conflict!(); base_any!());
+const APPEND_ONE_EXACT: &str = append_one_sql!(skip_conflict!(); base_exact!());
+const APPEND_ONE_OWNED_NO_STREAM: &str = append_one_sql!(""; base_no_stream!());
+const APPEND_ONE_OWNED_EXACT: &str = append_one_sql!(""; base_exact!());
 const APPEND_NO_STREAM: &str = append_sql!(base_no_stream!());
 const APPEND_ANY: &str = append_sql!(base_any!());
 const APPEND_EXACT: &str = append_sql!(base_exact!());

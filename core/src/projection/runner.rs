@@ -223,6 +223,10 @@ impl<S: Clone, B: Clone, P> Clone for ProjectionRunner<S, B, P> {
     }
 }
 
+/// The first look again after events were known to exist but none was
+/// visible yet; later looks back off, doubling.
+const RECHECK_FIRST: Duration = Duration::from_millis(10);
+
 /// A failure inside a batch.
 enum Failure {
     Handler(HandlerError),
@@ -567,9 +571,10 @@ where
             None
         };
         let mut failures = 0u32;
-        // after a wake-up that found nothing to read (the append that woke
-        // us can still be above the horizon, held back by an older open
-        // transaction): look again soon, backing off to the poll interval
+        // when events are known to exist but nothing was visible (a
+        // catch-up short of its target, or a wake-up whose append is still
+        // above the horizon, held back by an older open transaction): look
+        // again soon, backing off towards the poll interval
         let mut recheck: Option<Duration> = None;
         loop {
             if shutdown.is_triggered() {
@@ -593,7 +598,9 @@ where
                             && started.elapsed() < self.settle_timeout
                         {
                             // committed, but above the horizon for now
-                            if shutdown.sleep(Duration::from_millis(10)).await {
+                            let wait = recheck.unwrap_or(RECHECK_FIRST);
+                            recheck = Some((wait * 2).min(self.poll_interval));
+                            if shutdown.sleep(wait).await {
                                 return Ok(s.summary);
                             }
                             continue;
@@ -604,7 +611,7 @@ where
                     tokio::select! {
                         woken = watcher.wait(timeout) => {
                             recheck = if woken {
-                                Some(Duration::from_millis(10))
+                                Some(RECHECK_FIRST)
                             } else {
                                 recheck
                                     .map(|d| d * 2)
