@@ -557,19 +557,17 @@ where
     ) -> Result<CatchUp, ProjectionError> {
         self.resync(s).await?;
         s.summary.position = s.position;
-        // a catch-up reads at least as far as the log reached before it
-        let target = if follow {
-            None
-        } else {
-            self.store.log_end().await?
-        };
-        let started = Instant::now();
         // subscribe before the first read, so no append goes unnoticed
         let mut watcher = if follow {
             Some(self.store.watch().await?)
         } else {
             None
         };
+        // the log's end once we listen, visible or not: a catch-up reads at
+        // least this far, and a live runner short of it looks again soon
+        // instead of waiting for a notification that came before it listened
+        let target = self.store.log_end().await?;
+        let started = Instant::now();
         let mut failures = 0u32;
         // when events are known to exist but nothing was visible (a
         // catch-up short of its target, or a wake-up whose append is still
@@ -607,6 +605,9 @@ where
                         }
                         return Ok(s.summary);
                     };
+                    if recheck.is_none() && target.is_some_and(|t| s.position < t) {
+                        recheck = Some(RECHECK_FIRST);
+                    }
                     let timeout = recheck.map_or(self.poll_interval, |d| d.min(self.poll_interval));
                     tokio::select! {
                         woken = watcher.wait(timeout) => {
