@@ -46,7 +46,7 @@ pub struct EventSchema {
 /// #     fn schema_version(&self) -> u32 { 1 }
 /// #     fn encode(&self) -> Result<Box<serde_json::value::RawValue>, serde_json::Error> { match self { LeadEvent::Scored(e) => serde_json::value::to_raw_value(e) } }
 /// #     fn decode(t: &str, v: u32, p: &serde_json::value::RawValue) -> Result<Self, annals_core::DecodeError> {
-/// #         annals_core::__private::decode_raw::<LeadScored>(t, v, p).map(LeadEvent::Scored) }
+/// #         annals_core::__private::decode_raw::<LeadScored>(t, v, p.get()).map(LeadEvent::Scored) }
 /// #     fn schemas() -> Vec<annals_core::EventSchema> { vec![] }
 /// # }
 /// let event = LeadEvent::Scored(LeadScored { score: 80 });
@@ -76,6 +76,25 @@ pub trait Event: Sized + Send + Sync + 'static {
         schema_version: u32,
         payload: &RawValue,
     ) -> Result<Self, DecodeError>;
+
+    /// [`decode`](Self::decode) from the payload's JSON text, as a store
+    /// holds it. The derive implements it with a single parse (the read
+    /// paths call this one, so a payload is not scanned twice); the default
+    /// checks that the text is JSON and calls `decode`.
+    fn decode_json(
+        event_type: &str,
+        schema_version: u32,
+        payload: &str,
+    ) -> Result<Self, DecodeError> {
+        let raw: &RawValue =
+            serde_json::from_str(payload).map_err(|e| DecodeError::Deserialize {
+                event_type: event_type.to_owned(),
+                version: schema_version,
+                path: String::new(),
+                message: e.to_string(),
+            })?;
+        Self::decode(event_type, schema_version, raw)
+    }
 
     /// The JSON Schema of every (event type, version), current and historical.
     fn schemas() -> Vec<EventSchema>;
@@ -111,11 +130,11 @@ pub(crate) mod private {
     pub trait EventPayload: Sized {
         /// Serializes the payload.
         fn encode_payload(&self) -> Result<Box<RawValue>, serde_json::Error>;
-        /// Deserializes a stored payload.
+        /// Deserializes a stored payload (its JSON text).
         fn decode_payload(
             event_type: &str,
             version: u32,
-            payload: &RawValue,
+            payload: &str,
         ) -> Result<Self, DecodeError>;
         /// Deserializes an upcast JSON value.
         fn decode_payload_value(
@@ -137,7 +156,7 @@ pub(crate) mod private {
         fn decode_payload(
             event_type: &str,
             version: u32,
-            payload: &RawValue,
+            payload: &str,
         ) -> Result<Self, DecodeError> {
             decode_raw(event_type, version, payload)
         }
@@ -180,12 +199,12 @@ pub(crate) mod private {
     pub fn decode_raw<T: DeserializeOwned>(
         event_type: &str,
         version: u32,
-        payload: &RawValue,
+        payload: &str,
     ) -> Result<T, DecodeError> {
-        match serde_json::from_str::<T>(payload.get()) {
+        match serde_json::from_str::<T>(payload) {
             Ok(v) => Ok(v),
             Err(_) => {
-                let de = &mut serde_json::Deserializer::from_str(payload.get());
+                let de = &mut serde_json::Deserializer::from_str(payload);
                 match serde_path_to_error::deserialize::<_, T>(de) {
                     Ok(v) => Ok(v),
                     Err(e) => Err(DecodeError::Deserialize {
@@ -220,7 +239,7 @@ pub(crate) mod private {
     pub fn parse_value(
         event_type: &str,
         version: u32,
-        payload: &RawValue,
+        payload: &str,
     ) -> Result<Value, DecodeError> {
         decode_raw::<Value>(event_type, version, payload)
     }

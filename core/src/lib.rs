@@ -76,7 +76,7 @@ pub use schema::{
     SchemaViolation,
 };
 pub use shutdown::{Shutdown, ShutdownTrigger};
-pub use snapshot::{InMemorySnapshotStore, NoSnapshots, Snapshot, SnapshotStore};
+pub use snapshot::{InMemorySnapshotStore, NoSnapshots, Snapshot, SnapshotFold, SnapshotStore};
 pub use store::{
     AppendResult, Backlog, EventStore, EventStoreExt, ExpectedVersion, Horizon, PayloadRef,
     StoredPayload, Watch, WatchLog,

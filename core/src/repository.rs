@@ -6,7 +6,8 @@ use std::marker::PhantomData;
 use crate::metrics as m;
 use crate::{
     Aggregate, AggregateState, Envelope, Error, EventStore, EventStoreExt, ExpectedVersion,
-    Metadata, NoSnapshots, Snapshot, SnapshotStore, VersionConflict,
+    Metadata, NoSnapshots, PayloadRef, SchemaRegistry, Snapshot, SnapshotFold, SnapshotStore,
+    VersionConflict,
 };
 
 /// How snapshots are written after a command.
@@ -174,49 +175,24 @@ impl<A: Aggregate, S: EventStore, N: SnapshotStore> Repository<A, S, N> {
             events_replayed: 0,
             snapshot_invalidated: false,
         };
-        if self.snapshot_every.is_some() {
-            match self.snapshots.load(A::TYPE, &stream).await? {
-                Some(s) => match usable::<A>(&s) {
-                    Ok(state) => {
-                        metrics::counter!(m::SNAPSHOT_HITS_TOTAL, "aggregate" => A::TYPE)
-                            .increment(1);
-                        loaded.state = state;
-                        loaded.version = s.version;
-                        loaded.snapshot_version = Some(s.version);
-                    }
-                    Err(reason) => {
-                        tracing::warn!(
-                            aggregate = A::TYPE,
-                            stream = %stream,
-                            snapshot_version = s.version,
-                            reason,
-                            "ignoring an unusable snapshot; replaying the stream in full"
-                        );
-                        metrics::counter!(m::SNAPSHOT_INVALIDATIONS_TOTAL, "aggregate" => A::TYPE, "reason" => reason)
-                            .increment(1);
-                        loaded.snapshot_invalidated = true;
-                    }
-                },
-                None => {
-                    metrics::counter!(m::SNAPSHOT_MISSES_TOTAL, "aggregate" => A::TYPE)
-                        .increment(1);
-                }
-            }
-        }
         // only types, versions and payloads, folded as they arrive: a load
         // needs no envelopes and never holds the stream in memory
         let registry = self.store.registry();
         registry.register::<A::Event>()?;
-        let (state, version) = (&mut loaded.state, &mut loaded.version);
-        let replayed = self
-            .store
-            .fold_stream_payloads(&stream, *version + 1, |p| {
-                let event = crate::store::decode_payload::<A::Event>(registry, &stream, p)?;
-                state.apply(&event);
-                *version = p.stream_version;
-                Ok(())
-            })
-            .await?;
+        let mut fold = Fold {
+            loaded: &mut loaded,
+            registry,
+            stream: &stream,
+        };
+        let replayed = if self.snapshot_every.is_some() {
+            self.snapshots
+                .load_and_fold(&self.store, A::TYPE, &stream, &mut fold)
+                .await?
+        } else {
+            self.store
+                .fold_stream_payloads(&stream, 1, |p| fold.event(p))
+                .await?
+        };
         loaded.events_replayed = replayed;
         metrics::counter!(m::EVENTS_REPLAYED_TOTAL, "aggregate" => A::TYPE)
             .increment(loaded.events_replayed);
@@ -359,6 +335,51 @@ impl<A: Aggregate, S: EventStore, N: SnapshotStore> Repository<A, S, N> {
             }
             _ => save.await,
         }
+    }
+}
+
+/// Folds a snapshot and the events after it into a [`Loaded`].
+struct Fold<'a, A> {
+    loaded: &'a mut Loaded<A>,
+    registry: &'a SchemaRegistry,
+    stream: &'a str,
+}
+
+impl<A: Aggregate> SnapshotFold for Fold<'_, A> {
+    fn snapshot(&mut self, snapshot: Option<Snapshot>) -> u64 {
+        let Some(s) = snapshot else {
+            metrics::counter!(m::SNAPSHOT_MISSES_TOTAL, "aggregate" => A::TYPE).increment(1);
+            return 0;
+        };
+        match usable::<A>(&s) {
+            Ok(state) => {
+                metrics::counter!(m::SNAPSHOT_HITS_TOTAL, "aggregate" => A::TYPE).increment(1);
+                self.loaded.state = state;
+                self.loaded.version = s.version;
+                self.loaded.snapshot_version = Some(s.version);
+                s.version
+            }
+            Err(reason) => {
+                tracing::warn!(
+                    aggregate = A::TYPE,
+                    stream = %self.stream,
+                    snapshot_version = s.version,
+                    reason,
+                    "ignoring an unusable snapshot; replaying the stream in full"
+                );
+                metrics::counter!(m::SNAPSHOT_INVALIDATIONS_TOTAL, "aggregate" => A::TYPE, "reason" => reason)
+                    .increment(1);
+                self.loaded.snapshot_invalidated = true;
+                0
+            }
+        }
+    }
+
+    fn event(&mut self, p: PayloadRef<'_>) -> Result<(), Error> {
+        let event = crate::store::decode_payload::<A::Event>(self.registry, self.stream, p)?;
+        self.loaded.state.apply(&event);
+        self.loaded.version = p.stream_version;
+        Ok(())
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::value::RawValue;
 
-use crate::Error;
+use crate::{Error, EventStore, PayloadRef};
 
 /// A stored snapshot of an aggregate's state.
 #[derive(Debug, Clone)]
@@ -37,6 +37,47 @@ pub trait SnapshotStore: Clone + Send + Sync + 'static {
 
     /// Saves a snapshot.
     fn save(&self, snapshot: Snapshot) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Loads the snapshot of the aggregate whose stream is `stream_id` and
+    /// folds the stream's events after it into `fold`: first
+    /// [`SnapshotFold::snapshot`] with the snapshot (which says from which
+    /// version to go on), then [`SnapshotFold::event`] for each later event
+    /// in version order. Returns how many events were folded.
+    ///
+    /// The default loads the snapshot, then folds with
+    /// [`EventStore::fold_stream_payloads`]: two round trips. A backend that
+    /// keeps snapshots beside the events overrides it to do both in one
+    /// (the Postgres one does, when both stores are on the same database).
+    fn load_and_fold<S, F>(
+        &self,
+        events: &S,
+        aggregate_type: &str,
+        stream_id: &str,
+        fold: &mut F,
+    ) -> impl Future<Output = Result<u64, Error>> + Send
+    where
+        S: EventStore,
+        F: SnapshotFold + Send,
+    {
+        async move {
+            let snapshot = self.load(aggregate_type, stream_id).await?;
+            let from = fold.snapshot(snapshot);
+            events
+                .fold_stream_payloads(stream_id, from + 1, |p| fold.event(p))
+                .await
+        }
+    }
+}
+
+/// What [`SnapshotStore::load_and_fold`] feeds: a snapshot, then events.
+pub trait SnapshotFold {
+    /// Takes the stored snapshot (`None`: there is none) and returns the
+    /// stream version it stands for if it is usable, or 0 if it is not (the
+    /// stream is then folded from its first event).
+    fn snapshot(&mut self, snapshot: Option<Snapshot>) -> u64;
+
+    /// Folds one event after the snapshot.
+    fn event(&mut self, payload: PayloadRef<'_>) -> Result<(), Error>;
 }
 
 /// No snapshots: every load replays the whole stream.

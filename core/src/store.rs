@@ -123,8 +123,9 @@ pub struct PayloadRef<'a> {
     pub event_type: &'a str,
     /// The stored schema version.
     pub schema_version: u32,
-    /// The JSON payload.
-    pub payload: &'a serde_json::value::RawValue,
+    /// The payload's JSON text, as stored (decoders parse it once; a
+    /// payload that is not JSON is a decode error, not a panic).
+    pub payload: &'a str,
 }
 
 /// The outcome of a successful append.
@@ -150,7 +151,7 @@ pub struct AppendResult {
 ///   (type, version) schema before anything is written;
 /// - the global log is read in `(transaction_id, position)` order, and a
 ///   reader that resumes after its last [`LogPosition`] never skips an event.
-pub trait EventStore: Send + Sync {
+pub trait EventStore: Send + Sync + 'static {
     /// The schema registry used to validate and decode.
     fn registry(&self) -> &SchemaRegistry;
 
@@ -229,7 +230,7 @@ pub trait EventStore: Send + Sync {
                     stream_version: p.stream_version,
                     event_type: &p.event_type,
                     schema_version: p.schema_version,
-                    payload: &p.payload,
+                    payload: p.payload.get(),
                 })?;
             }
             Ok(stored.len() as u64)
@@ -430,7 +431,7 @@ fn decode_registered<E: Event>(
         registry,
         &recorded.event_type,
         recorded.schema_version,
-        &recorded.payload,
+        recorded.payload.get(),
     )
     .map_err(|source| Error::Decode {
         position: recorded.log_position.position,
@@ -463,7 +464,7 @@ pub(crate) fn decode_parts<E: Event>(
     registry: &SchemaRegistry,
     event_type: &str,
     schema_version: u32,
-    payload: &serde_json::value::RawValue,
+    payload: &str,
 ) -> Result<E, crate::DecodeError> {
     if let Some(info) = E::type_info(event_type) {
         if schema_version < info.version {
@@ -473,5 +474,5 @@ pub(crate) fn decode_parts<E: Event>(
             }
         }
     }
-    E::decode(event_type, schema_version, payload)
+    E::decode_json(event_type, schema_version, payload)
 }

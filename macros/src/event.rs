@@ -619,6 +619,14 @@ fn expand(input: &DeriveInput, krate: &Path, types: &[EventType]) -> TokenStream
                     __version: u32,
                     __payload: &#p::serde_json::value::RawValue,
                 ) -> ::core::result::Result<Self, #p::DecodeError> {
+                    <Self as #p::Event>::decode_json(__event_type, __version, __payload.get())
+                }
+
+                fn decode_json(
+                    __event_type: &str,
+                    __version: u32,
+                    __payload: &str,
+                ) -> ::core::result::Result<Self, #p::DecodeError> {
                     match __event_type {
                         #(#decode_arms)*
                         _ => ::core::result::Result::Err(#p::unknown_type(__event_type, <Self as #p::Event>::TYPES)),

@@ -1,6 +1,28 @@
-use annals_core::{Error, Snapshot, SnapshotStore};
+use std::any::Any;
+
+use annals_core::{Error, EventStore, Snapshot, SnapshotFold, SnapshotStore};
 use serde_json::value::RawValue;
+use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
+
+use crate::store::{jsonb_text, payload_row};
+use crate::PgEventStore;
+
+/// A snapshot and the events after it, in one statement: the snapshot row
+/// first (its `position` is NULL; fingerprint and codec version ride in the
+/// type and schema version columns), then the events in version order. With
+/// no snapshot it is the plain stream read.
+const LOAD_AND_FOLD: &str = "WITH s AS (
+        SELECT version, state, fingerprint, codec_version FROM annals_snapshots
+         WHERE aggregate_type = $1 AND aggregate_id = $2)
+     SELECT NULL::int8 AS position, version AS stream_version, fingerprint AS event_type,
+            codec_version AS schema_version, state AS payload
+       FROM s
+     UNION ALL
+     SELECT position, stream_version, event_type, schema_version, payload
+       FROM annals_events
+      WHERE stream_id = $2 AND stream_version > coalesce((SELECT version FROM s), 0)
+     ORDER BY stream_version";
 
 /// Snapshots in the `annals_snapshots` table: one row per aggregate, the
 /// newest wins (an older snapshot of the same shape never replaces a newer
@@ -12,9 +34,55 @@ pub struct PgSnapshotStore {
 
 impl PgSnapshotStore {
     /// A snapshot store on `pool` (run [`migrate`](crate::migrate) first).
+    ///
+    /// Used by a [`Repository`](annals_core::Repository) whose event store
+    /// is a [`PgEventStore`] on the same database, a load reads the snapshot
+    /// and the events after it in one statement (one round trip instead of
+    /// two).
     pub fn new(pool: PgPool) -> Self {
         PgSnapshotStore { pool }
     }
+
+    /// The event store's pool, if `events` is a [`PgEventStore`] on the
+    /// database this store's snapshots are in.
+    fn beside<'a, S: EventStore>(&self, events: &'a S) -> Option<&'a PgPool> {
+        let pg = (events as &dyn Any).downcast_ref::<PgEventStore>()?;
+        let (a, b) = (pg.pool().connect_options(), self.pool.connect_options());
+        let same = a.get_host() == b.get_host()
+            && a.get_port() == b.get_port()
+            && a.get_socket() == b.get_socket()
+            && a.get_database() == b.get_database()
+            && a.get_username() == b.get_username();
+        same.then(|| pg.pool())
+    }
+}
+
+/// The snapshot of a [`LOAD_AND_FOLD`] row (`None`: its state is not JSON,
+/// which jsonb cannot hold: treated as no snapshot, like [`PgSnapshotStore::load`]).
+fn snapshot_row(
+    row: &PgRow,
+    aggregate_type: &str,
+    stream_id: &str,
+) -> Result<Option<Snapshot>, Error> {
+    let read = |e| Error::backend("reading a snapshot row", e);
+    let version: i64 = row.try_get(1).map_err(read)?;
+    let fingerprint: String = row.try_get(2).map_err(read)?;
+    let codec_version: i32 = row.try_get(3).map_err(read)?;
+    let state = row.try_get_raw(4).map_err(read)?;
+    let Some(state) = jsonb_text(state)
+        .ok()
+        .and_then(|text| RawValue::from_string(text.to_owned()).ok())
+    else {
+        return Ok(None);
+    };
+    Ok(Some(Snapshot {
+        aggregate_type: aggregate_type.to_owned(),
+        aggregate_id: stream_id.to_owned(),
+        version: version.max(0) as u64,
+        state,
+        fingerprint,
+        codec_version: codec_version.max(0) as u32,
+    }))
 }
 
 impl SnapshotStore for PgSnapshotStore {
@@ -76,5 +144,93 @@ impl SnapshotStore for PgSnapshotStore {
         .await
         .map_err(|e| Error::backend("saving a snapshot", e))?;
         Ok(())
+    }
+
+    async fn load_and_fold<S, F>(
+        &self,
+        events: &S,
+        aggregate_type: &str,
+        stream_id: &str,
+        fold: &mut F,
+    ) -> Result<u64, Error>
+    where
+        S: EventStore,
+        F: SnapshotFold + Send,
+    {
+        let Some(pool) = self.beside(events) else {
+            let snapshot = self.load(aggregate_type, stream_id).await?;
+            let from = fold.snapshot(snapshot);
+            return events
+                .fold_stream_payloads(stream_id, from + 1, |p| fold.event(p))
+                .await;
+        };
+        let mut rows = sqlx::query(LOAD_AND_FOLD)
+            .bind(aggregate_type)
+            .bind(stream_id)
+            .fetch(pool);
+        // the version the fold goes on from, once the snapshot is decided
+        let mut from = None;
+        let mut folded = 0;
+        while let Some(row) = std::future::poll_fn(|cx| rows.as_mut().poll_next(cx)).await {
+            let row = row.map_err(|e| Error::backend("loading a snapshot and its stream", e))?;
+            let position: Option<i64> = row
+                .try_get(0)
+                .map_err(|e| Error::backend("reading an event's position", e))?;
+            if position.is_none() {
+                let snapshot = snapshot_row(&row, aggregate_type, stream_id)?;
+                let version = snapshot.as_ref().map(|s| s.version);
+                let accepted = fold.snapshot(snapshot);
+                if Some(accepted) != version {
+                    // unusable: the events after it are not enough; fold the
+                    // stream from where the fold asks (rare: the next
+                    // command writes a fresh snapshot)
+                    drop(rows);
+                    return events
+                        .fold_stream_payloads(stream_id, accepted + 1, |p| fold.event(p))
+                        .await;
+                }
+                from = Some(accepted);
+                continue;
+            }
+            let from = *from.get_or_insert_with(|| fold.snapshot(None));
+            let payload = payload_row(&row)?;
+            if payload.stream_version > from {
+                fold.event(payload)?;
+                folded += 1;
+            }
+        }
+        if from.is_none() {
+            fold.snapshot(None);
+        }
+        Ok(folded)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use annals_core::InMemoryEventStore;
+    use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+    use super::*;
+
+    fn lazy(database: &str) -> PgPool {
+        // never connects: only the options are compared
+        PgPoolOptions::new().connect_lazy_with(
+            PgConnectOptions::new()
+                .host("db.example")
+                .port(5432)
+                .username("annals")
+                .database(database),
+        )
+    }
+
+    #[tokio::test]
+    async fn one_statement_only_beside_a_pg_store_on_the_same_database() {
+        let snapshots = PgSnapshotStore::new(lazy("clinic"));
+        let same = PgEventStore::unregistered(lazy("clinic"));
+        let other = PgEventStore::unregistered(lazy("billing"));
+        assert!(snapshots.beside(&same).is_some());
+        assert!(snapshots.beside(&other).is_none());
+        assert!(snapshots.beside(&InMemoryEventStore::new()).is_none());
     }
 }

@@ -8,9 +8,9 @@ use annals_core::{
 };
 use chrono::{DateTime, Utc};
 use serde_json::value::RawValue;
-use sqlx::postgres::{PgListener, PgRow};
+use sqlx::postgres::{PgListener, PgRow, PgValueFormat, PgValueRef};
 use sqlx::types::Json;
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::{PgConnection, PgPool, Row, TypeInfo as _, ValueRef as _};
 
 /// The channel on which every append notifies readers (at commit).
 pub const EVENTS_CHANNEL: &str = "annals_events";
@@ -231,6 +231,16 @@ impl PgEventStore {
     /// The connection pool.
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// A store that has registered nothing (unit tests without a server).
+    #[cfg(test)]
+    pub(crate) fn unregistered(pool: PgPool) -> Self {
+        PgEventStore {
+            pool,
+            registry: Arc::new(SchemaRegistry::new()),
+            validate: true,
+        }
     }
 
     /// The shared schema registry.
@@ -624,7 +634,7 @@ fn decode_row(row: &PgRow) -> Result<RecordedEvent, Error> {
 }
 
 /// Decodes a row of [`READ_PAYLOADS`], borrowing from it.
-fn payload_row(row: &PgRow) -> Result<PayloadRef<'_>, Error> {
+pub(crate) fn payload_row(row: &PgRow) -> Result<PayloadRef<'_>, Error> {
     let position: i64 = row
         .try_get(0)
         .map_err(|e| Error::backend(COLUMN_NAMES[0], e))?;
@@ -646,16 +656,40 @@ fn payload_row(row: &PgRow) -> Result<PayloadRef<'_>, Error> {
             "negative schema version {schema_version}"
         )));
     }
-    let payload: Json<&RawValue> = row
-        .try_get(4)
-        .map_err(|e| corrupted(format!("payload is not JSON: {e}")))?;
+    let payload = row
+        .try_get_raw(4)
+        .map_err(|e| Error::backend(COLUMN_NAMES[7], e))
+        .and_then(|value| jsonb_text(value).map_err(corrupted))?;
     Ok(PayloadRef {
         position: position as u64,
         stream_version: stream_version as u64,
         event_type,
         schema_version: schema_version as u32,
-        payload: payload.0,
+        payload,
     })
+}
+
+/// The JSON text of a jsonb value, borrowed from the row. Postgres only
+/// stores valid JSON in jsonb, so the text is handed to the event's decoder
+/// as it is: one parse per event, like a plain `serde_json::from_slice`.
+pub(crate) fn jsonb_text(value: PgValueRef<'_>) -> Result<&str, String> {
+    if value.is_null() {
+        return Err("payload is NULL".to_owned());
+    }
+    let binary = value.format() == PgValueFormat::Binary;
+    let jsonb = value.type_info().name() == "JSONB";
+    let bytes = value
+        .as_bytes()
+        .map_err(|e| format!("payload could not be read: {e}"))?;
+    let text = match bytes.split_first() {
+        // binary jsonb: a format version byte, then the text
+        Some((1, rest)) if binary && jsonb => rest,
+        Some((v, _)) if binary && jsonb => {
+            return Err(format!("payload has jsonb format version {v}, expected 1"))
+        }
+        _ => bytes,
+    };
+    std::str::from_utf8(text).map_err(|e| format!("payload is not UTF-8: {e}"))
 }
 
 /// What the store was reading when a column failed, by column index.
@@ -752,7 +786,12 @@ impl EventStore for PgEventStore {
                     stream_version: p.stream_version,
                     event_type: p.event_type.to_owned(),
                     schema_version: p.schema_version,
-                    payload: p.payload.to_owned(),
+                    payload: RawValue::from_string(p.payload.to_owned()).map_err(|e| {
+                        Error::CorruptedRow {
+                            position: p.position,
+                            message: format!("payload is not JSON: {e}"),
+                        }
+                    })?,
                 })
             })
             .collect()

@@ -721,7 +721,7 @@ where
             self.store.registry(),
             &recorded.event_type,
             recorded.schema_version,
-            &recorded.payload,
+            recorded.payload.get(),
         ) {
             Ok(event) => Item::Event(recorded.map(|_| event)),
             Err(source) => {
