@@ -941,6 +941,9 @@ enum Runner {
     AnnalsSql,
     /// Diagnostic: the command's load alone, through the repository.
     LoadAnnals(Arc<PlainRepo>),
+    /// Diagnostic: the command's load alone, with a `PgSnapshotStore`
+    /// (no snapshot is due at `FEW` events: the statement reads none).
+    LoadAnnalsSnapshots(Arc<SnapRepo>),
     /// Diagnostic: the baseline's load alone (select + fold).
     LoadSql,
 }
@@ -964,6 +967,11 @@ async fn command(
     let expect = FEW as u64 + 1;
     match runner {
         Runner::LoadAnnals(repo) => {
+            let l = repo.load(id).await.expect("load");
+            assert_eq!(l.version, FEW as u64);
+            black_box(l);
+        }
+        Runner::LoadAnnalsSnapshots(repo) => {
             let l = repo.load(id).await.expect("load");
             assert_eq!(l.version, FEW as u64);
             black_box(l);
@@ -1167,6 +1175,7 @@ fn commands(c: &mut Criterion, rt: &Runtime, rows: &mut Vec<Comparison>) {
             ("annals_validated", "sqlx_annals_tables"),
             ("annals_unvalidated", "diag_annals_sql_by_hand"),
             ("annals_validated", "annals_unvalidated"),
+            ("annals_with_pg_snapshots", "annals_validated"),
         ];
         if concurrency == 1 {
             // where the time goes, from one task: the loads alone, and the
@@ -1174,15 +1183,23 @@ fn commands(c: &mut Criterion, rt: &Runtime, rows: &mut Vec<Comparison>) {
             let Runner::Annals(repo) = &annals else {
                 unreachable!()
             };
-            ops.extend::<[(&str, Op<'_>); 2]>([
+            let Runner::AnnalsSnapshots(snap_repo) = &annals_snapshots else {
+                unreachable!()
+            };
+            ops.extend::<[(&str, Op<'_>); 3]>([
                 (
                     "diag_load_only_annals",
                     op(Runner::LoadAnnals(repo.clone()), 1),
+                ),
+                (
+                    "diag_load_only_pg_snapshots",
+                    op(Runner::LoadAnnalsSnapshots(snap_repo.clone()), 1),
                 ),
                 ("diag_load_only_sqlx", op(Runner::LoadSql, 1)),
             ]);
             pairs.extend([
                 ("diag_load_only_annals", "diag_load_only_sqlx"),
+                ("diag_load_only_pg_snapshots", "diag_load_only_annals"),
                 ("sqlx_annals_tables", "sqlx_copy_table"),
             ]);
         }
@@ -1264,6 +1281,12 @@ fn commands(c: &mut Criterion, rt: &Runtime, rows: &mut Vec<Comparison>) {
                 Target::None,
             ),
             (
+                "  diag: load alone, + PgSnapshotStore / annals",
+                "diag_load_only_pg_snapshots",
+                "diag_load_only_annals",
+                Target::None,
+            ),
+            (
                 "  diag: same-tables baseline / copy table (trigger, ON CONFLICT)",
                 "sqlx_annals_tables",
                 "sqlx_copy_table",
@@ -1296,8 +1319,14 @@ fn main() {
     let mut rows = Vec::new();
     let start = Instant::now();
     stamp("seeding");
-    loads(&mut c, &rt, &mut rows);
-    commands(&mut c, &rt, &mut rows);
+    // ANNALS_BENCH_ONLY=loads or =commands runs one half
+    let only = std::env::var("ANNALS_BENCH_ONLY").unwrap_or_default();
+    if only != "commands" {
+        loads(&mut c, &rt, &mut rows);
+    }
+    if only != "loads" {
+        commands(&mut c, &rt, &mut rows);
+    }
     stamp("done");
     c.final_summary();
     print_summary("aggregates", SAMPLES, &rows);
