@@ -52,7 +52,7 @@ const ROUNDS: usize = 6;
 /// ... of the sub-millisecond snapshot loads (one call per round is noisy).
 const FAST_ROUNDS: usize = 150;
 /// ... of the command groups (each round runs 1,000 commands twice).
-const CMD_ROUNDS: usize = 4;
+const CMD_ROUNDS: usize = 8;
 const SIZES: [usize; 3] = [1_000, 10_000, 100_000];
 const SNAPSHOT_EVERY: u64 = 100;
 /// Events after the snapshot in the worst case of `snapshot_every = 100`.

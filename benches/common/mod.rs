@@ -128,8 +128,16 @@ pub(crate) fn raw<T: Serialize>(value: &T) -> Box<RawValue> {
 type Samples = BTreeMap<String, Vec<(u64, Duration)>>;
 
 static SAMPLES: Mutex<Samples> = Mutex::new(BTreeMap::new());
-/// Median annals/baseline time ratio of the paired (interleaved) rounds.
-static PAIRED: Mutex<BTreeMap<(String, String), f64>> = Mutex::new(BTreeMap::new());
+/// Median annals/baseline time ratio of the paired (interleaved) rounds,
+/// with its lower and upper quartiles (how much the rounds disagree).
+static PAIRED: Mutex<BTreeMap<(String, String), Paired>> = Mutex::new(BTreeMap::new());
+
+#[derive(Clone, Copy)]
+struct Paired {
+    median: f64,
+    q1: f64,
+    q3: f64,
+}
 
 fn lock<T>(m: &'static Mutex<T>) -> std::sync::MutexGuard<'static, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -227,9 +235,22 @@ pub(crate) fn run_group(
             };
             ratios.push(ta.as_secs_f64() / tb.as_secs_f64());
         }
+        let mut sorted = ratios.clone();
+        sorted.sort_by(f64::total_cmp);
+        let quartile = |q: usize| sorted[(q * (sorted.len() - 1) + 2) / 4];
+        let (q1, q3) = (quartile(1), quartile(3));
         let ratio = median(ratios);
-        eprintln!("paired {ka} / {kb}: median time ratio {ratio:.3} over {rounds} rounds");
-        lock(&PAIRED).insert((ka, kb), ratio);
+        eprintln!(
+            "paired {ka} / {kb}: median time ratio {ratio:.3} (quartiles {q1:.3}..{q3:.3}) over {rounds} rounds"
+        );
+        lock(&PAIRED).insert(
+            (ka, kb),
+            Paired {
+                median: ratio,
+                q1,
+                q3,
+            },
+        );
     }
 }
 
@@ -283,11 +304,20 @@ pub(crate) fn print_summary(title: &str, samples_per_bench: usize, rows: &[Compa
     let mut out = format!(
         "\n=== {title}: annals vs baseline ===\n\
          times: median per iteration of criterion's last {samples_per_bench} samples; \
-         ratio: from those medians; paired: median ratio of interleaved rounds\n"
+         ratio: from those medians; paired: median ratio of interleaved rounds, \
+         spread: its quartiles (the middle half of the rounds)\n"
     );
     out.push_str(&format!(
-        "{:<58} {:>10} {:>10} {:>10} {:>10} {:>7} {:>7}  {}\n",
-        "comparison", "annals", "baseline", "annals/s", "base/s", "ratio", "paired", "target"
+        "{:<58} {:>10} {:>10} {:>10} {:>10} {:>7} {:>7} {:>13}  {}\n",
+        "comparison",
+        "annals",
+        "baseline",
+        "annals/s",
+        "base/s",
+        "ratio",
+        "paired",
+        "spread",
+        "target"
     ));
     let paired = lock(&PAIRED).clone();
     for row in rows {
@@ -302,14 +332,27 @@ pub(crate) fn print_summary(title: &str, samples_per_bench: usize, rows: &[Compa
             .get(&(row.annals.to_owned(), row.baseline.to_owned()))
             .copied();
         // the ratio as the target reads it, and whether a ratio meets it
-        let (ratio, paired_ratio, target) = match row.target {
+        // as the target reads it: throughput ratios are inverted (and so
+        // are their quartiles, which swap places)
+        let (ratio, paired_ratio, spread, target) = match row.target {
             Target::ThroughputAtLeast(t) => (
                 1.0 / time_ratio,
-                paired_time.map(|p| 1.0 / p),
+                paired_time.map(|p| 1.0 / p.median),
+                paired_time.map(|p| (1.0 / p.q3, 1.0 / p.q1)),
                 format!("throughput >= {t}x"),
             ),
-            Target::TimeAtMost(t) => (time_ratio, paired_time, format!("time <= {t}x")),
-            Target::None => (time_ratio, paired_time, "time ratio".to_owned()),
+            Target::TimeAtMost(t) => (
+                time_ratio,
+                paired_time.map(|p| p.median),
+                paired_time.map(|p| (p.q1, p.q3)),
+                format!("time <= {t}x"),
+            ),
+            Target::None => (
+                time_ratio,
+                paired_time.map(|p| p.median),
+                paired_time.map(|p| (p.q1, p.q3)),
+                "time ratio".to_owned(),
+            ),
         };
         let ok = |r: f64| match row.target {
             Target::ThroughputAtLeast(t) => r >= t,
@@ -326,7 +369,7 @@ pub(crate) fn print_summary(title: &str, samples_per_bench: usize, rows: &[Compa
             },
         };
         out.push_str(&format!(
-            "{:<58} {:>10} {:>10} {:>10} {:>10} {:>6.3}x {:>7}  {target}{verdict}\n",
+            "{:<58} {:>10} {:>10} {:>10} {:>10} {:>6.3}x {:>7} {:>13}  {target}{verdict}\n",
             row.label,
             human(a),
             human(b),
@@ -334,6 +377,7 @@ pub(crate) fn print_summary(title: &str, samples_per_bench: usize, rows: &[Compa
             rate(row.events, b),
             ratio,
             paired_ratio.map_or("-".to_owned(), |p| format!("{p:.3}x")),
+            spread.map_or("-".to_owned(), |(lo, hi)| format!("{lo:.2}..{hi:.2}")),
         ));
     }
     eprint!("{out}");
