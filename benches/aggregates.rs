@@ -273,15 +273,26 @@ fn borrowed_op<'a>(
     })
 }
 
+/// The text of a binary jsonb value (its version byte dropped), as annals'
+/// reads borrow it.
+fn jsonb_text(value: sqlx::postgres::PgValueRef<'_>) -> Result<&str, sqlx::Error> {
+    let bytes = value.as_bytes().map_err(sqlx::Error::Decode)?;
+    let text = match bytes.split_first() {
+        Some((1, rest)) => rest,
+        _ => bytes,
+    };
+    std::str::from_utf8(text).map_err(|e| sqlx::Error::Decode(Box::new(e)))
+}
+
 /// How the diagnostics' reads decode a payload.
 #[derive(Clone, Copy)]
 enum Decode {
     /// serde straight from the row's jsonb bytes into the payload type (one
     /// parse, as the baseline does).
     Serde,
-    /// today's annals API from the row's bytes: a borrowed `&RawValue` (a
-    /// validating parse, no copy), then `Event::decode` by (type, version)
-    /// (the second parse).
+    /// annals' Event API from the row's bytes: the jsonb text borrowed as
+    /// it is (no pre-scan), then `Event::decode_json` by (type, version)
+    /// (one parse).
     Event,
 }
 
@@ -307,8 +318,8 @@ async fn borrowed_fold(pool: &PgPool, stream: &str, from: i64, decode: Decode) -
                 Decode::Event => {
                     let t: &str = row.try_get(2)?;
                     let sv: i32 = row.try_get(3)?;
-                    let p: Json<&RawValue> = row.try_get(4)?;
-                    let e = LeadEvent::decode(t, sv as u32, p.0)
+                    let p = jsonb_text(row.try_get_raw(4)?)?;
+                    let e = LeadEvent::decode_json(t, sv as u32, p)
                         .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
                     state_ref.apply(&e);
                 }

@@ -173,8 +173,9 @@ impl SnapshotStore for PgSnapshotStore {
         let mut folded = 0;
         while let Some(row) = std::future::poll_fn(|cx| rows.as_mut().poll_next(cx)).await {
             let row = row.map_err(|e| Error::backend("loading a snapshot and its stream", e))?;
+            // unchecked like every event column (see `decode_row`)
             let position: Option<i64> = row
-                .try_get(0)
+                .try_get_unchecked(0)
                 .map_err(|e| Error::backend("reading an event's position", e))?;
             if position.is_none() {
                 let snapshot = snapshot_row(&row, aggregate_type, stream_id)?;
