@@ -54,6 +54,10 @@ pub struct EventSchema {
 /// let payload = event.encode()?;
 /// let back = LeadEvent::decode("lead.scored", 1, &payload)?;
 /// assert_eq!(back.event_type(), "lead.scored");
+/// // from the stored text (the read paths' entry; here the default method)
+/// let back = LeadEvent::decode_json("lead.scored", 1, payload.get())?;
+/// assert_eq!(back.event_type(), "lead.scored");
+/// assert!(LeadEvent::decode_json("lead.scored", 1, "{not json").is_err());
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub trait Event: Sized + Send + Sync + 'static {
