@@ -189,6 +189,70 @@ proptest! {
     }
 }
 
+/// The same property on Postgres, where a repository with a
+/// `PgSnapshotStore` beside the `PgEventStore` loads the snapshot and the
+/// events after it in one statement: its loads equal full replays.
+#[test]
+fn postgres_load_with_and_without_snapshots_is_identical() {
+    use proptest::test_runner::{Config, TestRunner};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let db = rt.block_on(TestDatabase::new());
+    let store = rt
+        .block_on(
+            PgEventStore::builder(db.pool().clone())
+                .register::<LeadEvent>()
+                .build(),
+        )
+        .expect("store");
+    let snapshots = PgSnapshotStore::new(db.pool().clone());
+    let case = AtomicUsize::new(0);
+    let mut runner = TestRunner::new(Config::with_cases(24));
+    runner
+        .run(&(arb_commands(), 1u64..7), |(commands, every)| {
+            let id = format!("p{}", case.fetch_add(1, Ordering::Relaxed));
+            rt.block_on(async {
+                let with = Repository::<Lead, _, _>::new(store.clone())
+                    .with_snapshots(snapshots.clone())
+                    .snapshot_every(Some(every))
+                    .inline_snapshots();
+                let without = Repository::<Lead, _>::new(store.clone());
+                let m = Metadata::new();
+                with.execute(&id, &LeadCommand::Create("P".into()), &m)
+                    .await
+                    .expect("create");
+                for c in &commands {
+                    match with.execute(&id, c, &m).await {
+                        Ok(_) | Err(CommandError::Rejected(_)) => {}
+                        Err(e) => panic!("unexpected: {e}"),
+                    }
+                }
+                let a = with.load(&id).await.expect("load with snapshots");
+                let b = without.load(&id).await.expect("load without");
+                prop_assert_eq!(&a.state, &b.state);
+                prop_assert_eq!(a.version, b.version);
+                prop_assert!(!a.snapshot_invalidated);
+                prop_assert!(
+                    a.events_replayed < every,
+                    "at most every-1 events after the snapshot"
+                );
+                if b.version >= every {
+                    prop_assert!(
+                        a.snapshot_version.is_some(),
+                        "a snapshot was written and used"
+                    );
+                }
+                Ok(())
+            })
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
 async fn outdated_and_corrupted_snapshots_are_ignored<S: EventStore + Clone, N: SnapshotStore>(
     store: S,
     snapshots: N,
