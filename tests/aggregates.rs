@@ -8,6 +8,7 @@ use annals::{
     InMemorySnapshotStore, Metadata, Repository, Snapshot, SnapshotStore,
 };
 use proptest::prelude::*;
+use proptest::test_runner::TestCaseError;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -151,41 +152,70 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
+/// Runs `commands` on aggregate `id` through a repository with snapshots
+/// every `every` events, then checks that its load equals a full replay (and
+/// the states the commands returned along the way).
+async fn snapshot_loads_equal_replays<S: EventStore + Clone, N: SnapshotStore>(
+    store: S,
+    snapshots: N,
+    id: &str,
+    commands: &[LeadCommand],
+    every: u64,
+) -> Result<(), TestCaseError> {
+    let with = Repository::<Lead, _, _>::new(store.clone())
+        .with_snapshots(snapshots)
+        .snapshot_every(Some(every))
+        .inline_snapshots();
+    let without = Repository::<Lead, _>::new(store);
+    let m = Metadata::new();
+    with.execute(id, &LeadCommand::Create("P".into()), &m)
+        .await
+        .expect("create");
+    let mut expected = given::<Lead>([LeadEvent::Created(Created { name: "P".into() })])
+        .state()
+        .clone();
+    for c in commands {
+        match with.execute(id, c, &m).await {
+            Ok(done) => {
+                for e in &done.events {
+                    expected.apply(&e.payload);
+                }
+                prop_assert_eq!(&done.state, &expected);
+            }
+            Err(CommandError::Rejected(_)) => {}
+            Err(e) => panic!("unexpected: {e}"),
+        }
+    }
+    let a = with.load(id).await.expect("load with snapshots");
+    let b = without.load(id).await.expect("load without");
+    prop_assert_eq!(&a.state, &b.state);
+    prop_assert_eq!(&a.state, &expected);
+    prop_assert_eq!(a.version, b.version);
+    prop_assert!(!a.snapshot_invalidated);
+    prop_assert!(
+        a.events_replayed < every,
+        "at most every-1 events after the snapshot"
+    );
+    if b.version >= every {
+        prop_assert!(
+            a.snapshot_version.is_some(),
+            "a snapshot was written and used"
+        );
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
     #[test]
     fn load_with_and_without_snapshots_is_identical(commands in arb_commands(), every in 1u64..7) {
-        runtime().block_on(async {
-            let store = InMemoryEventStore::new();
-            let snapshots = InMemorySnapshotStore::new();
-            let with = Repository::<Lead, _, _>::new(store.clone())
-                .with_snapshots(snapshots.clone())
-                .snapshot_every(Some(every))
-                .inline_snapshots();
-            let without = Repository::<Lead, _>::new(store.clone());
-            let m = Metadata::new();
-            with.execute("p", &LeadCommand::Create("P".into()), &m).await.expect("create");
-            let mut expected = given::<Lead>([LeadEvent::Created(Created { name: "P".into() })]).state().clone();
-            for c in &commands {
-                match with.execute("p", c, &m).await {
-                    Ok(done) => {
-                        for e in &done.events {
-                            expected.apply(&e.payload);
-                        }
-                        prop_assert_eq!(&done.state, &expected);
-                    }
-                    Err(CommandError::Rejected(_)) => {}
-                    Err(e) => panic!("unexpected: {e}"),
-                }
-            }
-            let a = with.load("p").await.expect("load with snapshots");
-            let b = without.load("p").await.expect("load without");
-            prop_assert_eq!(&a.state, &b.state);
-            prop_assert_eq!(&a.state, &expected);
-            prop_assert_eq!(a.version, b.version);
-            prop_assert!(a.events_replayed < every, "at most every-1 events after the snapshot");
-            Ok(())
-        })?;
+        runtime().block_on(snapshot_loads_equal_replays(
+            InMemoryEventStore::new(),
+            InMemorySnapshotStore::new(),
+            "p",
+            &commands,
+            every,
+        ))?;
     }
 }
 
@@ -216,39 +246,13 @@ fn postgres_load_with_and_without_snapshots_is_identical() {
     runner
         .run(&(arb_commands(), 1u64..7), |(commands, every)| {
             let id = format!("p{}", case.fetch_add(1, Ordering::Relaxed));
-            rt.block_on(async {
-                let with = Repository::<Lead, _, _>::new(store.clone())
-                    .with_snapshots(snapshots.clone())
-                    .snapshot_every(Some(every))
-                    .inline_snapshots();
-                let without = Repository::<Lead, _>::new(store.clone());
-                let m = Metadata::new();
-                with.execute(&id, &LeadCommand::Create("P".into()), &m)
-                    .await
-                    .expect("create");
-                for c in &commands {
-                    match with.execute(&id, c, &m).await {
-                        Ok(_) | Err(CommandError::Rejected(_)) => {}
-                        Err(e) => panic!("unexpected: {e}"),
-                    }
-                }
-                let a = with.load(&id).await.expect("load with snapshots");
-                let b = without.load(&id).await.expect("load without");
-                prop_assert_eq!(&a.state, &b.state);
-                prop_assert_eq!(a.version, b.version);
-                prop_assert!(!a.snapshot_invalidated);
-                prop_assert!(
-                    a.events_replayed < every,
-                    "at most every-1 events after the snapshot"
-                );
-                if b.version >= every {
-                    prop_assert!(
-                        a.snapshot_version.is_some(),
-                        "a snapshot was written and used"
-                    );
-                }
-                Ok(())
-            })
+            rt.block_on(snapshot_loads_equal_replays(
+                store.clone(),
+                snapshots.clone(),
+                &id,
+                &commands,
+                every,
+            ))
         })
         .unwrap_or_else(|e| panic!("{e}"));
 }
