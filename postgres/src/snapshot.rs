@@ -57,8 +57,9 @@ impl PgSnapshotStore {
     }
 }
 
-/// The snapshot of a [`LOAD_AND_FOLD`] row (`None`: its state is not JSON,
-/// which jsonb cannot hold: treated as no snapshot, like [`PgSnapshotStore::load`]).
+/// The snapshot of a snapshot row (columns as in [`LOAD_AND_FOLD`]; also
+/// [`PgSnapshotStore::load`]'s). `None`: its state is not JSON, which jsonb
+/// cannot hold; treated as no snapshot.
 fn snapshot_row(
     row: &PgRow,
     aggregate_type: &str,
@@ -91,8 +92,10 @@ impl SnapshotStore for PgSnapshotStore {
         aggregate_type: &str,
         aggregate_id: &str,
     ) -> Result<Option<Snapshot>, Error> {
+        // the columns of a snapshot row of LOAD_AND_FOLD, so one decoder
+        // reads both
         let row = sqlx::query(
-            "SELECT version, state::text AS state, fingerprint, codec_version
+            "SELECT NULL::int8, version, fingerprint, codec_version, state
              FROM annals_snapshots WHERE aggregate_type = $1 AND aggregate_id = $2",
         )
         .bind(aggregate_type)
@@ -100,26 +103,10 @@ impl SnapshotStore for PgSnapshotStore {
         .fetch_optional(&self.pool)
         .await
         .map_err(|e| Error::backend("loading a snapshot", e))?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let read = |e| Error::backend("reading a snapshot row", e);
-        let version: i64 = row.try_get("version").map_err(read)?;
-        let state: String = row.try_get("state").map_err(read)?;
-        let fingerprint: String = row.try_get("fingerprint").map_err(read)?;
-        let codec_version: i32 = row.try_get("codec_version").map_err(read)?;
-        let Ok(state) = RawValue::from_string(state) else {
-            // jsonb always renders valid JSON; treat anything else as absent
-            return Ok(None);
-        };
-        Ok(Some(Snapshot {
-            aggregate_type: aggregate_type.to_owned(),
-            aggregate_id: aggregate_id.to_owned(),
-            version: version.max(0) as u64,
-            state,
-            fingerprint,
-            codec_version: codec_version.max(0) as u32,
-        }))
+        match row {
+            Some(row) => snapshot_row(&row, aggregate_type, aggregate_id),
+            None => Ok(None),
+        }
     }
 
     async fn save(&self, snapshot: Snapshot) -> Result<(), Error> {
