@@ -252,9 +252,9 @@ async fn baseline_load_snapshot(pool: &PgPool, stream: &str) -> (Lead, u64) {
 }
 
 /// Diagnostic: the query of annals' aggregate load
-/// (`PgEventStore::read_stream_payloads` in postgres/src/store.rs, as of
-/// commit 88a6a4a): 5 columns, payload as jsonb (binary), one query.
-const LEAN_READ: &str = "SELECT position, stream_version, event_type, schema_version, payload
+/// (`READ_PAYLOADS` in postgres/src/store.rs, as of session 5): 4 columns
+/// (no global position), payload as jsonb (binary), one query.
+const LEAN_READ: &str = "SELECT stream_version, event_type, schema_version, payload
      FROM annals_events WHERE stream_id = $1 AND stream_version >= $2 ORDER BY stream_version";
 
 fn borrowed_op<'a>(
@@ -309,16 +309,16 @@ async fn borrowed_fold(pool: &PgPool, stream: &str, from: i64, decode: Decode) -
         .bind(stream)
         .bind(from)
         .try_map(|row: PgRow| {
-            let v: i64 = row.try_get(1)?;
+            let v: i64 = row.try_get(0)?;
             match decode {
                 Decode::Serde => {
-                    let p: Json<LeadScored> = row.try_get(4)?;
+                    let p: Json<LeadScored> = row.try_get(3)?;
                     fold(state_ref, &p.0);
                 }
                 Decode::Event => {
-                    let t: &str = row.try_get(2)?;
-                    let sv: i32 = row.try_get(3)?;
-                    let p = jsonb_text(row.try_get_raw(4)?)?;
+                    let t: &str = row.try_get(1)?;
+                    let sv: i32 = row.try_get(2)?;
+                    let p = jsonb_text(row.try_get_raw(3)?)?;
                     let e = LeadEvent::decode_json(t, sv as u32, p)
                         .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
                     state_ref.apply(&e);
@@ -1049,7 +1049,7 @@ async fn command(
                 .expect("read");
             let mut state = Lead::default();
             for r in &rows {
-                let p: Json<LeadScored> = r.get(4);
+                let p: Json<LeadScored> = r.get(3);
                 fold(&mut state, &p.0);
             }
             let version = rows.len() as i64;

@@ -424,6 +424,100 @@ async fn sqlx_put(pool: &annals::postgres::sqlx::PgPool, s: Snapshot) {
     .expect("overwrite snapshot");
 }
 
+/// The lean reads do not fetch global positions; their errors still name
+/// the failing event's, on every path: the one-statement snapshot load, a
+/// load without snapshots, and `read_stream_events`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_load_errors_name_the_events_position() {
+    use annals::postgres::sqlx;
+    use annals::{DecodeError, Error, EventStoreExt};
+    let db = TestDatabase::new().await;
+    let store = PgEventStore::builder(db.pool().clone())
+        .register::<LeadEvent>()
+        .build()
+        .await
+        .expect("store");
+    let with_snapshots = Repository::<Lead, _, _>::new(store.clone())
+        .with_snapshots(PgSnapshotStore::new(db.pool().clone()))
+        .inline_snapshots();
+    let without = Repository::<Lead, _>::new(store.clone());
+    let m = Metadata::new();
+    with_snapshots
+        .execute("b", &LeadCommand::Create("B".into()), &m)
+        .await
+        .expect("create");
+    for i in 0..6 {
+        with_snapshots
+            .execute("b", &LeadCommand::Score(i), &m)
+            .await
+            .expect("score");
+    }
+    let loaded = with_snapshots.load("b").await.expect("load");
+    assert_eq!(
+        (loaded.snapshot_version, loaded.events_replayed),
+        (Some(5), 2),
+        "the load goes through a snapshot"
+    );
+    // a row written behind the store's back, after the snapshot: version 8,
+    // a type this code does not know
+    let position: i64 = sqlx::query_scalar(
+        "INSERT INTO annals_events (event_id, stream_id, stream_version, event_type, schema_version, payload)
+         VALUES ($1, 'lead-b', 8, 'lead.gone', 1, '{}') RETURNING position",
+    )
+    .bind(uuid::Uuid::now_v7())
+    .fetch_one(db.pool())
+    .await
+    .expect("insert a row");
+    let position = position as u64;
+    let results = |_: ()| async {
+        [
+            ("with snapshots", with_snapshots.load("b").await.map(|_| ())),
+            ("without snapshots", without.load("b").await.map(|_| ())),
+            (
+                "read_stream_events",
+                store
+                    .read_stream_events::<LeadEvent>("lead-b", 1)
+                    .await
+                    .map(|_| ()),
+            ),
+        ]
+    };
+    for (path, result) in results(()).await {
+        match result {
+            Err(Error::Decode {
+                position: p,
+                stream_id,
+                stream_version: 8,
+                source: DecodeError::UnknownEventType { .. },
+            }) => assert_eq!((p, stream_id.as_str()), (position, "lead-b"), "{path}"),
+            other => panic!("{path}: expected an unknown-type error, got {other:?}"),
+        }
+    }
+    // a corrupted row (a negative schema version) is a typed error naming it
+    sqlx::query(
+        "UPDATE annals_events SET event_type = 'lead.scored', schema_version = -1 WHERE position = $1",
+    )
+    .bind(position as i64)
+    .execute(db.pool())
+    .await
+    .expect("corrupt the row");
+    for (path, result) in results(()).await {
+        match result {
+            Err(Error::CorruptedRow {
+                position: p,
+                message,
+            }) => {
+                assert_eq!(p, position, "{path}");
+                assert!(
+                    message.contains("negative schema version"),
+                    "{path}: {message}"
+                );
+            }
+            other => panic!("{path}: expected a corrupted-row error, got {other:?}"),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_concurrent_commands() {
     let db = TestDatabase::new().await;

@@ -112,6 +112,37 @@ impl Error {
         }
     }
 
+    /// Fills in the global position of a [`Decode`](Error::Decode) or
+    /// [`CorruptedRow`](Error::CorruptedRow) error that does not name one
+    /// yet (position 0: positions start at 1). Other errors, and errors
+    /// that already name a position, are returned unchanged.
+    ///
+    /// Stream folds ([`EventStore::fold_stream_payloads`](crate::EventStore::fold_stream_payloads))
+    /// see payloads without their positions; the store completes an error
+    /// from the fold with this before returning it.
+    ///
+    /// ```
+    /// # use annals_core::{DecodeError, Error};
+    /// let e = Error::Decode {
+    ///     position: 0,
+    ///     stream_id: "lead-1".into(),
+    ///     stream_version: 3,
+    ///     source: DecodeError::VersionTooNew { event_type: "lead.scored".into(), version: 9, current: 2 },
+    /// };
+    /// assert!(matches!(e.at_position(42), Error::Decode { position: 42, .. }));
+    /// ```
+    pub fn at_position(mut self, at: u64) -> Self {
+        match &mut self {
+            Error::Decode { position, .. } | Error::CorruptedRow { position, .. }
+                if *position == 0 =>
+            {
+                *position = at;
+            }
+            _ => {}
+        }
+        self
+    }
+
     /// The conflict, if this error is one.
     pub fn as_conflict(&self) -> Option<&VersionConflict> {
         match self {

@@ -113,10 +113,14 @@ pub struct Backlog {
 
 /// One stored payload, borrowed from wherever the store holds it while a
 /// stream is folded ([`EventStore::fold_stream_payloads`]).
+///
+/// It has no global position: folding a stream does not need one, and the
+/// Postgres store leaves it out of its lean reads (one column less per
+/// row). An error raised while folding a payload names position 0 (not
+/// known yet), and the store fills the real one in before returning it
+/// (see [`Error::at_position`]).
 #[derive(Debug, Clone, Copy)]
 pub struct PayloadRef<'a> {
-    /// The event's global position.
-    pub position: u64,
     /// The event's version in its stream.
     pub stream_version: u64,
     /// The event type.
@@ -211,7 +215,9 @@ pub trait EventStore: Send + Sync + 'static {
     /// (inclusive), in version order, as the rows arrive; returns how many
     /// there were. Loading an aggregate folds its events this way without
     /// holding the stream in memory. An error from `f` stops the fold and is
-    /// returned. The default reads [`read_stream_payloads`](Self::read_stream_payloads)
+    /// returned, with the failing event's global position filled in
+    /// ([`Error::at_position`]; a backend that overrides this method must do
+    /// the same). The default reads [`read_stream_payloads`](Self::read_stream_payloads)
     /// first; backends override it to decode rows as they stream in.
     fn fold_stream_payloads<F>(
         &self,
@@ -226,12 +232,12 @@ pub trait EventStore: Send + Sync + 'static {
             let stored = self.read_stream_payloads(stream_id, from_version).await?;
             for p in &stored {
                 f(PayloadRef {
-                    position: p.position,
                     stream_version: p.stream_version,
                     event_type: &p.event_type,
                     schema_version: p.schema_version,
                     payload: p.payload.get(),
-                })?;
+                })
+                .map_err(|e| e.at_position(p.position))?;
             }
             Ok(stored.len() as u64)
         }
@@ -443,6 +449,7 @@ fn decode_registered<E: Event>(
 }
 
 /// Decodes one stored payload of a stream; `E` must already be registered.
+/// An error names position 0: the store fills the real one in.
 pub(crate) fn decode_payload<E: Event>(
     registry: &SchemaRegistry,
     stream_id: &str,
@@ -450,7 +457,7 @@ pub(crate) fn decode_payload<E: Event>(
 ) -> Result<E, Error> {
     decode_parts::<E>(registry, p.event_type, p.schema_version, p.payload).map_err(|source| {
         Error::Decode {
-            position: p.position,
+            position: 0,
             stream_id: stream_id.to_owned(),
             stream_version: p.stream_version,
             source,

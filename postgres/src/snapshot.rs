@@ -5,21 +5,24 @@ use serde_json::value::RawValue;
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
 
-use crate::store::{jsonb_text, payload_row};
+use crate::store::{fold_row, jsonb_text, locate};
 use crate::PgEventStore;
 
-/// A snapshot and the events after it, in one statement: the snapshot row
-/// first (its `position` is NULL; fingerprint and codec version ride in the
-/// type and schema version columns), then the events in version order. With
-/// no snapshot it is the plain stream read.
+/// A snapshot and the events after it, in one statement, in the columns of
+/// the lean stream read (`stream_version, event_type, schema_version,
+/// payload`). The snapshot row comes first and is told apart by its negated
+/// version (events' versions are at least 1, a CHECK constraint holds them
+/// to it; snapshots' versions too); its fingerprint and codec version ride
+/// in the type and schema version columns. Then the events after it, in
+/// version order. With no snapshot it is the plain stream read.
 const LOAD_AND_FOLD: &str = "WITH s AS (
         SELECT version, state, fingerprint, codec_version FROM annals_snapshots
          WHERE aggregate_type = $1 AND aggregate_id = $2)
-     SELECT NULL::int8 AS position, version AS stream_version, fingerprint AS event_type,
+     SELECT -version AS stream_version, fingerprint AS event_type,
             codec_version AS schema_version, state AS payload
        FROM s
      UNION ALL
-     SELECT position, stream_version, event_type, schema_version, payload
+     SELECT stream_version, event_type, schema_version, payload
        FROM annals_events
       WHERE stream_id = $2 AND stream_version > coalesce((SELECT version FROM s), 0)
      ORDER BY stream_version";
@@ -66,10 +69,10 @@ fn snapshot_row(
     stream_id: &str,
 ) -> Result<Option<Snapshot>, Error> {
     let read = |e| Error::backend("reading a snapshot row", e);
-    let version: i64 = row.try_get(1).map_err(read)?;
-    let fingerprint: String = row.try_get(2).map_err(read)?;
-    let codec_version: i32 = row.try_get(3).map_err(read)?;
-    let state = row.try_get_raw(4).map_err(read)?;
+    let negated_version: i64 = row.try_get(0).map_err(read)?;
+    let fingerprint: String = row.try_get(1).map_err(read)?;
+    let codec_version: i32 = row.try_get(2).map_err(read)?;
+    let state = row.try_get_raw(3).map_err(read)?;
     let Some(state) = jsonb_text(state)
         .ok()
         .and_then(|text| RawValue::from_string(text.to_owned()).ok())
@@ -79,7 +82,7 @@ fn snapshot_row(
     Ok(Some(Snapshot {
         aggregate_type: aggregate_type.to_owned(),
         aggregate_id: stream_id.to_owned(),
-        version: version.max(0) as u64,
+        version: negated_version.saturating_neg().max(0) as u64,
         state,
         fingerprint,
         codec_version: codec_version.max(0) as u32,
@@ -95,7 +98,7 @@ impl SnapshotStore for PgSnapshotStore {
         // the columns of a snapshot row of LOAD_AND_FOLD, so one decoder
         // reads both
         let row = sqlx::query(
-            "SELECT NULL::int8, version, fingerprint, codec_version, state
+            "SELECT -version, fingerprint, codec_version, state
              FROM annals_snapshots WHERE aggregate_type = $1 AND aggregate_id = $2",
         )
         .bind(aggregate_type)
@@ -161,10 +164,10 @@ impl SnapshotStore for PgSnapshotStore {
         while let Some(row) = std::future::poll_fn(|cx| rows.as_mut().poll_next(cx)).await {
             let row = row.map_err(|e| Error::backend("loading a snapshot and its stream", e))?;
             // unchecked like every event column (see `decode_row`)
-            let position: Option<i64> = row
+            let version: i64 = row
                 .try_get_unchecked(0)
-                .map_err(|e| Error::backend("reading an event's position", e))?;
-            if position.is_none() {
+                .map_err(|e| Error::backend("reading an event's stream version", e))?;
+            if version < 0 {
                 let snapshot = snapshot_row(&row, aggregate_type, stream_id)?;
                 let version = snapshot.as_ref().map(|s| s.version);
                 let accepted = fold.snapshot(snapshot);
@@ -181,9 +184,11 @@ impl SnapshotStore for PgSnapshotStore {
                 continue;
             }
             let from = *from.get_or_insert_with(|| fold.snapshot(None));
-            let payload = payload_row(&row)?;
-            if payload.stream_version > from {
-                fold.event(payload)?;
+            if version as u64 > from {
+                if let Err((version, e)) = fold_row(&row, &mut |p| fold.event(p)) {
+                    drop(rows);
+                    return Err(locate(pool, stream_id, version, e).await);
+                }
                 folded += 1;
             }
         }

@@ -575,12 +575,33 @@ async fn bad_rows<S: EventStore>(store: S) {
         ),
     ];
     for (stream, event) in cases {
+        // a good event first: the bad one is version 2, not the first row
+        must(
+            "append a good event before the bad row",
+            store.append_events(stream, ExpectedVersion::NoStream, &[created("ok")], &m),
+        )
+        .await;
         let appended = must(
             "append a bad row",
-            store.append(stream, ExpectedVersion::Any, vec![event]),
+            store.append(stream, ExpectedVersion::Exact(1), vec![event]),
         )
         .await;
         let position = appended.events[0].log_position.position;
+        // the lean read (which need not fetch positions) names the same
+        // event as the full one
+        match store.read_stream_events::<TestEvent>(stream, 1).await {
+            Err(Error::Decode {
+                position: p,
+                stream_id,
+                stream_version,
+                ..
+            }) => assert_eq!(
+                (p, stream_id.as_str(), stream_version),
+                (position, stream, 2),
+                "{stream}: the lean read's error names the event"
+            ),
+            other => panic!("{stream}: lean read: expected a decode error, got {other:?}"),
+        }
         let err = match store.read_stream_as::<TestEvent>(stream, 1).await {
             Err(Error::Decode {
                 position: p,
