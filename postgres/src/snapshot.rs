@@ -185,7 +185,8 @@ impl SnapshotStore for PgSnapshotStore {
             }
             let from = *from.get_or_insert_with(|| fold.snapshot(None));
             if version as u64 > from {
-                if let Err((version, e)) = fold_row(&row, &mut |p| fold.event(p)) {
+                if let Err(failed) = fold_row(&row, &mut |p| fold.event(p)) {
+                    let (version, e) = *failed;
                     drop(rows);
                     return Err(locate(pool, stream_id, version, e).await);
                 }

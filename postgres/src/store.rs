@@ -684,13 +684,14 @@ pub(crate) fn payload_row(row: &PgRow) -> Result<PayloadRef<'_>, Error> {
 
 /// Folds a row of [`READ_PAYLOADS`] into `f`. On an error, returns it with
 /// the row's stream version (when it could be read), for [`locate`].
-pub(crate) fn fold_row<F>(row: &PgRow, f: &mut F) -> Result<(), (Option<i64>, Error)>
+/// (Boxed: the error path is rare and `Error` is large.)
+pub(crate) fn fold_row<F>(row: &PgRow, f: &mut F) -> Result<(), Box<(Option<i64>, Error)>>
 where
     F: FnMut(PayloadRef<'_>) -> Result<(), Error>,
 {
     payload_row(row)
         .and_then(f)
-        .map_err(|e| (row.try_get_unchecked(0).ok(), e))
+        .map_err(|e| Box::new((row.try_get_unchecked(0).ok(), e)))
 }
 
 /// Completes an error from folding the event at `stream_version` of
@@ -875,7 +876,8 @@ impl EventStore for PgEventStore {
         // each row is decoded, borrowed, and folded as it arrives
         while let Some(row) = std::future::poll_fn(|cx| rows.as_mut().poll_next(cx)).await {
             let row = row.map_err(|e| Error::backend("reading a stream", e))?;
-            if let Err((version, e)) = fold_row(&row, &mut f) {
+            if let Err(failed) = fold_row(&row, &mut f) {
+                let (version, e) = *failed;
                 drop(rows);
                 return Err(locate(&self.pool, stream_id, version, e).await);
             }
