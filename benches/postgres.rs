@@ -908,9 +908,15 @@ fn reads(c: &mut Criterion, rt: &Runtime) {
 fn main() {
     let rt = runtime();
     let mut c = Criterion::default().configure_from_args();
-    append_single(&mut c, &rt);
-    append_batch(&mut c, &rt);
-    reads(&mut c, &rt);
+    // ANNALS_BENCH_ONLY=appends or =reads runs one part
+    let only = std::env::var("ANNALS_BENCH_ONLY").unwrap_or_default();
+    if only != "reads" {
+        append_single(&mut c, &rt);
+        append_batch(&mut c, &rt);
+    }
+    if only != "appends" {
+        reads(&mut c, &rt);
+    }
     c.final_summary();
 
     let row = |label, annals, baseline, events: usize, target| Comparison {
