@@ -130,6 +130,11 @@ const INSERT_ONE_RETURNING: &str = "INSERT INTO annals_events (event_id, stream_
 const ANNALS_READ_STREAM: &str = "SELECT position, transaction_id::text::int8 AS tx, event_id, stream_id, stream_version, event_type, schema_version, payload::text AS payload, metadata::text AS metadata, recorded_at
      FROM annals_events WHERE stream_id = $1 AND stream_version >= $2 ORDER BY stream_version LIMIT $3";
 
+/// Diagnostic: annals' lean stream read (`READ_PAYLOADS` in
+/// postgres/src/store.rs), behind `read_stream_events` and aggregate loads.
+const LEAN_READ_STREAM: &str = "SELECT stream_version, event_type, schema_version, payload
+     FROM annals_events WHERE stream_id = $1 AND stream_version >= $2 ORDER BY stream_version";
+
 /// Diagnostic: annals' log read (`READ_ALL` in postgres/src/store.rs).
 const ANNALS_READ_ALL: &str = "SELECT position, transaction_id::text::int8 AS tx, event_id, stream_id, stream_version, event_type, schema_version, payload::text AS payload, metadata::text AS metadata, recorded_at
      FROM annals_events
@@ -500,7 +505,71 @@ fn reads(c: &mut Criterion, rt: &Runtime) {
                     })
                 }),
             ),
-            // where the difference goes: annals' untyped read ...
+            // where the typed read's difference goes: annals' lean query
+            // (READ_PAYLOADS: version, type, schema version, payload)
+            // decoded by hand ...
+            (
+                "diag_lean_sql_by_hand",
+                Box::new(|| {
+                    timed(|| {
+                        let events: Vec<(i64, LeadScored)> = rt
+                            .block_on(
+                                sqlx::query(LEAN_READ_STREAM)
+                                    .bind("big")
+                                    .bind(1i64)
+                                    .try_map(|r: sqlx::postgres::PgRow| {
+                                        let _t: &str = r.try_get(1)?;
+                                        let _sv: i32 = r.try_get(2)?;
+                                        let p: Json<LeadScored> = r.try_get(3)?;
+                                        Ok((r.try_get(0)?, p.0))
+                                    })
+                                    .fetch_all(&pool),
+                            )
+                            .expect("read");
+                        assert_eq!(events.len(), STREAM_EVENTS);
+                        black_box(events);
+                    })
+                }),
+            ),
+            // ... and the baseline with one more column: the version (an
+            // int8), or the event type (text)
+            (
+                "diag_baseline_plus_version",
+                Box::new(|| {
+                    timed(|| {
+                        let events: Vec<(i64, Json<LeadScored>)> = rt
+                            .block_on(
+                                sqlx::query_as(
+                                    "SELECT stream_version, payload FROM annals_events WHERE stream_id = $1 ORDER BY stream_version",
+                                )
+                                .bind("big")
+                                .fetch_all(&pool),
+                            )
+                            .expect("read");
+                        assert_eq!(events.len(), STREAM_EVENTS);
+                        black_box(events);
+                    })
+                }),
+            ),
+            (
+                "diag_baseline_plus_type",
+                Box::new(|| {
+                    timed(|| {
+                        let events: Vec<(String, Json<LeadScored>)> = rt
+                            .block_on(
+                                sqlx::query_as(
+                                    "SELECT event_type, payload FROM annals_events WHERE stream_id = $1 ORDER BY stream_version",
+                                )
+                                .bind("big")
+                                .fetch_all(&pool),
+                            )
+                            .expect("read");
+                        assert_eq!(events.len(), STREAM_EVENTS);
+                        black_box(events);
+                    })
+                }),
+            ),
+            // where the full envelope's difference goes: annals' untyped read ...
             (
                 "diag_annals_read_stream_untyped",
                 Box::new(|| {
@@ -630,6 +699,10 @@ fn reads(c: &mut Criterion, rt: &Runtime) {
         ],
         &[
             ("annals_read_stream_events", "sqlx_baseline"),
+            ("annals_read_stream_events", "diag_lean_sql_by_hand"),
+            ("diag_lean_sql_by_hand", "sqlx_baseline"),
+            ("diag_baseline_plus_version", "sqlx_baseline"),
+            ("diag_baseline_plus_type", "sqlx_baseline"),
             ("annals_read_stream_as", "sqlx_baseline"),
             ("annals_read_stream_as", "diag_annals_read_stream_untyped"),
             (
@@ -990,6 +1063,34 @@ fn main() {
             "pg_read_stream_10k/sqlx_baseline",
             stream,
             Target::TimeAtMost(1.1),
+        ),
+        row(
+            "  diag: read_stream_events / its SQL decoded by hand",
+            "pg_read_stream_10k/annals_read_stream_events",
+            "pg_read_stream_10k/diag_lean_sql_by_hand",
+            stream,
+            Target::None,
+        ),
+        row(
+            "  diag: its SQL by hand (4 columns) / baseline (1)",
+            "pg_read_stream_10k/diag_lean_sql_by_hand",
+            "pg_read_stream_10k/sqlx_baseline",
+            stream,
+            Target::None,
+        ),
+        row(
+            "  diag: baseline + version column / baseline",
+            "pg_read_stream_10k/diag_baseline_plus_version",
+            "pg_read_stream_10k/sqlx_baseline",
+            stream,
+            Target::None,
+        ),
+        row(
+            "  diag: baseline + type column / baseline",
+            "pg_read_stream_10k/diag_baseline_plus_type",
+            "pg_read_stream_10k/sqlx_baseline",
+            stream,
+            Target::None,
         ),
         row(
             "  diag: full envelopes (read_stream_as) / baseline",
