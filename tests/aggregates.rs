@@ -518,6 +518,67 @@ async fn postgres_load_errors_name_the_events_position() {
     }
 }
 
+/// The error path's position lookup needs a connection while the fold's
+/// own may still be mid-result: with a pool of one connection it must not
+/// wait for itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_fold_errors_are_located_with_a_one_connection_pool() {
+    use annals::postgres::sqlx;
+    use annals::{DecodeError, Error, EventStoreExt, ExpectedVersion};
+    let db = TestDatabase::new().await;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(std::time::Duration::from_secs(5))
+        .connect_with(db.connect_options())
+        .await
+        .expect("a one-connection pool");
+    let store = PgEventStore::builder(pool.clone())
+        .register::<LeadEvent>()
+        .build()
+        .await
+        .expect("store");
+    // enough rows that the bad one is far from the end of the result
+    let notes: Vec<LeadEvent> = (0..3000)
+        .map(|i| LeadEvent::Noted(format!("note {i}")))
+        .collect();
+    store
+        .append_events(
+            "lead-one",
+            ExpectedVersion::NoStream,
+            &notes,
+            &Metadata::new(),
+        )
+        .await
+        .expect("append");
+    let position: i64 = sqlx::query_scalar(
+        "UPDATE annals_events SET event_type = 'lead.gone' WHERE stream_id = 'lead-one' AND stream_version = 10 RETURNING position",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("break one row");
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        store.read_stream_events::<LeadEvent>("lead-one", 1),
+    )
+    .await
+    .expect("the read returns (it does not wait for its own connection)");
+    match read {
+        Err(Error::Decode {
+            position: p,
+            stream_version: 10,
+            source: DecodeError::UnknownEventType { .. },
+            ..
+        }) => assert_eq!(p, position as u64),
+        other => panic!("expected an unknown-type error at version 10, got {other:?}"),
+    }
+    // the connection is usable afterwards
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM annals_events")
+        .fetch_one(&pool)
+        .await
+        .expect("the pool's connection still works");
+    assert_eq!(n, 3000);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_concurrent_commands() {
     let db = TestDatabase::new().await;
