@@ -1023,7 +1023,7 @@ fn main() {
             ),
             row(
                 label(format!(
-                    "  diag {what}: annals unvalidated / its SQL via sqlx"
+                    "  diag {what}: annals unvalidated / its batch SQL via sqlx"
                 )),
                 key("annals_unvalidated"),
                 key("diag_annals_sql_via_sqlx"),

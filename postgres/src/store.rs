@@ -181,7 +181,13 @@ macro_rules! base_exact {
 const APPEND_ONE_NO_STREAM: &str = append_one_sql!(skip_conflict!(); base_no_stream!());
 const APPEND_ONE_ANY: &str = append_one_sql!(skip_conflict!(); base_any!());
 const APPEND_ONE_EXACT: &str = append_one_sql!(skip_conflict!(); base_exact!());
-const APPEND_ONE_OWNED_NO_STREAM: &str = append_one_sql!(""; base_no_stream!());
+/// A new stream's first event as its own transaction: version 1 by a plain
+/// `INSERT … VALUES` (no rule to evaluate: the unique key is the check, and
+/// a lost race is the unique violation, mapped to the conflict).
+const APPEND_ONE_OWNED_NO_STREAM: &str =
+    "INSERT INTO annals_events (event_id, stream_id, stream_version, event_type, schema_version, payload, metadata)
+     VALUES ($2, $1, 1, $3, $4, $5::jsonb, $6::jsonb)
+     RETURNING position, transaction_id::text::int8 AS tx, stream_version, recorded_at";
 const APPEND_ONE_OWNED_EXACT: &str = append_one_sql!(""; base_exact!());
 const APPEND_NO_STREAM: &str = append_sql!(base_no_stream!());
 const APPEND_ANY: &str = append_sql!(base_any!());
