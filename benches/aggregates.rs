@@ -48,7 +48,7 @@ use common::{
 
 const SAMPLES: usize = 10;
 /// Interleaved rounds per (annals, baseline) pair of the slow groups.
-const ROUNDS: usize = 6;
+const ROUNDS: usize = 16;
 /// ... of the sub-millisecond snapshot loads (one call per round is noisy).
 const FAST_ROUNDS: usize = 150;
 /// ... of the command groups (each round runs 1,000 commands twice).

@@ -30,6 +30,9 @@ use common::{
 const SAMPLES: usize = 10;
 /// Interleaved rounds per (annals, baseline) pair.
 const ROUNDS: usize = 8;
+/// ... of the 10k-event stream read (each round takes 20-90 ms; its target
+/// is within a few points, so more rounds narrow the quartiles).
+const READ_ROUNDS: usize = 24;
 /// Events per iteration of the one-event-per-call appends.
 const SINGLE: usize = 1_000;
 const TASKS: usize = 8;
@@ -718,7 +721,7 @@ fn reads(c: &mut Criterion, rt: &Runtime) {
             ("annals_read_stream_as", "diag_sqlx_full_envelope"),
             ("diag_sqlx_full_envelope", "sqlx_baseline"),
         ],
-        ROUNDS,
+        READ_ROUNDS,
     );
 
     // the client-side work of annals' stream read, per 10k rows, on the
