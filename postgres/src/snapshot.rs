@@ -5,7 +5,7 @@ use serde_json::value::RawValue;
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
 
-use crate::store::{fold_row, jsonb_text, locate};
+use crate::store::{fold_row, in_stream_order, jsonb_text, locate};
 use crate::PgEventStore;
 
 /// A snapshot and the events after it, in one statement, in the columns of
@@ -14,18 +14,24 @@ use crate::PgEventStore;
 /// version (events' versions are at least 1, a CHECK constraint holds them
 /// to it; snapshots' versions too); its fingerprint and codec version ride
 /// in the type and schema version columns. Then the events after it, in
-/// version order. With no snapshot it is the plain stream read.
-const LOAD_AND_FOLD: &str = "WITH s AS (
+/// version order. With no snapshot it is the plain stream read. The events
+/// come in index order (see `in_stream_order!`), so the outer `ORDER BY` is
+/// a merge of the two parts, not a sort of the stream.
+pub(crate) const LOAD_AND_FOLD: &str = concat!(
+    "WITH s AS (
         SELECT version, state, fingerprint, codec_version FROM annals_snapshots
          WHERE aggregate_type = $1 AND aggregate_id = $2)
      SELECT -version AS stream_version, fingerprint AS event_type,
             codec_version AS schema_version, state AS payload
        FROM s
      UNION ALL
-     SELECT stream_version, event_type, schema_version, payload
-       FROM annals_events
-      WHERE stream_id = $2 AND stream_version > coalesce((SELECT version FROM s), 0)
-     ORDER BY stream_version";
+     (SELECT stream_version, event_type, schema_version, payload
+        FROM annals_events
+       WHERE stream_id = $2 AND stream_version > coalesce((SELECT version FROM s), 0)",
+    in_stream_order!("NULL"),
+    ")
+     ORDER BY stream_version"
+);
 
 /// Snapshots in the `annals_snapshots` table: one row per aggregate, the
 /// newest wins (an older snapshot of the same shape never replaces a newer
