@@ -255,7 +255,8 @@ async fn baseline_load_snapshot(pool: &PgPool, stream: &str) -> (Lead, u64) {
 /// (`READ_PAYLOADS` in postgres/src/store.rs, as of session 5): 4 columns
 /// (no global position), payload as jsonb (binary), one query.
 const LEAN_READ: &str = "SELECT stream_version, event_type, schema_version, payload
-     FROM annals_events WHERE stream_id = $1 AND stream_version >= $2 ORDER BY stream_version";
+     FROM annals_events WHERE stream_id = $1 AND stream_version >= $2
+     ORDER BY stream_version LIMIT (SELECT NULL::int8)";
 
 fn borrowed_op<'a>(
     rt: &'a Runtime,

@@ -131,12 +131,13 @@ const INSERT_ONE_RETURNING: &str = "INSERT INTO annals_events (event_id, stream_
 
 /// Diagnostic: annals' stream read (`READ_STREAM` in postgres/src/store.rs).
 const ANNALS_READ_STREAM: &str = "SELECT position, transaction_id::text::int8 AS tx, event_id, stream_id, stream_version, event_type, schema_version, payload::text AS payload, metadata::text AS metadata, recorded_at
-     FROM annals_events WHERE stream_id = $1 AND stream_version >= $2 ORDER BY stream_version LIMIT $3";
+     FROM annals_events WHERE stream_id = $1 AND stream_version >= $2 ORDER BY stream_version LIMIT (SELECT $3::int8)";
 
 /// Diagnostic: annals' lean stream read (`READ_PAYLOADS` in
 /// postgres/src/store.rs), behind `read_stream_events` and aggregate loads.
 const LEAN_READ_STREAM: &str = "SELECT stream_version, event_type, schema_version, payload
-     FROM annals_events WHERE stream_id = $1 AND stream_version >= $2 ORDER BY stream_version";
+     FROM annals_events WHERE stream_id = $1 AND stream_version >= $2
+     ORDER BY stream_version LIMIT (SELECT NULL::int8)";
 
 /// Diagnostic: annals' log read (`READ_ALL` in postgres/src/store.rs).
 const ANNALS_READ_ALL: &str = "SELECT position, transaction_id::text::int8 AS tx, event_id, stream_id, stream_version, event_type, schema_version, payload::text AS payload, metadata::text AS metadata, recorded_at
