@@ -210,7 +210,7 @@ const ANY_ATTEMPTS: u32 = 16;
 /// plan that a prepared statement switches to after five executions when a
 /// few streams are big. That sort spills to disk past `work_mem`: measured
 /// on a 100k-event stream, 79-90 ms instead of 25-37 ms. The test
-/// `plans_stay_on_the_stream_index` pins the plans of every stream read.
+/// `reads_keep_their_index_plans` pins the plans of every stream read.
 macro_rules! in_stream_order {
     ($limit:expr) => {
         concat!(" ORDER BY stream_version LIMIT (SELECT ", $limit, "::int8)")
@@ -981,16 +981,17 @@ impl WatchLog for PgEventStore {
 
 #[cfg(all(test, feature = "testing"))]
 mod plan_tests {
-    use super::{READ_PAYLOADS, READ_STORED_PAYLOADS, READ_STREAM};
+    use super::{READ_ALL, READ_PAYLOADS, READ_STORED_PAYLOADS, READ_STREAM};
     use crate::snapshot::LOAD_AND_FOLD;
     use crate::testing::TestDatabase;
     use sqlx::AssertSqlSafe;
 
     /// Every stream read stays on the `(stream_id, stream_version)` index,
     /// in custom and in generic plans, on a table whose statistics tempt the
-    /// planner into a bitmap scan and a sort (a few big streams).
+    /// planner into a bitmap scan and a sort (a few big streams); the log
+    /// read stays on the `(transaction_id, position)` index.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn plans_stay_on_the_stream_index() {
+    async fn reads_keep_their_index_plans() {
         let db = TestDatabase::new().await;
         let pool = db.pool();
         for (stream, n) in [("big-a", 60_000i64), ("big-b", 30_000), ("small", 1_000)] {
@@ -1012,17 +1013,35 @@ mod plan_tests {
             .await
             .expect("analyze");
         let mut conn = pool.acquire().await.expect("a connection");
+        let stream_index = "Index Scan using annals_events_stream_version_key";
         let statements = [
-            ("READ_PAYLOADS", READ_PAYLOADS, "('big-a', 1)"),
-            ("READ_STORED_PAYLOADS", READ_STORED_PAYLOADS, "('big-a', 1)"),
+            ("READ_PAYLOADS", READ_PAYLOADS, "('big-a', 1)", stream_index),
+            (
+                "READ_STORED_PAYLOADS",
+                READ_STORED_PAYLOADS,
+                "('big-a', 1)",
+                stream_index,
+            ),
             (
                 "READ_STREAM",
                 READ_STREAM,
                 "('big-a', 1, 9223372036854775807)",
+                stream_index,
             ),
-            ("LOAD_AND_FOLD", LOAD_AND_FOLD, "('lead', 'big-a')"),
+            (
+                "LOAD_AND_FOLD",
+                LOAD_AND_FOLD,
+                "('lead', 'big-a')",
+                stream_index,
+            ),
+            (
+                "READ_ALL",
+                READ_ALL,
+                "('0', 0, 1000)",
+                "Index Scan using annals_events_global_order",
+            ),
         ];
-        for (name, sql, args) in statements {
+        for (name, sql, args, index) in statements {
             sqlx::raw_sql(AssertSqlSafe(format!("PREPARE plan_check AS {sql}")))
                 .execute(&mut *conn)
                 .await
@@ -1039,8 +1058,8 @@ mod plan_tests {
                         .expect("explain");
                 let plan = plan.join("\n");
                 assert!(
-                    plan.contains("Index Scan using annals_events_stream_version_key"),
-                    "{name} ({mode}) does not read the stream through its index:\n{plan}"
+                    plan.contains(index),
+                    "{name} ({mode}) does not read through its index:\n{plan}"
                 );
                 assert!(
                     !plan.contains("Bitmap Heap Scan on annals_events")
