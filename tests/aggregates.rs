@@ -102,6 +102,15 @@ impl Aggregate for Lead {
     }
 }
 
+/// A Postgres event store on `pool` that knows `LeadEvent`.
+async fn lead_store(pool: &annals::postgres::sqlx::PgPool) -> PgEventStore {
+    PgEventStore::builder(pool.clone())
+        .register::<LeadEvent>()
+        .build()
+        .await
+        .expect("store")
+}
+
 #[test]
 fn derive_supplies_name_policy_and_codec() {
     assert_eq!(Lead::TYPE, "lead");
@@ -233,13 +242,7 @@ fn postgres_load_with_and_without_snapshots_is_identical() {
         .build()
         .expect("runtime");
     let db = rt.block_on(TestDatabase::new());
-    let store = rt
-        .block_on(
-            PgEventStore::builder(db.pool().clone())
-                .register::<LeadEvent>()
-                .build(),
-        )
-        .expect("store");
+    let store = rt.block_on(lead_store(db.pool()));
     let snapshots = PgSnapshotStore::new(db.pool().clone());
     let case = AtomicUsize::new(0);
     let mut runner = TestRunner::new(Config::with_cases(24));
@@ -388,11 +391,7 @@ async fn in_memory_concurrent_commands() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_snapshots_self_invalidate() {
     let db = TestDatabase::new().await;
-    let store = PgEventStore::builder(db.pool().clone())
-        .register::<LeadEvent>()
-        .build()
-        .await
-        .expect("store");
+    let store = lead_store(db.pool()).await;
     let pool = db.pool().clone();
     outdated_and_corrupted_snapshots_are_ignored(
         store,
@@ -432,11 +431,7 @@ async fn postgres_load_errors_name_the_events_position() {
     use annals::postgres::sqlx;
     use annals::{DecodeError, Error, EventStoreExt};
     let db = TestDatabase::new().await;
-    let store = PgEventStore::builder(db.pool().clone())
-        .register::<LeadEvent>()
-        .build()
-        .await
-        .expect("store");
+    let store = lead_store(db.pool()).await;
     let with_snapshots = Repository::<Lead, _, _>::new(store.clone())
         .with_snapshots(PgSnapshotStore::new(db.pool().clone()))
         .inline_snapshots();
@@ -532,11 +527,7 @@ async fn postgres_fold_errors_are_located_with_a_one_connection_pool() {
         .connect_with(db.connect_options())
         .await
         .expect("a one-connection pool");
-    let store = PgEventStore::builder(pool.clone())
-        .register::<LeadEvent>()
-        .build()
-        .await
-        .expect("store");
+    let store = lead_store(&pool).await;
     // enough rows that the bad one is far from the end of the result
     let notes: Vec<LeadEvent> = (0..3000)
         .map(|i| LeadEvent::Noted(format!("note {i}")))
