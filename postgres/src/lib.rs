@@ -22,6 +22,7 @@
 //! ```
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod keys;
 mod knowledge;
 mod migrate;
 mod projection;

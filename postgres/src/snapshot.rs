@@ -1,31 +1,32 @@
 use std::any::Any;
 
-use annals_core::{Error, EventStore, Snapshot, SnapshotFold, SnapshotStore};
+use annals_core::{Error, EventStore, PayloadRef, Snapshot, SnapshotFold, SnapshotStore};
 use serde_json::value::RawValue;
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
 
-use crate::store::{fold_row, in_stream_order, jsonb_text, locate};
+use crate::store::{fold_lean_row, in_stream_order, jsonb_text};
 use crate::PgEventStore;
 
 /// A snapshot and the events after it, in one statement, in the columns of
-/// the lean stream read (`stream_version, event_type, schema_version,
-/// payload`). The snapshot row comes first and is told apart by its negated
-/// version (events' versions are at least 1, a CHECK constraint holds them
-/// to it; snapshots' versions too); its fingerprint and codec version ride
-/// in the type and schema version columns. Then the events after it, in
-/// version order. With no snapshot it is the plain stream read. The events
-/// come in index order (see `in_stream_order!`), so the outer `ORDER BY` is
-/// a merge of the two parts, not a sort of the stream.
+/// the lean stream read (`stream_version, schema_key, payload`) and two
+/// more that only the snapshot row fills (`fingerprint, codec_version`;
+/// NULL in event rows, which costs the server no send call). The snapshot
+/// row comes first and is told apart by its negated version (events'
+/// versions are at least 1, a CHECK constraint holds them to it; snapshots'
+/// versions too). Then the events after it, in version order. With no
+/// snapshot it is the plain stream read. The events come in index order
+/// (see `in_stream_order!`), so the outer `ORDER BY` is a merge of the two
+/// parts, not a sort of the stream.
 pub(crate) const LOAD_AND_FOLD: &str = concat!(
     "WITH s AS (
         SELECT version, state, fingerprint, codec_version FROM annals_snapshots
          WHERE aggregate_type = $1 AND aggregate_id = $2)
-     SELECT -version AS stream_version, fingerprint AS event_type,
-            codec_version AS schema_version, state AS payload
+     SELECT -version AS stream_version, NULL::int8 AS schema_key, state AS payload,
+            fingerprint, codec_version
        FROM s
      UNION ALL
-     (SELECT stream_version, event_type, schema_version, payload
+     (SELECT stream_version, schema_key, payload, NULL, NULL
         FROM annals_events
        WHERE stream_id = $2 AND stream_version > coalesce((SELECT version FROM s), 0)",
     in_stream_order!("NULL"),
@@ -52,9 +53,9 @@ impl PgSnapshotStore {
         PgSnapshotStore { pool }
     }
 
-    /// The event store's pool, if `events` is a [`PgEventStore`] on the
-    /// database this store's snapshots are in.
-    fn beside<'a, S: EventStore>(&self, events: &'a S) -> Option<&'a PgPool> {
+    /// `events` as a [`PgEventStore`], if it is one on the database this
+    /// store's snapshots are in.
+    fn beside<'a, S: EventStore>(&self, events: &'a S) -> Option<&'a PgEventStore> {
         let pg = (events as &dyn Any).downcast_ref::<PgEventStore>()?;
         let (a, b) = (pg.pool().connect_options(), self.pool.connect_options());
         let same = a.get_host() == b.get_host()
@@ -62,7 +63,7 @@ impl PgSnapshotStore {
             && a.get_socket() == b.get_socket()
             && a.get_database() == b.get_database()
             && a.get_username() == b.get_username();
-        same.then(|| pg.pool())
+        same.then_some(pg)
     }
 }
 
@@ -76,9 +77,9 @@ fn snapshot_row(
 ) -> Result<Option<Snapshot>, Error> {
     let read = |e| Error::backend("reading a snapshot row", e);
     let negated_version: i64 = row.try_get(0).map_err(read)?;
-    let fingerprint: String = row.try_get(1).map_err(read)?;
-    let codec_version: i32 = row.try_get(2).map_err(read)?;
-    let state = row.try_get_raw(3).map_err(read)?;
+    let state = row.try_get_raw(2).map_err(read)?;
+    let fingerprint: String = row.try_get(3).map_err(read)?;
+    let codec_version: i32 = row.try_get(4).map_err(read)?;
     let Some(state) = jsonb_text(state)
         .ok()
         .and_then(|text| RawValue::from_string(text.to_owned()).ok())
@@ -104,7 +105,7 @@ impl SnapshotStore for PgSnapshotStore {
         // the columns of a snapshot row of LOAD_AND_FOLD, so one decoder
         // reads both
         let row = sqlx::query(
-            "SELECT -version, fingerprint, codec_version, state
+            "SELECT -version, NULL::int8, state, fingerprint, codec_version
              FROM annals_snapshots WHERE aggregate_type = $1 AND aggregate_id = $2",
         )
         .bind(aggregate_type)
@@ -153,17 +154,18 @@ impl SnapshotStore for PgSnapshotStore {
         S: EventStore,
         F: SnapshotFold + Send,
     {
-        let Some(pool) = self.beside(events) else {
+        let Some(pg) = self.beside(events) else {
             let snapshot = self.load(aggregate_type, stream_id).await?;
             let from = fold.snapshot(snapshot);
             return events
                 .fold_stream_payloads(stream_id, from + 1, |p| fold.event(p))
                 .await;
         };
+        let keys = pg.schema_keys();
         let mut rows = sqlx::query(LOAD_AND_FOLD)
             .bind(aggregate_type)
             .bind(stream_id)
-            .fetch(pool);
+            .fetch(pg.pool());
         // the version the fold goes on from, once the snapshot is decided
         let mut from = None;
         let mut folded = 0;
@@ -191,10 +193,10 @@ impl SnapshotStore for PgSnapshotStore {
             }
             let from = *from.get_or_insert_with(|| fold.snapshot(None));
             if version as u64 > from {
-                if let Err(failed) = fold_row(&row, &mut |p| fold.event(p)) {
-                    let (version, e) = *failed;
+                let mut event = |p: PayloadRef<'_>| fold.event(p);
+                if let Err(stop) = fold_lean_row(&row, &keys, &mut event) {
                     drop(rows);
-                    return Err(locate(pool, stream_id, version, e).await);
+                    return pg.lean_stopped(stream_id, *stop, folded, &mut event).await;
                 }
                 folded += 1;
             }

@@ -12,6 +12,8 @@ use sqlx::postgres::{PgListener, PgRow, PgValueFormat, PgValueRef};
 use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool, Row, TypeInfo as _, ValueRef as _};
 
+use crate::keys::{lookup, KeyMap, SchemaKeys};
+
 /// The channel on which every append notifies readers (at commit).
 pub const EVENTS_CHANNEL: &str = "annals_events";
 
@@ -23,6 +25,7 @@ pub struct PgEventStore {
     pool: PgPool,
     registry: Arc<SchemaRegistry>,
     validate: bool,
+    keys: Arc<SchemaKeys>,
 }
 
 type Registration = Box<dyn FnOnce(&SchemaRegistry) -> Result<(), Error> + Send>;
@@ -79,6 +82,7 @@ impl PgEventStoreBuilder {
             pool: self.pool,
             registry: self.registry,
             validate: self.validate,
+            keys: Arc::default(),
         };
         store.sync_schemas().await?;
         Ok(store)
@@ -218,16 +222,25 @@ macro_rules! in_stream_order {
 }
 pub(crate) use in_stream_order;
 
-/// What rebuilding state needs of a stream: version, type, schema version,
-/// payload. No global position: every column costs the server a send call
-/// per row (about 3% of a 10k-event fold each, measured), and a fold needs
-/// the position only to name a failing event, which [`locate`] looks up.
+/// What rebuilding state needs of a stream: version, schema key (the
+/// event's type and schema version in one bigint, see [`crate::keys`]),
+/// payload. Every column costs the server a send call per row, a text
+/// column the most: measured on a 10k-event fold, the type and schema
+/// version columns cost 10-12%, the key 2-3%. No global position either: a
+/// fold needs it only to name a failing event, which [`locate`] looks up.
 const READ_PAYLOADS: &str = concat!(
-    "SELECT stream_version, event_type, schema_version, payload
+    "SELECT stream_version, schema_key, payload
      FROM annals_events WHERE stream_id = $1 AND stream_version >= $2",
     in_stream_order!("NULL")
 );
-/// [`READ_PAYLOADS`] with the global position as a fifth column.
+/// [`READ_PAYLOADS`] with the type and schema version themselves, for a
+/// read that met a key it cannot map (and learns it from this one).
+const READ_FULL_PAYLOADS: &str = concat!(
+    "SELECT stream_version, event_type, schema_version, payload, schema_key
+     FROM annals_events WHERE stream_id = $1 AND stream_version >= $2",
+    in_stream_order!("NULL")
+);
+/// [`READ_FULL_PAYLOADS`] with the global position as the fifth column.
 const READ_STORED_PAYLOADS: &str = concat!(
     "SELECT stream_version, event_type, schema_version, payload, position
      FROM annals_events WHERE stream_id = $1 AND stream_version >= $2",
@@ -282,7 +295,13 @@ impl PgEventStore {
             pool,
             registry: Arc::new(SchemaRegistry::new()),
             validate: true,
+            keys: Arc::default(),
         }
+    }
+
+    /// The schema keys known now (see [`crate::keys`]).
+    pub(crate) fn schema_keys(&self) -> Arc<KeyMap> {
+        self.keys.snapshot()
     }
 
     /// The shared schema registry.
@@ -348,6 +367,36 @@ impl PgEventStore {
                 .iter()
                 .map(|(t, v, f)| (t.as_str(), *v, f.as_str())),
         )?;
+        self.learn_registered_keys().await
+    }
+
+    /// Learns the schema keys of every (type, version) the registry can
+    /// decode (every version up to the current one: old ones may have no
+    /// schema of their own, only an upcaster), computed by Postgres with the
+    /// expression of the `annals_events.schema_key` column, so that lean
+    /// reads of them need no fallback.
+    async fn learn_registered_keys(&self) -> Result<(), Error> {
+        let mut pairs = std::collections::BTreeSet::new();
+        for schema in self.registry.schemas() {
+            let current = self
+                .registry
+                .current_version(&schema.event_type)
+                .unwrap_or(schema.version);
+            for v in 1..=current.max(schema.version).min(i32::MAX as u32) {
+                pairs.insert((schema.event_type.clone(), v as i32));
+            }
+        }
+        let (types, versions): (Vec<String>, Vec<i32>) = pairs.into_iter().unzip();
+        let rows: Vec<(String, i32, i64)> = sqlx::query_as(
+            "SELECT t, v, hashtextextended(t, v) FROM UNNEST($1::text[], $2::int4[]) AS k(t, v)",
+        )
+        .bind(&types)
+        .bind(&versions)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| Error::backend("computing the schema keys of the registered types", e))?;
+        self.keys
+            .learn(rows.iter().map(|(t, v, key)| (*key, t.as_str(), *v)));
         Ok(())
     }
 
@@ -507,6 +556,81 @@ impl PgEventStore {
             version: last,
             events: out,
         })
+    }
+
+    /// Goes on after a lean read stopped, `folded` events in: from the
+    /// unmapped event with the full statement, or with the failure located.
+    pub(crate) async fn lean_stopped<F>(
+        &self,
+        stream_id: &str,
+        stop: LeanStop,
+        folded: u64,
+        f: &mut F,
+    ) -> Result<u64, Error>
+    where
+        F: FnMut(PayloadRef<'_>) -> Result<(), Error> + Send,
+    {
+        match stop {
+            LeanStop::Unmapped(version) => {
+                let from = version.max(1) as u64;
+                Ok(folded + self.fold_full(stream_id, from, f).await?)
+            }
+            LeanStop::Failed(version, e) => Err(locate(&self.pool, stream_id, version, e).await),
+        }
+    }
+
+    /// Folds a stream from `from_version` with [`READ_FULL_PAYLOADS`] (type
+    /// and schema version read from their columns), and learns the schema
+    /// keys it meets, so that the next lean read maps them.
+    async fn fold_full<F>(
+        &self,
+        stream_id: &str,
+        from_version: u64,
+        f: &mut F,
+    ) -> Result<u64, Error>
+    where
+        F: FnMut(PayloadRef<'_>) -> Result<(), Error> + Send,
+    {
+        self.keys.missed();
+        let known = self.keys.snapshot();
+        let mut learned: Vec<(i64, String, i32)> = Vec::new();
+        let mut rows = sqlx::query(READ_FULL_PAYLOADS)
+            .bind(stream_id)
+            .bind(from_version.min(i64::MAX as u64) as i64)
+            .fetch(&self.pool);
+        let mut n = 0;
+        let mut failure = None;
+        while let Some(row) = std::future::poll_fn(|cx| rows.as_mut().poll_next(cx)).await {
+            let row = match row {
+                Ok(row) => row,
+                Err(e) => {
+                    failure = Some((None, Error::backend("reading a stream", e)));
+                    break;
+                }
+            };
+            if let (Ok(t), Ok(v), Ok(key)) = (
+                row.try_get_unchecked::<&str, _>(1),
+                row.try_get_unchecked::<i32, _>(2),
+                row.try_get_unchecked::<i64, _>(4),
+            ) {
+                let mapped = u32::try_from(v).is_ok_and(|v| lookup(&known, key) == Some((t, v)));
+                if !mapped && !learned.iter().any(|l| l.0 == key && l.1 == t && l.2 == v) {
+                    learned.push((key, t.to_owned(), v));
+                }
+            }
+            if let Err(failed) = fold_row(&row, f) {
+                failure = Some(*failed);
+                break;
+            }
+            n += 1;
+        }
+        drop(rows);
+        self.keys
+            .learn(learned.iter().map(|(key, t, v)| (*key, t.as_str(), *v)));
+        match failure {
+            None => Ok(n),
+            Some((version, e)) => Err(locate(&self.pool, stream_id, version, e).await),
+        }
     }
 
     async fn map_append_error(
@@ -681,8 +805,9 @@ fn decode_row(row: &PgRow) -> Result<RecordedEvent, Error> {
     })
 }
 
-/// Decodes a row of [`READ_PAYLOADS`], borrowing from it. An error names
-/// position 0; [`fold_rows`] fills the real one in.
+/// Decodes a row of [`READ_FULL_PAYLOADS`] (or [`READ_STORED_PAYLOADS`]),
+/// borrowing from it. An error names
+/// position 0; the fold ([`locate`]) fills the real one in.
 pub(crate) fn payload_row(row: &PgRow) -> Result<PayloadRef<'_>, Error> {
     let corrupted = |message: String| Error::CorruptedRow {
         position: 0,
@@ -714,16 +839,63 @@ pub(crate) fn payload_row(row: &PgRow) -> Result<PayloadRef<'_>, Error> {
     })
 }
 
-/// Folds a row of [`READ_PAYLOADS`] into `f`. On an error, returns it with
-/// the row's stream version (when it could be read), for [`locate`].
+/// Folds a row of [`READ_FULL_PAYLOADS`] into `f`. On an error, returns it
+/// with the row's stream version (when it could be read), for [`locate`].
 /// (Boxed: the error path is rare and `Error` is large.)
-pub(crate) fn fold_row<F>(row: &PgRow, f: &mut F) -> Result<(), Box<(Option<i64>, Error)>>
+fn fold_row<F>(row: &PgRow, f: &mut F) -> Result<(), Box<(Option<i64>, Error)>>
 where
     F: FnMut(PayloadRef<'_>) -> Result<(), Error>,
 {
     payload_row(row)
         .and_then(f)
         .map_err(|e| Box::new((row.try_get_unchecked(0).ok(), e)))
+}
+
+/// Why a lean read stopped before the end of the stream.
+pub(crate) enum LeanStop {
+    /// The row's schema key is not known (or ambiguous): the read goes on
+    /// from this version with [`READ_FULL_PAYLOADS`].
+    Unmapped(i64),
+    /// Reading or folding the row failed (its version when it could be
+    /// read, for [`locate`]).
+    Failed(Option<i64>, Error),
+}
+
+/// Folds a row of [`READ_PAYLOADS`] (or an event row of the snapshot load:
+/// version, schema key, payload) into `f`, with the type and schema
+/// version that `keys` maps its key to. (Boxed: the stop is rare and
+/// `Error` is large.)
+pub(crate) fn fold_lean_row<F>(row: &PgRow, keys: &KeyMap, f: &mut F) -> Result<(), Box<LeanStop>>
+where
+    F: FnMut(PayloadRef<'_>) -> Result<(), Error>,
+{
+    let failed = |version, e| Box::new(LeanStop::Failed(version, e));
+    let stream_version: i64 = row
+        .try_get_unchecked(0)
+        .map_err(|e| failed(None, Error::backend(COLUMN_NAMES[4], e)))?;
+    let key: i64 = row
+        .try_get_unchecked(1)
+        .map_err(|e| failed(Some(stream_version), Error::backend("schema_key", e)))?;
+    let Some((event_type, schema_version)) = lookup(keys, key) else {
+        return Err(Box::new(LeanStop::Unmapped(stream_version)));
+    };
+    let payload = row
+        .try_get_raw(2)
+        .map_err(|e| Error::backend(COLUMN_NAMES[7], e))
+        .and_then(|value| {
+            jsonb_text(value).map_err(|message| Error::CorruptedRow {
+                position: 0,
+                message,
+            })
+        })
+        .map_err(|e| failed(Some(stream_version), e))?;
+    f(PayloadRef {
+        stream_version: stream_version as u64,
+        event_type,
+        schema_version,
+        payload,
+    })
+    .map_err(|e| failed(Some(stream_version), e))
 }
 
 /// Completes an error from folding the event at `stream_version` of
@@ -900,6 +1072,7 @@ impl EventStore for PgEventStore {
     where
         F: FnMut(PayloadRef<'_>) -> Result<(), Error> + Send,
     {
+        let keys = self.keys.snapshot();
         let mut rows = sqlx::query(READ_PAYLOADS)
             .bind(stream_id)
             .bind(from_version.min(i64::MAX as u64) as i64)
@@ -908,10 +1081,9 @@ impl EventStore for PgEventStore {
         // each row is decoded, borrowed, and folded as it arrives
         while let Some(row) = std::future::poll_fn(|cx| rows.as_mut().poll_next(cx)).await {
             let row = row.map_err(|e| Error::backend("reading a stream", e))?;
-            if let Err(failed) = fold_row(&row, &mut f) {
-                let (version, e) = *failed;
+            if let Err(stop) = fold_lean_row(&row, &keys, &mut f) {
                 drop(rows);
-                return Err(locate(&self.pool, stream_id, version, e).await);
+                return self.lean_stopped(stream_id, *stop, n, &mut f).await;
             }
             n += 1;
         }
@@ -981,7 +1153,7 @@ impl WatchLog for PgEventStore {
 
 #[cfg(all(test, feature = "testing"))]
 mod plan_tests {
-    use super::{READ_ALL, READ_PAYLOADS, READ_STORED_PAYLOADS, READ_STREAM};
+    use super::{READ_ALL, READ_FULL_PAYLOADS, READ_PAYLOADS, READ_STORED_PAYLOADS, READ_STREAM};
     use crate::snapshot::LOAD_AND_FOLD;
     use crate::testing::TestDatabase;
     use sqlx::AssertSqlSafe;
@@ -1016,6 +1188,12 @@ mod plan_tests {
         let stream_index = "Index Scan using annals_events_stream_version_key";
         let statements = [
             ("READ_PAYLOADS", READ_PAYLOADS, "('big-a', 1)", stream_index),
+            (
+                "READ_FULL_PAYLOADS",
+                READ_FULL_PAYLOADS,
+                "('big-a', 1)",
+                stream_index,
+            ),
             (
                 "READ_STORED_PAYLOADS",
                 READ_STORED_PAYLOADS,
@@ -1071,6 +1249,121 @@ mod plan_tests {
                 .execute(&mut *conn)
                 .await
                 .expect("deallocate");
+        }
+    }
+}
+
+#[cfg(all(test, feature = "testing"))]
+mod key_tests {
+    use annals_core::testing::events::{Created, Scored, TestEvent};
+    use annals_core::{EventStoreExt, ExpectedVersion, Metadata};
+
+    use super::PgEventStore;
+    use crate::testing::TestDatabase;
+
+    fn events() -> Vec<TestEvent> {
+        vec![
+            TestEvent::Created(Created {
+                name: "Ada".to_owned(),
+                email: None,
+            }),
+            TestEvent::Scored(Scored {
+                score: 80,
+                confidence: 0.9,
+                model: "gbm".to_owned(),
+            }),
+            TestEvent::Note("called back".to_owned()),
+        ]
+    }
+
+    /// A store maps the schema keys of the types it registered from start-up
+    /// on (no fallback), learns the others from its first full read, and
+    /// reads a key it knows two pairs for in full every time.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lean_reads_map_registered_keys_and_learn_the_others() {
+        let db = TestDatabase::new().await;
+        let pool = db.pool().clone();
+        let registered = PgEventStore::builder(pool.clone())
+            .register::<TestEvent>()
+            .build()
+            .await
+            .expect("build a registered store");
+        let written = events();
+        registered
+            .append_events(
+                "lead-1",
+                ExpectedVersion::NoStream,
+                &written,
+                &Metadata::new(),
+            )
+            .await
+            .expect("append");
+        // a version-1 payload of test.scored, upcast on read
+        sqlx::query(
+            "INSERT INTO annals_events (event_id, stream_id, stream_version, event_type, schema_version, payload)
+             VALUES (gen_random_uuid(), 'lead-1', 4, 'test.scored', 1, '{\"points\": 40}')",
+        )
+        .execute(&pool)
+        .await
+        .expect("insert a version-1 event");
+        let mut expected: Vec<(u64, TestEvent)> = (1..).zip(written).collect();
+        expected.push((
+            4,
+            TestEvent::Scored(Scored {
+                score: 40,
+                confidence: 0.5,
+                model: "unknown".to_owned(),
+            }),
+        ));
+
+        let read = registered
+            .read_stream_events::<TestEvent>("lead-1", 1)
+            .await
+            .expect("read");
+        assert_eq!(read, expected);
+        assert_eq!(
+            registered.keys.misses(),
+            0,
+            "registered keys need no fallback"
+        );
+
+        let unregistered = PgEventStore::builder(pool.clone())
+            .build()
+            .await
+            .expect("build a store without types");
+        for _ in 0..2 {
+            let read = unregistered
+                .read_stream_events::<TestEvent>("lead-1", 1)
+                .await
+                .expect("read");
+            assert_eq!(read, expected);
+        }
+        assert_eq!(
+            unregistered.keys.misses(),
+            1,
+            "the first read learns the keys, the second maps them"
+        );
+        let from_3 = unregistered
+            .read_stream_events::<TestEvent>("lead-1", 3)
+            .await
+            .expect("read from version 3");
+        assert_eq!(from_3, expected[2..]);
+
+        // a key that stands for two pairs: read in full from that event on
+        let created_key: i64 = sqlx::query_scalar(
+            "SELECT schema_key FROM annals_events WHERE stream_id = 'lead-1' AND stream_version = 2",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("the key of test.scored v3");
+        registered.keys.learn([(created_key, "test.other", 3)]);
+        for round in 1..=2 {
+            let read = registered
+                .read_stream_events::<TestEvent>("lead-1", 1)
+                .await
+                .expect("read");
+            assert_eq!(read, expected);
+            assert_eq!(registered.keys.misses(), round);
         }
     }
 }
