@@ -135,7 +135,7 @@ const ANNALS_READ_STREAM: &str = "SELECT position, transaction_id::text::int8 AS
 
 /// Diagnostic: annals' lean stream read (`READ_PAYLOADS` in
 /// postgres/src/store.rs), behind `read_stream_events` and aggregate loads.
-const LEAN_READ_STREAM: &str = "SELECT stream_version, event_type, schema_version, payload
+const LEAN_READ_STREAM: &str = "SELECT stream_version, schema_key, payload
      FROM annals_events WHERE stream_id = $1 AND stream_version >= $2
      ORDER BY stream_version LIMIT (SELECT NULL::int8)";
 
@@ -510,8 +510,8 @@ fn reads(c: &mut Criterion, rt: &Runtime) {
                 }),
             ),
             // where the typed read's difference goes: annals' lean query
-            // (READ_PAYLOADS: version, type, schema version, payload)
-            // decoded by hand ...
+            // (READ_PAYLOADS: version, schema key, payload) decoded by
+            // hand ...
             (
                 "diag_lean_sql_by_hand",
                 Box::new(|| {
@@ -522,9 +522,8 @@ fn reads(c: &mut Criterion, rt: &Runtime) {
                                     .bind("big")
                                     .bind(1i64)
                                     .try_map(|r: sqlx::postgres::PgRow| {
-                                        let _t: &str = r.try_get(1)?;
-                                        let _sv: i32 = r.try_get(2)?;
-                                        let p: Json<LeadScored> = r.try_get(3)?;
+                                        let _key: i64 = r.try_get(1)?;
+                                        let p: Json<LeadScored> = r.try_get(2)?;
                                         Ok((r.try_get(0)?, p.0))
                                     })
                                     .fetch_all(&pool),
@@ -1076,7 +1075,7 @@ fn main() {
             Target::None,
         ),
         row(
-            "  diag: its SQL by hand (4 columns) / baseline (1)",
+            "  diag: its SQL by hand (version, key, payload) / baseline (payload)",
             "pg_read_stream_10k/diag_lean_sql_by_hand",
             "pg_read_stream_10k/sqlx_baseline",
             stream,

