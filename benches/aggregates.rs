@@ -159,12 +159,12 @@ fn size_name(n: usize) -> String {
     }
 }
 
-/// Every call of every recorded op (seconds), for the absolute targets.
 /// What the schema keys of the bench's events stand for (the diag reads
 /// map them as annals does).
 static SCHEMA_KEYS: std::sync::OnceLock<std::collections::HashMap<i64, (String, u32)>> =
     std::sync::OnceLock::new();
 
+/// Every call of every recorded op (seconds), for the absolute targets.
 static CALLS: Mutex<BTreeMap<String, Vec<f64>>> = Mutex::new(BTreeMap::new());
 
 fn recorded<'a>(key: String, op: Op<'a>) -> Op<'a> {

@@ -230,7 +230,11 @@ proptest! {
 
 /// The same property on Postgres, where a repository with a
 /// `PgSnapshotStore` beside the `PgEventStore` loads the snapshot and the
-/// events after it in one statement: its loads equal full replays.
+/// events after it in one statement: its loads equal full replays. Every
+/// other case runs on a fresh store that registered no types, so its first
+/// loads meet schema keys it does not know yet and go on with the full
+/// read (after the snapshot row, in the one-statement load) before it
+/// learns them.
 #[test]
 fn postgres_load_with_and_without_snapshots_is_identical() {
     use proptest::test_runner::{Config, TestRunner};
@@ -248,9 +252,16 @@ fn postgres_load_with_and_without_snapshots_is_identical() {
     let mut runner = TestRunner::new(Config::with_cases(24));
     runner
         .run(&(arb_commands(), 1u64..7), |(commands, every)| {
-            let id = format!("p{}", case.fetch_add(1, Ordering::Relaxed));
+            let n = case.fetch_add(1, Ordering::Relaxed);
+            let id = format!("p{n}");
+            let store = if n % 2 == 0 {
+                store.clone()
+            } else {
+                rt.block_on(PgEventStore::builder(db.pool().clone()).build())
+                    .expect("a store without types")
+            };
             rt.block_on(snapshot_loads_equal_replays(
-                store.clone(),
+                store,
                 snapshots.clone(),
                 &id,
                 &commands,
