@@ -581,6 +581,57 @@ async fn postgres_fold_errors_are_located_with_a_one_connection_pool() {
     assert_eq!(n, 3000);
 }
 
+/// A command without snapshots is one `fold_and_append`: its load and its
+/// append share one pool checkout (a checkout pings the connection, and so
+/// does its return), counted by the pool's `before_acquire` hook.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_commands_check_out_one_connection_each() {
+    use annals::postgres::sqlx;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let db = TestDatabase::new().await;
+    let checkouts = Arc::new(AtomicUsize::new(0));
+    let counter = checkouts.clone();
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(std::time::Duration::from_secs(5))
+        .before_acquire(move |_, _| {
+            let counter = counter.clone();
+            Box::pin(async move {
+                counter.fetch_add(1, Ordering::SeqCst);
+                Ok(true)
+            })
+        })
+        .connect_with(db.connect_options())
+        .await
+        .expect("a counted pool");
+    let repo = Repository::<Lead, _>::new(lead_store(&pool).await);
+    let m = Metadata::new();
+    repo.execute("one", &LeadCommand::Create("One".into()), &m)
+        .await
+        .expect("create");
+    // the hook sees checkouts of idle connections: let the create's
+    // connection come back (its return pings it on a task of its own)
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let before = checkouts.load(Ordering::SeqCst);
+    for score in 1..=10 {
+        let done = repo
+            .execute("one", &LeadCommand::Score(score), &m)
+            .await
+            .expect("score");
+        assert_eq!(done.version, u64::from(score) + 1);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        checkouts.load(Ordering::SeqCst) - before,
+        10,
+        "one checkout per command (load and append on one connection)"
+    );
+    let loaded = repo.load("one").await.expect("load");
+    assert_eq!(loaded.version, 11);
+    assert_eq!(loaded.state.scores.len(), 10);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_concurrent_commands() {
     let db = TestDatabase::new().await;

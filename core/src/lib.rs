@@ -78,8 +78,8 @@ pub use schema::{
 pub use shutdown::{Shutdown, ShutdownTrigger};
 pub use snapshot::{InMemorySnapshotStore, NoSnapshots, Snapshot, SnapshotFold, SnapshotStore};
 pub use store::{
-    AppendResult, Backlog, EventStore, EventStoreExt, ExpectedVersion, Horizon, PayloadRef,
-    StoredPayload, Watch, WatchLog,
+    AppendResult, Backlog, CommandFold, EventStore, EventStoreExt, ExpectedVersion, Horizon,
+    PayloadRef, StoredPayload, Watch, WatchLog,
 };
 
 /// Support code for the derive macros. Not public API: it may change in any

@@ -4,10 +4,11 @@
 use std::marker::PhantomData;
 
 use crate::metrics as m;
+use crate::store::encode_events;
 use crate::{
-    Aggregate, AggregateState, Envelope, Error, EventStore, EventStoreExt, ExpectedVersion,
-    Metadata, NoSnapshots, PayloadRef, SchemaRegistry, Snapshot, SnapshotFold, SnapshotStore,
-    VersionConflict,
+    Aggregate, AggregateState, AppendResult, CommandFold, Envelope, Error, EventStore,
+    EventStoreExt, ExpectedVersion, Metadata, NewEvent, NoSnapshots, PayloadRef, SchemaRegistry,
+    Snapshot, SnapshotFold, SnapshotStore, VersionConflict,
 };
 
 /// How snapshots are written after a command.
@@ -168,13 +169,7 @@ impl<A: Aggregate, S: EventStore, N: SnapshotStore> Repository<A, S, N> {
     /// not decode, is ignored with a warning and the stream replayed in full.
     pub async fn load(&self, id: &str) -> Result<Loaded<A>, Error> {
         let stream = A::stream_id(id);
-        let mut loaded = Loaded {
-            state: A::default(),
-            version: 0,
-            snapshot_version: None,
-            events_replayed: 0,
-            snapshot_invalidated: false,
-        };
+        let mut loaded = Loaded::empty();
         // only types, versions and payloads, folded as they arrive: a load
         // needs no envelopes and never holds the stream in memory
         let registry = self.store.registry();
@@ -184,7 +179,7 @@ impl<A: Aggregate, S: EventStore, N: SnapshotStore> Repository<A, S, N> {
             registry,
             stream: &stream,
         };
-        let replayed = if self.snapshot_every.is_some() {
+        let replayed = if self.uses_snapshots() {
             self.snapshots
                 .load_and_fold(&self.store, A::TYPE, &stream, &mut fold)
                 .await?
@@ -193,10 +188,78 @@ impl<A: Aggregate, S: EventStore, N: SnapshotStore> Repository<A, S, N> {
                 .fold_stream_payloads(&stream, 1, |p| fold.event(p))
                 .await?
         };
-        loaded.events_replayed = replayed;
-        metrics::counter!(m::EVENTS_REPLAYED_TOTAL, "aggregate" => A::TYPE)
-            .increment(loaded.events_replayed);
+        loaded.replayed(replayed);
         Ok(loaded)
+    }
+
+    /// Whether loads start from snapshots: a policy, and a store that keeps
+    /// them ([`NoSnapshots`] keeps none, so a load is the plain replay and no
+    /// snapshot is encoded for it).
+    fn uses_snapshots(&self) -> bool {
+        self.snapshot_every.is_some()
+            && std::any::TypeId::of::<N>() != std::any::TypeId::of::<NoSnapshots>()
+    }
+
+    /// One attempt of a command: load, decide, append. Without snapshots
+    /// all three are one [`EventStore::fold_and_append`] (one connection on
+    /// Postgres); with snapshots the load goes through the snapshot store.
+    async fn attempt(
+        &self,
+        id: &str,
+        stream: &str,
+        command: &A::Command,
+        metadata: &Metadata,
+    ) -> Result<Attempt<A>, Error> {
+        if self.uses_snapshots() {
+            let loaded = self.load(id).await?;
+            let events = match loaded.state.handle(command) {
+                Ok(events) => events,
+                Err(e) => return Ok(Attempt::Rejected(e)),
+            };
+            let result = if events.is_empty() {
+                None
+            } else {
+                let expected = ExpectedVersion::from_current(Some(loaded.version));
+                let appended = self
+                    .store
+                    .append_events(stream, expected, &events, metadata)
+                    .await?;
+                Some(appended)
+            };
+            return Ok(Attempt::Decided {
+                loaded,
+                events,
+                result,
+            });
+        }
+        let registry = self.store.registry();
+        registry.register::<A::Event>()?;
+        let mut loaded = Loaded::empty();
+        let mut decision = Decision {
+            fold: Fold {
+                loaded: &mut loaded,
+                registry,
+                stream,
+            },
+            command,
+            metadata,
+            decided: None,
+        };
+        let (replayed, result) = self.store.fold_and_append(stream, &mut decision).await?;
+        let decided = decision.decided.take();
+        loaded.replayed(replayed);
+        match decided {
+            Some(Ok(events)) => Ok(Attempt::Decided {
+                loaded,
+                events,
+                result,
+            }),
+            Some(Err(e)) => Ok(Attempt::Rejected(e)),
+            None => Err(Error::backend(
+                "executing a command",
+                "the event store's fold_and_append returned without calling decide",
+            )),
+        }
     }
 
     /// Executes a command: load, decide, append with the loaded version as
@@ -213,36 +276,33 @@ impl<A: Aggregate, S: EventStore, N: SnapshotStore> Repository<A, S, N> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let mut loaded = self.load(id).await.map_err(|e| {
-                metrics::counter!(m::COMMANDS_TOTAL, "aggregate" => A::TYPE, "outcome" => "error")
+            let outcome = |o: &'static str| {
+                metrics::counter!(m::COMMANDS_TOTAL, "aggregate" => A::TYPE, "outcome" => o)
                     .increment(1);
-                CommandError::Store(e)
-            })?;
-            let events = match loaded.state.handle(command) {
-                Ok(events) => events,
-                Err(e) => {
-                    metrics::counter!(m::COMMANDS_TOTAL, "aggregate" => A::TYPE, "outcome" => "rejected")
-                        .increment(1);
+            };
+            match self.attempt(id, &stream, command, metadata).await {
+                Ok(Attempt::Rejected(e)) => {
+                    outcome("rejected");
                     return Err(CommandError::Rejected(e));
                 }
-            };
-            if events.is_empty() {
-                metrics::counter!(m::COMMANDS_TOTAL, "aggregate" => A::TYPE, "outcome" => "ok")
-                    .increment(1);
-                return Ok(Executed {
-                    events: Vec::new(),
-                    version: loaded.version,
-                    state: loaded.state,
-                    attempts: attempt,
-                });
-            }
-            let expected = ExpectedVersion::from_current(Some(loaded.version));
-            match self
-                .store
-                .append_events(&stream, expected, &events, metadata)
-                .await
-            {
-                Ok(result) => {
+                Ok(Attempt::Decided {
+                    loaded,
+                    events: _,
+                    result: None,
+                }) => {
+                    outcome("ok");
+                    return Ok(Executed {
+                        events: Vec::new(),
+                        version: loaded.version,
+                        state: loaded.state,
+                        attempts: attempt,
+                    });
+                }
+                Ok(Attempt::Decided {
+                    mut loaded,
+                    events,
+                    result: Some(result),
+                }) => {
                     for e in &events {
                         loaded.state.apply(e);
                     }
@@ -252,8 +312,7 @@ impl<A: Aggregate, S: EventStore, N: SnapshotStore> Repository<A, S, N> {
                         .zip(events)
                         .map(|(r, e)| r.map(|_| e))
                         .collect();
-                    metrics::counter!(m::COMMANDS_TOTAL, "aggregate" => A::TYPE, "outcome" => "ok")
-                        .increment(1);
+                    outcome("ok");
                     if self.snapshot_due(&loaded, result.version) {
                         self.write_snapshot(&stream, &loaded.state, result.version)
                             .await;
@@ -267,8 +326,7 @@ impl<A: Aggregate, S: EventStore, N: SnapshotStore> Repository<A, S, N> {
                 }
                 Err(Error::Conflict(c)) => {
                     if attempt > self.max_retries {
-                        metrics::counter!(m::COMMANDS_TOTAL, "aggregate" => A::TYPE, "outcome" => "conflict")
-                            .increment(1);
+                        outcome("conflict");
                         return Err(CommandError::Conflict {
                             attempts: attempt,
                             source: c,
@@ -279,8 +337,7 @@ impl<A: Aggregate, S: EventStore, N: SnapshotStore> Repository<A, S, N> {
                     tracing::debug!(aggregate = A::TYPE, stream = %stream, attempt, "version conflict; reloading and retrying");
                 }
                 Err(e) => {
-                    metrics::counter!(m::COMMANDS_TOTAL, "aggregate" => A::TYPE, "outcome" => "error")
-                        .increment(1);
+                    outcome("error");
                     return Err(CommandError::Store(e));
                 }
             }
@@ -291,7 +348,7 @@ impl<A: Aggregate, S: EventStore, N: SnapshotStore> Repository<A, S, N> {
     /// `new_version` crossed a multiple of the policy (or the stored
     /// snapshot was unusable and the stream is long enough to deserve one).
     fn snapshot_due(&self, loaded: &Loaded<A>, new_version: u64) -> bool {
-        let Some(every) = self.snapshot_every else {
+        let Some(every) = self.snapshot_every.filter(|_| self.uses_snapshots()) else {
             return false;
         };
         new_version / every > loaded.version / every
@@ -339,6 +396,78 @@ impl<A: Aggregate, S: EventStore, N: SnapshotStore> Repository<A, S, N> {
 }
 
 /// Folds a snapshot and the events after it into a [`Loaded`].
+/// What one attempt of a command came to.
+enum Attempt<A: Aggregate> {
+    /// The aggregate rejected the command.
+    Rejected(A::Error),
+    /// The command decided `events` on the `loaded` state; `result` is
+    /// their append (`None`: no events).
+    Decided {
+        loaded: Loaded<A>,
+        events: Vec<A::Event>,
+        result: Option<AppendResult>,
+    },
+}
+
+impl<A> Loaded<A>
+where
+    A: Default,
+{
+    /// Nothing loaded yet.
+    fn empty() -> Self {
+        Loaded {
+            state: A::default(),
+            version: 0,
+            snapshot_version: None,
+            events_replayed: 0,
+            snapshot_invalidated: false,
+        }
+    }
+}
+
+impl<A: AggregateState> Loaded<A> {
+    /// Records that the load replayed `n` events (and counts them).
+    fn replayed(&mut self, n: u64) {
+        self.events_replayed = n;
+        metrics::counter!(m::EVENTS_REPLAYED_TOTAL, "aggregate" => A::TYPE).increment(n);
+    }
+}
+
+/// A command attempt without snapshots, for [`EventStore::fold_and_append`]:
+/// the fold of a load, then the aggregate's decision, encoded.
+struct Decision<'a, A: Aggregate> {
+    fold: Fold<'a, A>,
+    command: &'a A::Command,
+    metadata: &'a Metadata,
+    /// What the aggregate decided (set by `decide`).
+    decided: Option<Result<Vec<A::Event>, A::Error>>,
+}
+
+impl<A: Aggregate> CommandFold for Decision<'_, A> {
+    fn event(&mut self, p: PayloadRef<'_>) -> Result<(), Error> {
+        self.fold.event(p)
+    }
+
+    fn decide(&mut self) -> Result<Option<(ExpectedVersion, Vec<NewEvent>)>, Error> {
+        let loaded = &*self.fold.loaded;
+        let events = match loaded.state.handle(self.command) {
+            Ok(events) => events,
+            Err(e) => {
+                self.decided = Some(Err(e));
+                return Ok(None);
+            }
+        };
+        let append = if events.is_empty() {
+            None
+        } else {
+            let encoded = encode_events(self.fold.registry, &events, self.metadata)?;
+            Some((ExpectedVersion::from_current(Some(loaded.version)), encoded))
+        };
+        self.decided = Some(Ok(events));
+        Ok(append)
+    }
+}
+
 struct Fold<'a, A> {
     loaded: &'a mut Loaded<A>,
     registry: &'a SchemaRegistry,

@@ -162,10 +162,15 @@ impl SnapshotStore for PgSnapshotStore {
                 .await;
         };
         let keys = pg.schema_keys();
+        let mut conn = pg
+            .pool()
+            .acquire()
+            .await
+            .map_err(|e| Error::backend("acquiring a connection to load an aggregate", e))?;
         let mut rows = sqlx::query(LOAD_AND_FOLD)
             .bind(aggregate_type)
             .bind(stream_id)
-            .fetch(pg.pool());
+            .fetch(&mut *conn);
         // the version the fold goes on from, once the snapshot is decided
         let mut from = None;
         let mut folded = 0;
@@ -184,8 +189,8 @@ impl SnapshotStore for PgSnapshotStore {
                     // stream from where the fold asks (rare: the next
                     // command writes a fresh snapshot)
                     drop(rows);
-                    return events
-                        .fold_stream_payloads(stream_id, accepted + 1, |p| fold.event(p))
+                    return pg
+                        .fold_on(&mut conn, stream_id, accepted + 1, |p| fold.event(p))
                         .await;
                 }
                 from = Some(accepted);
@@ -196,7 +201,9 @@ impl SnapshotStore for PgSnapshotStore {
                 let mut event = |p: PayloadRef<'_>| fold.event(p);
                 if let Err(stop) = fold_lean_row(&row, &keys, &mut event) {
                     drop(rows);
-                    return pg.lean_stopped(stream_id, *stop, folded, &mut event).await;
+                    return pg
+                        .lean_stopped(&mut conn, stream_id, *stop, folded, &mut event)
+                        .await;
                 }
                 folded += 1;
             }

@@ -2,9 +2,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use annals_core::{
-    AppendResult, Backlog, Envelope, Error, Event, EventStore, ExpectedVersion, Horizon,
-    LogPosition, Metadata, NewEvent, PayloadRef, RecordedEvent, SchemaRegistry, StoredPayload,
-    VersionConflict, Watch, WatchLog,
+    AppendResult, Backlog, CommandFold, Envelope, Error, Event, EventStore, ExpectedVersion,
+    Horizon, LogPosition, Metadata, NewEvent, PayloadRef, RecordedEvent, SchemaRegistry,
+    StoredPayload, VersionConflict, Watch, WatchLog,
 };
 use chrono::{DateTime, Utc};
 use serde_json::value::RawValue;
@@ -566,10 +566,45 @@ impl PgEventStore {
         })
     }
 
+    /// [`EventStore::fold_stream_payloads`] on `conn`: the lean read, each
+    /// row folded as it arrives; from an event whose schema key is not
+    /// known on, the full read.
+    pub(crate) async fn fold_on<F>(
+        &self,
+        conn: &mut PgConnection,
+        stream_id: &str,
+        from_version: u64,
+        mut f: F,
+    ) -> Result<u64, Error>
+    where
+        F: FnMut(PayloadRef<'_>) -> Result<(), Error> + Send,
+    {
+        let keys = self.keys.snapshot();
+        let query = if from_version <= 1 {
+            sqlx::query(READ_WHOLE_PAYLOADS).bind(stream_id)
+        } else {
+            sqlx::query(READ_PAYLOADS)
+                .bind(stream_id)
+                .bind(from_version.min(i64::MAX as u64) as i64)
+        };
+        let mut rows = query.fetch(&mut *conn);
+        let mut n = 0;
+        while let Some(row) = std::future::poll_fn(|cx| rows.as_mut().poll_next(cx)).await {
+            let row = row.map_err(|e| Error::backend("reading a stream", e))?;
+            if let Err(stop) = fold_lean_row(&row, &keys, &mut f) {
+                drop(rows);
+                return self.lean_stopped(conn, stream_id, *stop, n, &mut f).await;
+            }
+            n += 1;
+        }
+        Ok(n)
+    }
+
     /// Goes on after a lean read stopped, `folded` events in: from the
     /// unmapped event with the full statement, or with the failure located.
     pub(crate) async fn lean_stopped<F>(
         &self,
+        conn: &mut PgConnection,
         stream_id: &str,
         stop: LeanStop,
         folded: u64,
@@ -581,9 +616,9 @@ impl PgEventStore {
         match stop {
             LeanStop::Unmapped(version) => {
                 let from = version.max(1) as u64;
-                Ok(folded + self.fold_full(stream_id, from, f).await?)
+                Ok(folded + self.fold_full(conn, stream_id, from, f).await?)
             }
-            LeanStop::Failed(version, e) => Err(locate(&self.pool, stream_id, version, e).await),
+            LeanStop::Failed(version, e) => Err(locate(conn, stream_id, version, e).await),
         }
     }
 
@@ -592,6 +627,7 @@ impl PgEventStore {
     /// keys it meets, so that the next lean read maps them.
     async fn fold_full<F>(
         &self,
+        conn: &mut PgConnection,
         stream_id: &str,
         from_version: u64,
         f: &mut F,
@@ -605,7 +641,7 @@ impl PgEventStore {
         let mut rows = sqlx::query(READ_FULL_PAYLOADS)
             .bind(stream_id)
             .bind(from_version.min(i64::MAX as u64) as i64)
-            .fetch(&self.pool);
+            .fetch(&mut *conn);
         let mut n = 0;
         let mut failure = None;
         while let Some(row) = std::future::poll_fn(|cx| rows.as_mut().poll_next(cx)).await {
@@ -637,7 +673,7 @@ impl PgEventStore {
             .learn(learned.iter().map(|(key, t, v)| (*key, t.as_str(), *v)));
         match failure {
             None => Ok(n),
-            Some((version, e)) => Err(locate(&self.pool, stream_id, version, e).await),
+            Some((version, e)) => Err(locate(conn, stream_id, version, e).await),
         }
     }
 
@@ -912,7 +948,7 @@ where
 /// meantime keeps position 0; a failed lookup is reported as the database
 /// error it is, naming the original error's event.
 pub(crate) async fn locate(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     stream_id: &str,
     stream_version: Option<i64>,
     error: Error,
@@ -927,7 +963,7 @@ pub(crate) async fn locate(
     match sqlx::query_scalar::<_, i64>(LOCATE)
         .bind(stream_id)
         .bind(version)
-        .fetch_optional(pool)
+        .fetch_optional(conn)
         .await
     {
         Ok(Some(position)) => error.at_position(position.max(0) as u64),
@@ -1075,31 +1111,46 @@ impl EventStore for PgEventStore {
         &self,
         stream_id: &str,
         from_version: u64,
-        mut f: F,
+        f: F,
     ) -> Result<u64, Error>
     where
         F: FnMut(PayloadRef<'_>) -> Result<(), Error> + Send,
     {
-        let keys = self.keys.snapshot();
-        let query = if from_version <= 1 {
-            sqlx::query(READ_WHOLE_PAYLOADS).bind(stream_id)
-        } else {
-            sqlx::query(READ_PAYLOADS)
-                .bind(stream_id)
-                .bind(from_version.min(i64::MAX as u64) as i64)
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(|e| Error::backend("acquiring a connection to read a stream", e))?;
+        self.fold_on(&mut conn, stream_id, from_version, f).await
+    }
+
+    async fn fold_and_append<C>(
+        &self,
+        stream_id: &str,
+        command: &mut C,
+    ) -> Result<(u64, Option<AppendResult>), Error>
+    where
+        C: CommandFold,
+    {
+        // one connection for the load and the append: a pool checkout pings
+        // the connection, and so does its return
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(|e| Error::backend("acquiring a connection to run a command", e))?;
+        let folded = self
+            .fold_on(&mut conn, stream_id, 1, |p| command.event(p))
+            .await?;
+        let Some((expected, events)) = command.decide()? else {
+            return Ok((folded, None));
         };
-        let mut rows = query.fetch(&self.pool);
-        let mut n = 0;
-        // each row is decoded, borrowed, and folded as it arrives
-        while let Some(row) = std::future::poll_fn(|cx| rows.as_mut().poll_next(cx)).await {
-            let row = row.map_err(|e| Error::backend("reading a stream", e))?;
-            if let Err(stop) = fold_lean_row(&row, &keys, &mut f) {
-                drop(rows);
-                return self.lean_stopped(stream_id, *stop, n, &mut f).await;
-            }
-            n += 1;
-        }
-        Ok(n)
+        // the pool's connection is in autocommit: the append is its own
+        // transaction
+        let result = self
+            .append_timed(&mut conn, true, stream_id, expected, events)
+            .await?;
+        Ok((folded, Some(result)))
     }
 
     async fn stream_version(&self, stream_id: &str) -> Result<Option<u64>, Error> {

@@ -22,8 +22,8 @@ use serde_json::value::to_raw_value;
 
 use super::events::{Created, Scored, TestEvent};
 use crate::{
-    DecodeError, Error, EventStore, EventStoreExt, ExpectedVersion, LogPosition, Metadata,
-    NewEvent, Watch, WatchLog,
+    CommandFold, DecodeError, Error, Event, EventStore, EventStoreExt, ExpectedVersion,
+    LogPosition, Metadata, NewEvent, PayloadRef, Watch, WatchLog,
 };
 
 fn created(name: &str) -> TestEvent {
@@ -95,6 +95,7 @@ where
     upcasting(make(true).await).await;
     bad_rows(make(false).await).await;
     concurrent_writers(make(true).await).await;
+    fold_and_append(make(true).await).await;
 }
 
 async fn events_by_position_and_backlog<S: EventStore>(store: S) {
@@ -713,5 +714,126 @@ async fn concurrent_writers<S: EventStore + Clone + 'static>(store: S) {
         versions,
         (1..=ROUNDS).collect::<Vec<_>>(),
         "no gaps, no duplicates"
+    );
+}
+
+/// A command for [`fold_and_append`]: records what it folded, then appends
+/// `append` events (`test.note`) at the version it is told to expect, or
+/// fails in `decide` when `fail` is set.
+struct Notes {
+    seen: Vec<(u64, String)>,
+    expect: Option<ExpectedVersion>,
+    append: usize,
+    fail: bool,
+}
+
+impl Notes {
+    fn new(expect: Option<ExpectedVersion>, append: usize) -> Self {
+        Notes {
+            seen: Vec::new(),
+            expect,
+            append,
+            fail: false,
+        }
+    }
+}
+
+impl CommandFold for Notes {
+    fn event(&mut self, p: PayloadRef<'_>) -> Result<(), Error> {
+        self.seen.push((p.stream_version, p.event_type.to_owned()));
+        Ok(())
+    }
+
+    fn decide(&mut self) -> Result<Option<(ExpectedVersion, Vec<NewEvent>)>, Error> {
+        if self.fail {
+            return Err(Error::backend("deciding", "the command failed on purpose"));
+        }
+        let current = self.seen.last().map(|(v, _)| *v);
+        let expected = self
+            .expect
+            .unwrap_or(ExpectedVersion::from_current(current));
+        if self.append == 0 {
+            return Ok(None);
+        }
+        let events = (0..self.append)
+            .map(|i| {
+                let note = TestEvent::Note(format!("note {i}"));
+                let payload = note.encode().map_err(|source| Error::Encode {
+                    event_type: note.event_type().to_owned(),
+                    source,
+                })?;
+                Ok(NewEvent::new(
+                    note.event_type(),
+                    note.schema_version(),
+                    payload,
+                    Metadata::new(),
+                ))
+            })
+            .collect::<Result<_, Error>>()?;
+        Ok(Some((expected, events)))
+    }
+}
+
+/// `fold_and_append`: folds the whole stream, then appends what the command
+/// decides at the version it gives; a wrong expectation is the typed
+/// conflict and writes nothing, and so does an error from `decide`.
+async fn fold_and_append<S: EventStore>(store: S) {
+    // the notes are encoded by hand (as a repository does), so register
+    // their type as a typed append would
+    must("register the test events", async {
+        store.registry().register::<TestEvent>()
+    })
+    .await;
+    let mut first = Notes::new(None, 2);
+    let (folded, result) = must(
+        "fold and append on a new stream",
+        store.fold_and_append("notes-1", &mut first),
+    )
+    .await;
+    assert_eq!(folded, 0, "a new stream folds nothing");
+    let result = result.expect("two events decided: an append");
+    assert_eq!(result.version, 2);
+    assert_eq!(result.events.len(), 2);
+
+    let mut second = Notes::new(None, 1);
+    let (folded, result) = must(
+        "fold and append on a stream at version 2",
+        store.fold_and_append("notes-1", &mut second),
+    )
+    .await;
+    assert_eq!(folded, 2, "the whole stream is folded");
+    assert_eq!(
+        second.seen,
+        vec![(1, "test.note".to_owned()), (2, "test.note".to_owned())],
+        "in version order"
+    );
+    assert_eq!(result.map(|r| r.version), Some(3));
+
+    let mut nothing = Notes::new(None, 0);
+    let (folded, result) = must(
+        "fold without an append",
+        store.fold_and_append("notes-1", &mut nothing),
+    )
+    .await;
+    assert_eq!(folded, 3);
+    assert!(result.is_none(), "nothing decided: no append");
+
+    let mut stale = Notes::new(Some(ExpectedVersion::Exact(1)), 1);
+    match store.fold_and_append("notes-1", &mut stale).await {
+        Err(Error::Conflict(c)) => {
+            assert_eq!(c.actual, Some(3), "the conflict names the stream's version")
+        }
+        other => panic!("an append at a stale version: expected a conflict, got {other:?}"),
+    }
+    let mut failing = Notes::new(None, 1);
+    failing.fail = true;
+    match store.fold_and_append("notes-1", &mut failing).await {
+        Err(Error::Backend { .. }) => {}
+        other => panic!("an error from decide: expected it back, got {other:?}"),
+    }
+    assert_eq!(
+        must("the stream's version", store.stream_version("notes-1")).await,
+        Some(3),
+        "neither the conflict nor the failed decision wrote anything"
     );
 }
