@@ -17,7 +17,11 @@
 //!    same columns and indexes, no NOTIFY trigger, no stream table; the
 //!    unique (stream_id, stream_version) index is the version check), and on
 //!    annals' own tables (stream row bumped with the version check, event
-//!    inserted, in one statement). Target: throughput >= 0.9x.
+//!    inserted, in one statement). Target: throughput >= 0.9x. The
+//!    baselines run each statement on its own pool checkout, as a plain sqlx
+//!    app does; annals runs a command's load and append on one
+//!    (`EventStore::fold_and_append`), and a diagnostic row compares it with
+//!    the same-tables baseline written that way too.
 //!
 //! Needs a PostgreSQL server in DATABASE_URL:
 //! `scripts/with-services cargo bench --features testing --bench aggregates`
@@ -960,12 +964,35 @@ const TABLES_INSERT: &str = "INSERT INTO annals_events (event_id, stream_id, str
      VALUES ($1, $2, $3 + 1, $4, $5, $6::jsonb, $7::jsonb)
      ON CONFLICT ON CONSTRAINT annals_events_stream_version_key DO NOTHING";
 
+/// How a hand-written command uses the pool.
+#[derive(Clone, Copy)]
+enum Checkouts {
+    /// Each statement on the pool (a checkout each): the plain sqlx app.
+    PerStatement,
+    /// Both statements on one checkout, as annals runs a command.
+    One,
+}
+
+/// The connection for a hand-written command's next statement: the one it
+/// holds, or a fresh checkout (the previous one returned first).
+async fn statement_conn<'c>(
+    pool: &PgPool,
+    held: &'c mut Option<sqlx::pool::PoolConnection<sqlx::Postgres>>,
+    own: &'c mut Option<sqlx::pool::PoolConnection<sqlx::Postgres>>,
+) -> &'c mut sqlx::PgConnection {
+    if let Some(conn) = held {
+        return conn;
+    }
+    *own = None;
+    own.insert(pool.acquire().await.expect("checkout"))
+}
+
 #[derive(Clone)]
 enum Runner {
     Annals(Arc<PlainRepo>),
     AnnalsSnapshots(Arc<SnapRepo>),
-    /// (select, insert)
-    Sql(&'static str, &'static str),
+    /// (select, insert, how they use the pool)
+    Sql(&'static str, &'static str, Checkouts),
     /// Diagnostic: annals' own read and append statements, bound by hand.
     AnnalsSql,
     /// Diagnostic: the command's load alone, through the repository.
@@ -1028,10 +1055,15 @@ async fn command(
             assert_eq!((done.version, done.attempts), (expect, 1));
             black_box(done);
         }
-        Runner::Sql(select, insert) => {
+        Runner::Sql(select, insert, checkouts) => {
+            let mut held = match checkouts {
+                Checkouts::One => Some(pool.acquire().await.expect("checkout")),
+                Checkouts::PerStatement => None,
+            };
+            let mut own = None;
             let rows: Vec<Json<LeadScored>> = sqlx::query_scalar(*select)
                 .bind(stream)
-                .fetch_all(pool)
+                .fetch_all(statement_conn(pool, &mut held, &mut own).await)
                 .await
                 .expect("baseline read");
             let mut state = Lead::default();
@@ -1048,7 +1080,7 @@ async fn command(
                 .bind(2i32)
                 .bind(serde_json::to_string(&event).expect("encode"))
                 .bind(serde_json::to_string(meta).expect("encode metadata"))
-                .execute(pool)
+                .execute(statement_conn(pool, &mut held, &mut own).await)
                 .await
                 .expect("baseline insert");
             assert_eq!(done.rows_affected(), 1, "version conflict");
@@ -1057,12 +1089,14 @@ async fn command(
             black_box(state);
         }
         Runner::AnnalsSql => {
-            // the load's query (read_stream_payloads) and the one-event
-            // append, bound by hand, payloads decoded by serde from the rows
+            // the load's query (READ_PAYLOADS) and the one-event append,
+            // bound by hand on one checkout (as annals runs a command),
+            // payloads decoded by serde from the rows
+            let mut conn = pool.acquire().await.expect("checkout");
             let rows = sqlx::query(LEAN_READ)
                 .bind(stream)
                 .bind(1i64)
-                .fetch_all(pool)
+                .fetch_all(&mut *conn)
                 .await
                 .expect("read");
             let mut state = Lead::default();
@@ -1080,7 +1114,7 @@ async fn command(
                 .bind(serde_json::to_string(&event).expect("encode"))
                 .bind(serde_json::to_string(meta).expect("encode metadata"))
                 .bind(version)
-                .fetch_all(pool)
+                .fetch_all(&mut *conn)
                 .await
                 .expect("annals sql append");
             assert_eq!(out.len(), 1, "version conflict");
@@ -1188,11 +1222,24 @@ fn commands(c: &mut Criterion, rt: &Runtime, rows: &mut Vec<Comparison>) {
             ),
             (
                 "sqlx_copy_table",
-                op(Runner::Sql(COPY_SELECT, COPY_INSERT), concurrency),
+                op(
+                    Runner::Sql(COPY_SELECT, COPY_INSERT, Checkouts::PerStatement),
+                    concurrency,
+                ),
             ),
             (
                 "sqlx_annals_tables",
-                op(Runner::Sql(TABLES_SELECT, TABLES_INSERT), concurrency),
+                op(
+                    Runner::Sql(TABLES_SELECT, TABLES_INSERT, Checkouts::PerStatement),
+                    concurrency,
+                ),
+            ),
+            (
+                "diag_sqlx_tables_one_checkout",
+                op(
+                    Runner::Sql(TABLES_SELECT, TABLES_INSERT, Checkouts::One),
+                    concurrency,
+                ),
             ),
             (
                 "diag_annals_sql_by_hand",
@@ -1202,6 +1249,7 @@ fn commands(c: &mut Criterion, rt: &Runtime, rows: &mut Vec<Comparison>) {
         let mut pairs = vec![
             ("annals_validated", "sqlx_copy_table"),
             ("annals_validated", "sqlx_annals_tables"),
+            ("annals_validated", "diag_sqlx_tables_one_checkout"),
             ("annals_unvalidated", "diag_annals_sql_by_hand"),
             ("annals_validated", "annals_unvalidated"),
             ("annals_with_pg_snapshots", "annals_validated"),
@@ -1272,6 +1320,12 @@ fn commands(c: &mut Criterion, rt: &Runtime, rows: &mut Vec<Comparison>) {
                 "annals_with_pg_snapshots",
                 "sqlx_annals_tables",
                 Target::ThroughputAtLeast(0.9),
+            ),
+            (
+                "  diag: annals (validating) / same-tables baseline on one checkout",
+                "annals_validated",
+                "diag_sqlx_tables_one_checkout",
+                Target::None,
             ),
             (
                 "  diag: validated / unvalidated annals",
