@@ -142,6 +142,31 @@ macro_rules! append_sql {
     };
 }
 
+/// A batch append that is its own transaction (no caller's transaction):
+/// one `INSERT` of every event at `base + ordinality`, no conflict clause.
+/// The unique key is the check: a lost race is a unique violation, which
+/// aborts this statement (so nothing of the batch is written) and is mapped
+/// to the conflict; it cannot abort anything else. Not for `Any`, whose
+/// lost race is retried: that needs the statement to insert nothing
+/// instead of failing ([`append_sql!`]).
+macro_rules! append_owned_sql {
+    ($($base:tt)*) => {
+        concat!(
+            "WITH base AS (", $($base)*, "),
+             ins AS (
+                 INSERT INTO annals_events (event_id, stream_id, stream_version, event_type, schema_version, payload, metadata)
+                 SELECT e.id, $1, base.v + e.ord, e.t, e.sv, e.p::jsonb, e.m::jsonb
+                 FROM base, UNNEST($2::uuid[], $3::text[], $4::int4[], $5::text[], $6::text[])
+                      WITH ORDINALITY AS e(id, t, sv, p, m, ord)
+                 ORDER BY e.ord
+                 RETURNING position, transaction_id, stream_version, recorded_at
+             )
+             SELECT position, transaction_id::text::int8 AS tx, stream_version, recorded_at
+             FROM ins ORDER BY stream_version"
+        )
+    };
+}
+
 /// The one-event append: the same rule as [`append_sql!`] with scalar
 /// binds and no UNNEST (cheaper on the server for a single row), and the
 /// conflict clause given first: `skip_conflict!()` inside a caller's
@@ -194,6 +219,8 @@ const APPEND_ONE_OWNED_NO_STREAM: &str =
      RETURNING position, transaction_id::text::int8 AS tx, stream_version, recorded_at";
 const APPEND_ONE_OWNED_EXACT: &str = append_one_sql!(""; base_exact!());
 const APPEND_NO_STREAM: &str = append_sql!(base_no_stream!());
+const APPEND_OWNED_NO_STREAM: &str = append_owned_sql!(base_no_stream!());
+const APPEND_OWNED_EXACT: &str = append_owned_sql!(base_exact!());
 const APPEND_ANY: &str = append_sql!(base_any!());
 const APPEND_EXACT: &str = append_sql!(base_exact!());
 /// How often an `Any` append that lost a race to a concurrent writer is
@@ -474,9 +501,11 @@ impl PgEventStore {
         }
         let one = events.len() == 1;
         let sql = match (expected, one, owned) {
-            (ExpectedVersion::NoStream, false, _) => APPEND_NO_STREAM,
+            (ExpectedVersion::NoStream, false, true) => APPEND_OWNED_NO_STREAM,
+            (ExpectedVersion::NoStream, false, false) => APPEND_NO_STREAM,
             (ExpectedVersion::Any, false, _) => APPEND_ANY,
-            (ExpectedVersion::Exact(_), false, _) => APPEND_EXACT,
+            (ExpectedVersion::Exact(_), false, true) => APPEND_OWNED_EXACT,
+            (ExpectedVersion::Exact(_), false, false) => APPEND_EXACT,
             (ExpectedVersion::NoStream, true, true) => APPEND_ONE_OWNED_NO_STREAM,
             (ExpectedVersion::NoStream, true, false) => APPEND_ONE_NO_STREAM,
             (ExpectedVersion::Any, true, _) => APPEND_ONE_ANY,

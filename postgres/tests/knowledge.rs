@@ -302,13 +302,26 @@ async fn a_refresh_dropped_mid_run_resumes_after_its_last_batch() {
     }
     let new = CountingEmbedder::new(HashingEmbedder::new(32).with_seed(3));
     let refresh = EmbeddingRefresh::new(new.clone()).batch_size(5);
-    // drop the run (as a crash would) once two batches are stored
-    let stop = Arc::new(tokio::sync::Notify::new());
-    let signal = stop.clone();
-    tokio::select! {
-        r = refresh.run(&kb, move |p| if p.done >= 10 { signal.notify_one() }) => panic!("the run should have been dropped: {r:?}"),
-        () = stop.notified() => {}
-    }
+    // the run crashes once two batches are stored: its progress callback
+    // panics, so nothing of a third batch can start (dropping the run from
+    // outside instead raced with the third batch's commit)
+    let crashed = tokio::spawn({
+        let (refresh, kb) = (refresh.clone(), kb.clone());
+        async move {
+            refresh
+                .run(&kb, |p| {
+                    if p.done >= 10 {
+                        panic!("a simulated crash after two batches (expected by the test)")
+                    }
+                })
+                .await
+        }
+    })
+    .await;
+    assert!(
+        crashed.as_ref().is_err_and(|e| e.is_panic()),
+        "the run should have crashed: {crashed:?}"
+    );
     let (status, done, total): (String, i64, i64) =
         sqlx::query_as("SELECT status, done, total FROM annals_embedding_refresh_jobs")
             .fetch_one(db.pool())
