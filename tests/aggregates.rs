@@ -629,6 +629,33 @@ async fn postgres_commands_check_out_one_connection_each() {
     let loaded = repo.load("one").await.expect("load");
     assert_eq!(loaded.version, 11);
     assert_eq!(loaded.state.scores.len(), 10);
+
+    // with a PgSnapshotStore on the same database: one checkout per command
+    // too (snapshot, events and append), plus one per snapshot written
+    // (inline here, every 5 events: at versions 5 and 10)
+    let snapshots = PgSnapshotStore::new(pool.clone());
+    let repo = Repository::<Lead, _, _>::new(lead_store(&pool).await)
+        .with_snapshots(snapshots)
+        .inline_snapshots();
+    repo.execute("two", &LeadCommand::Create("Two".into()), &m)
+        .await
+        .expect("create");
+    let before = checkouts.load(Ordering::SeqCst);
+    for score in 1..=10 {
+        let done = repo
+            .execute("two", &LeadCommand::Score(score), &m)
+            .await
+            .expect("score");
+        assert_eq!(done.version, u64::from(score) + 1);
+    }
+    assert_eq!(
+        checkouts.load(Ordering::SeqCst) - before,
+        12,
+        "one checkout per command and one per snapshot"
+    );
+    let loaded = repo.load("two").await.expect("load");
+    assert_eq!((loaded.version, loaded.snapshot_version), (11, Some(10)));
+    assert_eq!(loaded.state.scores.len(), 10);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

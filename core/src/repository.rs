@@ -7,8 +7,8 @@ use crate::metrics as m;
 use crate::store::encode_events;
 use crate::{
     Aggregate, AggregateState, AppendResult, CommandFold, Envelope, Error, EventStore,
-    EventStoreExt, ExpectedVersion, Metadata, NewEvent, NoSnapshots, PayloadRef, SchemaRegistry,
-    Snapshot, SnapshotFold, SnapshotStore, VersionConflict,
+    ExpectedVersion, Metadata, NewEvent, NoSnapshots, PayloadRef, SchemaRegistry, Snapshot,
+    SnapshotFold, SnapshotStore, VersionConflict,
 };
 
 /// How snapshots are written after a command.
@@ -200,38 +200,16 @@ impl<A: Aggregate, S: EventStore, N: SnapshotStore> Repository<A, S, N> {
             && std::any::TypeId::of::<N>() != std::any::TypeId::of::<NoSnapshots>()
     }
 
-    /// One attempt of a command: load, decide, append. Without snapshots
-    /// all three are one [`EventStore::fold_and_append`] (one connection on
-    /// Postgres); with snapshots the load goes through the snapshot store.
+    /// One attempt of a command: load, decide, append, in one call: the
+    /// snapshot store's [`SnapshotStore::load_fold_and_append`] with
+    /// snapshots, [`EventStore::fold_and_append`] without (each one
+    /// connection on Postgres).
     async fn attempt(
         &self,
-        id: &str,
         stream: &str,
         command: &A::Command,
         metadata: &Metadata,
     ) -> Result<Attempt<A>, Error> {
-        if self.uses_snapshots() {
-            let loaded = self.load(id).await?;
-            let events = match loaded.state.handle(command) {
-                Ok(events) => events,
-                Err(e) => return Ok(Attempt::Rejected(e)),
-            };
-            let result = if events.is_empty() {
-                None
-            } else {
-                let expected = ExpectedVersion::from_current(Some(loaded.version));
-                let appended = self
-                    .store
-                    .append_events(stream, expected, &events, metadata)
-                    .await?;
-                Some(appended)
-            };
-            return Ok(Attempt::Decided {
-                loaded,
-                events,
-                result,
-            });
-        }
         let registry = self.store.registry();
         registry.register::<A::Event>()?;
         let mut loaded = Loaded::empty();
@@ -245,7 +223,13 @@ impl<A: Aggregate, S: EventStore, N: SnapshotStore> Repository<A, S, N> {
             metadata,
             decided: None,
         };
-        let (replayed, result) = self.store.fold_and_append(stream, &mut decision).await?;
+        let (replayed, result) = if self.uses_snapshots() {
+            self.snapshots
+                .load_fold_and_append(&self.store, A::TYPE, stream, &mut decision)
+                .await?
+        } else {
+            self.store.fold_and_append(stream, &mut decision).await?
+        };
         let decided = decision.decided.take();
         loaded.replayed(replayed);
         match decided {
@@ -257,7 +241,7 @@ impl<A: Aggregate, S: EventStore, N: SnapshotStore> Repository<A, S, N> {
             Some(Err(e)) => Ok(Attempt::Rejected(e)),
             None => Err(Error::backend(
                 "executing a command",
-                "the event store's fold_and_append returned without calling decide",
+                "the store ended the command attempt without calling CommandFold::decide",
             )),
         }
     }
@@ -280,7 +264,7 @@ impl<A: Aggregate, S: EventStore, N: SnapshotStore> Repository<A, S, N> {
                 metrics::counter!(m::COMMANDS_TOTAL, "aggregate" => A::TYPE, "outcome" => o)
                     .increment(1);
             };
-            match self.attempt(id, &stream, command, metadata).await {
+            match self.attempt(&stream, command, metadata).await {
                 Ok(Attempt::Rejected(e)) => {
                     outcome("rejected");
                     return Err(CommandError::Rejected(e));
@@ -433,14 +417,25 @@ impl<A: AggregateState> Loaded<A> {
     }
 }
 
-/// A command attempt without snapshots, for [`EventStore::fold_and_append`]:
-/// the fold of a load, then the aggregate's decision, encoded.
+/// A command attempt, for [`EventStore::fold_and_append`] and
+/// [`SnapshotStore::load_fold_and_append`]: the fold of a load (from a
+/// snapshot or not), then the aggregate's decision, encoded.
 struct Decision<'a, A: Aggregate> {
     fold: Fold<'a, A>,
     command: &'a A::Command,
     metadata: &'a Metadata,
     /// What the aggregate decided (set by `decide`).
     decided: Option<Result<Vec<A::Event>, A::Error>>,
+}
+
+impl<A: Aggregate> SnapshotFold for Decision<'_, A> {
+    fn snapshot(&mut self, snapshot: Option<Snapshot>) -> u64 {
+        self.fold.snapshot(snapshot)
+    }
+
+    fn event(&mut self, p: PayloadRef<'_>) -> Result<(), Error> {
+        self.fold.event(p)
+    }
 }
 
 impl<A: Aggregate> CommandFold for Decision<'_, A> {

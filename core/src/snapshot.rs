@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::value::RawValue;
 
-use crate::{Error, EventStore, PayloadRef};
+use crate::{AppendResult, CommandFold, Error, EventStore, PayloadRef};
 
 /// A stored snapshot of an aggregate's state.
 #[derive(Debug, Clone)]
@@ -67,6 +67,53 @@ pub trait SnapshotStore: Clone + Send + Sync + 'static {
                 .await
         }
     }
+
+    /// One command attempt with snapshots: [`load_and_fold`](Self::load_and_fold)
+    /// into `command`, then [`CommandFold::decide`] and the append of what
+    /// it decided. Returns how many events were folded after the snapshot
+    /// and the append's outcome (`None`: nothing decided); a conflict is
+    /// [`Error::Conflict`] and nothing is written.
+    ///
+    /// The default is that sequence with [`EventStore::append`]. The
+    /// Postgres store runs it on one pool checkout when both stores are on
+    /// the same database (see [`EventStore::fold_and_append`]).
+    fn load_fold_and_append<S, C>(
+        &self,
+        events: &S,
+        aggregate_type: &str,
+        stream_id: &str,
+        command: &mut C,
+    ) -> impl Future<Output = Result<(u64, Option<AppendResult>), Error>> + Send
+    where
+        S: EventStore,
+        C: SnapshotFold + CommandFold,
+    {
+        async move {
+            let folded = self
+                .load_and_fold(events, aggregate_type, stream_id, command)
+                .await?;
+            append_decided(events, stream_id, folded, command).await
+        }
+    }
+}
+
+/// The end of a command attempt: `command`'s decision, appended to
+/// `stream_id` by `events` (`folded`: how many events the load folded).
+pub(crate) async fn append_decided<S, C>(
+    events: &S,
+    stream_id: &str,
+    folded: u64,
+    command: &mut C,
+) -> Result<(u64, Option<AppendResult>), Error>
+where
+    S: EventStore + ?Sized,
+    C: CommandFold,
+{
+    let Some((expected, new)) = command.decide()? else {
+        return Ok((folded, None));
+    };
+    let result = events.append(stream_id, expected, new).await?;
+    Ok((folded, Some(result)))
 }
 
 /// What [`SnapshotStore::load_and_fold`] feeds: a snapshot, then events.

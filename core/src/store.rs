@@ -319,11 +319,7 @@ pub trait EventStore: Send + Sync + 'static {
             let folded = self
                 .fold_stream_payloads(stream_id, 1, |p| command.event(p))
                 .await?;
-            let Some((expected, events)) = command.decide()? else {
-                return Ok((folded, None));
-            };
-            let result = self.append(stream_id, expected, events).await?;
-            Ok((folded, Some(result)))
+            crate::snapshot::append_decided(self, stream_id, folded, command).await
         }
     }
 

@@ -1,9 +1,11 @@
 use std::any::Any;
 
-use annals_core::{Error, EventStore, PayloadRef, Snapshot, SnapshotFold, SnapshotStore};
+use annals_core::{
+    AppendResult, CommandFold, Error, EventStore, PayloadRef, Snapshot, SnapshotFold, SnapshotStore,
+};
 use serde_json::value::RawValue;
 use sqlx::postgres::PgRow;
-use sqlx::{PgPool, Row};
+use sqlx::{PgConnection, PgPool, Row};
 
 use crate::store::{fold_lean_row, in_stream_order, jsonb_text};
 use crate::PgEventStore;
@@ -161,58 +163,109 @@ impl SnapshotStore for PgSnapshotStore {
                 .fold_stream_payloads(stream_id, from + 1, |p| fold.event(p))
                 .await;
         };
-        let keys = pg.schema_keys();
         let mut conn = pg
             .pool()
             .acquire()
             .await
             .map_err(|e| Error::backend("acquiring a connection to load an aggregate", e))?;
-        let mut rows = sqlx::query(LOAD_AND_FOLD)
-            .bind(aggregate_type)
-            .bind(stream_id)
-            .fetch(&mut *conn);
-        // the version the fold goes on from, once the snapshot is decided
-        let mut from = None;
-        let mut folded = 0;
-        while let Some(row) = std::future::poll_fn(|cx| rows.as_mut().poll_next(cx)).await {
-            let row = row.map_err(|e| Error::backend("loading a snapshot and its stream", e))?;
-            // unchecked like every event column (see `decode_row`)
-            let version: i64 = row
-                .try_get_unchecked(0)
-                .map_err(|e| Error::backend("reading an event's stream version", e))?;
-            if version < 0 {
-                let snapshot = snapshot_row(&row, aggregate_type, stream_id)?;
-                let version = snapshot.as_ref().map(|s| s.version);
-                let accepted = fold.snapshot(snapshot);
-                if Some(accepted) != version {
-                    // unusable: the events after it are not enough; fold the
-                    // stream from where the fold asks (rare: the next
-                    // command writes a fresh snapshot)
-                    drop(rows);
-                    return pg
-                        .fold_on(&mut conn, stream_id, accepted + 1, |p| fold.event(p))
-                        .await;
-                }
-                from = Some(accepted);
-                continue;
-            }
-            let from = *from.get_or_insert_with(|| fold.snapshot(None));
-            if version as u64 > from {
-                let mut event = |p: PayloadRef<'_>| fold.event(p);
-                if let Err(stop) = fold_lean_row(&row, &keys, &mut event) {
-                    drop(rows);
-                    return pg
-                        .lean_stopped(&mut conn, stream_id, *stop, folded, &mut event)
-                        .await;
-                }
-                folded += 1;
-            }
-        }
-        if from.is_none() {
-            fold.snapshot(None);
-        }
-        Ok(folded)
+        load_and_fold_on(pg, &mut conn, aggregate_type, stream_id, fold).await
     }
+
+    async fn load_fold_and_append<S, C>(
+        &self,
+        events: &S,
+        aggregate_type: &str,
+        stream_id: &str,
+        command: &mut C,
+    ) -> Result<(u64, Option<AppendResult>), Error>
+    where
+        S: EventStore,
+        C: SnapshotFold + CommandFold,
+    {
+        let Some(pg) = self.beside(events) else {
+            let folded = self
+                .load_and_fold(events, aggregate_type, stream_id, command)
+                .await?;
+            let Some((expected, new)) = command.decide()? else {
+                return Ok((folded, None));
+            };
+            return Ok((folded, Some(events.append(stream_id, expected, new).await?)));
+        };
+        // one connection for the load and the append (see
+        // `EventStore::fold_and_append`)
+        let mut conn = pg
+            .pool()
+            .acquire()
+            .await
+            .map_err(|e| Error::backend("acquiring a connection to run a command", e))?;
+        let folded = load_and_fold_on(pg, &mut conn, aggregate_type, stream_id, command).await?;
+        let Some((expected, new)) = command.decide()? else {
+            return Ok((folded, None));
+        };
+        let result = pg
+            .append_owned_on(&mut conn, stream_id, expected, new)
+            .await?;
+        Ok((folded, Some(result)))
+    }
+}
+
+/// [`LOAD_AND_FOLD`] on `conn`, folded into `fold` as the rows arrive.
+async fn load_and_fold_on<F>(
+    pg: &PgEventStore,
+    conn: &mut PgConnection,
+    aggregate_type: &str,
+    stream_id: &str,
+    fold: &mut F,
+) -> Result<u64, Error>
+where
+    F: SnapshotFold + Send,
+{
+    let keys = pg.schema_keys();
+    let mut rows = sqlx::query(LOAD_AND_FOLD)
+        .bind(aggregate_type)
+        .bind(stream_id)
+        .fetch(&mut *conn);
+    // the version the fold goes on from, once the snapshot is decided
+    let mut from = None;
+    let mut folded = 0;
+    while let Some(row) = std::future::poll_fn(|cx| rows.as_mut().poll_next(cx)).await {
+        let row = row.map_err(|e| Error::backend("loading a snapshot and its stream", e))?;
+        // unchecked like every event column (see `decode_row`)
+        let version: i64 = row
+            .try_get_unchecked(0)
+            .map_err(|e| Error::backend("reading an event's stream version", e))?;
+        if version < 0 {
+            let snapshot = snapshot_row(&row, aggregate_type, stream_id)?;
+            let version = snapshot.as_ref().map(|s| s.version);
+            let accepted = fold.snapshot(snapshot);
+            if Some(accepted) != version {
+                // unusable: the events after it are not enough; fold the
+                // stream from where the fold asks (rare: the next
+                // command writes a fresh snapshot)
+                drop(rows);
+                return pg
+                    .fold_on(conn, stream_id, accepted + 1, |p| fold.event(p))
+                    .await;
+            }
+            from = Some(accepted);
+            continue;
+        }
+        let from = *from.get_or_insert_with(|| fold.snapshot(None));
+        if version as u64 > from {
+            let mut event = |p: PayloadRef<'_>| fold.event(p);
+            if let Err(stop) = fold_lean_row(&row, &keys, &mut event) {
+                drop(rows);
+                return pg
+                    .lean_stopped(conn, stream_id, *stop, folded, &mut event)
+                    .await;
+            }
+            folded += 1;
+        }
+    }
+    if from.is_none() {
+        fold.snapshot(None);
+    }
+    Ok(folded)
 }
 
 #[cfg(test)]

@@ -449,6 +449,20 @@ impl PgEventStore {
             .await
     }
 
+    /// Appends on a pool connection outside any transaction (autocommit:
+    /// the statement is its own transaction), as a command does after its
+    /// load on the same connection.
+    pub(crate) async fn append_owned_on(
+        &self,
+        conn: &mut PgConnection,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, Error> {
+        self.append_timed(conn, true, stream_id, expected, events)
+            .await
+    }
+
     /// [`append_on`](Self::append_on), with the append metrics. `owned`:
     /// the statement is its own transaction (no caller's transaction).
     async fn append_timed(
@@ -1174,10 +1188,8 @@ impl EventStore for PgEventStore {
         let Some((expected, events)) = command.decide()? else {
             return Ok((folded, None));
         };
-        // the pool's connection is in autocommit: the append is its own
-        // transaction
         let result = self
-            .append_timed(&mut conn, true, stream_id, expected, events)
+            .append_owned_on(&mut conn, stream_id, expected, events)
             .await?;
         Ok((folded, Some(result)))
     }
