@@ -608,21 +608,11 @@ async fn postgres_commands_check_out_one_connection_each() {
         .connect_with(db.connect_options())
         .await
         .expect("a counted pool");
+    let count = || checkouts.load(Ordering::SeqCst);
+
     let repo = Repository::<Lead, _>::new(lead_store(&pool).await);
-    let m = Metadata::new();
-    repo.execute("one", &LeadCommand::Create("One".into()), &m)
-        .await
-        .expect("create");
-    let before = checkouts.load(Ordering::SeqCst);
-    for score in 1..=10 {
-        let done = repo
-            .execute("one", &LeadCommand::Score(score), &m)
-            .await
-            .expect("score");
-        assert_eq!(done.version, u64::from(score) + 1);
-    }
     assert_eq!(
-        checkouts.load(Ordering::SeqCst) - before,
+        ten_scores(&repo, "one", count).await,
         10,
         "one checkout per command (load and append on one connection)"
     );
@@ -637,25 +627,36 @@ async fn postgres_commands_check_out_one_connection_each() {
     let repo = Repository::<Lead, _, _>::new(lead_store(&pool).await)
         .with_snapshots(snapshots)
         .inline_snapshots();
-    repo.execute("two", &LeadCommand::Create("Two".into()), &m)
-        .await
-        .expect("create");
-    let before = checkouts.load(Ordering::SeqCst);
-    for score in 1..=10 {
-        let done = repo
-            .execute("two", &LeadCommand::Score(score), &m)
-            .await
-            .expect("score");
-        assert_eq!(done.version, u64::from(score) + 1);
-    }
     assert_eq!(
-        checkouts.load(Ordering::SeqCst) - before,
+        ten_scores(&repo, "two", count).await,
         12,
         "one checkout per command and one per snapshot"
     );
     let loaded = repo.load("two").await.expect("load");
     assert_eq!((loaded.version, loaded.snapshot_version), (11, Some(10)));
     assert_eq!(loaded.state.scores.len(), 10);
+}
+
+/// Creates lead `id`, then scores it ten times; returns how many checkouts
+/// (`count` before and after) the ten scores took.
+async fn ten_scores<N: SnapshotStore>(
+    repo: &Repository<Lead, PgEventStore, N>,
+    id: &str,
+    count: impl Fn() -> usize,
+) -> usize {
+    let m = Metadata::new();
+    repo.execute(id, &LeadCommand::Create(id.into()), &m)
+        .await
+        .expect("create");
+    let before = count();
+    for score in 1..=10 {
+        let done = repo
+            .execute(id, &LeadCommand::Score(score), &m)
+            .await
+            .expect("score");
+        assert_eq!(done.version, u64::from(score) + 1);
+    }
+    count() - before
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -76,7 +76,9 @@ pub use schema::{
     SchemaViolation,
 };
 pub use shutdown::{Shutdown, ShutdownTrigger};
-pub use snapshot::{InMemorySnapshotStore, NoSnapshots, Snapshot, SnapshotFold, SnapshotStore};
+pub use snapshot::{
+    append_decided, InMemorySnapshotStore, NoSnapshots, Snapshot, SnapshotFold, SnapshotStore,
+};
 pub use store::{
     AppendResult, Backlog, CommandFold, EventStore, EventStoreExt, ExpectedVersion, Horizon,
     PayloadRef, StoredPayload, Watch, WatchLog,

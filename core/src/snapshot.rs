@@ -99,7 +99,10 @@ pub trait SnapshotStore: Clone + Send + Sync + 'static {
 
 /// The end of a command attempt: `command`'s decision, appended to
 /// `stream_id` by `events` (`folded`: how many events the load folded).
-pub(crate) async fn append_decided<S, C>(
+/// What the defaults of [`EventStore::fold_and_append`] and
+/// [`SnapshotStore::load_fold_and_append`] do after their load; for a
+/// backend whose override falls back to them.
+pub async fn append_decided<S, C>(
     events: &S,
     stream_id: &str,
     folded: u64,

@@ -1,7 +1,8 @@
 use std::any::Any;
 
 use annals_core::{
-    AppendResult, CommandFold, Error, EventStore, PayloadRef, Snapshot, SnapshotFold, SnapshotStore,
+    append_decided, AppendResult, CommandFold, Error, EventStore, PayloadRef, Snapshot,
+    SnapshotFold, SnapshotStore,
 };
 use serde_json::value::RawValue;
 use sqlx::postgres::PgRow;
@@ -164,10 +165,8 @@ impl SnapshotStore for PgSnapshotStore {
                 .await;
         };
         let mut conn = pg
-            .pool()
-            .acquire()
-            .await
-            .map_err(|e| Error::backend("acquiring a connection to load an aggregate", e))?;
+            .checkout("acquiring a connection to load an aggregate")
+            .await?;
         load_and_fold_on(pg, &mut conn, aggregate_type, stream_id, fold).await
     }
 
@@ -186,26 +185,16 @@ impl SnapshotStore for PgSnapshotStore {
             let folded = self
                 .load_and_fold(events, aggregate_type, stream_id, command)
                 .await?;
-            let Some((expected, new)) = command.decide()? else {
-                return Ok((folded, None));
-            };
-            return Ok((folded, Some(events.append(stream_id, expected, new).await?)));
+            return append_decided(events, stream_id, folded, command).await;
         };
         // one connection for the load and the append (see
         // `EventStore::fold_and_append`)
         let mut conn = pg
-            .pool()
-            .acquire()
-            .await
-            .map_err(|e| Error::backend("acquiring a connection to run a command", e))?;
-        let folded = load_and_fold_on(pg, &mut conn, aggregate_type, stream_id, command).await?;
-        let Some((expected, new)) = command.decide()? else {
-            return Ok((folded, None));
-        };
-        let result = pg
-            .append_owned_on(&mut conn, stream_id, expected, new)
+            .checkout("acquiring a connection to run a command")
             .await?;
-        Ok((folded, Some(result)))
+        let folded = load_and_fold_on(pg, &mut conn, aggregate_type, stream_id, command).await?;
+        pg.append_decided_on(&mut conn, stream_id, folded, command)
+            .await
     }
 }
 

@@ -8,9 +8,10 @@ use annals_core::{
 };
 use chrono::{DateTime, Utc};
 use serde_json::value::RawValue;
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgListener, PgRow, PgValueFormat, PgValueRef};
 use sqlx::types::Json;
-use sqlx::{PgConnection, PgPool, Row, TypeInfo as _, ValueRef as _};
+use sqlx::{PgConnection, PgPool, Postgres, Row, TypeInfo as _, ValueRef as _};
 
 use crate::keys::{lookup, KeyMap, SchemaKeys};
 
@@ -447,6 +448,36 @@ impl PgEventStore {
     ) -> Result<AppendResult, Error> {
         self.append_timed(conn, false, stream_id, expected, events)
             .await
+    }
+
+    /// A connection from the pool; `context` names the wait in the error.
+    pub(crate) async fn checkout(
+        &self,
+        context: &'static str,
+    ) -> Result<PoolConnection<Postgres>, Error> {
+        self.pool
+            .acquire()
+            .await
+            .map_err(|e| Error::backend(context, e))
+    }
+
+    /// The end of a command attempt on `conn`, the connection its load
+    /// used: `command`'s decision, appended (`folded`: how many events the
+    /// load folded).
+    pub(crate) async fn append_decided_on<C: CommandFold>(
+        &self,
+        conn: &mut PgConnection,
+        stream_id: &str,
+        folded: u64,
+        command: &mut C,
+    ) -> Result<(u64, Option<AppendResult>), Error> {
+        let Some((expected, events)) = command.decide()? else {
+            return Ok((folded, None));
+        };
+        let result = self
+            .append_owned_on(conn, stream_id, expected, events)
+            .await?;
+        Ok((folded, Some(result)))
     }
 
     /// Appends on a pool connection outside any transaction (autocommit:
@@ -1074,11 +1105,7 @@ impl EventStore for PgEventStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, Error> {
-        let mut conn = self
-            .pool
-            .acquire()
-            .await
-            .map_err(|e| Error::backend("acquiring a connection to append", e))?;
+        let mut conn = self.checkout("acquiring a connection to append").await?;
         // the pool's connection is in autocommit: the statement is its own
         // transaction
         self.append_timed(&mut conn, true, stream_id, expected, events)
@@ -1160,10 +1187,8 @@ impl EventStore for PgEventStore {
         F: FnMut(PayloadRef<'_>) -> Result<(), Error> + Send,
     {
         let mut conn = self
-            .pool
-            .acquire()
-            .await
-            .map_err(|e| Error::backend("acquiring a connection to read a stream", e))?;
+            .checkout("acquiring a connection to read a stream")
+            .await?;
         self.fold_on(&mut conn, stream_id, from_version, f).await
     }
 
@@ -1178,28 +1203,17 @@ impl EventStore for PgEventStore {
         // one connection for the load and the append: a pool checkout pings
         // the connection, and so does its return
         let mut conn = self
-            .pool
-            .acquire()
-            .await
-            .map_err(|e| Error::backend("acquiring a connection to run a command", e))?;
+            .checkout("acquiring a connection to run a command")
+            .await?;
         let folded = self
             .fold_on(&mut conn, stream_id, 1, |p| command.event(p))
             .await?;
-        let Some((expected, events)) = command.decide()? else {
-            return Ok((folded, None));
-        };
-        let result = self
-            .append_owned_on(&mut conn, stream_id, expected, events)
-            .await?;
-        Ok((folded, Some(result)))
+        self.append_decided_on(&mut conn, stream_id, folded, command)
+            .await
     }
 
     async fn stream_version(&self, stream_id: &str) -> Result<Option<u64>, Error> {
-        let mut conn = self
-            .pool
-            .acquire()
-            .await
-            .map_err(|e| Error::backend("acquiring a connection", e))?;
+        let mut conn = self.checkout("acquiring a connection").await?;
         stream_version_on(&mut conn, stream_id).await
     }
 

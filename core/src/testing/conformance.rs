@@ -22,8 +22,8 @@ use serde_json::value::to_raw_value;
 
 use super::events::{Created, Scored, TestEvent};
 use crate::{
-    CommandFold, DecodeError, Error, Event, EventStore, EventStoreExt, ExpectedVersion,
-    LogPosition, Metadata, NewEvent, PayloadRef, Watch, WatchLog,
+    CommandFold, DecodeError, Error, EventStore, EventStoreExt, ExpectedVersion, LogPosition,
+    Metadata, NewEvent, PayloadRef, Watch, WatchLog,
 };
 
 fn created(name: &str) -> TestEvent {
@@ -723,12 +723,19 @@ async fn concurrent_writers<S: EventStore + Clone + 'static>(store: S) {
 struct Notes {
     seen: Vec<(u64, String)>,
     expect: Option<ExpectedVersion>,
-    append: usize,
+    append: Vec<NewEvent>,
     fail: bool,
 }
 
 impl Notes {
-    fn new(expect: Option<ExpectedVersion>, append: usize) -> Self {
+    /// A command that appends `n` notes, encoded as a repository encodes
+    /// its events (which also registers their type).
+    fn new<S: EventStore>(store: &S, expect: Option<ExpectedVersion>, n: usize) -> Self {
+        let notes: Vec<TestEvent> = (0..n)
+            .map(|i| TestEvent::Note(format!("note {i}")))
+            .collect();
+        let append = crate::store::encode_events(store.registry(), &notes, &Metadata::new())
+            .unwrap_or_else(|e| panic!("encode the notes: {e}"));
         Notes {
             seen: Vec::new(),
             expect,
@@ -748,29 +755,14 @@ impl CommandFold for Notes {
         if self.fail {
             return Err(Error::backend("deciding", "the command failed on purpose"));
         }
+        if self.append.is_empty() {
+            return Ok(None);
+        }
         let current = self.seen.last().map(|(v, _)| *v);
         let expected = self
             .expect
             .unwrap_or(ExpectedVersion::from_current(current));
-        if self.append == 0 {
-            return Ok(None);
-        }
-        let events = (0..self.append)
-            .map(|i| {
-                let note = TestEvent::Note(format!("note {i}"));
-                let payload = note.encode().map_err(|source| Error::Encode {
-                    event_type: note.event_type().to_owned(),
-                    source,
-                })?;
-                Ok(NewEvent::new(
-                    note.event_type(),
-                    note.schema_version(),
-                    payload,
-                    Metadata::new(),
-                ))
-            })
-            .collect::<Result<_, Error>>()?;
-        Ok(Some((expected, events)))
+        Ok(Some((expected, std::mem::take(&mut self.append))))
     }
 }
 
@@ -778,13 +770,7 @@ impl CommandFold for Notes {
 /// decides at the version it gives; a wrong expectation is the typed
 /// conflict and writes nothing, and so does an error from `decide`.
 async fn fold_and_append<S: EventStore>(store: S) {
-    // the notes are encoded by hand (as a repository does), so register
-    // their type as a typed append would
-    must("register the test events", async {
-        store.registry().register::<TestEvent>()
-    })
-    .await;
-    let mut first = Notes::new(None, 2);
+    let mut first = Notes::new(&store, None, 2);
     let (folded, result) = must(
         "fold and append on a new stream",
         store.fold_and_append("notes-1", &mut first),
@@ -795,7 +781,7 @@ async fn fold_and_append<S: EventStore>(store: S) {
     assert_eq!(result.version, 2);
     assert_eq!(result.events.len(), 2);
 
-    let mut second = Notes::new(None, 1);
+    let mut second = Notes::new(&store, None, 1);
     let (folded, result) = must(
         "fold and append on a stream at version 2",
         store.fold_and_append("notes-1", &mut second),
@@ -809,7 +795,7 @@ async fn fold_and_append<S: EventStore>(store: S) {
     );
     assert_eq!(result.map(|r| r.version), Some(3));
 
-    let mut nothing = Notes::new(None, 0);
+    let mut nothing = Notes::new(&store, None, 0);
     let (folded, result) = must(
         "fold without an append",
         store.fold_and_append("notes-1", &mut nothing),
@@ -818,14 +804,14 @@ async fn fold_and_append<S: EventStore>(store: S) {
     assert_eq!(folded, 3);
     assert!(result.is_none(), "nothing decided: no append");
 
-    let mut stale = Notes::new(Some(ExpectedVersion::Exact(1)), 1);
+    let mut stale = Notes::new(&store, Some(ExpectedVersion::Exact(1)), 1);
     match store.fold_and_append("notes-1", &mut stale).await {
         Err(Error::Conflict(c)) => {
             assert_eq!(c.actual, Some(3), "the conflict names the stream's version")
         }
         other => panic!("an append at a stale version: expected a conflict, got {other:?}"),
     }
-    let mut failing = Notes::new(None, 1);
+    let mut failing = Notes::new(&store, None, 1);
     failing.fail = true;
     match store.fold_and_append("notes-1", &mut failing).await {
         Err(Error::Backend { .. }) => {}
