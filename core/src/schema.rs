@@ -328,13 +328,18 @@ impl SchemaRegistry {
 
     /// Validates events about to be appended. Nothing is written when one fails.
     pub fn validate_new(&self, events: &[NewEvent]) -> Result<(), Error> {
+        // one read lock for the batch, and no reference count to touch per
+        // event: this runs on every append
+        let inner = self.read();
         for e in events {
-            let schema =
-                self.get(&e.event_type, e.schema_version)
-                    .ok_or_else(|| Error::Unregistered {
-                        event_type: e.event_type.clone(),
-                        version: e.schema_version,
-                    })?;
+            let schema = inner
+                .types
+                .get(e.event_type.as_str())
+                .and_then(|t| t.versions.get(&e.schema_version))
+                .ok_or_else(|| Error::Unregistered {
+                    event_type: e.event_type.clone(),
+                    version: e.schema_version,
+                })?;
             let value: Value =
                 serde_json::from_str(e.payload.get()).map_err(|source| Error::Encode {
                     event_type: e.event_type.clone(),

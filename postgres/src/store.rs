@@ -1,4 +1,6 @@
+use std::future::Future as _;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use annals_core::{
@@ -494,6 +496,42 @@ impl PgEventStore {
             .await
     }
 
+    /// [`EventStore::append`]: on a connection from the pool, outside any
+    /// transaction (autocommit: the statement is its own transaction).
+    ///
+    /// The checkout starts first and the events are validated and bound
+    /// while it runs: sqlx checks a pooled connection with a ping before
+    /// handing it out (`test_before_acquire`, on by default), a round trip
+    /// during which the client would otherwise wait idle. An invalid event
+    /// is still reported before anything is sent, and the connection goes
+    /// back to the pool.
+    async fn append_pooled(
+        &self,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, Error> {
+        const CONTEXT: &str = "acquiring a connection to append";
+        if events.is_empty() {
+            let mut conn = self.checkout(CONTEXT).await?;
+            return check_empty_append(&mut conn, stream_id, expected).await;
+        }
+        let mut checkout = std::pin::pin!(self.checkout(CONTEXT));
+        let first = std::future::poll_fn(|cx| Poll::Ready(checkout.as_mut().poll(cx))).await;
+        let binds = self.bind_events(&events);
+        let conn = match first {
+            Poll::Ready(conn) => conn,
+            Poll::Pending => checkout.await,
+        };
+        let binds = binds?;
+        let mut conn = conn?;
+        let rows = self
+            .insert_bound(&mut conn, true, stream_id, expected, binds)
+            .await?;
+        drop(conn);
+        appended(stream_id, &rows, events)
+    }
+
     /// [`append_on`](Self::append_on), with the append metrics. `owned`:
     /// the statement is its own transaction (no caller's transaction).
     async fn append_timed(
@@ -508,13 +546,7 @@ impl PgEventStore {
         let result = self
             .append_on(conn, owned, stream_id, expected, events)
             .await;
-        annals_core::metrics::record_append(
-            "postgres",
-            started,
-            result
-                .as_ref()
-                .map(|r| r.events.iter().map(|e| e.event_type.as_str())),
-        );
+        record_append(started, &result);
         result
     }
 
@@ -526,25 +558,59 @@ impl PgEventStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, Error> {
-        if self.validate {
-            self.registry.validate_new(&events)?;
-        }
         if events.is_empty() {
-            let actual = stream_version_on(&mut *conn, stream_id).await?;
-            if !expected.matches(actual) {
-                return Err(VersionConflict {
-                    stream_id: stream_id.to_owned(),
-                    expected,
-                    actual,
-                }
-                .into());
-            }
-            return Ok(AppendResult {
-                version: actual.unwrap_or(0),
-                events: Vec::new(),
-            });
+            return check_empty_append(conn, stream_id, expected).await;
         }
-        let one = events.len() == 1;
+        let binds = self.bind_events(&events)?;
+        let rows = self
+            .insert_bound(conn, owned, stream_id, expected, binds)
+            .await?;
+        appended(stream_id, &rows, events)
+    }
+
+    /// The client's share of an append, which needs no connection: the
+    /// events validated (when the store validates) and bound for the
+    /// statement.
+    fn bind_events<'a>(&self, events: &'a [NewEvent]) -> Result<Binds<'a>, Error> {
+        if self.validate {
+            self.registry.validate_new(events)?;
+        }
+        let mut binds = Binds {
+            ids: Vec::with_capacity(events.len()),
+            types: Vec::with_capacity(events.len()),
+            versions: Vec::with_capacity(events.len()),
+            payloads: Vec::with_capacity(events.len()),
+            metas: Vec::with_capacity(events.len()),
+        };
+        for e in events {
+            binds.ids.push(e.event_id);
+            binds.types.push(e.event_type.as_str());
+            binds.versions.push(e.schema_version as i32);
+            binds.payloads.push(e.payload.get());
+            binds
+                .metas
+                .push(
+                    serde_json::to_string(&e.metadata).map_err(|source| Error::Encode {
+                        event_type: e.event_type.clone(),
+                        source,
+                    })?,
+                );
+        }
+        Ok(binds)
+    }
+
+    /// Runs the append statement for `binds` (at least one event) on
+    /// `conn`: the rows it returned, one per event in stream order, or the
+    /// typed conflict when the stream was not where `expected` says.
+    async fn insert_bound(
+        &self,
+        conn: &mut PgConnection,
+        owned: bool,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        binds: Binds<'_>,
+    ) -> Result<Vec<PgRow>, Error> {
+        let one = binds.ids.len() == 1;
         let sql = match (expected, one, owned) {
             (ExpectedVersion::NoStream, false, true) => APPEND_OWNED_NO_STREAM,
             (ExpectedVersion::NoStream, false, false) => APPEND_NO_STREAM,
@@ -557,39 +623,22 @@ impl PgEventStore {
             (ExpectedVersion::Exact(_), true, true) => APPEND_ONE_OWNED_EXACT,
             (ExpectedVersion::Exact(_), true, false) => APPEND_ONE_EXACT,
         };
-        let mut ids = Vec::with_capacity(events.len());
-        let mut types = Vec::with_capacity(events.len());
-        let mut versions = Vec::with_capacity(events.len());
-        let mut payloads = Vec::with_capacity(events.len());
-        let mut metas = Vec::with_capacity(events.len());
-        for e in &events {
-            ids.push(e.event_id);
-            types.push(e.event_type.as_str());
-            versions.push(e.schema_version as i32);
-            payloads.push(e.payload.get());
-            metas.push(
-                serde_json::to_string(&e.metadata).map_err(|source| Error::Encode {
-                    event_type: e.event_type.clone(),
-                    source,
-                })?,
-            );
-        }
         let mut attempt = 0;
         let rows = loop {
             attempt += 1;
             let q = sqlx::query(sql).bind(stream_id);
             let mut q = if one {
-                q.bind(ids[0])
-                    .bind(types[0])
-                    .bind(versions[0])
-                    .bind(payloads[0])
-                    .bind(&metas[0])
+                q.bind(binds.ids[0])
+                    .bind(binds.types[0])
+                    .bind(binds.versions[0])
+                    .bind(binds.payloads[0])
+                    .bind(&binds.metas[0])
             } else {
-                q.bind(&ids)
-                    .bind(&types)
-                    .bind(&versions)
-                    .bind(&payloads)
-                    .bind(&metas)
+                q.bind(&binds.ids)
+                    .bind(&binds.types)
+                    .bind(&binds.versions)
+                    .bind(&binds.payloads)
+                    .bind(&binds.metas)
             };
             if let ExpectedVersion::Exact(v) = expected {
                 q = q.bind(i64::try_from(v).unwrap_or(i64::MAX));
@@ -614,30 +663,7 @@ impl PgEventStore {
             }
             .into());
         }
-        let mut out = Vec::with_capacity(events.len());
-        let mut last = 0;
-        for (row, e) in rows.iter().zip(events) {
-            let position: i64 = get(row, "position")?;
-            let tx: i64 = get(row, "tx")?;
-            let stream_version: i64 = get(row, "stream_version")?;
-            let recorded_at: DateTime<Utc> = get(row, "recorded_at")?;
-            last = stream_version as u64;
-            out.push(Envelope {
-                event_id: e.event_id,
-                stream_id: stream_id.to_owned(),
-                stream_version: stream_version as u64,
-                log_position: LogPosition::new(tx as u64, position as u64),
-                event_type: e.event_type,
-                schema_version: e.schema_version,
-                metadata: e.metadata,
-                recorded_at,
-                payload: e.payload,
-            });
-        }
-        Ok(AppendResult {
-            version: last,
-            events: out,
-        })
+        Ok(rows)
     }
 
     /// [`EventStore::fold_stream_payloads`] on `conn`: the lean read, each
@@ -868,6 +894,81 @@ where
 {
     row.try_get(column)
         .map_err(|e| Error::backend("reading a row", e))
+}
+
+/// The append metrics of one append that started at `started`.
+fn record_append(started: std::time::Instant, result: &Result<AppendResult, Error>) {
+    annals_core::metrics::record_append(
+        "postgres",
+        started,
+        result
+            .as_ref()
+            .map(|r| r.events.iter().map(|e| e.event_type.as_str())),
+    );
+}
+
+/// An append's events as the statement binds them (arrays for a batch;
+/// the first of each for one event).
+struct Binds<'a> {
+    ids: Vec<uuid::Uuid>,
+    types: Vec<&'a str>,
+    versions: Vec<i32>,
+    payloads: Vec<&'a str>,
+    metas: Vec<String>,
+}
+
+/// An append of no events: nothing to write, but the expectation is still
+/// checked (the typed conflict when the stream is not where it says).
+async fn check_empty_append(
+    conn: &mut PgConnection,
+    stream_id: &str,
+    expected: ExpectedVersion,
+) -> Result<AppendResult, Error> {
+    let actual = stream_version_on(conn, stream_id).await?;
+    if !expected.matches(actual) {
+        return Err(VersionConflict {
+            stream_id: stream_id.to_owned(),
+            expected,
+            actual,
+        }
+        .into());
+    }
+    Ok(AppendResult {
+        version: actual.unwrap_or(0),
+        events: Vec::new(),
+    })
+}
+
+/// The result of an append: `events` with what the statement returned for
+/// each (position, transaction, stream version, time).
+fn appended(stream_id: &str, rows: &[PgRow], events: Vec<NewEvent>) -> Result<AppendResult, Error> {
+    let mut out = Vec::with_capacity(events.len());
+    let mut last = 0;
+    for (row, e) in rows.iter().zip(events) {
+        // every append statement returns (position, tx, stream_version,
+        // recorded_at), in this order
+        let column = |i| Error::backend("reading an appended row", i);
+        let position: i64 = row.try_get(0).map_err(column)?;
+        let tx: i64 = row.try_get(1).map_err(column)?;
+        let stream_version: i64 = row.try_get(2).map_err(column)?;
+        let recorded_at: DateTime<Utc> = row.try_get(3).map_err(column)?;
+        last = stream_version as u64;
+        out.push(Envelope {
+            event_id: e.event_id,
+            stream_id: stream_id.to_owned(),
+            stream_version: stream_version as u64,
+            log_position: LogPosition::new(tx as u64, position as u64),
+            event_type: e.event_type,
+            schema_version: e.schema_version,
+            metadata: e.metadata,
+            recorded_at,
+            payload: e.payload,
+        });
+    }
+    Ok(AppendResult {
+        version: last,
+        events: out,
+    })
 }
 
 async fn stream_version_on(conn: &mut PgConnection, stream_id: &str) -> Result<Option<u64>, Error> {
@@ -1105,11 +1206,10 @@ impl EventStore for PgEventStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, Error> {
-        let mut conn = self.checkout("acquiring a connection to append").await?;
-        // the pool's connection is in autocommit: the statement is its own
-        // transaction
-        self.append_timed(&mut conn, true, stream_id, expected, events)
-            .await
+        let started = std::time::Instant::now();
+        let result = self.append_pooled(stream_id, expected, events).await;
+        record_append(started, &result);
+        result
     }
 
     async fn read_stream(

@@ -696,3 +696,69 @@ async fn a_database_that_goes_away_gives_typed_errors_and_loses_nothing() {
         other => panic!("expected a backend error, got {other:?}"),
     }
 }
+
+/// A schema-violating event on the pool path: validated while the checkout
+/// runs, refused before anything is sent, and the connection goes back to
+/// the pool; the violation comes first even when no connection can be had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_append_is_refused_and_its_connection_returned() {
+    let db = TestDatabase::new().await;
+    // one connection, and a short wait for it: a connection the refused
+    // append kept would time the next append out
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(2))
+        .connect_with(db.connect_options())
+        .await
+        .expect("one-connection pool");
+    let store = PgEventStore::builder(pool.clone())
+        .register::<TestEvent>()
+        .build()
+        .await
+        .expect("store");
+    let invalid = || {
+        let payload = serde_json::json!({"score": 101, "confidence": 0.1, "model": "m"});
+        NewEvent::new(
+            "test.scored",
+            3,
+            serde_json::value::to_raw_value(&payload).expect("raw"),
+            Metadata::new(),
+        )
+    };
+    for _ in 0..3 {
+        match store
+            .append("v", ExpectedVersion::NoStream, vec![invalid()])
+            .await
+        {
+            Err(Error::SchemaViolation(v)) => assert_eq!(v.pointer(), "/score"),
+            other => panic!("expected a schema violation, got {other:?}"),
+        }
+    }
+    assert_eq!(store.stream_version("v").await.expect("version"), None);
+    let m = Metadata::new();
+    let done = store
+        .append_events("v", ExpectedVersion::NoStream, &[created("valid")], &m)
+        .await
+        .expect("the refused appends gave their connection back");
+    assert_eq!(done.version, 1);
+    assert_eq!(done.events[0].stream_version, 1);
+    assert!(done.events[0].log_position.position > 0);
+
+    pool.close().await;
+    match store
+        .append("w", ExpectedVersion::NoStream, vec![invalid()])
+        .await
+    {
+        Err(Error::SchemaViolation(_)) => {}
+        other => panic!("a violation is reported whatever the database's state: {other:?}"),
+    }
+    match store
+        .append_events("w", ExpectedVersion::NoStream, &[created("late")], &m)
+        .await
+    {
+        Err(Error::Backend { context, .. }) => {
+            assert_eq!(context, "acquiring a connection to append")
+        }
+        other => panic!("expected a backend error, got {other:?}"),
+    }
+}
