@@ -294,6 +294,47 @@ pub trait EventStore: Send + Sync + 'static {
         }
     }
 
+    /// Reads a whole stream from `from_version` (inclusive) with every
+    /// envelope field, each payload turned into a `T` by `decode` from the
+    /// stored JSON text: what [`EventStoreExt::read_stream_as`] is built
+    /// on. An error from `decode` stops the read and is returned with the
+    /// event's global position filled in ([`Error::at_position`]; a backend
+    /// that overrides this method must do the same).
+    ///
+    /// The default reads [`read_stream`](Self::read_stream) and decodes
+    /// each payload from its copy; the Postgres store decodes each row's
+    /// payload where it arrives, without copying it first.
+    fn read_stream_with<T, F>(
+        &self,
+        stream_id: &str,
+        from_version: u64,
+        mut decode: F,
+    ) -> impl Future<Output = Result<Vec<Envelope<T>>, Error>> + Send
+    where
+        T: Send,
+        F: FnMut(PayloadRef<'_>) -> Result<T, Error> + Send,
+    {
+        async move {
+            // one read: paging a stream costs a round trip per page, and the
+            // decoded events are all held in memory anyway
+            let page = self
+                .read_stream(stream_id, from_version.max(1), usize::MAX)
+                .await?;
+            page.into_iter()
+                .map(|r| {
+                    let value = decode(PayloadRef {
+                        stream_version: r.stream_version,
+                        event_type: &r.event_type,
+                        schema_version: r.schema_version,
+                        payload: r.payload.get(),
+                    })
+                    .map_err(|e| e.at_position(r.log_position.position))?;
+                    Ok(r.map(|_| value))
+                })
+                .collect()
+        }
+    }
+
     /// Folds a whole stream into `command`, then appends the events it
     /// decides: the load, decision and append of one command attempt.
     /// Returns how many events were folded and the append's outcome
@@ -421,14 +462,11 @@ pub trait EventStoreExt: EventStore {
     ) -> impl Future<Output = Result<Vec<Envelope<E>>, Error>> + Send {
         async move {
             self.registry().register::<E>()?;
-            // one read: paging a stream costs a round trip per page, and the
-            // decoded events are all held in memory anyway
-            let page = self
-                .read_stream(stream_id, from_version.max(1), usize::MAX)
-                .await?;
-            page.into_iter()
-                .map(|r| decode_registered(self.registry(), r))
-                .collect()
+            let registry = self.registry();
+            self.read_stream_with(stream_id, from_version, |p| {
+                decode_payload::<E>(registry, stream_id, p)
+            })
+            .await
         }
     }
 

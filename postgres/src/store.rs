@@ -991,6 +991,21 @@ async fn stream_version_on(conn: &mut PgConnection, stream_id: &str) -> Result<O
 /// to another type decodes to an error (or, between integer widths, the
 /// same number), never a panic.
 fn decode_row(row: &PgRow) -> Result<RecordedEvent, Error> {
+    decode_row_with(row, |p| {
+        RawValue::from_string(p.payload.to_owned()).map_err(|e| Error::CorruptedRow {
+            position: 0,
+            message: format!("payload is not JSON: {e}"),
+        })
+    })
+}
+
+/// [`decode_row`] with the payload decoded by `decode` from the jsonb text
+/// where it lies in the row (borrowed, not copied first); an error from
+/// `decode` gets the row's position.
+fn decode_row_with<T>(
+    row: &PgRow,
+    decode: impl FnOnce(PayloadRef<'_>) -> Result<T, Error>,
+) -> Result<Envelope<T>, Error> {
     let at = |i: usize| move |e| Error::backend(COLUMN_NAMES[i], e);
     let position: i64 = row.try_get_unchecked(0).map_err(at(0))?;
     let corrupted = |message: String| Error::CorruptedRow {
@@ -999,15 +1014,24 @@ fn decode_row(row: &PgRow) -> Result<RecordedEvent, Error> {
     };
     let tx: i64 = row.try_get_unchecked(1).map_err(at(1))?;
     let stream_version: i64 = row.try_get_unchecked(4).map_err(at(4))?;
+    let event_type: String = row.try_get_unchecked(5).map_err(at(5))?;
     let schema_version: i32 = row.try_get_unchecked(6).map_err(at(6))?;
     if schema_version < 0 {
         return Err(corrupted(format!(
             "negative schema version {schema_version}"
         )));
     }
-    let payload: Json<Box<RawValue>> = row
-        .try_get_unchecked(7)
-        .map_err(|e| corrupted(format!("payload is not JSON: {e}")))?;
+    let text = row
+        .try_get_raw(7)
+        .map_err(at(7))
+        .and_then(|value| jsonb_text(value).map_err(corrupted))?;
+    let payload = decode(PayloadRef {
+        stream_version: stream_version as u64,
+        event_type: &event_type,
+        schema_version: schema_version as u32,
+        payload: text,
+    })
+    .map_err(|e| e.at_position(position as u64))?;
     let metadata: Json<Metadata> = row
         .try_get_unchecked(8)
         .map_err(|e| corrupted(format!("metadata is not an annals metadata object: {e}")))?;
@@ -1016,11 +1040,11 @@ fn decode_row(row: &PgRow) -> Result<RecordedEvent, Error> {
         stream_id: row.try_get_unchecked(3).map_err(at(3))?,
         stream_version: stream_version as u64,
         log_position: LogPosition::new(tx as u64, position as u64),
-        event_type: row.try_get_unchecked(5).map_err(at(5))?,
+        event_type,
         schema_version: schema_version as u32,
         metadata: metadata.0,
         recorded_at: row.try_get_unchecked(9).map_err(at(9))?,
-        payload: payload.0,
+        payload,
     })
 }
 
@@ -1226,6 +1250,29 @@ impl EventStore for PgEventStore {
             .await
             .map_err(|e| Error::backend("reading a stream", e))?;
         rows.iter().map(decode_row).collect()
+    }
+
+    async fn read_stream_with<T, F>(
+        &self,
+        stream_id: &str,
+        from_version: u64,
+        mut decode: F,
+    ) -> Result<Vec<Envelope<T>>, Error>
+    where
+        T: Send,
+        F: FnMut(PayloadRef<'_>) -> Result<T, Error> + Send,
+    {
+        let mut rows = sqlx::query(READ_STREAM)
+            .bind(stream_id)
+            .bind(from_version.clamp(1, i64::MAX as u64) as i64)
+            .bind(limit(usize::MAX))
+            .fetch(&self.pool);
+        let mut out = Vec::new();
+        while let Some(row) = std::future::poll_fn(|cx| rows.as_mut().poll_next(cx)).await {
+            let row = row.map_err(|e| Error::backend("reading a stream", e))?;
+            out.push(decode_row_with(&row, &mut decode)?);
+        }
+        Ok(out)
     }
 
     async fn read_all(
