@@ -456,6 +456,73 @@ async fn read_stream_ranges<S: EventStore>(store: S) {
     let typed = must("typed from 20", store.read_stream_as::<TestEvent>("r", 20)).await;
     assert_eq!(typed.len(), 6);
     assert_eq!(typed[0].payload, scored(19));
+
+    // read_stream_with: the same envelopes, each payload as `decode` made it
+    let with = must(
+        "with from 10",
+        store.read_stream_with("r", 10, |p| {
+            Ok((
+                p.stream_version,
+                p.event_type.to_owned(),
+                p.schema_version,
+                p.payload.replace(' ', ""),
+            ))
+        }),
+    )
+    .await;
+    assert_eq!(with.len(), full.len());
+    for (w, f) in with.iter().zip(&full) {
+        assert_eq!(
+            (
+                w.event_id,
+                &w.stream_id,
+                w.stream_version,
+                w.log_position,
+                &w.event_type,
+                w.schema_version,
+                &w.metadata,
+                w.recorded_at
+            ),
+            (
+                f.event_id,
+                &f.stream_id,
+                f.stream_version,
+                f.log_position,
+                &f.event_type,
+                f.schema_version,
+                &f.metadata,
+                f.recorded_at
+            )
+        );
+        assert_eq!(
+            w.payload,
+            (
+                f.stream_version,
+                f.event_type.clone(),
+                f.schema_version,
+                f.payload.get().replace(' ', "")
+            )
+        );
+    }
+    let from0 = must("with from 0", store.read_stream_with("r", 0, |_| Ok(()))).await;
+    assert_eq!(from0.len(), 25, "from version 0 reads from the start");
+    // an error from `decode` stops the read, naming the event's position
+    let refused = store
+        .read_stream_with("r", 1, |p| match p.stream_version {
+            12 => Err(Error::CorruptedRow {
+                position: 0,
+                message: "refused".to_owned(),
+            }),
+            _ => Ok(()),
+        })
+        .await;
+    match refused {
+        Err(Error::CorruptedRow { position, message }) => {
+            assert_eq!(position, full[2].log_position.position, "version 12's position");
+            assert_eq!(message, "refused");
+        }
+        other => panic!("expected decode's error, got {other:?}"),
+    }
 }
 
 async fn read_all_order_and_paging<S: EventStore>(store: S) {
