@@ -518,7 +518,10 @@ async fn read_stream_ranges<S: EventStore>(store: S) {
         .await;
     match refused {
         Err(Error::CorruptedRow { position, message }) => {
-            assert_eq!(position, full[2].log_position.position, "version 12's position");
+            assert_eq!(
+                position, full[2].log_position.position,
+                "version 12's position"
+            );
             assert_eq!(message, "refused");
         }
         other => panic!("expected decode's error, got {other:?}"),
