@@ -304,6 +304,26 @@ pub trait EventStore: Send + Sync + 'static {
     /// The default reads [`read_stream`](Self::read_stream) and decodes
     /// each payload from its copy; the Postgres store decodes each row's
     /// payload where it arrives, without copying it first.
+    ///
+    /// ```
+    /// # use annals_core as annals;
+    /// # use annals::{EventStore, EventStoreExt, ExpectedVersion, InMemoryEventStore, Metadata};
+    /// #[derive(Debug, Clone, PartialEq, annals_macros::Event)]
+    /// #[event(crate = "annals_core")]
+    /// enum CounterEvent { Added(u32) }
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let store = InMemoryEventStore::new();
+    /// let events = [CounterEvent::Added(2), CounterEvent::Added(3)];
+    /// store.append_events("c1", ExpectedVersion::NoStream, &events, &Metadata::new()).await?;
+    /// // each event's stored JSON, with its envelope
+    /// let read = store
+    ///     .read_stream_with("c1", 1, |p| Ok(p.payload.len()))
+    ///     .await?;
+    /// assert_eq!(read.len(), 2);
+    /// assert_eq!((read[1].stream_version, read[1].payload), (2, 1));
+    /// # Ok::<(), annals::Error>(())
+    /// # }).unwrap();
+    /// ```
     fn read_stream_with<T, F>(
         &self,
         stream_id: &str,

@@ -981,9 +981,11 @@ async fn stream_version_on(conn: &mut PgConnection, stream_id: &str) -> Result<O
     Ok(v.filter(|v| *v > 0).map(|v| v as u64))
 }
 
-/// Decodes a row of [`columns!`] (by index: this runs once per event read).
-/// jsonb arrives in binary and goes straight into the payload and the
-/// metadata, without an intermediate string.
+/// Decodes a row of [`columns!`] (by index: this runs once per event read),
+/// the payload copied into a `RawValue` (checked: a `RawValue` can only be
+/// made by parsing). jsonb arrives in binary: the payload's text is read
+/// where it lies, the metadata decoded from it without an intermediate
+/// string.
 ///
 /// Columns are read without sqlx's per-value type check (about 6% of a
 /// typed stream read): the migrations fix their types, and every decoder
