@@ -199,13 +199,7 @@ impl EventStore for InMemoryEventStore {
     ) -> Result<AppendResult, Error> {
         let started = std::time::Instant::now();
         let result = self.append_sync(stream_id, expected, events);
-        crate::metrics::record_append(
-            "memory",
-            started,
-            result
-                .as_ref()
-                .map(|r| r.events.iter().map(|e| e.event_type.as_str())),
-        );
+        crate::metrics::record_append("memory", started, &result);
         result
     }
 

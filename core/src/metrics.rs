@@ -58,21 +58,21 @@ pub const APPEND_DURATION_SECONDS: &str = "annals_append_duration_seconds";
 /// Appends refused by a version conflict (counter; label `store`).
 pub const APPEND_CONFLICTS_TOTAL: &str = "annals_append_conflicts_total";
 
-/// Records one append call's outcome: `events` (type names of the appended
-/// events) on success, the conflict on a version conflict, and the duration
-/// either way. Called by the stores.
+/// Records one append call's outcome: the appended events (by type) on
+/// success, the conflict on a version conflict, and the duration either
+/// way. Called by the stores.
 #[doc(hidden)]
-pub fn record_append<'a>(
+pub fn record_append(
     store: &'static str,
     started: std::time::Instant,
-    outcome: Result<impl Iterator<Item = &'a str>, &crate::Error>,
+    outcome: &Result<crate::AppendResult, crate::Error>,
 ) {
     metrics::histogram!(APPEND_DURATION_SECONDS, "store" => store)
         .record(started.elapsed().as_secs_f64());
     match outcome {
-        Ok(types) => {
-            for t in types {
-                metrics::counter!(EVENTS_APPENDED_TOTAL, "event_type" => t.to_owned(), "store" => store)
+        Ok(appended) => {
+            for e in &appended.events {
+                metrics::counter!(EVENTS_APPENDED_TOTAL, "event_type" => e.event_type.clone(), "store" => store)
                     .increment(1);
             }
         }

@@ -546,7 +546,7 @@ impl PgEventStore {
         let result = self
             .append_on(conn, owned, stream_id, expected, events)
             .await;
-        record_append(started, &result);
+        annals_core::metrics::record_append("postgres", started, &result);
         result
     }
 
@@ -896,17 +896,6 @@ where
         .map_err(|e| Error::backend("reading a row", e))
 }
 
-/// The append metrics of one append that started at `started`.
-fn record_append(started: std::time::Instant, result: &Result<AppendResult, Error>) {
-    annals_core::metrics::record_append(
-        "postgres",
-        started,
-        result
-            .as_ref()
-            .map(|r| r.events.iter().map(|e| e.event_type.as_str())),
-    );
-}
-
 /// An append's events as the statement binds them (arrays for a batch;
 /// the first of each for one event).
 struct Binds<'a> {
@@ -1234,7 +1223,7 @@ impl EventStore for PgEventStore {
     ) -> Result<AppendResult, Error> {
         let started = std::time::Instant::now();
         let result = self.append_pooled(stream_id, expected, events).await;
-        record_append(started, &result);
+        annals_core::metrics::record_append("postgres", started, &result);
         result
     }
 
