@@ -34,10 +34,7 @@ use std::time::{Duration, Instant};
 use annals::postgres::sqlx::{self, postgres::PgRow, types::Json, PgPool, Row};
 use annals::postgres::testing::TestDatabase;
 use annals::postgres::{PgEventStore, PgSnapshotStore};
-use annals::{
-    Aggregate, AggregateState, Event, EventStore, EventStoreExt, ExpectedVersion, Metadata,
-    NoSnapshots, Repository, SnapshotStore,
-};
+use annals::{Aggregate, AggregateState, Event, EventStore, EventStoreExt, ExpectedVersion, Metadata, snapshot::NoSnapshots, Repository, SnapshotStore};
 use criterion::{Criterion, SamplingMode, Throughput};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -406,7 +403,7 @@ fn loads(c: &mut Criterion, rt: &Runtime, rows: &mut Vec<Comparison>) {
     let store = rt.block_on(build_store(&pool, true));
     let plain: PlainRepo = Repository::<Lead, _>::new(store.clone()).snapshot_every(None);
     let snap: SnapRepo = Repository::<Lead, _>::new(store.clone())
-        .with_snapshots(PgSnapshotStore::new(pool.clone()))
+        .with_snapshots(PgSnapshotStore::new(&store))
         .snapshot_every(Some(SNAPSHOT_EVERY))
         .inline_snapshots();
     let meta = Metadata::new().with_user("bench");
@@ -436,7 +433,7 @@ fn loads(c: &mut Criterion, rt: &Runtime, rows: &mut Vec<Comparison>) {
                 .await
                 .expect("the command that crosses the snapshot policy");
             assert_eq!(done.version, n as u64);
-            let saved = PgSnapshotStore::new(pool.clone())
+            let saved = PgSnapshotStore::new(&store)
                 .load("lead", &stream)
                 .await
                 .expect("snapshot")
@@ -669,7 +666,7 @@ fn loads(c: &mut Criterion, rt: &Runtime, rows: &mut Vec<Comparison>) {
     // 2: snapshot_every = 100
     let group = "agg_load_snapshot_every_100";
     let (diag_stream, from) = (format!("lead-t{DIAG_SIZE}"), DIAG_SIZE as i64 + 1);
-    let snapshots = PgSnapshotStore::new(pool.clone());
+    let snapshots = PgSnapshotStore::new(&store);
     let mut ops: Vec<(&str, Op<'_>)> = Vec::new();
     let mut pairs = Vec::new();
     for &n in &SIZES {
@@ -772,17 +769,21 @@ fn loads(c: &mut Criterion, rt: &Runtime, rows: &mut Vec<Comparison>) {
                 Box::new(move || {
                     timed(|| {
                         // what Repository::load does after the snapshot:
-                        // read_stream_payloads, decode each, fold
-                        let stored = rt
-                            .block_on(store.read_stream_payloads(stream, from as u64))
-                            .expect("read");
-                        assert_eq!(stored.len(), TAIL);
+                        // the payloads after it, decoded and folded
                         let mut state = Lead::default();
-                        for p in &stored {
-                            let e = LeadEvent::decode(&p.event_type, p.schema_version, &p.payload)
+                        let folded = rt
+                            .block_on(store.fold_stream_payloads(stream, from as u64.., |p| {
+                                let e = LeadEvent::decode_json(
+                                    p.event_type,
+                                    p.schema_version,
+                                    p.payload,
+                                )
                                 .expect("decode");
-                            state.apply(&e);
-                        }
+                                state.apply(&e);
+                                Ok(())
+                            }))
+                            .expect("read");
+                        assert_eq!(folded, TAIL as u64);
                         black_box(state);
                     })
                 }),
@@ -901,7 +902,7 @@ fn snapshot_summary() {
         ("snapshot_row_only", "PgSnapshotStore::load alone"),
         (
             "load_read_99",
-            "annals' load read (read_stream_payloads + decode + fold) of the 99 alone",
+            "annals' load read (fold_stream_payloads + decode) of the 99 alone",
         ),
         (
             "lean_borrowed_99",
@@ -1142,7 +1143,7 @@ fn commands(c: &mut Criterion, rt: &Runtime, rows: &mut Vec<Comparison>) {
         Runner::Annals(Arc::new(Repository::<Lead, _>::new(unvalidated.clone())));
     let annals_snapshots = Runner::AnnalsSnapshots(Arc::new(
         Repository::<Lead, _>::new(validated.clone())
-            .with_snapshots(PgSnapshotStore::new(pool.clone()))
+            .with_snapshots(PgSnapshotStore::new(&validated))
             .snapshot_every(Some(SNAPSHOT_EVERY)),
     ));
     let ids: Arc<Vec<String>> = Arc::new((0..AGGREGATES).map(|a| format!("c{a}")).collect());

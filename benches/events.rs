@@ -9,10 +9,7 @@ use std::hint::black_box;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use annals::{
-    Event, EventStore, EventStoreExt, ExpectedVersion, InMemoryEventStore, Metadata, NewEvent,
-    RecordedEvent, SchemaRegistry,
-};
+use annals::{Event, EventStore, EventStoreExt, ExpectedVersion, InMemoryEventStore, Metadata, NewEvent, RecordedEvent, SchemaRegistry};
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, SamplingMode, Throughput};
 use serde_json::value::RawValue;
@@ -124,7 +121,7 @@ fn stored_events(version: u32) -> Vec<RecordedEvent> {
             .append("lead-1", ExpectedVersion::NoStream, events)
             .await
             .expect("append");
-        store.read_stream("lead-1", 1, N).await.expect("read")
+        store.read_stream("lead-1", ..).await.expect("read")
     })
 }
 
@@ -405,7 +402,7 @@ fn memory_store(c: &mut Criterion) {
                 Box::new(|| {
                     timed(|| {
                         let events = rt
-                            .block_on(store.read_stream_as::<LeadEvent>("lead-1", 1))
+                            .block_on(store.read_stream_as::<LeadEvent>("lead-1", ..))
                             .expect("read");
                         assert_eq!(events.len(), N);
                         black_box(events);
@@ -418,7 +415,7 @@ fn memory_store(c: &mut Criterion) {
                 Box::new(|| {
                     timed(|| {
                         let events = rt
-                            .block_on(store.read_stream("lead-1", 1, N))
+                            .block_on(store.read_stream("lead-1", ..))
                             .expect("read");
                         black_box(events);
                     })

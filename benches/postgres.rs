@@ -476,7 +476,7 @@ fn reads(c: &mut Criterion, rt: &Runtime) {
                 Box::new(|| {
                     timed(|| {
                         let events = rt
-                            .block_on(store.read_stream_as::<LeadEvent>("big", 1))
+                            .block_on(store.read_stream_as::<LeadEvent>("big", ..))
                             .expect("read");
                         assert_eq!(events.len(), STREAM_EVENTS);
                         black_box(events);
@@ -488,7 +488,7 @@ fn reads(c: &mut Criterion, rt: &Runtime) {
                 Box::new(|| {
                     timed(|| {
                         let events = rt
-                            .block_on(store.read_stream_events::<LeadEvent>("big", 1))
+                            .block_on(store.read_stream_payloads_as::<LeadEvent>("big", ..))
                             .expect("read");
                         assert_eq!(events.len(), STREAM_EVENTS);
                         black_box(events);
@@ -585,7 +585,7 @@ fn reads(c: &mut Criterion, rt: &Runtime) {
                             let mut n = 0;
                             loop {
                                 let page = store
-                                    .read_stream("big", n as u64 + 1, PAGE)
+                                    .read_stream("big", n as u64 + 1..=n as u64 + PAGE as u64)
                                     .await
                                     .expect("read");
                                 n += page.len();
@@ -807,7 +807,7 @@ fn reads(c: &mut Criterion, rt: &Runtime) {
                             let mut after = LogPosition::START;
                             let mut n = 0;
                             loop {
-                                let page = store.read_all(after, PAGE).await.expect("read");
+                                let page = store.read_log(after, PAGE).await.expect("read");
                                 let Some(last) = page.last() else { break };
                                 after = last.log_position;
                                 n += page.len();

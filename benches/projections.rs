@@ -16,9 +16,7 @@ use std::time::{Duration, Instant};
 use annals::postgres::sqlx::{self, PgConnection, PgPool, Row};
 use annals::postgres::testing::TestDatabase;
 use annals::postgres::{PgEventStore, PgProjectionStore};
-use annals::{
-    Envelope, EventStoreExt, ExpectedVersion, HandlerError, Metadata, Projection, ProjectionRunner,
-};
+use annals::{Envelope, EventStoreExt, ExpectedVersion, HandlerError, Metadata, Projection, ProjectionRunner};
 use criterion::{Criterion, SamplingMode, Throughput};
 use serde_json::value::RawValue;
 use tokio::runtime::Runtime;
@@ -39,7 +37,7 @@ struct Scores;
 
 impl Projection for Scores {
     type Event = LeadEvent;
-    type Tx = PgConnection;
+    type Conn = PgConnection;
 
     fn name(&self) -> &str {
         "scores"

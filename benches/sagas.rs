@@ -35,11 +35,7 @@ use std::time::{Duration, Instant};
 use annals::postgres::sqlx::{self, types::Json, PgPool, Row};
 use annals::postgres::testing::TestDatabase;
 use annals::postgres::{PgEventStore, PgProjectionStore, PgSagaStore};
-use annals::{
-    CommandBus, Dispatch, EventStore, EventStoreExt, ExpectedVersion, HandlerError, Issue,
-    Metadata, ProjectionHandle, ProjectionRunner, RetryPolicy, SagaData, SagaProjection, SagaStore,
-    SagaWorker, SagaWorkerHandle, Watch,
-};
+use annals::{CommandBus, saga::Dispatch, EventStore, EventStoreExt, ExpectedVersion, HandlerError, Issue, Metadata, projection::ProjectionHandle, ProjectionRunner, RetryPolicy, SagaData, SagaProjection, SagaStore, SagaWorker, saga::SagaWorkerHandle, store::Watch};
 use criterion::{Criterion, SamplingMode, Throughput};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -369,7 +365,7 @@ async fn baseline_apply(pool: PgPool, events: PgEventStore, follow: bool) -> u64
             row.get::<i64, _>("tx") as u64,
             row.get::<i64, _>("position") as u64,
         );
-        let batch = events.read_all(from, 500).await.expect("read the log");
+        let batch = events.read_log(from, 500).await.expect("read the log");
         let Some(last) = batch.last().map(|e| e.log_position) else {
             drop(tx);
             if !follow {

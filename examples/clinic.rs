@@ -14,9 +14,7 @@
 use std::error::Error as StdError;
 
 use annals::prelude::*;
-use annals::{
-    CommandError, LogPosition, NewEvent, SchemaLock, SchemaRegistry, Snapshot, SnapshotStore,
-};
+use annals::{CommandError, LogPosition, NewEvent, schema::SchemaLock, SchemaRegistry, snapshot::Snapshot, SnapshotStore};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -143,7 +141,7 @@ enum LeadError {
 }
 
 /// The domain rules: plain Rust, no I/O, easy to test with
-/// `annals::given(events).when(command).then_expect(events)`.
+/// `annals::testing::given(events).when(command).then_expect(events)`.
 impl Aggregate for Lead {
     type Command = LeadCommand;
     type Error = LeadError;
@@ -221,7 +219,7 @@ fn at(p: LogPosition) -> String {
 /// Runs every section on `store` (and `snapshots`, for the aggregate). Stream
 /// and aggregate ids start with `run` so that repeated runs on one database
 /// never meet each other's streams.
-async fn tour<S: EventStore + Clone, N: SnapshotStore>(
+async fn tour<S: EventStore + Clone, N: SnapshotStore<S>>(
     store: &S,
     snapshots: N,
     run: &str,
@@ -286,7 +284,7 @@ async fn tour<S: EventStore + Clone, N: SnapshotStore>(
         "Metadata on both: correlation id {correlation}, user `web-form`, channel `instagram-ad`."
     ));
     say("Read back as `LeadEvent` values:");
-    for e in store.read_stream_as::<LeadEvent>(&ana, 1).await? {
+    for e in store.read_stream_as::<LeadEvent>(&ana, ..).await? {
         say(&format!(
             "  v{} {:<14} {:?}",
             e.stream_version, e.event_type, e.payload
@@ -336,7 +334,7 @@ async fn tour<S: EventStore + Clone, N: SnapshotStore>(
         .await?
         .events
         .len();
-    let stored = store.read_stream(&carla, 2, 1).await?;
+    let stored = store.read_stream(&carla, 2..=2).await?;
     let stored = stored.first().ok_or("the v1 event was not stored")?;
     say(&format!(
         "Stored earlier: `{}` schema v{} with payload {}",
@@ -344,7 +342,7 @@ async fn tour<S: EventStore + Clone, N: SnapshotStore>(
         stored.schema_version,
         stored.payload.get()
     ));
-    let decoded = store.read_stream_as::<LeadEvent>(&carla, 2).await?;
+    let decoded = store.read_stream_as::<LeadEvent>(&carla, 2..).await?;
     let decoded = decoded.first().ok_or("the v1 event did not decode")?;
     say(&format!(
         "Read today:    {:?}  (stored as v{}, decoded as v2)",
@@ -442,7 +440,7 @@ async fn tour<S: EventStore + Clone, N: SnapshotStore>(
         Err(other) => return Err(other.into()),
         Ok(_) => return Err("both appends expecting the same version succeeded".into()),
     }
-    let latest = store.read_stream_as::<LeadEvent>(&ana, loaded + 1).await?;
+    let latest = store.read_stream_as::<LeadEvent>(&ana, loaded + 1..).await?;
     if let Some(e) = latest.first() {
         say(&format!(
             "  João reloads and sees v{} {:?}: already qualified, nothing to do.",
@@ -465,7 +463,7 @@ async fn tour<S: EventStore + Clone, N: SnapshotStore>(
     let mut seen = 0;
     let width = run.len() + 11; // the longest stream id: `{run}lead-carla`
     loop {
-        let page = store.read_all(checkpoint, 3).await?;
+        let page = store.read_log(checkpoint, 3).await?;
         let Some(last) = page.last() else { break };
         let next = last.log_position;
         for recorded in page {
@@ -584,7 +582,7 @@ async fn tour<S: EventStore + Clone, N: SnapshotStore>(
     }
     say("Each call loaded the lead, let it decide, and appended with the loaded version as the expected one;");
     say("on a version conflict the repository reloads and decides again (here up to 5 times: `.max_retries(5)`).");
-    let recorded = store.read_stream_as::<LeadEvent>(&stream, 1).await?;
+    let recorded = store.read_stream_as::<LeadEvent>(&stream, ..).await?;
     if recorded.len() != 4
         || recorded
             .iter()
@@ -869,11 +867,11 @@ pub(crate) async fn tour_on_postgres(pool: annals::postgres::sqlx::PgPool) -> Re
     println!("======================================");
     say("`annals::postgres::migrate(&pool)` created the annals tables (or found them up to date);");
     say("`PgEventStore::builder(pool).register::<LeadEvent>().build()` recorded LeadEvent's schemas in the database.");
-    say("`PgSnapshotStore::new(pool)` keeps the aggregate's snapshots in the `annals_snapshots` table.");
+    say("`PgSnapshotStore::new(&store)` keeps the aggregate's snapshots in the `annals_snapshots` table.");
     say(&format!(
         "This run's stream and aggregate ids start with `{run}`, so runs never collide."
     ));
-    tour(&store, PgSnapshotStore::new(pool.clone()), &run).await?;
+    tour(&store, PgSnapshotStore::new(&store), &run).await?;
 
     section(10, "Postgres only: the horizon and the start-up guard");
     let horizon = store.horizon().await?;

@@ -16,19 +16,29 @@ pub use annals_macros::Aggregate;
 /// compile time. See the [crate docs](crate#sagas) for the attributes.
 pub use annals_macros::Saga;
 
-/// The Postgres backend (`annals-postgres`).
+/// The Postgres backend: [`connect`](postgres::connect),
+/// [`migrate`](postgres::migrate), [`PgEventStore`](postgres::PgEventStore)
+/// and the Postgres stores of snapshots, projections and sagas.
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+#[doc(inline)]
 pub use annals_postgres as postgres;
 
-/// The most used items: `use annals::prelude::*;`.
+/// What a command-side application imports: `use annals::prelude::*;`.
+///
+/// The derives and their traits, the repository and its errors, the store
+/// traits with the in-memory stores, projections and their runner, and the
+/// pieces of a saga.
 pub mod prelude {
+    pub use annals_core::testing::given;
     pub use annals_core::{
-        given, Aggregate, AggregateState, Envelope, Event, EventStore, EventStoreExt,
-        ExpectedVersion, InMemoryEventStore, InMemorySnapshotStore, Metadata, Projection,
-        Repository,
+        Aggregate, AggregateState, CommandError, Envelope, Event, EventStore, EventStoreExt,
+        ExpectedVersion, HandlerError, InMemoryEventStore, InMemoryProjectionStore,
+        InMemorySnapshotStore, Metadata, Projection, ProjectionRunner, Repository,
     };
-    pub use annals_core::{CommandBus, Issue, Saga, SagaData, SagaProjection, SagaWorker};
+    pub use annals_core::{
+        CommandBus, InMemorySagaStore, Issue, Saga, SagaData, SagaProjection, SagaWorker,
+    };
     pub use annals_macros::{Aggregate, Event, Saga};
 }
 

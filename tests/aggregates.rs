@@ -3,10 +3,7 @@
 
 use annals::postgres::testing::TestDatabase;
 use annals::postgres::{PgEventStore, PgSnapshotStore};
-use annals::{
-    given, Aggregate, AggregateState, CommandError, EventStore, InMemoryEventStore,
-    InMemorySnapshotStore, Metadata, Repository, Snapshot, SnapshotStore,
-};
+use annals::{testing::given, Aggregate, AggregateState, CommandError, EventStore, InMemoryEventStore, InMemorySnapshotStore, Metadata, Repository, snapshot::Snapshot, SnapshotStore};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use schemars::JsonSchema;
@@ -164,14 +161,14 @@ fn runtime() -> tokio::runtime::Runtime {
 /// Runs `commands` on aggregate `id` through a repository with snapshots
 /// every `every` events, then checks that its load equals a full replay (and
 /// the states the commands returned along the way).
-async fn snapshot_loads_equal_replays<S: EventStore + Clone, N: SnapshotStore>(
+async fn snapshot_loads_equal_replays<S: EventStore + Clone, N: SnapshotStore<S>>(
     store: S,
     snapshots: N,
     id: &str,
     commands: &[LeadCommand],
     every: u64,
 ) -> Result<(), TestCaseError> {
-    let with = Repository::<Lead, _, _>::new(store.clone())
+    let with = Repository::of::<Lead>(store.clone())
         .with_snapshots(snapshots)
         .snapshot_every(Some(every))
         .inline_snapshots();
@@ -247,7 +244,7 @@ fn postgres_load_with_and_without_snapshots_is_identical() {
         .expect("runtime");
     let db = rt.block_on(TestDatabase::new());
     let store = rt.block_on(lead_store(db.pool()));
-    let snapshots = PgSnapshotStore::new(db.pool().clone());
+    let snapshots = PgSnapshotStore::new(&store);
     let case = AtomicUsize::new(0);
     let mut runner = TestRunner::new(Config::with_cases(24));
     runner
@@ -271,12 +268,12 @@ fn postgres_load_with_and_without_snapshots_is_identical() {
         .unwrap_or_else(|e| panic!("{e}"));
 }
 
-async fn outdated_and_corrupted_snapshots_are_ignored<S: EventStore + Clone, N: SnapshotStore>(
+async fn outdated_and_corrupted_snapshots_are_ignored<S: EventStore + Clone, N: SnapshotStore<S>>(
     store: S,
     snapshots: N,
     put: impl Fn(Snapshot) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
 ) {
-    let repo = Repository::<Lead, _, _>::new(store)
+    let repo = Repository::of::<Lead>(store)
         .with_snapshots(snapshots.clone())
         .inline_snapshots();
     let m = Metadata::new();
@@ -404,9 +401,10 @@ async fn postgres_snapshots_self_invalidate() {
     let db = TestDatabase::new().await;
     let store = lead_store(db.pool()).await;
     let pool = db.pool().clone();
+    let snapshots = PgSnapshotStore::new(&store);
     outdated_and_corrupted_snapshots_are_ignored(
         store,
-        PgSnapshotStore::new(db.pool().clone()),
+        snapshots,
         move |s| {
             let pool = pool.clone();
             Box::pin(async move {
@@ -436,15 +434,15 @@ async fn sqlx_put(pool: &annals::postgres::sqlx::PgPool, s: Snapshot) {
 
 /// The lean reads do not fetch global positions; their errors still name
 /// the failing event's, on every path: the one-statement snapshot load, a
-/// load without snapshots, and `read_stream_events`.
+/// load without snapshots, and `read_stream_payloads_as`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_load_errors_name_the_events_position() {
     use annals::postgres::sqlx;
-    use annals::{DecodeError, Error, EventStoreExt};
+    use annals::{event::DecodeError, Error, EventStoreExt};
     let db = TestDatabase::new().await;
     let store = lead_store(db.pool()).await;
-    let with_snapshots = Repository::<Lead, _, _>::new(store.clone())
-        .with_snapshots(PgSnapshotStore::new(db.pool().clone()))
+    let with_snapshots = Repository::of::<Lead>(store.clone())
+        .with_snapshots(PgSnapshotStore::new(&store))
         .inline_snapshots();
     let without = Repository::<Lead, _>::new(store.clone());
     let m = Metadata::new();
@@ -482,7 +480,7 @@ async fn postgres_load_errors_name_the_events_position() {
             (
                 "read_stream_events",
                 store
-                    .read_stream_events::<LeadEvent>("lead-b", 1)
+                    .read_stream_payloads_as::<LeadEvent>("lead-b", ..)
                     .await
                     .map(|_| ()),
             ),
@@ -495,7 +493,7 @@ async fn postgres_load_errors_name_the_events_position() {
                 stream_id,
                 stream_version: 8,
                 source: DecodeError::UnknownEventType { .. },
-            }) => assert_eq!((p, stream_id.as_str()), (position, "lead-b"), "{path}"),
+            }) => assert_eq!((p, stream_id.as_str()), (Some(position), "lead-b"), "{path}"),
             other => panic!("{path}: expected an unknown-type error, got {other:?}"),
         }
     }
@@ -513,7 +511,7 @@ async fn postgres_load_errors_name_the_events_position() {
                 position: p,
                 message,
             }) => {
-                assert_eq!(p, position, "{path}");
+                assert_eq!(p, Some(position), "{path}");
                 assert!(
                     message.contains("negative schema version"),
                     "{path}: {message}"
@@ -530,7 +528,7 @@ async fn postgres_load_errors_name_the_events_position() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_fold_errors_are_located_with_a_one_connection_pool() {
     use annals::postgres::sqlx;
-    use annals::{DecodeError, Error, EventStoreExt, ExpectedVersion};
+    use annals::{event::DecodeError, Error, EventStoreExt, ExpectedVersion};
     let db = TestDatabase::new().await;
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
@@ -560,7 +558,7 @@ async fn postgres_fold_errors_are_located_with_a_one_connection_pool() {
     .expect("break one row");
     let read = tokio::time::timeout(
         std::time::Duration::from_secs(20),
-        store.read_stream_events::<LeadEvent>("lead-one", 1),
+        store.read_stream_payloads_as::<LeadEvent>("lead-one", ..),
     )
     .await
     .expect("the read returns (it does not wait for its own connection)");
@@ -570,7 +568,7 @@ async fn postgres_fold_errors_are_located_with_a_one_connection_pool() {
             stream_version: 10,
             source: DecodeError::UnknownEventType { .. },
             ..
-        }) => assert_eq!(p, position as u64),
+        }) => assert_eq!(p, Some(position as u64)),
         other => panic!("expected an unknown-type error at version 10, got {other:?}"),
     }
     // the connection is usable afterwards
@@ -623,8 +621,9 @@ async fn postgres_commands_check_out_one_connection_each() {
     // with a PgSnapshotStore on the same database: one checkout per command
     // too (snapshot, events and append), plus one per snapshot written
     // (inline here, every 5 events: at versions 5 and 10)
-    let snapshots = PgSnapshotStore::new(pool.clone());
-    let repo = Repository::<Lead, _, _>::new(lead_store(&pool).await)
+    let store = lead_store(&pool).await;
+    let snapshots = PgSnapshotStore::new(&store);
+    let repo = Repository::of::<Lead>(store)
         .with_snapshots(snapshots)
         .inline_snapshots();
     assert_eq!(
@@ -639,7 +638,7 @@ async fn postgres_commands_check_out_one_connection_each() {
 
 /// Creates lead `id`, then scores it ten times; returns how many checkouts
 /// (`count` before and after) the ten scores took.
-async fn ten_scores<N: SnapshotStore>(
+async fn ten_scores<N: SnapshotStore<PgEventStore>>(
     repo: &Repository<Lead, PgEventStore, N>,
     id: &str,
     count: impl Fn() -> usize,

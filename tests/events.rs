@@ -1,10 +1,7 @@
 //! `#[derive(Event)]` through the facade: names, versions, round trips,
 //! upcasting and the schema guard.
 
-use annals::{
-    fingerprint, DecodeError, Event, EventStore, EventStoreExt, ExpectedVersion,
-    InMemoryEventStore, Metadata, NewEvent, SchemaLock, SchemaRegistry, UpcastError,
-};
+use annals::{schema::fingerprint, event::DecodeError, Event, EventStore, EventStoreExt, ExpectedVersion, InMemoryEventStore, Metadata, NewEvent, schema::SchemaLock, SchemaRegistry, event::UpcastError};
 use proptest::prelude::*;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -159,7 +156,11 @@ fn decode_errors_are_typed() {
     }
     let v1 = serde_json::value::to_raw_value(&serde_json::json!({"because": "x"})).expect("raw");
     match LeadEvent::decode("lead.qualified.v", 1, &v1) {
-        Err(e @ DecodeError::Upcast { .. }) => assert!(e.to_string().contains("missing `why`")),
+        Err(e @ DecodeError::Upcast { .. }) => {
+            // the message says what failed, its source why
+            let source = std::error::Error::source(&e).map(|s| s.to_string());
+            assert!(source.is_some_and(|s| s.contains("missing `why`")), "{e:?}");
+        }
         other => panic!("{other:?}"),
     }
 }
@@ -243,7 +244,7 @@ async fn store_validates_and_upcasts_through_the_facade() {
         .expect_err("invalid");
     assert!(matches!(err, annals::Error::SchemaViolation(_)), "{err}");
     let events = store
-        .read_stream_as::<LeadEvent>("lead-1", 1)
+        .read_stream_as::<LeadEvent>("lead-1", ..)
         .await
         .expect("read");
     assert_eq!(events.len(), 2);

@@ -7,11 +7,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use annals::{
-    BreakerConfig, BreakerState, CircuitBreakerRegistry, Envelope, EventStoreExt, ExpectedVersion,
-    HandlerError, InMemoryEventStore, InMemoryProjectionStore, MemoryTx, Metadata, Projection,
-    ProjectionRunner, RetryPolicy,
-};
+use annals::{breaker::BreakerConfig, breaker::BreakerState, breaker::CircuitBreakerRegistry, Envelope, EventStoreExt, ExpectedVersion, HandlerError, InMemoryEventStore, InMemoryProjectionStore, projection::InMemoryConn, Metadata, Projection, ProjectionRunner, RetryPolicy};
 use metrics_exporter_prometheus::PrometheusBuilder;
 use serde::{Deserialize, Serialize};
 
@@ -39,7 +35,7 @@ struct TemplateError(u32);
 
 impl Projection for Mailer {
     type Event = CounterEvent;
-    type Tx = MemoryTx;
+    type Conn = InMemoryConn;
 
     fn name(&self) -> &str {
         "mailer"
@@ -47,7 +43,7 @@ impl Projection for Mailer {
 
     async fn apply(
         &self,
-        _: &mut MemoryTx,
+        _: &mut InMemoryConn,
         e: &Envelope<CounterEvent>,
     ) -> Result<(), HandlerError> {
         self.calls.fetch_add(1, Ordering::SeqCst);

@@ -14,11 +14,7 @@ use std::time::{Duration, Instant};
 use annals::postgres::sqlx::{self, PgPool, Row};
 use annals::postgres::testing::TestDatabase;
 use annals::postgres::{PgEventStore, PgProjectionStore, PgSagaStore};
-use annals::{
-    CommandBus, Dispatch, EventStoreExt, ExpectedVersion, HandlerError, Issue, Metadata,
-    Projection, ProjectionRunner, RetryPolicy, Saga, SagaData, SagaEngine, SagaError,
-    SagaProjection, SagaRecord, SagaStatus, SagaStore, SagaWorker, StepStatus,
-};
+use annals::{CommandBus, saga::Dispatch, EventStoreExt, ExpectedVersion, HandlerError, Issue, Metadata, Projection, ProjectionRunner, RetryPolicy, Saga, SagaData, saga::SagaEngine, saga::SagaError, SagaProjection, saga::SagaRecord, saga::SagaStatus, SagaStore, SagaWorker, saga::StepStatus};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -941,7 +937,7 @@ async fn saga_queries_and_the_optimistic_version() {
     // a second saga for the same correlation id is refused
     let start = s
         .events
-        .read_stream_as::<ClinicEvent>(&format!("lead-{lead}"), 1)
+        .read_stream_as::<ClinicEvent>(&format!("lead-{lead}"), ..)
         .await
         .unwrap()
         .remove(0);

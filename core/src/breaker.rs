@@ -134,7 +134,7 @@ pub enum BreakerError<E> {
 ///
 /// ```
 /// use std::time::Duration;
-/// use annals_core::{BreakerConfig, BreakerState, CircuitBreaker};
+/// use annals::{breaker::BreakerConfig, breaker::BreakerState, CircuitBreaker};
 ///
 /// let breaker = CircuitBreaker::new("mailer", BreakerConfig::default()
 ///     .failure_threshold(2)
@@ -148,7 +148,7 @@ pub enum BreakerError<E> {
 /// breaker.try_acquire()?; // the trial
 /// breaker.record_success();
 /// assert_eq!(breaker.state(), BreakerState::Closed);
-/// # Ok::<(), annals_core::BreakerOpen>(())
+/// # Ok::<(), annals::breaker::BreakerOpen>(())
 /// ```
 #[derive(Debug)]
 pub struct CircuitBreaker {

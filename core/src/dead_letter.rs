@@ -5,7 +5,7 @@
 //! per its [`RetryPolicy`](crate::RetryPolicy); after the last attempt the
 //! event is parked here with the handler's name, the event's position and
 //! id, the error, the attempt count and timestamps, and the handler moves on
-//! (or stops, if its [`FailurePolicy`](crate::FailurePolicy) says so).
+//! (or stops, if its [`FailurePolicy`](crate::projection::FailurePolicy) says so).
 //!
 //! **Order within a stream is kept.** Once an event of a stream is parked
 //! for a handler, the handler parks every later event of that stream behind

@@ -1,3 +1,5 @@
+//! The error types of annals' stores and registries.
+
 use std::fmt;
 
 use crate::schema::{SchemaChanges, SchemaViolation};
@@ -5,11 +7,33 @@ use crate::store::ExpectedVersion;
 
 /// The error type of annals' stores and registries.
 ///
-/// Every variant says what happened and, where there is one, what to do about
-/// it. Failures a caller usually handles differently have their own types
+/// Failures a caller usually handles differently have their own types
 /// ([`VersionConflict`], [`DecodeError`], [`SchemaViolation`],
-/// [`SchemaChanges`]) wrapped here.
-#[derive(Debug, thiserror::Error)]
+/// [`SchemaChanges`], [`RegistryError`], [`InvalidInput`]) wrapped here.
+/// [`is_retryable`](Error::is_retryable) says whether trying the same
+/// operation again can succeed.
+///
+/// The `Display` text is this error's own message; its cause is its
+/// [`source`](std::error::Error::source). The `Debug` text is the message
+/// followed by every cause, so `main() -> Result<(), annals::Error>` prints
+/// a readable report:
+///
+/// ```
+/// use annals::{Error, VersionConflict, ExpectedVersion};
+///
+/// let e = Error::from(VersionConflict {
+///     stream_id: "lead-1".into(),
+///     expected: ExpectedVersion::NoStream,
+///     actual: Some(3),
+/// });
+/// assert_eq!(
+///     format!("{e:?}"),
+///     "version conflict on stream `lead-1`: expected no stream, but the stream is at version 3; \
+///      reload the stream and retry the command"
+/// );
+/// assert!(!e.is_retryable()); // reload and decide again instead
+/// ```
+#[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// An append's expected version did not match the stream.
@@ -17,10 +41,11 @@ pub enum Error {
     Conflict(#[from] VersionConflict),
 
     /// A stored event could not be turned into the application's event type.
-    #[error("cannot decode the event at global position {position} (stream `{stream_id}`, version {stream_version}): {source}")]
+    #[error("cannot decode the event {} (stream `{stream_id}`, version {stream_version})", fmt_position(*.position))]
     Decode {
-        /// The event's global position.
-        position: u64,
+        /// The event's global position (`None`: not known where the error
+        /// was raised; the store fills it in before returning it).
+        position: Option<u64>,
         /// The event's stream.
         stream_id: String,
         /// The event's version in its stream.
@@ -31,7 +56,7 @@ pub enum Error {
     },
 
     /// An event could not be serialized to JSON.
-    #[error("cannot serialize event `{event_type}` to JSON: {source}")]
+    #[error("cannot serialize event `{event_type}` to JSON")]
     Encode {
         /// The event type.
         event_type: String,
@@ -58,10 +83,14 @@ pub enum Error {
         version: u32,
     },
 
-    /// Two Rust types claim the same (event type, version) with different
-    /// schemas, or a schema could not be compiled.
-    #[error("schema registry: {0}")]
-    Registry(String),
+    /// The schema registry refused a registration or a lock file.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+
+    /// A value given to annals is out of its documented limits; nothing
+    /// was written.
+    #[error(transparent)]
+    InvalidInput(#[from] InvalidInput),
 
     /// An appended event's id is already stored (an event is appended at most
     /// once); nothing was written.
@@ -72,10 +101,11 @@ pub enum Error {
     },
 
     /// A stored row is unreadable (bad metadata, impossible values).
-    #[error("corrupted row at global position {position}: {message}")]
+    #[error("corrupted row {}: {message}", fmt_position(*.position))]
     CorruptedRow {
-        /// The row's global position.
-        position: u64,
+        /// The row's global position (`None`: not known where the error was
+        /// raised; the store fills it in before returning it).
+        position: Option<u64>,
         /// What is wrong with it.
         message: String,
     },
@@ -89,54 +119,115 @@ pub enum Error {
         projection: String,
     },
 
-    /// The database failed or went away; the operation did not complete.
-    #[error("database error while {context}: {source}; check that the database is reachable, then retry: appends are safe to retry (the expected version and the event ids reject a duplicate)")]
+    /// The database (or another backend) failed; the operation did not
+    /// complete. [`is_retryable`](Error::is_retryable) tells a passing
+    /// failure (connection, timeout, serialization failure) from one that
+    /// will happen again.
+    #[error("{} while {context}", if *.retryable { "database unavailable" } else { "database error" })]
     Backend {
         /// What the store was doing.
         context: &'static str,
+        /// Whether the same operation can succeed when tried again.
+        retryable: bool,
         /// The driver's error.
         #[source]
         source: Box<dyn std::error::Error + Send + Sync + 'static>,
     },
 }
 
+fn fmt_position(position: Option<u64>) -> String {
+    match position {
+        Some(p) => format!("at global position {p}"),
+        None => "at an unknown global position".to_owned(),
+    }
+}
+
+impl fmt::Debug for Error {
+    /// The message and every cause, one per line: readable when `main`
+    /// returns the error.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self}")?;
+        let mut source = std::error::Error::source(self);
+        if source.is_some() {
+            f.write_str("\n\nCaused by:")?;
+        }
+        let mut n = 0;
+        while let Some(cause) = source {
+            write!(f, "\n    {n}: {cause}")?;
+            n += 1;
+            source = cause.source();
+        }
+        Ok(())
+    }
+}
+
 impl Error {
-    /// Wraps a backend (driver) error with what the store was doing.
+    /// A backend (driver) error that will happen again if the operation is
+    /// retried as it is, with what the store was doing.
     pub fn backend(
         context: &'static str,
         source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
     ) -> Self {
         Error::Backend {
             context,
+            retryable: false,
             source: source.into(),
+        }
+    }
+
+    /// A passing backend failure (a lost connection, a timeout, a
+    /// serialization failure): the same operation can succeed when retried.
+    pub fn transient(
+        context: &'static str,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Self {
+        Error::Backend {
+            context,
+            retryable: true,
+            source: source.into(),
+        }
+    }
+
+    /// Whether trying the same call again can succeed: a passing backend
+    /// failure (a lost connection, a timeout, a serialization failure).
+    /// Appends are safe to retry: the expected version and the event ids
+    /// refuse a duplicate. A [`Conflict`](Error::Conflict) is not: the
+    /// same append would conflict again; reload the stream and decide again
+    /// (a [`Repository`](crate::Repository) does that by itself).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Backend { retryable, .. } => *retryable,
+            _ => false,
         }
     }
 
     /// Fills in the global position of a [`Decode`](Error::Decode) or
     /// [`CorruptedRow`](Error::CorruptedRow) error that does not name one
-    /// yet (position 0: positions start at 1). Other errors, and errors
-    /// that already name a position, are returned unchanged.
+    /// yet. Other errors, and errors that already name a position, are
+    /// returned unchanged.
     ///
     /// Stream folds ([`EventStore::fold_stream_payloads`](crate::EventStore::fold_stream_payloads))
     /// see payloads without their positions; the store completes an error
     /// from the fold with this before returning it.
     ///
     /// ```
-    /// # use annals_core::{DecodeError, Error};
+    /// use annals::event::DecodeError;
+    /// use annals::Error;
+    ///
     /// let e = Error::Decode {
-    ///     position: 0,
+    ///     position: None,
     ///     stream_id: "lead-1".into(),
     ///     stream_version: 3,
     ///     source: DecodeError::VersionTooNew { event_type: "lead.scored".into(), version: 9, current: 2 },
     /// };
-    /// assert!(matches!(e.at_position(42), Error::Decode { position: 42, .. }));
+    /// assert!(matches!(e.at_position(42), Error::Decode { position: Some(42), .. }));
     /// ```
     pub fn at_position(mut self, at: u64) -> Self {
         match &mut self {
             Error::Decode { position, .. } | Error::CorruptedRow { position, .. }
-                if *position == 0 =>
+                if position.is_none() =>
             {
-                *position = at;
+                *position = Some(at);
             }
             _ => {}
         }
@@ -169,6 +260,83 @@ fn fmt_actual(actual: Option<u64>) -> String {
     match actual {
         None => "no stream".to_owned(),
         Some(v) => format!("version {v}"),
+    }
+}
+
+/// Why the schema registry refused a registration or a lock file.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RegistryError {
+    /// A generated JSON Schema does not compile into a validator.
+    #[error("the JSON Schema of `{event_type}` v{version} (from `{rust_type}`) does not compile")]
+    SchemaDoesNotCompile {
+        /// The event type.
+        event_type: String,
+        /// The schema version.
+        version: u32,
+        /// The Rust type the schema was generated from.
+        rust_type: &'static str,
+        /// The validator's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
+
+    /// Two Rust types give one event type different current versions.
+    #[error("event type `{event_type}` is registered by `{registered_by}` at version {registered_version} and by `{rust_type}` at version {version}; one event type must have one current version")]
+    CurrentVersionDiffers {
+        /// The event type.
+        event_type: String,
+        /// The Rust type registered first.
+        registered_by: &'static str,
+        /// Its current version.
+        registered_version: u32,
+        /// The Rust type registered now.
+        rust_type: &'static str,
+        /// Its current version.
+        version: u32,
+    },
+
+    /// Two Rust types give one (event type, version) different schemas.
+    #[error("event type `{event_type}` version {version} is registered by `{registered_by}` and by `{rust_type}` with different schemas; give each payload shape its own event type or version")]
+    SchemaDiffers {
+        /// The event type.
+        event_type: String,
+        /// The schema version.
+        version: u32,
+        /// The Rust type registered first.
+        registered_by: &'static str,
+        /// The Rust type registered now.
+        rust_type: &'static str,
+    },
+
+    /// A schema lock file has a line that is not `event_type version fingerprint`.
+    #[error("schema lock line {line}: {message}")]
+    LockFile {
+        /// The line number, from 1.
+        line: usize,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+/// A value given to annals is out of its documented limits (empty, too
+/// long, containing NUL, malformed). Nothing was written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {field}: {problem}")]
+pub struct InvalidInput {
+    /// What the value is (`stream id`, `projection name`, …).
+    pub field: &'static str,
+    /// What is wrong with it, with the limit it breaks.
+    pub problem: String,
+}
+
+impl InvalidInput {
+    /// An invalid `field`, with what is wrong with it.
+    pub fn new(field: &'static str, problem: impl Into<String>) -> Self {
+        InvalidInput {
+            field,
+            problem: problem.into(),
+        }
     }
 }
 
@@ -228,7 +396,7 @@ pub enum DecodeError {
     SchemaInvalid(#[from] SchemaViolation),
 
     /// A JSON-level upcaster refused the payload.
-    #[error("upcasting `{event_type}` from version {from_version} failed: {source}")]
+    #[error("upcasting `{event_type}` from version {from_version} failed")]
     Upcast {
         /// The event type.
         event_type: String,

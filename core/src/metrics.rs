@@ -253,7 +253,7 @@ pub const SAGA_OUTBOX_PENDING: &str = "annals_saga_outbox_pending";
 
 /// Counts a saga entering `status`.
 #[doc(hidden)]
-pub fn record_saga_status(saga: &'static str, status: crate::SagaStatus) {
+pub fn record_saga_status(saga: &'static str, status: crate::saga::SagaStatus) {
     metrics::counter!(SAGA_STATUS_CHANGES_TOTAL, "saga" => saga, "status" => status.as_str())
         .increment(1);
 }

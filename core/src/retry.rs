@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 ///
 /// ```
 /// use std::time::Duration;
-/// use annals_core::RetryPolicy;
+/// use annals::RetryPolicy;
 ///
 /// let policy = RetryPolicy::new(4)
 ///     .initial_delay(Duration::from_millis(100))
@@ -140,7 +140,7 @@ impl RetryPolicy {
     /// ```
     /// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
     /// use std::time::Duration;
-    /// use annals_core::RetryPolicy;
+    /// use annals::RetryPolicy;
     ///
     /// let policy = RetryPolicy::new(3).initial_delay(Duration::from_millis(1));
     /// let mut calls = 0;
@@ -173,7 +173,7 @@ impl RetryPolicy {
     /// ```
     /// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
     /// use std::time::{Duration, Instant};
-    /// use annals_core::RetryPolicy;
+    /// use annals::RetryPolicy;
     ///
     /// let policy = RetryPolicy::new(2).initial_delay(Duration::from_millis(1));
     /// let started = Instant::now();

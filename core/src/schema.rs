@@ -1,3 +1,8 @@
+//! Schemas: the JSON Schema of every (event type, version), payload
+//! validation, and the breaking-change guard (a fingerprint per schema,
+//! checked against the database or a lock file committed with the
+//! application).
+
 use std::any::TypeId;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::{self, Write as _};
@@ -7,6 +12,7 @@ use std::sync::{Arc, RwLock};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::error::RegistryError;
 use crate::{Error, Event, NewEvent};
 
 /// One (event type, version) known to a [`SchemaRegistry`].
@@ -158,7 +164,7 @@ struct Inner {
 /// type twice is a cheap no-op.
 ///
 /// ```
-/// # use annals_core::{SchemaRegistry, fingerprint};
+/// # use annals::{SchemaRegistry, schema::fingerprint};
 /// let registry = SchemaRegistry::new();
 /// assert!(registry.is_empty());
 /// // fingerprints ignore key order and documentation
@@ -217,11 +223,11 @@ impl SchemaRegistry {
             let validator = jsonschema::options()
                 .should_validate_formats(true)
                 .build(&s.schema)
-                .map_err(|e| {
-                    Error::Registry(format!(
-                        "the JSON Schema of `{}` v{} (from `{}`) does not compile: {e}",
-                        s.event_type, s.version, s.rust_type
-                    ))
+                .map_err(|e| RegistryError::SchemaDoesNotCompile {
+                    event_type: s.event_type.to_owned(),
+                    version: s.version,
+                    rust_type: s.rust_type,
+                    source: e.to_string().into(),
                 })?;
             compiled.push(RegisteredSchema {
                 event_type: s.event_type.to_owned(),
@@ -237,14 +243,14 @@ impl SchemaRegistry {
         for info in E::TYPES {
             if let Some(existing) = inner.types.get(info.name) {
                 if existing.current != info.version {
-                    return Err(Error::Registry(format!(
-                        "event type `{}` is registered by `{}` at version {} and by `{}` at version {}; one event type must have one current version",
-                        info.name,
-                        existing.rust_type,
-                        existing.current,
-                        std::any::type_name::<E>(),
-                        info.version
-                    )));
+                    return Err(RegistryError::CurrentVersionDiffers {
+                        event_type: info.name.to_owned(),
+                        registered_by: existing.rust_type,
+                        registered_version: existing.current,
+                        rust_type: std::any::type_name::<E>(),
+                        version: info.version,
+                    }
+                    .into());
                 }
             }
         }
@@ -255,10 +261,13 @@ impl SchemaRegistry {
                 .and_then(|t| t.versions.get(&s.version))
             {
                 if prev.fingerprint != s.fingerprint {
-                    return Err(Error::Registry(format!(
-                        "event type `{}` version {} is registered by `{}` and by `{}` with different schemas; give each payload shape its own event type or version",
-                        s.event_type, s.version, prev.rust_type, s.rust_type
-                    )));
+                    return Err(RegistryError::SchemaDiffers {
+                        event_type: s.event_type.clone(),
+                        version: s.version,
+                        registered_by: prev.rust_type,
+                        rust_type: s.rust_type,
+                    }
+                    .into());
                 }
             }
         }
@@ -472,8 +481,7 @@ fn write_canonical(value: &Value, schema: bool, out: &mut String) {
 /// per line; lines starting with `#` are comments.
 ///
 /// ```no_run
-/// # use annals_core as annals;
-/// # use annals::{Event, SchemaLock};
+/// # use annals::{Event, schema::SchemaLock};
 /// # fn check<LeadEvent: Event>() {
 /// // in the application's tests:
 /// SchemaLock::assert_file::<LeadEvent>("schemas.lock");
@@ -504,16 +512,15 @@ impl SchemaLock {
             let (Some(t), Some(v), Some(fp), None) =
                 (parts.next(), parts.next(), parts.next(), parts.next())
             else {
-                return Err(Error::Registry(format!(
-                    "schema lock line {}: expected `event_type version fingerprint`, found `{line}`",
-                    n + 1
-                )));
+                return Err(RegistryError::LockFile {
+                    line: n + 1,
+                    message: format!("expected `event_type version fingerprint`, found `{line}`"),
+                }
+                .into());
             };
-            let v: u32 = v.parse().map_err(|_| {
-                Error::Registry(format!(
-                    "schema lock line {}: `{v}` is not a version number",
-                    n + 1
-                ))
+            let v: u32 = v.parse().map_err(|_| RegistryError::LockFile {
+                line: n + 1,
+                message: format!("`{v}` is not a version number"),
             })?;
             entries.insert((t.to_owned(), v), fp.to_owned());
         }

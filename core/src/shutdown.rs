@@ -25,7 +25,7 @@ impl Shutdown {
     /// ```
     /// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
     /// use std::time::Duration;
-    /// let (trigger, mut shutdown) = annals_core::Shutdown::new();
+    /// let (trigger, mut shutdown) = annals::Shutdown::new();
     /// assert!(!shutdown.is_triggered());
     /// trigger.trigger();
     /// assert!(shutdown.sleep(Duration::from_secs(60)).await); // returns at once

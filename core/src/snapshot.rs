@@ -1,4 +1,5 @@
-//! Snapshot storage.
+//! Snapshots: an aggregate's state at a stream version, so that a load
+//! replays only the events after it.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -6,7 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::value::RawValue;
 
-use crate::{AppendResult, CommandFold, Error, EventStore, PayloadRef};
+use crate::store::{EventStore, PayloadRef, Session};
+use crate::Error;
 
 /// A stored snapshot of an aggregate's state.
 #[derive(Debug, Clone)]
@@ -27,7 +29,19 @@ pub struct Snapshot {
 
 /// Where snapshots live. One snapshot per aggregate; a save never replaces a
 /// newer snapshot of the same shape with an older one.
-pub trait SnapshotStore: Clone + Send + Sync + 'static {
+///
+/// `S` is the event store the snapshots are kept beside: a command loads
+/// the snapshot and the events after it on one [`Session`] of `S`
+/// ([`load_and_fold`](Self::load_and_fold)). The in-memory stores keep
+/// snapshots beside any event store; the Postgres snapshot store is made
+/// from its `PgEventStore`, so both are always on the same database.
+pub trait SnapshotStore<S: EventStore>: Clone + Send + Sync + 'static {
+    /// Whether this store keeps snapshots at all ([`NoSnapshots`] keeps
+    /// none, so a repository over it neither loads nor encodes one).
+    fn keeps_snapshots(&self) -> bool {
+        true
+    }
+
     /// The aggregate's snapshot, if any.
     fn load(
         &self,
@@ -39,84 +53,31 @@ pub trait SnapshotStore: Clone + Send + Sync + 'static {
     fn save(&self, snapshot: Snapshot) -> impl Future<Output = Result<(), Error>> + Send;
 
     /// Loads the snapshot of the aggregate whose stream is `stream_id` and
-    /// folds the stream's events after it into `fold`: first
+    /// folds the stream's events after it into `fold`, on `session`: first
     /// [`SnapshotFold::snapshot`] with the snapshot (which says from which
     /// version to go on), then [`SnapshotFold::event`] for each later event
     /// in version order. Returns how many events were folded.
     ///
-    /// The default loads the snapshot, then folds with
-    /// [`EventStore::fold_stream_payloads`]: two round trips. A backend that
-    /// keeps snapshots beside the events overrides it to do both in one
-    /// (the Postgres one does, when both stores are on the same database).
-    fn load_and_fold<S, F>(
+    /// The default loads the snapshot, then folds on the session: two round
+    /// trips. The Postgres store reads both in one statement.
+    fn load_and_fold<F>(
         &self,
-        events: &S,
+        session: &mut S::Session,
         aggregate_type: &str,
         stream_id: &str,
         fold: &mut F,
     ) -> impl Future<Output = Result<u64, Error>> + Send
     where
-        S: EventStore,
         F: SnapshotFold + Send,
     {
         async move {
             let snapshot = self.load(aggregate_type, stream_id).await?;
             let from = fold.snapshot(snapshot);
-            events
-                .fold_stream_payloads(stream_id, from + 1, |p| fold.event(p))
+            session
+                .fold_stream_payloads(stream_id, from + 1.., |p| fold.event(p))
                 .await
         }
     }
-
-    /// One command attempt with snapshots: [`load_and_fold`](Self::load_and_fold)
-    /// into `command`, then [`CommandFold::decide`] and the append of what
-    /// it decided. Returns how many events were folded after the snapshot
-    /// and the append's outcome (`None`: nothing decided); a conflict is
-    /// [`Error::Conflict`] and nothing is written.
-    ///
-    /// The default is that sequence with [`EventStore::append`]. The
-    /// Postgres store runs it on one pool checkout when both stores are on
-    /// the same database (see [`EventStore::fold_and_append`]).
-    fn load_fold_and_append<S, C>(
-        &self,
-        events: &S,
-        aggregate_type: &str,
-        stream_id: &str,
-        command: &mut C,
-    ) -> impl Future<Output = Result<(u64, Option<AppendResult>), Error>> + Send
-    where
-        S: EventStore,
-        C: SnapshotFold + CommandFold,
-    {
-        async move {
-            let folded = self
-                .load_and_fold(events, aggregate_type, stream_id, command)
-                .await?;
-            append_decided(events, stream_id, folded, command).await
-        }
-    }
-}
-
-/// The end of a command attempt: `command`'s decision, appended to
-/// `stream_id` by `events` (`folded`: how many events the load folded).
-/// What the defaults of [`EventStore::fold_and_append`] and
-/// [`SnapshotStore::load_fold_and_append`] do after their load; for a
-/// backend whose override falls back to them.
-pub async fn append_decided<S, C>(
-    events: &S,
-    stream_id: &str,
-    folded: u64,
-    command: &mut C,
-) -> Result<(u64, Option<AppendResult>), Error>
-where
-    S: EventStore + ?Sized,
-    C: CommandFold,
-{
-    let Some((expected, new)) = command.decide()? else {
-        return Ok((folded, None));
-    };
-    let result = events.append(stream_id, expected, new).await?;
-    Ok((folded, Some(result)))
 }
 
 /// What [`SnapshotStore::load_and_fold`] feeds: a snapshot, then events.
@@ -134,7 +95,11 @@ pub trait SnapshotFold {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NoSnapshots;
 
-impl SnapshotStore for NoSnapshots {
+impl<S: EventStore> SnapshotStore<S> for NoSnapshots {
+    fn keeps_snapshots(&self) -> bool {
+        false
+    }
+
     async fn load(&self, _: &str, _: &str) -> Result<Option<Snapshot>, Error> {
         Ok(None)
     }
@@ -183,7 +148,7 @@ impl InMemorySnapshotStore {
     }
 }
 
-impl SnapshotStore for InMemorySnapshotStore {
+impl<S: EventStore> SnapshotStore<S> for InMemorySnapshotStore {
     async fn load(
         &self,
         aggregate_type: &str,

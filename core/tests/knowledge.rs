@@ -8,7 +8,7 @@ use annals_core::rag::{
     KnowledgeBase, Scope, SearchQuery,
 };
 use annals_core::testing::knowledge::{chunker, document, CountingEmbedder};
-use annals_core::{Envelope, FailureKind, LogPosition, MemoryTx, Metadata, Projection};
+use annals_core::{Envelope, handler::FailureKind, LogPosition, projection::InMemoryConn, Metadata, Projection};
 
 #[tokio::test]
 async fn conformance() {
@@ -51,7 +51,7 @@ async fn the_projection_uses_the_ingest_path() {
             "The clinic is closed on Sundays.",
         ],
     );
-    let mut tx = MemoryTx::new();
+    let mut tx = InMemoryConn::new();
     projection
         .apply(&mut tx, &envelope(DocumentEvent::Added(doc.clone()), 1))
         .await
@@ -97,10 +97,7 @@ async fn the_projection_runner_feeds_the_knowledge_base_from_the_log() {
     use std::sync::Arc;
 
     use annals_core::rag::{CachedEmbedder, DocumentRetired, InMemoryEmbeddingCache};
-    use annals_core::{
-        EventStoreExt, ExpectedVersion, InMemoryEventStore, InMemoryProjectionStore,
-        ProjectionRunner,
-    };
+    use annals_core::{EventStoreExt, ExpectedVersion, InMemoryEventStore, InMemoryProjectionStore, ProjectionRunner};
 
     let store = InMemoryEventStore::new();
     let kb = InMemoryKnowledgeBase::new();

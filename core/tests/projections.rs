@@ -8,13 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use annals_core::{
-    BreakerConfig, BreakerState, CircuitBreakerRegistry, DeadLetterQuery, DeadLetterStatus,
-    DeadLetterStore, Envelope, EventStore, EventStoreExt, ExpectedVersion, FailurePolicy,
-    HandlerError, HealthCheck, InMemoryEventStore, InMemoryProjectionStore, LogPosition, MemoryTx,
-    Metadata, Projection, ProjectionError, ProjectionRunner, ProjectionStatus, ProjectionStore,
-    ReplayOutcome, RetryPolicy,
-};
+use annals_core::{breaker::BreakerConfig, breaker::BreakerState, breaker::CircuitBreakerRegistry, dead_letter::DeadLetterQuery, dead_letter::DeadLetterStatus, DeadLetterStore, Envelope, EventStore, EventStoreExt, ExpectedVersion, projection::FailurePolicy, HandlerError, HealthCheck, InMemoryEventStore, InMemoryProjectionStore, LogPosition, projection::InMemoryConn, Metadata, Projection, projection::ProjectionError, ProjectionRunner, projection::ProjectionStatus, ProjectionStore, projection::ReplayOutcome, RetryPolicy};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -61,7 +55,7 @@ impl Recorder {
 
 impl Projection for Recorder {
     type Event = CounterEvent;
-    type Tx = MemoryTx;
+    type Conn = InMemoryConn;
 
     fn name(&self) -> &str {
         "recorder"
@@ -69,7 +63,7 @@ impl Projection for Recorder {
 
     async fn apply(
         &self,
-        _: &mut MemoryTx,
+        _: &mut InMemoryConn,
         e: &Envelope<CounterEvent>,
     ) -> Result<(), HandlerError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
@@ -88,7 +82,7 @@ impl Projection for Recorder {
         Ok(())
     }
 
-    async fn reset(&self, _: &mut MemoryTx) -> Result<(), HandlerError> {
+    async fn reset(&self, _: &mut InMemoryConn) -> Result<(), HandlerError> {
         self.applied.lock().unwrap().clear();
         Ok(())
     }
@@ -157,7 +151,7 @@ async fn catch_up_applies_every_event_once_skips_other_types_and_moves_the_check
     assert_eq!(done.events_read, 10);
     assert_eq!(done.events_applied, 8);
     assert_eq!(recorder.values(), vec![1, 2, 3, 4, 5, 6, 7, 8]);
-    let last = store.read_all(LogPosition::START, 100).await.unwrap();
+    let last = store.read_log(LogPosition::START, 100).await.unwrap();
     let checkpoint = backend.checkpoint("recorder").await.unwrap().unwrap();
     assert_eq!(
         checkpoint.position,

@@ -8,11 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use annals::{
-    BreakerConfig, BreakerState, CircuitBreakerRegistry, DeadLetterQuery, Envelope, EventStoreExt,
-    ExpectedVersion, HandlerError, Metadata, Projection, ProjectionRunner, ProjectionStore,
-    RetryPolicy, WatchLog,
-};
+use annals::{breaker::BreakerConfig, breaker::BreakerState, breaker::CircuitBreakerRegistry, dead_letter::DeadLetterQuery, Envelope, EventStoreExt, ExpectedVersion, HandlerError, Metadata, Projection, ProjectionRunner, ProjectionStore, RetryPolicy, store::WatchLog};
 
 use super::{at, say, section, why, BoxError, LeadCreated, LeadEvent, LeadQualified};
 
@@ -47,7 +43,7 @@ struct Confirmations<T: ?Sized> {
 
 impl<T: ?Sized + Send + 'static> Projection for Confirmations<T> {
     type Event = LeadEvent;
-    type Tx = T;
+    type Conn = T;
 
     fn name(&self) -> &str {
         &self.name

@@ -135,7 +135,7 @@ struct ClinicServices<S> {
 impl<S: EventStore + Clone + 'static> annals::CommandBus<BookingCommand> for ClinicServices<S> {
     async fn dispatch(
         &self,
-        d: annals::Dispatch<BookingCommand>,
+        d: annals::saga::Dispatch<BookingCommand>,
     ) -> Result<(), annals::HandlerError> {
         let reply = {
             let mut applied = self.applied.lock().unwrap_or_else(|p| p.into_inner());
@@ -193,11 +193,11 @@ pub(crate) async fn tour<S, B, St>(
     n: u32,
 ) -> Result<(), BoxError>
 where
-    S: annals::WatchLog + Clone + 'static,
-    B: annals::ProjectionStore<Conn = St::Tx>,
+    S: annals::store::WatchLog + Clone + 'static,
+    B: annals::ProjectionStore<Conn = St::Conn>,
     St: annals::SagaStore,
 {
-    use annals::{ProjectionRunner, Saga, SagaProjection, SagaStatus, SagaWorker, StepStatus};
+    use annals::{ProjectionRunner, Saga, SagaProjection, saga::SagaStatus, SagaWorker, saga::StepStatus};
     use std::time::{Duration, Instant};
 
     section(

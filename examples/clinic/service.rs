@@ -24,11 +24,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use annals::{
-    CommandError, Envelope, HandlerError, HealthCheck, InMemoryProjectionStore, MemoryTx, Metadata,
-    Projection, ProjectionHandle, ProjectionRunner, Repository, Shutdown, ShutdownTrigger,
-    WatchLog,
-};
+use annals::{CommandError, Envelope, HandlerError, HealthCheck, InMemoryProjectionStore, projection::InMemoryConn, Metadata, Projection, projection::ProjectionHandle, ProjectionRunner, Repository, Shutdown, shutdown::ShutdownTrigger, store::WatchLog};
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -67,13 +63,13 @@ impl LeadSummaries {
 
 impl Projection for LeadSummaries {
     type Event = LeadEvent;
-    type Tx = MemoryTx;
+    type Conn = InMemoryConn;
 
     fn name(&self) -> &str {
         SUMMARIES
     }
 
-    async fn apply(&self, _: &mut MemoryTx, e: &Envelope<LeadEvent>) -> Result<(), HandlerError> {
+    async fn apply(&self, _: &mut InMemoryConn, e: &Envelope<LeadEvent>) -> Result<(), HandlerError> {
         let id = e
             .stream_id
             .strip_prefix("lead-")
@@ -96,7 +92,7 @@ impl Projection for LeadSummaries {
         Ok(())
     }
 
-    async fn reset(&self, _: &mut MemoryTx) -> Result<(), HandlerError> {
+    async fn reset(&self, _: &mut InMemoryConn) -> Result<(), HandlerError> {
         self.lock().clear();
         Ok(())
     }

@@ -4,14 +4,14 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use annals_core::{
-    Checkpoint, DeadLetter, DeadLetterQuery, DeadLetterStatus, DeadLetterStore, Error, Lease,
-    LogPosition, NewDeadLetter, ProjectionStatus, ProjectionStore,
-};
+use annals_core::{projection::Checkpoint, dead_letter::DeadLetter, dead_letter::DeadLetterQuery, dead_letter::DeadLetterStatus, DeadLetterStore, Error, projection::Lease, LogPosition, dead_letter::NewDeadLetter, projection::ProjectionStatus, ProjectionStore};
+use annals_core::error::InvalidInput;
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use sqlx::postgres::PgRow;
-use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
+use sqlx::{PgConnection, PgPool, Postgres, Row};
+
+use crate::error::db;
 
 /// Checkpoints, ownership and dead letters of projection runners, on the
 /// tables `annals_projection_checkpoints` and `annals_dead_letters`.
@@ -23,8 +23,8 @@ use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
 /// connection does, Postgres releases the lock and a standby takes over.
 ///
 /// ```no_run
-/// # async fn demo(pool: sqlx::PgPool, store: annals_postgres::PgEventStore) {
-/// use annals_postgres::PgProjectionStore;
+/// # async fn demo(pool: sqlx::PgPool, store: annals::postgres::PgEventStore) {
+/// use annals::postgres::PgProjectionStore;
 /// let projections = PgProjectionStore::new(pool);
 /// // ProjectionRunner::new(store, projections, Arc::new(MyProjection)).spawn();
 /// # }
@@ -88,9 +88,6 @@ fn lock_key(projection: &str) -> i64 {
 const CHECKPOINT_COLUMNS: &str = "projection_name, transaction_id::text::int8 AS tx, position, last_event_at, updated_at, status, error, error_position";
 const DEAD_LETTER_COLUMNS: &str = "id, handler, event_position, event_id, stream_id, event_type, error, attempts, first_failed_at, last_failed_at, status, resolved_at, discard_reason, blocked_by";
 
-fn db(context: &'static str) -> impl Fn(sqlx::Error) -> Error {
-    move |e| Error::backend(context, e)
-}
 
 fn decode_checkpoint(row: &PgRow) -> Result<Checkpoint, Error> {
     let err = db("reading a projection checkpoint");
@@ -101,7 +98,7 @@ fn decode_checkpoint(row: &PgRow) -> Result<Checkpoint, Error> {
     let error_position: Option<i64> = row.try_get(7).map_err(&err)?;
     Ok(Checkpoint {
         status: ProjectionStatus::parse(&status).ok_or_else(|| Error::CorruptedRow {
-            position: 0,
+            position: None,
             message: format!("projection `{projection}` has an unknown status `{status}`"),
         })?,
         projection,
@@ -132,7 +129,7 @@ fn decode_dead_letter(row: &PgRow) -> Result<DeadLetter, Error> {
         first_failed_at: row.try_get(8).map_err(&err)?,
         last_failed_at: row.try_get(9).map_err(&err)?,
         status: DeadLetterStatus::parse(&status).ok_or_else(|| Error::CorruptedRow {
-            position: position.max(0) as u64,
+            position: Some(position.max(0) as u64),
             message: format!("dead letter {id} has an unknown status `{status}`"),
         })?,
         resolved_at: row.try_get(11).map_err(&err)?,
@@ -214,24 +211,24 @@ impl DeadLetterStore for PgProjectionStore {
 }
 
 impl ProjectionStore for PgProjectionStore {
-    type Tx = Transaction<'static, Postgres>;
+    type Transaction = sqlx::Transaction<'static, Postgres>;
     type Conn = PgConnection;
     type Lease = PgLease;
 
     const TRANSACTIONAL: bool = true;
 
-    fn conn(tx: &mut Self::Tx) -> &mut PgConnection {
+    fn conn(tx: &mut Self::Transaction) -> &mut PgConnection {
         tx
     }
 
-    async fn begin(&self) -> Result<Self::Tx, Error> {
+    async fn begin(&self) -> Result<Self::Transaction, Error> {
         self.pool
             .begin()
             .await
             .map_err(db("opening a projection transaction"))
     }
 
-    async fn commit(&self, tx: Self::Tx) -> Result<(), Error> {
+    async fn commit(&self, tx: Self::Transaction) -> Result<(), Error> {
         tx.commit()
             .await
             .map_err(db("committing a projection transaction"))
@@ -286,9 +283,7 @@ impl ProjectionStore for PgProjectionStore {
 
     async fn init_checkpoint(&self, projection: &str) -> Result<Checkpoint, Error> {
         if projection.is_empty() {
-            return Err(Error::Registry(
-                "a projection needs a non-empty name".to_owned(),
-            ));
+            return Err(InvalidInput::new("projection name", "must not be empty").into());
         }
         sqlx::query(
             "INSERT INTO annals_projection_checkpoints (projection_name) VALUES ($1)
@@ -301,14 +296,14 @@ impl ProjectionStore for PgProjectionStore {
         self.checkpoint(projection)
             .await?
             .ok_or_else(|| Error::CorruptedRow {
-                position: 0,
+                position: None,
                 message: format!("the checkpoint of projection `{projection}` vanished right after it was created"),
             })
     }
 
     async fn advance(
         &self,
-        tx: &mut Self::Tx,
+        tx: &mut Self::Transaction,
         projection: &str,
         from: LogPosition,
         to: LogPosition,
@@ -334,7 +329,7 @@ impl ProjectionStore for PgProjectionStore {
         Ok(done.rows_affected() == 1)
     }
 
-    async fn reset(&self, tx: &mut Self::Tx, projection: &str) -> Result<(), Error> {
+    async fn reset(&self, tx: &mut Self::Transaction, projection: &str) -> Result<(), Error> {
         sqlx::query(
             "UPDATE annals_projection_checkpoints
                 SET transaction_id = '0', position = 0, last_event_at = NULL, updated_at = now(),
@@ -365,7 +360,7 @@ impl ProjectionStore for PgProjectionStore {
         Ok(())
     }
 
-    async fn park(&self, tx: &mut Self::Tx, letter: &NewDeadLetter) -> Result<u64, Error> {
+    async fn park(&self, tx: &mut Self::Transaction, letter: &NewDeadLetter) -> Result<u64, Error> {
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO annals_dead_letters AS d
                  (handler, event_position, event_id, stream_id, event_type, error, attempts, blocked_by)
@@ -410,7 +405,7 @@ impl ProjectionStore for PgProjectionStore {
 
     async fn lock_dead_letter(
         &self,
-        tx: &mut Self::Tx,
+        tx: &mut Self::Transaction,
         id: u64,
     ) -> Result<Option<DeadLetter>, Error> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -424,7 +419,7 @@ impl ProjectionStore for PgProjectionStore {
         row.as_ref().map(decode_dead_letter).transpose()
     }
 
-    async fn resolve_dead_letter(&self, tx: &mut Self::Tx, id: u64) -> Result<(), Error> {
+    async fn resolve_dead_letter(&self, tx: &mut Self::Transaction, id: u64) -> Result<(), Error> {
         sqlx::query(
             "UPDATE annals_dead_letters SET status = 'resolved', resolved_at = now()
               WHERE id = $1 AND status = 'pending'",
@@ -452,7 +447,7 @@ impl ProjectionStore for PgProjectionStore {
 
     async fn discard_all_dead_letters(
         &self,
-        tx: &mut Self::Tx,
+        tx: &mut Self::Transaction,
         handler: &str,
         reason: &str,
     ) -> Result<u64, Error> {

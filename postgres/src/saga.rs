@@ -1,9 +1,6 @@
 use std::time::Duration;
 
-use annals_core::{
-    CommandOutcome, LogPosition, OutboxEntry, SagaChange, SagaError, SagaProgress, SagaRecord,
-    SagaStatus, SagaStore, StepRecord,
-};
+use annals_core::{saga::CommandOutcome, LogPosition, saga::OutboxEntry, saga::SagaChange, saga::SagaError, saga::SagaProgress, saga::SagaRecord, saga::SagaStatus, SagaStore, saga::StepRecord};
 use sqlx::postgres::PgRow;
 use sqlx::types::Json;
 use sqlx::{Connection, PgConnection, PgPool, Row};
@@ -26,8 +23,8 @@ use uuid::Uuid;
 ///
 /// ```no_run
 /// # async fn demo(pool: sqlx::PgPool) {
-/// use annals_postgres::PgSagaStore;
-/// use annals_core::SagaStore;
+/// use annals::postgres::PgSagaStore;
+/// use annals::SagaStore;
 /// let sagas = PgSagaStore::new(pool);
 /// let unfinished = sagas.list_unfinished(Some("booking"), None, 100).await;
 /// # }
@@ -287,7 +284,7 @@ async fn save_on(conn: &mut PgConnection, change: &SagaChange) -> Result<(), Sag
 }
 
 impl SagaStore for PgSagaStore {
-    type Tx = PgConnection;
+    type Conn = PgConnection;
 
     async fn load(
         &self,

@@ -7,12 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use annals_core::{
-    BreakerConfig, BreakerState, CircuitBreakerRegistry, DeadLetterQuery, DeadLetterStatus,
-    DeadLetterStore, Envelope, EventStoreExt, ExpectedVersion, FailurePolicy, HandlerError,
-    HealthCheck, LogPosition, Metadata, Projection, ProjectionError, ProjectionRunner,
-    ProjectionStatus, ProjectionStore, RetryPolicy,
-};
+use annals_core::{breaker::BreakerConfig, breaker::BreakerState, breaker::CircuitBreakerRegistry, dead_letter::DeadLetterQuery, dead_letter::DeadLetterStatus, DeadLetterStore, Envelope, EventStoreExt, ExpectedVersion, projection::FailurePolicy, HandlerError, HealthCheck, LogPosition, Metadata, Projection, projection::ProjectionError, ProjectionRunner, projection::ProjectionStatus, ProjectionStore, RetryPolicy};
 use annals_postgres::testing::TestDatabase;
 use annals_postgres::{PgEventStore, PgProjectionStore};
 use serde::{Deserialize, Serialize};
@@ -47,7 +42,7 @@ struct Recorder {
 
 impl Projection for Recorder {
     type Event = CounterEvent;
-    type Tx = PgConnection;
+    type Conn = PgConnection;
 
     fn name(&self) -> &str {
         "recorder"
@@ -189,7 +184,7 @@ async fn exactly_once_across_a_crash_in_the_middle_of_a_batch() {
     env.append("c-2", 60..100).await;
     // batch boundaries matter here: wait until no other test's open
     // transaction (xids are server-wide) hides part of the log
-    annals_core::testing::conformance::read_all_settled(&env.store, LogPosition::START, 100).await;
+    annals_core::testing::conformance::read_log_settled(&env.store, LogPosition::START, 100).await;
     let stuck = Arc::new(Recorder {
         hang_on: Some(75),
         ..Recorder::default()
@@ -349,7 +344,7 @@ async fn a_poison_event_is_parked_the_handler_goes_on_and_a_replay_resolves_it()
     assert_eq!(restarted.breaker().state(), BreakerState::Closed);
     assert_eq!(
         restarted
-            .backend()
+            .projection_store()
             .pending_dead_letters("recorder")
             .await
             .unwrap(),
@@ -386,7 +381,7 @@ async fn a_poison_event_is_parked_the_handler_goes_on_and_a_replay_resolves_it()
     assert_eq!(
         outcomes
             .iter()
-            .filter(|o| matches!(o, annals_core::ReplayOutcome::Resolved))
+            .filter(|o| matches!(o, annals_core::projection::ReplayOutcome::Resolved))
             .count(),
         1,
         "{outcomes:?}"

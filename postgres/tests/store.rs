@@ -4,12 +4,9 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use annals_core::testing::conformance::read_all_settled;
+use annals_core::testing::conformance::read_log_settled;
 use annals_core::testing::events::{Created, TestEvent};
-use annals_core::{
-    DecodeError, Error, Event, EventStore, EventStoreExt, ExpectedVersion, LogPosition, Metadata,
-    NewEvent,
-};
+use annals_core::{event::DecodeError, Error, Event, EventStore, EventStoreExt, ExpectedVersion, LogPosition, Metadata, NewEvent};
 use annals_postgres::testing::TestDatabase;
 use annals_postgres::{migrate, migrate_down, PgEventStore};
 use sqlx::Row;
@@ -134,7 +131,7 @@ async fn late_commit_is_not_skipped() {
     assert!(a_result.events[0].log_position.position < b_result.events[0].log_position.position);
 
     // while A is open, the reader sees nothing: B is above the horizon
-    let seen = store.read_all(LogPosition::START, 100).await.expect("read");
+    let seen = store.read_log(LogPosition::START, 100).await.expect("read");
     assert!(
         seen.is_empty(),
         "no event above the horizon is visible: {seen:?}"
@@ -147,7 +144,7 @@ async fn late_commit_is_not_skipped() {
     assert!(horizon.lag_seconds >= 0.0);
 
     a.commit().await.expect("commit A");
-    let seen = read_all_settled(&store, LogPosition::START, 2).await;
+    let seen = read_log_settled(&store, LogPosition::START, 2).await;
     let streams: Vec<&str> = seen.iter().map(|e| e.stream_id.as_str()).collect();
     assert_eq!(streams, vec!["a", "b"], "A then B, in transaction order");
 
@@ -168,7 +165,7 @@ async fn late_commit_is_not_skipped() {
         .await
         .expect("append D");
     let after = seen[seen.len() - 1].log_position;
-    let rest = read_all_settled(&store, after, 1).await;
+    let rest = read_log_settled(&store, after, 1).await;
     assert_eq!(rest.len(), 1);
     assert_eq!(rest[0].stream_id, "d");
     assert!(
@@ -225,7 +222,7 @@ async fn follower_sees_every_event_exactly_once_under_random_commit_delays() {
             "reader timed out with {} of {total}",
             seen.len()
         );
-        let page = store.read_all(after, 7).await.expect("read page");
+        let page = store.read_log(after, 7).await.expect("read page");
         for e in &page {
             assert!(e.log_position > after, "checkpoints only move forward");
             after = e.log_position;
@@ -237,7 +234,7 @@ async fn follower_sees_every_event_exactly_once_under_random_commit_delays() {
     for w in writers {
         w.await.expect("writer");
     }
-    let tail = store.read_all(after, 100).await.expect("tail");
+    let tail = store.read_log(after, 100).await.expect("tail");
     assert!(
         tail.is_empty(),
         "nothing left after every event was seen: {}",
@@ -318,15 +315,15 @@ async fn corrupted_rows_are_typed_errors_and_other_streams_read_on() {
     )
     .await;
 
-    match store.read_stream_as::<TestEvent>("unknown", 1).await {
+    match store.read_stream_as::<TestEvent>("unknown", ..).await {
         Err(Error::Decode {
             position,
             source: DecodeError::UnknownEventType { .. },
             ..
-        }) => assert_eq!(position, p_unknown),
+        }) => assert_eq!(position, Some(p_unknown)),
         other => panic!("unknown type: {other:?}"),
     }
-    match store.read_stream_as::<TestEvent>("newer", 1).await {
+    match store.read_stream_as::<TestEvent>("newer", ..).await {
         Err(Error::Decode {
             position,
             source:
@@ -336,35 +333,35 @@ async fn corrupted_rows_are_typed_errors_and_other_streams_read_on() {
                     ..
                 },
             ..
-        }) => assert_eq!(position, p_new),
+        }) => assert_eq!(position, Some(p_new)),
         other => panic!("newer version: {other:?}"),
     }
-    match store.read_stream_as::<TestEvent>("invalid", 1).await {
+    match store.read_stream_as::<TestEvent>("invalid", ..).await {
         Err(Error::Decode {
             position,
             source: DecodeError::SchemaInvalid(v),
             ..
         }) => {
-            assert_eq!(position, p_invalid);
+            assert_eq!(position, Some(p_invalid));
             assert_eq!(v.pointer(), "/score");
         }
         other => panic!("invalid payload: {other:?}"),
     }
-    match store.read_stream("meta", 1, 10).await {
+    match store.read_stream("meta", ..).await {
         Err(Error::CorruptedRow { position, message }) => {
-            assert_eq!(position, p_meta);
+            assert_eq!(position, Some(p_meta));
             assert!(message.contains("metadata"), "{message}");
         }
         other => panic!("corrupted metadata: {other:?}"),
     }
     let ok = store
-        .read_stream_as::<TestEvent>("ok", 1)
+        .read_stream_as::<TestEvent>("ok", ..)
         .await
         .expect("other streams read on");
     assert_eq!(ok.len(), 1);
     // the error messages say what happened and what to do
     let e = store
-        .read_stream_as::<TestEvent>("newer", 1)
+        .read_stream_as::<TestEvent>("newer", ..)
         .await
         .expect_err("newer");
     let msg = e.to_string();
@@ -546,7 +543,7 @@ async fn racing_appends_keep_versions_contiguous() {
         won += t.await.expect("task");
     }
     for (stream, expected_len) in [("any", None), ("exact", Some(won * 2))] {
-        let events = store.read_stream(stream, 1, 10_000).await.expect("read");
+        let events = store.read_stream(stream, ..).await.expect("read");
         let versions: Vec<u64> = events.iter().map(|e| e.stream_version).collect();
         let contiguous: Vec<u64> = (1..=events.len() as u64).collect();
         assert_eq!(versions, contiguous, "{stream}: versions have no gaps");
@@ -574,7 +571,7 @@ async fn watchers_wake_on_append() {
     let db = TestDatabase::new().await;
     let store = db.store().await;
     let mut watcher = store.watch().await.expect("watch");
-    use annals_core::Watch;
+    use annals_core::store::Watch;
     let s = store.clone();
     let writer = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -691,7 +688,7 @@ async fn a_database_that_goes_away_gives_typed_errors_and_loses_nothing() {
         .build()
         .await
         .expect("no schemas to sync: builds without touching the database");
-    match dead.read_stream("g", 1, 10).await {
+    match dead.read_stream("g", ..).await {
         Err(Error::Backend { context, .. }) => assert_eq!(context, "reading a stream"),
         other => panic!("expected a backend error, got {other:?}"),
     }
@@ -761,4 +758,48 @@ async fn an_invalid_append_is_refused_and_its_connection_returned() {
         }
         other => panic!("expected a backend error, got {other:?}"),
     }
+}
+
+/// `connect` fails within seconds on a port nobody listens on, naming the
+/// host and port and saying the connection was refused (a retryable
+/// error); a URL that is not one is an invalid input; the test server's
+/// URL connects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_names_where_it_failed_and_fails_fast() {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        listener.local_addr().expect("its address").port()
+    };
+    let started = std::time::Instant::now();
+    let err = annals_postgres::connect(&format!("postgres://annals@127.0.0.1:{port}/nowhere"))
+        .await
+        .expect_err("nobody listens there");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(6),
+        "took {:?}",
+        started.elapsed()
+    );
+    let report = format!("{err:?}");
+    assert!(
+        report.contains(&format!("127.0.0.1:{port}")) && report.contains("connection refused"),
+        "{report}"
+    );
+    assert!(err.is_retryable(), "a refused connection may work later");
+
+    let err = annals_postgres::connect("mysql://not-postgres")
+        .await
+        .expect_err("not a Postgres URL");
+    assert!(
+        matches!(&err, Error::InvalidInput(i) if i.field == "database url"),
+        "{err:?}"
+    );
+
+    let pool = annals_postgres::connect(&annals_postgres::testing::database_url())
+        .await
+        .expect("the test server");
+    let one: i32 = annals_postgres::sqlx::query_scalar("SELECT 1")
+        .fetch_one(&pool)
+        .await
+        .expect("a query");
+    assert_eq!(one, 1);
 }

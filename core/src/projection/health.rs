@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::metrics as m;
 use crate::projection::store::{Checkpoint, ProjectionStatus, ProjectionStore};
-use crate::{Error, EventStore, Horizon, LogPosition, Shutdown};
+use crate::{Error, EventStore, store::Horizon, LogPosition, Shutdown};
 
 /// The health of one projection.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -79,7 +79,7 @@ pub struct Readiness {
 /// ```
 /// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
 /// use std::time::Duration;
-/// use annals_core::{HealthCheck, InMemoryEventStore, InMemoryProjectionStore};
+/// use annals::{HealthCheck, InMemoryEventStore, InMemoryProjectionStore};
 ///
 /// let health = HealthCheck::new(InMemoryEventStore::new(), InMemoryProjectionStore::new())
 ///     .stale_after(Duration::from_secs(300))
@@ -91,7 +91,7 @@ pub struct Readiness {
 #[derive(Debug, Clone)]
 pub struct HealthCheck<S, B> {
     store: S,
-    backend: B,
+    projection_store: B,
     stale_after: Duration,
     stale_after_for: BTreeMap<String, Duration>,
     horizon_stale_after: Duration,
@@ -101,10 +101,10 @@ pub struct HealthCheck<S, B> {
 impl<S: EventStore, B: ProjectionStore> HealthCheck<S, B> {
     /// A health check with the defaults: a projection is stale after 5
     /// minutes of lag, the horizon after 5 minutes held back.
-    pub fn new(store: S, backend: B) -> Self {
+    pub fn new(store: S, projection_store: B) -> Self {
         HealthCheck {
             store,
-            backend,
+            projection_store,
             stale_after: Duration::from_secs(300),
             stale_after_for: BTreeMap::new(),
             horizon_stale_after: Duration::from_secs(300),
@@ -148,7 +148,7 @@ impl<S: EventStore, B: ProjectionStore> HealthCheck<S, B> {
 
     /// The health of one projection (also exported as metrics).
     pub async fn check(&self, projection: &str) -> Result<ProjectionHealth, Error> {
-        let checkpoint = self.backend.checkpoint(projection).await?;
+        let checkpoint = self.projection_store.checkpoint(projection).await?;
         self.health_of(projection, checkpoint).await
     }
 
@@ -161,7 +161,7 @@ impl<S: EventStore, B: ProjectionStore> HealthCheck<S, B> {
             .as_ref()
             .map_or(LogPosition::START, |c| c.position);
         let backlog = self.store.backlog(position).await?;
-        let pending = self.backend.pending_dead_letters(name).await?;
+        let pending = self.projection_store.pending_dead_letters(name).await?;
         let now = Utc::now();
         let lag_seconds = match backlog.oldest_recorded_at {
             Some(t) if backlog.events > 0 => (now - t).num_milliseconds().max(0) as f64 / 1000.0,
@@ -218,7 +218,7 @@ impl<S: EventStore, B: ProjectionStore> HealthCheck<S, B> {
             .iter()
             .map(|name| (name.clone(), None))
             .collect();
-        for c in self.backend.checkpoints().await? {
+        for c in self.projection_store.checkpoints().await? {
             checkpoints.insert(c.projection.clone(), Some(c));
         }
         let mut projections = Vec::with_capacity(checkpoints.len());

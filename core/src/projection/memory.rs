@@ -10,7 +10,7 @@ use crate::dead_letter::{
     DeadLetter, DeadLetterQuery, DeadLetterStatus, DeadLetterStore, NewDeadLetter,
 };
 use crate::projection::store::{Checkpoint, Lease, ProjectionStatus, ProjectionStore};
-use crate::{Error, LogPosition, MemoryTx};
+use crate::{Error, LogPosition, projection::InMemoryConn};
 
 /// The embedded projection store, with the semantics of the Postgres one:
 /// a transaction's checkpoint moves and dead-letter changes apply together
@@ -35,7 +35,7 @@ struct State {
 /// and applied at commit.
 #[derive(Debug, Default)]
 pub struct InMemoryTransaction {
-    conn: MemoryTx,
+    conn: InMemoryConn,
     ops: Vec<Op>,
 }
 
@@ -191,13 +191,13 @@ impl DeadLetterStore for InMemoryProjectionStore {
 }
 
 impl ProjectionStore for InMemoryProjectionStore {
-    type Tx = InMemoryTransaction;
-    type Conn = MemoryTx;
+    type Transaction = InMemoryTransaction;
+    type Conn = InMemoryConn;
     type Lease = InMemoryLease;
 
     const TRANSACTIONAL: bool = false;
 
-    fn conn(tx: &mut InMemoryTransaction) -> &mut MemoryTx {
+    fn conn(tx: &mut InMemoryTransaction) -> &mut InMemoryConn {
         &mut tx.conn
     }
 

@@ -1,5 +1,5 @@
 //! The projection runner: reads the global log from a checkpoint, applies
-//! events in batches inside the backend's transaction, retries, parks dead
+//! events in batches inside the projection store's transaction, retries, parks dead
 //! letters, pauses on an open circuit breaker, follows the log live, and
 //! hands ownership over between instances.
 
@@ -13,10 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::dead_letter::{DeadLetterQuery, NewDeadLetter};
 use crate::metrics as m;
 use crate::projection::store::{Lease, ProjectionStore};
-use crate::{
-    BreakerOpen, CircuitBreaker, CircuitBreakerRegistry, Envelope, Error, Event, FailureKind,
-    HandlerError, LogPosition, Projection, RecordedEvent, RetryPolicy, Shutdown, Watch, WatchLog,
-};
+use crate::{breaker::BreakerOpen, CircuitBreaker, breaker::CircuitBreakerRegistry, Envelope, Error, Event, handler::FailureKind, HandlerError, LogPosition, Projection, RecordedEvent, RetryPolicy, Shutdown, store::Watch, store::WatchLog};
 
 /// What a runner does with an event that still fails after its last retry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -154,13 +151,14 @@ pub struct ReplaySummary {
 /// so that one runner among many instances applies the projection.
 ///
 /// ```
-/// # use annals_core as annals;
-/// use annals::{Envelope, HandlerError, InMemoryEventStore, InMemoryProjectionStore, MemoryTx,
-///              Metadata, EventStoreExt, ExpectedVersion, Projection, ProjectionRunner};
+/// use annals::projection::InMemoryConn;
+/// use annals::{
+///     Envelope, EventStoreExt, ExpectedVersion, HandlerError, InMemoryEventStore,
+///     InMemoryProjectionStore, Metadata, Projection, ProjectionRunner,
+/// };
 /// use std::sync::{Arc, Mutex};
 ///
-/// #[derive(Debug, Clone, PartialEq, annals_macros::Event)]
-/// #[event(crate = "annals_core")]
+/// #[derive(Debug, Clone, PartialEq, annals::Event)]
 /// enum CounterEvent { Added(u32) }
 ///
 /// #[derive(Default)]
@@ -168,9 +166,9 @@ pub struct ReplaySummary {
 ///
 /// impl Projection for Total {
 ///     type Event = CounterEvent;
-///     type Tx = MemoryTx;
+///     type Conn = InMemoryConn;
 ///     fn name(&self) -> &str { "total" }
-///     async fn apply(&self, _: &mut MemoryTx, e: &Envelope<CounterEvent>) -> Result<(), HandlerError> {
+///     async fn apply(&self, _: &mut InMemoryConn, e: &Envelope<CounterEvent>) -> Result<(), HandlerError> {
 ///         let CounterEvent::Added(n) = e.payload;
 ///         *self.0.lock().unwrap() += u64::from(n);
 ///         Ok(())
@@ -191,7 +189,7 @@ pub struct ReplaySummary {
 #[derive(Debug)]
 pub struct ProjectionRunner<S, B, P> {
     store: S,
-    backend: B,
+    projection_store: B,
     projection: Arc<P>,
     batch_size: usize,
     poll_interval: Duration,
@@ -208,7 +206,7 @@ impl<S: Clone, B: Clone, P> Clone for ProjectionRunner<S, B, P> {
     fn clone(&self) -> Self {
         ProjectionRunner {
             store: self.store.clone(),
-            backend: self.backend.clone(),
+            projection_store: self.projection_store.clone(),
             projection: self.projection.clone(),
             batch_size: self.batch_size,
             poll_interval: self.poll_interval,
@@ -293,7 +291,7 @@ impl<E> Item<E> {
 }
 
 /// The state of a runner while it owns its projection.
-struct Session<L> {
+struct Ownership<L> {
     lease: L,
     position: LogPosition,
     /// Streams with pending dead letters, and the earliest one's position.
@@ -309,18 +307,18 @@ impl<S, B, P> ProjectionRunner<S, B, P>
 where
     S: WatchLog + Clone + 'static,
     B: ProjectionStore,
-    P: Projection<Tx = B::Conn>,
+    P: Projection<Conn = B::Conn>,
 {
     /// A runner with the defaults: batches of 500 events, polling every
     /// second when no notification arrives, takeover checks every second,
     /// [`RetryPolicy::default`], [`FailurePolicy::Park`], and a circuit
     /// breaker named after the projection in a registry of its own.
-    pub fn new(store: S, backend: B, projection: Arc<P>) -> Self {
+    pub fn new(store: S, projection_store: B, projection: Arc<P>) -> Self {
         let breakers = CircuitBreakerRegistry::new();
         let breaker = breakers.get(projection.name());
         ProjectionRunner {
             store,
-            backend,
+            projection_store,
             projection,
             batch_size: 500,
             poll_interval: Duration::from_secs(1),
@@ -401,8 +399,8 @@ where
     }
 
     /// The projection store.
-    pub fn backend(&self) -> &B {
-        &self.backend
+    pub fn projection_store(&self) -> &B {
+        &self.projection_store
     }
 
     /// The handler's circuit breaker.
@@ -422,7 +420,7 @@ where
             if shutdown.is_triggered() {
                 return Ok(());
             }
-            match self.backend.try_acquire(self.name()).await {
+            match self.projection_store.try_acquire(self.name()).await {
                 Ok(Some(lease)) => {
                     tracing::info!(projection = self.name(), "took ownership of the projection");
                     match self.owned(lease, &mut shutdown, true).await {
@@ -497,17 +495,17 @@ where
     pub async fn rebuild(&self) -> Result<CatchUp, ProjectionError> {
         self.store.registry().register::<P::Event>()?;
         let lease = self.acquire_now().await?;
-        self.backend.init_checkpoint(self.name()).await?;
-        let mut tx = self.backend.begin().await?;
+        self.projection_store.init_checkpoint(self.name()).await?;
+        let mut tx = self.projection_store.begin().await?;
         self.projection.reset(B::conn(&mut tx)).await.map_err(|e| {
             Error::backend("resetting the read model for a rebuild", e.into_source())
         })?;
-        self.backend.reset(&mut tx, self.name()).await?;
+        self.projection_store.reset(&mut tx, self.name()).await?;
         let discarded = self
-            .backend
+            .projection_store
             .discard_all_dead_letters(&mut tx, self.name(), "rebuild: the event is read again")
             .await?;
-        self.backend.commit(tx).await?;
+        self.projection_store.commit(tx).await?;
         tracing::info!(
             projection = self.name(),
             discarded_dead_letters = discarded,
@@ -518,7 +516,7 @@ where
     }
 
     async fn acquire_now(&self) -> Result<B::Lease, ProjectionError> {
-        self.backend
+        self.projection_store
             .try_acquire(self.name())
             .await?
             .ok_or_else(|| ProjectionError::NotOwner {
@@ -534,7 +532,7 @@ where
         shutdown: &mut Shutdown,
         follow: bool,
     ) -> Result<CatchUp, ProjectionError> {
-        let mut s = Session {
+        let mut s = Ownership {
             lease,
             position: LogPosition::START,
             pending: HashMap::new(),
@@ -551,7 +549,7 @@ where
 
     async fn work(
         &self,
-        s: &mut Session<B::Lease>,
+        s: &mut Ownership<B::Lease>,
         shutdown: &mut Shutdown,
         follow: bool,
     ) -> Result<CatchUp, ProjectionError> {
@@ -653,26 +651,26 @@ where
         }
     }
 
-    async fn resync(&self, s: &mut Session<B::Lease>) -> Result<(), Error> {
-        let checkpoint = self.backend.init_checkpoint(self.name()).await?;
+    async fn resync(&self, s: &mut Ownership<B::Lease>) -> Result<(), Error> {
+        let checkpoint = self.projection_store.init_checkpoint(self.name()).await?;
         s.position = checkpoint.position;
-        s.pending = self.backend.pending_streams(self.name()).await?;
+        s.pending = self.projection_store.pending_streams(self.name()).await?;
         Ok(())
     }
 
     /// Reads one batch and processes it; returns how many events it read.
     async fn step(
         &self,
-        s: &mut Session<B::Lease>,
+        s: &mut Ownership<B::Lease>,
         shutdown: &mut Shutdown,
     ) -> Result<usize, ProjectionError> {
         if !s.pending.is_empty() {
             // replays (maybe by another process) only ever remove entries
-            s.pending = self.backend.pending_streams(self.name()).await?;
+            s.pending = self.projection_store.pending_streams(self.name()).await?;
         }
         let batch = match s.prefetched.take() {
             Some((after, batch)) if after == s.position => batch,
-            _ => self.store.read_all(s.position, self.batch_size).await?,
+            _ => self.store.read_log(s.position, self.batch_size).await?,
         };
         let Some(last) = batch.last() else {
             return Ok(0);
@@ -690,7 +688,7 @@ where
             // so the read's round trip overlaps the write's
             let (processed, next) = tokio::join!(
                 self.process_batch(s, batch, (last, last_at), shutdown),
-                self.store.read_all(last, self.batch_size)
+                self.store.read_log(last, self.batch_size)
             );
             processed?;
             // a failed read ahead is read again (and reported) next step
@@ -726,7 +724,7 @@ where
             Ok(event) => Item::Event(recorded.map(|_| event)),
             Err(source) => {
                 let error = Error::Decode {
-                    position: recorded.log_position.position,
+                    position: Some(recorded.log_position.position),
                     stream_id: recorded.stream_id.clone(),
                     stream_version: recorded.stream_version,
                     source,
@@ -738,7 +736,7 @@ where
 
     async fn process_batch(
         &self,
-        s: &mut Session<B::Lease>,
+        s: &mut Ownership<B::Lease>,
         batch: Vec<RecordedEvent>,
         last: (LogPosition, DateTime<Utc>),
         shutdown: &mut Shutdown,
@@ -759,7 +757,7 @@ where
                 })
                 .collect();
             self.await_breaker(shutdown).await?;
-            let mut tx = self.backend.begin().await?;
+            let mut tx = self.projection_store.begin().await?;
             let applied = if events.is_empty() {
                 Ok(())
             } else {
@@ -788,7 +786,7 @@ where
         self.process_one_by_one(s, &items, shutdown).await?;
         if s.position != last.0 {
             // the batch ended with events of other types
-            let tx = self.backend.begin().await?;
+            let tx = self.projection_store.begin().await?;
             self.commit_at(tx, s, last.0, last.1).await?;
         }
         Ok(())
@@ -799,7 +797,7 @@ where
     /// (or the projection stops).
     async fn process_one_by_one(
         &self,
-        s: &mut Session<B::Lease>,
+        s: &mut Ownership<B::Lease>,
         items: &[Item<P::Event>],
         shutdown: &mut Shutdown,
     ) -> Result<(), ProjectionError> {
@@ -810,7 +808,7 @@ where
             let mut carried: Option<Failure> = None;
             loop {
                 self.await_breaker(shutdown).await?;
-                let mut tx = self.backend.begin().await?;
+                let mut tx = self.projection_store.begin().await?;
                 match self.try_each(&mut tx, &s.pending, &items[i..end]).await? {
                     Ok((applied, parked)) => {
                         self.breaker.record_success();
@@ -869,7 +867,7 @@ where
     #[allow(clippy::type_complexity)]
     async fn try_each(
         &self,
-        tx: &mut B::Tx,
+        tx: &mut B::Transaction,
         pending: &HashMap<String, u64>,
         items: &[Item<P::Event>],
     ) -> Result<Result<(u64, u64), (usize, (u64, u64), Failure)>, ProjectionError> {
@@ -877,7 +875,7 @@ where
         for (k, item) in items.iter().enumerate() {
             if let Some(&first) = item.stream_id().and_then(|id| pending.get(id)) {
                 if let Some(letter) = item.behind(self.name(), first) {
-                    self.backend.park(tx, &letter).await?;
+                    self.projection_store.park(tx, &letter).await?;
                     parked += 1;
                 }
                 continue;
@@ -903,7 +901,7 @@ where
     /// Retries one failing event; parks it (or stops) after the last attempt.
     async fn handle_failure(
         &self,
-        s: &mut Session<B::Lease>,
+        s: &mut Ownership<B::Lease>,
         item: &Item<P::Event>,
         failure: Failure,
         shutdown: &mut Shutdown,
@@ -947,7 +945,7 @@ where
                 }
             }
             self.await_breaker(shutdown).await?;
-            let mut tx = self.backend.begin().await?;
+            let mut tx = self.projection_store.begin().await?;
             match self.projection.apply(B::conn(&mut tx), event).await {
                 Ok(()) => {
                     self.breaker.record_success();
@@ -969,7 +967,7 @@ where
 
     async fn give_up(
         &self,
-        s: &mut Session<B::Lease>,
+        s: &mut Ownership<B::Lease>,
         item: &Item<P::Event>,
         error: String,
         attempts: u32,
@@ -980,8 +978,8 @@ where
                 let Some(letter) = item.dead_letter(self.name(), &error, attempts) else {
                     return Ok(());
                 };
-                let mut tx = self.backend.begin().await?;
-                let id = self.backend.park(&mut tx, &letter).await?;
+                let mut tx = self.projection_store.begin().await?;
+                let id = self.projection_store.park(&mut tx, &letter).await?;
                 self.commit_at(tx, s, position, item.recorded_at()).await?;
                 s.pending
                     .entry(letter.stream_id.clone())
@@ -1001,7 +999,7 @@ where
                 Ok(())
             }
             FailurePolicy::Stop => {
-                self.backend
+                self.projection_store
                     .mark_failed(self.name(), &error, position.position)
                     .await?;
                 metrics::gauge!(m::PROJECTION_FAILED, "projection" => self.name().to_owned())
@@ -1022,13 +1020,13 @@ where
 
     async fn commit_at(
         &self,
-        mut tx: B::Tx,
-        s: &mut Session<B::Lease>,
+        mut tx: B::Transaction,
+        s: &mut Ownership<B::Lease>,
         to: LogPosition,
         at: DateTime<Utc>,
     ) -> Result<(), ProjectionError> {
         if !self
-            .backend
+            .projection_store
             .advance(&mut tx, self.name(), s.position, to, Some(at))
             .await?
         {
@@ -1037,7 +1035,7 @@ where
             }
             .into());
         }
-        self.backend.commit(tx).await?;
+        self.projection_store.commit(tx).await?;
         s.position = to;
         metrics::gauge!(m::PROJECTION_FAILED, "projection" => self.name().to_owned()).set(0.0);
         Ok(())
@@ -1071,7 +1069,7 @@ where
         }
     }
 
-    fn count_applied(&self, s: &mut Session<B::Lease>, n: u64) {
+    fn count_applied(&self, s: &mut Ownership<B::Lease>, n: u64) {
         s.summary.events_applied += n;
         if n > 0 {
             metrics::counter!(m::PROJECTION_EVENTS_APPLIED_TOTAL, "projection" => self.name().to_owned())
@@ -1079,7 +1077,7 @@ where
         }
     }
 
-    fn count_parked(&self, s: &mut Session<B::Lease>, n: u64, reason: &'static str) {
+    fn count_parked(&self, s: &mut Ownership<B::Lease>, n: u64, reason: &'static str) {
         s.summary.events_parked += n;
         if n > 0 {
             metrics::counter!(m::DEAD_LETTERS_PARKED_TOTAL, "handler" => self.name().to_owned(), "reason" => reason)
@@ -1094,7 +1092,7 @@ where
     }
 
     async fn export_pending(&self) {
-        if let Ok(n) = self.backend.pending_dead_letters(self.name()).await {
+        if let Ok(n) = self.projection_store.pending_dead_letters(self.name()).await {
             metrics::gauge!(m::DEAD_LETTERS_PENDING, "handler" => self.name().to_owned())
                 .set(n as f64);
         }
@@ -1121,15 +1119,15 @@ where
     }
 
     async fn replay_acquired(&self, id: u64) -> Result<ReplayOutcome, ProjectionError> {
-        let mut tx = self.backend.begin().await?;
-        let Some(letter) = self.backend.lock_dead_letter(&mut tx, id).await? else {
+        let mut tx = self.projection_store.begin().await?;
+        let Some(letter) = self.projection_store.lock_dead_letter(&mut tx, id).await? else {
             return Ok(ReplayOutcome::NotPending);
         };
         if letter.handler != self.name() {
             return Ok(ReplayOutcome::NotPending);
         }
         let earliest = self
-            .backend
+            .projection_store
             .pending_streams(self.name())
             .await?
             .get(&letter.stream_id)
@@ -1151,7 +1149,7 @@ where
         let error = match self.classify(recorded) {
             Item::Skip(..) => {
                 return Err(Error::CorruptedRow {
-                    position: letter.event_position,
+                    position: Some(letter.event_position),
                     message: format!(
                         "dead letter {id} names an event of type `{}` that projection `{}` does not read",
                         letter.event_type,
@@ -1163,8 +1161,8 @@ where
             Item::Undecodable(_, e) => HandlerError::event(e),
             Item::Event(event) => match self.projection.apply(B::conn(&mut tx), &event).await {
                 Ok(()) => {
-                    self.backend.resolve_dead_letter(&mut tx, id).await?;
-                    self.backend.commit(tx).await?;
+                    self.projection_store.resolve_dead_letter(&mut tx, id).await?;
+                    self.projection_store.commit(tx).await?;
                     metrics::counter!(m::DEAD_LETTERS_REPLAYED_TOTAL, "handler" => self.name().to_owned(), "outcome" => "resolved")
                         .increment(1);
                     tracing::info!(
@@ -1179,7 +1177,7 @@ where
             },
         };
         drop(tx);
-        self.backend
+        self.projection_store
             .record_replay_failure(id, &error.to_string())
             .await?;
         metrics::counter!(m::DEAD_LETTERS_REPLAYED_TOTAL, "handler" => self.name().to_owned(), "outcome" => "failed")
@@ -1196,7 +1194,7 @@ where
         let mut pending = Vec::new();
         let mut query = DeadLetterQuery::pending(self.name()).limit(500);
         loop {
-            let page = self.backend.list_dead_letters(&query).await?;
+            let page = self.projection_store.list_dead_letters(&query).await?;
             let Some(last) = page.last() else { break };
             query = query.after(last.id);
             pending.extend(page);
@@ -1226,7 +1224,7 @@ where
 #[derive(Debug)]
 pub struct ProjectionHandle {
     name: String,
-    trigger: crate::ShutdownTrigger,
+    trigger: crate::shutdown::ShutdownTrigger,
     task: tokio::task::JoinHandle<Result<(), ProjectionError>>,
 }
 

@@ -18,7 +18,7 @@ pub enum ProjectionStatus {
     /// Stopped on purpose.
     Stopped,
     /// Stopped on an event it could not apply (its
-    /// [`FailurePolicy`](crate::FailurePolicy) is `Stop`); see the error.
+    /// [`FailurePolicy`](crate::projection::FailurePolicy) is `Stop`); see the error.
     Failed,
 }
 
@@ -78,7 +78,7 @@ pub trait Lease: Send + Sized + 'static {
 
 /// The storage side of projection runners: transactions, checkpoints,
 /// ownership leases and the dead-letter queue. Implemented by
-/// `annals_postgres::PgProjectionStore` and [`InMemoryProjectionStore`](crate::InMemoryProjectionStore).
+/// `annals::postgres::PgProjectionStore` and [`InMemoryProjectionStore`](crate::InMemoryProjectionStore).
 ///
 /// A runner applies a batch of events and moves the checkpoint in one
 /// transaction ([`begin`](Self::begin) … [`commit`](Self::commit); dropping
@@ -87,8 +87,8 @@ pub trait Lease: Send + Sized + 'static {
 /// its lease without noticing can never apply a batch twice.
 pub trait ProjectionStore: DeadLetterStore + Clone + Send + Sync + 'static {
     /// An open transaction (rolled back when dropped).
-    type Tx: Send;
-    /// What projections write through (see [`Projection::Tx`](crate::Projection::Tx)).
+    type Transaction: Send;
+    /// What projections write through (see [`Projection::Conn`](crate::Projection::Conn)).
     type Conn: ?Sized + Send;
     /// Ownership of one projection.
     type Lease: Lease;
@@ -102,13 +102,13 @@ pub trait ProjectionStore: DeadLetterStore + Clone + Send + Sync + 'static {
     const TRANSACTIONAL: bool;
 
     /// The connection inside a transaction.
-    fn conn(tx: &mut Self::Tx) -> &mut Self::Conn;
+    fn conn(tx: &mut Self::Transaction) -> &mut Self::Conn;
 
     /// Opens a transaction.
-    fn begin(&self) -> impl Future<Output = Result<Self::Tx, Error>> + Send;
+    fn begin(&self) -> impl Future<Output = Result<Self::Transaction, Error>> + Send;
 
     /// Commits a transaction.
-    fn commit(&self, tx: Self::Tx) -> impl Future<Output = Result<(), Error>> + Send;
+    fn commit(&self, tx: Self::Transaction) -> impl Future<Output = Result<(), Error>> + Send;
 
     /// Takes ownership of a projection if nobody holds it (`None`: another
     /// runner does).
@@ -138,7 +138,7 @@ pub trait ProjectionStore: DeadLetterStore + Clone + Send + Sync + 'static {
     /// checkpoint is no longer at `from` (another runner moved it).
     fn advance(
         &self,
-        tx: &mut Self::Tx,
+        tx: &mut Self::Transaction,
         projection: &str,
         from: LogPosition,
         to: LogPosition,
@@ -149,7 +149,7 @@ pub trait ProjectionStore: DeadLetterStore + Clone + Send + Sync + 'static {
     /// inside `tx`.
     fn reset(
         &self,
-        tx: &mut Self::Tx,
+        tx: &mut Self::Transaction,
         projection: &str,
     ) -> impl Future<Output = Result<(), Error>> + Send;
 
@@ -166,7 +166,7 @@ pub trait ProjectionStore: DeadLetterStore + Clone + Send + Sync + 'static {
     /// error, attempts and times) and makes it pending again.
     fn park(
         &self,
-        tx: &mut Self::Tx,
+        tx: &mut Self::Transaction,
         letter: &NewDeadLetter,
     ) -> impl Future<Output = Result<u64, Error>> + Send;
 
@@ -181,14 +181,14 @@ pub trait ProjectionStore: DeadLetterStore + Clone + Send + Sync + 'static {
     /// (`None`: not pending, or unknown).
     fn lock_dead_letter(
         &self,
-        tx: &mut Self::Tx,
+        tx: &mut Self::Transaction,
         id: u64,
     ) -> impl Future<Output = Result<Option<DeadLetter>, Error>> + Send;
 
     /// Marks a dead letter resolved inside `tx` (after a successful replay).
     fn resolve_dead_letter(
         &self,
-        tx: &mut Self::Tx,
+        tx: &mut Self::Transaction,
         id: u64,
     ) -> impl Future<Output = Result<(), Error>> + Send;
 
@@ -203,7 +203,7 @@ pub trait ProjectionStore: DeadLetterStore + Clone + Send + Sync + 'static {
     /// rebuild re-reads their events); returns how many.
     fn discard_all_dead_letters(
         &self,
-        tx: &mut Self::Tx,
+        tx: &mut Self::Transaction,
         handler: &str,
         reason: &str,
     ) -> impl Future<Output = Result<u64, Error>> + Send;

@@ -13,13 +13,13 @@ use std::time::Duration;
 ///
 /// ```
 /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
-/// use annals_core::rag::{Embedder, HashingEmbedder};
+/// use annals::rag::{Embedder, HashingEmbedder};
 ///
 /// let embedder = HashingEmbedder::new(64);
 /// let vectors = embedder.embed(&["opening hours", "parking"]).await?;
 /// assert_eq!(vectors.len(), 2);
 /// assert_eq!(vectors[0].len(), embedder.dimensions());
-/// # Ok::<(), annals_core::rag::EmbedError>(())
+/// # Ok::<(), annals::rag::EmbedError>(())
 /// # }).unwrap();
 /// ```
 pub trait Embedder: Send + Sync {

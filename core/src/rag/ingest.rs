@@ -121,7 +121,7 @@ impl IngestReport {
 ///
 /// ```
 /// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
-/// use annals_core::rag::*;
+/// use annals::rag::*;
 ///
 /// let kb = InMemoryKnowledgeBase::new();
 /// let ingestor = Ingestor::new(HashingEmbedder::new(64));

@@ -79,7 +79,7 @@ pub enum Scope {
 /// A top-k similarity search with filters.
 ///
 /// ```
-/// use annals_core::rag::{Scope, SearchQuery};
+/// use annals::rag::{Scope, SearchQuery};
 /// let q = SearchQuery::new(Scope::ClinicAndShared("clinic-7".into()), 5)
 ///     .language("ro")
 ///     .source_type("faq")
@@ -272,7 +272,7 @@ impl KnowledgeError {
 /// A knowledge base: documents in, similarity search out.
 ///
 /// Backends: [`InMemoryKnowledgeBase`](super::InMemoryKnowledgeBase) (exact
-/// search, the embedded default) and `annals_postgres::PgKnowledgeBase`
+/// search, the embedded default) and `annals::postgres::PgKnowledgeBase`
 /// (pgvector, HNSW).
 pub trait KnowledgeBase: Send + Sync {
     /// Applies one document event through `ingestor` (chunk, hash, skip

@@ -509,7 +509,7 @@ impl<E: Embedder> InMemoryKnowledgeProjection<E> {
 
 impl<E: Embedder + 'static> crate::Projection for InMemoryKnowledgeProjection<E> {
     type Event = DocumentEvent;
-    type Tx = crate::MemoryTx;
+    type Conn = crate::projection::InMemoryConn;
 
     fn name(&self) -> &str {
         &self.name
@@ -517,7 +517,7 @@ impl<E: Embedder + 'static> crate::Projection for InMemoryKnowledgeProjection<E>
 
     async fn apply(
         &self,
-        _tx: &mut crate::MemoryTx,
+        _tx: &mut crate::projection::InMemoryConn,
         event: &crate::Envelope<DocumentEvent>,
     ) -> Result<(), crate::HandlerError> {
         self.kb
@@ -529,7 +529,7 @@ impl<E: Embedder + 'static> crate::Projection for InMemoryKnowledgeProjection<E>
 
     fn reset(
         &self,
-        _tx: &mut crate::MemoryTx,
+        _tx: &mut crate::projection::InMemoryConn,
     ) -> impl Future<Output = Result<(), crate::HandlerError>> + Send {
         let mut state = self.kb.lock();
         state.rows.clear();

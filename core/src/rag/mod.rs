@@ -26,7 +26,7 @@
 //!
 //! ```
 //! # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
-//! use annals_core::rag::*;
+//! use annals::rag::*;
 //!
 //! let embedder = CachedEmbedder::new(HashingEmbedder::new(384), InMemoryEmbeddingCache::new(10_000));
 //! let ingestor = Ingestor::new(embedder);

@@ -70,7 +70,7 @@ pub struct RefreshOutcome {
 ///
 /// ```
 /// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
-/// use annals_core::rag::*;
+/// use annals::rag::*;
 ///
 /// let kb = InMemoryKnowledgeBase::new();
 /// let old = Ingestor::new(HashingEmbedder::new(64));
@@ -209,13 +209,13 @@ impl<E: Embedder> EmbeddingRefresh<E> {
 /// of the week count from Sunday = 0 (7 is Sunday too).
 ///
 /// ```
-/// use annals_core::rag::Schedule;
+/// use annals::rag::Schedule;
 /// use chrono::{TimeZone, Utc};
 ///
 /// let weekly: Schedule = "0 3 * * 0".parse()?;
 /// let friday = Utc.with_ymd_and_hms(2025, 1, 3, 12, 0, 0).unwrap();
 /// assert_eq!(weekly.next_after(friday), Utc.with_ymd_and_hms(2025, 1, 5, 3, 0, 0).unwrap());
-/// # Ok::<(), annals_core::rag::ScheduleError>(())
+/// # Ok::<(), annals::rag::ScheduleError>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Schedule {
@@ -332,8 +332,8 @@ impl Schedule {
     ///
     /// ```
     /// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
-    /// use annals_core::Shutdown;
-    /// use annals_core::rag::Schedule;
+    /// use annals::Shutdown;
+    /// use annals::rag::Schedule;
     ///
     /// let weekly: Schedule = "0 3 * * 0".parse().unwrap();
     /// let (stop, shutdown) = Shutdown::new();

@@ -42,12 +42,10 @@ impl FailCause {
 /// test a saga without a store, or to build another runner.
 ///
 /// ```
-/// # use annals_core as annals;
-/// # use annals::{Envelope, LogPosition, Metadata, SagaEngine, SagaStatus};
+/// # use annals::{Envelope, LogPosition, Metadata, saga::SagaEngine, saga::SagaStatus};
 /// # #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 /// # struct Ordered { order: u64 }
-/// # #[derive(Debug, Clone, PartialEq, annals_macros::Event)]
-/// # #[event(crate = "annals_core")]
+/// # #[derive(Debug, Clone, PartialEq, annals::Event)]
 /// # enum ShopEvent { Ordered(Ordered), Shipped(Ordered) }
 /// # #[derive(Debug, serde::Serialize, serde::Deserialize)]
 /// # enum ShopCommand { Ship(u64), CancelShipment(u64) }
@@ -58,8 +56,8 @@ impl FailCause {
 /// #     fn apply(&mut self, e: &ShopEvent) { if let ShopEvent::Ordered(o) = e { self.id = o.order } }
 /// # }
 /// # impl annals::Issue<u64> for Order { fn issue(&self) -> u64 { self.id } }
-/// # #[derive(Debug, Clone, Copy, PartialEq, Eq, annals_macros::Saga)]
-/// # #[saga(crate = "annals_core", event = ShopEvent, command = ShopCommand, data = Order,
+/// # #[derive(Debug, Clone, Copy, PartialEq, Eq, annals::Saga)]
+/// # #[saga(event = ShopEvent, command = ShopCommand, data = Order,
 /// #        correlation = u64, correlate = order)]
 /// # enum Shipping {
 /// #     #[saga(start = Ordered, issue = Ship, compensate = CancelShipment, on(Shipped => Done))]
@@ -84,7 +82,7 @@ impl FailCause {
 /// assert_eq!(change.record.status, SagaStatus::Running);
 /// assert_eq!(change.commands[0].command_type, "Ship");
 /// assert_eq!(change.commands[0].command, serde_json::json!({ "Ship": 42 }));
-/// # Ok::<(), annals::SagaError>(())
+/// # Ok::<(), annals::saga::SagaError>(())
 /// ```
 #[derive(Debug)]
 pub struct SagaEngine<S> {

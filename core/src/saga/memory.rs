@@ -9,7 +9,7 @@ use super::{
     CommandOutcome, OutboxEntry, SagaChange, SagaError, SagaProgress, SagaRecord, SagaStatus,
     SagaStore,
 };
-use crate::MemoryTx;
+use crate::projection::InMemoryConn;
 
 /// Sagas and their outbox in memory: the embedded default, with the
 /// semantics of the Postgres saga store (optimistic versions, one saga per
@@ -17,14 +17,14 @@ use crate::MemoryTx;
 /// claimed commands).
 ///
 /// Cloning is cheap and shares the sagas. Its transactional methods run on
-/// [`MemoryTx`], which carries nothing: every write applies at once.
+/// [`InMemoryConn`], which carries nothing: every write applies at once.
 ///
 /// ```
 /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
-/// use annals_core::{InMemorySagaStore, SagaStore};
+/// use annals::{InMemorySagaStore, SagaStore};
 /// let store = InMemorySagaStore::new();
 /// assert!(store.list_unfinished(None, None, 10).await?.is_empty());
-/// # Ok::<(), annals_core::SagaError>(())
+/// # Ok::<(), annals::saga::SagaError>(())
 /// # }).unwrap();
 /// ```
 #[derive(Debug, Clone, Default)]
@@ -146,18 +146,18 @@ impl State {
 }
 
 impl SagaStore for InMemorySagaStore {
-    type Tx = MemoryTx;
+    type Conn = InMemoryConn;
 
     async fn load(
         &self,
-        _tx: &mut MemoryTx,
+        _tx: &mut InMemoryConn,
         saga_type: &str,
         correlation_id: &str,
     ) -> Result<Option<SagaRecord>, SagaError> {
         self.find_by_correlation_id(saga_type, correlation_id).await
     }
 
-    async fn save(&self, _tx: &mut MemoryTx, change: &SagaChange) -> Result<(), SagaError> {
+    async fn save(&self, _tx: &mut InMemoryConn, change: &SagaChange) -> Result<(), SagaError> {
         self.lock().apply(change, Utc::now())
     }
 

@@ -119,11 +119,10 @@ pub trait Saga: Copy + Eq + fmt::Debug + Send + Sync + 'static {
 /// it. Events that do not move the saga are not folded.
 ///
 /// ```
-/// use annals_core::SagaData;
+/// use annals::SagaData;
 /// # #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 /// # struct SlotReserved { lead_id: u64, slot: u32 }
-/// # #[derive(Debug, Clone, PartialEq, annals_macros::Event)]
-/// # #[event(crate = "annals_core")]
+/// # #[derive(Debug, Clone, PartialEq, annals::Event)]
 /// # enum ClinicEvent { SlotReserved(SlotReserved) }
 /// #[derive(Default, serde::Serialize, serde::Deserialize)]
 /// struct Booking { lead_id: u64, slot: Option<u32> }
@@ -161,7 +160,7 @@ pub trait SagaData: Default + Serialize + DeserializeOwned + Send + Sync + 'stat
 /// differently.
 ///
 /// ```
-/// use annals_core::Issue;
+/// use annals::Issue;
 /// # #[derive(Default)] struct Booking { lead_id: u64 }
 /// struct ReserveSlot { lead_id: u64 }
 ///
@@ -186,7 +185,7 @@ pub trait Issue<P> {
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be a saga's correlation id",
     label = "not a correlation id",
-    note = "correlation ids are strings, UUIDs or integers; implement `annals::CorrelationId` to use another type"
+    note = "correlation ids are strings, UUIDs or integers; implement `annals::saga::CorrelationId` to use another type"
 )]
 pub trait CorrelationId {
     /// The id as stored in the saga table.

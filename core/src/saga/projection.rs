@@ -22,14 +22,12 @@ use crate::{Envelope, HandlerError, Projection};
 /// Its name (the checkpoint's key) is `saga:{Saga::NAME}`.
 ///
 /// ```
-/// # use annals_core as annals;
-/// # use annals::{InMemorySagaStore, MemoryTx, Projection, SagaProjection};
+/// # use annals::{InMemorySagaStore, projection::InMemoryConn, Projection, SagaProjection};
 /// # #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 /// # struct Ordered { order: u64 }
 /// # #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 /// # struct Shipped { order: u64 }
-/// # #[derive(Debug, Clone, PartialEq, annals_macros::Event)]
-/// # #[event(crate = "annals_core")]
+/// # #[derive(Debug, Clone, PartialEq, annals::Event)]
 /// # enum ShopEvent { Ordered(Ordered), Shipped(Shipped) }
 /// # #[derive(Debug, serde::Serialize, serde::Deserialize)]
 /// # enum ShopCommand { Ship(u64), CancelShipment(u64) }
@@ -40,8 +38,8 @@ use crate::{Envelope, HandlerError, Projection};
 /// #     fn apply(&mut self, e: &ShopEvent) { if let ShopEvent::Ordered(o) = e { self.id = o.order } }
 /// # }
 /// # impl annals::Issue<u64> for Order { fn issue(&self) -> u64 { self.id } }
-/// #[derive(Debug, Clone, Copy, PartialEq, Eq, annals_macros::Saga)]
-/// #[saga(crate = "annals_core", event = ShopEvent, command = ShopCommand, data = Order,
+/// #[derive(Debug, Clone, Copy, PartialEq, Eq, annals::Saga)]
+/// #[saga(event = ShopEvent, command = ShopCommand, data = Order,
 ///        correlation = u64, correlate = order)]
 /// enum Shipping {
 ///     #[saga(start = Ordered, issue = Ship, compensate = CancelShipment,
@@ -79,7 +77,7 @@ impl<S: Saga, St: SagaStore> SagaProjection<S, St> {
 
 impl<S: Saga, St: SagaStore> Projection for SagaProjection<S, St> {
     type Event = S::Event;
-    type Tx = St::Tx;
+    type Conn = St::Conn;
 
     fn name(&self) -> &str {
         &self.name
@@ -87,7 +85,7 @@ impl<S: Saga, St: SagaStore> Projection for SagaProjection<S, St> {
 
     async fn apply(
         &self,
-        tx: &mut Self::Tx,
+        tx: &mut Self::Conn,
         event: &Envelope<Self::Event>,
     ) -> Result<(), HandlerError> {
         let Some(correlation_id) = S::correlation_id(&event.payload) else {
@@ -119,7 +117,7 @@ impl<S: Saga, St: SagaStore> Projection for SagaProjection<S, St> {
     /// instead of two per event.
     async fn apply_batch(
         &self,
-        tx: &mut Self::Tx,
+        tx: &mut Self::Conn,
         events: &[Envelope<Self::Event>],
     ) -> Result<(), HandlerError> {
         if let [event] = events {

@@ -12,9 +12,9 @@ use super::{
 /// Two kinds of methods:
 ///
 /// - [`load`](SagaStore::load) and [`save`](SagaStore::save) run in the
-///   caller's transaction (`Tx`, the projection backend's: a
+///   caller's transaction (through `Conn`, the projection store's: a
 ///   `sqlx::PgConnection` inside the projection runner's transaction for
-///   Postgres, [`MemoryTx`](crate::MemoryTx) in memory), so a saga's new
+///   Postgres, [`InMemoryConn`](crate::projection::InMemoryConn) in memory), so a saga's new
 ///   state, its outbox commands and the runner's checkpoint commit together.
 /// - Everything else runs on its own: queries, and the worker's operations
 ///   ([`claim_commands`](SagaStore::claim_commands),
@@ -30,13 +30,13 @@ use super::{
 pub trait SagaStore: Clone + Send + Sync + 'static {
     /// The transaction handle [`load`](SagaStore::load) and
     /// [`save`](SagaStore::save) run in.
-    type Tx: ?Sized + Send;
+    type Conn: ?Sized + Send;
 
     /// The saga of this type for this correlation id, locked until `tx`
     /// ends.
     fn load(
         &self,
-        tx: &mut Self::Tx,
+        tx: &mut Self::Conn,
         saga_type: &str,
         correlation_id: &str,
     ) -> impl Future<Output = Result<Option<SagaRecord>, SagaError>> + Send;
@@ -46,7 +46,7 @@ pub trait SagaStore: Clone + Send + Sync + 'static {
     /// can do it in one query (locking in a fixed order).
     fn load_many(
         &self,
-        tx: &mut Self::Tx,
+        tx: &mut Self::Conn,
         saga_type: &str,
         correlation_ids: &[String],
     ) -> impl Future<Output = Result<Vec<SagaRecord>, SagaError>> + Send {
@@ -69,7 +69,7 @@ pub trait SagaStore: Clone + Send + Sync + 'static {
     /// idempotency key is already recorded is skipped).
     fn save(
         &self,
-        tx: &mut Self::Tx,
+        tx: &mut Self::Conn,
         change: &SagaChange,
     ) -> impl Future<Output = Result<(), SagaError>> + Send;
 

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::*;
-use crate::{Envelope, HandlerError, LogPosition, MemoryTx, Metadata, Projection, RetryPolicy};
+use crate::{Envelope, HandlerError, LogPosition, projection::InMemoryConn, Metadata, Projection, RetryPolicy};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 struct TripRef {
@@ -165,7 +165,7 @@ impl Harness {
     async fn apply(&mut self, event: TripEvent) -> Envelope<TripEvent> {
         let e = self.envelope(event);
         self.projection
-            .apply(&mut MemoryTx::new(), &e)
+            .apply(&mut InMemoryConn::new(), &e)
             .await
             .expect("apply");
         e
@@ -329,7 +329,7 @@ async fn an_event_delivered_twice_moves_the_saga_once() {
     let booked = h.apply(TripEvent::FlightBooked(r(3))).await;
     let after_once = h.saga(3).await;
     h.projection
-        .apply(&mut MemoryTx::new(), &booked)
+        .apply(&mut InMemoryConn::new(), &booked)
         .await
         .unwrap();
     let after_twice = h.saga(3).await;
@@ -337,7 +337,7 @@ async fn an_event_delivered_twice_moves_the_saga_once() {
     // the start event again does not start a second saga or move this one
     let again = h.envelope(TripEvent::Requested(r(3)));
     h.projection
-        .apply(&mut MemoryTx::new(), &again)
+        .apply(&mut InMemoryConn::new(), &again)
         .await
         .unwrap();
     assert_eq!(h.saga(3).await, after_twice);
@@ -583,12 +583,12 @@ async fn a_compensation_waits_for_the_command_it_undoes() {
 async fn a_service_that_is_down_opens_the_breaker_and_pauses_the_sagas() {
     use std::sync::atomic::Ordering;
     let mut h = Harness::new();
-    let breakers = crate::CircuitBreakerRegistry::new();
+    let breakers = crate::breaker::CircuitBreakerRegistry::new();
     let name = SagaWorker::<TripBooking, InMemorySagaStore, Bus>::breaker_name();
     assert_eq!(name, "saga:trip_booking");
     breakers.configure(
         &name,
-        crate::BreakerConfig::default()
+        crate::breaker::BreakerConfig::default()
             .failure_threshold(3)
             .cool_down(Duration::from_millis(300)),
     );
@@ -608,12 +608,12 @@ async fn a_service_that_is_down_opens_the_breaker_and_pauses_the_sagas() {
     // rounds until the breaker opens: 3 failed calls
     for _ in 0..10 {
         worker.run_once().await.unwrap();
-        if worker.breaker().state() == crate::BreakerState::Open {
+        if worker.breaker().state() == crate::breaker::BreakerState::Open {
             break;
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    assert_eq!(worker.breaker().state(), crate::BreakerState::Open);
+    assert_eq!(worker.breaker().state(), crate::breaker::BreakerState::Open);
     let calls = h.bus.calls.load(Ordering::SeqCst);
     assert_eq!(calls, 3, "the breaker opens at its threshold");
     // while it is open: no calls, nothing claimed, nothing given up
@@ -628,11 +628,11 @@ async fn a_service_that_is_down_opens_the_breaker_and_pauses_the_sagas() {
     }
     // after the cool-down, one trial; it fails, the breaker opens again
     tokio::time::sleep(Duration::from_millis(320)).await;
-    assert_eq!(worker.breaker().state(), crate::BreakerState::HalfOpen);
+    assert_eq!(worker.breaker().state(), crate::breaker::BreakerState::HalfOpen);
     let round = worker.run_once().await.unwrap();
     assert_eq!(round.failed, 1, "one trial: {round:?}");
     assert_eq!(h.bus.calls.load(Ordering::SeqCst), calls + 1);
-    assert_eq!(worker.breaker().state(), crate::BreakerState::Open);
+    assert_eq!(worker.breaker().state(), crate::breaker::BreakerState::Open);
     // the service comes back: the next trial closes the breaker and every
     // saga goes on, none compensated, though BookFlight had "used up" its
     // attempts on the outage
@@ -647,7 +647,7 @@ async fn a_service_that_is_down_opens_the_breaker_and_pauses_the_sagas() {
         worker.run_once().await.unwrap();
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    assert_eq!(worker.breaker().state(), crate::BreakerState::Closed);
+    assert_eq!(worker.breaker().state(), crate::breaker::BreakerState::Closed);
     let mut delivered: Vec<String> = h.bus.delivered().iter().map(|c| format!("{c:?}")).collect();
     delivered.sort();
     let expected: Vec<String> = (20..25).map(|t| format!("BookFlight({t})")).collect();
@@ -742,17 +742,17 @@ async fn a_stale_version_is_a_conflict() {
     let change = engine::on_event::<TripBooking>(Some(saga.clone()), "12".into(), &e)
         .unwrap()
         .unwrap();
-    h.store.save(&mut MemoryTx::new(), &change).await.unwrap();
+    h.store.save(&mut InMemoryConn::new(), &change).await.unwrap();
     let err = h
         .store
-        .save(&mut MemoryTx::new(), &change)
+        .save(&mut InMemoryConn::new(), &change)
         .await
         .unwrap_err();
     assert!(matches!(err, SagaError::Conflict { expected, .. } if expected == saga.version));
     let mut dup = change.clone();
     dup.insert = true;
     dup.record.saga_id = Uuid::now_v7();
-    let err = h.store.save(&mut MemoryTx::new(), &dup).await.unwrap_err();
+    let err = h.store.save(&mut InMemoryConn::new(), &dup).await.unwrap_err();
     assert!(matches!(err, SagaError::AlreadyExists { .. }), "{err}");
 }
 
@@ -870,15 +870,15 @@ async fn a_batch_moves_sagas_as_its_events_one_by_one_would() {
     let one_by_one = InMemorySagaStore::new();
     let projection = SagaProjection::<TripBooking, _>::new(one_by_one.clone());
     for e in &events {
-        projection.apply(&mut MemoryTx::new(), e).await.unwrap();
+        projection.apply(&mut InMemoryConn::new(), e).await.unwrap();
     }
     h.projection
-        .apply_batch(&mut MemoryTx::new(), &events)
+        .apply_batch(&mut InMemoryConn::new(), &events)
         .await
         .unwrap();
     // a second delivery of the whole batch changes nothing
     h.projection
-        .apply_batch(&mut MemoryTx::new(), &events)
+        .apply_batch(&mut InMemoryConn::new(), &events)
         .await
         .unwrap();
     for trip in [1u64, 2, 3] {

@@ -10,10 +10,7 @@ use super::engine::{self, FailCause};
 use super::projection::record_change;
 use super::{CommandOutcome, OutboxEntry, Saga, SagaError, SagaStore};
 use crate::metrics as m;
-use crate::{
-    BreakerState, CircuitBreaker, CircuitBreakerRegistry, FailureKind, HandlerError, RetryPolicy,
-    Shutdown, ShutdownTrigger,
-};
+use crate::{breaker::BreakerState, CircuitBreaker, breaker::CircuitBreakerRegistry, handler::FailureKind, HandlerError, RetryPolicy, Shutdown, shutdown::ShutdownTrigger};
 
 /// Where a saga's commands go: the application's side of the outbox.
 ///
@@ -33,7 +30,7 @@ use crate::{
 /// compensating them (a saga's own `timeout` bounds how long it waits).
 ///
 /// ```
-/// use annals_core::{CommandBus, Dispatch, HandlerError};
+/// use annals::{CommandBus, saga::Dispatch, HandlerError};
 /// # #[derive(Debug, serde::Serialize, serde::Deserialize)] enum ClinicCommand { ReserveSlot(u64) }
 /// struct Scheduler;
 ///
@@ -106,9 +103,9 @@ impl WorkerRound {
 /// nothing ran.
 ///
 /// ```no_run
-/// # async fn demo<S: annals_core::Saga, B: annals_core::CommandBus<S::Command>>(bus: B) {
+/// # async fn demo<S: annals::Saga, B: annals::CommandBus<S::Command>>(bus: B) {
 /// use std::time::Duration;
-/// use annals_core::{InMemorySagaStore, RetryPolicy, SagaWorker};
+/// use annals::{InMemorySagaStore, RetryPolicy, SagaWorker};
 ///
 /// let worker = SagaWorker::<S, _, _>::new(InMemorySagaStore::new(), bus)
 ///     .retry_policy(RetryPolicy::new(5).initial_delay(Duration::from_millis(200)))

@@ -3,8 +3,8 @@
 //!
 //! ```
 //! # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(async {
-//! use annals_core::InMemoryEventStore;
-//! annals_core::testing::conformance::run(|validate| async move {
+//! use annals::InMemoryEventStore;
+//! annals::testing::conformance::run(|validate| async move {
 //!     let store = InMemoryEventStore::new();
 //!     if validate { store } else { store.without_validation() }
 //! })
@@ -21,10 +21,9 @@ use serde_json::json;
 use serde_json::value::to_raw_value;
 
 use super::events::{Created, Scored, TestEvent};
-use crate::{
-    CommandFold, DecodeError, Error, EventStore, EventStoreExt, ExpectedVersion, LogPosition,
-    Metadata, NewEvent, PayloadRef, Watch, WatchLog,
-};
+use crate::event::DecodeError;
+use crate::store::{Session, Versioned, Watch, WatchLog};
+use crate::{Error, EventStore, EventStoreExt, ExpectedVersion, LogPosition, Metadata, NewEvent};
 
 fn created(name: &str) -> TestEvent {
     TestEvent::Created(Created {
@@ -60,14 +59,14 @@ async fn must<T>(what: &str, fut: impl Future<Output = Result<T, Error>>) -> T {
 /// events. A backend may hold events back while an older transaction
 /// anywhere on its server is still open (the Postgres snapshot horizon), so
 /// visibility in the global log is eventual; this waits up to 30 s.
-pub async fn read_all_settled<S: EventStore>(
+pub async fn read_log_settled<S: EventStore>(
     store: &S,
     after: LogPosition,
     expected: usize,
 ) -> Vec<crate::RecordedEvent> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
-        let all = must("read all", store.read_all(after, 100_000)).await;
+        let all = must("read all", store.read_log(after, 100_000)).await;
         if all.len() >= expected || std::time::Instant::now() > deadline {
             return all;
         }
@@ -95,7 +94,7 @@ where
     upcasting(make(true).await).await;
     bad_rows(make(false).await).await;
     concurrent_writers(make(true).await).await;
-    fold_and_append(make(true).await).await;
+    session(make(true).await).await;
 }
 
 async fn events_by_position_and_backlog<S: EventStore>(store: S) {
@@ -138,7 +137,7 @@ async fn events_by_position_and_backlog<S: EventStore>(store: S) {
             .is_none(),
         "read_event of a position with no event is None"
     );
-    let all = read_all_settled(&store, LogPosition::START, 3).await;
+    let all = read_log_settled(&store, LogPosition::START, 3).await;
     assert_eq!(all.len(), 3);
     let whole = must("backlog from the start", store.backlog(LogPosition::START)).await;
     assert_eq!(whole.events, 3, "the backlog from the start is every event");
@@ -218,7 +217,7 @@ async fn append_and_read<S: EventStore>(store: S) {
         "events of one append share a transaction"
     );
 
-    let read = must("read the stream", store.read_stream("lead-1", 1, 100)).await;
+    let read = must("read the stream", store.read_stream("lead-1", ..)).await;
     assert_eq!(read.len(), 2);
     for (a, r) in result.events.iter().zip(&read) {
         assert_eq!(a.event_id, r.event_id, "event ids are kept");
@@ -235,7 +234,7 @@ async fn append_and_read<S: EventStore>(store: S) {
     assert_eq!(read[1].schema_version, 3);
     assert!(read[0].log_position < read[1].log_position);
 
-    let typed = must("read typed", store.read_stream_as::<TestEvent>("lead-1", 1)).await;
+    let typed = must("read typed", store.read_stream_as::<TestEvent>("lead-1", ..)).await;
     assert_eq!(typed[0].payload, created("Ana"));
     assert_eq!(typed[1].payload, scored(80));
     assert_eq!(
@@ -291,8 +290,8 @@ async fn expected_versions<S: EventStore>(store: S) {
     )
     .await;
     assert_eq!(ok.version, 3);
-    assert_eq!(must("read", store.read_stream("s", 1, 100)).await.len(), 3);
-    assert!(must("read new", store.read_stream("new", 1, 100))
+    assert_eq!(must("read", store.read_stream("s", ..)).await.len(), 3);
+    assert!(must("read new", store.read_stream("new", ..))
         .await
         .is_empty());
 }
@@ -322,7 +321,7 @@ async fn batches_are_atomic<S: EventStore>(store: S) {
         store.append_events("b", ExpectedVersion::NoStream, &[created("x")], &m),
     )
     .await;
-    let before = read_all_settled(&store, LogPosition::START, 1).await.len();
+    let before = read_log_settled(&store, LogPosition::START, 1).await.len();
     let r = store
         .append(
             "b",
@@ -353,7 +352,7 @@ async fn batches_are_atomic<S: EventStore>(store: S) {
         store.append_events("b2", ExpectedVersion::NoStream, &[created("marker")], &m),
     )
     .await;
-    let after = read_all_settled(&store, LogPosition::START, before + 1).await;
+    let after = read_log_settled(&store, LogPosition::START, before + 1).await;
     assert_eq!(before + 1, after.len(), "a refused batch writes nothing");
     assert_eq!(must("version", store.stream_version("b")).await, Some(1));
 }
@@ -429,38 +428,72 @@ async fn read_stream_ranges<S: EventStore>(store: S) {
         store.append_events("r", ExpectedVersion::NoStream, &events, &Metadata::new()),
     )
     .await;
-    let page = must("from 10", store.read_stream("r", 10, 5)).await;
+    let page = must("10..15", store.read_stream("r", 10..15)).await;
     let versions: Vec<u64> = page.iter().map(|e| e.stream_version).collect();
     assert_eq!(versions, vec![10, 11, 12, 13, 14]);
-    let from0 = must("from 0", store.read_stream("r", 0, 100)).await;
-    assert_eq!(from0.len(), 25, "from version 0 reads from the start");
-    assert!(must("past the end", store.read_stream("r", 26, 10))
+    let page = must("10..=11", store.read_stream("r", 10..=11)).await;
+    assert_eq!(page.len(), 2, "an inclusive end");
+    let from0 = must("from 0", store.read_stream("r", 0..)).await;
+    assert_eq!(from0.len(), 25, "a range from version 0 reads from the start");
+    let head = must("..4", store.read_stream("r", ..4)).await;
+    assert_eq!(head.len(), 3, "an exclusive end from the start");
+    assert!(must("past the end", store.read_stream("r", 26..36))
         .await
         .is_empty());
-    let payloads = must("payloads from 10", store.read_stream_payloads("r", 10)).await;
-    let full = must("full from 10", store.read_stream("r", 10, 100)).await;
+    assert!(must("an empty range", store.read_stream("r", 5..5))
+        .await
+        .is_empty());
+    let full = must("full from 10", store.read_stream("r", 10..)).await;
+    // the payload fold sees what the full read sees, from the same version
+    let mut payloads = Vec::new();
+    let folded = must(
+        "payloads from 10",
+        store.fold_stream_payloads("r", 10.., |p| {
+            payloads.push((
+                p.stream_version,
+                p.event_type.to_owned(),
+                p.schema_version,
+                p.payload.replace(' ', ""),
+            ));
+            Ok(())
+        }),
+    )
+    .await;
+    assert_eq!(folded, 16);
     assert_eq!(payloads.len(), 16);
     for (p, f) in payloads.iter().zip(&full) {
-        assert_eq!(p.position, f.log_position.position);
-        assert_eq!(p.stream_version, f.stream_version);
-        assert_eq!(p.event_type, f.event_type);
-        assert_eq!(p.schema_version, f.schema_version);
         assert_eq!(
-            p.payload.get().replace(' ', ""),
-            f.payload.get().replace(' ', "")
+            p,
+            &(
+                f.stream_version,
+                f.event_type.clone(),
+                f.schema_version,
+                f.payload.get().replace(' ', "")
+            )
         );
     }
-    assert!(must("no stream", store.read_stream_payloads("nobody", 1))
-        .await
-        .is_empty());
-    let typed = must("typed from 20", store.read_stream_as::<TestEvent>("r", 20)).await;
+    let bounded = must(
+        "payloads 3..=5",
+        store.fold_stream_payloads("r", 3..=5, |_| Ok(())),
+    )
+    .await;
+    assert_eq!(bounded, 3, "a payload fold honours the range's end");
+    assert_eq!(
+        must(
+            "no stream",
+            store.fold_stream_payloads("nobody", .., |_| Ok(()))
+        )
+        .await,
+        0
+    );
+    let typed = must("typed from 20", store.read_stream_as::<TestEvent>("r", 20..)).await;
     assert_eq!(typed.len(), 6);
     assert_eq!(typed[0].payload, scored(19));
 
     // read_stream_with: the same envelopes, each payload as `decode` made it
     let with = must(
         "with from 10",
-        store.read_stream_with("r", 10, |p| {
+        store.read_stream_with("r", 10.., |p| {
             Ok((
                 p.stream_version,
                 p.event_type.to_owned(),
@@ -504,13 +537,31 @@ async fn read_stream_ranges<S: EventStore>(store: S) {
             )
         );
     }
-    let from0 = must("with from 0", store.read_stream_with("r", 0, |_| Ok(()))).await;
+    let from0 = must("with from 0", store.read_stream_with("r", 0.., |_| Ok(()))).await;
     assert_eq!(from0.len(), 25, "from version 0 reads from the start");
+    let typed = must(
+        "typed payloads 24..",
+        store.read_stream_payloads_as::<TestEvent>("r", 24..),
+    )
+    .await;
+    assert_eq!(
+        typed,
+        vec![
+            Versioned {
+                stream_version: 24,
+                event: scored(23)
+            },
+            Versioned {
+                stream_version: 25,
+                event: scored(24)
+            }
+        ]
+    );
     // an error from `decode` stops the read, naming the event's position
     let refused = store
-        .read_stream_with("r", 1, |p| match p.stream_version {
+        .read_stream_with("r", .., |p| match p.stream_version {
             12 => Err(Error::CorruptedRow {
-                position: 0,
+                position: None,
                 message: "refused".to_owned(),
             }),
             _ => Ok(()),
@@ -519,7 +570,8 @@ async fn read_stream_ranges<S: EventStore>(store: S) {
     match refused {
         Err(Error::CorruptedRow { position, message }) => {
             assert_eq!(
-                position, full[2].log_position.position,
+                position,
+                Some(full[2].log_position.position),
                 "version 12's position"
             );
             assert_eq!(message, "refused");
@@ -538,7 +590,7 @@ async fn read_all_order_and_paging<S: EventStore>(store: S) {
         )
         .await;
     }
-    let all = read_all_settled(&store, LogPosition::START, 20).await;
+    let all = read_log_settled(&store, LogPosition::START, 20).await;
     assert_eq!(all.len(), 20);
     for w in all.windows(2) {
         assert!(
@@ -551,11 +603,11 @@ async fn read_all_order_and_paging<S: EventStore>(store: S) {
     let mut after = LogPosition::START;
     let mut paged = Vec::new();
     loop {
-        let page = must("page", store.read_all(after, 3)).await;
+        let page = must("page", store.read_log(after, 3)).await;
         if page.is_empty() {
             break;
         }
-        assert!(page.len() <= 3, "read_all honours max_count");
+        assert!(page.len() <= 3, "read_log honours its limit");
         after = page[page.len() - 1].log_position;
         paged.extend(page);
     }
@@ -565,7 +617,7 @@ async fn read_all_order_and_paging<S: EventStore>(store: S) {
         a, b,
         "paging by checkpoint sees every event exactly once, in order"
     );
-    let tail = must("after the last", store.read_all(after, 10)).await;
+    let tail = must("after the last", store.read_log(after, 10)).await;
     assert!(tail.is_empty());
 }
 
@@ -591,7 +643,7 @@ async fn upcasting<S: EventStore>(store: S) {
         ),
     )
     .await;
-    let typed = must("read upcast", store.read_stream_as::<TestEvent>("u", 1)).await;
+    let typed = must("read upcast", store.read_stream_as::<TestEvent>("u", ..)).await;
     let scores: Vec<TestEvent> = typed.into_iter().map(|e| e.payload).collect();
     assert_eq!(
         scores,
@@ -660,7 +712,7 @@ async fn bad_rows<S: EventStore>(store: S) {
         let position = appended.events[0].log_position.position;
         // the lean read (which need not fetch positions) names the same
         // event as the full one
-        match store.read_stream_events::<TestEvent>(stream, 1).await {
+        match store.read_stream_payloads_as::<TestEvent>(stream, ..).await {
             Err(Error::Decode {
                 position: p,
                 stream_id,
@@ -668,12 +720,12 @@ async fn bad_rows<S: EventStore>(store: S) {
                 ..
             }) => assert_eq!(
                 (p, stream_id.as_str(), stream_version),
-                (position, stream, 2),
+                (Some(position), stream, 2),
                 "{stream}: the lean read's error names the event"
             ),
             other => panic!("{stream}: lean read: expected a decode error, got {other:?}"),
         }
-        let err = match store.read_stream_as::<TestEvent>(stream, 1).await {
+        let err = match store.read_stream_as::<TestEvent>(stream, ..).await {
             Err(Error::Decode {
                 position: p,
                 source,
@@ -681,7 +733,8 @@ async fn bad_rows<S: EventStore>(store: S) {
                 ..
             }) => {
                 assert_eq!(
-                    p, position,
+                    p,
+                    Some(position),
                     "{stream}: the error names the event's position"
                 );
                 assert_eq!(stream_id, stream);
@@ -725,7 +778,7 @@ async fn bad_rows<S: EventStore>(store: S) {
     }
     let good = must(
         "other streams still read",
-        store.read_stream_as::<TestEvent>("good", 1),
+        store.read_stream_as::<TestEvent>("good", ..),
     )
     .await;
     assert_eq!(good.len(), 1);
@@ -775,7 +828,7 @@ async fn concurrent_writers<S: EventStore + Clone + 'static>(store: S) {
         vec![1; ROUNDS as usize],
         "exactly one winner per version"
     );
-    let versions: Vec<u64> = must("read", store.read_stream("hot", 1, 100))
+    let versions: Vec<u64> = must("read", store.read_stream("hot", ..))
         .await
         .iter()
         .map(|e| e.stream_version)
@@ -787,109 +840,68 @@ async fn concurrent_writers<S: EventStore + Clone + 'static>(store: S) {
     );
 }
 
-/// A command for [`fold_and_append`]: records what it folded, then appends
-/// `append` events (`test.note`) at the version it is told to expect, or
-/// fails in `decide` when `fail` is set.
-struct Notes {
-    seen: Vec<(u64, String)>,
-    expect: Option<ExpectedVersion>,
-    append: Vec<NewEvent>,
-    fail: bool,
-}
-
-impl Notes {
-    /// A command that appends `n` notes, encoded as a repository encodes
-    /// its events (which also registers their type).
-    fn new<S: EventStore>(store: &S, expect: Option<ExpectedVersion>, n: usize) -> Self {
+/// A session: a fold and an append on one connection, as a command runs
+/// them. The fold sees the whole stream in version order; the append
+/// checks its expected version (a stale one is the typed conflict and
+/// writes nothing); a session stays usable after a conflict.
+async fn session<S: EventStore>(store: S) {
+    let notes = |n: usize| {
         let notes: Vec<TestEvent> = (0..n)
             .map(|i| TestEvent::Note(format!("note {i}")))
             .collect();
-        let append = crate::store::encode_events(store.registry(), &notes, &Metadata::new())
-            .unwrap_or_else(|e| panic!("encode the notes: {e}"));
-        Notes {
-            seen: Vec::new(),
-            expect,
-            append,
-            fail: false,
-        }
-    }
-}
-
-impl CommandFold for Notes {
-    fn event(&mut self, p: PayloadRef<'_>) -> Result<(), Error> {
-        self.seen.push((p.stream_version, p.event_type.to_owned()));
-        Ok(())
-    }
-
-    fn decide(&mut self) -> Result<Option<(ExpectedVersion, Vec<NewEvent>)>, Error> {
-        if self.fail {
-            return Err(Error::backend("deciding", "the command failed on purpose"));
-        }
-        if self.append.is_empty() {
-            return Ok(None);
-        }
-        let current = self.seen.last().map(|(v, _)| *v);
-        let expected = self
-            .expect
-            .unwrap_or(ExpectedVersion::from_current(current));
-        Ok(Some((expected, std::mem::take(&mut self.append))))
-    }
-}
-
-/// `fold_and_append`: folds the whole stream, then appends what the command
-/// decides at the version it gives; a wrong expectation is the typed
-/// conflict and writes nothing, and so does an error from `decide`.
-async fn fold_and_append<S: EventStore>(store: S) {
-    let mut first = Notes::new(&store, None, 2);
-    let (folded, result) = must(
-        "fold and append on a new stream",
-        store.fold_and_append("notes-1", &mut first),
+        store
+            .encode_events(&notes, &Metadata::new())
+            .unwrap_or_else(|e| panic!("encode the notes: {e}"))
+    };
+    let mut session = must("a session", store.session()).await;
+    let folded = must(
+        "fold a new stream",
+        session.fold_stream_payloads("notes-1", .., |_| Ok(())),
     )
     .await;
     assert_eq!(folded, 0, "a new stream folds nothing");
-    let result = result.expect("two events decided: an append");
+    let result = must(
+        "append on the session",
+        session.append("notes-1", ExpectedVersion::NoStream, notes(2)),
+    )
+    .await;
     assert_eq!(result.version, 2);
     assert_eq!(result.events.len(), 2);
 
-    let mut second = Notes::new(&store, None, 1);
-    let (folded, result) = must(
-        "fold and append on a stream at version 2",
-        store.fold_and_append("notes-1", &mut second),
+    let mut seen = Vec::new();
+    let folded = must(
+        "fold a stream at version 2",
+        session.fold_stream_payloads("notes-1", .., |p| {
+            seen.push((p.stream_version, p.event_type.to_owned()));
+            Ok(())
+        }),
     )
     .await;
     assert_eq!(folded, 2, "the whole stream is folded");
     assert_eq!(
-        second.seen,
+        seen,
         vec![(1, "test.note".to_owned()), (2, "test.note".to_owned())],
         "in version order"
     );
-    assert_eq!(result.map(|r| r.version), Some(3));
-
-    let mut nothing = Notes::new(&store, None, 0);
-    let (folded, result) = must(
-        "fold without an append",
-        store.fold_and_append("notes-1", &mut nothing),
-    )
-    .await;
-    assert_eq!(folded, 3);
-    assert!(result.is_none(), "nothing decided: no append");
-
-    let mut stale = Notes::new(&store, Some(ExpectedVersion::Exact(1)), 1);
-    match store.fold_and_append("notes-1", &mut stale).await {
+    match session
+        .append("notes-1", ExpectedVersion::Exact(1), notes(1))
+        .await
+    {
         Err(Error::Conflict(c)) => {
-            assert_eq!(c.actual, Some(3), "the conflict names the stream's version")
+            assert_eq!(c.actual, Some(2), "the conflict names the stream's version")
         }
         other => panic!("an append at a stale version: expected a conflict, got {other:?}"),
     }
-    let mut failing = Notes::new(&store, None, 1);
-    failing.fail = true;
-    match store.fold_and_append("notes-1", &mut failing).await {
-        Err(Error::Backend { .. }) => {}
-        other => panic!("an error from decide: expected it back, got {other:?}"),
-    }
+    let result = must(
+        "append after a conflict",
+        session.append("notes-1", ExpectedVersion::Exact(2), notes(1)),
+    )
+    .await;
+    assert_eq!(result.version, 3);
+    drop(session);
     assert_eq!(
         must("the stream's version", store.stream_version("notes-1")).await,
         Some(3),
-        "neither the conflict nor the failed decision wrote anything"
+        "the conflict wrote nothing"
     );
 }

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::UpcastError;
+use crate::event::UpcastError;
 
 /// A lead entered the funnel.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]

@@ -6,8 +6,8 @@
 //!
 //! ```
 //! # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(async {
-//! use annals_core::rag::InMemoryKnowledgeBase;
-//! annals_core::testing::knowledge::run(|| async { InMemoryKnowledgeBase::new() }).await;
+//! use annals::rag::InMemoryKnowledgeBase;
+//! annals::testing::knowledge::run(|| async { InMemoryKnowledgeBase::new() }).await;
 //! # });
 //! ```
 //!

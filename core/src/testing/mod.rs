@@ -1,8 +1,22 @@
-//! Test support: the backend conformance suite and the event types it uses.
+//! Test support.
 //!
-//! A backend proves it has the semantics of [`EventStore`](crate::EventStore)
-//! by running [`conformance::run`] with a factory of fresh, empty stores.
+//! - [`given`] / [`Scenario`]: given/when/then tests of an aggregate's
+//!   decisions, with no store involved.
+//! - With the `testing` feature: the backend conformance suite
+//!   ([`conformance`]; a backend proves it has the semantics of
+//!   [`EventStore`](crate::EventStore) by running [`conformance::run`] with
+//!   a factory of fresh, empty stores) and the event types it uses.
 
+mod scenario;
+
+pub use scenario::{given, Scenario, ScenarioWhen};
+
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod conformance;
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod events;
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod knowledge;

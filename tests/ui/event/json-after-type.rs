@@ -18,7 +18,7 @@ impl From<ScoredV1> for Scored {
     }
 }
 
-fn v2_to_v3(v: serde_json::Value) -> Result<serde_json::Value, annals::UpcastError> {
+fn v2_to_v3(v: serde_json::Value) -> Result<serde_json::Value, annals::event::UpcastError> {
     Ok(v)
 }
 

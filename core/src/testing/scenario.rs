@@ -7,13 +7,11 @@ use crate::Aggregate;
 /// Starts a scenario: the aggregate after these events.
 ///
 /// ```
-/// # use annals_core as annals;
-/// # use annals::{given, Aggregate};
-/// # #[derive(Debug, Clone, PartialEq, annals_macros::Event)]
-/// # #[event(crate = "annals_core")]
+/// # use annals::{testing::given, Aggregate};
+/// # #[derive(Debug, Clone, PartialEq, annals::Event)]
 /// # enum DoorEvent { Opened(u8), Closed(u8) }
-/// # #[derive(Default, serde::Serialize, serde::Deserialize, schemars::JsonSchema, annals_macros::Aggregate)]
-/// # #[aggregate(event = DoorEvent, crate = "annals_core")]
+/// # #[derive(Default, serde::Serialize, serde::Deserialize, schemars::JsonSchema, annals::Aggregate)]
+/// # #[aggregate(event = DoorEvent)]
 /// # struct Door { open: bool }
 /// #[derive(Debug, PartialEq, thiserror::Error)]
 /// #[error("already open")]

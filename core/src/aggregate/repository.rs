@@ -3,13 +3,13 @@
 
 use std::marker::PhantomData;
 
+use crate::aggregate::{Aggregate, AggregateState};
 use crate::metrics as m;
-use crate::store::encode_events;
-use crate::{
-    Aggregate, AggregateState, AppendResult, CommandFold, Envelope, Error, EventStore,
-    ExpectedVersion, Metadata, NewEvent, NoSnapshots, PayloadRef, SchemaRegistry, Snapshot,
-    SnapshotFold, SnapshotStore, VersionConflict,
+use crate::snapshot::{NoSnapshots, Snapshot, SnapshotFold, SnapshotStore};
+use crate::store::{
+    encode_events, AppendResult, EventStore, ExpectedVersion, PayloadRef, Session,
 };
+use crate::{Envelope, Error, Metadata, SchemaRegistry, VersionConflict};
 
 /// How snapshots are written after a command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -76,13 +76,11 @@ pub enum CommandError<E: std::error::Error + 'static> {
 /// Loads aggregates and executes commands against them.
 ///
 /// ```
-/// # use annals_core as annals;
 /// # use annals::{Aggregate, InMemoryEventStore, InMemorySnapshotStore, Metadata, Repository};
-/// # #[derive(Debug, Clone, PartialEq, annals_macros::Event)]
-/// # #[event(crate = "annals_core")]
+/// # #[derive(Debug, Clone, PartialEq, annals::Event)]
 /// # enum CounterEvent { Added(u32) }
-/// # #[derive(Default, serde::Serialize, serde::Deserialize, schemars::JsonSchema, annals_macros::Aggregate)]
-/// # #[aggregate(event = CounterEvent, snapshot_every = 2, crate = "annals_core")]
+/// # #[derive(Default, serde::Serialize, serde::Deserialize, schemars::JsonSchema, annals::Aggregate)]
+/// # #[aggregate(event = CounterEvent, snapshot_every = 2)]
 /// # struct Counter { total: u64 }
 /// # #[derive(Debug, thiserror::Error)] #[error("never")] struct Never;
 /// # impl Aggregate for Counter {
@@ -115,7 +113,10 @@ pub struct Repository<A, S, N = NoSnapshots> {
 }
 
 impl<A: Aggregate, S: EventStore> Repository<A, S, NoSnapshots> {
-    /// A repository on `store`, without snapshots, retrying conflicts 3 times.
+    /// A repository of aggregate `A` on `store`, without snapshots,
+    /// retrying conflicts 3 times. The aggregate type is usually inferred
+    /// from the binding (`let repo: Repository<Lead, _> = …`), or named
+    /// with [`Repository::of`].
     pub fn new(store: S) -> Self {
         Repository {
             store,
@@ -128,9 +129,17 @@ impl<A: Aggregate, S: EventStore> Repository<A, S, NoSnapshots> {
     }
 }
 
-impl<A: Aggregate, S: EventStore, N: SnapshotStore> Repository<A, S, N> {
+impl<S: EventStore> Repository<(), S, NoSnapshots> {
+    /// A repository of aggregate `A` on `store`: [`Repository::new`] with
+    /// the aggregate named, `Repository::of::<Lead>(store)`.
+    pub fn of<A: Aggregate>(store: S) -> Repository<A, S, NoSnapshots> {
+        Repository::new(store)
+    }
+}
+
+impl<A: Aggregate, S: EventStore, N: SnapshotStore<S>> Repository<A, S, N> {
     /// Uses a snapshot store (the policy is the aggregate's `snapshot_every`).
-    pub fn with_snapshots<N2: SnapshotStore>(self, snapshots: N2) -> Repository<A, S, N2> {
+    pub fn with_snapshots<N2: SnapshotStore<S>>(self, snapshots: N2) -> Repository<A, S, N2> {
         Repository {
             store: self.store,
             snapshots,
@@ -169,81 +178,73 @@ impl<A: Aggregate, S: EventStore, N: SnapshotStore> Repository<A, S, N> {
     /// not decode, is ignored with a warning and the stream replayed in full.
     pub async fn load(&self, id: &str) -> Result<Loaded<A>, Error> {
         let stream = A::stream_id(id);
-        let mut loaded = Loaded::empty();
-        // only types, versions and payloads, folded as they arrive: a load
-        // needs no envelopes and never holds the stream in memory
-        let registry = self.store.registry();
-        registry.register::<A::Event>()?;
-        let mut fold = Fold {
-            loaded: &mut loaded,
-            registry,
-            stream: &stream,
-        };
-        let replayed = if self.uses_snapshots() {
-            self.snapshots
-                .load_and_fold(&self.store, A::TYPE, &stream, &mut fold)
-                .await?
-        } else {
-            self.store
-                .fold_stream_payloads(&stream, 1, |p| fold.event(p))
-                .await?
-        };
-        loaded.replayed(replayed);
+        let mut session = self.store.session().await?;
+        let (loaded, _) = self.load_on(&mut session, &stream).await?;
         Ok(loaded)
     }
 
     /// Whether loads start from snapshots: a policy, and a store that keeps
-    /// them ([`NoSnapshots`] keeps none, so a load is the plain replay and no
-    /// snapshot is encoded for it).
+    /// them.
     fn uses_snapshots(&self) -> bool {
-        self.snapshot_every.is_some()
-            && std::any::TypeId::of::<N>() != std::any::TypeId::of::<NoSnapshots>()
+        self.snapshot_every.is_some() && self.snapshots.keeps_snapshots()
     }
 
-    /// One attempt of a command: load, decide, append, in one call: the
-    /// snapshot store's [`SnapshotStore::load_fold_and_append`] with
-    /// snapshots, [`EventStore::fold_and_append`] without (each one
-    /// connection on Postgres).
+    /// Loads the aggregate of `stream` on `session`: only types, versions
+    /// and payloads, folded as they arrive (a load needs no envelopes and
+    /// never holds the stream in memory). Also returns the registry the
+    /// events were decoded with.
+    async fn load_on<'s>(
+        &'s self,
+        session: &mut S::Session,
+        stream: &str,
+    ) -> Result<(Loaded<A>, &'s SchemaRegistry), Error> {
+        let registry = self.store.registry();
+        registry.register::<A::Event>()?;
+        let mut loaded = Loaded::empty();
+        let mut fold = Fold {
+            loaded: &mut loaded,
+            registry,
+            stream,
+        };
+        let replayed = if self.uses_snapshots() {
+            self.snapshots
+                .load_and_fold(session, A::TYPE, stream, &mut fold)
+                .await?
+        } else {
+            session
+                .fold_stream_payloads(stream, .., |p| fold.event(p))
+                .await?
+        };
+        loaded.replayed(replayed);
+        Ok((loaded, registry))
+    }
+
+    /// One attempt of a command: load, decide and append on one session
+    /// (one connection on Postgres).
     async fn attempt(
         &self,
         stream: &str,
         command: &A::Command,
         metadata: &Metadata,
     ) -> Result<Attempt<A>, Error> {
-        let registry = self.store.registry();
-        registry.register::<A::Event>()?;
-        let mut loaded = Loaded::empty();
-        let mut decision = Decision {
-            fold: Fold {
-                loaded: &mut loaded,
-                registry,
-                stream,
-            },
-            command,
-            metadata,
-            decided: None,
+        let mut session = self.store.session().await?;
+        let (loaded, registry) = self.load_on(&mut session, stream).await?;
+        let events = match loaded.state.handle(command) {
+            Ok(events) => events,
+            Err(e) => return Ok(Attempt::Rejected(e)),
         };
-        let (replayed, result) = if self.uses_snapshots() {
-            self.snapshots
-                .load_fold_and_append(&self.store, A::TYPE, stream, &mut decision)
-                .await?
+        let result = if events.is_empty() {
+            None
         } else {
-            self.store.fold_and_append(stream, &mut decision).await?
+            let encoded = encode_events(registry, &events, metadata)?;
+            let expected = ExpectedVersion::from_current(Some(loaded.version));
+            Some(session.append(stream, expected, encoded).await?)
         };
-        let decided = decision.decided.take();
-        loaded.replayed(replayed);
-        match decided {
-            Some(Ok(events)) => Ok(Attempt::Decided {
-                loaded,
-                events,
-                result,
-            }),
-            Some(Err(e)) => Ok(Attempt::Rejected(e)),
-            None => Err(Error::backend(
-                "executing a command",
-                "the store ended the command attempt without calling CommandFold::decide",
-            )),
-        }
+        Ok(Attempt::Decided {
+            loaded,
+            events,
+            result,
+        })
     }
 
     /// Executes a command: load, decide, append with the loaded version as
@@ -379,7 +380,6 @@ impl<A: Aggregate, S: EventStore, N: SnapshotStore> Repository<A, S, N> {
     }
 }
 
-/// Folds a snapshot and the events after it into a [`Loaded`].
 /// What one attempt of a command came to.
 enum Attempt<A: Aggregate> {
     /// The aggregate rejected the command.
@@ -417,52 +417,7 @@ impl<A: AggregateState> Loaded<A> {
     }
 }
 
-/// A command attempt, for [`EventStore::fold_and_append`] and
-/// [`SnapshotStore::load_fold_and_append`]: the fold of a load (from a
-/// snapshot or not), then the aggregate's decision, encoded.
-struct Decision<'a, A: Aggregate> {
-    fold: Fold<'a, A>,
-    command: &'a A::Command,
-    metadata: &'a Metadata,
-    /// What the aggregate decided (set by `decide`).
-    decided: Option<Result<Vec<A::Event>, A::Error>>,
-}
-
-impl<A: Aggregate> SnapshotFold for Decision<'_, A> {
-    fn snapshot(&mut self, snapshot: Option<Snapshot>) -> u64 {
-        self.fold.snapshot(snapshot)
-    }
-
-    fn event(&mut self, p: PayloadRef<'_>) -> Result<(), Error> {
-        self.fold.event(p)
-    }
-}
-
-impl<A: Aggregate> CommandFold for Decision<'_, A> {
-    fn event(&mut self, p: PayloadRef<'_>) -> Result<(), Error> {
-        self.fold.event(p)
-    }
-
-    fn decide(&mut self) -> Result<Option<(ExpectedVersion, Vec<NewEvent>)>, Error> {
-        let loaded = &*self.fold.loaded;
-        let events = match loaded.state.handle(self.command) {
-            Ok(events) => events,
-            Err(e) => {
-                self.decided = Some(Err(e));
-                return Ok(None);
-            }
-        };
-        let append = if events.is_empty() {
-            None
-        } else {
-            let encoded = encode_events(self.fold.registry, &events, self.metadata)?;
-            Some((ExpectedVersion::from_current(Some(loaded.version)), encoded))
-        };
-        self.decided = Some(Ok(events));
-        Ok(append)
-    }
-}
-
+/// Folds a snapshot and the events after it into a [`Loaded`].
 struct Fold<'a, A> {
     loaded: &'a mut Loaded<A>,
     registry: &'a SchemaRegistry,

@@ -1,8 +1,13 @@
-//! Aggregates: state rebuilt from events, commands decided against it.
+//! Aggregates: state rebuilt from events, commands decided against it, and
+//! the [`Repository`] that loads them and runs their commands.
 
 use serde_json::value::RawValue;
 
 use crate::Event;
+
+mod repository;
+
+pub use repository::{CommandError, Executed, Loaded, Repository, SnapshotWrite};
 
 /// What `#[derive(Aggregate)]` supplies: the aggregate's type name, its
 /// event type, the snapshot policy and the snapshot codec.
@@ -43,15 +48,13 @@ pub trait AggregateState: Default + Send + Sync + Sized + 'static {
 /// and folds events into its state.
 ///
 /// ```
-/// # use annals_core as annals;
 /// use annals::{Aggregate, AggregateState};
 /// # #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 /// # struct Opened { by: String }
-/// # #[derive(Debug, Clone, PartialEq, annals_macros::Event)]
-/// # #[event(crate = "annals_core")]
+/// # #[derive(Debug, Clone, PartialEq, annals::Event)]
 /// # enum CounterEvent { Opened(Opened), Added(u32) }
-/// #[derive(Default, serde::Serialize, serde::Deserialize, schemars::JsonSchema, annals_macros::Aggregate)]
-/// #[aggregate(event = CounterEvent, snapshot_every = 100, crate = "annals_core")]
+/// #[derive(Default, serde::Serialize, serde::Deserialize, schemars::JsonSchema, annals::Aggregate)]
+/// #[aggregate(event = CounterEvent, snapshot_every = 100)]
 /// struct Counter { open: bool, total: u64 }
 ///
 /// #[derive(Debug, thiserror::Error)]
@@ -133,7 +136,7 @@ pub(crate) mod private {
     #[diagnostic::do_not_recommend]
     impl<T: Serialize + DeserializeOwned + schemars::JsonSchema> StateCodec for T {
         fn shape_fingerprint() -> String {
-            crate::fingerprint(&crate::__private::schema_of::<T>())
+            crate::schema::fingerprint(&crate::__private::schema_of::<T>())
         }
         fn encode_state_payload(&self) -> Result<Box<RawValue>, serde_json::Error> {
             serde_json::value::to_raw_value(self)

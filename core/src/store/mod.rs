@@ -1,14 +1,73 @@
+//! The event store: appends with optimistic concurrency, reads of one
+//! stream, reads of the global log.
+//!
+//! [`EventStore`] is what a backend implements: a few primitives on stored
+//! rows, plus a [`Session`] (one connection) for a command's load and
+//! append. [`EventStoreExt`] is the typed layer every store gets: it encodes,
+//! validates, decodes and upcasts application events.
+//!
+//! The read methods follow one naming scheme:
+//!
+//! | | whole envelopes | payloads only (version, type, payload) |
+//! |---|---|---|
+//! | collected into a `Vec` | [`read_stream`](EventStoreExt::read_stream), [`read_stream_as`](EventStoreExt::read_stream_as), [`read_stream_with`](EventStore::read_stream_with) | [`read_stream_payloads_as`](EventStoreExt::read_stream_payloads_as) |
+//! | folded as they arrive | | [`fold_stream_payloads`](EventStore::fold_stream_payloads) |
+//!
+//! - `_as::<E>`: decoded into the application's event type `E` (old
+//!   versions validated and upcast); without it, the stored JSON.
+//! - Stream reads take a range of stream versions, which start at 1:
+//!   `..` (the whole stream), `5..`, `5..=9`, `..10`.
+//! - Reads of the global log ([`read_log`](EventStore::read_log)) take the
+//!   reader's checkpoint (exclusive) and a page size.
+
 use std::fmt;
 use std::future::Future;
+use std::ops::{Bound, RangeBounds};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    Envelope, Error, Event, LogPosition, Metadata, NewEvent, RecordedEvent, SchemaRegistry,
-};
+use crate::{Envelope, Error, Event, Metadata, NewEvent, RecordedEvent, SchemaRegistry};
+
+mod memory;
+
+pub use memory::{InMemoryEventStore, MemoryWatcher};
+
+/// A place in the global log: the id of the transaction that wrote an event
+/// and the event's global position.
+///
+/// Readers of the whole log order events by `(transaction_id, position)`; a
+/// checkpoint is the pair of the last event a reader processed. Positions are
+/// unique but may have gaps (rolled-back appends); transaction ids order the
+/// commits so that a reader resuming from a checkpoint never skips an event
+/// that committed late.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
+pub struct LogPosition {
+    /// The id of the transaction that wrote the event (`xid8` in Postgres).
+    pub transaction_id: u64,
+    /// The event's global position, unique across the store.
+    pub position: u64,
+}
+
+impl LogPosition {
+    /// The position before the first event: reading from here reads the whole log.
+    pub const START: LogPosition = LogPosition {
+        transaction_id: 0,
+        position: 0,
+    };
+
+    /// A position from its two parts.
+    pub const fn new(transaction_id: u64, position: u64) -> Self {
+        LogPosition {
+            transaction_id,
+            position,
+        }
+    }
+}
 
 /// What an append expects of its stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -51,23 +110,6 @@ impl ExpectedVersion {
             (ExpectedVersion::Exact(_), None) => false,
         }
     }
-}
-
-/// The part of a stored event that rebuilding state needs: its type,
-/// version and payload (plus its position, for error messages). Reading
-/// these instead of whole envelopes skips the ids, times and metadata.
-#[derive(Debug, Clone)]
-pub struct StoredPayload {
-    /// The event's global position.
-    pub position: u64,
-    /// The event's version in its stream.
-    pub stream_version: u64,
-    /// The event type.
-    pub event_type: String,
-    /// The stored schema version.
-    pub schema_version: u32,
-    /// The JSON payload.
-    pub payload: Box<serde_json::value::RawValue>,
 }
 
 /// How far a store's snapshot horizon holds readers of the global log back.
@@ -115,10 +157,9 @@ pub struct Backlog {
 /// stream is folded ([`EventStore::fold_stream_payloads`]).
 ///
 /// It has no global position: folding a stream does not need one, and the
-/// Postgres store leaves it out of its lean reads (one column less per
-/// row). An error raised while folding a payload names position 0 (not
-/// known yet), and the store fills the real one in before returning it
-/// (see [`Error::at_position`]).
+/// Postgres store leaves it out of its lean reads. An error raised while
+/// folding a payload names no position, and the store fills it in before
+/// returning it (see [`Error::at_position`]).
 #[derive(Debug, Clone, Copy)]
 pub struct PayloadRef<'a> {
     /// The event's version in its stream.
@@ -132,55 +173,79 @@ pub struct PayloadRef<'a> {
     pub payload: &'a str,
 }
 
-/// One command attempt for [`EventStore::fold_and_append`]: the stream's
-/// events are folded into it, then it decides what to append.
-///
-/// ```
-/// use annals_core::{
-///     CommandFold, Error, EventStore, ExpectedVersion, InMemoryEventStore, Metadata, NewEvent,
-///     PayloadRef,
-/// };
-///
-/// /// Appends a `note` event unless the stream already has three events.
-/// struct AtMostThree {
-///     seen: u64,
-/// }
-///
-/// impl CommandFold for AtMostThree {
-///     fn event(&mut self, p: PayloadRef<'_>) -> Result<(), Error> {
-///         self.seen = p.stream_version;
-///         Ok(())
-///     }
-///
-///     fn decide(&mut self) -> Result<Option<(ExpectedVersion, Vec<NewEvent>)>, Error> {
-///         if self.seen >= 3 {
-///             return Ok(None);
-///         }
-///         let payload = serde_json::value::RawValue::from_string("\"hi\"".to_owned())
-///             .map_err(|e| Error::backend("encoding", e))?;
-///         let note = NewEvent::new("note", 1, payload, Metadata::new());
-///         Ok(Some((ExpectedVersion::from_current(Some(self.seen)), vec![note])))
-///     }
-/// }
-///
-/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
-/// let store = InMemoryEventStore::new().without_validation();
-/// for _ in 0..5 {
-///     store.fold_and_append("notes-1", &mut AtMostThree { seen: 0 }).await?;
-/// }
-/// assert_eq!(store.stream_version("notes-1").await?, Some(3));
-/// # Ok::<(), Error>(())
-/// # }).unwrap();
-/// ```
-pub trait CommandFold: Send {
-    /// Folds one stored event, in version order (as the callback of
-    /// [`EventStore::fold_stream_payloads`]).
-    fn event(&mut self, payload: PayloadRef<'_>) -> Result<(), Error>;
+/// A decoded event with its version in its stream, without the rest of
+/// the envelope: what [`EventStoreExt::read_stream_payloads_as`] returns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Versioned<E> {
+    /// The event's version in its stream.
+    pub stream_version: u64,
+    /// The event, decoded and upcast.
+    pub event: E,
+}
 
-    /// After the fold: the events to append and the version the stream
-    /// must be at (`None`: append nothing). An error stops the attempt and
-    /// is returned as it is.
-    fn decide(&mut self) -> Result<Option<(ExpectedVersion, Vec<NewEvent>)>, Error>;
+/// A range of stream versions, from any Rust range over `u64`
+/// (`..`, `5..`, `5..=9`, `..10`). Versions start at 1: a range that
+/// starts at 0 starts at 1.
+///
+/// Backends turn the range a read was given into this with
+/// [`VersionRange::new`].
+///
+/// ```
+/// use annals::store::VersionRange;
+///
+/// assert_eq!(VersionRange::new(..), VersionRange { first: 1, last: None });
+/// assert_eq!(VersionRange::new(5..10), VersionRange { first: 5, last: Some(9) });
+/// assert_eq!(VersionRange::new(0..=3).count(), Some(3));
+/// assert!(VersionRange::new(4..4).is_empty());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VersionRange {
+    /// The first version (inclusive, at least 1).
+    pub first: u64,
+    /// The last version (inclusive; `None`: to the end of the stream).
+    pub last: Option<u64>,
+}
+
+impl VersionRange {
+    /// The whole stream.
+    pub const ALL: VersionRange = VersionRange {
+        first: 1,
+        last: None,
+    };
+
+    /// The range of versions `bounds` covers.
+    pub fn new(bounds: impl RangeBounds<u64>) -> Self {
+        let first = match bounds.start_bound() {
+            Bound::Included(&v) => v,
+            Bound::Excluded(&v) => v.saturating_add(1),
+            Bound::Unbounded => 1,
+        }
+        .max(1);
+        let last = match bounds.end_bound() {
+            Bound::Included(&v) => Some(v),
+            // `..0` covers nothing: last 0 is below every first
+            Bound::Excluded(&v) => Some(v.saturating_sub(1)),
+            Bound::Unbounded => None,
+        };
+        VersionRange { first, last }
+    }
+
+    /// Whether the range covers no version.
+    pub fn is_empty(&self) -> bool {
+        self.last.is_some_and(|last| last < self.first)
+    }
+
+    /// How many versions the range covers (`None`: to the end of the stream).
+    pub fn count(&self) -> Option<u64> {
+        self.last
+            .map(|last| last.saturating_sub(self.first).saturating_add(1))
+            .map(|n| if self.is_empty() { 0 } else { n })
+    }
+
+    /// Whether `version` is in the range.
+    pub fn contains(&self, version: u64) -> bool {
+        version >= self.first && self.last.is_none_or(|last| version <= last)
+    }
 }
 
 /// The outcome of a successful append.
@@ -196,7 +261,7 @@ pub struct AppendResult {
 /// concurrency, reads of one stream, and reads of the global log.
 ///
 /// Every backend has the same semantics, pinned by the conformance suite
-/// (`annals_core::testing::conformance`, feature `testing`):
+/// (`annals::testing::conformance`, feature `testing`):
 ///
 /// - stream versions start at 1 and have no gaps;
 /// - an append of several events is all-or-nothing;
@@ -206,119 +271,56 @@ pub struct AppendResult {
 ///   (type, version) schema before anything is written;
 /// - the global log is read in `(transaction_id, position)` order, and a
 ///   reader that resumes after its last [`LogPosition`] never skips an event.
+///
+/// A backend implements the reads, [`session`](Self::session) and the
+/// [`Session`] it returns; [`append`](Self::append) and
+/// [`fold_stream_payloads`](Self::fold_stream_payloads) default to a
+/// session of their own.
 pub trait EventStore: Send + Sync + 'static {
+    /// One connection of the store, for a load and an append in a row
+    /// (a command): see [`Session`].
+    type Session: Session;
+
     /// The schema registry used to validate and decode.
     fn registry(&self) -> &SchemaRegistry;
 
     /// Whether appends validate payloads against their schemas.
     fn validates_on_append(&self) -> bool;
 
-    /// Appends events to a stream if it is at the expected version.
+    /// A session: one connection of the store until it is dropped.
+    fn session(&self) -> impl Future<Output = Result<Self::Session, Error>> + Send;
+
+    /// Appends events to a stream if it is at the expected version. The
+    /// default appends on a session of its own.
     fn append(
         &self,
         stream_id: &str,
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
-    ) -> impl Future<Output = Result<AppendResult, Error>> + Send;
-
-    /// Reads up to `max_count` events of a stream, from `from_version`
-    /// (inclusive; 0 and 1 both mean the start), in version order.
-    fn read_stream(
-        &self,
-        stream_id: &str,
-        from_version: u64,
-        max_count: usize,
-    ) -> impl Future<Output = Result<Vec<RecordedEvent>, Error>> + Send;
-
-    /// Reads up to `max_count` events of the global log after `after`
-    /// (exclusive), in `(transaction_id, position)` order.
-    fn read_all(
-        &self,
-        after: LogPosition,
-        max_count: usize,
-    ) -> impl Future<Output = Result<Vec<RecordedEvent>, Error>> + Send;
-
-    /// Reads the payloads of a stream from `from_version` (inclusive), in
-    /// version order: what loading an aggregate needs. Backends may
-    /// override it with a leaner query; the default reads whole envelopes.
-    fn read_stream_payloads(
-        &self,
-        stream_id: &str,
-        from_version: u64,
-    ) -> impl Future<Output = Result<Vec<StoredPayload>, Error>> + Send {
+    ) -> impl Future<Output = Result<AppendResult, Error>> + Send {
         async move {
-            Ok(self
-                .read_stream(stream_id, from_version, usize::MAX)
-                .await?
-                .into_iter()
-                .map(|r| StoredPayload {
-                    position: r.log_position.position,
-                    stream_version: r.stream_version,
-                    event_type: r.event_type,
-                    schema_version: r.schema_version,
-                    payload: r.payload,
-                })
-                .collect())
+            let mut session = self.session().await?;
+            session.append(stream_id, expected, events).await
         }
     }
 
-    /// Calls `f` with each payload of a stream from `from_version`
-    /// (inclusive), in version order, as the rows arrive; returns how many
-    /// there were. Loading an aggregate folds its events this way without
-    /// holding the stream in memory. An error from `f` stops the fold and is
-    /// returned, with the failing event's global position filled in
-    /// ([`Error::at_position`]; a backend that overrides this method must do
-    /// the same). The default reads [`read_stream_payloads`](Self::read_stream_payloads)
-    /// first; backends override it to decode rows as they stream in.
-    fn fold_stream_payloads<F>(
-        &self,
-        stream_id: &str,
-        from_version: u64,
-        mut f: F,
-    ) -> impl Future<Output = Result<u64, Error>> + Send
-    where
-        F: FnMut(PayloadRef<'_>) -> Result<(), Error> + Send,
-    {
-        async move {
-            let stored = self.read_stream_payloads(stream_id, from_version).await?;
-            for p in &stored {
-                f(PayloadRef {
-                    stream_version: p.stream_version,
-                    event_type: &p.event_type,
-                    schema_version: p.schema_version,
-                    payload: p.payload.get(),
-                })
-                .map_err(|e| e.at_position(p.position))?;
-            }
-            Ok(stored.len() as u64)
-        }
-    }
-
-    /// Reads a whole stream from `from_version` (inclusive) with every
-    /// envelope field, each payload turned into a `T` by `decode` from the
-    /// stored JSON text: what [`EventStoreExt::read_stream_as`] is built
-    /// on. An error from `decode` stops the read and is returned with the
-    /// event's global position filled in ([`Error::at_position`]; a backend
-    /// that overrides this method must do the same).
-    ///
-    /// The default reads [`read_stream`](Self::read_stream) and decodes
-    /// each payload from its copy; the Postgres store decodes each row's
-    /// payload where it arrives, without copying it first.
+    /// Reads the events of a stream in `versions`, in version order, with
+    /// every envelope field, each payload turned into a `T` by `decode`
+    /// from the stored JSON text (where it arrives, without copying it
+    /// first). An error from `decode` stops the read and is returned with
+    /// the event's global position filled in ([`Error::at_position`]).
     ///
     /// ```
-    /// # use annals_core as annals;
-    /// # use annals::{EventStore, EventStoreExt, ExpectedVersion, InMemoryEventStore, Metadata};
-    /// #[derive(Debug, Clone, PartialEq, annals_macros::Event)]
-    /// #[event(crate = "annals_core")]
+    /// use annals::{EventStore, EventStoreExt, ExpectedVersion, InMemoryEventStore, Metadata};
+    ///
+    /// #[derive(Debug, Clone, PartialEq, annals::Event)]
     /// enum CounterEvent { Added(u32) }
     /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
     /// let store = InMemoryEventStore::new();
     /// let events = [CounterEvent::Added(2), CounterEvent::Added(3)];
     /// store.append_events("c1", ExpectedVersion::NoStream, &events, &Metadata::new()).await?;
     /// // each event's stored JSON, with its envelope
-    /// let read = store
-    ///     .read_stream_with("c1", 1, |p| Ok(p.payload.len()))
-    ///     .await?;
+    /// let read = store.read_stream_with("c1", .., |p| Ok(p.payload.len())).await?;
     /// assert_eq!(read.len(), 2);
     /// assert_eq!((read[1].stream_version, read[1].payload), (2, 1));
     /// # Ok::<(), annals::Error>(())
@@ -327,62 +329,41 @@ pub trait EventStore: Send + Sync + 'static {
     fn read_stream_with<T, F>(
         &self,
         stream_id: &str,
-        from_version: u64,
-        mut decode: F,
+        versions: impl RangeBounds<u64> + Send,
+        decode: F,
     ) -> impl Future<Output = Result<Vec<Envelope<T>>, Error>> + Send
     where
         T: Send,
-        F: FnMut(PayloadRef<'_>) -> Result<T, Error> + Send,
+        F: FnMut(PayloadRef<'_>) -> Result<T, Error> + Send;
+
+    /// Calls `f` with the payload of each event of a stream in `versions`,
+    /// in version order, as the rows arrive; returns how many there were.
+    /// Loading an aggregate folds its events this way without holding the
+    /// stream in memory. An error from `f` stops the fold and is returned,
+    /// with the failing event's global position filled in
+    /// ([`Error::at_position`]). The default folds on a session of its own.
+    fn fold_stream_payloads<F>(
+        &self,
+        stream_id: &str,
+        versions: impl RangeBounds<u64> + Send,
+        f: F,
+    ) -> impl Future<Output = Result<u64, Error>> + Send
+    where
+        F: FnMut(PayloadRef<'_>) -> Result<(), Error> + Send,
     {
         async move {
-            // one read: paging a stream costs a round trip per page, and the
-            // decoded events are all held in memory anyway
-            let page = self
-                .read_stream(stream_id, from_version.max(1), usize::MAX)
-                .await?;
-            page.into_iter()
-                .map(|r| {
-                    let value = decode(PayloadRef {
-                        stream_version: r.stream_version,
-                        event_type: &r.event_type,
-                        schema_version: r.schema_version,
-                        payload: r.payload.get(),
-                    })
-                    .map_err(|e| e.at_position(r.log_position.position))?;
-                    Ok(r.map(|_| value))
-                })
-                .collect()
+            let mut session = self.session().await?;
+            session.fold_stream_payloads(stream_id, versions, f).await
         }
     }
 
-    /// Folds a whole stream into `command`, then appends the events it
-    /// decides: the load, decision and append of one command attempt.
-    /// Returns how many events were folded and the append's outcome
-    /// (`None`: the command decided to append nothing). A conflict is
-    /// [`Error::Conflict`], as from [`append`](Self::append), and nothing
-    /// is written.
-    ///
-    /// The default is [`fold_stream_payloads`](Self::fold_stream_payloads)
-    /// from version 1, then [`append`](Self::append). A backend may run both
-    /// on one connection: the Postgres store checks one out of its pool per
-    /// command instead of two (measured: a command takes 0.83x the time of
-    /// the same two statements each on its own checkout, whose pool pings
-    /// the connection on every checkout and return).
-    fn fold_and_append<C>(
+    /// Reads up to `limit` events of the global log after `after` (the
+    /// reader's checkpoint, exclusive), in `(transaction_id, position)` order.
+    fn read_log(
         &self,
-        stream_id: &str,
-        command: &mut C,
-    ) -> impl Future<Output = Result<(u64, Option<AppendResult>), Error>> + Send
-    where
-        C: CommandFold,
-    {
-        async move {
-            let folded = self
-                .fold_stream_payloads(stream_id, 1, |p| command.event(p))
-                .await?;
-            crate::snapshot::append_decided(self, stream_id, folded, command).await
-        }
-    }
+        after: LogPosition,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<RecordedEvent>, Error>> + Send;
 
     /// The version of a stream's last event (`None`: no such stream).
     fn stream_version(
@@ -399,7 +380,7 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// The committed events after `after` in log order: how far behind a
     /// reader at that checkpoint is. The default pages through
-    /// [`read_all`](Self::read_all); backends override it with a count.
+    /// [`read_log`](Self::read_log); backends override it with a count.
     fn backlog(&self, after: LogPosition) -> impl Future<Output = Result<Backlog, Error>> + Send {
         async move {
             let mut backlog = Backlog {
@@ -408,7 +389,7 @@ pub trait EventStore: Send + Sync + 'static {
             };
             let mut from = after;
             loop {
-                let page = self.read_all(from, 1000).await?;
+                let page = self.read_log(from, 1000).await?;
                 let Some(last) = page.last() else {
                     return Ok(backlog);
                 };
@@ -441,6 +422,59 @@ pub trait EventStore: Send + Sync + 'static {
     }
 }
 
+/// One connection of an [`EventStore`], held until it is dropped: a
+/// command loads its aggregate and appends its decision on the same one
+/// (the Postgres store checks a connection out of its pool once per
+/// command instead of twice), and a snapshot store beside the event store
+/// reads on it too ([`SnapshotStore::load_and_fold`](crate::SnapshotStore::load_and_fold)).
+///
+/// A session is not a transaction: each append is atomic on its own, and
+/// the load before it is checked by the append's expected version.
+///
+/// ```
+/// use annals::store::Session;
+/// use annals::{EventStore, EventStoreExt, ExpectedVersion, InMemoryEventStore, Metadata};
+///
+/// #[derive(Debug, Clone, PartialEq, annals::Event)]
+/// enum NoteEvent { Noted(String) }
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let store = InMemoryEventStore::new();
+/// let note = NoteEvent::Noted("hi".into());
+/// for _ in 0..5 {
+///     // append a note unless the stream already has three
+///     let mut session = store.session().await?;
+///     let seen = session.fold_stream_payloads("notes-1", .., |_| Ok(())).await?;
+///     if seen < 3 {
+///         let events = store.encode_events(&[note.clone()], &Metadata::new())?;
+///         let expected = ExpectedVersion::from_current(Some(seen));
+///         session.append("notes-1", expected, events).await?;
+///     }
+/// }
+/// assert_eq!(store.stream_version("notes-1").await?, Some(3));
+/// # Ok::<(), annals::Error>(())
+/// # }).unwrap();
+/// ```
+pub trait Session: Send {
+    /// [`EventStore::fold_stream_payloads`] on this session's connection.
+    fn fold_stream_payloads<F>(
+        &mut self,
+        stream_id: &str,
+        versions: impl RangeBounds<u64> + Send,
+        f: F,
+    ) -> impl Future<Output = Result<u64, Error>> + Send
+    where
+        F: FnMut(PayloadRef<'_>) -> Result<(), Error> + Send;
+
+    /// [`EventStore::append`] on this session's connection (its own
+    /// transaction: all of the events or none).
+    fn append(
+        &mut self,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> impl Future<Output = Result<AppendResult, Error>> + Send;
+}
+
 /// Waits for new events in the global log.
 pub trait Watch: Send {
     /// Waits until events may have been appended, or `timeout` elapses,
@@ -462,6 +496,17 @@ pub trait WatchLog: EventStore {
 /// The typed layer over any [`EventStore`]: encodes application events,
 /// validates, decodes and upcasts. Implemented for every store.
 pub trait EventStoreExt: EventStore {
+    /// Encodes application events into [`NewEvent`]s with shared metadata
+    /// (registering `E` with the store's registry): what
+    /// [`append_events`](Self::append_events) appends.
+    fn encode_events<E: Event>(
+        &self,
+        events: &[E],
+        metadata: &Metadata,
+    ) -> Result<Vec<NewEvent>, Error> {
+        encode_events(self.registry(), events, metadata)
+    }
+
     /// Encodes and appends application events with shared metadata.
     fn append_events<E: Event>(
         &self,
@@ -470,61 +515,94 @@ pub trait EventStoreExt: EventStore {
         events: &[E],
         metadata: &Metadata,
     ) -> impl Future<Output = Result<AppendResult, Error>> + Send {
-        let encoded = encode_events(self.registry(), events, metadata);
+        let encoded = self.encode_events(events, metadata);
         async move { self.append(stream_id, expected, encoded?).await }
     }
 
-    /// Reads and decodes a whole stream from `from_version`.
+    /// Reads the events of a stream in `versions` with their envelopes, as
+    /// stored (not decoded).
+    ///
+    /// ```
+    /// use annals::{EventStore, EventStoreExt, ExpectedVersion, InMemoryEventStore, Metadata, NewEvent};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let store = InMemoryEventStore::new().without_validation();
+    /// let payload = serde_json::value::to_raw_value(&serde_json::json!({"name": "Ana"}))?;
+    /// let event = NewEvent::new("lead.created", 1, payload, Metadata::new());
+    /// let result = store.append("lead-1", ExpectedVersion::NoStream, vec![event]).await?;
+    /// assert_eq!(result.version, 1);
+    /// let read = store.read_stream("lead-1", ..).await?;
+    /// assert_eq!(read[0].payload.get(), r#"{"name":"Ana"}"#);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
+    fn read_stream(
+        &self,
+        stream_id: &str,
+        versions: impl RangeBounds<u64> + Send,
+    ) -> impl Future<Output = Result<Vec<RecordedEvent>, Error>> + Send {
+        self.read_stream_with(stream_id, versions, |p| {
+            serde_json::value::RawValue::from_string(p.payload.to_owned()).map_err(|e| {
+                Error::CorruptedRow {
+                    position: None,
+                    message: format!("payload is not JSON: {e}"),
+                }
+            })
+        })
+    }
+
+    /// Reads the events of a stream in `versions` with their envelopes,
+    /// decoded into `E` (old versions validated and upcast).
     fn read_stream_as<E: Event>(
         &self,
         stream_id: &str,
-        from_version: u64,
+        versions: impl RangeBounds<u64> + Send,
     ) -> impl Future<Output = Result<Vec<Envelope<E>>, Error>> + Send {
         async move {
             self.registry().register::<E>()?;
             let registry = self.registry();
-            self.read_stream_with(stream_id, from_version, |p| {
+            self.read_stream_with(stream_id, versions, |p| {
                 decode_payload::<E>(registry, stream_id, p)
             })
             .await
         }
     }
 
-    /// Reads and decodes the events of a stream from `from_version`, with
+    /// Reads the events of a stream in `versions` decoded into `E`, with
     /// their stream versions but without the rest of the envelope: the
     /// lean read for code that needs only the events themselves (ids,
     /// times and metadata are not fetched). Old versions are validated and
     /// upcast as on every other read.
     ///
     /// ```
-    /// # use annals_core as annals;
-    /// # use annals::{EventStoreExt, ExpectedVersion, InMemoryEventStore, Metadata};
-    /// #[derive(Debug, Clone, PartialEq, annals_macros::Event)]
-    /// #[event(crate = "annals_core")]
+    /// use annals::store::Versioned;
+    /// use annals::{EventStoreExt, ExpectedVersion, InMemoryEventStore, Metadata};
+    ///
+    /// #[derive(Debug, Clone, PartialEq, annals::Event)]
     /// enum CounterEvent { Added(u32) }
     /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
     /// let store = InMemoryEventStore::new();
     /// let events = [CounterEvent::Added(2), CounterEvent::Added(3)];
     /// store.append_events("c1", ExpectedVersion::NoStream, &events, &Metadata::new()).await?;
-    /// let read = store.read_stream_events::<CounterEvent>("c1", 2).await?;
-    /// assert_eq!(read, vec![(2, CounterEvent::Added(3))]);
+    /// let read = store.read_stream_payloads_as::<CounterEvent>("c1", 2..).await?;
+    /// assert_eq!(read, vec![Versioned { stream_version: 2, event: CounterEvent::Added(3) }]);
     /// # Ok::<(), annals::Error>(())
     /// # }).unwrap();
     /// ```
-    fn read_stream_events<E: Event>(
+    fn read_stream_payloads_as<E: Event>(
         &self,
         stream_id: &str,
-        from_version: u64,
-    ) -> impl Future<Output = Result<Vec<(u64, E)>, Error>> + Send {
+        versions: impl RangeBounds<u64> + Send,
+    ) -> impl Future<Output = Result<Vec<Versioned<E>>, Error>> + Send {
         async move {
             let registry = self.registry();
             registry.register::<E>()?;
             let mut events = Vec::new();
-            self.fold_stream_payloads(stream_id, from_version.max(1), |p| {
-                events.push((
-                    p.stream_version,
-                    decode_payload::<E>(registry, stream_id, p)?,
-                ));
+            self.fold_stream_payloads(stream_id, versions, |p| {
+                events.push(Versioned {
+                    stream_version: p.stream_version,
+                    event: decode_payload::<E>(registry, stream_id, p)?,
+                });
                 Ok(())
             })
             .await?;
@@ -578,7 +656,7 @@ fn decode_registered<E: Event>(
         recorded.payload.get(),
     )
     .map_err(|source| Error::Decode {
-        position: recorded.log_position.position,
+        position: Some(recorded.log_position.position),
         stream_id: recorded.stream_id.clone(),
         stream_version: recorded.stream_version,
         source,
@@ -587,7 +665,7 @@ fn decode_registered<E: Event>(
 }
 
 /// Decodes one stored payload of a stream; `E` must already be registered.
-/// An error names position 0: the store fills the real one in.
+/// An error names no position: the store fills it in.
 pub(crate) fn decode_payload<E: Event>(
     registry: &SchemaRegistry,
     stream_id: &str,
@@ -595,7 +673,7 @@ pub(crate) fn decode_payload<E: Event>(
 ) -> Result<E, Error> {
     decode_parts::<E>(registry, p.event_type, p.schema_version, p.payload).map_err(|source| {
         Error::Decode {
-            position: 0,
+            position: None,
             stream_id: stream_id.to_owned(),
             stream_version: p.stream_version,
             source,
@@ -610,7 +688,7 @@ pub(crate) fn decode_parts<E: Event>(
     event_type: &str,
     schema_version: u32,
     payload: &str,
-) -> Result<E, crate::DecodeError> {
+) -> Result<E, crate::event::DecodeError> {
     if let Some(info) = E::type_info(event_type) {
         if schema_version < info.version {
             if let Some(schema) = registry.get(event_type, schema_version) {

@@ -3,30 +3,34 @@ use std::sync::{Arc, Mutex};
 
 use chrono::Utc;
 
-use crate::{
-    AppendResult, Backlog, Envelope, Error, EventStore, ExpectedVersion, LogPosition, NewEvent,
-    RecordedEvent, SchemaRegistry, VersionConflict, Watch, WatchLog,
+use std::ops::RangeBounds;
+
+use crate::store::{
+    AppendResult, Backlog, EventStore, ExpectedVersion, LogPosition, PayloadRef, Session,
+    VersionRange, Watch, WatchLog,
 };
+use crate::{Envelope, Error, NewEvent, RecordedEvent, SchemaRegistry, VersionConflict};
 
 /// The embedded event store: everything in memory, with exactly the semantics
 /// of the Postgres store (the same conformance suite runs against both).
 ///
-/// Cloning is cheap and shares the store.
+/// Cloning is cheap and shares the store; a clone is also its
+/// [`Session`].
 ///
 /// ```
-/// # use annals_core::{InMemoryEventStore, EventStore, ExpectedVersion, NewEvent, Metadata};
-/// # tokio_test_block(async {
-/// let store = InMemoryEventStore::new().without_validation();
-/// let payload = serde_json::value::to_raw_value(&serde_json::json!({"name": "Ana"}))?;
-/// let event = NewEvent::new("lead.created", 1, payload, Metadata::new());
-/// let result = store.append("lead-1", ExpectedVersion::NoStream, vec![event]).await?;
+/// use annals::{EventStoreExt, ExpectedVersion, InMemoryEventStore, Metadata};
+///
+/// #[derive(Debug, Clone, PartialEq, annals::Event)]
+/// enum CounterEvent { Added(u32) }
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let store = InMemoryEventStore::new();
+/// let result = store
+///     .append_events("c1", ExpectedVersion::NoStream, &[CounterEvent::Added(2)], &Metadata::new())
+///     .await?;
 /// assert_eq!(result.version, 1);
-/// assert_eq!(store.read_stream("lead-1", 1, 10).await?.len(), 1);
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// # });
-/// # fn tokio_test_block<F: std::future::Future<Output = Result<(), Box<dyn std::error::Error>>>>(f: F) {
-/// #     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f).unwrap()
-/// # }
+/// assert_eq!(store.read_stream_as::<CounterEvent>("c1", ..).await?[0].payload, CounterEvent::Added(2));
+/// # Ok::<(), annals::Error>(())
+/// # }).unwrap();
 /// ```
 #[derive(Clone, Debug)]
 pub struct InMemoryEventStore {
@@ -182,13 +186,40 @@ impl InMemoryEventStore {
     }
 }
 
+impl InMemoryEventStore {
+    /// The events of a stream in `versions` (cloned out of the lock: a
+    /// decoder may take its time without blocking appends).
+    fn stream_range(&self, stream_id: &str, versions: VersionRange) -> Vec<RecordedEvent> {
+        let state = self.lock();
+        let Some(indices) = state.streams.get(stream_id) else {
+            return Vec::new();
+        };
+        let skip = usize::try_from(versions.first - 1).unwrap_or(usize::MAX);
+        let take = versions
+            .count()
+            .map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX));
+        indices
+            .iter()
+            .skip(skip)
+            .take(take)
+            .map(|&i| state.log[i].clone())
+            .collect()
+    }
+}
+
 impl EventStore for InMemoryEventStore {
+    type Session = InMemoryEventStore;
+
     fn registry(&self) -> &SchemaRegistry {
         &self.shared.registry
     }
 
     fn validates_on_append(&self) -> bool {
         self.shared.validate
+    }
+
+    async fn session(&self) -> Result<InMemoryEventStore, Error> {
+        Ok(self.clone())
     }
 
     async fn append(
@@ -203,34 +234,50 @@ impl EventStore for InMemoryEventStore {
         result
     }
 
-    async fn read_stream(
+    async fn read_stream_with<T, F>(
         &self,
         stream_id: &str,
-        from_version: u64,
-        max_count: usize,
-    ) -> Result<Vec<RecordedEvent>, Error> {
-        let state = self.lock();
-        let Some(indices) = state.streams.get(stream_id) else {
-            return Ok(Vec::new());
-        };
-        let skip = from_version.saturating_sub(1) as usize;
-        Ok(indices
-            .iter()
-            .skip(skip)
-            .take(max_count)
-            .map(|&i| state.log[i].clone())
-            .collect())
+        versions: impl RangeBounds<u64> + Send,
+        mut decode: F,
+    ) -> Result<Vec<Envelope<T>>, Error>
+    where
+        T: Send,
+        F: FnMut(PayloadRef<'_>) -> Result<T, Error> + Send,
+    {
+        self.stream_range(stream_id, VersionRange::new(versions))
+            .into_iter()
+            .map(|r| {
+                let value = decode(payload_ref(&r)).map_err(|e| e.at_position(r.position()))?;
+                Ok(r.map(|_| value))
+            })
+            .collect()
     }
 
-    async fn read_all(
+    async fn fold_stream_payloads<F>(
+        &self,
+        stream_id: &str,
+        versions: impl RangeBounds<u64> + Send,
+        mut f: F,
+    ) -> Result<u64, Error>
+    where
+        F: FnMut(PayloadRef<'_>) -> Result<(), Error> + Send,
+    {
+        let events = self.stream_range(stream_id, VersionRange::new(versions));
+        for r in &events {
+            f(payload_ref(r)).map_err(|e| e.at_position(r.position()))?;
+        }
+        Ok(events.len() as u64)
+    }
+
+    async fn read_log(
         &self,
         after: LogPosition,
-        max_count: usize,
+        limit: usize,
     ) -> Result<Vec<RecordedEvent>, Error> {
         let state = self.lock();
         // appends are serialized, so the log is already in (transaction, position) order
         let start = state.log.partition_point(|e| e.log_position <= after);
-        Ok(state.log[start..].iter().take(max_count).cloned().collect())
+        Ok(state.log[start..].iter().take(limit).cloned().collect())
     }
 
     async fn stream_version(&self, stream_id: &str) -> Result<Option<u64>, Error> {
@@ -260,6 +307,38 @@ impl EventStore for InMemoryEventStore {
             events: rest.len() as u64,
             oldest_recorded_at: rest.first().map(|e| e.recorded_at),
         })
+    }
+}
+
+impl Session for InMemoryEventStore {
+    async fn fold_stream_payloads<F>(
+        &mut self,
+        stream_id: &str,
+        versions: impl RangeBounds<u64> + Send,
+        f: F,
+    ) -> Result<u64, Error>
+    where
+        F: FnMut(PayloadRef<'_>) -> Result<(), Error> + Send,
+    {
+        EventStore::fold_stream_payloads(&*self, stream_id, versions, f).await
+    }
+
+    async fn append(
+        &mut self,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, Error> {
+        EventStore::append(&*self, stream_id, expected, events).await
+    }
+}
+
+fn payload_ref(r: &RecordedEvent) -> PayloadRef<'_> {
+    PayloadRef {
+        stream_version: r.stream_version,
+        event_type: &r.event_type,
+        schema_version: r.schema_version,
+        payload: r.payload.get(),
     }
 }
 

@@ -1,6 +1,12 @@
+//! Events: the [`Event`] trait `#[derive(Event)]` implements, the
+//! envelope every stored event comes in, and the errors of decoding one.
+
 use serde_json::value::RawValue;
 
-use crate::DecodeError;
+mod envelope;
+
+pub use crate::error::{DecodeError, UpcastError};
+pub use envelope::{Envelope, Metadata, NewEvent, RecordedEvent};
 
 /// Static facts about one event type of an [`Event`] implementation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,19 +41,18 @@ pub struct EventSchema {
 /// upcast chain, and the schemas of every version.
 ///
 /// ```
-/// # use annals_core as annals;
-/// use annals_core::Event;
+/// use annals::Event;
 /// # #[derive(serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 /// # struct LeadScored { score: u8 }
 /// # enum LeadEvent { Scored(LeadScored) }
 /// # impl Event for LeadEvent {
-/// #     const TYPES: &'static [annals_core::EventTypeInfo] = &[annals_core::EventTypeInfo { name: "lead.scored", version: 1, oldest_version: 1 }];
+/// #     const TYPES: &'static [annals::event::EventTypeInfo] = &[annals::event::EventTypeInfo { name: "lead.scored", version: 1, oldest_version: 1 }];
 /// #     fn event_type(&self) -> &'static str { "lead.scored" }
 /// #     fn schema_version(&self) -> u32 { 1 }
 /// #     fn encode(&self) -> Result<Box<serde_json::value::RawValue>, serde_json::Error> { match self { LeadEvent::Scored(e) => serde_json::value::to_raw_value(e) } }
-/// #     fn decode(t: &str, v: u32, p: &serde_json::value::RawValue) -> Result<Self, annals_core::DecodeError> {
-/// #         annals_core::__private::decode_raw::<LeadScored>(t, v, p.get()).map(LeadEvent::Scored) }
-/// #     fn schemas() -> Vec<annals_core::EventSchema> { vec![] }
+/// #     fn decode(t: &str, v: u32, p: &serde_json::value::RawValue) -> Result<Self, annals::event::DecodeError> {
+/// #         annals::__private::decode_raw::<LeadScored>(t, v, p.get()).map(LeadEvent::Scored) }
+/// #     fn schemas() -> Vec<annals::event::EventSchema> { vec![] }
 /// # }
 /// let event = LeadEvent::Scored(LeadScored { score: 80 });
 /// assert_eq!(event.event_type(), "lead.scored");
@@ -121,7 +126,7 @@ pub(crate) mod private {
     use serde_json::value::RawValue;
     use serde_json::Value;
 
-    use crate::{DecodeError, EventTypeInfo, UpcastError};
+    use crate::{event::DecodeError, event::EventTypeInfo, event::UpcastError};
 
     /// What the derive needs of every payload type (current and historical).
     /// Every use in generated code goes through this one trait, spanned at

@@ -3,39 +3,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
-/// A place in the global log: the id of the transaction that wrote an event
-/// and the event's global position.
-///
-/// Readers of the whole log order events by `(transaction_id, position)`; a
-/// checkpoint is the pair of the last event a reader processed. Positions are
-/// unique but may have gaps (rolled-back appends); transaction ids order the
-/// commits so that a reader resuming from a checkpoint never skips an event
-/// that committed late.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
-)]
-pub struct LogPosition {
-    /// The id of the transaction that wrote the event (`xid8` in Postgres).
-    pub transaction_id: u64,
-    /// The event's global position, unique across the store.
-    pub position: u64,
-}
-
-impl LogPosition {
-    /// The position before the first event: reading from here reads the whole log.
-    pub const START: LogPosition = LogPosition {
-        transaction_id: 0,
-        position: 0,
-    };
-
-    /// A position from its two parts.
-    pub const fn new(transaction_id: u64, position: u64) -> Self {
-        LogPosition {
-            transaction_id,
-            position,
-        }
-    }
-}
+use crate::store::LogPosition;
 
 /// Metadata carried by every event: who caused it and why.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -149,6 +117,37 @@ impl<T> Envelope<T> {
     /// The event's global position.
     pub fn position(&self) -> u64 {
         self.log_position.position
+    }
+
+    /// The type of the aggregate whose stream holds the event: the part of
+    /// the stream id before its first `-` (streams of aggregates are named
+    /// `{type}-{id}`, see [`AggregateState::stream_id`](crate::AggregateState::stream_id);
+    /// KurrentDB calls this part the stream's category). `None` for a
+    /// stream id without a `-`.
+    ///
+    /// ```
+    /// # use annals::{Envelope, LogPosition, Metadata};
+    /// # let envelope = |stream: &str| Envelope {
+    /// #     event_id: annals::uuid::Uuid::nil(), stream_id: stream.into(), stream_version: 1,
+    /// #     log_position: LogPosition::START, event_type: "appointment.booked".into(),
+    /// #     schema_version: 1, metadata: Metadata::new(), recorded_at: annals::chrono::Utc::now(), payload: (),
+    /// # };
+    /// let e = envelope("appointment-a1-2026");
+    /// assert_eq!(e.aggregate_type(), Some("appointment"));
+    /// assert_eq!(e.aggregate_id(), "a1-2026");
+    /// assert_eq!(envelope("audit").aggregate_id(), "audit");
+    /// ```
+    pub fn aggregate_type(&self) -> Option<&str> {
+        self.stream_id.split_once('-').map(|(t, _)| t)
+    }
+
+    /// The id of the aggregate whose stream holds the event: the part of
+    /// the stream id after its first `-` (the whole stream id when it has
+    /// none). See [`aggregate_type`](Self::aggregate_type).
+    pub fn aggregate_id(&self) -> &str {
+        self.stream_id
+            .split_once('-')
+            .map_or(self.stream_id.as_str(), |(_, id)| id)
     }
 
     /// Replaces the payload, keeping the envelope.

@@ -1,0 +1,540 @@
+//! The Postgres event store.
+
+use std::ops::RangeBounds;
+use std::sync::Arc;
+use std::time::Duration;
+
+use annals_core::event::NewEvent;
+use annals_core::store::{
+    AppendResult, Backlog, ExpectedVersion, Horizon, LogPosition, PayloadRef, Session,
+    VersionRange, Watch, WatchLog,
+};
+use annals_core::{Envelope, Error, Event, EventStore, RecordedEvent, SchemaRegistry};
+use chrono::{DateTime, Utc};
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgListener, PgRow};
+use sqlx::{PgPool, Postgres, Row};
+
+use crate::error::{db, db_error};
+use crate::keys::{KeyMap, SchemaKeys};
+use crate::rows::{decode_event_row, next};
+use crate::sql;
+
+mod append;
+mod read;
+
+/// The channel on which every append notifies readers (at commit).
+pub const EVENTS_CHANNEL: &str = "annals_events";
+
+/// The Postgres event store.
+///
+/// Cloning is cheap (the pool and registry are shared).
+///
+/// ```no_run
+/// use annals::postgres::{connect, migrate, PgEventStore};
+/// use annals::{EventStoreExt, ExpectedVersion, Metadata};
+///
+/// #[derive(Debug, Clone, PartialEq, annals::Event)]
+/// enum LeadEvent { Created(String) }
+///
+/// # async fn run() -> Result<(), annals::Error> {
+/// let pool = connect("postgres://app@localhost/clinic").await?;
+/// migrate(&pool).await?;
+/// let store = PgEventStore::builder(pool).register::<LeadEvent>().build().await?;
+/// store
+///     .append_events("lead-1", ExpectedVersion::NoStream, &[LeadEvent::Created("Ana".into())], &Metadata::new())
+///     .await?;
+/// let events = store.read_stream_as::<LeadEvent>("lead-1", ..).await?;
+/// assert_eq!(events.len(), 1);
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct PgEventStore {
+    pool: PgPool,
+    registry: Arc<SchemaRegistry>,
+    validate: bool,
+    keys: Arc<SchemaKeys>,
+}
+
+type Registration = Box<dyn FnOnce(&SchemaRegistry) -> Result<(), Error> + Send>;
+
+/// Builds a [`PgEventStore`]: registers event types and records their
+/// schemas in the database, refusing to start on a changed schema.
+///
+/// ```no_run
+/// # #[derive(annals::Event)] enum LeadEvent { Created(String) }
+/// # #[derive(annals::Event)] enum VisitEvent { Booked(String) }
+/// # async fn run(pool: annals::postgres::sqlx::PgPool) -> Result<(), annals::Error> {
+/// use annals::postgres::PgEventStore;
+///
+/// let store = PgEventStore::builder(pool)
+///     .register::<LeadEvent>()
+///     .register::<VisitEvent>()
+///     .build()
+///     .await?; // Error::SchemaChanged if a stored schema changed without a version bump
+/// # Ok(()) }
+/// ```
+pub struct PgEventStoreBuilder {
+    pool: PgPool,
+    registry: Arc<SchemaRegistry>,
+    validate: bool,
+    registrations: Vec<Registration>,
+}
+
+impl std::fmt::Debug for PgEventStoreBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgEventStoreBuilder")
+            .field("validate", &self.validate)
+            .field("registrations", &self.registrations.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgEventStoreBuilder {
+    /// Registers an event type: its schemas are validated against (and
+    /// recorded in) the database's schema registry at [`build`](Self::build).
+    pub fn register<E: Event>(mut self) -> Self {
+        self.registrations
+            .push(Box::new(|registry| registry.register::<E>()));
+        self
+    }
+
+    /// Uses a shared schema registry instead of a new one.
+    pub fn registry(mut self, registry: Arc<SchemaRegistry>) -> Self {
+        self.registry = registry;
+        self
+    }
+
+    /// Switches schema validation on append off (it is on by default).
+    pub fn without_validation(mut self) -> Self {
+        self.validate = false;
+        self
+    }
+
+    /// Registers the event types, checks their schemas against those recorded
+    /// in the database and records the new ones.
+    ///
+    /// Fails with [`Error::SchemaChanged`] when the code's schema for a stored
+    /// (type, version) differs from the recorded one: bump the version.
+    pub async fn build(self) -> Result<PgEventStore, Error> {
+        for r in self.registrations {
+            r(&self.registry)?;
+        }
+        let store = PgEventStore {
+            pool: self.pool,
+            registry: self.registry,
+            validate: self.validate,
+            keys: Arc::default(),
+        };
+        store.sync_schemas().await?;
+        Ok(store)
+    }
+}
+
+impl PgEventStore {
+    /// A builder for a store on `pool` (run [`migrate`](crate::migrate) first).
+    pub fn builder(pool: PgPool) -> PgEventStoreBuilder {
+        PgEventStoreBuilder {
+            pool,
+            registry: Arc::new(SchemaRegistry::new()),
+            validate: true,
+            registrations: Vec::new(),
+        }
+    }
+
+    /// The connection pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// The schema keys known now (see [`crate::keys`]).
+    pub(crate) fn schema_keys(&self) -> Arc<KeyMap> {
+        self.keys.snapshot()
+    }
+
+    /// The shared schema registry.
+    pub fn registry_arc(&self) -> Arc<SchemaRegistry> {
+        self.registry.clone()
+    }
+
+    /// Registers an event type after start-up and records its schemas,
+    /// with the same breaking-change check as the builder.
+    pub async fn register<E: Event>(&self) -> Result<(), Error> {
+        self.registry.register::<E>()?;
+        self.sync_schemas().await
+    }
+
+    /// Compares every schema in the registry with the recorded ones and
+    /// records those not yet stored.
+    pub async fn sync_schemas(&self) -> Result<(), Error> {
+        let schemas = self.registry.schemas();
+        if schemas.is_empty() {
+            return Ok(());
+        }
+        let types: Vec<String> = schemas.iter().map(|s| s.event_type.clone()).collect();
+        let versions: Vec<i32> = schemas.iter().map(|s| s.version as i32).collect();
+        let fingerprints: Vec<String> = schemas.iter().map(|s| s.fingerprint.clone()).collect();
+        let bodies: Vec<String> = schemas.iter().map(|s| s.schema.to_string()).collect();
+        let rust_types: Vec<String> = schemas.iter().map(|s| s.rust_type.to_owned()).collect();
+        let rows: Vec<(String, i32, String)> = sqlx::query_as(sql::RECORD_SCHEMAS)
+            .bind(&types)
+            .bind(&versions)
+            .bind(&fingerprints)
+            .bind(&bodies)
+            .bind(&rust_types)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("recording event schemas"))?;
+        self.registry.check_against(
+            rows.iter()
+                .map(|(t, v, f)| (t.as_str(), (*v).max(0) as u32, f.as_str())),
+        )?;
+        self.learn_registered_keys().await
+    }
+
+    /// Learns the schema keys of every (type, version) the registry can
+    /// decode (every version up to the current one: old ones may have no
+    /// schema of their own, only an upcaster), computed by Postgres with the
+    /// expression of the `annals_events.schema_key` column, so that lean
+    /// reads of them need no fallback.
+    async fn learn_registered_keys(&self) -> Result<(), Error> {
+        let mut pairs = std::collections::BTreeSet::new();
+        for schema in self.registry.schemas() {
+            let current = self
+                .registry
+                .current_version(&schema.event_type)
+                .unwrap_or(schema.version);
+            for v in 1..=current.max(schema.version).min(i32::MAX as u32) {
+                pairs.insert((schema.event_type.clone(), v as i32));
+            }
+        }
+        let (types, versions): (Vec<String>, Vec<i32>) = pairs.into_iter().unzip();
+        let rows: Vec<(String, i32, i64)> = sqlx::query_as(sql::SCHEMA_KEYS)
+            .bind(&types)
+            .bind(&versions)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("computing the schema keys of the registered types"))?;
+        self.keys
+            .learn(rows.iter().map(|(t, v, key)| (*key, t.as_str(), *v)));
+        Ok(())
+    }
+
+    /// Appends inside the caller's transaction (or on any connection), so a
+    /// command can append and write other rows atomically. Same semantics as
+    /// [`EventStore::append`]; nothing is visible before the caller commits.
+    pub async fn append_in(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, Error> {
+        let started = std::time::Instant::now();
+        let result = self
+            .append_on(conn, false, stream_id, expected, events)
+            .await;
+        annals_core::metrics::record_append("postgres", started, &result);
+        result
+    }
+
+    /// A connection from the pool; `context` names the wait in the error.
+    pub(crate) async fn checkout(
+        &self,
+        context: &'static str,
+    ) -> Result<PoolConnection<Postgres>, Error> {
+        self.pool.acquire().await.map_err(db(context))
+    }
+
+    /// How far the snapshot horizon holds log readers back. Seeing other
+    /// sessions' transaction start times needs the `pg_read_all_stats` role
+    /// (or superuser); without it `oldest_open_since` may be `None`.
+    pub async fn horizon(&self) -> Result<Horizon, Error> {
+        let row = sqlx::query(sql::HORIZON)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db("reading the snapshot horizon"))?;
+        let xmin: i64 = get(&row, "xmin")?;
+        let oldest: Option<DateTime<Utc>> = get(&row, "oldest")?;
+        let now: DateTime<Utc> = get(&row, "now")?;
+        let held: i64 = get(&row, "held")?;
+        let lag_seconds = oldest
+            .map(|o| ((now - o).num_milliseconds().max(0) as f64) / 1000.0)
+            .unwrap_or(0.0);
+        Ok(Horizon {
+            xmin: xmin as u64,
+            oldest_open_since: oldest,
+            lag_seconds,
+            events_held_back: held.max(0) as u64,
+        })
+    }
+
+    /// A watcher that wakes when events are appended (LISTEN/NOTIFY), with
+    /// polling as the fallback.
+    pub async fn watch(&self) -> Result<LogWatcher, Error> {
+        let mut listener = PgListener::connect_with(&self.pool)
+            .await
+            .map_err(db("connecting the event listener"))?;
+        listener
+            .listen(EVENTS_CHANNEL)
+            .await
+            .map_err(db("listening for appended events"))?;
+        Ok(LogWatcher { listener })
+    }
+}
+
+/// A session of the [`PgEventStore`]: one connection checked out of its
+/// pool until the session is dropped. A command loads and appends on it
+/// (one checkout per command: a checkout pings the connection, and so does
+/// its return).
+#[derive(Debug)]
+pub struct PgSession {
+    store: PgEventStore,
+    conn: PoolConnection<Postgres>,
+}
+
+impl PgSession {
+    /// The store the session belongs to.
+    pub fn store(&self) -> &PgEventStore {
+        &self.store
+    }
+
+    /// The session's connection (for statements of the application's own
+    /// beside a command's).
+    pub fn connection(&mut self) -> &mut sqlx::PgConnection {
+        &mut self.conn
+    }
+}
+
+impl Session for PgSession {
+    async fn fold_stream_payloads<F>(
+        &mut self,
+        stream_id: &str,
+        versions: impl RangeBounds<u64> + Send,
+        f: F,
+    ) -> Result<u64, Error>
+    where
+        F: FnMut(PayloadRef<'_>) -> Result<(), Error> + Send,
+    {
+        self.store
+            .fold_on(&mut self.conn, stream_id, VersionRange::new(versions), f)
+            .await
+    }
+
+    async fn append(
+        &mut self,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, Error> {
+        let started = std::time::Instant::now();
+        let result = self
+            .store
+            .append_on(&mut self.conn, true, stream_id, expected, events)
+            .await;
+        annals_core::metrics::record_append("postgres", started, &result);
+        result
+    }
+}
+
+/// Wakes log readers when events are appended.
+#[derive(Debug)]
+pub struct LogWatcher {
+    listener: PgListener,
+}
+
+impl Watch for LogWatcher {
+    /// Waits until an append commits or `poll` elapses, whichever is first.
+    /// Returns `true` when woken by a notification. A lost connection is
+    /// re-established by the listener; waiting then falls back to polling.
+    async fn wait(&mut self, poll: Duration) -> bool {
+        match tokio::time::timeout(poll, self.listener.recv()).await {
+            Ok(Ok(_)) => {
+                // drain notifications that arrived together
+                while self.listener.next_buffered().is_some() {}
+                true
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "event listener failed; falling back to polling");
+                tokio::time::sleep(poll).await;
+                false
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+fn get<'r, T>(row: &'r PgRow, column: &str) -> Result<T, Error>
+where
+    T: sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
+{
+    row.try_get(column)
+        .map_err(|e| db_error("reading a row", e))
+}
+
+/// A count or a version as Postgres' `int8`.
+pub(crate) fn int8(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// The `LIMIT` of a stream read: how many versions `range` covers (`None`:
+/// no limit).
+pub(crate) fn limit_of(range: VersionRange) -> Option<i64> {
+    range.count().map(int8)
+}
+
+impl EventStore for PgEventStore {
+    type Session = PgSession;
+
+    fn registry(&self) -> &SchemaRegistry {
+        &self.registry
+    }
+
+    fn validates_on_append(&self) -> bool {
+        self.validate
+    }
+
+    async fn session(&self) -> Result<PgSession, Error> {
+        Ok(PgSession {
+            store: self.clone(),
+            conn: self.checkout("acquiring a connection").await?,
+        })
+    }
+
+    async fn append(
+        &self,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, Error> {
+        // timed with the checkout: a starved pool shows in the metric
+        let started = std::time::Instant::now();
+        let result = match self.checkout("acquiring a connection to append").await {
+            Ok(mut conn) => {
+                self.append_on(&mut conn, true, stream_id, expected, events)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        annals_core::metrics::record_append("postgres", started, &result);
+        result
+    }
+
+    async fn read_stream_with<T, F>(
+        &self,
+        stream_id: &str,
+        versions: impl RangeBounds<u64> + Send,
+        mut decode: F,
+    ) -> Result<Vec<Envelope<T>>, Error>
+    where
+        T: Send,
+        F: FnMut(PayloadRef<'_>) -> Result<T, Error> + Send,
+    {
+        let range = VersionRange::new(versions);
+        if range.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut rows = sqlx::query(sql::READ_STREAM)
+            .bind(stream_id)
+            .bind(int8(range.first))
+            .bind(limit_of(range))
+            .fetch(&self.pool);
+        let mut out = Vec::new();
+        while let Some(row) = next(&mut rows).await {
+            let row = row.map_err(db("reading a stream"))?;
+            out.push(decode_event_row(&row, &mut decode)?);
+        }
+        Ok(out)
+    }
+
+    async fn fold_stream_payloads<F>(
+        &self,
+        stream_id: &str,
+        versions: impl RangeBounds<u64> + Send,
+        f: F,
+    ) -> Result<u64, Error>
+    where
+        F: FnMut(PayloadRef<'_>) -> Result<(), Error> + Send,
+    {
+        let mut conn = self
+            .checkout("acquiring a connection to read a stream")
+            .await?;
+        self.fold_on(&mut conn, stream_id, VersionRange::new(versions), f)
+            .await
+    }
+
+    async fn read_log(&self, after: LogPosition, limit: usize) -> Result<Vec<RecordedEvent>, Error> {
+        let rows = sqlx::query(sql::READ_LOG)
+            .bind(after.transaction_id.to_string())
+            .bind(int8(after.position))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("reading the global log"))?;
+        rows.iter().map(|row| decode_event_row(row, raw_payload)).collect()
+    }
+
+    async fn stream_version(&self, stream_id: &str) -> Result<Option<u64>, Error> {
+        let mut conn = self.checkout("acquiring a connection").await?;
+        read::stream_version_on(&mut conn, stream_id).await
+    }
+
+    async fn read_event(&self, position: u64) -> Result<Option<RecordedEvent>, Error> {
+        let row = sqlx::query(sql::READ_EVENT)
+            .bind(int8(position))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("reading an event by position"))?;
+        row.as_ref()
+            .map(|row| decode_event_row(row, raw_payload))
+            .transpose()
+    }
+
+    async fn backlog(&self, after: LogPosition) -> Result<Backlog, Error> {
+        let row = sqlx::query(sql::BACKLOG)
+            .bind(after.transaction_id.to_string())
+            .bind(int8(after.position))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db("counting events behind a checkpoint"))?;
+        let n: i64 = get(&row, "n")?;
+        Ok(Backlog {
+            events: n.max(0) as u64,
+            oldest_recorded_at: get(&row, "oldest")?,
+        })
+    }
+
+    async fn horizon(&self) -> Result<Horizon, Error> {
+        PgEventStore::horizon(self).await
+    }
+
+    async fn log_end(&self) -> Result<Option<LogPosition>, Error> {
+        let row: Option<(i64, i64)> = sqlx::query_as(sql::LOG_END)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("reading the end of the global log"))?;
+        Ok(row.map(|(tx, position)| LogPosition::new(tx as u64, position as u64)))
+    }
+}
+
+/// A payload as stored: the jsonb text copied into a `RawValue` (checked:
+/// a `RawValue` can only be made by parsing).
+fn raw_payload(p: PayloadRef<'_>) -> Result<Box<serde_json::value::RawValue>, Error> {
+    serde_json::value::RawValue::from_string(p.payload.to_owned()).map_err(|e| {
+        Error::CorruptedRow {
+            position: None,
+            message: format!("payload is not JSON: {e}"),
+        }
+    })
+}
+
+impl WatchLog for PgEventStore {
+    type Watcher = LogWatcher;
+
+    async fn watch(&self) -> Result<LogWatcher, Error> {
+        PgEventStore::watch(self).await
+    }
+}
+
+#[cfg(all(test, feature = "testing"))]
+mod tests;
