@@ -1,4 +1,4 @@
-//! Benchmarks of aggregates on Postgres (issue 5, item 8) against
+//! Benchmarks of aggregates on Postgres against
 //! hand-written sqlx on the same database, in the same run; the ratios are
 //! printed to stderr at the end.
 //!
@@ -33,8 +33,11 @@ use std::time::{Duration, Instant};
 
 use annals::postgres::sqlx::{self, postgres::PgRow, types::Json, PgPool, Row};
 use annals::postgres::testing::TestDatabase;
-use annals::postgres::{PgEventStore, PgSnapshotStore};
-use annals::{Aggregate, AggregateState, Event, EventStore, EventStoreExt, ExpectedVersion, Metadata, snapshot::NoSnapshots, Repository, SnapshotStore};
+use annals::postgres::{sql, PgEventStore, PgSnapshotStore};
+use annals::{
+    snapshot::NoSnapshots, Aggregate, AggregateState, Event, EventStore, EventStoreExt,
+    ExpectedVersion, Metadata, Repository, SnapshotStore,
+};
 use criterion::{Criterion, SamplingMode, Throughput};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -257,14 +260,6 @@ async fn baseline_load_snapshot(pool: &PgPool, stream: &str) -> (Lead, u64) {
     (state, version as u64 + rows.len() as u64)
 }
 
-/// Diagnostic: the query of annals' aggregate load
-/// (`READ_PAYLOADS` in postgres/src/store.rs, as of session 6): version,
-/// schema key (type and schema version as one bigint), payload as jsonb
-/// (binary), one query.
-const LEAN_READ: &str = "SELECT stream_version, schema_key, payload
-     FROM annals_events WHERE stream_id = $1 AND stream_version >= $2
-     ORDER BY stream_version LIMIT (SELECT NULL::int8)";
-
 fn borrowed_op<'a>(
     rt: &'a Runtime,
     pool: &'a PgPool,
@@ -304,8 +299,8 @@ enum Decode {
     Event,
 }
 
-/// Diagnostic reads of annals' own load query (LEAN_READ), decoded as rows
-/// arrive (no Vec of rows, of `StoredPayload`s or of events; no per-row
+/// Diagnostic reads of annals' own load query (`sql::READ_PAYLOADS`), decoded as rows
+/// arrive (no Vec of rows or of events; no per-row
 /// String or Box) and folded at once. With `Decode::Event` this is the
 /// recommended shape of `Repository::load`'s read.
 async fn borrowed_fold(pool: &PgPool, stream: &str, from: i64, decode: Decode) -> (Lead, u64) {
@@ -313,9 +308,10 @@ async fn borrowed_fold(pool: &PgPool, stream: &str, from: i64, decode: Decode) -
     let mut version = 0u64;
     let state_ref = &mut state;
     let version_ref = &mut version;
-    sqlx::query(LEAN_READ)
+    sqlx::query(sql::READ_PAYLOADS)
         .bind(stream)
         .bind(from)
+        .bind(None::<i64>)
         .try_map(|row: PgRow| {
             let v: i64 = row.try_get(0)?;
             match decode {
@@ -552,9 +548,10 @@ fn loads(c: &mut Criterion, rt: &Runtime, rows: &mut Vec<Comparison>) {
                         timed(|| {
                             let rows = rt
                                 .block_on(
-                                    sqlx::query(LEAN_READ)
+                                    sqlx::query(sql::READ_PAYLOADS)
                                         .bind(stream)
                                         .bind(1i64)
+                                        .bind(None::<i64>)
                                         .fetch_all(pool),
                                 )
                                 .expect("read");
@@ -1005,14 +1002,6 @@ enum Runner {
     LoadSql,
 }
 
-/// Diagnostic: annals' one-event append for `ExpectedVersion::Exact`
-/// (`append_one_sql!(base_exact!())` in postgres/src/store.rs).
-const ANNALS_APPEND_ONE_EXACT: &str = "WITH base AS (SELECT $7::int8 AS v WHERE EXISTS (SELECT 1 FROM annals_events WHERE stream_id = $1 AND stream_version = $7))
-             INSERT INTO annals_events (event_id, stream_id, stream_version, event_type, schema_version, payload, metadata)
-             SELECT $2, $1, base.v + 1, $3, $4, $5::jsonb, $6::jsonb FROM base
-             ON CONFLICT ON CONSTRAINT annals_events_stream_version_key DO NOTHING
-             RETURNING position, transaction_id::text::int8 AS tx, stream_version, recorded_at";
-
 async fn command(
     runner: &Runner,
     pool: &PgPool,
@@ -1094,9 +1083,10 @@ async fn command(
             // bound by hand on one checkout (as annals runs a command),
             // payloads decoded by serde from the rows
             let mut conn = pool.acquire().await.expect("checkout");
-            let rows = sqlx::query(LEAN_READ)
+            let rows = sqlx::query(sql::READ_PAYLOADS)
                 .bind(stream)
                 .bind(1i64)
+                .bind(None::<i64>)
                 .fetch_all(&mut *conn)
                 .await
                 .expect("read");
@@ -1107,7 +1097,7 @@ async fn command(
             }
             let version = rows.len() as i64;
             let event = decide(&state, cmd).expect("decide");
-            let out = sqlx::query(ANNALS_APPEND_ONE_EXACT)
+            let out = sqlx::query(sql::APPEND_ONE_EXACT)
                 .bind(stream)
                 .bind(Uuid::now_v7())
                 .bind("lead.scored")

@@ -9,7 +9,10 @@ use std::hint::black_box;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use annals::{Event, EventStore, EventStoreExt, ExpectedVersion, InMemoryEventStore, Metadata, NewEvent, RecordedEvent, SchemaRegistry};
+use annals::{
+    Event, EventStore, EventStoreExt, ExpectedVersion, InMemoryEventStore, Metadata, NewEvent,
+    RecordedEvent, SchemaRegistry,
+};
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, SamplingMode, Throughput};
 use serde_json::value::RawValue;
@@ -414,9 +417,7 @@ fn memory_store(c: &mut Criterion) {
                 "read_stream_raw/annals",
                 Box::new(|| {
                     timed(|| {
-                        let events = rt
-                            .block_on(store.read_stream("lead-1", ..))
-                            .expect("read");
+                        let events = rt.block_on(store.read_stream("lead-1", ..)).expect("read");
                         black_box(events);
                     })
                 }),

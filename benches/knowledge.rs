@@ -1,4 +1,4 @@
-//! Benchmarks of the knowledge base (issue 8, item 7), with their baselines
+//! Benchmarks of the knowledge base, with their baselines
 //! in the same run; the summary is printed to stderr at the end.
 //!
 //! 1. Search latency on 100,000 vectors of 384 dimensions (clustered, unit

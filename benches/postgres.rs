@@ -15,7 +15,7 @@ use std::time::Duration;
 use annals::postgres::sqlx::types::chrono::{DateTime, Utc};
 use annals::postgres::sqlx::{self, types::Json, PgPool, Row};
 use annals::postgres::testing::TestDatabase;
-use annals::postgres::PgEventStore;
+use annals::postgres::{sql, PgEventStore};
 use annals::{Event, EventStore, EventStoreExt, ExpectedVersion, LogPosition, Metadata};
 use criterion::{Criterion, SamplingMode, Throughput};
 use serde_json::value::RawValue;
@@ -102,54 +102,12 @@ fn baseline_row(e: &LeadEvent, meta: &Metadata) -> (Uuid, String, String) {
     )
 }
 
-/// Diagnostic: annals' own append statement for `ExpectedVersion::NoStream`,
-/// copied from postgres/src/store.rs (`append_sql!(base_no_stream!())`),
-/// run through plain sqlx: separates the statement's cost from the client
-/// side.
-const ANNALS_APPEND_NO_STREAM: &str = "WITH base AS (SELECT 0::int8 AS v),
-             e AS (SELECT * FROM UNNEST($2::uuid[], $3::text[], $4::int4[], $5::text[], $6::text[])
-                   WITH ORDINALITY AS e(id, t, sv, p, m, ord)),
-             first AS (
-                 INSERT INTO annals_events (event_id, stream_id, stream_version, event_type, schema_version, payload, metadata)
-                 SELECT e.id, $1, base.v + 1, e.t, e.sv, e.p::jsonb, e.m::jsonb FROM base, e WHERE e.ord = 1
-                 ON CONFLICT ON CONSTRAINT annals_events_stream_version_key DO NOTHING
-                 RETURNING position, transaction_id, stream_version, recorded_at
-             ),
-             rest AS (
-                 INSERT INTO annals_events (event_id, stream_id, stream_version, event_type, schema_version, payload, metadata)
-                 SELECT e.id, $1, first.stream_version - 1 + e.ord, e.t, e.sv, e.p::jsonb, e.m::jsonb
-                 FROM first, e WHERE e.ord > 1 ORDER BY e.ord
-                 RETURNING position, transaction_id, stream_version, recorded_at
-             )
-             SELECT position, transaction_id::text::int8 AS tx, stream_version, recorded_at FROM first
-             UNION ALL
-             SELECT position, transaction_id::text::int8 AS tx, stream_version, recorded_at FROM rest
-             ORDER BY stream_version";
-
 /// Diagnostic: the baseline's INSERT returning what an `AppendResult` needs:
 /// the floor of a design that checks expected versions with the
 /// (stream_id, stream_version) unique key instead of a stream row.
 const INSERT_ONE_RETURNING: &str = "INSERT INTO annals_events (event_id, stream_id, stream_version, event_type, schema_version, payload, metadata)
      VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7::jsonb)
      RETURNING position, transaction_id::text::int8 AS tx, stream_version, recorded_at";
-
-/// Diagnostic: annals' stream read (`READ_STREAM` in postgres/src/store.rs).
-const ANNALS_READ_STREAM: &str = "SELECT position, transaction_id::text::int8 AS tx, event_id, stream_id, stream_version, event_type, schema_version, payload::text AS payload, metadata::text AS metadata, recorded_at
-     FROM annals_events WHERE stream_id = $1 AND stream_version >= $2 ORDER BY stream_version LIMIT (SELECT $3::int8)";
-
-/// Diagnostic: annals' lean stream read (`READ_PAYLOADS` in
-/// postgres/src/store.rs), behind `read_stream_events` and aggregate loads.
-const LEAN_READ_STREAM: &str = "SELECT stream_version, schema_key, payload
-     FROM annals_events WHERE stream_id = $1 AND stream_version >= $2
-     ORDER BY stream_version LIMIT (SELECT NULL::int8)";
-
-/// Diagnostic: annals' log read (`READ_ALL` in postgres/src/store.rs).
-const ANNALS_READ_ALL: &str = "SELECT position, transaction_id::text::int8 AS tx, event_id, stream_id, stream_version, event_type, schema_version, payload::text AS payload, metadata::text AS metadata, recorded_at
-     FROM annals_events
-     WHERE (transaction_id, position) > ($1::text::xid8, $2)
-       AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
-     ORDER BY transaction_id, position
-     LIMIT $3";
 
 /// The envelope a hand-written store would read (diagnostic).
 #[allow(dead_code)] // read only through black_box
@@ -197,7 +155,7 @@ async fn write_one(writer: &Writer, pool: &PgPool, stream: &str, e: &LeadEvent, 
         }
         Writer::AnnalsSql => {
             let (id, payload, metadata) = baseline_row(e, meta);
-            let rows = sqlx::query(ANNALS_APPEND_NO_STREAM)
+            let rows = sqlx::query(sql::APPEND_NEW_STREAM)
                 .bind(stream)
                 .bind(vec![id])
                 .bind(vec!["lead.scored"])
@@ -522,9 +480,10 @@ fn reads(c: &mut Criterion, rt: &Runtime) {
                     timed(|| {
                         let events: Vec<(i64, LeadScored)> = rt
                             .block_on(
-                                sqlx::query(LEAN_READ_STREAM)
+                                sqlx::query(sql::READ_PAYLOADS)
                                     .bind("big")
                                     .bind(1i64)
+                                    .bind(None::<i64>)
                                     .try_map(|r: sqlx::postgres::PgRow| {
                                         let _key: i64 = r.try_get(1)?;
                                         let p: Json<LeadScored> = r.try_get(2)?;
@@ -606,7 +565,7 @@ fn reads(c: &mut Criterion, rt: &Runtime) {
                         let n = rt.block_on(async {
                             let mut n = 0;
                             loop {
-                                let rows = sqlx::query(ANNALS_READ_STREAM)
+                                let rows = sqlx::query(sql::READ_STREAM)
                                     .bind("big")
                                     .bind(n as i64 + 1)
                                     .bind(PAGE as i64)
@@ -631,7 +590,7 @@ fn reads(c: &mut Criterion, rt: &Runtime) {
                     timed(|| {
                         let rows = rt
                             .block_on(
-                                sqlx::query(ANNALS_READ_STREAM)
+                                sqlx::query(sql::READ_STREAM)
                                     .bind("big")
                                     .bind(1i64)
                                     .bind(STREAM_EVENTS as i64)
@@ -857,7 +816,7 @@ fn reads(c: &mut Criterion, rt: &Runtime) {
                             let (mut tx, mut position) = (0i64, 0i64);
                             let mut n = 0;
                             loop {
-                                let rows = sqlx::query(ANNALS_READ_ALL)
+                                let rows = sqlx::query(sql::READ_LOG)
                                     .bind(tx.to_string())
                                     .bind(position)
                                     .bind(PAGE as i64)
@@ -885,7 +844,7 @@ fn reads(c: &mut Criterion, rt: &Runtime) {
                             let (mut tx, mut position) = (0i64, 0i64);
                             let mut n = 0;
                             loop {
-                                let rows = sqlx::query(ANNALS_READ_ALL)
+                                let rows = sqlx::query(sql::READ_LOG)
                                     .bind(tx.to_string())
                                     .bind(position)
                                     .bind(PAGE as i64)
@@ -929,7 +888,7 @@ fn reads(c: &mut Criterion, rt: &Runtime) {
                             let (mut tx, mut position) = (0i64, 0i64);
                             let mut n = 0;
                             loop {
-                                let rows = sqlx::query(ANNALS_READ_ALL)
+                                let rows = sqlx::query(sql::READ_LOG)
                                     .bind(tx.to_string())
                                     .bind(position)
                                     .bind(PAGE as i64)
@@ -947,8 +906,8 @@ fn reads(c: &mut Criterion, rt: &Runtime) {
                                             r.get::<i64, _>(1),
                                             r.get::<i32, _>(6),
                                             r.get::<i64, _>(4),
-                                            r.get::<String, _>(7),
-                                            r.get::<String, _>(8),
+                                            r.get::<Json<Box<RawValue>>, _>(7),
+                                            r.get::<Json<Box<RawValue>>, _>(8),
                                             r.get::<Uuid, _>(2),
                                             r.get::<String, _>(3),
                                             r.get::<String, _>(5),

@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 use annals::postgres::sqlx::{self, PgConnection, PgPool, Row};
 use annals::postgres::testing::TestDatabase;
 use annals::postgres::{PgEventStore, PgProjectionStore};
-use annals::{Envelope, EventStoreExt, ExpectedVersion, HandlerError, Metadata, Projection, ProjectionRunner};
+use annals::{
+    Envelope, EventStoreExt, ExpectedVersion, HandlerError, Metadata, Projection, ProjectionRunner,
+};
 use criterion::{Criterion, SamplingMode, Throughput};
 use serde_json::value::RawValue;
 use tokio::runtime::Runtime;

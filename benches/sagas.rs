@@ -1,4 +1,4 @@
-//! Sagas completed per second on Postgres (issue 9, item 6), against a
+//! Sagas completed per second on Postgres, against a
 //! hand-written sqlx pipeline of the same design in the same run; the ratio
 //! is printed to stderr at the end, then where the time goes.
 //!
@@ -35,7 +35,11 @@ use std::time::{Duration, Instant};
 use annals::postgres::sqlx::{self, types::Json, PgPool, Row};
 use annals::postgres::testing::TestDatabase;
 use annals::postgres::{PgEventStore, PgProjectionStore, PgSagaStore};
-use annals::{CommandBus, saga::Dispatch, EventStore, EventStoreExt, ExpectedVersion, HandlerError, Issue, Metadata, projection::ProjectionHandle, ProjectionRunner, RetryPolicy, SagaData, SagaProjection, SagaStore, SagaWorker, saga::SagaWorkerHandle, store::Watch};
+use annals::{
+    projection::ProjectionHandle, saga::Dispatch, saga::SagaWorkerHandle, store::Watch, CommandBus,
+    EventStore, EventStoreExt, ExpectedVersion, HandlerError, Issue, Metadata, ProjectionRunner,
+    RetryPolicy, SagaData, SagaProjection, SagaStore, SagaWorker,
+};
 use criterion::{Criterion, SamplingMode, Throughput};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};

@@ -3,7 +3,10 @@
 
 use annals::postgres::testing::TestDatabase;
 use annals::postgres::{PgEventStore, PgSnapshotStore};
-use annals::{testing::given, Aggregate, AggregateState, CommandError, EventStore, InMemoryEventStore, InMemorySnapshotStore, Metadata, Repository, snapshot::Snapshot, SnapshotStore};
+use annals::{
+    snapshot::Snapshot, testing::given, Aggregate, AggregateState, CommandError, EventStore,
+    InMemoryEventStore, InMemorySnapshotStore, Metadata, Repository, SnapshotStore,
+};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use schemars::JsonSchema;
@@ -268,7 +271,10 @@ fn postgres_load_with_and_without_snapshots_is_identical() {
         .unwrap_or_else(|e| panic!("{e}"));
 }
 
-async fn outdated_and_corrupted_snapshots_are_ignored<S: EventStore + Clone, N: SnapshotStore<S>>(
+async fn outdated_and_corrupted_snapshots_are_ignored<
+    S: EventStore + Clone,
+    N: SnapshotStore<S>,
+>(
     store: S,
     snapshots: N,
     put: impl Fn(Snapshot) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
@@ -402,16 +408,12 @@ async fn postgres_snapshots_self_invalidate() {
     let store = lead_store(db.pool()).await;
     let pool = db.pool().clone();
     let snapshots = PgSnapshotStore::new(&store);
-    outdated_and_corrupted_snapshots_are_ignored(
-        store,
-        snapshots,
-        move |s| {
-            let pool = pool.clone();
-            Box::pin(async move {
-                sqlx_put(&pool, s).await;
-            })
-        },
-    )
+    outdated_and_corrupted_snapshots_are_ignored(store, snapshots, move |s| {
+        let pool = pool.clone();
+        Box::pin(async move {
+            sqlx_put(&pool, s).await;
+        })
+    })
     .await;
 }
 
@@ -493,7 +495,11 @@ async fn postgres_load_errors_name_the_events_position() {
                 stream_id,
                 stream_version: 8,
                 source: DecodeError::UnknownEventType { .. },
-            }) => assert_eq!((p, stream_id.as_str()), (Some(position), "lead-b"), "{path}"),
+            }) => assert_eq!(
+                (p, stream_id.as_str()),
+                (Some(position), "lead-b"),
+                "{path}"
+            ),
             other => panic!("{path}: expected an unknown-type error, got {other:?}"),
         }
     }

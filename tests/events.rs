@@ -1,7 +1,11 @@
 //! `#[derive(Event)]` through the facade: names, versions, round trips,
 //! upcasting and the schema guard.
 
-use annals::{schema::fingerprint, event::DecodeError, Event, EventStore, EventStoreExt, ExpectedVersion, InMemoryEventStore, Metadata, NewEvent, schema::SchemaLock, SchemaRegistry, event::UpcastError};
+use annals::{
+    event::DecodeError, event::UpcastError, schema::fingerprint, schema::SchemaLock, Event,
+    EventStore, EventStoreExt, ExpectedVersion, InMemoryEventStore, Metadata, NewEvent,
+    SchemaRegistry,
+};
 use proptest::prelude::*;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};

@@ -7,7 +7,12 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use annals::{breaker::BreakerConfig, breaker::BreakerState, breaker::CircuitBreakerRegistry, Envelope, EventStoreExt, ExpectedVersion, HandlerError, InMemoryEventStore, InMemoryProjectionStore, projection::InMemoryConn, Metadata, Projection, ProjectionRunner, RetryPolicy};
+use annals::{
+    breaker::BreakerConfig, breaker::BreakerState, breaker::CircuitBreakerRegistry,
+    projection::InMemoryConn, Envelope, EventStoreExt, ExpectedVersion, HandlerError,
+    InMemoryEventStore, InMemoryProjectionStore, Metadata, Projection, ProjectionRunner,
+    RetryPolicy,
+};
 use metrics_exporter_prometheus::PrometheusBuilder;
 use serde::{Deserialize, Serialize};
 

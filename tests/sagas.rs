@@ -14,7 +14,12 @@ use std::time::{Duration, Instant};
 use annals::postgres::sqlx::{self, PgPool, Row};
 use annals::postgres::testing::TestDatabase;
 use annals::postgres::{PgEventStore, PgProjectionStore, PgSagaStore};
-use annals::{CommandBus, saga::Dispatch, EventStoreExt, ExpectedVersion, HandlerError, Issue, Metadata, Projection, ProjectionRunner, RetryPolicy, Saga, SagaData, saga::SagaEngine, saga::SagaError, SagaProjection, saga::SagaRecord, saga::SagaStatus, SagaStore, SagaWorker, saga::StepStatus};
+use annals::{
+    saga::Dispatch, saga::SagaEngine, saga::SagaError, saga::SagaRecord, saga::SagaStatus,
+    saga::StepStatus, CommandBus, EventStoreExt, ExpectedVersion, HandlerError, Issue, Metadata,
+    Projection, ProjectionRunner, RetryPolicy, Saga, SagaData, SagaProjection, SagaStore,
+    SagaWorker,
+};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;

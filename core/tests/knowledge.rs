@@ -8,7 +8,9 @@ use annals_core::rag::{
     KnowledgeBase, Scope, SearchQuery,
 };
 use annals_core::testing::knowledge::{chunker, document, CountingEmbedder};
-use annals_core::{Envelope, handler::FailureKind, LogPosition, projection::InMemoryConn, Metadata, Projection};
+use annals_core::{
+    handler::FailureKind, projection::InMemoryConn, Envelope, LogPosition, Metadata, Projection,
+};
 
 #[tokio::test]
 async fn conformance() {
@@ -97,7 +99,10 @@ async fn the_projection_runner_feeds_the_knowledge_base_from_the_log() {
     use std::sync::Arc;
 
     use annals_core::rag::{CachedEmbedder, DocumentRetired, InMemoryEmbeddingCache};
-    use annals_core::{EventStoreExt, ExpectedVersion, InMemoryEventStore, InMemoryProjectionStore, ProjectionRunner};
+    use annals_core::{
+        EventStoreExt, ExpectedVersion, InMemoryEventStore, InMemoryProjectionStore,
+        ProjectionRunner,
+    };
 
     let store = InMemoryEventStore::new();
     let kb = InMemoryKnowledgeBase::new();

@@ -8,7 +8,14 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use annals_core::{breaker::BreakerConfig, breaker::BreakerState, breaker::CircuitBreakerRegistry, dead_letter::DeadLetterQuery, dead_letter::DeadLetterStatus, DeadLetterStore, Envelope, EventStore, EventStoreExt, ExpectedVersion, projection::FailurePolicy, HandlerError, HealthCheck, InMemoryEventStore, InMemoryProjectionStore, LogPosition, projection::InMemoryConn, Metadata, Projection, projection::ProjectionError, ProjectionRunner, projection::ProjectionStatus, ProjectionStore, projection::ReplayOutcome, RetryPolicy};
+use annals_core::{
+    breaker::BreakerConfig, breaker::BreakerState, breaker::CircuitBreakerRegistry,
+    dead_letter::DeadLetterQuery, dead_letter::DeadLetterStatus, projection::FailurePolicy,
+    projection::InMemoryConn, projection::ProjectionError, projection::ProjectionStatus,
+    projection::ReplayOutcome, DeadLetterStore, Envelope, EventStore, EventStoreExt,
+    ExpectedVersion, HandlerError, HealthCheck, InMemoryEventStore, InMemoryProjectionStore,
+    LogPosition, Metadata, Projection, ProjectionRunner, ProjectionStore, RetryPolicy,
+};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]

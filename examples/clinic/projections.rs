@@ -8,7 +8,11 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use annals::{breaker::BreakerConfig, breaker::BreakerState, breaker::CircuitBreakerRegistry, dead_letter::DeadLetterQuery, Envelope, EventStoreExt, ExpectedVersion, HandlerError, Metadata, Projection, ProjectionRunner, ProjectionStore, RetryPolicy, store::WatchLog};
+use annals::{
+    breaker::BreakerConfig, breaker::BreakerState, breaker::CircuitBreakerRegistry,
+    dead_letter::DeadLetterQuery, store::WatchLog, Envelope, EventStoreExt, ExpectedVersion,
+    HandlerError, Metadata, Projection, ProjectionRunner, ProjectionStore, RetryPolicy,
+};
 
 use super::{at, say, section, why, BoxError, LeadCreated, LeadEvent, LeadQualified};
 

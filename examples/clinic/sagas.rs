@@ -197,7 +197,9 @@ where
     B: annals::ProjectionStore<Conn = St::Conn>,
     St: annals::SagaStore,
 {
-    use annals::{ProjectionRunner, Saga, SagaProjection, saga::SagaStatus, SagaWorker, saga::StepStatus};
+    use annals::{
+        saga::SagaStatus, saga::StepStatus, ProjectionRunner, Saga, SagaProjection, SagaWorker,
+    };
     use std::time::{Duration, Instant};
 
     section(

@@ -1,5 +1,12 @@
 //! The clinic as a service: `cargo run --example clinic -- serve`.
 //!
+//! Errors are JSON, `{"error": "..."}`, with a status that says whose
+//! mistake it was: 400 for a malformed request, 404 for an unknown lead or
+//! route, 409 for a conflict, 422 for a command the aggregate refuses or a
+//! payload its event schema refuses, 503 when the store is unavailable and a
+//! retry may succeed, 500 otherwise (logged with its cause). Every request is
+//! logged (`RUST_LOG=info`, the default).
+//!
 //! An axum server with
 //!
 //! - `GET /metrics`: every annals metric in the Prometheus exposition format;
@@ -20,13 +27,20 @@
 //! `PgProjectionStore` and write through the runner's transaction.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use annals::{CommandError, Envelope, HandlerError, HealthCheck, InMemoryProjectionStore, projection::InMemoryConn, Metadata, Projection, projection::ProjectionHandle, ProjectionRunner, Repository, Shutdown, shutdown::ShutdownTrigger, store::WatchLog};
-use axum::extract::{Path, State};
+use annals::projection::{InMemoryConn, ProjectionHandle};
+use annals::shutdown::ShutdownTrigger;
+use annals::store::WatchLog;
+use annals::{
+    CommandError, Envelope, HandlerError, HealthCheck, InMemoryProjectionStore, Metadata,
+    Projection, ProjectionRunner, Repository, Shutdown,
+};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Request, State};
 use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -69,12 +83,12 @@ impl Projection for LeadSummaries {
         SUMMARIES
     }
 
-    async fn apply(&self, _: &mut InMemoryConn, e: &Envelope<LeadEvent>) -> Result<(), HandlerError> {
-        let id = e
-            .stream_id
-            .strip_prefix("lead-")
-            .unwrap_or(&e.stream_id)
-            .to_owned();
+    async fn apply(
+        &self,
+        _: &mut InMemoryConn,
+        e: &Envelope<LeadEvent>,
+    ) -> Result<(), HandlerError> {
+        let id = e.aggregate_id().to_owned();
         let mut leads = self.lock();
         let lead = leads.entry(id.clone()).or_insert_with(|| LeadSummary {
             id,
@@ -124,16 +138,20 @@ struct App<S> {
     metrics: PrometheusHandle,
 }
 
-/// A started service.
+/// A started service: its projection runner and health monitor run on
+/// tasks; [`router`](Self::router) answers the HTTP API.
 pub(crate) struct RunningService {
-    /// Where it listens.
-    pub(crate) addr: SocketAddr,
+    router: Router,
     trigger: ShutdownTrigger,
     projection: Option<ProjectionHandle>,
-    server: tokio::task::JoinHandle<Result<(), std::io::Error>>,
 }
 
 impl RunningService {
+    /// The HTTP API, to serve on a listener or to call in tests.
+    pub(crate) fn router(&self) -> Router {
+        self.router.clone()
+    }
+
     /// Stops the projection runner (the read model stops moving; readiness
     /// turns to 503 once it lags beyond the threshold).
     pub(crate) async fn stop_projection(&mut self) {
@@ -144,30 +162,20 @@ impl RunningService {
         }
     }
 
-    /// Stops everything and waits for the server to finish.
-    pub(crate) async fn stop(mut self) -> Result<(), std::io::Error> {
+    /// Stops the projection runner and the health monitor.
+    pub(crate) async fn stop(mut self) {
         self.stop_projection().await;
         self.trigger.trigger();
-        match self.server.await {
-            Ok(r) => r,
-            Err(e) => Err(std::io::Error::other(e)),
-        }
     }
 }
 
-/// Starts the service on `listener`: the projection runner, a health
-/// monitor that keeps the health gauges current, and the HTTP server.
-/// `stale_after` is the projection's staleness threshold.
-pub(crate) fn start<S>(
-    store: S,
-    listener: tokio::net::TcpListener,
-    metrics: PrometheusHandle,
-    stale_after: Duration,
-) -> std::io::Result<RunningService>
+/// Starts the service's background work on `store` (the projection runner
+/// and a health monitor that keeps the health gauges current) and builds its
+/// router. `stale_after` is the projection's staleness threshold.
+pub(crate) fn start<S>(store: S, metrics: PrometheusHandle, stale_after: Duration) -> RunningService
 where
     S: WatchLog + Clone + Send + Sync + 'static,
 {
-    let addr = listener.local_addr()?;
     let projections = InMemoryProjectionStore::new();
     let summaries = Arc::new(LeadSummaries::default());
     let projection = ProjectionRunner::new(store.clone(), projections.clone(), summaries.clone())
@@ -178,14 +186,9 @@ where
         .expect(SUMMARIES);
     let (trigger, shutdown) = Shutdown::new();
     let monitor = health.clone();
-    let monitor_shutdown = trigger.subscribe();
-    tokio::spawn(async move {
-        monitor
-            .monitor(Duration::from_secs(5), monitor_shutdown)
-            .await
-    });
+    tokio::spawn(async move { monitor.monitor(Duration::from_secs(5), shutdown).await });
     let app = Arc::new(App {
-        repository: Repository::new(store),
+        repository: Repository::of::<Lead>(store),
         summaries,
         health,
         metrics,
@@ -197,19 +200,14 @@ where
         .route("/leads", get(list_leads::<S>))
         .route("/leads/{id}", get(get_lead::<S>))
         .route("/leads/{id}/commands", post(command::<S>))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route".to_owned()) })
+        .layer(middleware::from_fn(log_request))
         .with_state(app);
-    let mut stop = shutdown;
-    let server = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move { stop.triggered().await })
-            .await
-    });
-    Ok(RunningService {
-        addr,
+    RunningService {
+        router,
         trigger,
         projection: Some(projection),
-        server,
-    })
+    }
 }
 
 async fn metrics_route<S: WatchLog + Clone + Send + Sync + 'static>(
@@ -260,9 +258,13 @@ async fn get_lead<S: WatchLog + Clone + Send + Sync + 'static>(
 async fn command<S: WatchLog + Clone + Send + Sync + 'static>(
     State(app): State<Arc<App<S>>>,
     Path(id): Path<String>,
-    Json(body): Json<CommandBody>,
+    body: Result<Json<CommandBody>, JsonRejection>,
 ) -> Response {
-    let command = LeadCommand::from(body);
+    // axum answers a malformed body in plain text; this API answers JSON.
+    let command = match body {
+        Ok(Json(body)) => LeadCommand::from(body),
+        Err(rejection) => return error(rejection.status(), rejection.body_text()),
+    };
     let metadata = Metadata::new()
         .with_correlation_id(uuid::Uuid::now_v7())
         .with_user("http");
@@ -272,12 +274,49 @@ async fn command<S: WatchLog + Clone + Send + Sync + 'static>(
             "events": done.events.iter().map(|e| e.event_type.as_str()).collect::<Vec<_>>(),
         }))
         .into_response(),
-        Err(CommandError::Rejected(e)) => error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
-        Err(e @ CommandError::Conflict { .. }) => error(StatusCode::CONFLICT, e.to_string()),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => {
+            let status = command_error_status(&e);
+            if status.is_server_error() {
+                tracing::error!(lead = %id, error = ?e, "command failed");
+            }
+            error(status, e.to_string())
+        }
     }
 }
 
+/// What a failed command means for the client: its own mistake (4xx), or
+/// ours (5xx, logged). A payload that breaks the event's JSON Schema, like a
+/// command the aggregate refuses, is a 422: the request was well-formed but
+/// its content is not acceptable.
+fn command_error_status<E: std::error::Error>(e: &CommandError<E>) -> StatusCode {
+    match e {
+        CommandError::Rejected(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        CommandError::Conflict { .. } => StatusCode::CONFLICT,
+        CommandError::Store(annals::Error::SchemaViolation(_)) => StatusCode::UNPROCESSABLE_ENTITY,
+        CommandError::Store(annals::Error::InvalidInput(_)) => StatusCode::BAD_REQUEST,
+        CommandError::Store(annals::Error::Conflict(_)) => StatusCode::CONFLICT,
+        CommandError::Store(e) if e.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// Every error this API answers: `{"error": "..."}` with its status.
 fn error(status: StatusCode, message: String) -> Response {
     (status, Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+/// Logs each request with its status and duration (`RUST_LOG` filters).
+async fn log_request(request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16();
+    let ms = started.elapsed().as_secs_f64() * 1e3;
+    if response.status().is_server_error() {
+        tracing::error!(%method, %path, status, ms, "request failed");
+    } else {
+        tracing::info!(%method, %path, status, ms, "request");
+    }
+    response
 }

@@ -63,7 +63,10 @@ impl PoolConfig {
     /// with annals' defaults.
     pub fn from_url(url: &str) -> Result<Self, Error> {
         let options = PgConnectOptions::from_str(url).map_err(|e| {
-            InvalidInput::new("database url", format!("not a Postgres connection URL: {e}"))
+            InvalidInput::new(
+                "database url",
+                format!("not a Postgres connection URL: {e}"),
+            )
         })?;
         Ok(Self::from_options(options))
     }

@@ -4,8 +4,12 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use annals_core::{projection::Checkpoint, dead_letter::DeadLetter, dead_letter::DeadLetterQuery, dead_letter::DeadLetterStatus, DeadLetterStore, Error, projection::Lease, LogPosition, dead_letter::NewDeadLetter, projection::ProjectionStatus, ProjectionStore};
 use annals_core::error::InvalidInput;
+use annals_core::{
+    dead_letter::DeadLetter, dead_letter::DeadLetterQuery, dead_letter::DeadLetterStatus,
+    dead_letter::NewDeadLetter, projection::Checkpoint, projection::Lease,
+    projection::ProjectionStatus, DeadLetterStore, Error, LogPosition, ProjectionStore,
+};
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use sqlx::postgres::PgRow;
@@ -87,7 +91,6 @@ fn lock_key(projection: &str) -> i64 {
 
 const CHECKPOINT_COLUMNS: &str = "projection_name, transaction_id::text::int8 AS tx, position, last_event_at, updated_at, status, error, error_position";
 const DEAD_LETTER_COLUMNS: &str = "id, handler, event_position, event_id, stream_id, event_type, error, attempts, first_failed_at, last_failed_at, status, resolved_at, discard_reason, blocked_by";
-
 
 fn decode_checkpoint(row: &PgRow) -> Result<Checkpoint, Error> {
     let err = db("reading a projection checkpoint");

@@ -161,9 +161,12 @@ where
     let stream_version: i64 = row
         .try_get_unchecked(0)
         .map_err(|e| failed(None, db_error(COLUMN_NAMES[4], e)))?;
-    let key: i64 = row
-        .try_get_unchecked(1)
-        .map_err(|e| failed(Some(stream_version), db_error("reading an event's schema key", e)))?;
+    let key: i64 = row.try_get_unchecked(1).map_err(|e| {
+        failed(
+            Some(stream_version),
+            db_error("reading an event's schema key", e),
+        )
+    })?;
     let Some((event_type, schema_version)) = lookup(keys, key) else {
         return Err(Box::new(Stop::Unmapped(stream_version)));
     };

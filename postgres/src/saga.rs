@@ -1,6 +1,9 @@
 use std::time::Duration;
 
-use annals_core::{saga::CommandOutcome, LogPosition, saga::OutboxEntry, saga::SagaChange, saga::SagaError, saga::SagaProgress, saga::SagaRecord, saga::SagaStatus, SagaStore, saga::StepRecord};
+use annals_core::{
+    saga::CommandOutcome, saga::OutboxEntry, saga::SagaChange, saga::SagaError, saga::SagaProgress,
+    saga::SagaRecord, saga::SagaStatus, saga::StepRecord, LogPosition, SagaStore,
+};
 use sqlx::postgres::PgRow;
 use sqlx::types::Json;
 use sqlx::{Connection, PgConnection, PgPool, Row};

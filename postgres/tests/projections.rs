@@ -7,7 +7,13 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use annals_core::{breaker::BreakerConfig, breaker::BreakerState, breaker::CircuitBreakerRegistry, dead_letter::DeadLetterQuery, dead_letter::DeadLetterStatus, DeadLetterStore, Envelope, EventStoreExt, ExpectedVersion, projection::FailurePolicy, HandlerError, HealthCheck, LogPosition, Metadata, Projection, projection::ProjectionError, ProjectionRunner, projection::ProjectionStatus, ProjectionStore, RetryPolicy};
+use annals_core::{
+    breaker::BreakerConfig, breaker::BreakerState, breaker::CircuitBreakerRegistry,
+    dead_letter::DeadLetterQuery, dead_letter::DeadLetterStatus, projection::FailurePolicy,
+    projection::ProjectionError, projection::ProjectionStatus, DeadLetterStore, Envelope,
+    EventStoreExt, ExpectedVersion, HandlerError, HealthCheck, LogPosition, Metadata, Projection,
+    ProjectionRunner, ProjectionStore, RetryPolicy,
+};
 use annals_postgres::testing::TestDatabase;
 use annals_postgres::{PgEventStore, PgProjectionStore};
 use serde::{Deserialize, Serialize};

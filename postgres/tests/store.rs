@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use annals_core::testing::conformance::read_log_settled;
 use annals_core::testing::events::{Created, TestEvent};
-use annals_core::{event::DecodeError, Error, Event, EventStore, EventStoreExt, ExpectedVersion, LogPosition, Metadata, NewEvent};
+use annals_core::{
+    event::DecodeError, Error, Event, EventStore, EventStoreExt, ExpectedVersion, LogPosition,
+    Metadata, NewEvent,
+};
 use annals_postgres::testing::TestDatabase;
 use annals_postgres::{migrate, migrate_down, PgEventStore};
 use sqlx::Row;

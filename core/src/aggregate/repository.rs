@@ -6,9 +6,7 @@ use std::marker::PhantomData;
 use crate::aggregate::{Aggregate, AggregateState};
 use crate::metrics as m;
 use crate::snapshot::{NoSnapshots, Snapshot, SnapshotFold, SnapshotStore};
-use crate::store::{
-    encode_events, AppendResult, EventStore, ExpectedVersion, PayloadRef, Session,
-};
+use crate::store::{encode_events, AppendResult, EventStore, ExpectedVersion, PayloadRef, Session};
 use crate::{Envelope, Error, Metadata, SchemaRegistry, VersionConflict};
 
 /// How snapshots are written after a command.

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::metrics as m;
 use crate::projection::store::{Checkpoint, ProjectionStatus, ProjectionStore};
-use crate::{Error, EventStore, store::Horizon, LogPosition, Shutdown};
+use crate::{store::Horizon, Error, EventStore, LogPosition, Shutdown};
 
 /// The health of one projection.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

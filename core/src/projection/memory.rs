@@ -10,7 +10,7 @@ use crate::dead_letter::{
     DeadLetter, DeadLetterQuery, DeadLetterStatus, DeadLetterStore, NewDeadLetter,
 };
 use crate::projection::store::{Checkpoint, Lease, ProjectionStatus, ProjectionStore};
-use crate::{Error, LogPosition, projection::InMemoryConn};
+use crate::{projection::InMemoryConn, Error, LogPosition};
 
 /// The embedded projection store, with the semantics of the Postgres one:
 /// a transaction's checkpoint moves and dead-letter changes apply together

@@ -76,7 +76,10 @@ pub trait Projection: Send + Sync + 'static {
 
     /// Clears the read model before a rebuild (in the same transaction that
     /// resets the checkpoint). The default does nothing.
-    fn reset(&self, conn: &mut Self::Conn) -> impl Future<Output = Result<(), HandlerError>> + Send {
+    fn reset(
+        &self,
+        conn: &mut Self::Conn,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send {
         let _ = conn;
         async { Ok(()) }
     }
@@ -96,4 +99,3 @@ impl InMemoryConn {
         InMemoryConn { _private: () }
     }
 }
-

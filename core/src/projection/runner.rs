@@ -13,7 +13,11 @@ use serde::{Deserialize, Serialize};
 use crate::dead_letter::{DeadLetterQuery, NewDeadLetter};
 use crate::metrics as m;
 use crate::projection::store::{Lease, ProjectionStore};
-use crate::{breaker::BreakerOpen, CircuitBreaker, breaker::CircuitBreakerRegistry, Envelope, Error, Event, handler::FailureKind, HandlerError, LogPosition, Projection, RecordedEvent, RetryPolicy, Shutdown, store::Watch, store::WatchLog};
+use crate::{
+    breaker::BreakerOpen, breaker::CircuitBreakerRegistry, handler::FailureKind, store::Watch,
+    store::WatchLog, CircuitBreaker, Envelope, Error, Event, HandlerError, LogPosition, Projection,
+    RecordedEvent, RetryPolicy, Shutdown,
+};
 
 /// What a runner does with an event that still fails after its last retry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -1092,7 +1096,11 @@ where
     }
 
     async fn export_pending(&self) {
-        if let Ok(n) = self.projection_store.pending_dead_letters(self.name()).await {
+        if let Ok(n) = self
+            .projection_store
+            .pending_dead_letters(self.name())
+            .await
+        {
             metrics::gauge!(m::DEAD_LETTERS_PENDING, "handler" => self.name().to_owned())
                 .set(n as f64);
         }

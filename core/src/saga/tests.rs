@@ -9,7 +9,10 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::*;
-use crate::{Envelope, HandlerError, LogPosition, projection::InMemoryConn, Metadata, Projection, RetryPolicy};
+use crate::{
+    projection::InMemoryConn, Envelope, HandlerError, LogPosition, Metadata, Projection,
+    RetryPolicy,
+};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 struct TripRef {
@@ -628,7 +631,10 @@ async fn a_service_that_is_down_opens_the_breaker_and_pauses_the_sagas() {
     }
     // after the cool-down, one trial; it fails, the breaker opens again
     tokio::time::sleep(Duration::from_millis(320)).await;
-    assert_eq!(worker.breaker().state(), crate::breaker::BreakerState::HalfOpen);
+    assert_eq!(
+        worker.breaker().state(),
+        crate::breaker::BreakerState::HalfOpen
+    );
     let round = worker.run_once().await.unwrap();
     assert_eq!(round.failed, 1, "one trial: {round:?}");
     assert_eq!(h.bus.calls.load(Ordering::SeqCst), calls + 1);
@@ -647,7 +653,10 @@ async fn a_service_that_is_down_opens_the_breaker_and_pauses_the_sagas() {
         worker.run_once().await.unwrap();
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    assert_eq!(worker.breaker().state(), crate::breaker::BreakerState::Closed);
+    assert_eq!(
+        worker.breaker().state(),
+        crate::breaker::BreakerState::Closed
+    );
     let mut delivered: Vec<String> = h.bus.delivered().iter().map(|c| format!("{c:?}")).collect();
     delivered.sort();
     let expected: Vec<String> = (20..25).map(|t| format!("BookFlight({t})")).collect();
@@ -742,7 +751,10 @@ async fn a_stale_version_is_a_conflict() {
     let change = engine::on_event::<TripBooking>(Some(saga.clone()), "12".into(), &e)
         .unwrap()
         .unwrap();
-    h.store.save(&mut InMemoryConn::new(), &change).await.unwrap();
+    h.store
+        .save(&mut InMemoryConn::new(), &change)
+        .await
+        .unwrap();
     let err = h
         .store
         .save(&mut InMemoryConn::new(), &change)
@@ -752,7 +764,11 @@ async fn a_stale_version_is_a_conflict() {
     let mut dup = change.clone();
     dup.insert = true;
     dup.record.saga_id = Uuid::now_v7();
-    let err = h.store.save(&mut InMemoryConn::new(), &dup).await.unwrap_err();
+    let err = h
+        .store
+        .save(&mut InMemoryConn::new(), &dup)
+        .await
+        .unwrap_err();
     assert!(matches!(err, SagaError::AlreadyExists { .. }), "{err}");
 }
 

@@ -10,7 +10,10 @@ use super::engine::{self, FailCause};
 use super::projection::record_change;
 use super::{CommandOutcome, OutboxEntry, Saga, SagaError, SagaStore};
 use crate::metrics as m;
-use crate::{breaker::BreakerState, CircuitBreaker, breaker::CircuitBreakerRegistry, handler::FailureKind, HandlerError, RetryPolicy, Shutdown, shutdown::ShutdownTrigger};
+use crate::{
+    breaker::BreakerState, breaker::CircuitBreakerRegistry, handler::FailureKind,
+    shutdown::ShutdownTrigger, CircuitBreaker, HandlerError, RetryPolicy, Shutdown,
+};
 
 /// Where a saga's commands go: the application's side of the outbox.
 ///

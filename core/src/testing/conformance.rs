@@ -234,7 +234,11 @@ async fn append_and_read<S: EventStore>(store: S) {
     assert_eq!(read[1].schema_version, 3);
     assert!(read[0].log_position < read[1].log_position);
 
-    let typed = must("read typed", store.read_stream_as::<TestEvent>("lead-1", ..)).await;
+    let typed = must(
+        "read typed",
+        store.read_stream_as::<TestEvent>("lead-1", ..),
+    )
+    .await;
     assert_eq!(typed[0].payload, created("Ana"));
     assert_eq!(typed[1].payload, scored(80));
     assert_eq!(
@@ -434,7 +438,11 @@ async fn read_stream_ranges<S: EventStore>(store: S) {
     let page = must("10..=11", store.read_stream("r", 10..=11)).await;
     assert_eq!(page.len(), 2, "an inclusive end");
     let from0 = must("from 0", store.read_stream("r", 0..)).await;
-    assert_eq!(from0.len(), 25, "a range from version 0 reads from the start");
+    assert_eq!(
+        from0.len(),
+        25,
+        "a range from version 0 reads from the start"
+    );
     let head = must("..4", store.read_stream("r", ..4)).await;
     assert_eq!(head.len(), 3, "an exclusive end from the start");
     assert!(must("past the end", store.read_stream("r", 26..36))
@@ -486,7 +494,11 @@ async fn read_stream_ranges<S: EventStore>(store: S) {
         .await,
         0
     );
-    let typed = must("typed from 20", store.read_stream_as::<TestEvent>("r", 20..)).await;
+    let typed = must(
+        "typed from 20",
+        store.read_stream_as::<TestEvent>("r", 20..),
+    )
+    .await;
     assert_eq!(typed.len(), 6);
     assert_eq!(typed[0].payload, scored(19));
 

@@ -463,7 +463,11 @@ impl EventStore for PgEventStore {
             .await
     }
 
-    async fn read_log(&self, after: LogPosition, limit: usize) -> Result<Vec<RecordedEvent>, Error> {
+    async fn read_log(
+        &self,
+        after: LogPosition,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, Error> {
         let rows = sqlx::query(sql::READ_LOG)
             .bind(after.transaction_id.to_string())
             .bind(int8(after.position))
@@ -471,7 +475,9 @@ impl EventStore for PgEventStore {
             .fetch_all(&self.pool)
             .await
             .map_err(db("reading the global log"))?;
-        rows.iter().map(|row| decode_event_row(row, raw_payload)).collect()
+        rows.iter()
+            .map(|row| decode_event_row(row, raw_payload))
+            .collect()
     }
 
     async fn stream_version(&self, stream_id: &str) -> Result<Option<u64>, Error> {

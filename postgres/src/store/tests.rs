@@ -89,12 +89,12 @@ mod plan_tests {
 }
 
 mod key_tests {
-    use annals_core::testing::events::{Created, Scored, TestEvent};
     use annals_core::store::Versioned;
+    use annals_core::testing::events::{Created, Scored, TestEvent};
     use annals_core::{EventStoreExt, ExpectedVersion, Metadata};
 
-    use crate::PgEventStore;
     use crate::testing::TestDatabase;
+    use crate::PgEventStore;
 
     fn events() -> Vec<TestEvent> {
         vec![
