@@ -8,7 +8,7 @@
 //!
 //! Projection and saga runners keep one breaker per handler (named after
 //! it) in a [`CircuitBreakerRegistry`] and count the handler's
-//! [`Dependency`](crate::FailureKind::Dependency) failures on it: while it is
+//! [`Dependency`](crate::handler::FailureKind::Dependency) failures on it: while it is
 //! open the handler pauses instead of burning events into the dead-letter
 //! queue. Application code can protect any outbound call with a named
 //! breaker from the same registry ([`CircuitBreaker::call`]).
@@ -134,7 +134,7 @@ pub enum BreakerError<E> {
 ///
 /// ```
 /// use std::time::Duration;
-/// use annals::{breaker::BreakerConfig, breaker::BreakerState, CircuitBreaker};
+/// use annals::{breaker::BreakerConfig, breaker::BreakerState, breaker::CircuitBreaker};
 ///
 /// let breaker = CircuitBreaker::new("mailer", BreakerConfig::default()
 ///     .failure_threshold(2)

@@ -38,15 +38,11 @@ pub mod snapshot;
 pub mod store;
 pub mod testing;
 
-pub use aggregate::{Aggregate, AggregateState, CommandError, Executed, Repository};
-pub use breaker::CircuitBreaker;
-pub use dead_letter::DeadLetterStore;
+pub use aggregate::{Aggregate, AggregateState, CommandError, Repository};
 pub use error::{Error, VersionConflict};
 pub use event::{Envelope, Event, Metadata, NewEvent, RecordedEvent};
 pub use handler::HandlerError;
-pub use projection::{
-    HealthCheck, InMemoryProjectionStore, Projection, ProjectionRunner, ProjectionStore,
-};
+pub use projection::{InMemoryProjectionStore, Projection, ProjectionRunner, ProjectionStore};
 pub use retry::RetryPolicy;
 pub use saga::{
     CommandBus, InMemorySagaStore, Issue, Saga, SagaData, SagaProjection, SagaStore, SagaWorker,

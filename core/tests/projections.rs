@@ -10,11 +10,12 @@ use std::time::Duration;
 
 use annals_core::{
     breaker::BreakerConfig, breaker::BreakerState, breaker::CircuitBreakerRegistry,
-    dead_letter::DeadLetterQuery, dead_letter::DeadLetterStatus, projection::FailurePolicy,
-    projection::InMemoryConn, projection::ProjectionError, projection::ProjectionStatus,
-    projection::ReplayOutcome, DeadLetterStore, Envelope, EventStore, EventStoreExt,
-    ExpectedVersion, HandlerError, HealthCheck, InMemoryEventStore, InMemoryProjectionStore,
-    LogPosition, Metadata, Projection, ProjectionRunner, ProjectionStore, RetryPolicy,
+    dead_letter::DeadLetterQuery, dead_letter::DeadLetterStatus, dead_letter::DeadLetterStore,
+    projection::FailurePolicy, projection::HealthCheck, projection::InMemoryConn,
+    projection::ProjectionError, projection::ProjectionStatus, projection::ReplayOutcome, Envelope,
+    EventStore, EventStoreExt, ExpectedVersion, HandlerError, InMemoryEventStore,
+    InMemoryProjectionStore, LogPosition, Metadata, Projection, ProjectionRunner, ProjectionStore,
+    RetryPolicy,
 };
 use serde::{Deserialize, Serialize};
 

@@ -34,8 +34,8 @@ use annals::projection::{InMemoryConn, ProjectionHandle};
 use annals::shutdown::ShutdownTrigger;
 use annals::store::WatchLog;
 use annals::{
-    CommandError, Envelope, HandlerError, HealthCheck, InMemoryProjectionStore, Metadata,
-    Projection, ProjectionRunner, Repository, Shutdown,
+    projection::HealthCheck, CommandError, Envelope, HandlerError, InMemoryProjectionStore,
+    Metadata, Projection, ProjectionRunner, Repository, Shutdown,
 };
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Request, State};

@@ -62,6 +62,14 @@ impl PoolConfig {
     /// The settings for the database at `url` (`postgres://user:password@host:port/database`),
     /// with annals' defaults.
     pub fn from_url(url: &str) -> Result<Self, Error> {
+        let scheme = url.split_once("://").map(|(scheme, _)| scheme);
+        if !matches!(scheme, Some("postgres" | "postgresql")) {
+            return Err(InvalidInput::new(
+                "database url",
+                "not a Postgres connection URL: it must start with `postgres://` or `postgresql://`",
+            )
+            .into());
+        }
         let options = PgConnectOptions::from_str(url).map_err(|e| {
             InvalidInput::new(
                 "database url",

@@ -341,7 +341,7 @@ async fn exec(
 /// (Model names never contain NUL: [`validate_model_name`] refuses control
 /// characters.)
 ///
-/// [`validate_model_name`]: annals::rag::validate_model_name
+/// [`validate_model_name`]: annals_core::rag::validate_model_name
 pub fn quote_literal(s: &str) -> String {
     let escaped = s.replace('\'', "''");
     if s.contains('\\') {
@@ -893,7 +893,7 @@ impl KnowledgeBase for PgKnowledgeBase {
 /// rows and the projection's checkpoint commit together.
 ///
 /// Transient failures (the embedding service, the database) are reported
-/// as [dependency](annals::handler::FailureKind::Dependency) failures, so the
+/// as [dependency](annals_core::handler::FailureKind::Dependency) failures, so the
 /// runner retries them and never parks the event. Note that the embedding
 /// call happens inside the runner's transaction.
 #[derive(Debug)]

@@ -1,7 +1,7 @@
 //! The Postgres backend of [annals](https://docs.rs/annals), on sqlx.
 //!
-//! - [`connect`] opens a pool with annals' defaults ([`PoolConfig`]).
-//! - [`migrate`] creates (and [`migrate_down`] removes) the event-sourcing
+//! - [`connect`](fn@crate::connect) opens a pool with annals' defaults ([`PoolConfig`]).
+//! - [`migrate`](fn@crate::migrate) creates (and [`migrate_down`](fn@crate::migrate_down) removes) the event-sourcing
 //!   tables, from migrations embedded in this crate.
 //! - [`PgEventStore`] is the event store: one-round-trip appends with
 //!   optimistic concurrency, stream reads, and reads of the global log in

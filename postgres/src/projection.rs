@@ -7,8 +7,8 @@ use std::time::Duration;
 use annals_core::error::InvalidInput;
 use annals_core::{
     dead_letter::DeadLetter, dead_letter::DeadLetterQuery, dead_letter::DeadLetterStatus,
-    dead_letter::NewDeadLetter, projection::Checkpoint, projection::Lease,
-    projection::ProjectionStatus, DeadLetterStore, Error, LogPosition, ProjectionStore,
+    dead_letter::DeadLetterStore, dead_letter::NewDeadLetter, projection::Checkpoint,
+    projection::Lease, projection::ProjectionStatus, Error, LogPosition, ProjectionStore,
 };
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};

@@ -17,7 +17,7 @@ use crate::{sql, PgEventStore};
 /// one; a snapshot of another shape or codec always replaces it).
 ///
 /// Made from the [`PgEventStore`] it keeps snapshots beside, so both are on
-/// one database: a [`Repository`](annals::Repository) loads the
+/// one database: a [`Repository`](annals_core::Repository) loads the
 /// snapshot and the events after it in one statement, on the connection
 /// its command appends on.
 ///

@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use annals_core::{
     breaker::BreakerConfig, breaker::BreakerState, breaker::CircuitBreakerRegistry,
-    dead_letter::DeadLetterQuery, dead_letter::DeadLetterStatus, projection::FailurePolicy,
-    projection::ProjectionError, projection::ProjectionStatus, DeadLetterStore, Envelope,
-    EventStoreExt, ExpectedVersion, HandlerError, HealthCheck, LogPosition, Metadata, Projection,
-    ProjectionRunner, ProjectionStore, RetryPolicy,
+    dead_letter::DeadLetterQuery, dead_letter::DeadLetterStatus, dead_letter::DeadLetterStore,
+    projection::FailurePolicy, projection::HealthCheck, projection::ProjectionError,
+    projection::ProjectionStatus, Envelope, EventStoreExt, ExpectedVersion, HandlerError,
+    LogPosition, Metadata, Projection, ProjectionRunner, ProjectionStore, RetryPolicy,
 };
 use annals_postgres::testing::TestDatabase;
 use annals_postgres::{PgEventStore, PgProjectionStore};

@@ -367,7 +367,9 @@ async fn corrupted_rows_are_typed_errors_and_other_streams_read_on() {
         .read_stream_as::<TestEvent>("newer", ..)
         .await
         .expect_err("newer");
-    let msg = e.to_string();
+    // the message names the event; its cause (in the `Debug` report's
+    // chain) says what to do
+    let msg = format!("{e:?}");
     assert!(
         msg.contains(&format!("global position {p_new}")) && msg.contains("deploy"),
         "{msg}"

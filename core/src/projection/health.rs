@@ -79,7 +79,7 @@ pub struct Readiness {
 /// ```
 /// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
 /// use std::time::Duration;
-/// use annals::{HealthCheck, InMemoryEventStore, InMemoryProjectionStore};
+/// use annals::{projection::HealthCheck, InMemoryEventStore, InMemoryProjectionStore};
 ///
 /// let health = HealthCheck::new(InMemoryEventStore::new(), InMemoryProjectionStore::new())
 ///     .stale_after(Duration::from_secs(300))

@@ -14,9 +14,9 @@ use crate::dead_letter::{DeadLetterQuery, NewDeadLetter};
 use crate::metrics as m;
 use crate::projection::store::{Lease, ProjectionStore};
 use crate::{
-    breaker::BreakerOpen, breaker::CircuitBreakerRegistry, handler::FailureKind, store::Watch,
-    store::WatchLog, CircuitBreaker, Envelope, Error, Event, HandlerError, LogPosition, Projection,
-    RecordedEvent, RetryPolicy, Shutdown,
+    breaker::BreakerOpen, breaker::CircuitBreaker, breaker::CircuitBreakerRegistry,
+    handler::FailureKind, store::Watch, store::WatchLog, Envelope, Error, Event, HandlerError,
+    LogPosition, Projection, RecordedEvent, RetryPolicy, Shutdown,
 };
 
 /// What a runner does with an event that still fails after its last retry.

@@ -96,7 +96,7 @@ impl SagaError {
     }
 
     /// The error as a handler failure: a database failure is a
-    /// [dependency](crate::FailureKind::Dependency) failure, anything else a
+    /// [dependency](crate::handler::FailureKind::Dependency) failure, anything else a
     /// failure to handle the event.
     pub fn into_handler_error(self) -> HandlerError {
         match self {

@@ -18,7 +18,7 @@
 //!   [`CommandBus`] (at least once, with an idempotency key per command,
 //!   retried with [`RetryPolicy`](crate::RetryPolicy) backoff; after the last
 //!   attempt the saga compensates), pauses behind a
-//!   [`CircuitBreaker`](crate::CircuitBreaker) while the receiving service
+//!   [`CircuitBreaker`](crate::breaker::CircuitBreaker) while the receiving service
 //!   is down (a [`HandlerError::dependency`](crate::HandlerError::dependency)
 //!   never makes a saga compensate), and fires timeouts from their
 //!   persisted deadlines.

@@ -11,8 +11,8 @@ use super::projection::record_change;
 use super::{CommandOutcome, OutboxEntry, Saga, SagaError, SagaStore};
 use crate::metrics as m;
 use crate::{
-    breaker::BreakerState, breaker::CircuitBreakerRegistry, handler::FailureKind,
-    shutdown::ShutdownTrigger, CircuitBreaker, HandlerError, RetryPolicy, Shutdown,
+    breaker::BreakerState, breaker::CircuitBreaker, breaker::CircuitBreakerRegistry,
+    handler::FailureKind, shutdown::ShutdownTrigger, HandlerError, RetryPolicy, Shutdown,
 };
 
 /// Where a saga's commands go: the application's side of the outbox.

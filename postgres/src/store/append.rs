@@ -50,6 +50,26 @@ impl PgEventStore {
         appended(stream_id, &rows, events)
     }
 
+    /// Appends on a connection of the pool, as its own transaction. The
+    /// events are validated before the checkout: a refused append never
+    /// waits for (or holds) a connection.
+    pub(crate) async fn append_pooled(
+        &self,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, Error> {
+        const CONTEXT: &str = "acquiring a connection to append";
+        if events.is_empty() {
+            let mut conn = self.checkout(CONTEXT).await?;
+            return check_empty_append(&mut conn, stream_id, expected).await;
+        }
+        let binds = self.bind_events(&events)?;
+        let mut conn = self.checkout(CONTEXT).await?;
+        let rows = insert(&mut conn, true, stream_id, expected, binds).await?;
+        appended(stream_id, &rows, events)
+    }
+
     /// The events validated (when the store validates) and bound for the
     /// statement.
     fn bind_events<'a>(&self, events: &'a [NewEvent]) -> Result<Binds<'a>, Error> {

@@ -409,13 +409,7 @@ impl EventStore for PgEventStore {
     ) -> Result<AppendResult, Error> {
         // timed with the checkout: a starved pool shows in the metric
         let started = std::time::Instant::now();
-        let result = match self.checkout("acquiring a connection to append").await {
-            Ok(mut conn) => {
-                self.append_on(&mut conn, true, stream_id, expected, events)
-                    .await
-            }
-            Err(e) => Err(e),
-        };
+        let result = self.append_pooled(stream_id, expected, events).await;
         annals_core::metrics::record_append("postgres", started, &result);
         result
     }
