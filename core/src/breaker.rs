@@ -426,7 +426,7 @@ impl CircuitBreakerRegistry {
     }
 
     /// Every breaker created so far with its state, by name.
-    pub fn states(&self) -> Vec<(String, BreakerState)> {
+    pub fn states(&self) -> std::collections::BTreeMap<String, BreakerState> {
         let breakers: Vec<Arc<CircuitBreaker>> = self.lock().breakers.values().cloned().collect();
         breakers
             .into_iter()
@@ -533,12 +533,8 @@ mod tests {
         assert_eq!(r.get("a").state(), BreakerState::Open);
         assert_eq!(r.get("b").state(), BreakerState::Closed);
         let states = r.states();
-        assert_eq!(
-            states,
-            vec![
-                ("a".to_owned(), BreakerState::Open),
-                ("b".to_owned(), BreakerState::Closed)
-            ]
-        );
+        assert_eq!(states["a"], BreakerState::Open);
+        assert_eq!(states["b"], BreakerState::Closed);
+        assert_eq!(states.len(), 2);
     }
 }
