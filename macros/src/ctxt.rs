@@ -39,6 +39,11 @@ impl Ctxt {
         !self.errors.borrow().is_empty()
     }
 
+    /// How many errors were recorded so far.
+    pub(crate) fn error_count(&self) -> usize {
+        self.errors.borrow().len()
+    }
+
     /// All recorded errors as one compile-error token stream.
     pub(crate) fn into_compile_errors(self) -> proc_macro2::TokenStream {
         self.errors

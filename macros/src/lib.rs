@@ -6,6 +6,7 @@
 //! through the `annals` facade, whose docs describe the attributes.
 
 mod aggregate;
+mod attr;
 mod ctxt;
 mod event;
 mod saga;
@@ -18,7 +19,7 @@ use syn::{parse_macro_input, DeriveInput};
 #[proc_macro_derive(Event, attributes(event))]
 pub fn derive_event(input: TokenStream) -> TokenStream {
     let input = parse_macro_input!(input as DeriveInput);
-    event::expand_derive_event(&input).into()
+    event::derive(&input).into()
 }
 
 /// Derives `annals::AggregateState` (type name, snapshot policy, snapshot
@@ -26,7 +27,7 @@ pub fn derive_event(input: TokenStream) -> TokenStream {
 #[proc_macro_derive(Aggregate, attributes(aggregate))]
 pub fn derive_aggregate(input: TokenStream) -> TokenStream {
     let input = parse_macro_input!(input as DeriveInput);
-    aggregate::expand_derive_aggregate(&input).into()
+    aggregate::derive(&input).into()
 }
 
 /// Derives `annals::Saga` for an enum of states, checking the saga's shape
