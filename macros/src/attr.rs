@@ -136,7 +136,7 @@ fn unknown_key(key: &str, known: &[&str]) -> String {
 
 /// The known key closest to `key`, if it is close enough to be a typo: at
 /// most one edit per three characters (one for short keys).
-fn closest<'k>(key: &str, known: &[&'k str]) -> Option<&'k str> {
+pub(crate) fn closest<'k>(key: &str, known: &[&'k str]) -> Option<&'k str> {
     known
         .iter()
         .map(|k| (distance(key, k), *k))

@@ -35,5 +35,5 @@ pub fn derive_aggregate(input: TokenStream) -> TokenStream {
 #[proc_macro_derive(Saga, attributes(saga))]
 pub fn derive_saga(input: TokenStream) -> TokenStream {
     let input = parse_macro_input!(input as DeriveInput);
-    saga::expand_derive_saga(&input).into()
+    saga::derive(&input).into()
 }
