@@ -8,10 +8,17 @@
 //! message; any other key is "unknown attribute", with a suggestion when a
 //! known key is close. All of these are parse errors: a derive whose
 //! attributes did not parse does not go on to check their meaning.
+//!
+//! A misspelled key is read as the key it is closest to (quietly: a value
+//! that does not fit is skipped, with no second error), so that the
+//! derive's fallback impl has what the user meant and the rest of their
+//! crate compiles without a cascade of errors.
 
 use proc_macro2::TokenStream;
 use quote::ToTokens;
-use syn::meta::ParseNestedMeta;
+use syn::parse::discouraged::Speculative;
+use syn::parse::ParseBuffer;
+use syn::Path;
 
 use crate::ctxt::Ctxt;
 
@@ -87,15 +94,29 @@ pub(crate) struct Scope {
     pub(crate) elsewhere: &'static [(&'static str, &'static str)],
 }
 
+/// One `key ...` of an attribute: the key and the tokens after it.
+pub(crate) struct Meta<'m> {
+    pub(crate) path: &'m Path,
+    pub(crate) input: &'m ParseBuffer<'m>,
+}
+
+impl<'m> Meta<'m> {
+    /// The value of `key = value`.
+    pub(crate) fn value(&self) -> syn::Result<&'m ParseBuffer<'m>> {
+        self.input.parse::<syn::Token![=]>()?;
+        Ok(self.input)
+    }
+}
+
 /// Reads every `#[scope.attr(...)]` in `attrs`, calling `f` with each known
-/// key (as written) and its `meta`; `f` parses the value. Unknown and
-/// misplaced keys are reported here, and their values skipped so that the
-/// rest of the attribute is still read.
+/// key and its [`Meta`]; `f` parses the value. Unknown and misplaced keys
+/// are reported here, and their values skipped so that the rest of the
+/// attribute is still read.
 pub(crate) fn parse(
     cx: &Ctxt,
     attrs: &[syn::Attribute],
     scope: &Scope,
-    mut f: impl FnMut(&str, &ParseNestedMeta) -> syn::Result<()>,
+    mut f: impl FnMut(&str, &Meta<'_>) -> syn::Result<()>,
 ) {
     for attr in attrs.iter().filter(|a| a.path().is_ident(scope.attr)) {
         let res = attr.parse_nested_meta(|meta| {
@@ -105,13 +126,34 @@ pub(crate) fn parse(
                 .to_string()
                 .replace(' ', "");
             if let Some(known) = scope.keys.iter().find(|k| **k == key) {
-                return f(known, &meta);
+                return f(
+                    known,
+                    &Meta {
+                        path: &meta.path,
+                        input: meta.input,
+                    },
+                );
             }
-            match scope.elsewhere.iter().find(|(k, _)| *k == key) {
-                Some((_, message)) => cx.error_spanned_by(&meta.path, message),
-                None => cx.error_spanned_by(&meta.path, unknown_key(&key, scope.keys)),
+            if let Some((_, message)) = scope.elsewhere.iter().find(|(k, _)| *k == key) {
+                cx.error_spanned_by(&meta.path, message);
+                return skip_value(meta.input);
             }
-            skip_value(&meta)
+            let suggestion = closest(&key, scope.keys);
+            cx.error_spanned_by(&meta.path, unknown_key(&key, suggestion, scope.keys));
+            if let Some(meant) = suggestion {
+                let fork = meta.input.fork();
+                let guess = Meta {
+                    path: &meta.path,
+                    input: &fork,
+                };
+                let fits = cx.quietly(|| f(meant, &guess).is_ok())
+                    && (fork.is_empty() || fork.peek(syn::Token![,]));
+                if fits {
+                    meta.input.advance_to(&fork);
+                    return Ok(());
+                }
+            }
+            skip_value(meta.input)
         });
         if let Err(e) = res {
             cx.syn_error(e);
@@ -120,8 +162,8 @@ pub(crate) fn parse(
 }
 
 /// "unknown attribute `verison`; did you mean `version`?"
-fn unknown_key(key: &str, known: &[&str]) -> String {
-    match closest(key, known) {
+fn unknown_key(key: &str, suggestion: Option<&str>, known: &[&str]) -> String {
+    match suggestion {
         Some(suggestion) => format!("unknown attribute `{key}`; did you mean `{suggestion}`?"),
         None => format!(
             "unknown attribute `{key}`; expected one of {}",
@@ -174,19 +216,20 @@ fn distance(a: &str, b: &str) -> usize {
 
 /// Skips the value of a key that was reported, so that parsing goes on and
 /// later mistakes are reported too.
-pub(crate) fn skip_value(meta: &ParseNestedMeta) -> syn::Result<()> {
-    if meta.input.peek(syn::Token![=]) {
-        meta.value()?.parse::<syn::Expr>()?;
-    } else if meta.input.peek(syn::token::Paren) {
+pub(crate) fn skip_value(input: &ParseBuffer) -> syn::Result<()> {
+    if input.peek(syn::Token![=]) {
+        input.parse::<syn::Token![=]>()?;
+        input.parse::<syn::Expr>()?;
+    } else if input.peek(syn::token::Paren) {
         let content;
-        syn::parenthesized!(content in meta.input);
+        syn::parenthesized!(content in input);
         content.parse::<TokenStream>()?;
     }
     Ok(())
 }
 
 /// `crate = "path"`: where the `annals` crate is.
-pub(crate) fn parse_crate(cx: &Ctxt, meta: &ParseNestedMeta) -> syn::Result<Option<syn::Path>> {
+pub(crate) fn parse_crate(cx: &Ctxt, meta: &Meta) -> syn::Result<Option<syn::Path>> {
     let lit: syn::LitStr = meta.value()?.parse()?;
     match lit.parse::<syn::Path>() {
         Ok(path) => Ok(Some(path)),
@@ -218,12 +261,13 @@ mod tests {
         assert_eq!(closest("evnt", &keys), Some("event"));
         assert_eq!(closest("colour", &keys), None);
         assert_eq!(closest("retries", &["on", "start"]), None);
+        let keys = ["name", "version"];
         assert_eq!(
-            unknown_key("verison", &["name", "version"]),
+            unknown_key("verison", closest("verison", &keys), &keys),
             "unknown attribute `verison`; did you mean `version`?"
         );
         assert_eq!(
-            unknown_key("colour", &["name", "version"]),
+            unknown_key("colour", None, &keys),
             "unknown attribute `colour`; expected one of `name`, `version`"
         );
     }

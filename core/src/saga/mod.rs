@@ -357,35 +357,34 @@ impl fmt::Display for SagaDefinition {
     }
 }
 
+/// A command variant's constructor, which builds its command from the
+/// saga's data: how `#[derive(Saga)]` calls [`Issue`]. Implemented for the
+/// constructor's fn pointer, so that the payload type is known when the
+/// `Issue` bound is checked (and named in its error). Not public API; it
+/// lives here rather than in the macros' support module so that compiler
+/// messages name it by this path.
+#[doc(hidden)]
+pub trait BuildCommand<D> {
+    /// The command enum.
+    type Command;
+    /// Builds the payload (`Issue`) and wraps it.
+    fn build(self, data: &D) -> Self::Command;
+}
+
+impl<P, C, D: Issue<P>> BuildCommand<D> for fn(P) -> C {
+    type Command = C;
+    fn build(self, data: &D) -> C {
+        self(data.issue())
+    }
+}
+
 /// Helpers for the code `#[derive(Saga)]` generates.
 pub(crate) mod private {
     pub use super::{
-        CorrelationId, Issue, NamedCommand, Saga, SagaData, SagaDefinition, StateDefinition, Target,
+        BuildCommand, CorrelationId, Issue, NamedCommand, Saga, SagaData, SagaDefinition,
+        StateDefinition, Target,
     };
     pub use crate::event::Envelope;
-
-    /// A command variant's constructor, which builds its command from the
-    /// saga's data. Implemented for the constructor's fn pointer, so that
-    /// the payload type is known when the `Issue` bound is checked (and
-    /// named in its error).
-    pub trait BuildCommand<D> {
-        /// The command enum.
-        type Command;
-        /// Builds the payload (`Issue`) and wraps it.
-        fn build(self, data: &D) -> Self::Command;
-    }
-
-    impl<P, C, D: Issue<P>> BuildCommand<D> for fn(P) -> C {
-        type Command = C;
-        fn build(self, data: &D) -> C {
-            self(data.issue())
-        }
-    }
-
-    /// A correlation id read from an event field of the declared type.
-    pub fn correlation<T: CorrelationId + ?Sized>(id: &T) -> Option<String> {
-        Some(id.correlation_id())
-    }
 }
 
 #[cfg(test)]

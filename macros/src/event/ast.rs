@@ -270,7 +270,7 @@ impl<'c> TypeSlots<'c> {
         }
     }
 
-    fn parse(&mut self, key: &str, meta: &syn::meta::ParseNestedMeta) -> syn::Result<()> {
+    fn parse(&mut self, key: &str, meta: &attr::Meta) -> syn::Result<()> {
         match key {
             "name" => self.name.set(&meta.path, meta.value()?.parse()?),
             "version" => {
@@ -300,7 +300,7 @@ impl<'c> TypeSlots<'c> {
 fn parse_crate(
     cx: &Ctxt,
     krate: &mut Attr<Path>,
-    meta: &syn::meta::ParseNestedMeta,
+    meta: &attr::Meta,
 ) -> syn::Result<()> {
     if let Some(path) = attr::parse_crate(cx, meta)? {
         krate.set(&meta.path, path);

@@ -96,6 +96,21 @@ impl Parse for Correlate {
     }
 }
 
+/// `Event = source` in `correlate(...)`.
+struct CorrelateEntry {
+    event: Path,
+    source: Correlate,
+}
+
+impl Parse for CorrelateEntry {
+    fn parse(input: ParseStream) -> syn::Result<Self> {
+        let event = input.parse()?;
+        input.parse::<Token![=]>()?;
+        let source = input.parse()?;
+        Ok(CorrelateEntry { event, source })
+    }
+}
+
 /// One state (a variant).
 pub(crate) struct State<'a> {
     pub(crate) ident: &'a Ident,
@@ -250,25 +265,29 @@ impl<'a> Input<'a> {
                 _ if meta.input.peek(Token![=]) => {
                     correlate.set(&meta.path, meta.value()?.parse::<Correlate>()?);
                 }
-                _ => meta.parse_nested_meta(|inner| {
-                    let Some(event) = inner.path.get_ident().cloned() else {
-                        cx.error_spanned_by(
-                            &inner.path,
-                            "expected an event variant, like `correlate(SlotReserved = lead_id)`",
-                        );
-                        return attr::skip_value(&inner);
-                    };
-                    let source: Correlate = inner.value()?.parse()?;
-                    if overrides.iter().any(|(e, _)| *e == event) {
-                        cx.error_spanned_by(
-                            &event,
-                            format!("duplicate correlation for `{event}`"),
-                        );
-                    } else {
-                        overrides.push((event, source));
+                _ => {
+                    let content;
+                    syn::parenthesized!(content in meta.input);
+                    let entries =
+                        Punctuated::<CorrelateEntry, Token![,]>::parse_terminated(&content)?;
+                    for CorrelateEntry { event, source } in entries {
+                        let Some(event) = event.get_ident().cloned() else {
+                            cx.error_spanned_by(
+                                &event,
+                                "expected an event variant, like `correlate(SlotReserved = lead_id)`",
+                            );
+                            continue;
+                        };
+                        if overrides.iter().any(|(e, _)| *e == event) {
+                            cx.error_spanned_by(
+                                &event,
+                                format!("duplicate correlation for `{event}`"),
+                            );
+                        } else {
+                            overrides.push((event, source));
+                        }
                     }
-                    Ok(())
-                })?,
+                }
             }
             Ok(())
         });
@@ -393,7 +412,7 @@ impl<'a> State<'a> {
 }
 
 /// `key = Ident` or `key(Ident, Ident, ...)`.
-fn parse_idents(meta: &syn::meta::ParseNestedMeta) -> syn::Result<Vec<Ident>> {
+fn parse_idents(meta: &attr::Meta) -> syn::Result<Vec<Ident>> {
     if meta.input.peek(Token![=]) {
         Ok(vec![meta.value()?.parse()?])
     } else {

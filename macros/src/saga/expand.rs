@@ -272,13 +272,18 @@ fn correlation_read(
     at: Option<Span>,
 ) -> TokenStream {
     let opt = quote!(::core::option::Option);
+    // the id's text, through the public trait (so that a type that is not a
+    // correlation id gets that trait's message, at the declared type)
     let typed = |span: Span| match correlation {
         Some(ty) => (
             quote_spanned!(ty.span()=> #ty),
-            quote_spanned!(ty.span()=> #p::correlation::<#ty>),
+            quote_spanned!(ty.span()=> <#ty as #p::CorrelationId>::correlation_id),
         ),
         // rejected by validation
-        None => (quote_spanned!(span=> _), quote!(#p::correlation)),
+        None => (
+            quote_spanned!(span=> _),
+            quote!(#p::CorrelationId::correlation_id),
+        ),
     };
     match source {
         Some(Correlate::Field(field)) => {
@@ -288,7 +293,7 @@ fn correlation_read(
             let (ty, call) = typed(span);
             quote! {
                 let __id: &#ty = #read;
-                #call(__id)
+                #opt::Some(#call(__id))
             }
         }
         Some(Correlate::Envelope(part)) => match part {
@@ -310,7 +315,7 @@ fn correlation_read(
             });
             quote! {
                 match #f(__event) {
-                    #opt::Some(__id) => #call(&__id),
+                    #opt::Some(__id) => #opt::Some(#call(&__id)),
                     #opt::None => #opt::None,
                 }
             }
