@@ -291,8 +291,11 @@ fn correlation_read(
             let field = Ident::new(&field.to_string(), span);
             let read = quote_spanned!(span=> &(*__payload).#field);
             let (ty, call) = typed(span);
+            // `&Type` at the declared type: "expected due to this" points there
+            let amp = quote_spanned!(correlation.map_or(span, |t| t.span())=> &);
+            let ty = quote!(#amp #ty);
             quote! {
-                let __id: &#ty = #read;
+                let __id: #ty = #read;
                 #opt::Some(#call(__id))
             }
         }
