@@ -1,9 +1,23 @@
 //! Derive macros of [annals](https://docs.rs/annals): `Event`, `Aggregate`
 //! and `Saga`.
 //!
-//! This crate is a thin shim: each derive parses its input, validates it
-//! (collecting every error with its span) and expands it. Use the macros
-//! through the `annals` facade, whose docs describe the attributes.
+//! Use the macros through the `annals` facade (`annals::Event`,
+//! `annals::Aggregate`, `annals::Saga`), whose crate docs list every
+//! attribute with examples; the generated code refers to `::annals` (or the
+//! path given with `crate = "..."`).
+//!
+//! Each derive runs in phases, as thiserror's and serde's do:
+//!
+//! 1. `ast`: the input is read into typed slots through one attribute
+//!    mechanism (`attr`): a key given twice is "duplicate attribute", an
+//!    unknown key is "unknown attribute" with a "did you mean" when a known
+//!    key is close, a key of another level says where it belongs.
+//! 2. `valid`: one `check_*` function per rule. The rules about single
+//!    values always run; the rules that relate attributes to each other run
+//!    only when every attribute parsed, so one mistake gives one error.
+//! 3. `expand`: the impl. When the input has errors, the errors go out with
+//!    a fallback impl (when the declared types allow one), so that the rest
+//!    of the user's crate compiles and reports nothing more.
 
 mod aggregate;
 mod attr;
