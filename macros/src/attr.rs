@@ -120,11 +120,7 @@ pub(crate) fn parse(
 ) {
     for attr in attrs.iter().filter(|a| a.path().is_ident(scope.attr)) {
         let res = attr.parse_nested_meta(|meta| {
-            let key = meta
-                .path
-                .to_token_stream()
-                .to_string()
-                .replace(' ', "");
+            let key = meta.path.to_token_stream().to_string().replace(' ', "");
             if let Some(known) = scope.keys.iter().find(|k| **k == key) {
                 return f(
                     known,
@@ -256,7 +252,10 @@ mod tests {
     #[test]
     fn suggestions() {
         let keys = ["event", "name", "snapshot_every", "codec_version", "crate"];
-        assert_eq!(closest("verison", &["name", "version", "history"]), Some("version"));
+        assert_eq!(
+            closest("verison", &["name", "version", "history"]),
+            Some("version")
+        );
         assert_eq!(closest("snapshot_evry", &keys), Some("snapshot_every"));
         assert_eq!(closest("evnt", &keys), Some("event"));
         assert_eq!(closest("colour", &keys), None);

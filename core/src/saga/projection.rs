@@ -123,10 +123,7 @@ impl<S: Saga, St: SagaStore> Projection for SagaProjection<S, St> {
         if let [event] = events {
             return self.apply(tx, event).await;
         }
-        let ids: Vec<Option<String>> = events
-            .iter()
-            .map(S::correlation_id)
-            .collect();
+        let ids: Vec<Option<String>> = events.iter().map(S::correlation_id).collect();
         let mut wanted: Vec<String> = ids.iter().flatten().cloned().collect();
         wanted.sort_unstable();
         wanted.dedup();

@@ -9,7 +9,10 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::*;
-use crate::{Envelope, HandlerError, LogPosition, projection::InMemoryConn, Metadata, Projection, RetryPolicy};
+use crate::{
+    projection::InMemoryConn, Envelope, HandlerError, LogPosition, Metadata, Projection,
+    RetryPolicy,
+};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 struct TripRef {
@@ -633,7 +636,10 @@ async fn a_service_that_is_down_opens_the_breaker_and_pauses_the_sagas() {
     }
     // after the cool-down, one trial; it fails, the breaker opens again
     tokio::time::sleep(Duration::from_millis(320)).await;
-    assert_eq!(worker.breaker().state(), crate::breaker::BreakerState::HalfOpen);
+    assert_eq!(
+        worker.breaker().state(),
+        crate::breaker::BreakerState::HalfOpen
+    );
     let round = worker.run_once().await.unwrap();
     assert_eq!(round.failed, 1, "one trial: {round:?}");
     assert_eq!(h.bus.calls.load(Ordering::SeqCst), calls + 1);
@@ -652,7 +658,10 @@ async fn a_service_that_is_down_opens_the_breaker_and_pauses_the_sagas() {
         worker.run_once().await.unwrap();
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    assert_eq!(worker.breaker().state(), crate::breaker::BreakerState::Closed);
+    assert_eq!(
+        worker.breaker().state(),
+        crate::breaker::BreakerState::Closed
+    );
     let mut delivered: Vec<String> = h.bus.delivered().iter().map(|c| format!("{c:?}")).collect();
     delivered.sort();
     let expected: Vec<String> = (20..25).map(|t| format!("BookFlight({t})")).collect();
@@ -747,7 +756,10 @@ async fn a_stale_version_is_a_conflict() {
     let change = engine::on_event::<TripBooking>(Some(saga.clone()), "12".into(), &e)
         .unwrap()
         .unwrap();
-    h.store.save(&mut InMemoryConn::new(), &change).await.unwrap();
+    h.store
+        .save(&mut InMemoryConn::new(), &change)
+        .await
+        .unwrap();
     let err = h
         .store
         .save(&mut InMemoryConn::new(), &change)
@@ -757,7 +769,11 @@ async fn a_stale_version_is_a_conflict() {
     let mut dup = change.clone();
     dup.insert = true;
     dup.record.saga_id = Uuid::now_v7();
-    let err = h.store.save(&mut InMemoryConn::new(), &dup).await.unwrap_err();
+    let err = h
+        .store
+        .save(&mut InMemoryConn::new(), &dup)
+        .await
+        .unwrap_err();
     assert!(matches!(err, SagaError::AlreadyExists { .. }), "{err}");
 }
 
@@ -1020,7 +1036,13 @@ impl OrderHarness {
 
     async fn settle(&self) {
         for _ in 0..100 {
-            if self.worker.run_once().await.expect("worker round").is_idle() {
+            if self
+                .worker
+                .run_once()
+                .await
+                .expect("worker round")
+                .is_idle()
+            {
                 return;
             }
         }
@@ -1058,7 +1080,8 @@ fn correlation_reads_the_envelope_or_the_payload() {
     assert_eq!(d.states[1].issues, ["SendReceipt"]);
     assert!(d.states[1].compensates.is_empty());
     assert!(
-        d.to_string().contains("Shipping: issues SendReceipt, not compensated"),
+        d.to_string()
+            .contains("Shipping: issues SendReceipt, not compensated"),
         "{d}"
     );
 }
@@ -1068,12 +1091,11 @@ async fn a_saga_correlated_by_aggregate_id_completes() {
     let mut h = OrderHarness::new();
     h.apply("order-42", OrderEvent::Placed(Placed { total: 5 }))
         .await;
-    h.apply("order-42", OrderEvent::Paid(Placed { total: 5 })).await;
+    h.apply("order-42", OrderEvent::Paid(Placed { total: 5 }))
+        .await;
     h.apply(
         "warehouse-7",
-        OrderEvent::Shipped(Parcel {
-            order: "42".into(),
-        }),
+        OrderEvent::Shipped(Parcel { order: "42".into() }),
     )
     .await;
     h.settle().await;
@@ -1094,13 +1116,12 @@ async fn a_step_with_compensate_none_is_skipped_when_compensating() {
     let mut h = OrderHarness::new();
     h.apply("order-42", OrderEvent::Placed(Placed { total: 5 }))
         .await;
-    h.apply("order-42", OrderEvent::Paid(Placed { total: 5 })).await;
+    h.apply("order-42", OrderEvent::Paid(Placed { total: 5 }))
+        .await;
     h.settle().await;
     h.apply(
         "warehouse-7",
-        OrderEvent::Lost(Parcel {
-            order: "42".into(),
-        }),
+        OrderEvent::Lost(Parcel { order: "42".into() }),
     )
     .await;
     h.settle().await;
@@ -1174,7 +1195,11 @@ enum ByTotal {
 fn correlation_by_metadata_and_by_function() {
     let id = Uuid::now_v7();
     let mut placed = envelope_in("order-1", 1, OrderEvent::Placed(Placed { total: 5 }));
-    assert_eq!(Operation::correlation_id(&placed), None, "no correlation id");
+    assert_eq!(
+        Operation::correlation_id(&placed),
+        None,
+        "no correlation id"
+    );
     placed.metadata = Metadata::new().with_correlation_id(id);
     assert_eq!(Operation::correlation_id(&placed), Some(id.to_string()));
 

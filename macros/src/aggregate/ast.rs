@@ -32,21 +32,21 @@ impl<'a> Input<'a> {
         let mut codec_version = Attr::none(cx, "codec_version");
         attr::parse(cx, &input.attrs, &SCOPE, |key, meta| {
             match key {
-                "event" => event.set(&meta.path, meta.value()?.parse::<Type>()?),
-                "name" => name.set(&meta.path, meta.value()?.parse::<LitStr>()?),
+                "event" => event.set(meta.path, meta.value()?.parse::<Type>()?),
+                "name" => name.set(meta.path, meta.value()?.parse::<LitStr>()?),
                 "snapshot_every" => {
                     let lit: LitInt = meta.value()?.parse()?;
                     let n = lit.base10_parse()?;
-                    snapshot_every.set(&meta.path, (lit, n));
+                    snapshot_every.set(meta.path, (lit, n));
                 }
                 "codec_version" => {
                     let lit: LitInt = meta.value()?.parse()?;
                     let n = lit.base10_parse()?;
-                    codec_version.set(&meta.path, (lit, n));
+                    codec_version.set(meta.path, (lit, n));
                 }
                 "crate" => {
                     if let Some(path) = attr::parse_crate(cx, meta)? {
-                        krate.set(&meta.path, path);
+                        krate.set(meta.path, path);
                     }
                 }
                 _ => unreachable!("a key of SCOPE"),

@@ -117,9 +117,18 @@ const ENUM: Scope = Scope {
     attr: "event",
     keys: &["prefix", "crate"],
     elsewhere: &[
-        ("name", "`name` belongs on a variant of an event enum: each variant is one event type"),
-        ("version", "`version` belongs on a variant of an event enum: each variant is one event type"),
-        ("history", "`history` belongs on a variant of an event enum: each variant is one event type"),
+        (
+            "name",
+            "`name` belongs on a variant of an event enum: each variant is one event type",
+        ),
+        (
+            "version",
+            "`version` belongs on a variant of an event enum: each variant is one event type",
+        ),
+        (
+            "history",
+            "`history` belongs on a variant of an event enum: each variant is one event type",
+        ),
     ],
 };
 
@@ -127,8 +136,14 @@ const VARIANT: Scope = Scope {
     attr: "event",
     keys: &["name", "version", "history"],
     elsewhere: &[
-        ("prefix", "`prefix` belongs on the event enum, not on a variant"),
-        ("crate", "`crate` belongs on the event enum, not on a variant"),
+        (
+            "prefix",
+            "`prefix` belongs on the event enum, not on a variant",
+        ),
+        (
+            "crate",
+            "`crate` belongs on the event enum, not on a variant",
+        ),
     ],
 };
 
@@ -149,7 +164,7 @@ impl<'a> Input<'a> {
                 let mut prefix = Attr::none(cx, "prefix");
                 attr::parse(cx, &input.attrs, &ENUM, |key, meta| {
                     match key {
-                        "prefix" => prefix.set(&meta.path, meta.value()?.parse::<LitStr>()?),
+                        "prefix" => prefix.set(meta.path, meta.value()?.parse::<LitStr>()?),
                         _ => parse_crate(cx, &mut krate, meta)?,
                     }
                     Ok(())
@@ -240,7 +255,9 @@ impl<'a> Input<'a> {
 impl<'a> Variant<'a> {
     fn from_syn(cx: &Ctxt, variant: &'a syn::Variant) -> Self {
         let mut slots = TypeSlots::new(cx);
-        attr::parse(cx, &variant.attrs, &VARIANT, |key, meta| slots.parse(key, meta));
+        attr::parse(cx, &variant.attrs, &VARIANT, |key, meta| {
+            slots.parse(key, meta)
+        });
         let payload = match &variant.fields {
             Fields::Unnamed(f) if f.unnamed.len() == 1 => Some(f.unnamed[0].ty.clone()),
             _ => None,
@@ -272,17 +289,17 @@ impl<'c> TypeSlots<'c> {
 
     fn parse(&mut self, key: &str, meta: &attr::Meta) -> syn::Result<()> {
         match key {
-            "name" => self.name.set(&meta.path, meta.value()?.parse()?),
+            "name" => self.name.set(meta.path, meta.value()?.parse()?),
             "version" => {
                 let lit: LitInt = meta.value()?.parse()?;
                 let v = lit.base10_parse()?;
-                self.version.set(&meta.path, (lit, v));
+                self.version.set(meta.path, (lit, v));
             }
             _ => {
                 let content;
                 syn::parenthesized!(content in meta.input);
                 let entries = Punctuated::<HistoryEntry, Token![,]>::parse_terminated(&content)?;
-                self.history.set(&meta.path, entries.into_iter().collect());
+                self.history.set(meta.path, entries.into_iter().collect());
             }
         }
         Ok(())
@@ -297,13 +314,9 @@ impl<'c> TypeSlots<'c> {
     }
 }
 
-fn parse_crate(
-    cx: &Ctxt,
-    krate: &mut Attr<Path>,
-    meta: &attr::Meta,
-) -> syn::Result<()> {
+fn parse_crate(cx: &Ctxt, krate: &mut Attr<Path>, meta: &attr::Meta) -> syn::Result<()> {
     if let Some(path) = attr::parse_crate(cx, meta)? {
-        krate.set(&meta.path, path);
+        krate.set(meta.path, path);
     }
     Ok(())
 }

@@ -39,16 +39,20 @@ pub(crate) enum Correlate {
     Field(Ident),
     /// `envelope.aggregate_id`, `envelope.stream_id`,
     /// `envelope.correlation_id`: a part of the event's envelope, as text.
-    Envelope(EnvelopePart),
+    Envelope(EnvelopeId),
     /// `with(path::to::fn)`: a `fn(&Envelope<Event>) -> Option<Correlation>`.
     With(Path),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum EnvelopePart {
-    AggregateId,
-    StreamId,
-    CorrelationId,
+/// Which id of the envelope.
+pub(crate) enum EnvelopeId {
+    /// `envelope.aggregate_id`: `Envelope::aggregate_id()`.
+    Aggregate,
+    /// `envelope.stream_id`.
+    Stream,
+    /// `envelope.correlation_id`: the metadata's.
+    Correlation,
 }
 
 pub(crate) const ENVELOPE_PARTS: &[&str] = &["aggregate_id", "stream_id", "correlation_id"];
@@ -78,9 +82,9 @@ impl Parse for Correlate {
             input.parse::<Token![.]>()?;
             let part: Ident = input.parse()?;
             let which = match part.to_string().as_str() {
-                "aggregate_id" => EnvelopePart::AggregateId,
-                "stream_id" => EnvelopePart::StreamId,
-                "correlation_id" => EnvelopePart::CorrelationId,
+                "aggregate_id" => EnvelopeId::Aggregate,
+                "stream_id" => EnvelopeId::Stream,
+                "correlation_id" => EnvelopeId::Correlation,
                 other => {
                     let expected = "expected `aggregate_id`, `stream_id` or `correlation_id`";
                     let message = match attr::closest(other, ENVELOPE_PARTS) {
@@ -217,12 +221,30 @@ const CONTAINER: Scope = Scope {
         "crate",
     ],
     elsewhere: &[
-        ("start", "`start` belongs on a state (a variant of the saga enum), not on the enum"),
-        ("on", "`on` belongs on a state (a variant of the saga enum), not on the enum"),
-        ("timeout", "`timeout` belongs on a state (a variant of the saga enum), not on the enum"),
-        ("issue", "`issue` belongs on a state (a variant of the saga enum), not on the enum"),
-        ("compensate", "`compensate` belongs on a state (a variant of the saga enum), not on the enum"),
-        ("terminal", "`terminal` belongs on a state (a variant of the saga enum), not on the enum"),
+        (
+            "start",
+            "`start` belongs on a state (a variant of the saga enum), not on the enum",
+        ),
+        (
+            "on",
+            "`on` belongs on a state (a variant of the saga enum), not on the enum",
+        ),
+        (
+            "timeout",
+            "`timeout` belongs on a state (a variant of the saga enum), not on the enum",
+        ),
+        (
+            "issue",
+            "`issue` belongs on a state (a variant of the saga enum), not on the enum",
+        ),
+        (
+            "compensate",
+            "`compensate` belongs on a state (a variant of the saga enum), not on the enum",
+        ),
+        (
+            "terminal",
+            "`terminal` belongs on a state (a variant of the saga enum), not on the enum",
+        ),
     ],
 };
 
@@ -231,10 +253,19 @@ const STATE: Scope = Scope {
     keys: &["start", "on", "timeout", "issue", "compensate", "terminal"],
     elsewhere: &[
         ("event", "`event` belongs on the saga enum, not on a state"),
-        ("command", "`command` belongs on the saga enum, not on a state"),
+        (
+            "command",
+            "`command` belongs on the saga enum, not on a state",
+        ),
         ("data", "`data` belongs on the saga enum, not on a state"),
-        ("correlation", "`correlation` belongs on the saga enum, not on a state"),
-        ("correlate", "`correlate` belongs on the saga enum, not on a state"),
+        (
+            "correlation",
+            "`correlation` belongs on the saga enum, not on a state",
+        ),
+        (
+            "correlate",
+            "`correlate` belongs on the saga enum, not on a state",
+        ),
         ("name", "`name` belongs on the saga enum, not on a state"),
         ("crate", "`crate` belongs on the saga enum, not on a state"),
     ],
@@ -254,16 +285,16 @@ impl<'a> Input<'a> {
             match key {
                 "crate" => {
                     if let Some(path) = attr::parse_crate(cx, meta)? {
-                        krate.set(&meta.path, path);
+                        krate.set(meta.path, path);
                     }
                 }
-                "name" => name.set(&meta.path, meta.value()?.parse::<LitStr>()?),
-                "event" => event.set(&meta.path, meta.value()?.parse::<Path>()?),
-                "command" => command.set(&meta.path, meta.value()?.parse::<Path>()?),
-                "data" => data.set(&meta.path, meta.value()?.parse::<Type>()?),
-                "correlation" => correlation.set(&meta.path, meta.value()?.parse::<Type>()?),
+                "name" => name.set(meta.path, meta.value()?.parse::<LitStr>()?),
+                "event" => event.set(meta.path, meta.value()?.parse::<Path>()?),
+                "command" => command.set(meta.path, meta.value()?.parse::<Path>()?),
+                "data" => data.set(meta.path, meta.value()?.parse::<Type>()?),
+                "correlation" => correlation.set(meta.path, meta.value()?.parse::<Type>()?),
                 _ if meta.input.peek(Token![=]) => {
-                    correlate.set(&meta.path, meta.value()?.parse::<Correlate>()?);
+                    correlate.set(meta.path, meta.value()?.parse::<Correlate>()?);
                 }
                 _ => {
                     let content;
@@ -357,8 +388,8 @@ impl<'a> State<'a> {
         let mut compensate = Attr::none(cx, "compensate");
         attr::parse(cx, &variant.attrs, &STATE, |key, meta| {
             match key {
-                "start" => start.set(&meta.path, meta.value()?.parse::<Ident>()?),
-                "terminal" => terminal.set_true(&meta.path),
+                "start" => start.set(meta.path, meta.value()?.parse::<Ident>()?),
+                "terminal" => terminal.set_true(meta.path),
                 "on" => {
                     let content;
                     syn::parenthesized!(content in meta.input);
@@ -378,9 +409,9 @@ impl<'a> State<'a> {
                         syn::parenthesized!(content in meta.input);
                         content.parse::<Timeout>()?
                     };
-                    timeout.set(&meta.path, timeout_value);
+                    timeout.set(meta.path, timeout_value);
                 }
-                "issue" => issue.set(&meta.path, parse_idents(meta)?),
+                "issue" => issue.set(meta.path, parse_idents(meta)?),
                 _ => {
                     let value = if meta.input.peek(Token![=]) {
                         let command: Ident = meta.value()?.parse()?;
@@ -392,7 +423,7 @@ impl<'a> State<'a> {
                     } else {
                         Compensate::Commands(parse_idents(meta)?)
                     };
-                    compensate.set(&meta.path, value);
+                    compensate.set(meta.path, value);
                 }
             }
             Ok(())

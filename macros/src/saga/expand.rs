@@ -5,7 +5,7 @@ use quote::{quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{Ident, Path, Type};
 
-use super::ast::{Correlate, EnvelopePart, Input, Shape, Target};
+use super::ast::{Correlate, EnvelopeId, Input, Shape, Target};
 use crate::util::snake_case;
 
 /// The impl of a checked input.
@@ -300,13 +300,13 @@ fn correlation_read(
             }
         }
         Some(Correlate::Envelope(part)) => match part {
-            EnvelopePart::AggregateId => {
+            EnvelopeId::Aggregate => {
                 quote!(#opt::Some(::std::string::ToString::to_string(__event.aggregate_id())))
             }
-            EnvelopePart::StreamId => {
+            EnvelopeId::Stream => {
                 quote!(#opt::Some(::std::clone::Clone::clone(&__event.stream_id)))
             }
-            EnvelopePart::CorrelationId => quote! {
+            EnvelopeId::Correlation => quote! {
                 __event.metadata.correlation_id.map(|__id| ::std::string::ToString::to_string(&__id))
             },
         },

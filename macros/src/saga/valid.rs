@@ -363,9 +363,7 @@ fn check_correlation_used(cx: &Ctxt, input: &Input) {
         if !handled.contains(&event) {
             cx.error_spanned_by(
                 event,
-                format!(
-                    "`{event}` has a correlation, but no state starts on it or handles it"
-                ),
+                format!("`{event}` has a correlation, but no state starts on it or handles it"),
             );
         }
     }
