@@ -39,6 +39,20 @@ impl Ctxt {
         !self.errors.borrow().is_empty()
     }
 
+    /// Runs `f`, dropping the errors it records: for error recovery, whose
+    /// guesses must not be reported as the user's mistakes.
+    pub(crate) fn quietly<R>(&self, f: impl FnOnce() -> R) -> R {
+        let before = self.errors.borrow().len();
+        let result = f();
+        self.errors.borrow_mut().truncate(before);
+        result
+    }
+
+    /// How many errors were recorded so far.
+    pub(crate) fn error_count(&self) -> usize {
+        self.errors.borrow().len()
+    }
+
     /// All recorded errors as one compile-error token stream.
     pub(crate) fn into_compile_errors(self) -> proc_macro2::TokenStream {
         self.errors

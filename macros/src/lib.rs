@@ -1,11 +1,26 @@
 //! Derive macros of [annals](https://docs.rs/annals): `Event`, `Aggregate`
 //! and `Saga`.
 //!
-//! This crate is a thin shim: each derive parses its input, validates it
-//! (collecting every error with its span) and expands it. Use the macros
-//! through the `annals` facade, whose docs describe the attributes.
+//! Use the macros through the `annals` facade (`annals::Event`,
+//! `annals::Aggregate`, `annals::Saga`), whose crate docs list every
+//! attribute with examples; the generated code refers to `::annals` (or the
+//! path given with `crate = "..."`).
+//!
+//! Each derive runs in phases, as thiserror's and serde's do:
+//!
+//! 1. `ast`: the input is read into typed slots through one attribute
+//!    mechanism (`attr`): a key given twice is "duplicate attribute", an
+//!    unknown key is "unknown attribute" with a "did you mean" when a known
+//!    key is close, a key of another level says where it belongs.
+//! 2. `valid`: one `check_*` function per rule. The rules about single
+//!    values always run; the rules that relate attributes to each other run
+//!    only when every attribute parsed, so one mistake gives one error.
+//! 3. `expand`: the impl. When the input has errors, the errors go out with
+//!    a fallback impl (when the declared types allow one), so that the rest
+//!    of the user's crate compiles and reports nothing more.
 
 mod aggregate;
+mod attr;
 mod ctxt;
 mod event;
 mod saga;
@@ -18,7 +33,7 @@ use syn::{parse_macro_input, DeriveInput};
 #[proc_macro_derive(Event, attributes(event))]
 pub fn derive_event(input: TokenStream) -> TokenStream {
     let input = parse_macro_input!(input as DeriveInput);
-    event::expand_derive_event(&input).into()
+    event::derive(&input).into()
 }
 
 /// Derives `annals::AggregateState` (type name, snapshot policy, snapshot
@@ -26,7 +41,7 @@ pub fn derive_event(input: TokenStream) -> TokenStream {
 #[proc_macro_derive(Aggregate, attributes(aggregate))]
 pub fn derive_aggregate(input: TokenStream) -> TokenStream {
     let input = parse_macro_input!(input as DeriveInput);
-    aggregate::expand_derive_aggregate(&input).into()
+    aggregate::derive(&input).into()
 }
 
 /// Derives `annals::Saga` for an enum of states, checking the saga's shape
@@ -34,5 +49,5 @@ pub fn derive_aggregate(input: TokenStream) -> TokenStream {
 #[proc_macro_derive(Saga, attributes(saga))]
 pub fn derive_saga(input: TokenStream) -> TokenStream {
     let input = parse_macro_input!(input as DeriveInput);
-    saga::expand_derive_saga(&input).into()
+    saga::derive(&input).into()
 }

@@ -138,7 +138,7 @@ pub(crate) fn on_event<S: Saga>(
             return Ok(None);
         };
         let mut data = S::Data::default();
-        data.apply(&event.payload);
+        data.apply_envelope(event);
         let now = Utc::now();
         let record = SagaRecord {
             saga_id: Uuid::now_v7(),
@@ -174,7 +174,7 @@ pub(crate) fn on_event<S: Saga>(
         return Ok(None);
     };
     let mut data = data_of::<S>(&record)?;
-    data.apply(&event.payload);
+    data.apply_envelope(event);
     let mut change = new_change(record, false);
     change.record.status = SagaStatus::Running;
     change.record.last_event = event.log_position;

@@ -44,6 +44,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::event::Envelope;
 use crate::Event;
 
 pub use engine::SagaEngine;
@@ -86,9 +87,16 @@ pub trait Saga: Copy + Eq + fmt::Debug + Send + Sync + 'static {
     /// The state with this stored name, if the code has it.
     fn from_state_name(name: &str) -> Option<Self>;
 
-    /// The correlation id of an event the saga handles (`None`: the saga
-    /// does not handle this event).
-    fn correlation_id(event: &Self::Event) -> Option<String>;
+    /// The correlation id of an event the saga handles: which saga instance
+    /// the event belongs to (`None`: the saga does not handle this event,
+    /// or the event does not name an instance).
+    ///
+    /// It receives the whole envelope, so a saga can be correlated by a
+    /// field of the payload (`#[saga(correlate = lead_id)]`), by the
+    /// envelope (`correlate = envelope.aggregate_id`, `envelope.stream_id`,
+    /// `envelope.correlation_id` from the metadata), or by a function
+    /// (`correlate = with(path::to::fn)`), for every event or per event.
+    fn correlation_id(event: &Envelope<Self::Event>) -> Option<String>;
 
     /// The state a saga starts in, if `event` starts one.
     fn start(event: &Self::Event) -> Option<Self>;
@@ -107,7 +115,8 @@ pub trait Saga: Copy + Eq + fmt::Debug + Send + Sync + 'static {
     /// The commands the saga issues when it enters this state.
     fn commands(self, data: &Self::Data) -> Vec<NamedCommand<Self::Command>>;
 
-    /// The commands that undo what this state's commands did.
+    /// The commands that undo what this state's commands did (none for a
+    /// state declared `compensate = none`).
     fn compensation(self, data: &Self::Data) -> Vec<NamedCommand<Self::Command>>;
 }
 
@@ -150,6 +159,40 @@ pub trait SagaData: Default + Serialize + DeserializeOwned + Send + Sync + 'stat
 
     /// Folds an event that moves the saga. Must not fail: events are facts.
     fn apply(&mut self, event: &Self::Event);
+
+    /// Folds an event with its envelope; the engine calls this. By default
+    /// it folds the payload with [`apply`](Self::apply). Implement it to
+    /// read the envelope too, e.g. the aggregate id of a saga correlated
+    /// with `correlate = envelope.aggregate_id`, whose events need not
+    /// carry it:
+    ///
+    /// ```
+    /// # use annals::{Envelope, SagaData};
+    /// # #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+    /// # struct Placed { total: u32 }
+    /// # #[derive(Debug, Clone, PartialEq, annals::Event)]
+    /// # enum OrderEvent { Placed(Placed) }
+    /// #[derive(Default, serde::Serialize, serde::Deserialize)]
+    /// struct Fulfilment { order_id: String, total: u32 }
+    ///
+    /// impl SagaData for Fulfilment {
+    ///     type Event = OrderEvent;
+    ///     fn apply(&mut self, event: &OrderEvent) {
+    ///         match event {
+    ///             OrderEvent::Placed(e) => self.total = e.total,
+    ///         }
+    ///     }
+    ///     fn apply_envelope(&mut self, event: &Envelope<OrderEvent>) {
+    ///         if let OrderEvent::Placed(_) = event.payload {
+    ///             self.order_id = event.aggregate_id().to_owned();
+    ///         }
+    ///         self.apply(&event.payload);
+    ///     }
+    /// }
+    /// ```
+    fn apply_envelope(&mut self, event: &Envelope<Self::Event>) {
+        self.apply(&event.payload);
+    }
 }
 
 /// How a saga's data builds one command payload `P`: one implementation per
@@ -265,7 +308,7 @@ pub struct StateDefinition {
     pub timeout: Option<(Duration, Target<&'static str>)>,
     /// The commands issued on entering the state.
     pub issues: &'static [&'static str],
-    /// The commands that undo them.
+    /// The commands that undo them (none for `compensate = none`).
     pub compensates: &'static [&'static str],
 }
 
@@ -293,7 +336,9 @@ impl fmt::Display for SagaDefinition {
                 continue;
             }
             let mut parts = Vec::new();
-            if !s.issues.is_empty() {
+            if !s.issues.is_empty() && s.compensates.is_empty() {
+                parts.push(format!("issues {}, not compensated", s.issues.join(" + ")));
+            } else if !s.issues.is_empty() {
                 parts.push(format!(
                     "issues {}, compensated by {}",
                     s.issues.join(" + "),
@@ -312,34 +357,34 @@ impl fmt::Display for SagaDefinition {
     }
 }
 
+/// A command variant's constructor, which builds its command from the
+/// saga's data: how `#[derive(Saga)]` calls [`Issue`]. Implemented for the
+/// constructor's fn pointer, so that the payload type is known when the
+/// `Issue` bound is checked (and named in its error). Not public API; it
+/// lives here rather than in the macros' support module so that compiler
+/// messages name it by this path.
+#[doc(hidden)]
+pub trait BuildCommand<D> {
+    /// The command enum.
+    type Command;
+    /// Builds the payload (`Issue`) and wraps it.
+    fn build(self, data: &D) -> Self::Command;
+}
+
+impl<P, C, D: Issue<P>> BuildCommand<D> for fn(P) -> C {
+    type Command = C;
+    fn build(self, data: &D) -> C {
+        self(data.issue())
+    }
+}
+
 /// Helpers for the code `#[derive(Saga)]` generates.
 pub(crate) mod private {
     pub use super::{
-        CorrelationId, Issue, NamedCommand, Saga, SagaData, SagaDefinition, StateDefinition, Target,
+        BuildCommand, CorrelationId, Issue, NamedCommand, Saga, SagaData, SagaDefinition,
+        StateDefinition, Target,
     };
-
-    /// A command variant's constructor, which builds its command from the
-    /// saga's data. Implemented for the constructor's fn pointer, so that
-    /// the payload type is known when the `Issue` bound is checked (and
-    /// named in its error).
-    pub trait BuildCommand<D> {
-        /// The command enum.
-        type Command;
-        /// Builds the payload (`Issue`) and wraps it.
-        fn build(self, data: &D) -> Self::Command;
-    }
-
-    impl<P, C, D: Issue<P>> BuildCommand<D> for fn(P) -> C {
-        type Command = C;
-        fn build(self, data: &D) -> C {
-            self(data.issue())
-        }
-    }
-
-    /// A correlation id read from an event field of the declared type.
-    pub fn correlation<T: CorrelationId + ?Sized>(id: &T) -> Option<String> {
-        Some(id.correlation_id())
-    }
+    pub use crate::event::Envelope;
 }
 
 #[cfg(test)]

@@ -88,7 +88,7 @@ impl<S: Saga, St: SagaStore> Projection for SagaProjection<S, St> {
         tx: &mut Self::Conn,
         event: &Envelope<Self::Event>,
     ) -> Result<(), HandlerError> {
-        let Some(correlation_id) = S::correlation_id(&event.payload) else {
+        let Some(correlation_id) = S::correlation_id(event) else {
             return Ok(());
         };
         let existing = self
@@ -123,10 +123,7 @@ impl<S: Saga, St: SagaStore> Projection for SagaProjection<S, St> {
         if let [event] = events {
             return self.apply(tx, event).await;
         }
-        let ids: Vec<Option<String>> = events
-            .iter()
-            .map(|e| S::correlation_id(&e.payload))
-            .collect();
+        let ids: Vec<Option<String>> = events.iter().map(S::correlation_id).collect();
         let mut wanted: Vec<String> = ids.iter().flatten().cloned().collect();
         wanted.sort_unstable();
         wanted.dedup();

@@ -152,17 +152,7 @@ impl Harness {
 
     fn envelope(&mut self, event: TripEvent) -> Envelope<TripEvent> {
         self.position += 1;
-        Envelope {
-            event_id: Uuid::now_v7(),
-            stream_id: "trip".to_owned(),
-            stream_version: self.position,
-            log_position: LogPosition::new(self.position, self.position),
-            event_type: crate::Event::event_type(&event).to_owned(),
-            schema_version: 1,
-            metadata: Metadata::new(),
-            recorded_at: Utc::now(),
-            payload: event,
-        }
+        envelope_in("trip", self.position, event)
     }
 
     async fn apply(&mut self, event: TripEvent) -> Envelope<TripEvent> {
@@ -192,6 +182,21 @@ impl Harness {
             .await
             .unwrap()
             .expect("the saga exists")
+    }
+}
+
+/// `event` stored in `stream` at log position `position`.
+fn envelope_in<E: crate::Event>(stream: &str, position: u64, event: E) -> Envelope<E> {
+    Envelope {
+        event_id: Uuid::now_v7(),
+        stream_id: stream.to_owned(),
+        stream_version: position,
+        log_position: LogPosition::new(position, position),
+        event_type: event.event_type().to_owned(),
+        schema_version: 1,
+        metadata: Metadata::new(),
+        recorded_at: Utc::now(),
+        payload: event,
     }
 }
 
@@ -801,11 +806,11 @@ fn the_definition_describes_the_shape() {
     );
     assert_eq!(TripBooking::from_state_name("Nope"), None);
     assert_eq!(
-        TripBooking::correlation_id(&TripEvent::CarBooked(r(3))),
+        TripBooking::correlation_id(&envelope_in("trip", 1, TripEvent::CarBooked(r(3)))),
         Some("3".to_owned())
     );
     assert_eq!(
-        TripBooking::correlation_id(&TripEvent::Note("x".into())),
+        TripBooking::correlation_id(&envelope_in("trip", 1, TripEvent::Note("x".into()))),
         None
     );
 }
@@ -919,4 +924,295 @@ async fn a_batch_moves_sagas_as_its_events_one_by_one_would() {
         .await
         .unwrap()
         .is_none());
+}
+
+// --- a saga correlated by its aggregate, with a fire-and-forget step --------
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+struct Placed {
+    total: u32,
+}
+
+/// From the warehouse's own stream: names the order in its payload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+struct Parcel {
+    order: String,
+}
+
+#[derive(Debug, Clone, PartialEq, annals_macros::Event)]
+#[event(crate = "crate", prefix = "order")]
+enum OrderEvent {
+    Placed(Placed),
+    Paid(Placed),
+    Shipped(Parcel),
+    Lost(Parcel),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+enum OrderCommand {
+    TakePayment(String),
+    RefundPayment(String),
+    SendReceipt(String),
+}
+
+/// Knows its order id from the envelope: the events of the order's own
+/// stream do not carry it.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Order {
+    order_id: String,
+}
+
+impl SagaData for Order {
+    type Event = OrderEvent;
+    fn apply(&mut self, _: &OrderEvent) {}
+    fn apply_envelope(&mut self, event: &Envelope<OrderEvent>) {
+        if let OrderEvent::Placed(_) = event.payload {
+            self.order_id = event.aggregate_id().to_owned();
+        }
+    }
+}
+
+impl Issue<String> for Order {
+    fn issue(&self) -> String {
+        self.order_id.clone()
+    }
+}
+
+/// The order's own events correlate by the stream they are in
+/// (`order-42` → saga `42`); the warehouse's events name the order in
+/// their payload. The receipt is fire-and-forget: nothing undoes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, annals_macros::Saga)]
+#[saga(crate = "crate", event = OrderEvent, command = OrderCommand, data = Order,
+       correlation = String, correlate = envelope.aggregate_id,
+       correlate(Shipped = order, Lost = order))]
+enum Fulfilment {
+    #[saga(start = Placed, issue = TakePayment, compensate = RefundPayment, on(Paid => Shipping))]
+    Paying,
+    #[saga(issue = SendReceipt, compensate = none, on(Shipped => Done, Lost => fail))]
+    Shipping,
+    #[saga(terminal)]
+    Done,
+}
+
+struct OrderHarness {
+    store: InMemorySagaStore,
+    projection: SagaProjection<Fulfilment, InMemorySagaStore>,
+    worker: SagaWorker<Fulfilment, InMemorySagaStore, OrderBus>,
+    bus: OrderBus,
+    position: u64,
+}
+
+#[derive(Clone, Default)]
+struct OrderBus(Arc<Mutex<Vec<OrderCommand>>>);
+
+impl CommandBus<OrderCommand> for OrderBus {
+    async fn dispatch(&self, d: Dispatch<OrderCommand>) -> Result<(), HandlerError> {
+        self.0.lock().unwrap().push(d.command);
+        Ok(())
+    }
+}
+
+impl OrderHarness {
+    fn new() -> Self {
+        let store = InMemorySagaStore::new();
+        let bus = OrderBus::default();
+        OrderHarness {
+            projection: SagaProjection::new(store.clone()),
+            worker: SagaWorker::new(store.clone(), bus.clone()),
+            store,
+            bus,
+            position: 0,
+        }
+    }
+
+    async fn apply(&mut self, stream: &str, event: OrderEvent) {
+        self.position += 1;
+        let e = envelope_in(stream, self.position, event);
+        self.projection
+            .apply(&mut InMemoryConn::new(), &e)
+            .await
+            .expect("apply");
+    }
+
+    async fn settle(&self) {
+        for _ in 0..100 {
+            if self
+                .worker
+                .run_once()
+                .await
+                .expect("worker round")
+                .is_idle()
+            {
+                return;
+            }
+        }
+        panic!("the worker never settled");
+    }
+
+    async fn saga(&self, order: &str) -> SagaRecord {
+        self.store
+            .find_by_correlation_id("fulfilment", order)
+            .await
+            .unwrap()
+            .expect("the saga exists")
+    }
+
+    fn delivered(&self) -> Vec<OrderCommand> {
+        self.bus.0.lock().unwrap().clone()
+    }
+}
+
+#[test]
+fn correlation_reads_the_envelope_or_the_payload() {
+    let placed = envelope_in("order-42", 1, OrderEvent::Placed(Placed { total: 5 }));
+    assert_eq!(Fulfilment::correlation_id(&placed), Some("42".to_owned()));
+    // an aggregate id is everything after the type's `-`
+    let placed = envelope_in("order-a-1", 1, OrderEvent::Paid(Placed { total: 5 }));
+    assert_eq!(Fulfilment::correlation_id(&placed), Some("a-1".to_owned()));
+    // the warehouse's stream says nothing; its payload names the order
+    let shipped = envelope_in(
+        "warehouse-7",
+        1,
+        OrderEvent::Shipped(Parcel { order: "42".into() }),
+    );
+    assert_eq!(Fulfilment::correlation_id(&shipped), Some("42".to_owned()));
+    let d = Fulfilment::definition();
+    assert_eq!(d.states[1].issues, ["SendReceipt"]);
+    assert!(d.states[1].compensates.is_empty());
+    assert!(
+        d.to_string()
+            .contains("Shipping: issues SendReceipt, not compensated"),
+        "{d}"
+    );
+}
+
+#[tokio::test]
+async fn a_saga_correlated_by_aggregate_id_completes() {
+    let mut h = OrderHarness::new();
+    h.apply("order-42", OrderEvent::Placed(Placed { total: 5 }))
+        .await;
+    h.apply("order-42", OrderEvent::Paid(Placed { total: 5 }))
+        .await;
+    h.apply(
+        "warehouse-7",
+        OrderEvent::Shipped(Parcel { order: "42".into() }),
+    )
+    .await;
+    h.settle().await;
+    let saga = h.saga("42").await;
+    assert_eq!(saga.status, SagaStatus::Completed);
+    assert_eq!(saga.state, "Done");
+    assert_eq!(
+        h.delivered(),
+        [
+            OrderCommand::TakePayment("42".into()),
+            OrderCommand::SendReceipt("42".into())
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_step_with_compensate_none_is_skipped_when_compensating() {
+    let mut h = OrderHarness::new();
+    h.apply("order-42", OrderEvent::Placed(Placed { total: 5 }))
+        .await;
+    h.apply("order-42", OrderEvent::Paid(Placed { total: 5 }))
+        .await;
+    h.settle().await;
+    h.apply(
+        "warehouse-7",
+        OrderEvent::Lost(Parcel { order: "42".into() }),
+    )
+    .await;
+    h.settle().await;
+    let saga = h.saga("42").await;
+    assert_eq!(saga.status, SagaStatus::Failed);
+    // the receipt is not undone; the payment is refunded
+    assert_eq!(
+        h.delivered(),
+        [
+            OrderCommand::TakePayment("42".into()),
+            OrderCommand::SendReceipt("42".into()),
+            OrderCommand::RefundPayment("42".into())
+        ]
+    );
+    assert_eq!(
+        saga.completed_steps
+            .iter()
+            .map(|s| (s.state.as_str(), s.status))
+            .collect::<Vec<_>>(),
+        [
+            ("Paying", StepStatus::Compensated),
+            ("Shipping", StepStatus::Compensated)
+        ]
+    );
+}
+
+// --- correlation by metadata and by a function ------------------------------
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Nothing;
+
+impl SagaData for Nothing {
+    type Event = OrderEvent;
+    fn apply(&mut self, _: &OrderEvent) {}
+}
+
+/// The saga of a business operation: every event recorded with the same
+/// metadata correlation id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, annals_macros::Saga)]
+#[saga(crate = "crate", event = OrderEvent, command = OrderCommand, data = Nothing,
+       correlate = envelope.correlation_id)]
+enum Operation {
+    #[saga(start = Placed, on(Paid => Done))]
+    Open,
+    #[saga(terminal)]
+    Done,
+}
+
+/// The order's total, in cents, names the saga (a function can read
+/// anything in the envelope).
+fn by_total(event: &Envelope<OrderEvent>) -> Option<u64> {
+    match &event.payload {
+        OrderEvent::Placed(p) | OrderEvent::Paid(p) => Some(u64::from(p.total) * 100),
+        _ => None,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, annals_macros::Saga)]
+#[saga(crate = "crate", event = OrderEvent, command = OrderCommand, data = Nothing,
+       correlation = u64, correlate = with(by_total), correlate(Shipped = envelope.stream_id))]
+enum ByTotal {
+    #[saga(start = Placed, on(Paid => Shipping))]
+    Open,
+    #[saga(on(Shipped => Done))]
+    Shipping,
+    #[saga(terminal)]
+    Done,
+}
+
+#[test]
+fn correlation_by_metadata_and_by_function() {
+    let id = Uuid::now_v7();
+    let mut placed = envelope_in("order-1", 1, OrderEvent::Placed(Placed { total: 5 }));
+    assert_eq!(
+        Operation::correlation_id(&placed),
+        None,
+        "no correlation id"
+    );
+    placed.metadata = Metadata::new().with_correlation_id(id);
+    assert_eq!(Operation::correlation_id(&placed), Some(id.to_string()));
+
+    assert_eq!(ByTotal::correlation_id(&placed), Some("500".to_owned()));
+    let shipped = envelope_in(
+        "warehouse-7",
+        2,
+        OrderEvent::Shipped(Parcel { order: "1".into() }),
+    );
+    assert_eq!(
+        ByTotal::correlation_id(&shipped),
+        Some("warehouse-7".to_owned())
+    );
+    let lost = envelope_in("order-1", 3, OrderEvent::Lost(Parcel { order: "1".into() }));
+    assert_eq!(ByTotal::correlation_id(&lost), None, "not handled");
 }
