@@ -125,7 +125,10 @@ pub trait Saga: Copy + Eq + fmt::Debug + Send + Sync + 'static {
 /// A new saga starts from `Default` and folds the start event; every event
 /// that moves the saga (to another state, or to compensation) is folded
 /// before the saga enters its next state, so the commands of that state see
-/// it. Events that do not move the saga are not folded.
+/// it. Events that do not move the saga are not folded. The engine folds
+/// through [`apply_envelope`](Self::apply_envelope), which passes the
+/// payload to [`apply`](Self::apply) unless you implement it to read the
+/// envelope as well.
 ///
 /// ```
 /// use annals::SagaData;
