@@ -91,6 +91,11 @@ pub trait Aggregate: AggregateState {
     fn apply(&mut self, event: &Self::Event);
 }
 
+// Named here, not only through `__private`, so that compiler messages about
+// a state that cannot be snapshotted name `annals::aggregate::StateCodec`.
+#[doc(hidden)]
+pub use private::{state_codec, StateCodec};
+
 /// Helpers for the code `#[derive(Aggregate)]` generates.
 pub(crate) mod private {
     use serde::de::DeserializeOwned;

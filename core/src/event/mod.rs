@@ -119,6 +119,12 @@ pub trait Event: Sized + Send + Sync + 'static {
     }
 }
 
+// Named here, not only through `__private`, so that compiler messages about
+// a payload or an upcast name `annals::event::EventPayload` and
+// `annals::event::UpcastInto`.
+#[doc(hidden)]
+pub use private::{EventPayload, UpcastInto};
+
 /// Helpers called by the code `#[derive(Event)]` generates.
 pub(crate) mod private {
     use serde::de::DeserializeOwned;
