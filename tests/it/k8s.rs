@@ -5,7 +5,7 @@
 use serde_json::Value;
 
 fn documents() -> Vec<Value> {
-    let text = include_str!("../examples/k8s/clinic.yaml");
+    let text = include_str!("../../examples/k8s/clinic.yaml");
     serde_norway::Deserializer::from_str(text)
         .map(|doc| {
             <Value as serde::Deserialize>::deserialize(doc)
