@@ -13,8 +13,16 @@ fn migrator() -> Migrator {
     m
 }
 
-/// Applies every pending annals migration. Idempotent; safe when several
-/// processes call it at once (the migrator holds an advisory lock).
+/// Applies every pending migration of annals' event-sourcing tables
+/// (events, schemas, snapshots, projections, dead letters, sagas).
+/// Idempotent; safe when several processes call it at once (the migrator
+/// holds an advisory lock).
+///
+/// It installs no extension and needs no superuser: a role that may create
+/// tables in the database's `public` schema (its owner, or one granted
+/// `CREATE` on the schema) is enough. The knowledge base's tables have
+/// their own migrations, applied by `knowledge::migrate` (feature
+/// `knowledge`).
 pub async fn migrate(pool: &PgPool) -> Result<(), Error> {
     migrator()
         .run(pool)
