@@ -41,6 +41,8 @@ use sqlx::types::Json;
 use sqlx::{AssertSqlSafe, PgConnection, PgPool, Row};
 use uuid::Uuid;
 
+use crate::migrate::Direction;
+
 /// The table in which the knowledge base records its applied migrations,
 /// apart from the event-sourcing ones
 /// ([`MIGRATIONS_TABLE`](crate::MIGRATIONS_TABLE)).
@@ -65,22 +67,26 @@ fn migrator() -> Migrator {
 /// `CREATE EXTENSION vector` in the database first; this then finds it
 /// installed.
 pub async fn migrate(pool: &PgPool) -> Result<(), Error> {
-    migrator().run(pool).await.map_err(|e| {
-        Error::backend(
-            "applying the knowledge base migrations (they need pgvector on the server, and a superuser to create the `vector` extension unless it exists)",
-            e,
-        )
-    })
+    crate::migrate::run(
+        pool,
+        &migrator(),
+        Direction::Up,
+        "applying the knowledge base migrations (they need pgvector on the server, and a superuser to create the `vector` extension unless it exists)",
+    )
+    .await
 }
 
 /// Reverts every knowledge base migration (drops its tables; the `vector`
 /// extension stays). Data is lost: meant for tests and for removing the
 /// knowledge base from a database.
 pub async fn migrate_down(pool: &PgPool) -> Result<(), Error> {
-    migrator()
-        .undo(pool, 0)
-        .await
-        .map_err(|e| Error::backend("reverting the knowledge base migrations", e))
+    crate::migrate::run(
+        pool,
+        &migrator(),
+        Direction::Down,
+        "reverting the knowledge base migrations",
+    )
+    .await
 }
 
 /// HNSW's default `ef_search`: a search for more than this many rows, or
