@@ -5,7 +5,7 @@
 //! `knowledge` feature.
 //!
 //! ```no_run
-//! use annals::knowledge::{HashingEmbedder, Ingestor, KnowledgeBase, Scope, SearchQuery};
+//! use annals::knowledge::{Embedder, HashingEmbedder, Ingestor, KnowledgeBase, Scope, SearchQuery};
 //! use annals::postgres::knowledge::{self, PgKnowledgeBase};
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -18,6 +18,9 @@
 //! let hits = kb
 //!     .search_text(ingestor.embedder(), "opening hours", &SearchQuery::new(Scope::Tenant("acme".into()), 5))
 //!     .await?;
+//! for hit in hits {
+//!     println!("{:.2} {}", hit.similarity, hit.entry.document.title);
+//! }
 //! # Ok(()) }
 //! ```
 

@@ -92,7 +92,7 @@ impl KnowledgeError {
     }
 
     /// The error as a projection returns it: transient failures (database,
-    /// embedding service) are [dependency](crate::FailureKind::Dependency)
+    /// embedding service) are [dependency](crate::handler::FailureKind::Dependency)
     /// failures, retried and never parked; the others are failures of the
     /// event. (`?` alone would make every error an event failure.)
     pub fn into_handler_error(self) -> crate::HandlerError {

@@ -482,7 +482,7 @@ fn is_of(row: &ChunkRow, model: &str) -> bool {
 /// the same [`Ingestor`] path as a direct ingest.
 ///
 /// Transient failures (the embedding service, the database) are reported
-/// as [dependency](crate::FailureKind::Dependency) failures, so the runner
+/// as [dependency](crate::handler::FailureKind::Dependency) failures, so the runner
 /// retries them and never parks the event; the others (an empty document)
 /// as failures of the event.
 #[derive(Debug)]

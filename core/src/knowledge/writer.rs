@@ -32,7 +32,7 @@ pub struct ChunkRow {
     pub document: DocumentMeta,
     /// The chunk's text.
     pub content: String,
-    /// See [`KnowledgeEntry::content_hash`].
+    /// See [`KnowledgeEntry::content_hash`](super::KnowledgeEntry::content_hash).
     pub content_hash: String,
     /// Position in the document.
     pub chunk_index: u32,
@@ -65,7 +65,7 @@ pub enum RowOp {
     Deactivate(Uuid),
 }
 
-/// The write side of a knowledge base, as the [`Ingestor`] uses it: read a
+/// The write side of a knowledge base, as the [`Ingestor`](super::Ingestor) uses it: read a
 /// document's rows, then apply row operations. Implemented by each backend
 /// over whatever makes its writes atomic (the Postgres one over a
 /// connection inside a transaction, so a projection's writes commit with
