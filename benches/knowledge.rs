@@ -25,14 +25,14 @@ use std::hint::black_box;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use annals::postgres::sqlx::{self, AssertSqlSafe, PgPool, Row};
-use annals::postgres::testing::TestDatabase;
-use annals::postgres::{quote_literal, PgKnowledgeBase};
-use annals::rag::{
+use annals::knowledge::{
     cosine_similarity, CachedEmbedder, Chunker, Document, DocumentEvent, DocumentMeta,
     HashingEmbedder, InMemoryEmbeddingCache, InMemoryKnowledgeBase, Ingestor, KnowledgeBase, Scope,
     SearchQuery,
 };
+use annals::postgres::knowledge::{self, quote_literal, PgKnowledgeBase};
+use annals::postgres::sqlx::{self, AssertSqlSafe, PgPool, Row};
+use annals::postgres::testing::TestDatabase;
 use annals::testing::knowledge::CountingEmbedder;
 use criterion::{Criterion, SamplingMode};
 use pgvector::Vector;
@@ -101,7 +101,7 @@ async fn load(pool: &PgPool, vectors: &[Vec<f32>]) -> Vec<Uuid> {
         let base = batch_no * 2_000;
         let batch_ids: Vec<Uuid> = (0..batch.len()).map(|_| Uuid::now_v7()).collect();
         let hashes: Vec<String> = batch_ids.iter().map(|id| id.simple().to_string()).collect();
-        let clinics: Vec<String> = (0..batch.len())
+        let tenants: Vec<String> = (0..batch.len())
             .map(|i| format!("clinic-{}", (base + i) % 5))
             .collect();
         let contents: Vec<String> = (0..batch.len())
@@ -110,16 +110,16 @@ async fn load(pool: &PgPool, vectors: &[Vec<f32>]) -> Vec<Uuid> {
         let vecs: Vec<Vector> = batch.iter().map(|v| Vector::from(v.clone())).collect();
         sqlx::query(
             "INSERT INTO annals_knowledge_base (id, source_type, title, content, content_hash, \
-                 embedding, embedding_model, embedded_at, clinic_id, language) \
-             SELECT u.id, 'bench', 'bench', u.content, u.hash, u.embedding, $6, now(), u.clinic, 'en' \
+                 embedding, embedding_model, embedded_at, tenant_id, language) \
+             SELECT u.id, 'bench', 'bench', u.content, u.hash, u.embedding, $6, now(), u.tenant, 'en' \
              FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::vector[], $5::text[]) \
-                  AS u(id, hash, content, embedding, clinic)",
+                  AS u(id, hash, content, embedding, tenant)",
         )
         .bind(&batch_ids)
         .bind(&hashes)
         .bind(&contents)
         .bind(&vecs)
-        .bind(&clinics)
+        .bind(&tenants)
         .bind(MODEL)
         .execute(pool)
         .await
@@ -134,7 +134,7 @@ async fn load(pool: &PgPool, vectors: &[Vec<f32>]) -> Vec<Uuid> {
 fn raw_sql() -> String {
     format!(
         "SELECT id, parent_id, source_type, title, content, content_hash, chunk_index, chunk_total, \
-         clinic_id, language, tags, metadata, version, is_active, embedding_model, embedded_at, \
+         tenant_id, language, tags, metadata, version, is_active, embedding_model, embedded_at, \
          embedding::vector({DIMS}) <=> $1::vector({DIMS}) AS distance \
          FROM annals_knowledge_base \
          WHERE embedding_model = {} AND is_active \
@@ -147,10 +147,10 @@ fn raw_sql() -> String {
 fn raw_filtered_sql() -> String {
     format!(
         "SELECT id, parent_id, source_type, title, content, content_hash, chunk_index, chunk_total, \
-         clinic_id, language, tags, metadata, version, is_active, embedding_model, embedded_at, \
+         tenant_id, language, tags, metadata, version, is_active, embedding_model, embedded_at, \
          embedding::vector({DIMS}) <=> $1::vector({DIMS}) AS distance \
          FROM annals_knowledge_base \
-         WHERE embedding_model = {} AND is_active AND clinic_id = $2 \
+         WHERE embedding_model = {} AND is_active AND tenant_id = $2 \
          ORDER BY embedding::vector({DIMS}) <=> $1::vector({DIMS}) LIMIT $3",
         quote_literal(MODEL)
     )
@@ -176,6 +176,8 @@ fn exact_top10(vectors: &[Vec<f32>], q: &[f32], keep: impl Fn(usize) -> bool) ->
 fn search_benchmarks(c: &mut Criterion, rows: &mut Vec<Comparison>) {
     let rt = runtime();
     let db = rt.block_on(TestDatabase::new());
+    rt.block_on(knowledge::migrate(db.pool()))
+        .expect("knowledge::migrate (is pgvector installed?)");
     let pool = db.pool().clone();
     stamp("generating 100,000 x 384 vectors");
     let mut vectors = clustered(ROWS + QUERIES, 42);
@@ -236,7 +238,7 @@ fn search_benchmarks(c: &mut Criterion, rows: &mut Vec<Comparison>) {
             .block_on(kb.search(
                 MODEL,
                 q,
-                &SearchQuery::new(Scope::Clinic("clinic-2".into()), 10),
+                &SearchQuery::new(Scope::Tenant("clinic-2".into()), 10),
             ))
             .expect("search");
         found[2] += hits.iter().filter(|h| truth.contains(&h.entry.id)).count();
@@ -294,7 +296,7 @@ fn search_benchmarks(c: &mut Criterion, rows: &mut Vec<Comparison>) {
                         .block_on(kb.search(
                             MODEL,
                             q,
-                            &SearchQuery::new(Scope::Clinic("clinic-2".into()), 10),
+                            &SearchQuery::new(Scope::Tenant("clinic-2".into()), 10),
                         ))
                         .expect("search");
                     assert_eq!(hits.len(), 10);
@@ -390,7 +392,7 @@ fn corpus_doc(id: Uuid, n: usize, edit: Option<usize>) -> Document {
         meta: DocumentMeta {
             source_type: "faq".into(),
             title: format!("Document {n}"),
-            clinic_id: Some("clinic".into()),
+            tenant_id: Some("clinic".into()),
             language: Some("en".into()),
             tags: vec![],
             metadata: Default::default(),
@@ -410,7 +412,7 @@ fn cache_savings() {
     let v2: Vec<Document> = (0..DOCS)
         .map(|n| corpus_doc(ids[n], n, (n % 10 < 3).then_some(n % 4)))
         .collect();
-    fn ingest_all<E: annals::rag::Embedder>(
+    fn ingest_all<E: annals::knowledge::Embedder>(
         rt: &tokio::runtime::Runtime,
         kb: &InMemoryKnowledgeBase,
         ingestor: &Ingestor<E>,

@@ -7,7 +7,7 @@
 //! cargo run --example knowledge
 //! ```
 
-use annals::rag::*;
+use annals::knowledge::*;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), KnowledgeError> {
@@ -21,7 +21,7 @@ async fn main() -> Result<(), KnowledgeError> {
         meta: DocumentMeta {
             source_type: "faq".into(),
             title: "Program".into(),
-            clinic_id: Some("clinic-cluj".into()),
+            tenant_id: Some("clinic-cluj".into()),
             language: Some("ro".into()),
             tags: vec!["hours".into()],
             metadata: Default::default(),
@@ -29,7 +29,7 @@ async fn main() -> Result<(), KnowledgeError> {
         content: "Clinica este deschisă de luni până vineri, între 8 și 20.".into(),
     };
     kb.ingest(&ingestor, &DocumentEvent::Added(doc)).await?;
-    let query = SearchQuery::new(Scope::Clinic("clinic-cluj".into()), 3).language("ro");
+    let query = SearchQuery::new(Scope::Tenant("clinic-cluj".into()), 3).language("ro");
     let hits = kb
         .search_text(ingestor.embedder(), "când este deschisă clinica?", &query)
         .await?;

@@ -24,6 +24,15 @@ pub use annals_macros::Saga;
 #[doc(inline)]
 pub use annals_postgres as postgres;
 
+/// The knowledge base: vector search over documents fed by events, with
+/// embedders, embedding caches, chunking and the embedding refresh job. Its
+/// Postgres backend is [`postgres::knowledge`](annals_postgres::knowledge)
+/// (with the `postgres` feature).
+#[cfg(feature = "knowledge")]
+#[cfg_attr(docsrs, doc(cfg(feature = "knowledge")))]
+#[doc(inline)]
+pub use annals_core::knowledge;
+
 /// What a command-side application imports: `use annals::prelude::*;`.
 ///
 /// The derives and their traits, the repository and its errors, the store

@@ -19,6 +19,8 @@
 //! - [`dead_letter`], [`handler`], [`retry`], [`breaker`]: what happens when
 //!   a handler fails.
 //! - [`metrics`], [`shutdown`], [`testing`].
+//! - `knowledge` (feature `knowledge`): vector search over a knowledge base
+//!   fed by document events.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod aggregate;
@@ -27,9 +29,11 @@ pub mod dead_letter;
 pub mod error;
 pub mod event;
 pub mod handler;
+#[cfg(feature = "knowledge")]
+#[cfg_attr(docsrs, doc(cfg(feature = "knowledge")))]
+pub mod knowledge;
 pub mod metrics;
 pub mod projection;
-pub mod rag;
 pub mod retry;
 pub mod saga;
 pub mod schema;

@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use annals_core::rag::{ApiKey, EmbedError, Embedder, HttpEmbedder, HttpEmbedderConfig};
+use annals_core::knowledge::{ApiKey, EmbedError, Embedder, HttpEmbedder, HttpEmbedderConfig};
 use annals_core::RetryPolicy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;

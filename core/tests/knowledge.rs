@@ -3,7 +3,7 @@
 // Tests may unwrap; clippy does not treat `tokio::test` bodies as tests.
 #![allow(clippy::unwrap_used)]
 
-use annals_core::rag::{
+use annals_core::knowledge::{
     DocumentEvent, HashingEmbedder, InMemoryKnowledgeBase, InMemoryKnowledgeProjection, Ingestor,
     KnowledgeBase, Scope, SearchQuery,
 };
@@ -68,7 +68,7 @@ async fn the_projection_uses_the_ingest_path() {
         .search_text(
             &HashingEmbedder::new(32),
             "is the clinic closed on sundays",
-            &SearchQuery::new(Scope::Clinic("c".into()), 1),
+            &SearchQuery::new(Scope::Tenant("c".into()), 1),
         )
         .await
         .unwrap();
@@ -98,7 +98,7 @@ async fn the_projection_uses_the_ingest_path() {
 async fn the_projection_runner_feeds_the_knowledge_base_from_the_log() {
     use std::sync::Arc;
 
-    use annals_core::rag::{CachedEmbedder, DocumentRetired, InMemoryEmbeddingCache};
+    use annals_core::knowledge::{CachedEmbedder, DocumentRetired, InMemoryEmbeddingCache};
     use annals_core::{
         EventStoreExt, ExpectedVersion, InMemoryEventStore, InMemoryProjectionStore,
         ProjectionRunner,
@@ -151,7 +151,7 @@ async fn the_projection_runner_feeds_the_knowledge_base_from_the_log() {
     let done = runner.catch_up().await.unwrap();
     assert_eq!(done.events_applied, 4);
     assert_eq!(counting.texts(), 3, "the unchanged update embedded nothing");
-    let q = SearchQuery::new(Scope::Clinic("c".into()), 10);
+    let q = SearchQuery::new(Scope::Tenant("c".into()), 10);
     let hits = kb
         .search_text(&HashingEmbedder::new(32), "parking", &q)
         .await

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use annals_core::rag::{
+use annals_core::knowledge::{
     CacheError, CachedEmbedder, Embedder, EmbeddingCache, HashingEmbedder, RedisEmbeddingCache,
     TextHash,
 };

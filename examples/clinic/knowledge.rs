@@ -3,9 +3,9 @@
 //! searched per clinic, and re-embedded with a new model by the resumable
 //! refresh job.
 
-use annals::rag::{
+use annals::knowledge::{
     CachedEmbedder, DocumentEvent, Embedder, EmbeddingRefresh, HashingEmbedder,
-    InMemoryEmbeddingCache, Ingestor, Schedule, Scope, SearchQuery,
+    InMemoryEmbeddingCache, Ingestor, Scope, SearchQuery,
 };
 use uuid::Uuid;
 
@@ -14,19 +14,20 @@ use super::{say, why, BoxError};
 /// A clinic FAQ document as the CMS would publish it (a `document.added`
 /// event in a real application, applied by `InMemoryKnowledgeProjection`
 /// or `PgKnowledgeProjection`; here through the same ingest path directly).
+/// Each clinic is a tenant of the knowledge base.
 fn faq(
     clinic: &str,
     language: &str,
     tags: &[&str],
     title: &str,
     content: &str,
-) -> annals::rag::Document {
-    annals::rag::Document {
+) -> annals::knowledge::Document {
+    annals::knowledge::Document {
         document_id: Uuid::now_v7(),
-        meta: annals::rag::DocumentMeta {
+        meta: annals::knowledge::DocumentMeta {
             source_type: "faq".into(),
             title: title.into(),
-            clinic_id: Some(clinic.into()),
+            tenant_id: Some(clinic.into()),
             language: Some(language.into()),
             tags: tags.iter().map(|t| (*t).to_owned()).collect(),
             metadata: Default::default(),
@@ -38,7 +39,10 @@ fn faq(
 /// The knowledge base tour, on any backend: ingest FAQ documents in English
 /// and Romanian, search them per clinic, and re-embed them with a new model
 /// (the weekly refresh job). Clinic ids start with `run`.
-pub(crate) async fn tour<K: annals::rag::KnowledgeBase>(kb: &K, run: &str) -> Result<(), BoxError> {
+pub(crate) async fn tour<K: annals::knowledge::KnowledgeBase>(
+    kb: &K,
+    run: &str,
+) -> Result<(), BoxError> {
     println!();
     println!("K. The knowledge base (RAG): documents in, similarity search out");
     let cluj = format!("{run}clinic-cluj");
@@ -79,7 +83,7 @@ pub(crate) async fn tour<K: annals::rag::KnowledgeBase>(kb: &K, run: &str) -> Re
         ("When is the clinic open on Saturday?", "en"),
         ("Cât costă o consultație?", "ro"),
     ] {
-        let query = SearchQuery::new(Scope::Clinic(cluj.clone()), 2)
+        let query = SearchQuery::new(Scope::Tenant(cluj.clone()), 2)
             .language(language)
             .min_similarity(0.2);
         say(&format!(
@@ -100,25 +104,23 @@ pub(crate) async fn tour<K: annals::rag::KnowledgeBase>(kb: &K, run: &str) -> Re
         .search_text(
             ingestor.embedder(),
             "opening hours",
-            &SearchQuery::new(Scope::Clinic(iasi.clone()), 10),
+            &SearchQuery::new(Scope::Tenant(iasi.clone()), 10),
         )
         .await?;
     if iasi_hits
         .iter()
-        .any(|h| h.entry.document.clinic_id.as_deref() != Some(iasi.as_str()))
+        .any(|h| h.entry.document.tenant_id.as_deref() != Some(iasi.as_str()))
     {
         return Err("a clinic saw another clinic's rows".into());
     }
     say(&format!("clinic-iasi asking for opening hours gets {} hit(s), all its own: a scope is part of every query.", iasi_hits.len()));
 
-    let schedule: Schedule = "0 3 * * 0".parse()?;
     let new_model = HashingEmbedder::new(384).with_seed(2);
     say(&format!(
-        "The configured model changes to `{}`. The refresh job is scheduled `{schedule}` (Sundays 03:00 UTC; next: {});",
-        new_model.model(),
-        schedule.next_after(chrono::Utc::now()).format("%a %Y-%m-%d %H:%M")
+        "The configured model changes to `{}`. The refresh job re-embeds the rows of the old one;",
+        new_model.model()
     ));
-    say("A service runs it on a task until shutdown: `schedule.run_until(shutdown, || refresh.run(&kb, |_| {}), |outcome| ...)`;");
+    say("annals does not schedule it: run it after a model roll-out, or weekly from the platform's scheduler (a Kubernetes CronJob `0 3 * * 0`);");
     say("here it runs now, in batches of 2 (default 100), with a progress bar:");
     let refresh = EmbeddingRefresh::new(new_model.clone()).batch_size(2);
     let outcome = refresh
@@ -148,7 +150,7 @@ pub(crate) async fn tour<K: annals::rag::KnowledgeBase>(kb: &K, run: &str) -> Re
         .search_text(
             &new_model,
             "When is the clinic open on Saturday?",
-            &SearchQuery::new(Scope::Clinic(cluj.clone()), 1),
+            &SearchQuery::new(Scope::Tenant(cluj.clone()), 1),
         )
         .await?;
     if let Some(hit) = hits.first() {

@@ -98,7 +98,7 @@ pub(crate) async fn tour_in_memory() -> Result<(), BoxError> {
         11,
     )
     .await?;
-    knowledge::tour(&annals::rag::InMemoryKnowledgeBase::new(), "").await?;
+    knowledge::tour(&annals::knowledge::InMemoryKnowledgeBase::new(), "").await?;
     Ok(())
 }
 
@@ -131,7 +131,13 @@ pub(crate) async fn tour_on_postgres(pool: PgPool) -> Result<(), BoxError> {
         12,
     )
     .await?;
-    knowledge::tour(&annals::postgres::PgKnowledgeBase::new(pool), &run).await?;
+    annals::postgres::knowledge::migrate(&pool).await?;
+    say("`annals::postgres::knowledge::migrate(&pool)` installed pgvector and the knowledge base's tables.");
+    knowledge::tour(
+        &annals::postgres::knowledge::PgKnowledgeBase::new(pool),
+        &run,
+    )
+    .await?;
     Ok(())
 }
 

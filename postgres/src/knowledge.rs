@@ -1,24 +1,96 @@
-//! The knowledge base on Postgres with pgvector: per-model HNSW indexes,
-//! filtered top-k search, the ingest writer, the refresh job's storage and
-//! the knowledge base projection.
+//! The knowledge base on Postgres with pgvector: its own migrations
+//! ([`migrate`], the only place annals installs the `vector` extension),
+//! per-model HNSW indexes, filtered top-k search, the ingest writer, the
+//! refresh job's storage and the knowledge base projection. Behind the
+//! `knowledge` feature.
+//!
+//! ```no_run
+//! use annals::knowledge::{Embedder, HashingEmbedder, Ingestor, KnowledgeBase, Scope, SearchQuery};
+//! use annals::postgres::knowledge::{self, PgKnowledgeBase};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let pool = annals::postgres::connect("postgres://app@localhost/app").await?;
+//! annals::postgres::migrate(&pool).await?; // the event-sourcing tables
+//! knowledge::migrate(&pool).await?; // pgvector and the knowledge base's tables
+//! let kb = PgKnowledgeBase::new(pool);
+//! let ingestor = Ingestor::new(HashingEmbedder::new(384));
+//! kb.ensure_index(ingestor.embedder().model(), 384).await?;
+//! let hits = kb
+//!     .search_text(ingestor.embedder(), "opening hours", &SearchQuery::new(Scope::Tenant("acme".into()), 5))
+//!     .await?;
+//! for hit in hits {
+//!     println!("{:.2} {}", hit.similarity, hit.entry.document.title);
+//! }
+//! # Ok(()) }
+//! ```
 
 use std::collections::HashSet;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 
-use annals_core::rag::{
-    BatchCommit, ChunkRow, DocumentEvent, DocumentMeta, Embedder, EmbeddingUpdate, IngestReport,
-    Ingestor, KnowledgeBase, KnowledgeEntry, KnowledgeError, KnowledgeWriter, RefreshJobState,
-    RowOp, Scope, SearchHit, SearchQuery, StaleRow, StoredEmbedding,
+use annals_core::knowledge::{
+    validate_model_name, BatchCommit, ChunkRow, DocumentEvent, DocumentMeta, Embedder,
+    EmbeddingUpdate, IngestReport, Ingestor, KnowledgeBase, KnowledgeEntry, KnowledgeError,
+    KnowledgeWriter, RefreshJobState, RowOp, Scope, SearchHit, SearchQuery, StaleRow,
+    StoredEmbedding,
 };
-use annals_core::{Envelope, HandlerError, Projection};
+use annals_core::{Envelope, Error, HandlerError, Projection};
 use chrono::{DateTime, Utc};
 use pgvector::Vector;
 use sha2::{Digest, Sha256};
+use sqlx::migrate::Migrator;
 use sqlx::postgres::PgRow;
 use sqlx::types::Json;
 use sqlx::{AssertSqlSafe, PgConnection, PgPool, Row};
 use uuid::Uuid;
+
+use crate::migrate::Direction;
+
+/// The table in which the knowledge base records its applied migrations,
+/// apart from the event-sourcing ones
+/// ([`MIGRATIONS_TABLE`](crate::MIGRATIONS_TABLE)).
+pub const MIGRATIONS_TABLE: &str = "annals_knowledge_migrations";
+
+fn migrator() -> Migrator {
+    let mut m = sqlx::migrate!("./migrations/knowledge");
+    m.dangerous_set_table_name(MIGRATIONS_TABLE);
+    m
+}
+
+/// Applies every pending migration of the knowledge base: installs the
+/// `vector` extension (pgvector) unless it is there, then creates
+/// `annals_knowledge_base` and `annals_embedding_refresh_jobs`. Idempotent;
+/// safe when several processes call it at once (the migrator holds an
+/// advisory lock). Independent of [`crate::migrate`], which never touches
+/// pgvector.
+///
+/// pgvector must be installed on the server, and creating the extension
+/// needs a superuser (pgvector is not a trusted extension): where the
+/// application's role is not one, have a superuser run
+/// `CREATE EXTENSION vector` in the database first; this then finds it
+/// installed.
+pub async fn migrate(pool: &PgPool) -> Result<(), Error> {
+    crate::migrate::run(
+        pool,
+        &migrator(),
+        Direction::Up,
+        "applying the knowledge base migrations (they need pgvector on the server, and a superuser to create the `vector` extension unless it exists)",
+    )
+    .await
+}
+
+/// Reverts every knowledge base migration (drops its tables; the `vector`
+/// extension stays). Data is lost: meant for tests and for removing the
+/// knowledge base from a database.
+pub async fn migrate_down(pool: &PgPool) -> Result<(), Error> {
+    crate::migrate::run(
+        pool,
+        &migrator(),
+        Direction::Down,
+        "reverting the knowledge base migrations",
+    )
+    .await
+}
 
 /// HNSW's default `ef_search`: a search for more than this many rows, or
 /// with filters, raises it for its own transaction.
@@ -32,9 +104,9 @@ const DEFAULT_EF_SEARCH: usize = 40;
 /// written (or ahead of time with [`ensure_index`](Self::ensure_index)).
 /// Searches repeat the index's expression and predicate with the model and
 /// dimensions spliced in as literals, so the planner can use it (see
-/// `migrations/0007_knowledge_base.up.sql`).
+/// `migrations/knowledge/0001_knowledge_base.up.sql`).
 ///
-/// A search with filters (a clinic scope, language, source types, tags),
+/// A search with filters (a tenant scope, language, source types, tags),
 /// for more than 40 rows, or with [`ef_search`](Self::ef_search) set runs
 /// in a short read-only transaction that sets `hnsw.ef_search` (at least
 /// `k`) and, with filters on pgvector 0.8 or later, `hnsw.iterative_scan =
@@ -55,7 +127,7 @@ pub struct PgKnowledgeBase {
 }
 
 impl PgKnowledgeBase {
-    /// A knowledge base on `pool` (migrated with [`migrate`](crate::migrate)).
+    /// A knowledge base on `pool` (migrated with [`migrate`]).
     pub fn new(pool: PgPool) -> Self {
         PgKnowledgeBase {
             pool,
@@ -100,7 +172,7 @@ impl PgKnowledgeBase {
     /// model; the first write of a model creates it otherwise (inside the
     /// writing transaction, not concurrently).
     pub async fn ensure_index(&self, model: &str, dimensions: usize) -> Result<(), KnowledgeError> {
-        annals_core::rag::validate_model_name(model)?;
+        validate_model_name(model)?;
         if self.index_known(model, dimensions) {
             return Ok(());
         }
@@ -225,11 +297,11 @@ impl PgKnowledgeBase {
         query: &SearchQuery,
         explain: bool,
     ) -> Result<Vec<PgRow>, KnowledgeError> {
-        annals_core::rag::validate_model_name(model)?;
-        let (scope, clinic) = match &query.scope {
+        validate_model_name(model)?;
+        let (scope, tenant) = match &query.scope {
             Scope::All => (0i32, None),
-            Scope::Clinic(c) => (1, Some(c.as_str())),
-            Scope::ClinicAndShared(c) => (2, Some(c.as_str())),
+            Scope::Tenant(t) => (1, Some(t.as_str())),
+            Scope::TenantAndShared(t) => (2, Some(t.as_str())),
             Scope::Shared => (3, None),
             // a scope this backend does not know sees nothing
             _ => return Ok(Vec::new()),
@@ -246,7 +318,7 @@ impl PgKnowledgeBase {
         let q = sqlx::query(AssertSqlSafe(sql)).bind(Vector::from(vector.to_vec()));
         let q = if filtered {
             q.bind(scope)
-                .bind(clinic)
+                .bind(tenant)
                 .bind(query.language.as_deref())
                 .bind(&query.source_types)
                 .bind(&query.tags)
@@ -291,7 +363,7 @@ impl PgKnowledgeBase {
         query: &SearchQuery,
     ) -> Result<Vec<SearchHit>, KnowledgeError> {
         if vector.is_empty() || query.k == 0 {
-            annals_core::rag::validate_model_name(model)?;
+            validate_model_name(model)?;
             return Ok(Vec::new());
         }
         let rows = self.run_search(model, vector, query, false).await?;
@@ -341,7 +413,6 @@ async fn exec(
 /// (Model names never contain NUL: [`validate_model_name`] refuses control
 /// characters.)
 ///
-/// [`validate_model_name`]: annals_core::rag::validate_model_name
 pub fn quote_literal(s: &str) -> String {
     let escaped = s.replace('\'', "''");
     if s.contains('\\') {
@@ -363,16 +434,16 @@ fn create_index_sql(name: &str, model: &str, dimensions: usize, concurrently: bo
 
 const ENTRY_COLUMNS: &str =
     "id, parent_id, source_type, title, content, content_hash, chunk_index, chunk_total, \
-     clinic_id, language, tags, metadata, version, is_active, embedding_model, embedded_at";
+     tenant_id, language, tags, metadata, version, is_active, embedding_model, embedded_at";
 
 /// The search statement of one (model, dimensions): the model and the
 /// dimensions are literals (the partial index's predicate and expression),
 /// everything else is bound. Unfiltered: `$1` vector, `$2` k. Filtered:
-/// `$1` vector, `$2` scope (1 clinic, 2 clinic and shared, 3 shared), `$3`
-/// clinic, `$4` language, `$5` source types, `$6` tags, `$7` k.
+/// `$1` vector, `$2` scope (1 tenant, 2 tenant and shared, 3 shared), `$3`
+/// tenant, `$4` language, `$5` source types, `$6` tags, `$7` k.
 pub(crate) fn search_sql(model: &str, dimensions: usize, filtered: bool) -> String {
     let filters = if filtered {
-        "AND ($2 IN (1, 2) AND clinic_id = $3 OR $2 IN (2, 3) AND clinic_id IS NULL OR $2 = 0) \
+        "AND ($2 IN (1, 2) AND tenant_id = $3 OR $2 IN (2, 3) AND tenant_id IS NULL OR $2 = 0) \
          AND ($4::text IS NULL OR language = $4) \
          AND (cardinality($5::text[]) = 0 OR source_type = ANY($5)) \
          AND tags @> $6::text[] "
@@ -412,7 +483,7 @@ fn meta(row: &PgRow) -> Result<DocumentMeta, KnowledgeError> {
     Ok(DocumentMeta {
         source_type: get(row, "source_type")?,
         title: get(row, "title")?,
-        clinic_id: get(row, "clinic_id")?,
+        tenant_id: get(row, "tenant_id")?,
         language: get(row, "language")?,
         tags: get(row, "tags")?,
         metadata,
@@ -578,14 +649,14 @@ impl PgKnowledgeWriter<'_> {
                     sqlx::query(
                         "INSERT INTO annals_knowledge_base (id, parent_id, source_type, title, content, \
                              content_hash, chunk_index, chunk_total, embedding, embedding_model, embedded_at, \
-                             clinic_id, language, tags, metadata, version, is_active) \
+                             tenant_id, language, tags, metadata, version, is_active) \
                          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
                          ON CONFLICT (id) DO UPDATE SET parent_id = EXCLUDED.parent_id, \
                              source_type = EXCLUDED.source_type, title = EXCLUDED.title, \
                              content = EXCLUDED.content, content_hash = EXCLUDED.content_hash, \
                              chunk_index = EXCLUDED.chunk_index, chunk_total = EXCLUDED.chunk_total, \
                              embedding = EXCLUDED.embedding, embedding_model = EXCLUDED.embedding_model, \
-                             embedded_at = EXCLUDED.embedded_at, clinic_id = EXCLUDED.clinic_id, \
+                             embedded_at = EXCLUDED.embedded_at, tenant_id = EXCLUDED.tenant_id, \
                              language = EXCLUDED.language, tags = EXCLUDED.tags, \
                              metadata = EXCLUDED.metadata, version = EXCLUDED.version, \
                              is_active = EXCLUDED.is_active, updated_at = now()",
@@ -601,7 +672,7 @@ impl PgKnowledgeWriter<'_> {
                     .bind(vector)
                     .bind(model.as_deref())
                     .bind(at)
-                    .bind(row.document.clinic_id.as_deref())
+                    .bind(row.document.tenant_id.as_deref())
                     .bind(row.document.language.as_deref())
                     .bind(&row.document.tags)
                     .bind(Json(&row.document.metadata))

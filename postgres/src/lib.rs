@@ -1,8 +1,10 @@
 //! The Postgres backend of [annals](https://docs.rs/annals), on sqlx.
 //!
 //! - [`connect`](fn@crate::connect) opens a pool with annals' defaults ([`PoolConfig`]).
-//! - [`migrate`](fn@crate::migrate) creates (and [`migrate_down`](fn@crate::migrate_down) removes) the event-sourcing
-//!   tables, from migrations embedded in this crate.
+//! - [`migrate`](fn@crate::migrate) creates (and [`migrate_down`](fn@crate::migrate_down)
+//!   removes) the event-sourcing tables, from migrations embedded in this
+//!   crate. They need no extension and no superuser: a role that may create
+//!   tables in the database is enough.
 //! - [`PgEventStore`] is the event store: one-round-trip appends with
 //!   optimistic concurrency, stream reads, and reads of the global log in
 //!   gap-free `(transaction id, position)` order below the snapshot horizon.
@@ -13,6 +15,9 @@
 //! - [`PgProjectionStore`] keeps projections' checkpoints, ownership and
 //!   dead letters; projections write their read models in its transaction.
 //! - [`PgSagaStore`] keeps sagas and their command outbox.
+//! - `knowledge` (feature `knowledge`): the knowledge base on pgvector,
+//!   with its own migrations (`knowledge::migrate`, the only place annals
+//!   installs the `vector` extension).
 //!
 //! ```no_run
 //! use annals::postgres::{connect, migrate, PgEventStore};
@@ -31,7 +36,9 @@
 mod connect;
 mod error;
 mod keys;
-mod knowledge;
+#[cfg(feature = "knowledge")]
+#[cfg_attr(docsrs, doc(cfg(feature = "knowledge")))]
+pub mod knowledge;
 mod migrate;
 mod projection;
 mod rows;
@@ -46,7 +53,6 @@ mod store;
 pub mod testing;
 
 pub use connect::{connect, PoolConfig};
-pub use knowledge::{quote_literal, PgKnowledgeBase, PgKnowledgeProjection, PgKnowledgeWriter};
 pub use migrate::{migrate, migrate_down, MIGRATIONS_TABLE};
 pub use projection::{PgLease, PgProjectionStore};
 pub use saga::PgSagaStore;

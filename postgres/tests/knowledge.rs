@@ -6,21 +6,92 @@
 
 use std::sync::Arc;
 
-use annals_core::rag::{
+use annals_core::knowledge::{
     cosine_similarity, DocumentEvent, Embedder, EmbeddingRefresh, HashingEmbedder, Ingestor,
     KnowledgeBase, Scope, SearchQuery,
 };
 use annals_core::testing::knowledge::{chunker, document, CountingEmbedder};
 use annals_core::{Envelope, LogPosition, Metadata, Projection};
+use annals_postgres::knowledge::{self, PgKnowledgeBase, PgKnowledgeProjection};
 use annals_postgres::testing::TestDatabase;
-use annals_postgres::{PgKnowledgeBase, PgKnowledgeProjection};
 use pgvector::Vector;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+/// A fresh database with the event-sourcing migrations (from the test
+/// template) and then the knowledge base's own.
+async fn knowledge_db() -> TestDatabase {
+    let db = TestDatabase::new().await;
+    if let Err(e) = knowledge::migrate(db.pool()).await {
+        panic!("knowledge::migrate: {e} (is pgvector installed? `scripts/test` installs it)");
+    }
+    db
+}
+
+async fn vector_installed(pool: &PgPool) -> bool {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'vector')")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+async fn table_exists(pool: &PgPool, table: &str) -> bool {
+    sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .bind(table)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_knowledge_migrations_install_pgvector_and_their_tables() {
+    // the event-sourcing migrations alone leave pgvector out
+    let db = TestDatabase::new().await;
+    let pool = db.pool();
+    assert!(!vector_installed(pool).await);
+    assert!(!table_exists(pool, "annals_knowledge_base").await);
+
+    knowledge::migrate(pool).await.unwrap();
+    knowledge::migrate(pool).await.unwrap(); // idempotent
+    assert!(vector_installed(pool).await);
+    for table in [
+        "annals_knowledge_base",
+        "annals_embedding_refresh_jobs",
+        knowledge::MIGRATIONS_TABLE,
+    ] {
+        assert!(table_exists(pool, table).await, "{table}");
+    }
+    let applied: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM {} WHERE success",
+        knowledge::MIGRATIONS_TABLE
+    )))
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(applied, 1);
+    // recorded apart from the event-sourcing migrations
+    let mixed: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM {} WHERE description LIKE '%knowledge%'",
+        annals_postgres::MIGRATIONS_TABLE
+    )))
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(mixed, 0);
+
+    // down drops the tables, leaves the extension (and the event tables)
+    knowledge::migrate_down(pool).await.unwrap();
+    assert!(!table_exists(pool, "annals_knowledge_base").await);
+    assert!(!table_exists(pool, "annals_embedding_refresh_jobs").await);
+    assert!(table_exists(pool, "annals_events").await);
+    assert!(vector_installed(pool).await);
+    knowledge::migrate(pool).await.unwrap();
+    assert!(table_exists(pool, "annals_knowledge_base").await);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance() {
-    let db = TestDatabase::new().await;
+    let db = knowledge_db().await;
     let pool = db.pool().clone();
     annals_core::testing::knowledge::run(move || {
         let pool = pool.clone();
@@ -76,14 +147,14 @@ fn clustered(n: usize, dims: usize, seed: u64) -> Vec<Vec<f32>> {
 }
 
 /// Loads vectors straight into the table (one multi-row statement per
-/// 1,000), for model `model`, clinics `c0`..`c4` in turn.
+/// 1,000), for model `model`, tenants `c0`..`c4` in turn.
 async fn load(pool: &PgPool, model: &str, vectors: &[Vec<f32>]) -> Vec<Uuid> {
     let mut ids = Vec::new();
     for (batch_no, batch) in vectors.chunks(1_000).enumerate() {
         let base = batch_no * 1_000;
         let batch_ids: Vec<Uuid> = (0..batch.len()).map(|_| Uuid::now_v7()).collect();
         let hashes: Vec<String> = batch_ids.iter().map(|id| id.simple().to_string()).collect();
-        let clinics: Vec<String> = (0..batch.len())
+        let tenants: Vec<String> = (0..batch.len())
             .map(|i| format!("c{}", (base + i) % 5))
             .collect();
         let contents: Vec<String> = (0..batch.len())
@@ -92,16 +163,16 @@ async fn load(pool: &PgPool, model: &str, vectors: &[Vec<f32>]) -> Vec<Uuid> {
         let vecs: Vec<Vector> = batch.iter().map(|v| Vector::from(v.clone())).collect();
         sqlx::query(
             "INSERT INTO annals_knowledge_base (id, source_type, title, content, content_hash, \
-                 embedding, embedding_model, embedded_at, clinic_id, language) \
-             SELECT u.id, 'bulk', 'bulk', u.content, u.hash, u.embedding, $6, now(), u.clinic, 'en' \
+                 embedding, embedding_model, embedded_at, tenant_id, language) \
+             SELECT u.id, 'bulk', 'bulk', u.content, u.hash, u.embedding, $6, now(), u.tenant, 'en' \
              FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::vector[], $5::text[]) \
-                  AS u(id, hash, content, embedding, clinic)",
+                  AS u(id, hash, content, embedding, tenant)",
         )
         .bind(&batch_ids)
         .bind(&hashes)
         .bind(&contents)
         .bind(&vecs)
-        .bind(&clinics)
+        .bind(&tenants)
         .bind(model)
         .execute(pool)
         .await
@@ -117,7 +188,7 @@ async fn load(pool: &PgPool, model: &str, vectors: &[Vec<f32>]) -> Vec<Uuid> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn searches_use_the_hnsw_index_with_and_without_filters() {
-    let db = TestDatabase::new().await;
+    let db = knowledge_db().await;
     let kb = PgKnowledgeBase::new(db.pool().clone());
     let model = "explain-model";
     let vectors = clustered(5_000, 64, 1);
@@ -126,7 +197,7 @@ async fn searches_use_the_hnsw_index_with_and_without_filters() {
     let index = PgKnowledgeBase::index_name(model, 64);
     for query in [
         SearchQuery::new(Scope::All, 10),
-        SearchQuery::new(Scope::Clinic("c1".into()), 10).language("en"),
+        SearchQuery::new(Scope::Tenant("c1".into()), 10).language("en"),
         SearchQuery::new(Scope::All, 50),
     ] {
         let plan = kb.explain(model, &vectors[7], &query).await.unwrap();
@@ -158,7 +229,7 @@ async fn searches_use_the_hnsw_index_with_and_without_filters() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hnsw_recall_at_10_against_exact_search() {
-    let db = TestDatabase::new().await;
+    let db = knowledge_db().await;
     let kb = PgKnowledgeBase::new(db.pool().clone());
     let model = "recall-model";
     let dims = 128;
@@ -187,7 +258,7 @@ async fn hnsw_recall_at_10_against_exact_search() {
             assert_eq!(hits.len(), 10);
             found[slot] += hits.iter().filter(|h| truth.contains(&h.entry.id)).count();
         }
-        // filtered: one clinic of five
+        // filtered: one tenant of five
         let truth: Vec<Uuid> = exact
             .iter()
             .filter(|(_, i)| i % 5 == 2)
@@ -195,19 +266,19 @@ async fn hnsw_recall_at_10_against_exact_search() {
             .map(|(_, i)| ids[*i])
             .collect();
         let hits = kb
-            .search(model, q, &SearchQuery::new(Scope::Clinic("c2".into()), 10))
+            .search(model, q, &SearchQuery::new(Scope::Tenant("c2".into()), 10))
             .await
             .unwrap();
         assert_eq!(hits.len(), 10, "a selective filter left the result short");
         assert!(hits
             .iter()
-            .all(|h| h.entry.document.clinic_id.as_deref() == Some("c2")));
+            .all(|h| h.entry.document.tenant_id.as_deref() == Some("c2")));
         found[2] += hits.iter().filter(|h| truth.contains(&h.entry.id)).count();
     }
     let [default, tuned, filtered] = found.map(|f| f as f64 / (10 * queries.len()) as f64);
     println!(
         "HNSW recall@10 on 4,000 x {dims} (50 queries): {default:.3} with ef_search 40 (the default), \
-         {tuned:.3} with ef_search 100, {filtered:.3} with a 1-in-5 clinic filter (ef_search 40, iterative scan)"
+         {tuned:.3} with ef_search 100, {filtered:.3} with a 1-in-5 tenant filter (ef_search 40, iterative scan)"
     );
     assert!(default >= 0.85, "recall@10 {default:.3} is below 0.85");
     assert!(
@@ -236,7 +307,7 @@ fn envelope(payload: DocumentEvent) -> Envelope<DocumentEvent> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_projection_writes_inside_the_callers_transaction() {
-    let db = TestDatabase::new().await;
+    let db = knowledge_db().await;
     let kb = PgKnowledgeBase::new(db.pool().clone());
     let embedder = CountingEmbedder::new(HashingEmbedder::new(32));
     let projection = PgKnowledgeProjection::new(
@@ -288,7 +359,7 @@ async fn the_projection_writes_inside_the_callers_transaction() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refresh_dropped_mid_run_resumes_after_its_last_batch() {
-    let db = TestDatabase::new().await;
+    let db = knowledge_db().await;
     let kb = PgKnowledgeBase::new(db.pool().clone());
     let old = Ingestor::new(HashingEmbedder::new(32)).with_chunker(chunker());
     for n in 0..30 {
@@ -354,11 +425,11 @@ async fn a_refresh_dropped_mid_run_resumes_after_its_last_batch() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_projection_runner_feeds_the_knowledge_base_exactly_once() {
-    use annals_core::rag::DocumentRetired;
+    use annals_core::knowledge::DocumentRetired;
     use annals_core::{EventStoreExt, ExpectedVersion, ProjectionRunner};
     use annals_postgres::PgProjectionStore;
 
-    let db = TestDatabase::new().await;
+    let db = knowledge_db().await;
     let store = db.store().await;
     let kb = PgKnowledgeBase::new(db.pool().clone());
     let counting = CountingEmbedder::new(HashingEmbedder::new(32));
@@ -411,7 +482,7 @@ async fn the_projection_runner_feeds_the_knowledge_base_exactly_once() {
     assert_eq!(counting.texts(), 3, "the unchanged update embedded nothing");
     // caught up: a second catch-up applies nothing
     assert_eq!(runner.catch_up().await.unwrap().events_applied, 0);
-    let q = SearchQuery::new(Scope::Clinic("c".into()), 10);
+    let q = SearchQuery::new(Scope::Tenant("c".into()), 10);
     let hits = kb
         .search_text(&HashingEmbedder::new(32), "parking", &q)
         .await
@@ -444,7 +515,10 @@ impl Embedder for Gated {
         self.inner.dimensions()
     }
 
-    async fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, annals_core::rag::EmbedError> {
+    async fn embed(
+        &self,
+        texts: &[&str],
+    ) -> Result<Vec<Vec<f32>>, annals_core::knowledge::EmbedError> {
         if self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 1 {
             self.paused.notify_one();
             self.resume.notified().await;
@@ -455,7 +529,7 @@ impl Embedder for Gated {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn searches_keep_working_while_a_refresh_runs() {
-    let db = TestDatabase::new().await;
+    let db = knowledge_db().await;
     let kb = PgKnowledgeBase::new(db.pool().clone());
     let old = HashingEmbedder::new(32);
     let ingestor = Ingestor::new(old.clone()).with_chunker(chunker());
@@ -492,7 +566,7 @@ async fn searches_keep_working_while_a_refresh_runs() {
         .expect("the refresh reached its second batch");
     // mid-refresh: 3 rows carry the new model, 7 the old; both searches
     // answer, neither waits for the refresh
-    let query = SearchQuery::new(Scope::Clinic("c".into()), 10);
+    let query = SearchQuery::new(Scope::Tenant("c".into()), 10);
     let search = |embedder: HashingEmbedder| {
         let (kb, query) = (kb.clone(), query.clone());
         async move {

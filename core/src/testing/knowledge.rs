@@ -1,12 +1,12 @@
 //! The knowledge base conformance suite: the semantics every
-//! [`KnowledgeBase`] must have (dedupe by content hash, filters and clinic
+//! [`KnowledgeBase`] must have (dedupe by content hash, filters and tenant
 //! isolation, retire and reactivate, the refresh job and its resumption),
 //! written once and run by each backend with a factory of empty knowledge
 //! bases:
 //!
 //! ```
 //! # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(async {
-//! use annals::rag::InMemoryKnowledgeBase;
+//! use annals::knowledge::InMemoryKnowledgeBase;
 //! annals::testing::knowledge::run(|| async { InMemoryKnowledgeBase::new() }).await;
 //! # });
 //! ```
@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
-use crate::rag::{
+use crate::knowledge::{
     Chunker, Document, DocumentEvent, DocumentMeta, DocumentRetired, EmbedError, Embedder,
     EmbeddingRefresh, HashingEmbedder, IngestReport, Ingestor, KnowledgeBase, KnowledgeError,
     Scope, SearchHit, SearchQuery,
@@ -102,11 +102,11 @@ impl<E: Embedder> Embedder for CountingEmbedder<E> {
     }
 }
 
-/// A document for the suite: `clinic`, `language`, tags, and content made
+/// A document for the suite: `tenant`, `language`, tags, and content made
 /// of `paragraphs` (each becomes one chunk with the suite's chunker).
 pub fn document(
     id: Uuid,
-    clinic: Option<&str>,
+    tenant: Option<&str>,
     language: &str,
     tags: &[&str],
     title: &str,
@@ -117,7 +117,7 @@ pub fn document(
         meta: DocumentMeta {
             source_type: "faq".to_owned(),
             title: title.to_owned(),
-            clinic_id: clinic.map(str::to_owned),
+            tenant_id: tenant.map(str::to_owned),
             language: Some(language.to_owned()),
             tags: tags.iter().map(|t| (*t).to_owned()).collect(),
             metadata: serde_json::Map::new(),
@@ -166,7 +166,7 @@ where
 {
     dedupe_by_hash(make().await).await;
     anchor_survives_rewrites(make().await).await;
-    filters_and_clinic_isolation(make().await).await;
+    filters_and_tenant_isolation(make().await).await;
     retire_and_reactivate(make().await).await;
     refresh_reembeds_only_stale_rows_and_resumes(make().await).await;
     bad_input_is_refused(make().await).await;
@@ -263,7 +263,7 @@ pub async fn anchor_survives_rewrites<K: KnowledgeBase>(kb: K) {
     let embedder = CountingEmbedder::new(HashingEmbedder::new(64));
     let ingestor = Ingestor::new(embedder.clone()).with_chunker(chunker());
     let doc = id(10);
-    let check = |rows: &[crate::rag::KnowledgeEntry], contents: &[&str]| {
+    let check = |rows: &[crate::knowledge::KnowledgeEntry], contents: &[&str]| {
         assert_eq!(
             rows.iter().map(|r| r.content.as_str()).collect::<Vec<_>>(),
             contents
@@ -297,8 +297,8 @@ pub async fn anchor_survives_rewrites<K: KnowledgeBase>(kb: K) {
     check(&must("document", kb.document(doc)).await, &[P3, P1, P2]);
 }
 
-/// Search filters, and a clinic never sees another clinic's rows.
-pub async fn filters_and_clinic_isolation<K: KnowledgeBase>(kb: K) {
+/// Search filters, and a tenant never sees another tenant's rows.
+pub async fn filters_and_tenant_isolation<K: KnowledgeBase>(kb: K) {
     let embedder = HashingEmbedder::new(64);
     let ingestor = Ingestor::new(embedder.clone()).with_chunker(chunker());
     let docs = [
@@ -359,11 +359,11 @@ pub async fn filters_and_clinic_isolation<K: KnowledgeBase>(kb: K) {
     };
     let all = |scope| SearchQuery::new(scope, 100);
 
-    let north = search(all(Scope::Clinic("north".into()))).await;
+    let north = search(all(Scope::Tenant("north".into()))).await;
     assert_eq!(north.len(), 3);
     assert!(north
         .iter()
-        .all(|h| h.entry.document.clinic_id.as_deref() == Some("north")));
+        .all(|h| h.entry.document.tenant_id.as_deref() == Some("north")));
     assert_eq!(
         north[0].entry.document.title,
         "north hours",
@@ -371,15 +371,15 @@ pub async fn filters_and_clinic_isolation<K: KnowledgeBase>(kb: K) {
         titles(&north)
     );
     assert!(north.windows(2).all(|w| w[0].similarity >= w[1].similarity));
-    let south = search(all(Scope::Clinic("south".into()))).await;
+    let south = search(all(Scope::Tenant("south".into()))).await;
     assert_eq!(titles(&south), vec!["south hours"]);
-    let nobody = search(all(Scope::Clinic("west".into()))).await;
+    let nobody = search(all(Scope::Tenant("west".into()))).await;
     assert!(
         nobody.is_empty(),
-        "an unknown clinic saw rows: {:?}",
+        "an unknown tenant saw rows: {:?}",
         titles(&nobody)
     );
-    let with_shared = search(all(Scope::ClinicAndShared("south".into()))).await;
+    let with_shared = search(all(Scope::TenantAndShared("south".into()))).await;
     let mut t = titles(&with_shared);
     t.sort();
     assert_eq!(t, vec!["shared emergencies", "south hours"]);
@@ -389,7 +389,7 @@ pub async fn filters_and_clinic_isolation<K: KnowledgeBase>(kb: K) {
     );
     assert_eq!(search(all(Scope::All)).await.len(), 5);
 
-    let ro = search(all(Scope::Clinic("north".into())).language("ro")).await;
+    let ro = search(all(Scope::Tenant("north".into())).language("ro")).await;
     assert_eq!(titles(&ro), vec!["north ore"]);
     let tagged = search(all(Scope::All).tag("hours").tag("prices")).await;
     assert_eq!(
@@ -397,7 +397,7 @@ pub async fn filters_and_clinic_isolation<K: KnowledgeBase>(kb: K) {
         vec!["north prices"],
         "every tag must match"
     );
-    let tagged = search(all(Scope::Clinic("north".into())).tag("hours")).await;
+    let tagged = search(all(Scope::Tenant("north".into())).tag("hours")).await;
     assert_eq!(tagged.len(), 3);
     let none = search(all(Scope::All).source_type("protocol")).await;
     assert!(none.is_empty());
@@ -426,7 +426,7 @@ pub async fn retire_and_reactivate<K: KnowledgeBase>(kb: K) {
     let doc = id(30);
     let d = document(doc, Some("c"), "en", &[], "Hours", &[P1, P2]);
     ingest(&kb, &ingestor, DocumentEvent::Added(d.clone())).await;
-    let q = SearchQuery::new(Scope::Clinic("c".into()), 10);
+    let q = SearchQuery::new(Scope::Tenant("c".into()), 10);
     let r = ingest(
         &kb,
         &ingestor,
@@ -531,7 +531,7 @@ pub async fn refresh_reembeds_only_stale_rows_and_resumes<K: KnowledgeBase>(kb: 
     assert_eq!(new.texts(), 12);
     assert_eq!(must("count_stale", kb.count_stale(new.model())).await, 8);
     // searches work mid-refresh, with either model
-    let q = SearchQuery::new(Scope::Clinic("c".into()), 50);
+    let q = SearchQuery::new(Scope::Tenant("c".into()), 50);
     let by_old = must("search", kb.search_text(&old, "document paragraph", &q)).await;
     let new_plain = HashingEmbedder::new(32).with_seed(5);
     let by_new = must(

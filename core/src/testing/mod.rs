@@ -6,6 +6,8 @@
 //!   ([`conformance`]; a backend proves it has the semantics of
 //!   [`EventStore`](crate::EventStore) by running [`conformance::run`] with
 //!   a factory of fresh, empty stores) and the event types it uses.
+//! - With the `testing` and `knowledge` features: the knowledge base's
+//!   conformance suite ([`knowledge`]).
 
 mod scenario;
 
@@ -17,6 +19,6 @@ pub mod conformance;
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod events;
-#[cfg(feature = "testing")]
-#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+#[cfg(all(feature = "testing", feature = "knowledge"))]
+#[cfg_attr(docsrs, doc(cfg(all(feature = "testing", feature = "knowledge"))))]
 pub mod knowledge;

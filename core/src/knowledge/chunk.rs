@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 /// characters is one chunk.
 ///
 /// ```
-/// use annals::rag::Chunker;
+/// use annals::knowledge::Chunker;
 ///
 /// let chunker = Chunker::new(60, 15);
 /// let text = "The clinic opens at 8. It closes at 20 on weekdays.\n\nOn Saturdays it closes at 14. Sundays it is closed.";

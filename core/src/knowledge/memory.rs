@@ -7,13 +7,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use super::base::{BatchCommit, EmbeddingUpdate, KnowledgeBase, RefreshJobState, StaleRow};
+use super::document::DocumentEvent;
 use super::embedder::Embedder;
+use super::error::KnowledgeError;
 use super::hashing::cosine_similarity;
-use super::ingest::{DocumentEvent, IngestReport, Ingestor};
-use super::knowledge::{
-    BatchCommit, ChunkRow, EmbeddingUpdate, KnowledgeBase, KnowledgeEntry, KnowledgeError,
-    KnowledgeWriter, RefreshJobState, RowOp, SearchHit, SearchQuery, StaleRow,
-};
+use super::ingest::{IngestReport, Ingestor};
+use super::search::{KnowledgeEntry, SearchHit, SearchQuery};
+use super::writer::{ChunkRow, KnowledgeWriter, RowOp, StoredEmbedding};
 
 /// A knowledge base in memory, with exact (brute-force) cosine search and
 /// the same semantics as the Postgres one: for examples, tests and small
@@ -425,7 +426,7 @@ impl KnowledgeBase for InMemoryKnowledgeBase {
             for u in updates {
                 if let Some(s) = state.rows.get_mut(&u.id) {
                     if s.row.content_hash == u.content_hash && !is_of(&s.row, &job.target_model) {
-                        s.row.embedding = Some(super::knowledge::StoredEmbedding {
+                        s.row.embedding = Some(StoredEmbedding {
                             model: job.target_model.clone(),
                             vector: u.vector.clone(),
                             embedded_at: now,

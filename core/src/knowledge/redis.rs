@@ -21,8 +21,8 @@ use super::cache::{CacheError, EmbeddingCache, TextHash, DEFAULT_CACHE_TTL};
 /// Redis restarts.
 ///
 /// ```no_run
-/// # async fn demo() -> Result<(), annals::rag::CacheError> {
-/// use annals::rag::{CachedEmbedder, HashingEmbedder, RedisEmbeddingCache};
+/// # async fn demo() -> Result<(), annals::knowledge::CacheError> {
+/// use annals::knowledge::{CachedEmbedder, HashingEmbedder, RedisEmbeddingCache};
 /// let cache = RedisEmbeddingCache::connect("redis://127.0.0.1:6379/").await?;
 /// let embedder = CachedEmbedder::new(HashingEmbedder::new(384), cache);
 /// # Ok(()) }

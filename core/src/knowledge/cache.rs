@@ -147,13 +147,13 @@ impl<C: EmbeddingCache + ?Sized> EmbeddingCache for Arc<C> {
 ///
 /// ```
 /// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
-/// use annals::rag::{CachedEmbedder, Embedder, HashingEmbedder, InMemoryEmbeddingCache};
+/// use annals::knowledge::{CachedEmbedder, Embedder, HashingEmbedder, InMemoryEmbeddingCache};
 ///
 /// let embedder = CachedEmbedder::new(HashingEmbedder::new(64), InMemoryEmbeddingCache::new(10_000));
 /// embedder.embed(&["opening hours"]).await?; // computed, then cached
 /// embedder.embed(&["opening hours"]).await?; // from the cache
 /// assert_eq!(embedder.cache().len(), 1);
-/// # Ok::<(), annals::rag::EmbedError>(())
+/// # Ok::<(), annals::knowledge::EmbedError>(())
 /// # }).unwrap();
 /// ```
 pub struct InMemoryEmbeddingCache {
@@ -490,7 +490,7 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
-    use crate::rag::HashingEmbedder;
+    use crate::knowledge::HashingEmbedder;
 
     /// Counts calls and texts of the wrapped embedder.
     struct Counting {

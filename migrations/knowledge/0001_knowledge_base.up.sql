@@ -1,12 +1,19 @@
 -- Vector search (RAG): the knowledge base and the embedding refresh jobs.
 --
--- pgvector. IF NOT EXISTS because the extension is database-wide and may
--- already be installed (by a DBA, or for another application). The down
--- migration deliberately leaves it installed: other objects may use the
--- `vector` type, and dropping it is not annals' call. pgvector's control
--- file does not mark it trusted, so creating it needs a superuser: where the
--- migrating role is not one, have a superuser create it in the database
--- beforehand, and this statement is then a no-op.
+-- These migrations are the knowledge base's own, applied by
+-- annals_postgres::knowledge::migrate() and recorded in their own table
+-- (annals_knowledge_migrations); annals' event-sourcing migrations never
+-- touch pgvector.
+--
+-- pgvector. This is the only place annals runs CREATE EXTENSION. IF NOT
+-- EXISTS because the extension is database-wide and may already be
+-- installed (by a DBA, or for another application). The down migration
+-- deliberately leaves it installed: other objects may use the `vector`
+-- type, and dropping it is not annals' call. pgvector's control file does
+-- not mark it trusted, so creating it needs a superuser: where the
+-- migrating role is not one, have a superuser run
+-- `CREATE EXTENSION vector` in the database beforehand, and this statement
+-- is then a no-op.
 CREATE EXTENSION IF NOT EXISTS vector;
 
 -- One row per chunk of content. Columns follow the seed's knowledge_base,
@@ -21,6 +28,8 @@ CREATE EXTENSION IF NOT EXISTS vector;
 --  * text instead of varchar(n), NOT NULL with defaults where the seed left
 --    columns nullable, and no default language (the seed's 'ro' was the
 --    clinic's, not a framework's).
+--  * tenant_id instead of the seed's clinic_id: a tenant is whatever the
+--    application isolates (a clinic, a customer, ...); NULL is shared.
 --
 -- Why no HNSW index here: pgvector can only build an index on a column whose
 -- dimension is known, and this one has none. The application creates one
@@ -51,7 +60,7 @@ CREATE EXTENSION IF NOT EXISTS vector;
 -- dimension has to be spliced into the text anyway, splice the model name
 -- too, as a properly quoted literal.
 --
--- Extra filters (is_active, clinic_id, tags, ...) are applied to the rows
+-- Extra filters (is_active, tenant_id, tags, ...) are applied to the rows
 -- the index scan returns, and an HNSW scan returns at most hnsw.ef_search
 -- (default 40) candidates: with selective filters, raise ef_search or, on
 -- pgvector >= 0.8, SET hnsw.iterative_scan = strict_order (what
@@ -81,7 +90,7 @@ CREATE TABLE annals_knowledge_base (
     embedding       vector,
     embedding_model text,
     embedded_at     timestamptz,
-    clinic_id       text,
+    tenant_id       text,
     language        text,
     tags            text[] NOT NULL DEFAULT '{}',
     metadata        jsonb NOT NULL DEFAULT '{}'::jsonb
@@ -106,8 +115,8 @@ CREATE TABLE annals_knowledge_base (
 CREATE INDEX annals_knowledge_base_source_type
     ON annals_knowledge_base (source_type)
     WHERE is_active;
-CREATE INDEX annals_knowledge_base_clinic_language
-    ON annals_knowledge_base (clinic_id, language)
+CREATE INDEX annals_knowledge_base_tenant_language
+    ON annals_knowledge_base (tenant_id, language)
     WHERE is_active;
 -- tags @> ARRAY['x'] / tags && ARRAY[...]
 CREATE INDEX annals_knowledge_base_tags

@@ -1,4 +1,4 @@
--- Reverses 0007_knowledge_base.up.sql, in reverse order.
+-- Reverses 0001_knowledge_base.up.sql, in reverse order.
 --
 -- The per-model HNSW indexes that the application created at run time are
 -- indexes of annals_knowledge_base and go with the table.
@@ -10,6 +10,6 @@ DROP INDEX annals_embedding_refresh_jobs_running;
 DROP TABLE annals_embedding_refresh_jobs;
 DROP INDEX annals_knowledge_base_parent;
 DROP INDEX annals_knowledge_base_tags;
-DROP INDEX annals_knowledge_base_clinic_language;
+DROP INDEX annals_knowledge_base_tenant_language;
 DROP INDEX annals_knowledge_base_source_type;
 DROP TABLE annals_knowledge_base;

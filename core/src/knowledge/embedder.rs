@@ -13,13 +13,13 @@ use std::time::Duration;
 ///
 /// ```
 /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
-/// use annals::rag::{Embedder, HashingEmbedder};
+/// use annals::knowledge::{Embedder, HashingEmbedder};
 ///
 /// let embedder = HashingEmbedder::new(64);
 /// let vectors = embedder.embed(&["opening hours", "parking"]).await?;
 /// assert_eq!(vectors.len(), 2);
 /// assert_eq!(vectors[0].len(), embedder.dimensions());
-/// # Ok::<(), annals::rag::EmbedError>(())
+/// # Ok::<(), annals::knowledge::EmbedError>(())
 /// # }).unwrap();
 /// ```
 pub trait Embedder: Send + Sync {

@@ -1,5 +1,5 @@
-//! Documents as events, and the one ingest code path: chunk, hash, skip
-//! what is unchanged, embed the rest, write.
+//! The one ingest code path: chunk, hash, skip what is unchanged, embed
+//! the rest, write.
 
 use std::collections::{HashMap, HashSet};
 
@@ -10,59 +10,10 @@ use uuid::Uuid;
 
 use super::cache::hex;
 use super::chunk::Chunker;
+use super::document::{Document, DocumentEvent};
 use super::embedder::{check_vectors, Embedder};
-use super::knowledge::{
-    validate_model_name, ChunkRow, DocumentMeta, KnowledgeError, KnowledgeWriter, RowOp,
-    StoredEmbedding,
-};
-
-/// A document of the knowledge base, as an event carries it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
-pub struct Document {
-    /// The document's id: its anchor row's id in the knowledge base.
-    pub document_id: Uuid,
-    /// Its fields (title, clinic, language, source type, tags, metadata).
-    #[serde(flatten)]
-    pub meta: DocumentMeta,
-    /// The full text; the ingestor chunks it.
-    pub content: String,
-}
-
-/// A document taken out of the knowledge base.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
-pub struct DocumentRetired {
-    /// The document.
-    pub document_id: Uuid,
-}
-
-/// The events that feed the knowledge base: `document.added`,
-/// `document.updated` and `document.retired`.
-///
-/// Append them to any stream (say `document-{id}`); the knowledge base
-/// projection, or [`KnowledgeBase::ingest`](super::KnowledgeBase::ingest)
-/// called directly, applies them. Added and updated are handled alike (an
-/// upsert), so replaying either is harmless.
-#[derive(Debug, Clone, PartialEq, annals_macros::Event)]
-#[event(crate = "crate")]
-pub enum DocumentEvent {
-    /// A new document.
-    Added(Document),
-    /// A new version of a document.
-    Updated(Document),
-    /// The document is withdrawn: its rows stay, inactive, and searches no
-    /// longer see them.
-    Retired(DocumentRetired),
-}
-
-impl DocumentEvent {
-    /// The document the event is about.
-    pub fn document_id(&self) -> Uuid {
-        match self {
-            DocumentEvent::Added(d) | DocumentEvent::Updated(d) => d.document_id,
-            DocumentEvent::Retired(r) => r.document_id,
-        }
-    }
-}
+use super::error::{validate_model_name, KnowledgeError};
+use super::writer::{ChunkRow, KnowledgeWriter, RowOp, StoredEmbedding};
 
 /// The content hash of a chunk: SHA-256 (hex) of the document id's 16 bytes
 /// followed by the chunk's UTF-8 text.
@@ -71,8 +22,8 @@ impl DocumentEvent {
 /// once per document: a repeated chunk is kept at its first position, and
 /// re-ingesting unchanged text writes nothing. The document id is part of
 /// the hash on purpose: documents come and go independently (one retired
-/// must not take another's text with it) and a clinic's document never
-/// shares a row with another clinic's. The same text in two documents is
+/// must not take another's text with it) and a tenant's document never
+/// shares a row with another tenant's. The same text in two documents is
 /// still embedded only once when the embedder is a
 /// [`CachedEmbedder`](super::CachedEmbedder), whose key is the text alone.
 pub fn chunk_hash(document_id: Uuid, content: &str) -> String {
@@ -121,7 +72,7 @@ impl IngestReport {
 ///
 /// ```
 /// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
-/// use annals::rag::*;
+/// use annals::knowledge::*;
 ///
 /// let kb = InMemoryKnowledgeBase::new();
 /// let ingestor = Ingestor::new(HashingEmbedder::new(64));
@@ -130,7 +81,7 @@ impl IngestReport {
 ///     meta: DocumentMeta {
 ///         source_type: "faq".into(),
 ///         title: "Opening hours".into(),
-///         clinic_id: Some("clinic-1".into()),
+///         tenant_id: Some("tenant-1".into()),
 ///         language: Some("en".into()),
 ///         tags: vec![],
 ///         metadata: Default::default(),

@@ -45,7 +45,7 @@ impl fmt::Debug for ApiKey {
 /// from an application's configuration; durations are in milliseconds.
 ///
 /// ```
-/// use annals::rag::{ApiKey, HttpEmbedderConfig};
+/// use annals::knowledge::{ApiKey, HttpEmbedderConfig};
 /// let config = HttpEmbedderConfig::new("https://api.openai.com", "text-embedding-3-small", 1536)
 ///     .api_key(ApiKey::new("sk-..."))
 ///     .batch_size(256);
@@ -161,8 +161,8 @@ impl HttpEmbedderConfig {
 /// `http_embedder`). The API key is never logged or put in an error.
 ///
 /// ```no_run
-/// # async fn demo() -> Result<(), annals::rag::EmbedError> {
-/// use annals::rag::{ApiKey, Embedder, HttpEmbedder, HttpEmbedderConfig};
+/// # async fn demo() -> Result<(), annals::knowledge::EmbedError> {
+/// use annals::knowledge::{ApiKey, Embedder, HttpEmbedder, HttpEmbedderConfig};
 /// let config = HttpEmbedderConfig::new("https://api.openai.com", "text-embedding-3-small", 1536);
 /// let config = match ApiKey::from_env("OPENAI_API_KEY") { Some(k) => config.api_key(k), None => config };
 /// let embedder = HttpEmbedder::new(config)?;

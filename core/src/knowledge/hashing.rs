@@ -19,12 +19,12 @@ use super::embedder::{EmbedError, Embedder};
 ///
 /// ```
 /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
-/// use annals::rag::{cosine_similarity, Embedder, HashingEmbedder};
+/// use annals::knowledge::{cosine_similarity, Embedder, HashingEmbedder};
 ///
 /// let e = HashingEmbedder::new(384);
 /// let v = e.embed(&["When is the clinic open?", "clinic opening hours", "parking fees"]).await?;
 /// assert!(cosine_similarity(&v[0], &v[1]) > cosine_similarity(&v[0], &v[2]));
-/// # Ok::<(), annals::rag::EmbedError>(())
+/// # Ok::<(), annals::knowledge::EmbedError>(())
 /// # }).unwrap();
 /// ```
 #[derive(Debug, Clone)]

@@ -1,0 +1,126 @@
+//! The knowledge base's error type.
+
+use uuid::Uuid;
+
+use super::embedder::EmbedError;
+
+/// Why a knowledge base operation failed. Nothing was written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KnowledgeError {
+    /// Embedding failed.
+    #[error(transparent)]
+    Embed(#[from] EmbedError),
+
+    /// A document has no text to store.
+    #[error("document {document_id} has no content (only whitespace); retire it instead of adding an empty one")]
+    EmptyDocument {
+        /// The document.
+        document_id: Uuid,
+    },
+
+    /// A model name cannot be used (it is spliced into SQL as a literal).
+    #[error("invalid embedding model name {model:?}: {reason}")]
+    InvalidModel {
+        /// The name.
+        model: String,
+        /// Why.
+        reason: &'static str,
+    },
+
+    /// A vector's length does not match what the knowledge base holds for
+    /// its model.
+    #[error("a vector of {actual} dimensions does not fit model `{model}`, whose vectors have {expected}; embed with the model's own embedder")]
+    Dimensions {
+        /// The model.
+        model: String,
+        /// The model's dimensions in the knowledge base.
+        expected: usize,
+        /// The vector's length.
+        actual: usize,
+    },
+
+    /// The document's rows changed while it was being written (a
+    /// concurrent ingest of the same document); nothing was written.
+    #[error("document {document_id} changed while it was being written; apply the event again")]
+    Conflict {
+        /// The document.
+        document_id: Uuid,
+    },
+
+    /// A chunk's position does not fit the table (over 2^31 chunks).
+    #[error("document {document_id} has too many chunks ({chunks}); raise the chunker's size")]
+    TooManyChunks {
+        /// The document.
+        document_id: Uuid,
+        /// Chunks it was split into.
+        chunks: usize,
+    },
+
+    /// The database failed; the operation did not complete.
+    #[error("knowledge base database error while {context}: {source}; check that the database is reachable, then retry")]
+    Backend {
+        /// What the knowledge base was doing.
+        context: &'static str,
+        /// The driver's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
+}
+
+impl KnowledgeError {
+    /// Wraps a backend (driver) error with what the knowledge base was
+    /// doing.
+    pub fn backend(
+        context: &'static str,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Self {
+        KnowledgeError::Backend {
+            context,
+            source: source.into(),
+        }
+    }
+
+    /// Whether the failure is a dependency's (database, embedding service)
+    /// and may pass on retry, as opposed to one of the input.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            KnowledgeError::Embed(e) => e.is_transient(),
+            KnowledgeError::Backend { .. } | KnowledgeError::Conflict { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// The error as a projection returns it: transient failures (database,
+    /// embedding service) are [dependency](crate::handler::FailureKind::Dependency)
+    /// failures, retried and never parked; the others are failures of the
+    /// event. (`?` alone would make every error an event failure.)
+    pub fn into_handler_error(self) -> crate::HandlerError {
+        if self.is_transient() {
+            crate::HandlerError::dependency(self)
+        } else {
+            crate::HandlerError::event(self)
+        }
+    }
+}
+
+/// Checks that `model` can name an embedding model: not empty, at most 200
+/// characters, no NUL or other control characters.
+pub fn validate_model_name(model: &str) -> Result<(), KnowledgeError> {
+    let reason = if model.is_empty() {
+        Some("it is empty")
+    } else if model.chars().count() > 200 {
+        Some("it is longer than 200 characters")
+    } else if model.chars().any(char::is_control) {
+        Some("it contains control characters")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(KnowledgeError::InvalidModel {
+            model: model.to_owned(),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}

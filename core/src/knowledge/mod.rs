@@ -1,0 +1,147 @@
+//! Vector search over a knowledge base (RAG): embedders, the embedding
+//! cache, chunking, the knowledge base fed by document events, and the
+//! embedding refresh job. Behind the `knowledge` feature (off by default).
+//!
+//! The flow:
+//!
+//! 1. Documents enter as [`DocumentEvent`]s (added, updated, retired).
+//! 2. The [`Ingestor`] (called by the knowledge base projection, or
+//!    directly through [`KnowledgeBase::ingest`]) splits each document with
+//!    a [`Chunker`], hashes each chunk ([`chunk_hash`]), skips the chunks
+//!    whose rows are unchanged, embeds the rest with an [`Embedder`] and
+//!    writes the rows.
+//! 3. [`KnowledgeBase::search`] finds the top-k rows by cosine similarity,
+//!    filtered by [`Scope`] (a tenant never sees another tenant's rows),
+//!    language, source type and tags.
+//! 4. When the configured model changes, [`EmbeddingRefresh`] re-embeds the
+//!    stale rows in batches, resumably, reporting progress.
+//!
+//! Embedders: [`HashingEmbedder`] (local, deterministic, offline),
+//! `HttpEmbedder` (OpenAI-compatible, feature `http-embedder`), and
+//! [`CachedEmbedder`] over an [`EmbeddingCache`]: [`InMemoryEmbeddingCache`]
+//! or `RedisEmbeddingCache` (feature `redis`).
+//!
+//! Backends: [`InMemoryKnowledgeBase`] here, and with the `postgres`
+//! feature `annals::postgres::knowledge::PgKnowledgeBase` (pgvector, HNSW),
+//! whose tables come from their own migrations,
+//! `annals::postgres::knowledge::migrate(&pool)`: the only place annals
+//! installs the `vector` extension.
+//!
+//! # Features
+//!
+//! | feature | what it adds |
+//! | --- | --- |
+//! | `knowledge` | this module; with `postgres`, `annals::postgres::knowledge` |
+//! | `redis` | `RedisEmbeddingCache` (implies `knowledge`) |
+//! | `http-embedder` | `HttpEmbedder` (implies `knowledge`) |
+//!
+//! ```
+//! # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+//! use annals::knowledge::*;
+//!
+//! let embedder = CachedEmbedder::new(HashingEmbedder::new(384), InMemoryEmbeddingCache::new(10_000));
+//! let ingestor = Ingestor::new(embedder);
+//! let kb = InMemoryKnowledgeBase::new();
+//! let meta = |title: &str| DocumentMeta {
+//!     source_type: "faq".into(),
+//!     title: title.into(),
+//!     tenant_id: Some("tenant-1".into()),
+//!     language: Some("en".into()),
+//!     tags: vec![],
+//!     metadata: Default::default(),
+//! };
+//! for (title, content) in [
+//!     ("Opening hours", "The shop is open Monday to Friday from 8 to 20."),
+//!     ("Parking", "Free parking for customers behind the building."),
+//! ] {
+//!     let doc = Document { document_id: uuid::Uuid::now_v7(), meta: meta(title), content: content.into() };
+//!     kb.ingest(&ingestor, &DocumentEvent::Added(doc)).await?;
+//! }
+//! let query = SearchQuery::new(Scope::Tenant("tenant-1".into()), 1);
+//! let hits = kb.search_text(ingestor.embedder(), "when is the shop open?", &query).await?;
+//! assert_eq!(hits[0].entry.document.title, "Opening hours");
+//! # Ok::<(), KnowledgeError>(())
+//! # }).unwrap();
+//! ```
+//!
+//! # Scheduling the refresh
+//!
+//! annals does not schedule jobs. [`EmbeddingRefresh::run`] is resumable
+//! and writes no embedding when no row is stale, so run it where your deployment already
+//! runs periodic work: once after rolling out a new model, from the
+//! platform's scheduler (a Kubernetes `CronJob` with `schedule: "0 3 * * 0"`,
+//! a systemd timer), or on a task of the service itself. A cluster scheduler
+//! runs it once per period however many replicas the service has, which an
+//! in-process timer cannot promise (concurrent runs are safe, each batch is
+//! committed once, but they pay for the same embeddings twice).
+//!
+//! On a task of the service, until shutdown:
+//!
+//! ```
+//! # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+//! use std::time::Duration;
+//!
+//! use annals::knowledge::{EmbeddingRefresh, HashingEmbedder, InMemoryKnowledgeBase};
+//! use annals::Shutdown;
+//!
+//! let kb = InMemoryKnowledgeBase::new();
+//! let refresh = EmbeddingRefresh::new(HashingEmbedder::new(384));
+//! let (stop, mut shutdown) = Shutdown::new();
+//! let job = tokio::spawn(async move {
+//!     loop {
+//!         match refresh.run(&kb, |_| {}).await {
+//!             Ok(outcome) => println!("re-embedded {} row(s)", outcome.refreshed),
+//!             Err(e) => eprintln!("embedding refresh failed, resumes next time: {e}"),
+//!         }
+//!         // true once shutdown is triggered
+//!         if shutdown.sleep(Duration::from_secs(24 * 60 * 60)).await {
+//!             break;
+//!         }
+//!     }
+//! });
+//! // ... at shutdown:
+//! stop.trigger();
+//! job.await.unwrap();
+//! # });
+//! ```
+//!
+//! For calendar times (Sundays at 03:00), compute the next time with a cron
+//! crate such as `croner` or `cron` and sleep until then.
+
+mod base;
+mod cache;
+mod chunk;
+mod document;
+mod embedder;
+mod error;
+mod hashing;
+#[cfg(feature = "http-embedder")]
+mod http;
+mod ingest;
+mod memory;
+#[cfg(feature = "redis")]
+mod redis;
+mod refresh;
+mod search;
+mod writer;
+
+pub use base::{BatchCommit, EmbeddingUpdate, KnowledgeBase, RefreshJobState, StaleRow};
+pub use cache::{
+    CacheError, CachedEmbedder, EmbeddingCache, InMemoryEmbeddingCache, TextHash, DEFAULT_CACHE_TTL,
+};
+pub use chunk::Chunker;
+pub use document::{Document, DocumentEvent, DocumentMeta, DocumentRetired};
+pub use embedder::{EmbedError, Embedder};
+pub use error::{validate_model_name, KnowledgeError};
+pub use hashing::{cosine_similarity, HashingEmbedder};
+#[cfg(feature = "http-embedder")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http-embedder")))]
+pub use http::{ApiKey, HttpEmbedder, HttpEmbedderConfig};
+pub use ingest::{chunk_hash, IngestReport, Ingestor};
+pub use memory::{InMemoryKnowledgeBase, InMemoryKnowledgeProjection, InMemoryKnowledgeWriter};
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use redis::RedisEmbeddingCache;
+pub use refresh::{EmbeddingRefresh, RefreshOutcome, RefreshProgress, DEFAULT_REFRESH_BATCH};
+pub use search::{KnowledgeEntry, Scope, SearchHit, SearchQuery};
+pub use writer::{ChunkRow, KnowledgeWriter, RowOp, StoredEmbedding};
