@@ -103,7 +103,7 @@ async fn ensure_template(conn: &mut PgConnection, options: &PgConnectOptions) ->
         };
         if let Err(e) = crate::migrate(&pool).await {
             fail(
-                "migrating the template (is pgvector installed? `scripts/test` installs it)",
+                "migrating the template (annals needs PostgreSQL 15 or newer)",
                 &e,
             );
         }

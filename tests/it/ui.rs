@@ -1,5 +1,8 @@
 //! The derives' error messages, pinned by trybuild. Each `.stderr` was read
 //! and reviewed; refresh with `TRYBUILD=overwrite` and review the diff.
+//! Pinned for the test command's `--all-features`: where rustc lists the
+//! types that implement a trait, the list depends on the features (the
+//! knowledge base's `DocumentEvent`).
 
 #[test]
 fn event_derive_errors() {
