@@ -422,7 +422,7 @@ async fn the_key_is_never_shown_and_bad_config_is_refused() {
     let err = embedder.embed(&["x"]).await.unwrap_err();
     assert!(!format!("{err} {err:?}").contains(KEY));
     // a base URL ending in /v1 is not doubled; dimensions sent on request
-    let s = crate::server(vec![Reply::Embeddings { dims: 2 }]).await;
+    let s = crate::http_embedder::server(vec![Reply::Embeddings { dims: 2 }]).await;
     let e = HttpEmbedder::new(
         HttpEmbedderConfig::new(format!("{}/v1/", s.base_url), "m", 2).send_dimensions(true),
     )

@@ -1,0 +1,9 @@
+//! annals-postgres' integration tests, in one binary (one link instead of
+//! one per file). They need a PostgreSQL server in DATABASE_URL
+//! (`scripts/test` starts one) and fail with what to do when it is missing.
+
+#[cfg(feature = "knowledge")]
+mod knowledge;
+mod migrate;
+mod projections;
+mod store;
