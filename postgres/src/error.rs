@@ -22,6 +22,16 @@ pub(crate) fn db(context: &'static str) -> impl Fn(sqlx::Error) -> Error {
     move |e| db_error(context, e)
 }
 
+/// The UUID a unique violation names in its detail
+/// (`Key (event_id)=(0192...) already exists.`).
+pub(crate) fn duplicate_uuid(e: &dyn sqlx::error::DatabaseError) -> Option<uuid::Uuid> {
+    e.try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+        .and_then(|pg| pg.detail())
+        .and_then(|d| d.split("=(").nth(1))
+        .and_then(|rest| rest.split(')').next())
+        .and_then(|id| uuid::Uuid::parse_str(id).ok())
+}
+
 fn is_transient(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Io(_)

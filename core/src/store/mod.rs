@@ -692,7 +692,8 @@ pub(crate) fn decode_parts<E: Event>(
     if let Some(info) = E::type_info(event_type) {
         if schema_version < info.version {
             if let Some(schema) = registry.get(event_type, schema_version) {
-                let value = crate::event::private::parse_value(event_type, schema_version, payload)?;
+                let value =
+                    crate::event::private::parse_value(event_type, schema_version, payload)?;
                 schema.validate(&value)?;
             }
         }

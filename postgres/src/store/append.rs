@@ -195,13 +195,7 @@ async fn append_error(
         match database.constraint() {
             Some("annals_events_event_id_key") => {
                 // detail: `Key (event_id)=(0192...) already exists.`
-                let id = database
-                    .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
-                    .and_then(|pg| pg.detail())
-                    .and_then(|d| d.split("=(").nth(1))
-                    .and_then(|rest| rest.split(')').next())
-                    .and_then(|id| uuid::Uuid::parse_str(id).ok());
-                if let Some(event_id) = id {
+                if let Some(event_id) = crate::error::duplicate_uuid(database) {
                     return Error::DuplicateEventId { event_id };
                 }
             }
