@@ -107,9 +107,9 @@ impl PgEventStore {
 /// an `Any` append that retries) inserts nothing instead. A one-event
 /// append that is its own transaction binds scalars, not arrays: cheaper on
 /// the server for a single row. Its gain is not measured yet (a pgbench
-/// comparison on a busy 2-core machine was within noise); the durable-commit
-/// work that rewrites appends (issue 19) measures it on benches/postgres.rs
-/// "append 1 event" and keeps it only above 5%.
+/// comparison on a busy 2-core machine was within noise): it stays only if
+/// benches/postgres.rs "append 1 event" shows more than 5% on a durable
+/// server.
 fn statement(owned: bool, one: bool, expected: ExpectedVersion) -> &'static str {
     match (expected, owned, one) {
         (ExpectedVersion::NoStream, true, true) => sql::APPEND_ONE_NEW_STREAM,
