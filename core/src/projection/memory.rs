@@ -10,6 +10,7 @@ use crate::dead_letter::{
     DeadLetter, DeadLetterQuery, DeadLetterStatus, DeadLetterStore, NewDeadLetter,
 };
 use crate::projection::store::{Checkpoint, Lease, ProjectionStatus, ProjectionStore};
+use crate::store::limits::check_projection_name;
 use crate::{projection::InMemoryConn, Error, LogPosition};
 
 /// The embedded projection store, with the semantics of the Postgres one:
@@ -277,6 +278,7 @@ impl ProjectionStore for InMemoryProjectionStore {
     }
 
     async fn try_acquire(&self, projection: &str) -> Result<Option<InMemoryLease>, Error> {
+        check_projection_name(projection)?;
         let mut state = self.lock();
         if !state.leases.insert(projection.to_owned()) {
             return Ok(None);
@@ -296,6 +298,7 @@ impl ProjectionStore for InMemoryProjectionStore {
     }
 
     async fn init_checkpoint(&self, projection: &str) -> Result<Checkpoint, Error> {
+        check_projection_name(projection)?;
         Ok(self
             .lock()
             .checkpoints
