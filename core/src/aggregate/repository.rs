@@ -437,19 +437,23 @@ impl<A: Aggregate> SnapshotFold for Fold<'_, A> {
                 s.version
             }
             Err(reason) => {
-                tracing::warn!(
-                    aggregate = A::TYPE,
-                    stream = %self.stream,
-                    snapshot_version = s.version,
-                    reason,
-                    "ignoring an unusable snapshot; replaying the stream in full"
-                );
-                metrics::counter!(m::SNAPSHOT_INVALIDATIONS_TOTAL, "aggregate" => A::TYPE, "reason" => reason)
-                    .increment(1);
-                self.loaded.snapshot_invalidated = true;
+                self.snapshot_unusable(s, reason);
                 0
             }
         }
+    }
+
+    fn snapshot_unusable(&mut self, s: Snapshot, reason: &'static str) {
+        tracing::warn!(
+            aggregate = A::TYPE,
+            stream = %self.stream,
+            snapshot_version = s.version,
+            reason,
+            "ignoring an unusable snapshot; replaying the stream in full"
+        );
+        metrics::counter!(m::SNAPSHOT_INVALIDATIONS_TOTAL, "aggregate" => A::TYPE, "reason" => reason)
+            .increment(1);
+        self.loaded.snapshot_invalidated = true;
     }
 
     fn event(&mut self, p: PayloadRef<'_>) -> Result<(), Error> {

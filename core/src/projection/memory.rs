@@ -433,3 +433,32 @@ impl ProjectionStore for InMemoryProjectionStore {
         Ok(n)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::limits::MAX_PROJECTION_NAME_BYTES;
+
+    /// The same names are refused here as on Postgres (its projection
+    /// tests check the same cases).
+    #[tokio::test]
+    async fn projection_names_are_checked() {
+        let store = InMemoryProjectionStore::new();
+        let long = "p".repeat(MAX_PROJECTION_NAME_BYTES + 1);
+        for (bad, says) in [("", "empty"), ("a\0b", "NUL"), (long.as_str(), "256 bytes")] {
+            match store.init_checkpoint(bad).await {
+                Err(Error::InvalidInput(e)) => {
+                    assert_eq!(e.field, "projection name");
+                    assert!(e.problem.contains(says), "{e}");
+                }
+                other => panic!("init_checkpoint({bad:?}): expected InvalidInput, got {other:?}"),
+            }
+            assert!(matches!(
+                store.try_acquire(bad).await,
+                Err(Error::InvalidInput(_))
+            ));
+        }
+        let longest = "p".repeat(MAX_PROJECTION_NAME_BYTES);
+        assert!(store.init_checkpoint(&longest).await.is_ok());
+    }
+}
