@@ -250,6 +250,7 @@ pub(crate) fn depth_error(field: &'static str, e: &serde_json::Error) -> Option<
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
