@@ -52,6 +52,14 @@ pub trait SnapshotStore<S: EventStore>: Clone + Send + Sync + 'static {
     /// Saves a snapshot.
     fn save(&self, snapshot: Snapshot) -> impl Future<Output = Result<(), Error>> + Send;
 
+    /// Saves a snapshot over the stored one whatever their versions: what a
+    /// repository writes after it found the stored snapshot unusable (one
+    /// beyond the end of its stream has a higher version than any fresh
+    /// one, and would otherwise stay). The default is [`save`](Self::save).
+    fn replace(&self, snapshot: Snapshot) -> impl Future<Output = Result<(), Error>> + Send {
+        self.save(snapshot)
+    }
+
     /// Loads the snapshot of the aggregate whose stream is `stream_id` and
     /// folds the stream's events after it into `fold`, on `session`: first
     /// [`SnapshotFold::snapshot`] with the snapshot (which says from which
@@ -217,13 +225,21 @@ impl<S: EventStore> SnapshotStore<S> for InMemorySnapshotStore {
         aggregate_type: &str,
         aggregate_id: &str,
     ) -> Result<Option<Snapshot>, Error> {
+        crate::store::limits::check_stream_id(aggregate_id)?;
         Ok(self
             .lock()
             .get(&(aggregate_type.to_owned(), aggregate_id.to_owned()))
             .cloned())
     }
 
+    async fn replace(&self, snapshot: Snapshot) -> Result<(), Error> {
+        crate::store::limits::check_stream_id(&snapshot.aggregate_id)?;
+        self.put(snapshot);
+        Ok(())
+    }
+
     async fn save(&self, snapshot: Snapshot) -> Result<(), Error> {
+        crate::store::limits::check_stream_id(&snapshot.aggregate_id)?;
         let mut map = self.lock();
         let key = (
             snapshot.aggregate_type.clone(),

@@ -1,7 +1,7 @@
 //! Snapshots in the `annals_snapshots` table, beside the events.
 
 use annals_core::snapshot::{Snapshot, SnapshotFold, SnapshotStore, BEYOND_STREAM};
-use annals_core::store::{PayloadRef, VersionRange};
+use annals_core::store::{limits, PayloadRef, VersionRange};
 use annals_core::Error;
 use serde_json::value::RawValue;
 use sqlx::postgres::PgRow;
@@ -85,12 +85,40 @@ fn snapshot_row(
     }))
 }
 
+/// save_snapshot.sql without its condition: the row is replaced whatever
+/// its version (see [`SnapshotStore::replace`]).
+const REPLACE_SNAPSHOT: &str = "INSERT INTO annals_snapshots AS s \
+     (aggregate_type, aggregate_id, version, state, fingerprint, codec_version) \
+     VALUES ($1, $2, $3, $4::jsonb, $5, $6) \
+     ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE \
+     SET version = EXCLUDED.version, state = EXCLUDED.state, \
+         fingerprint = EXCLUDED.fingerprint, \
+         codec_version = EXCLUDED.codec_version, created_at = now()";
+
+impl PgSnapshotStore {
+    async fn write(&self, statement: &'static str, snapshot: Snapshot) -> Result<(), Error> {
+        limits::check_stream_id(&snapshot.aggregate_id)?;
+        sqlx::query(statement)
+            .bind(&snapshot.aggregate_type)
+            .bind(&snapshot.aggregate_id)
+            .bind(int8(snapshot.version))
+            .bind(snapshot.state.get())
+            .bind(&snapshot.fingerprint)
+            .bind(snapshot.codec_version.min(i32::MAX as u32) as i32)
+            .execute(&self.pool)
+            .await
+            .map_err(db("saving a snapshot"))?;
+        Ok(())
+    }
+}
+
 impl SnapshotStore<PgEventStore> for PgSnapshotStore {
     async fn load(
         &self,
         aggregate_type: &str,
         aggregate_id: &str,
     ) -> Result<Option<Snapshot>, Error> {
+        limits::check_stream_id(aggregate_id)?;
         let row = sqlx::query(sql::LOAD_SNAPSHOT)
             .bind(aggregate_type)
             .bind(aggregate_id)
@@ -104,17 +132,11 @@ impl SnapshotStore<PgEventStore> for PgSnapshotStore {
     }
 
     async fn save(&self, snapshot: Snapshot) -> Result<(), Error> {
-        sqlx::query(sql::SAVE_SNAPSHOT)
-            .bind(&snapshot.aggregate_type)
-            .bind(&snapshot.aggregate_id)
-            .bind(int8(snapshot.version))
-            .bind(snapshot.state.get())
-            .bind(&snapshot.fingerprint)
-            .bind(snapshot.codec_version.min(i32::MAX as u32) as i32)
-            .execute(&self.pool)
-            .await
-            .map_err(db("saving a snapshot"))?;
-        Ok(())
+        self.write(sql::SAVE_SNAPSHOT, snapshot).await
+    }
+
+    async fn replace(&self, snapshot: Snapshot) -> Result<(), Error> {
+        self.write(REPLACE_SNAPSHOT, snapshot).await
     }
 
     /// The snapshot and the events after it in one statement
@@ -130,6 +152,7 @@ impl SnapshotStore<PgEventStore> for PgSnapshotStore {
     where
         F: SnapshotFold + Send,
     {
+        limits::check_stream_id(stream_id)?;
         let pg = session.store().clone();
         let conn = session.connection();
         let keys = pg.schema_keys();

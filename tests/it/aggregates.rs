@@ -362,7 +362,7 @@ async fn snapshots_beyond_the_stream_are_ignored<S: EventStore + Clone, N: Snaps
     put: impl Fn(Snapshot) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
 ) {
     let repo = Repository::of::<Lead>(store)
-        .with_snapshots(snapshots)
+        .with_snapshots(snapshots.clone())
         .inline_snapshots()
         .max_retries(2);
     let m = Metadata::new();
@@ -408,6 +408,18 @@ async fn snapshots_beyond_the_stream_are_ignored<S: EventStore + Clone, N: Snaps
         .await
         .expect("a command after a snapshot beyond the stream succeeds");
     assert_eq!((done.version, done.attempts), (8, 1));
+    // the fresh snapshot replaces the one beyond the stream (a save alone
+    // keeps the higher version), so loads start from it again
+    let stored = snapshots
+        .load("lead", "lead-b")
+        .await
+        .expect("load snapshot")
+        .expect("a snapshot");
+    assert_eq!(stored.version, 8);
+    let loaded = repo.load("b").await.expect("load");
+    assert_eq!(loaded.snapshot_version, Some(8));
+    assert!(!loaded.snapshot_invalidated);
+    assert_eq!(loaded.state, done.state);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

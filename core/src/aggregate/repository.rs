@@ -297,7 +297,8 @@ impl<A: Aggregate, S: EventStore, N: SnapshotStore<S>> Repository<A, S, N> {
                         .collect();
                     outcome("ok");
                     if self.snapshot_due(&loaded, result.version) {
-                        self.write_snapshot(&stream, &loaded.state, result.version)
+                        let replace = loaded.snapshot_invalidated;
+                        self.write_snapshot(&stream, &loaded.state, result.version, replace)
                             .await;
                     }
                     return Ok(Executed {
@@ -338,7 +339,10 @@ impl<A: Aggregate, S: EventStore, N: SnapshotStore<S>> Repository<A, S, N> {
             || (loaded.snapshot_invalidated && new_version >= every)
     }
 
-    async fn write_snapshot(&self, stream: &str, state: &A, version: u64) {
+    /// Writes a snapshot; `replace`: over the stored one whatever its
+    /// version (it was unusable: one beyond the end of its stream has a
+    /// higher version than any fresh one).
+    async fn write_snapshot(&self, stream: &str, state: &A, version: u64, replace: bool) {
         let encoded = match state.encode_state() {
             Ok(s) => s,
             Err(e) => {
@@ -358,7 +362,12 @@ impl<A: Aggregate, S: EventStore, N: SnapshotStore<S>> Repository<A, S, N> {
         };
         let store = self.snapshots.clone();
         let save = async move {
-            match store.save(snapshot).await {
+            let saved = if replace {
+                store.replace(snapshot).await
+            } else {
+                store.save(snapshot).await
+            };
+            match saved {
                 Ok(()) => {
                     metrics::counter!(m::SNAPSHOT_WRITES_TOTAL, "aggregate" => A::TYPE).increment(1)
                 }
