@@ -93,8 +93,9 @@ pub const SNAPSHOT_HITS_TOTAL: &str = "annals_snapshot_hits_total";
 /// Aggregate loads without a snapshot (counter; label `aggregate`).
 pub const SNAPSHOT_MISSES_TOTAL: &str = "annals_snapshot_misses_total";
 /// Snapshots ignored because their shape, codec or bytes did not match the
-/// code (counter; labels `aggregate`, `reason` = `fingerprint` | `codec` |
-/// `decode`).
+/// code, or their version lies beyond the end of their stream (counter;
+/// labels `aggregate`, `reason` = `fingerprint` | `codec` | `decode` |
+/// `beyond_stream`).
 pub const SNAPSHOT_INVALIDATIONS_TOTAL: &str = "annals_snapshot_invalidations_total";
 /// Snapshots written (counter; label `aggregate`).
 pub const SNAPSHOT_WRITES_TOTAL: &str = "annals_snapshot_writes_total";

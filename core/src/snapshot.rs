@@ -52,14 +52,32 @@ pub trait SnapshotStore<S: EventStore>: Clone + Send + Sync + 'static {
     /// Saves a snapshot.
     fn save(&self, snapshot: Snapshot) -> impl Future<Output = Result<(), Error>> + Send;
 
+    /// Saves a snapshot over the stored one whatever their versions: what a
+    /// repository writes after it found the stored snapshot unusable (one
+    /// beyond the end of its stream has a higher version than any fresh
+    /// one, and would otherwise stay). The default is [`save`](Self::save).
+    fn replace(&self, snapshot: Snapshot) -> impl Future<Output = Result<(), Error>> + Send {
+        self.save(snapshot)
+    }
+
     /// Loads the snapshot of the aggregate whose stream is `stream_id` and
     /// folds the stream's events after it into `fold`, on `session`: first
     /// [`SnapshotFold::snapshot`] with the snapshot (which says from which
     /// version to go on), then [`SnapshotFold::event`] for each later event
     /// in version order. Returns how many events were folded.
     ///
-    /// The default loads the snapshot, then folds on the session: two round
-    /// trips. The Postgres store reads both in one statement.
+    /// A snapshot whose version lies beyond the end of its stream (the
+    /// stream was cut, restored from an older backup, or the row was
+    /// written by hand) is not handed to [`SnapshotFold::snapshot`]: the
+    /// fold is told it is unusable ([`SnapshotFold::snapshot_unusable`],
+    /// reason [`BEYOND_STREAM`]) and the stream is folded from its first
+    /// event. Trusting it would make the aggregate's version one the stream
+    /// never reaches, and every later command a conflict.
+    ///
+    /// The default loads the snapshot, then folds on the session from the
+    /// snapshot's own version (its event proves that the stream reaches
+    /// the snapshot, and is skipped): two round trips. The Postgres store
+    /// reads both in one statement.
     fn load_and_fold<F>(
         &self,
         session: &mut S::Session,
@@ -72,13 +90,57 @@ pub trait SnapshotStore<S: EventStore>: Clone + Send + Sync + 'static {
     {
         async move {
             let snapshot = self.load(aggregate_type, stream_id).await?;
-            let from = fold.snapshot(snapshot);
+            let Some(snapshot) = snapshot.filter(|s| s.version > 0) else {
+                let from = fold.snapshot(None);
+                return session
+                    .fold_stream_payloads(stream_id, from + 1.., |p| fold.event(p))
+                    .await;
+            };
+            let version = snapshot.version;
+            // the snapshot goes to the fold when the event at its version
+            // arrives; the events after it are folded only if the fold
+            // takes the snapshot
+            let mut pending = Some(snapshot);
+            let mut from = None;
+            let mut folded = 0;
             session
-                .fold_stream_payloads(stream_id, from + 1.., |p| fold.event(p))
-                .await
+                .fold_stream_payloads(stream_id, version.., |p| {
+                    if let Some(s) = pending.take() {
+                        from = Some(fold.snapshot(Some(s)));
+                        return Ok(());
+                    }
+                    if from != Some(version) {
+                        return Ok(());
+                    }
+                    folded += 1;
+                    fold.event(p)
+                })
+                .await?;
+            match (pending, from) {
+                // no event at the snapshot's version: beyond the stream
+                (Some(s), _) => {
+                    fold.snapshot_unusable(s, BEYOND_STREAM);
+                    session
+                        .fold_stream_payloads(stream_id, .., |p| fold.event(p))
+                        .await
+                }
+                (None, Some(from)) if from == version => Ok(folded),
+                // the fold refused the snapshot: from where it asks
+                (None, from) => {
+                    let from = from.unwrap_or(0);
+                    session
+                        .fold_stream_payloads(stream_id, from + 1.., |p| fold.event(p))
+                        .await
+                }
+            }
         }
     }
 }
+
+/// The reason a snapshot is unusable when its version lies beyond the end
+/// of its stream (see [`SnapshotStore::load_and_fold`]); the `reason`
+/// label of the snapshot invalidation metric.
+pub const BEYOND_STREAM: &str = "beyond_stream";
 
 /// What [`SnapshotStore::load_and_fold`] feeds: a snapshot, then events.
 pub trait SnapshotFold {
@@ -89,6 +151,15 @@ pub trait SnapshotFold {
 
     /// Folds one event after the snapshot.
     fn event(&mut self, payload: PayloadRef<'_>) -> Result<(), Error>;
+
+    /// Told, instead of [`snapshot`](Self::snapshot), that the stored
+    /// snapshot cannot be used for a reason only the store can see (e.g.
+    /// [`BEYOND_STREAM`]): the stream is then folded from its first event.
+    /// The default treats it as no snapshot.
+    fn snapshot_unusable(&mut self, snapshot: Snapshot, reason: &'static str) {
+        let _ = (snapshot, reason);
+        self.snapshot(None);
+    }
 }
 
 /// No snapshots: every load replays the whole stream.
@@ -154,13 +225,21 @@ impl<S: EventStore> SnapshotStore<S> for InMemorySnapshotStore {
         aggregate_type: &str,
         aggregate_id: &str,
     ) -> Result<Option<Snapshot>, Error> {
+        crate::store::limits::check_stream_id(aggregate_id)?;
         Ok(self
             .lock()
             .get(&(aggregate_type.to_owned(), aggregate_id.to_owned()))
             .cloned())
     }
 
+    async fn replace(&self, snapshot: Snapshot) -> Result<(), Error> {
+        crate::store::limits::check_stream_id(&snapshot.aggregate_id)?;
+        self.put(snapshot);
+        Ok(())
+    }
+
     async fn save(&self, snapshot: Snapshot) -> Result<(), Error> {
+        crate::store::limits::check_stream_id(&snapshot.aggregate_id)?;
         let mut map = self.lock();
         let key = (
             snapshot.aggregate_type.clone(),
@@ -178,5 +257,99 @@ impl<S: EventStore> SnapshotStore<S> for InMemorySnapshotStore {
             map.insert(key, snapshot);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{EventStore, ExpectedVersion, InMemoryEventStore, Metadata, NewEvent};
+
+    /// Records what the store feeds it; takes a snapshot when `accept`.
+    #[derive(Default)]
+    struct Recorder {
+        accept: bool,
+        snapshot: Option<Option<u64>>,
+        unusable: Vec<&'static str>,
+        events: Vec<u64>,
+    }
+
+    impl SnapshotFold for Recorder {
+        fn snapshot(&mut self, snapshot: Option<Snapshot>) -> u64 {
+            self.snapshot = Some(snapshot.as_ref().map(|s| s.version));
+            match snapshot {
+                Some(s) if self.accept => s.version,
+                _ => 0,
+            }
+        }
+
+        fn event(&mut self, payload: PayloadRef<'_>) -> Result<(), Error> {
+            self.events.push(payload.stream_version);
+            Ok(())
+        }
+
+        fn snapshot_unusable(&mut self, _: Snapshot, reason: &'static str) {
+            self.unusable.push(reason);
+        }
+    }
+
+    fn at(version: u64) -> Snapshot {
+        Snapshot {
+            aggregate_type: "t".into(),
+            aggregate_id: "s".into(),
+            version,
+            state: serde_json::value::to_raw_value(&0).unwrap_or_else(|e| panic!("{e}")),
+            fingerprint: "f".into(),
+            codec_version: 1,
+        }
+    }
+
+    async fn fold(snapshot: Option<u64>, accept: bool) -> (Recorder, u64) {
+        let store = InMemoryEventStore::new().without_validation();
+        let payload = serde_json::value::to_raw_value(&1).unwrap_or_else(|e| panic!("{e}"));
+        let events = (0..3)
+            .map(|_| NewEvent::new("t.e", 1, payload.clone(), Metadata::new()))
+            .collect();
+        store
+            .append("s", ExpectedVersion::NoStream, events)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let snapshots = InMemorySnapshotStore::new();
+        if let Some(v) = snapshot {
+            snapshots.put(at(v));
+        }
+        let mut session = store.session().await.unwrap_or_else(|e| panic!("{e}"));
+        let mut recorder = Recorder {
+            accept,
+            ..Recorder::default()
+        };
+        let n = SnapshotStore::<InMemoryEventStore>::load_and_fold(
+            &snapshots,
+            &mut session,
+            "t",
+            "s",
+            &mut recorder,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        (recorder, n)
+    }
+
+    #[tokio::test]
+    async fn the_default_load_checks_that_the_stream_reaches_the_snapshot() {
+        let (r, n) = fold(None, true).await;
+        assert_eq!((r.snapshot, r.events, n), (Some(None), vec![1, 2, 3], 3));
+        let (r, n) = fold(Some(2), true).await;
+        assert_eq!((r.snapshot, r.events, n), (Some(Some(2)), vec![3], 1));
+        let (r, n) = fold(Some(3), true).await;
+        assert_eq!((r.snapshot, r.events, n), (Some(Some(3)), vec![], 0));
+        // refused by the fold: from the start
+        let (r, n) = fold(Some(2), false).await;
+        assert_eq!((r.snapshot, r.events, n), (Some(Some(2)), vec![1, 2, 3], 3));
+        // beyond the stream: never handed to the fold as usable
+        let (r, n) = fold(Some(9), true).await;
+        assert_eq!(r.snapshot, None);
+        assert_eq!(r.unusable, vec![BEYOND_STREAM]);
+        assert_eq!((r.events, n), (vec![1, 2, 3], 3));
     }
 }

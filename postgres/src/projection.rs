@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use annals_core::error::InvalidInput;
+use annals_core::store::limits::check_projection_name;
 use annals_core::{
     dead_letter::DeadLetter, dead_letter::DeadLetterQuery, dead_letter::DeadLetterStatus,
     dead_letter::DeadLetterStore, dead_letter::NewDeadLetter, projection::Checkpoint,
@@ -238,6 +238,7 @@ impl ProjectionStore for PgProjectionStore {
     }
 
     async fn try_acquire(&self, projection: &str) -> Result<Option<PgLease>, Error> {
+        check_projection_name(projection)?;
         // a connection of its own, outside the pool: the lock lives as long
         // as this session, and must never go back to the pool with it
         let mut conn = self
@@ -285,9 +286,7 @@ impl ProjectionStore for PgProjectionStore {
     }
 
     async fn init_checkpoint(&self, projection: &str) -> Result<Checkpoint, Error> {
-        if projection.is_empty() {
-            return Err(InvalidInput::new("projection name", "must not be empty").into());
-        }
+        check_projection_name(projection)?;
         sqlx::query(
             "INSERT INTO annals_projection_checkpoints (projection_name) VALUES ($1)
              ON CONFLICT (projection_name) DO NOTHING",

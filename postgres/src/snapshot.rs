@@ -1,7 +1,7 @@
 //! Snapshots in the `annals_snapshots` table, beside the events.
 
-use annals_core::snapshot::{Snapshot, SnapshotFold, SnapshotStore};
-use annals_core::store::{PayloadRef, VersionRange};
+use annals_core::snapshot::{Snapshot, SnapshotFold, SnapshotStore, BEYOND_STREAM};
+use annals_core::store::{limits, PayloadRef, VersionRange};
 use annals_core::Error;
 use serde_json::value::RawValue;
 use sqlx::postgres::PgRow;
@@ -85,12 +85,40 @@ fn snapshot_row(
     }))
 }
 
+/// save_snapshot.sql without its condition: the row is replaced whatever
+/// its version (see [`SnapshotStore::replace`]).
+const REPLACE_SNAPSHOT: &str = "INSERT INTO annals_snapshots AS s \
+     (aggregate_type, aggregate_id, version, state, fingerprint, codec_version) \
+     VALUES ($1, $2, $3, $4::jsonb, $5, $6) \
+     ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE \
+     SET version = EXCLUDED.version, state = EXCLUDED.state, \
+         fingerprint = EXCLUDED.fingerprint, \
+         codec_version = EXCLUDED.codec_version, created_at = now()";
+
+impl PgSnapshotStore {
+    async fn write(&self, statement: &'static str, snapshot: Snapshot) -> Result<(), Error> {
+        limits::check_stream_id(&snapshot.aggregate_id)?;
+        sqlx::query(statement)
+            .bind(&snapshot.aggregate_type)
+            .bind(&snapshot.aggregate_id)
+            .bind(int8(snapshot.version))
+            .bind(snapshot.state.get())
+            .bind(&snapshot.fingerprint)
+            .bind(snapshot.codec_version.min(i32::MAX as u32) as i32)
+            .execute(&self.pool)
+            .await
+            .map_err(db("saving a snapshot"))?;
+        Ok(())
+    }
+}
+
 impl SnapshotStore<PgEventStore> for PgSnapshotStore {
     async fn load(
         &self,
         aggregate_type: &str,
         aggregate_id: &str,
     ) -> Result<Option<Snapshot>, Error> {
+        limits::check_stream_id(aggregate_id)?;
         let row = sqlx::query(sql::LOAD_SNAPSHOT)
             .bind(aggregate_type)
             .bind(aggregate_id)
@@ -104,17 +132,11 @@ impl SnapshotStore<PgEventStore> for PgSnapshotStore {
     }
 
     async fn save(&self, snapshot: Snapshot) -> Result<(), Error> {
-        sqlx::query(sql::SAVE_SNAPSHOT)
-            .bind(&snapshot.aggregate_type)
-            .bind(&snapshot.aggregate_id)
-            .bind(int8(snapshot.version))
-            .bind(snapshot.state.get())
-            .bind(&snapshot.fingerprint)
-            .bind(snapshot.codec_version.min(i32::MAX as u32) as i32)
-            .execute(&self.pool)
-            .await
-            .map_err(db("saving a snapshot"))?;
-        Ok(())
+        self.write(sql::SAVE_SNAPSHOT, snapshot).await
+    }
+
+    async fn replace(&self, snapshot: Snapshot) -> Result<(), Error> {
+        self.write(REPLACE_SNAPSHOT, snapshot).await
     }
 
     /// The snapshot and the events after it in one statement
@@ -130,6 +152,7 @@ impl SnapshotStore<PgEventStore> for PgSnapshotStore {
     where
         F: SnapshotFold + Send,
     {
+        limits::check_stream_id(stream_id)?;
         let pg = session.store().clone();
         let conn = session.connection();
         let keys = pg.schema_keys();
@@ -137,6 +160,10 @@ impl SnapshotStore<PgEventStore> for PgSnapshotStore {
             .bind(aggregate_type)
             .bind(stream_id)
             .fetch(&mut *conn);
+        // a snapshot waiting for the event at its own version, which
+        // proves that the stream reaches it (the statement reads the
+        // events from the snapshot's version on)
+        let mut pending: Option<Snapshot> = None;
         // the version the fold goes on from, once the snapshot is decided
         let mut from = None;
         let mut folded = 0;
@@ -147,9 +174,26 @@ impl SnapshotStore<PgEventStore> for PgSnapshotStore {
                 .map_err(|e| db_error("reading an event's stream version", e))?;
             if version < 0 {
                 let snapshot = snapshot_row(&row, aggregate_type, stream_id)?;
-                let version = snapshot.as_ref().map(|s| s.version);
-                let accepted = fold.snapshot(snapshot);
-                if Some(accepted) != version {
+                if let Some(s) = snapshot.filter(|s| s.version > 0) {
+                    pending = Some(s);
+                    continue;
+                }
+                // unreadable: the fold decides from where to go on
+                let accepted = fold.snapshot(None);
+                drop(rows);
+                let rest = VersionRange::new(accepted + 1..);
+                return pg.fold_on(conn, stream_id, rest, |p| fold.event(p)).await;
+            }
+            if let Some(s) = pending.take() {
+                let snapshot_version = s.version;
+                if version as u64 != snapshot_version {
+                    // not the snapshot's own event (versions have no gaps,
+                    // so this cannot be): treat it as beyond the stream
+                    pending = Some(s);
+                    break;
+                }
+                let accepted = fold.snapshot(Some(s));
+                if accepted != snapshot_version {
                     // unusable: the events after it are not enough; fold the
                     // stream from where the fold asks (rare: the next
                     // command writes a fresh snapshot)
@@ -158,6 +202,7 @@ impl SnapshotStore<PgEventStore> for PgSnapshotStore {
                     return pg.fold_on(conn, stream_id, rest, |p| fold.event(p)).await;
                 }
                 from = Some(accepted);
+                // the snapshot's own event is in the snapshot already
                 continue;
             }
             let from = *from.get_or_insert_with(|| fold.snapshot(None));
@@ -172,6 +217,15 @@ impl SnapshotStore<PgEventStore> for PgSnapshotStore {
                 }
                 folded += 1;
             }
+        }
+        drop(rows);
+        if let Some(s) = pending {
+            // no event at the snapshot's version: the snapshot lies beyond
+            // the end of its stream; replay the stream in full
+            fold.snapshot_unusable(s, BEYOND_STREAM);
+            return pg
+                .fold_on(conn, stream_id, VersionRange::ALL, |p| fold.event(p))
+                .await;
         }
         if from.is_none() {
             fold.snapshot(None);

@@ -351,6 +351,103 @@ async fn outdated_and_corrupted_snapshots_are_ignored<
     assert!(repo.load("s").await.expect("load").snapshot_invalidated);
 }
 
+/// A snapshot whose version lies beyond the end of its stream (a cut
+/// stream, an old backup, a hand-written row) is ignored like an unusable
+/// one: the stream is replayed, and commands go on (trusting it made every
+/// later command a conflict). A snapshot exactly at the stream's end is
+/// still used.
+async fn snapshots_beyond_the_stream_are_ignored<S: EventStore + Clone, N: SnapshotStore<S>>(
+    store: S,
+    snapshots: N,
+    put: impl Fn(Snapshot) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+) {
+    let repo = Repository::of::<Lead>(store)
+        .with_snapshots(snapshots.clone())
+        .inline_snapshots()
+        .max_retries(2);
+    let m = Metadata::new();
+    repo.execute("b", &LeadCommand::Create("B".into()), &m)
+        .await
+        .expect("create");
+    for i in 0..6 {
+        repo.execute("b", &LeadCommand::Score(i), &m)
+            .await
+            .expect("score");
+    }
+    let fresh = repo.load("b").await.expect("load");
+    assert_eq!((fresh.version, fresh.snapshot_version), (7, Some(5)));
+    let truth = fresh.state.clone();
+    let at = |version: u64| Snapshot {
+        aggregate_type: "lead".into(),
+        aggregate_id: "lead-b".into(),
+        version,
+        state: serde_json::value::to_raw_value(&truth).expect("raw"),
+        fingerprint: Lead::state_fingerprint().to_owned(),
+        codec_version: Lead::CODEC_VERSION,
+    };
+    // exactly at the end of the stream: used, nothing replayed
+    put(at(7)).await;
+    let loaded = repo.load("b").await.expect("load at the end");
+    assert_eq!(loaded.snapshot_version, Some(7));
+    assert_eq!(loaded.events_replayed, 0);
+    assert!(!loaded.snapshot_invalidated);
+    // beyond it: ignored, the stream replayed in full
+    put(at(20)).await;
+    let loaded = repo.load("b").await.expect("load ignores it");
+    assert!(
+        loaded.snapshot_invalidated,
+        "a snapshot beyond the stream is unusable"
+    );
+    assert_eq!(loaded.snapshot_version, None);
+    assert_eq!(loaded.version, 7, "the version is the stream's");
+    assert_eq!(loaded.events_replayed, 7, "replayed in full");
+    assert_eq!(loaded.state, truth);
+    // and commands go on instead of conflicting forever
+    let done = repo
+        .execute("b", &LeadCommand::Note("n".into()), &m)
+        .await
+        .expect("a command after a snapshot beyond the stream succeeds");
+    assert_eq!((done.version, done.attempts), (8, 1));
+    // the fresh snapshot replaces the one beyond the stream (a save alone
+    // keeps the higher version), so loads start from it again
+    let stored = snapshots
+        .load("lead", "lead-b")
+        .await
+        .expect("load snapshot")
+        .expect("a snapshot");
+    assert_eq!(stored.version, 8);
+    let loaded = repo.load("b").await.expect("load");
+    assert_eq!(loaded.snapshot_version, Some(8));
+    assert!(!loaded.snapshot_invalidated);
+    assert_eq!(loaded.state, done.state);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_memory_snapshots_beyond_the_stream_are_ignored() {
+    let snapshots = InMemorySnapshotStore::new();
+    let s2 = snapshots.clone();
+    snapshots_beyond_the_stream_are_ignored(InMemoryEventStore::new(), snapshots, move |s| {
+        s2.put(s);
+        Box::pin(async {})
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_snapshots_beyond_the_stream_are_ignored() {
+    let db = TestDatabase::new().await;
+    let store = lead_store(db.pool()).await;
+    let pool = db.pool().clone();
+    let snapshots = PgSnapshotStore::new(&store);
+    snapshots_beyond_the_stream_are_ignored(store, snapshots, move |s| {
+        let pool = pool.clone();
+        Box::pin(async move {
+            sqlx_put(&pool, s).await;
+        })
+    })
+    .await;
+}
+
 async fn concurrent_commands_all_succeed<S: EventStore + Clone + 'static>(store: S) {
     let repo = Repository::<Lead, _>::new(store).max_retries(100);
     let m = Metadata::new();

@@ -297,7 +297,8 @@ impl<A: Aggregate, S: EventStore, N: SnapshotStore<S>> Repository<A, S, N> {
                         .collect();
                     outcome("ok");
                     if self.snapshot_due(&loaded, result.version) {
-                        self.write_snapshot(&stream, &loaded.state, result.version)
+                        let replace = loaded.snapshot_invalidated;
+                        self.write_snapshot(&stream, &loaded.state, result.version, replace)
                             .await;
                     }
                     return Ok(Executed {
@@ -338,7 +339,10 @@ impl<A: Aggregate, S: EventStore, N: SnapshotStore<S>> Repository<A, S, N> {
             || (loaded.snapshot_invalidated && new_version >= every)
     }
 
-    async fn write_snapshot(&self, stream: &str, state: &A, version: u64) {
+    /// Writes a snapshot; `replace`: over the stored one whatever its
+    /// version (it was unusable: one beyond the end of its stream has a
+    /// higher version than any fresh one).
+    async fn write_snapshot(&self, stream: &str, state: &A, version: u64, replace: bool) {
         let encoded = match state.encode_state() {
             Ok(s) => s,
             Err(e) => {
@@ -358,7 +362,12 @@ impl<A: Aggregate, S: EventStore, N: SnapshotStore<S>> Repository<A, S, N> {
         };
         let store = self.snapshots.clone();
         let save = async move {
-            match store.save(snapshot).await {
+            let saved = if replace {
+                store.replace(snapshot).await
+            } else {
+                store.save(snapshot).await
+            };
+            match saved {
                 Ok(()) => {
                     metrics::counter!(m::SNAPSHOT_WRITES_TOTAL, "aggregate" => A::TYPE).increment(1)
                 }
@@ -437,19 +446,23 @@ impl<A: Aggregate> SnapshotFold for Fold<'_, A> {
                 s.version
             }
             Err(reason) => {
-                tracing::warn!(
-                    aggregate = A::TYPE,
-                    stream = %self.stream,
-                    snapshot_version = s.version,
-                    reason,
-                    "ignoring an unusable snapshot; replaying the stream in full"
-                );
-                metrics::counter!(m::SNAPSHOT_INVALIDATIONS_TOTAL, "aggregate" => A::TYPE, "reason" => reason)
-                    .increment(1);
-                self.loaded.snapshot_invalidated = true;
+                self.snapshot_unusable(s, reason);
                 0
             }
         }
+    }
+
+    fn snapshot_unusable(&mut self, s: Snapshot, reason: &'static str) {
+        tracing::warn!(
+            aggregate = A::TYPE,
+            stream = %self.stream,
+            snapshot_version = s.version,
+            reason,
+            "ignoring an unusable snapshot; replaying the stream in full"
+        );
+        metrics::counter!(m::SNAPSHOT_INVALIDATIONS_TOTAL, "aggregate" => A::TYPE, "reason" => reason)
+            .increment(1);
+        self.loaded.snapshot_invalidated = true;
     }
 
     fn event(&mut self, p: PayloadRef<'_>) -> Result<(), Error> {

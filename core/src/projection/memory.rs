@@ -10,6 +10,7 @@ use crate::dead_letter::{
     DeadLetter, DeadLetterQuery, DeadLetterStatus, DeadLetterStore, NewDeadLetter,
 };
 use crate::projection::store::{Checkpoint, Lease, ProjectionStatus, ProjectionStore};
+use crate::store::limits::check_projection_name;
 use crate::{projection::InMemoryConn, Error, LogPosition};
 
 /// The embedded projection store, with the semantics of the Postgres one:
@@ -277,6 +278,7 @@ impl ProjectionStore for InMemoryProjectionStore {
     }
 
     async fn try_acquire(&self, projection: &str) -> Result<Option<InMemoryLease>, Error> {
+        check_projection_name(projection)?;
         let mut state = self.lock();
         if !state.leases.insert(projection.to_owned()) {
             return Ok(None);
@@ -296,6 +298,7 @@ impl ProjectionStore for InMemoryProjectionStore {
     }
 
     async fn init_checkpoint(&self, projection: &str) -> Result<Checkpoint, Error> {
+        check_projection_name(projection)?;
         Ok(self
             .lock()
             .checkpoints
@@ -428,5 +431,34 @@ impl ProjectionStore for InMemoryProjectionStore {
             reason: reason.to_owned(),
         });
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::limits::MAX_PROJECTION_NAME_BYTES;
+
+    /// The same names are refused here as on Postgres (its projection
+    /// tests check the same cases).
+    #[tokio::test]
+    async fn projection_names_are_checked() {
+        let store = InMemoryProjectionStore::new();
+        let long = "p".repeat(MAX_PROJECTION_NAME_BYTES + 1);
+        for (bad, says) in [("", "empty"), ("a\0b", "NUL"), (long.as_str(), "256 bytes")] {
+            match store.init_checkpoint(bad).await {
+                Err(Error::InvalidInput(e)) => {
+                    assert_eq!(e.field, "projection name");
+                    assert!(e.problem.contains(says), "{e}");
+                }
+                other => panic!("init_checkpoint({bad:?}): expected InvalidInput, got {other:?}"),
+            }
+            assert!(matches!(
+                store.try_acquire(bad).await,
+                Err(Error::InvalidInput(_))
+            ));
+        }
+        let longest = "p".repeat(MAX_PROJECTION_NAME_BYTES);
+        assert!(store.init_checkpoint(&longest).await.is_ok());
     }
 }

@@ -6,7 +6,7 @@ use chrono::Utc;
 use std::ops::RangeBounds;
 
 use crate::store::{
-    AppendResult, Backlog, EventStore, ExpectedVersion, LogPosition, PayloadRef, Session,
+    limits, AppendResult, Backlog, EventStore, ExpectedVersion, LogPosition, PayloadRef, Session,
     VersionRange, Watch, WatchLog,
 };
 use crate::{Envelope, Error, NewEvent, RecordedEvent, SchemaRegistry, VersionConflict};
@@ -119,6 +119,7 @@ impl InMemoryEventStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, Error> {
+        limits::check_append(stream_id, &events)?;
         if self.shared.validate {
             self.shared.registry.validate_new(&events)?;
         }
@@ -244,6 +245,7 @@ impl EventStore for InMemoryEventStore {
         T: Send,
         F: FnMut(PayloadRef<'_>) -> Result<T, Error> + Send,
     {
+        limits::check_stream_id(stream_id)?;
         self.stream_range(stream_id, VersionRange::new(versions))
             .into_iter()
             .map(|r| {
@@ -262,6 +264,7 @@ impl EventStore for InMemoryEventStore {
     where
         F: FnMut(PayloadRef<'_>) -> Result<(), Error> + Send,
     {
+        limits::check_stream_id(stream_id)?;
         let events = self.stream_range(stream_id, VersionRange::new(versions));
         for r in &events {
             f(payload_ref(r)).map_err(|e| e.at_position(r.position()))?;
@@ -281,6 +284,7 @@ impl EventStore for InMemoryEventStore {
     }
 
     async fn stream_version(&self, stream_id: &str) -> Result<Option<u64>, Error> {
+        limits::check_stream_id(stream_id)?;
         let state = self.lock();
         Ok(state
             .streams

@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Envelope, Error, Event, Metadata, NewEvent, RecordedEvent, SchemaRegistry};
 
+pub mod limits;
 mod memory;
 
 pub use memory::{InMemoryEventStore, MemoryWatcher};
@@ -630,10 +631,15 @@ pub(crate) fn encode_events<E: Event>(
     events
         .iter()
         .map(|e| {
-            let payload = e.encode().map_err(|source| Error::Encode {
-                event_type: e.event_type().to_owned(),
-                source,
-            })?;
+            let payload =
+                e.encode()
+                    .map_err(|source| match limits::depth_error("payload", &source) {
+                        Some(too_deep) => Error::InvalidInput(too_deep),
+                        None => Error::Encode {
+                            event_type: e.event_type().to_owned(),
+                            source,
+                        },
+                    })?;
             Ok(NewEvent::new(
                 e.event_type(),
                 e.schema_version(),

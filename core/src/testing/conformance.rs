@@ -93,6 +93,8 @@ where
     read_all_order_and_paging(make(true).await).await;
     upcasting(make(true).await).await;
     bad_rows(make(false).await).await;
+    input_limits(make(false).await).await;
+    input_limits_before_validation(make(true).await).await;
     concurrent_writers(make(true).await).await;
     session(make(true).await).await;
 }
@@ -677,6 +679,266 @@ async fn upcasting<S: EventStore>(store: S) {
             }),
         ],
         "v1 (JSON upcaster) and v2 (From) reach v3"
+    );
+}
+
+/// Asserts that `r` is the typed [`Error::InvalidInput`] for `field`, whose
+/// message holds every one of `says` and does not echo a long value.
+fn invalid<T: std::fmt::Debug>(what: &str, r: Result<T, Error>, field: &str, says: &[&str]) {
+    match r {
+        Err(Error::InvalidInput(e)) => {
+            assert_eq!(e.field, field, "{what}: the error names the field");
+            let text = e.to_string();
+            for s in says {
+                assert!(text.contains(s), "{what}: `{text}` should say `{s}`");
+            }
+            assert!(
+                text.len() < 400,
+                "{what}: the error must not echo the value: {text}"
+            );
+        }
+        other => panic!("{what}: expected InvalidInput for the {field}, got {other:?}"),
+    }
+}
+
+/// The documented input limits (`annals::store::limits`), identical on
+/// every backend: refused with [`Error::InvalidInput`] before anything is
+/// written; values at the limits are stored.
+async fn input_limits<S: EventStore>(store: S) {
+    use crate::store::limits::{MAX_EVENT_TYPE_BYTES, MAX_JSON_DEPTH, MAX_STREAM_ID_BYTES};
+    let note = || raw("test.note", 1, json!("ok"));
+    let long_id = "s".repeat(MAX_STREAM_ID_BYTES + 1);
+    let bad_ids: [(&str, &str, &[&str]); 3] = [
+        ("empty", "", &["stream id", "empty"]),
+        ("NUL", "lead\u{0}1", &["stream id", "NUL"]),
+        ("too long", &long_id, &["stream id", "1025 bytes", "1024"]),
+    ];
+    for (what, id, says) in bad_ids {
+        invalid(
+            &format!("append to a stream id that is {what}"),
+            store.append(id, ExpectedVersion::Any, vec![note()]).await,
+            "stream id",
+            says,
+        );
+        invalid(
+            &format!("empty append to a stream id that is {what}"),
+            store.append(id, ExpectedVersion::Any, Vec::new()).await,
+            "stream id",
+            says,
+        );
+        invalid(
+            &format!("read of a stream id that is {what}"),
+            store.read_stream(id, ..).await,
+            "stream id",
+            says,
+        );
+        invalid(
+            &format!("fold of a stream id that is {what}"),
+            store.fold_stream_payloads(id, .., |_| Ok(())).await,
+            "stream id",
+            says,
+        );
+        invalid(
+            &format!("version of a stream id that is {what}"),
+            store.stream_version(id).await,
+            "stream id",
+            says,
+        );
+        let mut session = must("session", store.session()).await;
+        invalid(
+            &format!("append on a session to a stream id that is {what}"),
+            session.append(id, ExpectedVersion::Any, vec![note()]).await,
+            "stream id",
+            says,
+        );
+        invalid(
+            &format!("fold on a session of a stream id that is {what}"),
+            session.fold_stream_payloads(id, .., |_| Ok(())).await,
+            "stream id",
+            says,
+        );
+    }
+    // the longest stream id is stored and read back
+    let longest = "s".repeat(MAX_STREAM_ID_BYTES);
+    must(
+        "append to the longest stream id",
+        store.append(&longest, ExpectedVersion::NoStream, vec![note()]),
+    )
+    .await;
+    let read = must(
+        "read the longest stream id",
+        store.read_stream(&longest, ..),
+    )
+    .await;
+    assert_eq!(read.len(), 1);
+
+    let long_type = "t".repeat(MAX_EVENT_TYPE_BYTES + 1);
+    let bad_types: [(&str, &str, &[&str]); 3] = [
+        ("empty", "", &["event type", "empty"]),
+        ("NUL", "test.\u{0}note", &["event type", "NUL"]),
+        ("too long", &long_type, &["event type", "256 bytes", "255"]),
+    ];
+    for (what, t, says) in bad_types {
+        // the bad event is second: a batch is refused as a whole
+        invalid(
+            &format!("append of an event type that is {what}"),
+            store
+                .append(
+                    "types",
+                    ExpectedVersion::Any,
+                    vec![note(), raw(t, 1, json!({}))],
+                )
+                .await,
+            "event type",
+            says,
+        );
+    }
+    let longest_type = "t".repeat(MAX_EVENT_TYPE_BYTES);
+    must(
+        "append of the longest event type",
+        store.append(
+            "types-ok",
+            ExpectedVersion::NoStream,
+            vec![raw(&longest_type, 1, json!({}))],
+        ),
+    )
+    .await;
+
+    // NUL in a payload: valid JSON, but jsonb cannot hold it
+    for (what, payload) in [
+        ("a string", json!({"name": "a\u{0}b"})),
+        ("a key", json!({"na\u{0}me": 1})),
+        ("a nested string", json!({"tags": [["x", "\u{0}"]]})),
+    ] {
+        invalid(
+            &format!("a payload with NUL in {what}"),
+            store
+                .append(
+                    "nul",
+                    ExpectedVersion::Any,
+                    vec![raw("test.note", 1, payload)],
+                )
+                .await,
+            "payload",
+            &["NUL", "jsonb"],
+        );
+    }
+    // a backslash followed by `u0000` is not NUL: stored and read back as is
+    let text = json!({"path": "C:\\u0000", "bracket": "[[[{"});
+    must(
+        "append a payload with a backslash before u0000",
+        store.append(
+            "not-nul",
+            ExpectedVersion::NoStream,
+            vec![raw("test.note", 1, text.clone())],
+        ),
+    )
+    .await;
+    let read = must("read it back", store.read_stream("not-nul", ..)).await;
+    let back: serde_json::Value = serde_json::from_str(read[0].payload.get())
+        .unwrap_or_else(|e| panic!("stored payload is JSON: {e}"));
+    assert_eq!(back, text, "the payload is stored faithfully");
+
+    // deep JSON
+    let nest = |levels: usize| {
+        let mut v = json!(1);
+        for _ in 0..levels {
+            v = json!([v]);
+        }
+        v
+    };
+    invalid(
+        "a payload nested too deeply",
+        store
+            .append(
+                "deep",
+                ExpectedVersion::Any,
+                vec![raw("test.note", 1, nest(MAX_JSON_DEPTH + 72))],
+            )
+            .await,
+        "payload",
+        &["nested too deeply", "128"],
+    );
+    must(
+        "append a payload nested exactly as deep as the limit",
+        store.append(
+            "deepest",
+            ExpectedVersion::NoStream,
+            vec![raw("test.note", 1, nest(MAX_JSON_DEPTH))],
+        ),
+    )
+    .await;
+
+    // metadata: NUL, depth
+    let mut nul_user = note();
+    nul_user.metadata.user = Some("ana\u{0}".into());
+    invalid(
+        "metadata with a NUL user",
+        store
+            .append("meta", ExpectedVersion::Any, vec![nul_user])
+            .await,
+        "metadata",
+        &["NUL"],
+    );
+    let mut deep_meta = note();
+    deep_meta
+        .metadata
+        .extra
+        .insert("deep".into(), nest(MAX_JSON_DEPTH + 72));
+    invalid(
+        "metadata nested too deeply",
+        store
+            .append("meta", ExpectedVersion::Any, vec![deep_meta])
+            .await,
+        "metadata",
+        &["nested too deeply"],
+    );
+
+    // nothing refused was written
+    for stream in ["types", "nul", "deep", "meta"] {
+        assert_eq!(
+            must("version", store.stream_version(stream)).await,
+            None,
+            "a refused append writes nothing (stream `{stream}`)"
+        );
+    }
+}
+
+/// The limits are checked before schema validation, the same way on every
+/// backend.
+async fn input_limits_before_validation<S: EventStore>(store: S) {
+    assert!(store.validates_on_append());
+    invalid(
+        "a NUL event type while validating",
+        store
+            .append("v", ExpectedVersion::Any, vec![raw("\u{0}", 1, json!({}))])
+            .await,
+        "event type",
+        &["NUL"],
+    );
+    let mut deep = json!(1);
+    for _ in 0..200 {
+        deep = json!([deep]);
+    }
+    invalid(
+        "a deep payload while validating",
+        store
+            .append("v", ExpectedVersion::Any, vec![raw("test.note", 1, deep)])
+            .await,
+        "payload",
+        &["nested too deeply"],
+    );
+    invalid(
+        "a NUL payload while validating",
+        store
+            .append(
+                "v",
+                ExpectedVersion::Any,
+                vec![raw("test.note", 1, json!("\u{0}"))],
+            )
+            .await,
+        "payload",
+        &["NUL"],
     );
 }
 

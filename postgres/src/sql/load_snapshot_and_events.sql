@@ -4,8 +4,10 @@
 -- rows, which costs the server no send call). The snapshot row comes first
 -- and is told apart by its negated version (events' versions are at least
 -- 1, a CHECK constraint holds them to it; snapshots' versions too). Then
--- the events after it, in version order. With no snapshot it is the plain
--- stream read. The events come in index order (see read_stream.sql for the
+-- the events from the snapshot's own version on, in version order: the
+-- event at its version proves that the stream reaches the snapshot (one
+-- beyond the end of its stream is not trusted), and is skipped. With no
+-- snapshot it is the plain stream read. The events come in index order (see read_stream.sql for the
 -- LIMIT), so the outer ORDER BY merges the two parts instead of sorting
 -- the stream.
 -- $1 aggregate type, $2 stream id.
@@ -18,7 +20,7 @@ SELECT -version AS stream_version, NULL::int8 AS schema_key, state AS payload,
 UNION ALL
 (SELECT stream_version, schema_key, payload, NULL, NULL
    FROM annals_events
-  WHERE stream_id = $2 AND stream_version > coalesce((SELECT version FROM s), 0)
+  WHERE stream_id = $2 AND stream_version >= coalesce((SELECT version FROM s), 0)
   ORDER BY stream_version
   LIMIT (SELECT NULL::int8))
 ORDER BY stream_version

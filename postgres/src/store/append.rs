@@ -2,7 +2,7 @@
 //! map a lost race to the typed conflict.
 
 use annals_core::event::NewEvent;
-use annals_core::store::{AppendResult, ExpectedVersion, LogPosition};
+use annals_core::store::{limits, AppendResult, ExpectedVersion, LogPosition};
 use annals_core::{Envelope, Error, VersionConflict};
 use chrono::{DateTime, Utc};
 use sqlx::postgres::PgRow;
@@ -42,6 +42,7 @@ impl PgEventStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, Error> {
+        limits::check_append(stream_id, &events)?;
         if events.is_empty() {
             return check_empty_append(conn, stream_id, expected).await;
         }
@@ -60,6 +61,7 @@ impl PgEventStore {
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, Error> {
         const CONTEXT: &str = "acquiring a connection to append";
+        limits::check_append(stream_id, &events)?;
         if events.is_empty() {
             let mut conn = self.checkout(CONTEXT).await?;
             return check_empty_append(&mut conn, stream_id, expected).await;

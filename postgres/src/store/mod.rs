@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use annals_core::event::NewEvent;
 use annals_core::store::{
-    AppendResult, Backlog, ExpectedVersion, Horizon, LogPosition, PayloadRef, Session,
+    limits, AppendResult, Backlog, ExpectedVersion, Horizon, LogPosition, PayloadRef, Session,
     VersionRange, Watch, WatchLog,
 };
 use annals_core::{Envelope, Error, Event, EventStore, RecordedEvent, SchemaRegistry};
@@ -424,6 +424,7 @@ impl EventStore for PgEventStore {
         T: Send,
         F: FnMut(PayloadRef<'_>) -> Result<T, Error> + Send,
     {
+        limits::check_stream_id(stream_id)?;
         let range = VersionRange::new(versions);
         if range.is_empty() {
             return Ok(Vec::new());
@@ -475,6 +476,7 @@ impl EventStore for PgEventStore {
     }
 
     async fn stream_version(&self, stream_id: &str) -> Result<Option<u64>, Error> {
+        limits::check_stream_id(stream_id)?;
         let mut conn = self.checkout("acquiring a connection").await?;
         read::stream_version_on(&mut conn, stream_id).await
     }

@@ -1,7 +1,7 @@
 //! Stream folds: the lean read (version, schema key, payload), and the
 //! full one it falls back to for a key it cannot map.
 
-use annals_core::store::{PayloadRef, VersionRange};
+use annals_core::store::{limits, PayloadRef, VersionRange};
 use annals_core::Error;
 use sqlx::PgConnection;
 
@@ -25,6 +25,7 @@ impl PgEventStore {
     where
         F: FnMut(PayloadRef<'_>) -> Result<(), Error> + Send,
     {
+        limits::check_stream_id(stream_id)?;
         if range.is_empty() {
             return Ok(0);
         }

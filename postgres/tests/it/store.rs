@@ -810,3 +810,45 @@ async fn connect_names_where_it_failed_and_fails_fast() {
         .expect("a query");
     assert_eq!(one, 1);
 }
+
+/// Projection names out of the limits are refused with the typed error
+/// before any SQL, as the in-memory projection store refuses them (before,
+/// a NUL or a 300-byte name reached Postgres; an empty one was refused
+/// here only).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn projection_names_out_of_the_limits_are_invalid_input() {
+    use annals_core::store::limits::MAX_PROJECTION_NAME_BYTES;
+    use annals_core::ProjectionStore;
+    use annals_postgres::PgProjectionStore;
+    let db = TestDatabase::new().await;
+    let store = PgProjectionStore::new(db.pool().clone());
+    let long = "p".repeat(MAX_PROJECTION_NAME_BYTES + 1);
+    let huge = "p".repeat(10_000);
+    for (bad, says) in [
+        ("", "empty"),
+        ("a\0b", "NUL"),
+        (long.as_str(), "256 bytes"),
+        (huge.as_str(), "10000 bytes"),
+    ] {
+        match store.init_checkpoint(bad).await {
+            Err(Error::InvalidInput(e)) => {
+                assert_eq!(e.field, "projection name");
+                assert!(e.problem.contains(says), "{e}");
+                assert!(
+                    !e.to_string().contains("pppppppp"),
+                    "the name is not echoed"
+                );
+            }
+            other => panic!("init_checkpoint: expected InvalidInput, got {other:?}"),
+        }
+        assert!(matches!(
+            store.try_acquire(bad).await,
+            Err(Error::InvalidInput(_))
+        ));
+    }
+    let longest = "p".repeat(MAX_PROJECTION_NAME_BYTES);
+    store
+        .init_checkpoint(&longest)
+        .await
+        .expect("the longest name is stored");
+}
