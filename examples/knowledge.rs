@@ -33,7 +33,6 @@ async fn main() -> Result<(), KnowledgeError> {
     let hits = kb
         .search_text(ingestor.embedder(), "când este deschisă clinica?", &query)
         .await?;
-    assert_eq!(hits[0].entry.document.title, "Program");
     for hit in &hits {
         println!(
             "{:.2} {}: {}",
