@@ -57,7 +57,7 @@ async fn survives_a_process_restart() {
         .args([
             "--ignored",
             "--exact",
-            "child_writes_an_embedding",
+            "redis_cache::child_writes_an_embedding",
             "--test-threads=1",
         ])
         .env(CHILD, &prefix)
