@@ -26,7 +26,7 @@ pub use annals_postgres as postgres;
 
 /// The knowledge base: vector search over documents fed by events, with
 /// embedders, embedding caches, chunking and the embedding refresh job. Its
-/// Postgres backend is [`postgres::knowledge`](annals_postgres::knowledge)
+/// Postgres backend is `annals::postgres::knowledge`
 /// (with the `postgres` feature).
 #[cfg(feature = "knowledge")]
 #[cfg_attr(docsrs, doc(cfg(feature = "knowledge")))]

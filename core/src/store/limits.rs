@@ -1,6 +1,6 @@
 //! The limits of the values annals stores, in one place. Every backend
 //! checks them the same way, before anything is written or any SQL runs,
-//! and refuses a value out of them with [`Error::InvalidInput`] naming the
+//! and refuses a value out of them with [`Error::InvalidInput`](crate::Error::InvalidInput) naming the
 //! field, the limit and the value's length (never the value itself: it may
 //! be 10 kB long).
 //!
