@@ -8,6 +8,7 @@ pub const ALL: &[&str] = &[
     EVENTS_APPENDED_TOTAL,
     APPEND_DURATION_SECONDS,
     APPEND_CONFLICTS_TOTAL,
+    APPEND_BATCH_SIZE,
     COMMANDS_TOTAL,
     COMMAND_RETRIES_TOTAL,
     SNAPSHOT_HITS_TOTAL,
@@ -81,6 +82,16 @@ pub fn record_append(
         }
         Err(_) => {}
     }
+}
+
+/// Appends written together by one group commit (histogram, appends per
+/// statement; label `store`).
+pub const APPEND_BATCH_SIZE: &str = "annals_append_batch_size";
+
+/// Records the size of one group commit. Called by the stores.
+#[doc(hidden)]
+pub fn record_append_batch(store: &'static str, appends: usize) {
+    metrics::histogram!(APPEND_BATCH_SIZE, "store" => store).record(appends as f64);
 }
 
 /// Commands executed by a repository (counter; labels `aggregate`,

@@ -32,7 +32,7 @@ pub(crate) fn duplicate_uuid(e: &dyn sqlx::error::DatabaseError) -> Option<uuid:
         .and_then(|id| uuid::Uuid::parse_str(id).ok())
 }
 
-fn is_transient(e: &sqlx::Error) -> bool {
+pub(crate) fn is_transient(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)

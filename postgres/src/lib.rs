@@ -57,6 +57,8 @@ pub use migrate::{migrate, migrate_down, MIGRATIONS_TABLE};
 pub use projection::{PgLease, PgProjectionStore};
 pub use saga::PgSagaStore;
 pub use snapshot::PgSnapshotStore;
-pub use store::{LogWatcher, PgEventStore, PgEventStoreBuilder, PgSession, EVENTS_CHANNEL};
+pub use store::{
+    LogWatcher, PgEventStore, PgEventStoreBuilder, PgSession, DEFAULT_MAX_BATCH, EVENTS_CHANNEL,
+};
 
 pub use sqlx;

@@ -26,6 +26,10 @@ statements! {
     APPEND_IN_EXACT = "append_in_exact.sql";
     /// Events after the stream's last version, in a transaction that goes on after a conflict.
     APPEND_IN_ANY = "append_in_any.sql";
+    /// The appends of a group commit: several streams in one statement.
+    APPEND_GROUP = "append_group.sql";
+    /// After a group commit lost its connection: which of its events are in.
+    APPEND_GROUP_FIND = "append_group_find.sql";
     /// A range of a stream, every envelope column.
     READ_STREAM = "read_stream.sql";
     /// A range of a stream: version, schema key, payload.

@@ -21,19 +21,32 @@ const ANY_ATTEMPTS: u32 = 16;
 
 /// An append's events as the statement binds them (arrays for a batch;
 /// the first of each for one event).
-struct Binds<'a> {
-    ids: Vec<uuid::Uuid>,
-    types: Vec<&'a str>,
-    versions: Vec<i32>,
-    payloads: Vec<&'a str>,
-    metas: Vec<String>,
+pub(super) struct Binds<'a> {
+    pub(super) ids: Vec<uuid::Uuid>,
+    pub(super) types: Vec<&'a str>,
+    pub(super) versions: Vec<i32>,
+    pub(super) payloads: Vec<&'a str>,
+    pub(super) metas: Vec<&'a str>,
+}
+
+impl<'a> Binds<'a> {
+    /// `events` with their metadata already encoded (`metas`, one each).
+    pub(super) fn new(events: &'a [NewEvent], metas: &'a [String]) -> Self {
+        Binds {
+            ids: events.iter().map(|e| e.event_id).collect(),
+            types: events.iter().map(|e| e.event_type.as_str()).collect(),
+            versions: events.iter().map(|e| e.schema_version as i32).collect(),
+            payloads: events.iter().map(|e| e.payload.get()).collect(),
+            metas: metas.iter().map(String::as_str).collect(),
+        }
+    }
 }
 
 impl PgEventStore {
     /// Appends on `conn`. `owned`: the statement is its own transaction
     /// (autocommit, no caller's transaction around it), so a lost race may
     /// abort it; otherwise a conflict must leave the caller's transaction
-    /// usable.
+    /// usable. Wakes nobody: the caller knows when the events commit.
     pub(crate) async fn append_on(
         &self,
         conn: &mut PgConnection,
@@ -46,60 +59,75 @@ impl PgEventStore {
         if events.is_empty() {
             return check_empty_append(conn, stream_id, expected).await;
         }
-        let binds = self.bind_events(&events)?;
-        let rows = insert(conn, owned, stream_id, expected, binds).await?;
+        let metas = self.prepare(&events)?;
+        let rows = insert(
+            conn,
+            owned,
+            stream_id,
+            expected,
+            Binds::new(&events, &metas),
+        )
+        .await?;
         appended(stream_id, &rows, events)
     }
 
-    /// Appends on a connection of the pool, as its own transaction. The
-    /// events are validated before the checkout: a refused append never
-    /// waits for (or holds) a connection.
-    pub(crate) async fn append_pooled(
+    /// Appends as its own transaction, through the group commit when the
+    /// store has one and the append can join it, else on `conn` (or a
+    /// connection of the pool when `conn` is `None`); wakes log readers
+    /// once the events are committed. The events are validated first: a
+    /// refused append never waits for (or holds) a connection.
+    pub(crate) async fn append_committed(
         &self,
+        conn: Option<&mut PgConnection>,
         stream_id: &str,
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, Error> {
         const CONTEXT: &str = "acquiring a connection to append";
         limits::check_append(stream_id, &events)?;
-        if events.is_empty() {
-            let mut conn = self.checkout(CONTEXT).await?;
-            return check_empty_append(&mut conn, stream_id, expected).await;
+        let metas = if events.is_empty() {
+            Vec::new()
+        } else {
+            self.prepare(&events)?
+        };
+        if let Some(group) = &self.group {
+            if !events.is_empty() && expected != ExpectedVersion::Any {
+                if self.pool.is_closed() {
+                    // the group's connection is not the pool's, but a
+                    // closed pool means a store that was shut down
+                    return Err(db_error(CONTEXT, sqlx::Error::PoolClosed));
+                }
+                return group.append(stream_id, expected, events, metas).await;
+            }
         }
-        let binds = self.bind_events(&events)?;
-        let mut conn = self.checkout(CONTEXT).await?;
-        let rows = insert(&mut conn, true, stream_id, expected, binds).await?;
+        let mut pooled = None;
+        let conn = match conn {
+            Some(conn) => conn,
+            None => &mut **pooled.insert(self.checkout(CONTEXT).await?),
+        };
+        if events.is_empty() {
+            return check_empty_append(conn, stream_id, expected).await;
+        }
+        let rows = insert(conn, true, stream_id, expected, Binds::new(&events, &metas)).await?;
+        self.wake.appended();
         appended(stream_id, &rows, events)
     }
 
-    /// The events validated (when the store validates) and bound for the
-    /// statement.
-    fn bind_events<'a>(&self, events: &'a [NewEvent]) -> Result<Binds<'a>, Error> {
+    /// Validates `events` (when the store validates) and encodes their
+    /// metadata, one string each.
+    fn prepare(&self, events: &[NewEvent]) -> Result<Vec<String>, Error> {
         if self.validate {
             self.registry.validate_new(events)?;
         }
-        let mut binds = Binds {
-            ids: Vec::with_capacity(events.len()),
-            types: Vec::with_capacity(events.len()),
-            versions: Vec::with_capacity(events.len()),
-            payloads: Vec::with_capacity(events.len()),
-            metas: Vec::with_capacity(events.len()),
-        };
-        for e in events {
-            binds.ids.push(e.event_id);
-            binds.types.push(e.event_type.as_str());
-            binds.versions.push(e.schema_version as i32);
-            binds.payloads.push(e.payload.get());
-            binds
-                .metas
-                .push(
-                    serde_json::to_string(&e.metadata).map_err(|source| Error::Encode {
-                        event_type: e.event_type.clone(),
-                        source,
-                    })?,
-                );
-        }
-        Ok(binds)
+        events
+            .iter()
+            .map(|e| {
+                serde_json::to_string(&e.metadata).map_err(|source| Error::Encode {
+                    event_type: e.event_type.clone(),
+                    source,
+                })
+            })
+            .collect()
     }
 }
 
@@ -127,7 +155,7 @@ fn statement(owned: bool, one: bool, expected: ExpectedVersion) -> &'static str 
 /// Runs the append statement for `binds` (at least one event) on `conn`:
 /// the rows it returned, one per event in stream order, or the typed
 /// conflict when the stream was not where `expected` says.
-async fn insert(
+pub(super) async fn insert(
     conn: &mut PgConnection,
     owned: bool,
     stream_id: &str,
@@ -145,7 +173,7 @@ async fn insert(
                 .bind(binds.types[0])
                 .bind(binds.versions[0])
                 .bind(binds.payloads[0])
-                .bind(&binds.metas[0])
+                .bind(binds.metas[0])
         } else {
             q.bind(&binds.ids)
                 .bind(&binds.types)
@@ -175,7 +203,11 @@ async fn insert(
 
 /// The conflict of an append that found its stream elsewhere than
 /// expected, with the stream's version now.
-async fn conflict(conn: &mut PgConnection, stream_id: &str, expected: ExpectedVersion) -> Error {
+pub(super) async fn conflict(
+    conn: &mut PgConnection,
+    stream_id: &str,
+    expected: ExpectedVersion,
+) -> Error {
     match stream_version_on(conn, stream_id).await {
         Ok(actual) => VersionConflict {
             stream_id: stream_id.to_owned(),
@@ -236,27 +268,81 @@ async fn check_empty_append(
     })
 }
 
-/// The result of an append: `events` with what the statement returned for
-/// each (position, transaction, stream version, time), in this order.
+/// What the database gave one appended event.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Written {
+    position: i64,
+    tx: i64,
+    stream_version: i64,
+    recorded_at: DateTime<Utc>,
+}
+
+impl Written {
+    /// Reads the columns `position, tx, stream_version, recorded_at` of an
+    /// append statement's row, starting at column `from`.
+    pub(super) fn read(row: &PgRow, from: usize) -> Result<Self, Error> {
+        Self::get(row, from).map_err(db("reading an appended row"))
+    }
+
+    /// [`read`](Self::read), with the driver's error.
+    pub(super) fn get(row: &PgRow, from: usize) -> Result<Self, sqlx::Error> {
+        Ok(Written {
+            position: row.try_get(from)?,
+            tx: row.try_get(from + 1)?,
+            stream_version: row.try_get(from + 2)?,
+            recorded_at: row.try_get(from + 3)?,
+        })
+    }
+
+    pub(super) fn stream_version(&self) -> i64 {
+        self.stream_version
+    }
+
+    pub(super) fn transaction(&self) -> i64 {
+        self.tx
+    }
+}
+
+/// The result of an append statement's rows (one per event, in stream
+/// order).
 fn appended(stream_id: &str, rows: &[PgRow], events: Vec<NewEvent>) -> Result<AppendResult, Error> {
+    let written = rows
+        .iter()
+        .map(|row| Written::read(row, 0))
+        .collect::<Result<Vec<_>, _>>()?;
+    append_result(stream_id, &written, events)
+}
+
+/// The result of an append: `events` with what the database gave each
+/// (position, transaction, stream version, time), in this order.
+pub(super) fn append_result(
+    stream_id: &str,
+    written: &[Written],
+    events: Vec<NewEvent>,
+) -> Result<AppendResult, Error> {
+    if written.len() != events.len() {
+        return Err(Error::backend(
+            "appending events",
+            format!(
+                "the database returned {} rows for an append of {} events",
+                written.len(),
+                events.len()
+            ),
+        ));
+    }
     let mut out = Vec::with_capacity(events.len());
     let mut last = 0;
-    let column = db("reading an appended row");
-    for (row, e) in rows.iter().zip(events) {
-        let position: i64 = row.try_get(0).map_err(&column)?;
-        let tx: i64 = row.try_get(1).map_err(&column)?;
-        let stream_version: i64 = row.try_get(2).map_err(&column)?;
-        let recorded_at: DateTime<Utc> = row.try_get(3).map_err(&column)?;
-        last = stream_version as u64;
+    for (w, e) in written.iter().zip(events) {
+        last = w.stream_version as u64;
         out.push(Envelope {
             event_id: e.event_id,
             stream_id: stream_id.to_owned(),
-            stream_version: stream_version as u64,
-            log_position: LogPosition::new(tx as u64, position as u64),
+            stream_version: w.stream_version as u64,
+            log_position: LogPosition::new(w.tx as u64, w.position as u64),
             event_type: e.event_type,
             schema_version: e.schema_version,
             metadata: e.metadata,
-            recorded_at,
+            recorded_at: w.recorded_at,
             payload: e.payload,
         });
     }

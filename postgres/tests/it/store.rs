@@ -852,3 +852,247 @@ async fn projection_names_out_of_the_limits_are_invalid_input() {
         .await
         .expect("the longest name is stored");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_without_group_commit() {
+    let db = TestDatabase::new().await;
+    let pool = db.pool().clone();
+    annals_core::testing::conformance::run(move |validate| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query("TRUNCATE annals_events")
+                .execute(&pool)
+                .await
+                .expect("truncate between conformance checks");
+            let builder = PgEventStore::builder(pool).without_group_commit();
+            let builder = if validate {
+                builder
+            } else {
+                builder.without_validation()
+            };
+            builder.build().await.expect("build store")
+        }
+    })
+    .await;
+}
+
+/// 32 tasks append to 32 streams of their own and 4 tasks to one shared
+/// stream, all through the group commit, while a reader follows the log:
+/// each caller gets its own results, conflicts happen only on the shared
+/// stream (and only when another writer really got there first), every
+/// event is in the log once, in stream order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_commit_keeps_every_callers_result_apart() {
+    const OWN: usize = 32;
+    const SHARED: usize = 4;
+    const ROUNDS: u64 = 12;
+    let db = TestDatabase::new().await;
+    let store = db.store().await;
+    store.registry().register::<TestEvent>().expect("register");
+
+    let mut tasks = Vec::new();
+    for t in 0..OWN {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let stream = format!("own-{t}");
+            let mut version = 0;
+            for round in 0..ROUNDS {
+                // 1 to 3 events per append: atomic per append
+                let n = 1 + (t as u64 + round) % 3;
+                let events: Vec<TestEvent> = (0..n)
+                    .map(|i| created(&format!("{stream}/{round}/{i}")))
+                    .collect();
+                let expected = if version == 0 {
+                    ExpectedVersion::NoStream
+                } else {
+                    ExpectedVersion::Exact(version)
+                };
+                let done = store
+                    .append_events(&stream, expected, &events, &Metadata::new())
+                    .await
+                    .unwrap_or_else(|e| panic!("{stream} round {round}: {e}"));
+                assert_eq!(done.version, version + n, "{stream}: its own result");
+                assert_eq!(done.events.len() as u64, n);
+                for (i, e) in done.events.iter().enumerate() {
+                    assert_eq!(e.stream_id, stream);
+                    assert_eq!(e.stream_version, version + 1 + i as u64);
+                }
+                version = done.version;
+            }
+            (version, 0u64)
+        }));
+    }
+    for t in 0..SHARED {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut written = 0;
+            let mut conflicts = 0;
+            while written < ROUNDS {
+                let version = store.stream_version("shared").await.expect("version");
+                let expected = match version {
+                    None => ExpectedVersion::NoStream,
+                    Some(v) => ExpectedVersion::Exact(v),
+                };
+                let e = created(&format!("shared/{t}/{written}"));
+                match store
+                    .append_events("shared", expected, &[e], &Metadata::new())
+                    .await
+                {
+                    Ok(done) => {
+                        assert_eq!(done.version, version.unwrap_or(0) + 1);
+                        written += 1;
+                    }
+                    Err(Error::Conflict(c)) => {
+                        assert_eq!(c.stream_id, "shared");
+                        let actual = c.actual.expect("someone else wrote the stream");
+                        assert!(actual > version.unwrap_or(0), "a real conflict: {c:?}");
+                        conflicts += 1;
+                    }
+                    Err(e) => panic!("shared: {e}"),
+                }
+            }
+            (written, conflicts)
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.expect("task").0;
+    }
+    let own_events: u64 = (0..OWN as u64)
+        .map(|t| (0..ROUNDS).map(|r| 1 + (t + r) % 3).sum::<u64>())
+        .sum();
+    assert_eq!(total, own_events + SHARED as u64 * ROUNDS);
+
+    // the log: every event once, each stream in order
+    let log = read_log_settled(&store, LogPosition::START, 10_000).await;
+    assert_eq!(log.len() as u64, total, "every event once");
+    let ids: HashSet<_> = log.iter().map(|e| e.event_id).collect();
+    assert_eq!(ids.len(), log.len(), "no event twice");
+    let mut next = std::collections::HashMap::new();
+    for e in &log {
+        let want = next.entry(e.stream_id.clone()).or_insert(1u64);
+        assert_eq!(e.stream_version, *want, "{} in stream order", e.stream_id);
+        *want += 1;
+    }
+    // and the appends were grouped: one transaction holds several streams
+    let mut streams_per_tx: std::collections::HashMap<u64, HashSet<&str>> = Default::default();
+    for e in &log {
+        streams_per_tx
+            .entry(e.log_position.transaction_id)
+            .or_default()
+            .insert(&e.stream_id);
+    }
+    assert!(
+        streams_per_tx.values().any(|s| s.len() > 1),
+        "some group commit wrote several streams in one transaction"
+    );
+}
+
+/// A duplicate event id in a group fails its own append only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_faulty_append_in_a_group_fails_alone() {
+    let db = TestDatabase::new().await;
+    let store = db.store().await;
+    store.registry().register::<TestEvent>().expect("register");
+    let taken = new_event(&created("first"));
+    store
+        .append("taken", ExpectedVersion::NoStream, vec![taken.clone()])
+        .await
+        .expect("first");
+    for round in 0..5 {
+        let mut tasks = Vec::new();
+        for t in 0..16 {
+            let store = store.clone();
+            let event = if t == 7 {
+                taken.clone()
+            } else {
+                new_event(&created("fresh"))
+            };
+            tasks.push(tokio::spawn(async move {
+                store
+                    .append(
+                        &format!("g{round}-{t}"),
+                        ExpectedVersion::NoStream,
+                        vec![event],
+                    )
+                    .await
+            }));
+        }
+        for (t, task) in tasks.into_iter().enumerate() {
+            match (t, task.await.expect("task")) {
+                (7, Err(Error::DuplicateEventId { event_id })) => {
+                    assert_eq!(event_id, taken.event_id)
+                }
+                (7, other) => panic!("the duplicate: {other:?}"),
+                (_, Ok(done)) => assert_eq!(done.version, 1),
+                (t, Err(e)) => panic!("append {t} failed with the duplicate's group: {e}"),
+            }
+        }
+    }
+}
+
+/// Another process' store (here: another store on the same database, which
+/// shares nothing in memory) is woken by the notification sent after the
+/// commit, and an `append_in` wakes readers once the caller commits and
+/// calls `notify_appended`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchers_of_another_store_wake_after_the_commit() {
+    use annals_core::store::Watch;
+    let db = TestDatabase::new().await;
+    let writer = db.store().await;
+    let other_pool = sqlx::PgPool::connect_with(db.connect_options())
+        .await
+        .expect("second pool");
+    let reader = PgEventStore::builder(other_pool)
+        .build()
+        .await
+        .expect("second store");
+    let mut watcher = reader.watch().await.expect("watch");
+    for round in 0..3 {
+        let w = writer.clone();
+        let append = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            w.append_events(
+                &format!("far-{round}"),
+                ExpectedVersion::NoStream,
+                &[created("far")],
+                &Metadata::new(),
+            )
+            .await
+            .expect("append");
+        });
+        let started = std::time::Instant::now();
+        assert!(
+            watcher.wait(Duration::from_secs(10)).await,
+            "woken by the writer's notification, not by the poll timeout"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+        append.await.expect("append task");
+        // the notification may come after the local store's; settle
+        while watcher.wait(Duration::from_millis(200)).await {}
+    }
+
+    // append_in: nothing wakes until the caller has committed and says so
+    let mut local = writer.watch().await.expect("watch");
+    let mut tx = writer.pool().begin().await.expect("begin");
+    writer
+        .append_in(
+            &mut tx,
+            "inside",
+            ExpectedVersion::NoStream,
+            vec![new_event(&created("inside"))],
+        )
+        .await
+        .expect("append_in");
+    assert!(
+        !local.wait(Duration::from_millis(200)).await,
+        "an uncommitted append_in wakes nobody"
+    );
+    tx.commit().await.expect("commit");
+    writer.notify_appended();
+    assert!(local.wait(Duration::from_secs(5)).await, "woken in process");
+    assert!(
+        watcher.wait(Duration::from_secs(5)).await,
+        "woken in the other store"
+    );
+}
