@@ -31,12 +31,16 @@ pub async fn connect(url: &str) -> Result<PgPool, Error> {
 /// - at most 10 connections;
 /// - a connect timeout of 5 s, also the longest a checkout waits for a
 ///   free connection;
-/// - sqlx's check of a pooled connection before it is handed out (a ping,
-///   `test_before_acquire`) stays on: after a server restart the pool hands
-///   out fresh connections instead of dead ones. It costs a round trip per
-///   checkout; turn it off with [`test_before_acquire`](Self::test_before_acquire)
-///   when every failure is retried anyway (annals classifies a dead
-///   connection as a retryable error, see [`Error::is_retryable`]).
+/// - no ping of a pooled connection before it is handed out (sqlx's
+///   `test_before_acquire`, which sqlx itself turns on): the ping is a
+///   round trip per checkout, and on a durable server it cost 14-17% of a
+///   command's throughput (benches/durable.rs, "no checkout ping" rows).
+///   The price: after a server restart, each dead connection still in the
+///   pool fails one operation with a retryable error (see
+///   [`Error::is_retryable`]; runners and sagas retry it, a command's
+///   caller may) before the pool replaces it. Turn the ping on with
+///   [`test_before_acquire`](Self::test_before_acquire) when a caller must
+///   never see that error.
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), annals::Error> {
@@ -85,7 +89,7 @@ impl PoolConfig {
             options,
             max_connections: 10,
             connect_timeout: Duration::from_secs(5),
-            test_before_acquire: true,
+            test_before_acquire: false,
         }
     }
 
@@ -101,7 +105,7 @@ impl PoolConfig {
         self
     }
 
-    /// Whether the pool pings a connection before handing it out (default on).
+    /// Whether the pool pings a connection before handing it out (default off).
     pub fn test_before_acquire(mut self, test: bool) -> Self {
         self.test_before_acquire = test;
         self

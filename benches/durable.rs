@@ -1,0 +1,549 @@
+//! Commits on a durable PostgreSQL (fsync, synchronous_commit and
+//! full_page_writes on, as production runs): annals against hand-written
+//! sqlx on the same server, in the same run, interleaved.
+//!
+//! - commands: load an aggregate, decide, append one event; AGGREGATES
+//!   aggregates × COMMANDS commands, from 1, 8 and 64 tasks on disjoint
+//!   aggregates (annals: `Repository::execute`, group commit on and off;
+//!   the baseline: a SELECT of the stream's payloads and a plain INSERT on
+//!   a connection each task holds for the whole run);
+//! - 100-event appends against one 100-row INSERT (UNNEST);
+//! - wake-up: append committed → live projection's `apply` called, with
+//!   the runner on the appending store (same process) and on a second
+//!   store with its own pool (shares nothing in memory with the writer:
+//!   woken only through the notification, as another process is).
+//!
+//! Each row prints events/s, the ratio to the baseline, p50/p99 latency
+//! per command and WAL flushes per command (`pg_stat_wal.wal_sync` delta
+//! over the run / commands). Refuses to run on a server that is not
+//! durable.
+//!
+//! `scripts/with-services --durable cargo bench --features testing --bench durable`
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use annals::postgres::sqlx::{self, types::Json, PgConnection, PgPool, Row};
+use annals::postgres::testing::TestDatabase;
+use annals::postgres::{PgEventStore, PgProjectionStore};
+use annals::{
+    Aggregate, Envelope, EventStore, EventStoreExt, ExpectedVersion, HandlerError, Metadata,
+    NewEvent, Projection, ProjectionRunner, Repository,
+};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+mod common;
+use common::{runtime, scored, LeadEvent, LeadScored};
+
+const AGGREGATES: usize = 256;
+const COMMANDS: usize = 8;
+const ROUNDS: usize = 3;
+const BIG: usize = 100;
+const BIG_APPENDS: usize = 200;
+const WAKES: usize = 200;
+
+// --- the aggregate ---------------------------------------------------------------
+
+/// A lead's scores, folded from `lead.scored` events.
+#[derive(
+    Debug,
+    Clone,
+    Default,
+    PartialEq,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+    annals::Aggregate,
+)]
+#[aggregate(event = LeadEvent)]
+struct Lead {
+    scores: u64,
+    total: u64,
+}
+
+struct Score(LeadScored);
+
+#[derive(Debug)]
+struct Invalid;
+
+impl std::fmt::Display for Invalid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a score is at most 100")
+    }
+}
+
+impl std::error::Error for Invalid {}
+
+/// The decision, shared by annals and the baseline.
+fn decide(_: &Lead, command: &Score) -> Result<LeadScored, Invalid> {
+    if command.0.score > 100 {
+        return Err(Invalid);
+    }
+    Ok(command.0.clone())
+}
+
+/// The fold, shared by annals and the baseline.
+fn fold(state: &mut Lead, s: &LeadScored) {
+    state.scores += 1;
+    state.total += u64::from(s.score);
+}
+
+impl Aggregate for Lead {
+    type Command = Score;
+    type Error = Invalid;
+
+    fn handle(&self, command: &Score) -> Result<Vec<LeadEvent>, Invalid> {
+        Ok(vec![LeadEvent::Scored(decide(self, command)?)])
+    }
+
+    fn apply(&mut self, event: &LeadEvent) {
+        if let LeadEvent::Scored(s) = event {
+            fold(self, s)
+        }
+    }
+}
+
+// --- measuring -------------------------------------------------------------------
+
+/// One run's figures.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    per_second: f64,
+    p50: Duration,
+    p99: Duration,
+    wal_syncs_per_op: f64,
+}
+
+/// The WAL flushes the server has done so far. Backends report their WAL
+/// statistics when they end or within a second of going idle: callers
+/// close their connections and wait before reading the end figure.
+async fn wal_syncs(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT wal_sync FROM pg_stat_wal")
+        .fetch_one(pool)
+        .await
+        .expect("pg_stat_wal")
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Runs `work` (which returns each operation's latency) and measures it.
+async fn measure<F, Fut>(admin: &PgPool, ops_per_unit: f64, work: F) -> Run
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Vec<Duration>>,
+{
+    let before = wal_syncs(admin).await;
+    let started = Instant::now();
+    let mut latencies = work().await;
+    let elapsed = started.elapsed();
+    // let every backend of the run report its WAL statistics
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let after = wal_syncs(admin).await;
+    latencies.sort();
+    let ops = latencies.len() as f64;
+    Run {
+        per_second: ops * ops_per_unit / elapsed.as_secs_f64(),
+        p50: percentile(&latencies, 0.50),
+        p99: percentile(&latencies, 0.99),
+        wal_syncs_per_op: (after - before) as f64 / ops,
+    }
+}
+
+fn median(runs: &[Run], f: impl Fn(&Run) -> f64) -> f64 {
+    let mut v: Vec<f64> = runs.iter().map(f).collect();
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Prints one comparison: medians over the rounds.
+fn report(name: &str, unit: &str, subject: &[Run], baseline: &[Run], target: Option<f64>) {
+    let s = median(subject, |r| r.per_second);
+    let b = median(baseline, |r| r.per_second);
+    let ratio = s / b;
+    let verdict = match target {
+        Some(t) if ratio >= t => format!("target ≥ {t:.2}x: met"),
+        Some(t) => format!("target ≥ {t:.2}x: NOT met"),
+        None => "no target".to_owned(),
+    };
+    println!(
+        "{name:<44} {s:>9.0} {unit}/s vs {b:>9.0} ({ratio:.2}x, {verdict}); p50 {:.2} / p99 {:.2} ms vs {:.2} / {:.2} ms; WAL flushes/op {:.2} vs {:.2}",
+        median(subject, |r| ms(r.p50)),
+        median(subject, |r| ms(r.p99)),
+        median(baseline, |r| ms(r.p50)),
+        median(baseline, |r| ms(r.p99)),
+        median(subject, |r| r.wal_syncs_per_op),
+        median(baseline, |r| r.wal_syncs_per_op),
+    );
+}
+
+// --- commands --------------------------------------------------------------------
+
+const SELECT_PAYLOADS: &str =
+    "SELECT payload FROM annals_events WHERE stream_id = $1 ORDER BY stream_version";
+const INSERT_ONE: &str = "INSERT INTO annals_events (event_id, stream_id, stream_version, event_type, schema_version, payload, metadata)
+     VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7::jsonb)";
+
+#[derive(Clone, Copy, Debug)]
+enum Side {
+    /// `Repository::execute` on a pool with annals' settings (`PoolConfig`).
+    Annals {
+        /// Group commit on.
+        group: bool,
+        /// The pool pings a connection before handing it out.
+        ping: bool,
+    },
+    /// Hand-written sqlx on a held connection.
+    Sqlx,
+}
+
+/// One run of the command workload from `tasks` tasks; returns each
+/// command's latency.
+async fn commands(db: &TestDatabase, side: Side, tasks: usize, run: usize) -> Vec<Duration> {
+    let pool = match side {
+        Side::Annals { ping, .. } => {
+            annals::postgres::PoolConfig::from_options(db.connect_options())
+                .max_connections(tasks as u32)
+                .test_before_acquire(ping)
+                .connect()
+                .await
+                .expect("pool")
+        }
+        Side::Sqlx => sqlx::postgres::PgPoolOptions::new()
+            .max_connections(tasks as u32)
+            .connect_with(db.connect_options())
+            .await
+            .expect("pool"),
+    };
+    let repo = match side {
+        Side::Annals { group, .. } => {
+            let builder = PgEventStore::builder(pool.clone()).register::<LeadEvent>();
+            let builder = if group {
+                builder
+            } else {
+                builder.without_group_commit()
+            };
+            Some(Arc::new(Repository::<Lead, _>::new(
+                builder.build().await.expect("store"),
+            )))
+        }
+        Side::Sqlx => None,
+    };
+    let meta = Metadata::new().with_user("bench");
+    let mut handles = Vec::new();
+    for t in 0..tasks {
+        let (pool, repo, meta) = (pool.clone(), repo.clone(), meta.clone());
+        handles.push(tokio::spawn(async move {
+            let mut held = match side {
+                Side::Sqlx => Some(pool.acquire().await.expect("checkout")),
+                Side::Annals { .. } => None,
+            };
+            let mine: Vec<usize> = (t..AGGREGATES).step_by(tasks).collect();
+            let mut latencies = Vec::with_capacity(mine.len() * COMMANDS);
+            for c in 0..COMMANDS {
+                for &a in &mine {
+                    let id = format!("r{run}-{a}");
+                    let cmd = Score(scored(a + c));
+                    let started = Instant::now();
+                    match (&repo, &mut held) {
+                        (Some(repo), _) => {
+                            let done = repo.execute(&id, &cmd, &meta).await.expect("execute");
+                            assert_eq!(done.version, c as u64 + 1);
+                        }
+                        (None, Some(conn)) => {
+                            let stream = format!("lead-{id}");
+                            let rows: Vec<Json<LeadScored>> = sqlx::query_scalar(SELECT_PAYLOADS)
+                                .bind(&stream)
+                                .fetch_all(&mut **conn)
+                                .await
+                                .expect("select");
+                            let mut state = Lead::default();
+                            rows.iter().for_each(|r| fold(&mut state, &r.0));
+                            let event = decide(&state, &cmd).expect("decide");
+                            let done = sqlx::query(INSERT_ONE)
+                                .bind(Uuid::now_v7())
+                                .bind(&stream)
+                                .bind(rows.len() as i64 + 1)
+                                .bind("lead.scored")
+                                .bind(2i32)
+                                .bind(serde_json::to_string(&event).expect("encode"))
+                                .bind(serde_json::to_string(&meta).expect("metadata"))
+                                .execute(&mut **conn)
+                                .await
+                                .expect("insert");
+                            assert_eq!(done.rows_affected(), 1);
+                        }
+                        (None, None) => unreachable!("the baseline holds a connection"),
+                    }
+                    latencies.push(started.elapsed());
+                }
+            }
+            latencies
+        }));
+    }
+    let mut all = Vec::new();
+    for h in handles {
+        all.extend(h.await.expect("task"));
+    }
+    drop(repo);
+    pool.close().await;
+    all
+}
+
+// --- 100-event appends -----------------------------------------------------------
+
+const INSERT_MANY: &str = "INSERT INTO annals_events (event_id, stream_id, stream_version, event_type, schema_version, payload, metadata)
+     SELECT e.id, $1, e.ord, 'lead.scored', 2, e.p::jsonb, $4::jsonb
+       FROM UNNEST($2::uuid[], $3::text[]) WITH ORDINALITY AS e(id, p, ord)";
+
+async fn big_appends(db: &TestDatabase, annals: bool, run: usize) -> Vec<Duration> {
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(db.connect_options())
+        .await
+        .expect("pool");
+    let store = PgEventStore::builder(pool.clone())
+        .register::<LeadEvent>()
+        .build()
+        .await
+        .expect("store");
+    let meta = Metadata::new().with_user("bench");
+    let events: Vec<LeadEvent> = (0..BIG).map(|i| LeadEvent::Scored(scored(i))).collect();
+    let mut conn = pool.acquire().await.expect("checkout");
+    let mut latencies = Vec::with_capacity(BIG_APPENDS);
+    for i in 0..BIG_APPENDS {
+        let stream = format!("big-{run}-{annals}-{i}");
+        let started = Instant::now();
+        if annals {
+            let done = store
+                .append_events(&stream, ExpectedVersion::NoStream, &events, &meta)
+                .await
+                .expect("append");
+            assert_eq!(done.version, BIG as u64);
+        } else {
+            let ids: Vec<Uuid> = (0..BIG).map(|_| Uuid::now_v7()).collect();
+            let payloads: Vec<String> = events
+                .iter()
+                .map(|e| match e {
+                    LeadEvent::Scored(s) => serde_json::to_string(s).expect("encode"),
+                    LeadEvent::Created(c) => serde_json::to_string(c).expect("encode"),
+                })
+                .collect();
+            let done = sqlx::query(INSERT_MANY)
+                .bind(&stream)
+                .bind(ids)
+                .bind(payloads)
+                .bind(serde_json::to_string(&meta).expect("metadata"))
+                .execute(&mut *conn)
+                .await
+                .expect("insert");
+            assert_eq!(done.rows_affected(), BIG as u64);
+        }
+        latencies.push(started.elapsed());
+    }
+    drop(conn);
+    drop(store);
+    pool.close().await;
+    latencies
+}
+
+// --- wake-up ---------------------------------------------------------------------
+
+/// Records when each event reached `apply`.
+struct Arrivals(&'static str, Arc<Mutex<HashMap<Uuid, Instant>>>);
+
+impl Projection for Arrivals {
+    type Event = LeadEvent;
+    type Conn = PgConnection;
+
+    fn name(&self) -> &str {
+        self.0
+    }
+
+    async fn apply(
+        &self,
+        _: &mut PgConnection,
+        e: &Envelope<LeadEvent>,
+    ) -> Result<(), HandlerError> {
+        let now = Instant::now();
+        self.1
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(e.event_id, now);
+        Ok(())
+    }
+}
+
+/// Append-commit → `apply` latencies of WAKES one-event appends, spaced
+/// out, with the runner on `reader`'s store.
+async fn wake_ups(
+    name: &'static str,
+    writer: &PgEventStore,
+    reader: &PgEventStore,
+) -> Vec<Duration> {
+    let arrivals = Arc::new(Mutex::new(HashMap::new()));
+    let runner = ProjectionRunner::new(
+        reader.clone(),
+        PgProjectionStore::new(reader.pool().clone()),
+        Arc::new(Arrivals(name, arrivals.clone())),
+    )
+    // a poll this slow cannot hide a missed wake-up in the p99
+    .poll_interval(Duration::from_secs(2))
+    .spawn();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let meta = Metadata::new();
+    let mut committed = Vec::with_capacity(WAKES);
+    for i in 0..WAKES {
+        let e = NewEvent::new("lead.scored", 2, common::raw(&scored(i)), meta.clone());
+        let id = e.event_id;
+        writer
+            .append(
+                &format!("wake-{}", Uuid::now_v7()),
+                ExpectedVersion::NoStream,
+                vec![e],
+            )
+            .await
+            .expect("append");
+        committed.push((id, Instant::now()));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let arrived = |id: &Uuid| {
+        arrivals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(id)
+    };
+    while !committed.iter().all(|(id, _)| arrived(id)) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    runner.stop().await.expect("stop");
+    let arrivals = arrivals.lock().unwrap_or_else(|p| p.into_inner());
+    committed
+        .iter()
+        .map(|(id, at)| match arrivals.get(id) {
+            Some(applied) => applied.saturating_duration_since(*at),
+            None => Duration::from_secs(10),
+        })
+        .collect()
+}
+
+// --- main ------------------------------------------------------------------------
+
+fn main() {
+    let rt = runtime();
+    rt.block_on(async {
+        let db = TestDatabase::new().await;
+        let admin = db.pool().clone();
+        let settings: Vec<(String, String)> = sqlx::query(
+            "SELECT name, setting FROM pg_settings WHERE name IN ('fsync', 'synchronous_commit', 'full_page_writes') ORDER BY name",
+        )
+        .fetch_all(&admin)
+        .await
+        .expect("settings")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+        println!("server: {settings:?}");
+        assert!(
+            settings.iter().all(|(_, v)| v == "on"),
+            "this benchmark measures commits: run it on a durable server, \
+             `scripts/with-services --durable cargo bench --features testing --bench durable`"
+        );
+
+        // BENCH_TASKS=1,8 runs those command rows only; BENCH_SKIP=big,wake
+        // skips the 100-event and wake-up rows
+        let tasks_list: Vec<usize> = std::env::var("BENCH_TASKS")
+            .unwrap_or_else(|_| "1,8,64".to_owned())
+            .split(',')
+            .filter_map(|t| t.trim().parse().ok())
+            .collect();
+        let skip = std::env::var("BENCH_SKIP").unwrap_or_default();
+        for tasks in tasks_list {
+            let sides = [
+                ("group commit", Side::Annals { group: true, ping: false }),
+                ("no group commit", Side::Annals { group: false, ping: false }),
+                ("group commit, checkout ping", Side::Annals { group: true, ping: true }),
+            ];
+            let mut runs: Vec<Vec<Run>> = vec![Vec::new(); sides.len()];
+            let mut baseline = Vec::new();
+            for round in 0..ROUNDS {
+                let run = round * 10 + tasks;
+                baseline.push(measure(&admin, 1.0, || commands(&db, Side::Sqlx, tasks, run)).await);
+                for (i, (_, side)) in sides.iter().enumerate() {
+                    let run = run + 1_000 * (i + 1);
+                    runs[i].push(measure(&admin, 1.0, || commands(&db, *side, tasks, run)).await);
+                }
+            }
+            let target = match tasks {
+                1 => 0.9,
+                8 => 1.5,
+                _ => 2.0,
+            };
+            for (i, (name, _)) in sides.iter().enumerate() {
+                report(
+                    &format!("command, {tasks} task(s), {name}"),
+                    "cmd",
+                    &runs[i],
+                    &baseline,
+                    (i == 0).then_some(target),
+                );
+            }
+        }
+
+        if skip.contains("big") && skip.contains("wake") {
+            return;
+        }
+        let (mut annals, mut baseline) = (Vec::new(), Vec::new());
+        for round in 0..ROUNDS {
+            baseline.push(measure(&admin, BIG as f64, || big_appends(&db, false, round)).await);
+            annals.push(measure(&admin, BIG as f64, || big_appends(&db, true, round)).await);
+        }
+        report("append 100 events, 1 task", "ev", &annals, &baseline, Some(0.9));
+
+        // the wake-up runs on a database of its own: the runners start at
+        // the end of an empty log
+        drop(db);
+        let db = TestDatabase::new().await;
+        let writer = PgEventStore::builder(db.pool().clone())
+            .register::<LeadEvent>()
+            .build()
+            .await
+            .expect("writer");
+        let other_pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(4)
+            .connect_with(db.connect_options())
+            .await
+            .expect("second pool");
+        let other = PgEventStore::builder(other_pool)
+            .register::<LeadEvent>()
+            .build()
+            .await
+            .expect("second store");
+        for (name, projection, reader) in [
+            ("same store", "arrivals_same", &writer),
+            ("another store (no shared memory)", "arrivals_other", &other),
+        ] {
+            let mut l = wake_ups(projection, &writer, reader).await;
+            l.sort();
+            let p99 = percentile(&l, 0.99);
+            println!(
+                "wake-up, {name:<34} p50 {:.2} ms, p99 {:.2} ms (target p99 ≤ 50 ms: {})",
+                ms(percentile(&l, 0.50)),
+                ms(p99),
+                if p99 <= Duration::from_millis(50) { "met" } else { "NOT met" }
+            );
+        }
+    });
+}
