@@ -203,6 +203,8 @@ enum Side {
         group: bool,
         /// The pool pings a connection before handing it out.
         ping: bool,
+        /// Payloads are validated against their JSON Schema on append.
+        validate: bool,
     },
     /// Hand-written sqlx on a held connection.
     Sqlx,
@@ -227,8 +229,15 @@ async fn commands(db: &TestDatabase, side: Side, tasks: usize, run: usize) -> Ve
             .expect("pool"),
     };
     let repo = match side {
-        Side::Annals { group, .. } => {
+        Side::Annals {
+            group, validate, ..
+        } => {
             let builder = PgEventStore::builder(pool.clone()).register::<LeadEvent>();
+            let builder = if validate {
+                builder
+            } else {
+                builder.without_validation()
+            };
             let builder = if group {
                 builder
             } else {
@@ -472,9 +481,10 @@ fn main() {
         let skip = std::env::var("BENCH_SKIP").unwrap_or_default();
         for tasks in tasks_list {
             let sides = [
-                ("group commit", Side::Annals { group: true, ping: false }),
-                ("no group commit", Side::Annals { group: false, ping: false }),
-                ("group commit, checkout ping", Side::Annals { group: true, ping: true }),
+                ("group commit", Side::Annals { group: true, ping: false, validate: true }),
+                ("no group commit", Side::Annals { group: false, ping: false, validate: true }),
+                ("diag: checkout ping", Side::Annals { group: true, ping: true, validate: true }),
+                ("diag: no validation", Side::Annals { group: true, ping: false, validate: false }),
             ];
             let mut runs: Vec<Vec<Run>> = vec![Vec::new(); sides.len()];
             let mut baseline = Vec::new();

@@ -90,14 +90,20 @@ impl PgEventStore {
         } else {
             self.prepare(&events)?
         };
+        let mut alone_turn = None;
         if let Some(group) = &self.group {
             if !events.is_empty() && expected != ExpectedVersion::Any {
-                if self.pool.is_closed() {
-                    // the group's connection is not the pool's, but a
-                    // closed pool means a store that was shut down
-                    return Err(db_error(CONTEXT, sqlx::Error::PoolClosed));
+                // alone when nothing else is being written, else with the
+                // next group
+                match group.alone() {
+                    Some(turn) => alone_turn = Some(turn),
+                    None if self.pool.is_closed() => {
+                        // the group's connection is not the pool's, but a
+                        // closed pool means a store that was shut down
+                        return Err(db_error(CONTEXT, sqlx::Error::PoolClosed));
+                    }
+                    None => return group.append(stream_id, expected, events, metas).await,
                 }
-                return group.append(stream_id, expected, events, metas).await;
             }
         }
         let mut pooled = None;
@@ -109,6 +115,9 @@ impl PgEventStore {
             return check_empty_append(conn, stream_id, expected).await;
         }
         let rows = insert(conn, true, stream_id, expected, Binds::new(&events, &metas)).await?;
+        // the turn ends before the wake-up: appends queued meanwhile need
+        // not wait for it
+        drop(alone_turn);
         self.wake.appended();
         appended(stream_id, &rows, events)
     }

@@ -116,6 +116,22 @@ impl GroupCommit {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// When no group is being written and none waits: the caller may write
+    /// its append alone, at once, on its own connection (no hop to a
+    /// leader task, and the lone append's cheaper statement). While the
+    /// returned turn lives, other appends queue; dropping it (after the
+    /// write, or when the caller gives up) hands them to a leader.
+    /// (benches/durable.rs, "command, 1 task": 0.62 ms p50 through the
+    /// leader, 0.50 ms without group commit.)
+    pub(crate) fn alone(self: &Arc<Self>) -> Option<AloneTurn> {
+        let mut queue = self.lock();
+        if queue.leading > 0 || !queue.waiting.is_empty() {
+            return None;
+        }
+        queue.leading += 1;
+        Some(AloneTurn(self.clone()))
+    }
+
     /// Appends validated events (`expected` is `NoStream` or `Exact`) with
     /// the next group.
     pub(crate) async fn append(
@@ -296,6 +312,30 @@ impl GroupCommit {
         }
         if any {
             self.wake.appended();
+        }
+    }
+}
+
+/// A caller's turn to write its append alone (see [`GroupCommit::alone`]).
+#[derive(Debug)]
+pub(crate) struct AloneTurn(Arc<GroupCommit>);
+
+impl Drop for AloneTurn {
+    fn drop(&mut self) {
+        let group = &self.0;
+        let lead = {
+            let mut queue = group.lock();
+            // the turn counted as a leader; appends that queued meanwhile
+            // get a leader of their own
+            if queue.waiting.is_empty() {
+                queue.leading -= 1;
+                false
+            } else {
+                true
+            }
+        };
+        if lead {
+            tokio::spawn(group.clone().lead());
         }
     }
 }
