@@ -1,4 +1,7 @@
--- Reverses 0009_wake_after_commit.up.sql: the statement trigger that notified from inside every append.
+-- Reverses 0009_wake_after_commit.up.sql: the statement trigger that
+-- notified from inside every append, and the index on event_type.
+CREATE INDEX annals_events_type ON annals_events (event_type);
+
 CREATE FUNCTION annals_notify_events() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN

@@ -15,9 +15,9 @@
 //!   counter), with no round trip;
 //! - it asks the notifier, a background task on a connection of its own,
 //!   to send one `pg_notify('annals_events', '')` for other processes. The
-//!   notifier has at most one notification in flight; appends that commit
-//!   meanwhile are folded into the next one, so it sends at most one per
-//!   round trip however many appends commit. Its connection runs with
+//!   notifier has at most one notification in flight and sends at most one
+//!   every 5 ms; appends that commit meanwhile are folded into the next
+//!   one, however many they are. Its connection runs with
 //!   `synchronous_commit = off`: the notifying transaction (which Postgres
 //!   gives a transaction id) then commits without waiting for a WAL flush,
 //!   holding the notify lock for microseconds. A notification is only a
@@ -45,6 +45,14 @@ use super::EVENTS_CHANNEL;
 /// How long the notifier waits before it reconnects after its connection
 /// failed (other processes' watchers poll meanwhile).
 const RECONNECT_AFTER: Duration = Duration::from_millis(500);
+
+/// The shortest time between two notifications of one store. The first
+/// after a quiet spell goes out at once; under load the appends of each
+/// interval share one. A notifying transaction takes a transaction id, so
+/// one per append would double a busy store's transaction-id consumption
+/// (and with it the anti-wraparound vacuums); at most 200 a second is
+/// nothing, and keeps other processes' wake-ups within a few milliseconds.
+const NOTIFY_INTERVAL: Duration = Duration::from_millis(5);
 
 /// The wake-up state of one store (shared by its clones).
 #[derive(Debug)]
@@ -120,12 +128,21 @@ impl Drop for Wake {
 async fn notifier(signal: Arc<Signal>, options: PgConnectOptions) {
     let options = options.options([("synchronous_commit", "off")]);
     let mut conn: Option<PgConnection> = None;
+    let mut last: Option<tokio::time::Instant> = None;
     loop {
         signal.notify.notified().await;
         if signal.closed.load(Ordering::Acquire) {
             break;
         }
-        while signal.pending.swap(false, Ordering::AcqRel) {
+        loop {
+            if let Some(last) = last {
+                // the appends of the rest of the interval share the next one
+                tokio::time::sleep_until(last + NOTIFY_INTERVAL).await;
+            }
+            if !signal.pending.swap(false, Ordering::AcqRel) {
+                break;
+            }
+            last = Some(tokio::time::Instant::now());
             if let Err(e) = send(&mut conn, &options, &signal.pid).await {
                 tracing::warn!(
                     error = %e,
