@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row};
 
+use super::group::AloneTurn;
 use super::read::stream_version_on;
 use super::{int8, PgEventStore};
 use crate::error::{db, db_error};
@@ -90,20 +91,39 @@ impl PgEventStore {
         } else {
             self.prepare(&events)?
         };
-        let mut alone_turn = None;
         if let Some(group) = &self.group {
             if !events.is_empty() && expected != ExpectedVersion::Any {
-                // alone when nothing else is being written, else with the
-                // next group
-                match group.alone() {
-                    Some(turn) => alone_turn = Some(turn),
-                    None if self.pool.is_closed() => {
-                        // the group's connection is not the pool's, but a
-                        // closed pool means a store that was shut down
-                        return Err(db_error(CONTEXT, sqlx::Error::PoolClosed));
-                    }
-                    None => return group.append(stream_id, expected, events, metas).await,
+                if self.pool.is_closed() {
+                    // the group's connection is not the pool's, but a
+                    // closed pool means a store that was shut down
+                    return Err(db_error(CONTEXT, sqlx::Error::PoolClosed));
                 }
+                // alone when nothing else is being written, else with the
+                // next group; either way on the group's connection
+                let Some(mut turn) = group.alone() else {
+                    return group.append(stream_id, expected, events, metas).await;
+                };
+                let mut written = alone(&mut turn, stream_id, expected, &events, &metas).await;
+                if matches!(&written, Err(e) if e.is_retryable()) {
+                    // the connection may be gone, perhaps after the commit:
+                    // find out on a new one, and try once more if nothing
+                    // was written
+                    match turn.committed(&events).await {
+                        Ok(Some(rows)) => written = Ok(rows),
+                        Ok(None) => {
+                            written = alone(&mut turn, stream_id, expected, &events, &metas).await
+                        }
+                        Err(_) => {}
+                    }
+                }
+                // a retryable failure may have broken the connection
+                turn.finish(!matches!(&written, Err(e) if e.is_retryable()));
+                // the turn ends before the wake-up: appends queued
+                // meanwhile need not wait for it
+                drop(turn);
+                let written = written?;
+                self.wake.appended();
+                return append_result(stream_id, &written, events);
             }
         }
         let mut pooled = None;
@@ -115,9 +135,6 @@ impl PgEventStore {
             return check_empty_append(conn, stream_id, expected).await;
         }
         let rows = insert(conn, true, stream_id, expected, Binds::new(&events, &metas)).await?;
-        // the turn ends before the wake-up: appends queued meanwhile need
-        // not wait for it
-        drop(alone_turn);
         self.wake.appended();
         appended(stream_id, &rows, events)
     }
@@ -138,6 +155,20 @@ impl PgEventStore {
             })
             .collect()
     }
+}
+
+/// Writes an append alone on the group's connection: what the database gave
+/// each event.
+async fn alone(
+    turn: &mut AloneTurn,
+    stream_id: &str,
+    expected: ExpectedVersion,
+    events: &[NewEvent],
+    metas: &[String],
+) -> Result<Vec<Written>, Error> {
+    let conn = turn.connection().await?;
+    let rows = insert(conn, true, stream_id, expected, Binds::new(events, metas)).await?;
+    rows.iter().map(|row| Written::read(row, 0)).collect()
 }
 
 /// The statement for an append. A statement that is its own transaction

@@ -117,7 +117,7 @@ impl GroupCommit {
     }
 
     /// When no group is being written and none waits: the caller may write
-    /// its append alone, at once, on its own connection (no hop to a
+    /// its append alone, at once, on the group's connection (no hop to a
     /// leader task, and the lone append's cheaper statement). While the
     /// returned turn lives, other appends queue; dropping it (after the
     /// write, or when the caller gives up) hands them to a leader.
@@ -129,7 +129,11 @@ impl GroupCommit {
             return None;
         }
         queue.leading += 1;
-        Some(AloneTurn(self.clone()))
+        Some(AloneTurn {
+            group: self.clone(),
+            conn: queue.conns.pop(),
+            healthy: false,
+        })
     }
 
     /// Appends validated events (`expected` is `NoStream` or `Exact`) with
@@ -316,15 +320,70 @@ impl GroupCommit {
     }
 }
 
-/// A caller's turn to write its append alone (see [`GroupCommit::alone`]).
+/// A caller's turn to write its append alone, on the group's connection
+/// (see [`GroupCommit::alone`]).
 #[derive(Debug)]
-pub(crate) struct AloneTurn(Arc<GroupCommit>);
+pub(crate) struct AloneTurn {
+    group: Arc<GroupCommit>,
+    conn: Option<PgConnection>,
+    /// The connection finished its statement and may be used again (a
+    /// caller that gave up halfway leaves it in an unknown state).
+    healthy: bool,
+}
+
+impl AloneTurn {
+    /// The group's connection, connected first if need be.
+    pub(crate) async fn connection(&mut self) -> Result<&mut PgConnection, Error> {
+        if self.conn.is_none() {
+            let conn = PgConnection::connect_with(&self.group.options)
+                .await
+                .map_err(|e| crate::error::db_error("connecting for an append", e))?;
+            self.conn = Some(conn);
+        }
+        self.conn
+            .as_mut()
+            .ok_or_else(|| Error::backend("connecting for an append", "the connection went away"))
+    }
+
+    /// The statement is done; `healthy`: the connection may be used again.
+    pub(crate) fn finish(&mut self, healthy: bool) {
+        self.healthy = healthy;
+    }
+
+    /// After the append failed in a way that may have lost the connection
+    /// (perhaps after its commit): on a new connection, what of `events`
+    /// is in the log. `Some`: the append committed, these are its rows;
+    /// `None`: nothing of it was written, and the new connection is ready
+    /// for another try.
+    pub(crate) async fn committed(
+        &mut self,
+        events: &[NewEvent],
+    ) -> Result<Option<Vec<Written>>, Error> {
+        self.conn = None;
+        let ids: Vec<uuid::Uuid> = events.iter().map(|e| e.event_id).collect();
+        let conn = self.connection().await?;
+        let rows = sqlx::query(sql::APPEND_GROUP_FIND)
+            .bind(&ids)
+            .fetch_all(conn)
+            .await
+            .and_then(|rows| by_stream(&rows))
+            .map_err(|e| crate::error::db_error("checking whether an append committed", e))?;
+        let mut written: Vec<Written> = rows.into_values().flatten().collect();
+        written.sort_by_key(Written::stream_version);
+        let transactions: HashSet<i64> = written.iter().map(Written::transaction).collect();
+        // the append's rows are all of its events, in one transaction
+        Ok((written.len() == events.len() && transactions.len() == 1).then_some(written))
+    }
+}
 
 impl Drop for AloneTurn {
     fn drop(&mut self) {
-        let group = &self.0;
+        let group = &self.group;
         let lead = {
             let mut queue = group.lock();
+            if self.healthy {
+                queue.conns.extend(self.conn.take());
+            }
             // the turn counted as a leader; appends that queued meanwhile
             // get a leader of their own
             if queue.waiting.is_empty() {
