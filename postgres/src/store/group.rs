@@ -49,8 +49,8 @@ use crate::sql;
 /// own connection. One: with two, a group waiting for its WAL flush
 /// overlaps the next group's statement, but the groups are half as big
 /// and throughput did not gain (benches/durable.rs, "command, 8 tasks":
-/// 0.87x the baseline with one leader, 0.82x with two, WAL flushes per
-/// command 0.29 against 0.46).
+/// 0.87x and 0.92x the baseline with one leader, 0.82x and 0.71x with two;
+/// WAL flushes per command 0.29 against 0.45).
 const LEADERS: usize = 1;
 
 /// The default bound on the appends of one group.
