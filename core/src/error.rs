@@ -110,6 +110,23 @@ pub enum Error {
         message: String,
     },
 
+    /// An event of the global log whose envelope cannot be read: a schema
+    /// version below 1, metadata that is not an annals metadata object, a
+    /// payload that is not JSON (a row written by hand, or damaged). A log
+    /// read returns the events before it first, then this error for it
+    /// alone; a [`ProjectionRunner`](crate::ProjectionRunner) parks it as a
+    /// dead letter of each projection that reads its type (skips it in the
+    /// others) and reads on, so one bad row stops nothing.
+    #[error("unreadable event at {} (stream `{}` version {}, type `{}`): {message}", .event.log_position.position, .event.stream_id, .event.stream_version, .event.event_type)]
+    UnreadableEvent {
+        /// The event as far as it could be read. What could not be read
+        /// holds a stand-in: schema version 0, empty metadata, payload
+        /// `null`; `message` says what was wrong.
+        event: Box<crate::RecordedEvent>,
+        /// What is wrong with it.
+        message: String,
+    },
+
     /// A projection's checkpoint moved underneath its runner: another runner
     /// took the projection over. Nothing of the runner's transaction was
     /// committed.

@@ -50,6 +50,65 @@ fn corrupted(message: String) -> Error {
     }
 }
 
+/// An event row whose envelope did not decode (`problem`), as far as it
+/// can be read: the [`Error::UnreadableEvent`] a log read reports for it.
+/// The columns that identify it (position, transaction, id, stream,
+/// version, type, time) are typed `NOT NULL` columns and always read; the
+/// others get stand-ins (schema version 0, empty metadata, payload `null`)
+/// when they do not. When even the identifying columns fail (a column
+/// altered to another type) it is `problem` as it is.
+pub(crate) fn unreadable_event_row(row: &PgRow, problem: Error) -> Error {
+    let identity = || -> Result<_, sqlx::Error> {
+        Ok((
+            row.try_get::<i64, _>(0)?,
+            row.try_get::<i64, _>(1)?,
+            row.try_get::<uuid::Uuid, _>(2)?,
+            row.try_get::<String, _>(3)?,
+            row.try_get::<i64, _>(4)?,
+            row.try_get::<String, _>(5)?,
+            row.try_get::<chrono::DateTime<chrono::Utc>, _>(9)?,
+        ))
+    };
+    let Ok((position, tx, event_id, stream_id, stream_version, event_type, recorded_at)) =
+        identity()
+    else {
+        return problem;
+    };
+    let schema_version = row
+        .try_get::<i32, _>(6)
+        .ok()
+        .and_then(|v| schema_version_of(v).ok())
+        .unwrap_or(0);
+    let payload = row
+        .try_get_raw(7)
+        .ok()
+        .and_then(|value| jsonb_text(value).ok())
+        .and_then(|text| serde_json::value::RawValue::from_string(text.to_owned()).ok())
+        .unwrap_or_else(|| serde_json::value::RawValue::NULL.to_owned());
+    let metadata = row
+        .try_get::<Json<Metadata>, _>(8)
+        .map(|m| m.0)
+        .unwrap_or_default();
+    let message = match problem {
+        Error::CorruptedRow { message, .. } => message,
+        other => other.to_string(),
+    };
+    Error::UnreadableEvent {
+        event: Box::new(Envelope {
+            event_id,
+            stream_id,
+            stream_version: stream_version.max(0) as u64,
+            log_position: LogPosition::new(tx as u64, position.max(0) as u64),
+            event_type,
+            schema_version,
+            metadata,
+            recorded_at,
+            payload,
+        }),
+        message,
+    }
+}
+
 /// Decodes an event row (the columns of read_stream.sql), the payload
 /// decoded by `decode` from the jsonb text where it lies in the row
 /// (borrowed, not copied first); an error names the row's position. jsonb

@@ -673,25 +673,41 @@ where
             s.pending = self.projection_store.pending_streams(self.name()).await?;
         }
         let batch = match s.prefetched.take() {
-            Some((after, batch)) if after == s.position => batch,
-            _ => self.store.read_log(s.position, self.batch_size).await?,
+            Some((after, batch)) if after == s.position => Ok(batch),
+            _ => self.store.read_log(s.position, self.batch_size).await,
         };
-        let Some(last) = batch.last() else {
+        let items: Vec<Item<P::Event>> = match batch {
+            Ok(batch) => batch.into_iter().map(|r| self.classify(r)).collect(),
+            // a row whose envelope cannot be read (the log returned the
+            // events before it already): parked, or skipped when the
+            // projection does not read its type, like an event whose
+            // payload does not decode; the log goes on after it
+            Err(Error::UnreadableEvent { event, message }) => {
+                vec![if self.reads(&event.event_type) {
+                    let position = Some(event.log_position.position);
+                    Item::Undecodable(*event, Error::CorruptedRow { position, message })
+                } else {
+                    Item::Skip(event.log_position, event.recorded_at)
+                }]
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let Some(last) = items.last() else {
             return Ok(0);
         };
-        let (last, last_at) = (last.log_position, last.recorded_at);
-        let n = batch.len();
+        let (last, last_at) = (last.position(), last.recorded_at());
+        let n = items.len();
         let started = Instant::now();
         let parked_before = s.summary.events_parked;
         if n < self.batch_size {
             // the end of the log is near: nothing worth reading ahead
-            self.process_batch(s, batch, (last, last_at), shutdown)
+            self.process_batch(s, items, (last, last_at), shutdown)
                 .await?;
         } else {
             // catching up: read the next batch while this one is applied,
             // so the read's round trip overlaps the write's
             let (processed, next) = tokio::join!(
-                self.process_batch(s, batch, (last, last_at), shutdown),
+                self.process_batch(s, items, (last, last_at), shutdown),
                 self.store.read_log(last, self.batch_size)
             );
             processed?;
@@ -712,11 +728,15 @@ where
         Ok(n)
     }
 
-    fn classify(&self, recorded: RecordedEvent) -> Item<P::Event> {
-        if !<P::Event as Event>::TYPES
+    /// Whether the projection reads events of `event_type`.
+    fn reads(&self, event_type: &str) -> bool {
+        <P::Event as Event>::TYPES
             .iter()
-            .any(|t| t.name == recorded.event_type)
-        {
+            .any(|t| t.name == event_type)
+    }
+
+    fn classify(&self, recorded: RecordedEvent) -> Item<P::Event> {
+        if !self.reads(&recorded.event_type) {
             return Item::Skip(recorded.log_position, recorded.recorded_at);
         }
         match crate::store::decode_parts::<P::Event>(
@@ -741,11 +761,10 @@ where
     async fn process_batch(
         &self,
         s: &mut Ownership<B::Lease>,
-        batch: Vec<RecordedEvent>,
+        mut items: Vec<Item<P::Event>>,
         last: (LogPosition, DateTime<Utc>),
         shutdown: &mut Shutdown,
     ) -> Result<(), ProjectionError> {
-        let mut items: Vec<Item<P::Event>> = batch.into_iter().map(|r| self.classify(r)).collect();
         let fast = B::TRANSACTIONAL
             && items.iter().all(|i| match i {
                 Item::Skip(..) => true,

@@ -360,6 +360,13 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Reads up to `limit` events of the global log after `after` (the
     /// reader's checkpoint, exclusive), in `(transaction_id, position)` order.
+    ///
+    /// An event whose envelope cannot be read (a row written by hand, or
+    /// damaged) ends the page early: the events before it are returned,
+    /// and a read from the last of them fails with
+    /// [`Error::UnreadableEvent`], which names the event (its position,
+    /// stream, type) so the reader can park or skip it and read on after
+    /// it, as a projection runner does.
     fn read_log(
         &self,
         after: LogPosition,

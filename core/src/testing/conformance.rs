@@ -160,10 +160,17 @@ async fn events_by_position_and_backlog<S: EventStore>(store: S) {
 
 async fn watchers_wake_on_append<S: WatchLog + Clone + 'static>(store: S) {
     let mut watcher = must("watch the log", store.watch()).await;
-    assert!(
-        !watcher.wait(std::time::Duration::from_millis(50)).await,
-        "a watcher is not woken while nothing is appended"
-    );
+    // a notification of appends made just before (by an earlier check's
+    // store on the same database, say) may still arrive: wake-ups are
+    // hints; but once they are told, the watcher stays quiet
+    let mut quiet = false;
+    for _ in 0..20 {
+        if !watcher.wait(std::time::Duration::from_millis(50)).await {
+            quiet = true;
+            break;
+        }
+    }
+    assert!(quiet, "a watcher is not woken while nothing is appended");
     let writer = store.clone();
     let append = tokio::spawn(async move {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;

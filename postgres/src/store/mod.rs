@@ -17,7 +17,7 @@ use sqlx::{PgPool, Postgres, Row};
 
 use crate::error::{db, db_error};
 use crate::keys::{KeyMap, SchemaKeys};
-use crate::rows::{decode_event_row, next};
+use crate::rows::{decode_event_row, next, unreadable_event_row};
 use crate::sql;
 
 mod append;
@@ -582,9 +582,17 @@ impl EventStore for PgEventStore {
             .fetch_all(&self.pool)
             .await
             .map_err(db("reading the global log"))?;
-        rows.iter()
-            .map(|row| decode_event_row(row, raw_payload))
-            .collect()
+        let mut events = Vec::with_capacity(rows.len());
+        for row in &rows {
+            match decode_event_row(row, raw_payload) {
+                Ok(event) => events.push(event),
+                // the events before an unreadable one first; then, read
+                // from there, the unreadable one alone, as its error
+                Err(_) if !events.is_empty() => break,
+                Err(problem) => return Err(unreadable_event_row(row, problem)),
+            }
+        }
+        Ok(events)
     }
 
     async fn stream_version(&self, stream_id: &str) -> Result<Option<u64>, Error> {

@@ -11,8 +11,9 @@ use annals_core::{
     breaker::BreakerConfig, breaker::BreakerState, breaker::CircuitBreakerRegistry,
     dead_letter::DeadLetterQuery, dead_letter::DeadLetterStatus, dead_letter::DeadLetterStore,
     projection::FailurePolicy, projection::HealthCheck, projection::ProjectionError,
-    projection::ProjectionStatus, Envelope, EventStoreExt, ExpectedVersion, HandlerError,
-    LogPosition, Metadata, Projection, ProjectionRunner, ProjectionStore, RetryPolicy,
+    projection::ProjectionStatus, Envelope, EventStore, EventStoreExt, ExpectedVersion,
+    HandlerError, LogPosition, Metadata, Projection, ProjectionRunner, ProjectionStore,
+    RetryPolicy,
 };
 use annals_postgres::testing::TestDatabase;
 use annals_postgres::{PgEventStore, PgProjectionStore};
@@ -658,4 +659,91 @@ async fn a_runner_survives_the_database_dropping_its_connections() {
     env.wait_applied(2).await;
     assert_eq!(env.applied().await, (2, 2));
     handle.stop().await.unwrap();
+}
+
+/// Rows written by hand whose envelope cannot be read (a correlation id that
+/// is no UUID, a schema version of -1) stop nothing: a projection that reads
+/// their type parks each as a dead letter naming what is wrong and applies
+/// what follows; a row of a type it does not read is skipped. Nothing is
+/// retried, the projection keeps running and its breaker stays closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_rows_are_parked_and_the_log_goes_on() {
+    let env = env().await;
+    env.append("c-1", [1]).await;
+    let by_hand = |stream: &'static str,
+                   event_type: &'static str,
+                   version: i32,
+                   metadata: &'static str| {
+        let pool = env.pool().clone();
+        async move {
+            let position: i64 = sqlx::query_scalar(
+                "INSERT INTO annals_events (event_id, stream_id, stream_version, event_type, schema_version, payload, metadata)
+                 VALUES ($1, $2, 1, $3, $4, '{\"n\": 99}'::jsonb, $5::jsonb) RETURNING position",
+            )
+            .bind(uuid::Uuid::now_v7())
+            .bind(stream)
+            .bind(event_type)
+            .bind(version)
+            .bind(metadata)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            position as u64
+        }
+    };
+    let bad_meta = by_hand(
+        "c-bad-1",
+        "counter.added",
+        1,
+        r#"{"correlation_id": "not-a-uuid"}"#,
+    )
+    .await;
+    let bad_version = by_hand("c-bad-2", "counter.added", -1, "{}").await;
+    let not_ours = by_hand("o-1", "other.thing", -1, "{}").await;
+    env.append("c-1", [4]).await;
+    env.append("c-2", [5]).await;
+
+    let recorder = Arc::new(Recorder::default());
+    let runner = env.runner(&recorder);
+    let done = runner.catch_up().await.unwrap();
+    assert_eq!(env.values_of("c-1").await, vec![1, 4], "the log went on");
+    assert_eq!(env.values_of("c-2").await, vec![5]);
+    assert_eq!(done.events_parked, 2, "{done:?}");
+    let letters = env
+        .projections
+        .list_dead_letters(&DeadLetterQuery::pending("recorder"))
+        .await
+        .unwrap();
+    let positions: Vec<u64> = letters.iter().map(|l| l.event_position).collect();
+    assert_eq!(
+        positions,
+        vec![bad_meta, bad_version],
+        "the row of another type is skipped"
+    );
+    assert!(
+        letters[0].error.contains("metadata"),
+        "{}",
+        letters[0].error
+    );
+    assert!(
+        letters[1].error.contains("schema version"),
+        "{}",
+        letters[1].error
+    );
+    assert_eq!(letters[0].stream_id, "c-bad-1");
+    assert!(not_ours > bad_version);
+    let checkpoint = env
+        .projections
+        .checkpoint("recorder")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(checkpoint.status, ProjectionStatus::Running);
+    assert!(checkpoint.error.is_none(), "{checkpoint:?}");
+    assert_eq!(runner.breaker().state(), BreakerState::Closed);
+    let end = env.store.log_end().await.unwrap().unwrap();
+    assert_eq!(
+        checkpoint.position, end,
+        "the checkpoint is at the end of the log"
+    );
 }
