@@ -152,7 +152,7 @@ fn corrupted(message: String) -> SagaError {
 }
 
 fn decode_saga(row: &PgRow) -> Result<SagaRecord, SagaError> {
-    let get = |e: sqlx::Error| SagaError::backend("reading a saga row", e);
+    let get = |e: sqlx::Error| saga_error("reading a saga row", e);
     let saga_id: Uuid = row.try_get("saga_id").map_err(get)?;
     let bad = |what: &str| corrupted(format!("saga {saga_id}: {what}"));
     let state: Option<String> = row.try_get("state_name").map_err(get)?;
@@ -190,7 +190,7 @@ fn decode_saga(row: &PgRow) -> Result<SagaRecord, SagaError> {
 }
 
 fn decode_entry(row: &PgRow) -> Result<OutboxEntry, SagaError> {
-    let get = |e: sqlx::Error| SagaError::backend("reading an outbox row", e);
+    let get = |e: sqlx::Error| saga_error("reading an outbox row", e);
     let id: i64 = row.try_get("id").map_err(get)?;
     let command: Json<serde_json::Value> = row.try_get("command").map_err(get)?;
     let step: i32 = row.try_get("step").map_err(get)?;
@@ -257,9 +257,7 @@ async fn save_on(conn: &mut PgConnection, change: &SagaChange) -> Result<(), Sag
         q = q.bind(to_i64(r.version)).bind(change.cancel_pending);
     }
     let written: i64 = match q.fetch_one(&mut *conn).await {
-        Ok(row) => row
-            .try_get(0)
-            .map_err(|e| SagaError::backend("saving a saga", e))?,
+        Ok(row) => row.try_get(0).map_err(|e| saga_error("saving a saga", e))?,
         Err(e) => {
             let unique = e
                 .as_database_error()
@@ -273,7 +271,7 @@ async fn save_on(conn: &mut PgConnection, change: &SagaChange) -> Result<(), Sag
                     correlation_id: r.correlation_id.clone(),
                 }
             } else {
-                SagaError::backend("saving a saga", e)
+                saga_error("saving a saga", e)
             });
         }
     };
@@ -304,7 +302,7 @@ impl SagaStore for PgSagaStore {
         .bind(correlation_id)
         .fetch_optional(&mut *tx)
         .await
-        .map_err(|e| SagaError::backend("loading a saga", e))?;
+        .map_err(|e| saga_error("loading a saga", e))?;
         row.as_ref().map(decode_saga).transpose()
     }
 
@@ -326,7 +324,7 @@ impl SagaStore for PgSagaStore {
         .bind(correlation_ids)
         .fetch_all(&mut *tx)
         .await
-        .map_err(|e| SagaError::backend("loading sagas", e))?;
+        .map_err(|e| saga_error("loading sagas", e))?;
         rows.iter().map(decode_saga).collect()
     }
 
@@ -348,7 +346,7 @@ impl SagaStore for PgSagaStore {
         .bind(correlation_id)
         .fetch_optional(&self.pool)
         .await
-        .map_err(|e| SagaError::backend("finding a saga by correlation id", e))?;
+        .map_err(|e| saga_error("finding a saga by correlation id", e))?;
         row.as_ref().map(decode_saga).transpose()
     }
 
@@ -361,7 +359,7 @@ impl SagaStore for PgSagaStore {
         .bind(saga_id)
         .fetch_optional(&self.pool)
         .await
-        .map_err(|e| SagaError::backend("reading a saga", e))?;
+        .map_err(|e| saga_error("reading a saga", e))?;
         row.as_ref().map(decode_saga).transpose()
     }
 
@@ -385,7 +383,7 @@ impl SagaStore for PgSagaStore {
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
         .await
-        .map_err(|e| SagaError::backend("listing unfinished sagas", e))?;
+        .map_err(|e| saga_error("listing unfinished sagas", e))?;
         rows.iter().map(decode_saga).collect()
     }
 
@@ -398,7 +396,7 @@ impl SagaStore for PgSagaStore {
         .bind(saga_id)
         .fetch_all(&self.pool)
         .await
-        .map_err(|e| SagaError::backend("listing a saga's commands", e))?;
+        .map_err(|e| saga_error("listing a saga's commands", e))?;
         rows.iter().map(decode_entry).collect()
     }
 
@@ -410,7 +408,7 @@ impl SagaStore for PgSagaStore {
         .bind(saga_type)
         .fetch_one(&self.pool)
         .await
-        .map_err(|e| SagaError::backend("counting pending saga commands", e))?;
+        .map_err(|e| saga_error("counting pending saga commands", e))?;
         Ok(n.max(0) as u64)
     }
 
@@ -423,10 +421,10 @@ impl SagaStore for PgSagaStore {
         .bind(saga_type)
         .fetch_all(&self.pool)
         .await
-        .map_err(|e| SagaError::backend("counting unfinished sagas", e))?;
+        .map_err(|e| saga_error("counting unfinished sagas", e))?;
         rows.iter()
             .map(|row| {
-                let get = |e| SagaError::backend("reading saga counts", e);
+                let get = |e| saga_error("reading saga counts", e);
                 let status: String = row.try_get("status").map_err(get)?;
                 let n: i64 = row.try_get("n").map_err(get)?;
                 let status = SagaStatus::parse(&status)
@@ -448,7 +446,7 @@ impl SagaStore for PgSagaStore {
             .bind(ms(lease))
             .fetch_all(&self.pool)
             .await
-            .map_err(|e| SagaError::backend("claiming saga commands", e))?;
+            .map_err(|e| saga_error("claiming saga commands", e))?;
         let mut entries = rows
             .iter()
             .map(decode_entry)
@@ -466,7 +464,7 @@ impl SagaStore for PgSagaStore {
         .bind(&ids)
         .execute(&self.pool)
         .await
-        .map_err(|e| SagaError::backend("marking saga commands delivered", e))?;
+        .map_err(|e| saga_error("marking saga commands delivered", e))?;
         Ok(())
     }
 
@@ -500,10 +498,10 @@ impl SagaStore for PgSagaStore {
             .bind(command.saga_id)
             .execute(&self.pool)
             .await
-            .map_err(|e| SagaError::backend("scheduling a saga command's retry", e))?;
+            .map_err(|e| saga_error("scheduling a saga command's retry", e))?;
             return Ok(());
         }
-        let fail = |e| SagaError::backend("recording a saga command's outcome", e);
+        let fail = |e| saga_error("recording a saga command's outcome", e);
         let mut conn = self.pool.acquire().await.map_err(fail)?;
         let mut tx = conn.begin().await.map_err(fail)?;
         // the saga first, as the projection does: one lock order
@@ -569,7 +567,7 @@ impl SagaStore for PgSagaStore {
     where
         F: FnMut(SagaRecord) -> Result<Option<SagaChange>, SagaError> + Send,
     {
-        let fail = |e| SagaError::backend("firing saga timeouts", e);
+        let fail = |e| saga_error("firing saga timeouts", e);
         // one cheap probe first: most scans find nothing due, and then need
         // no transaction
         let due: bool = sqlx::query_scalar(
@@ -610,5 +608,26 @@ impl SagaStore for PgSagaStore {
         }
         tx.commit().await.map_err(fail)?;
         Ok(changed)
+    }
+}
+
+/// A failed saga statement as its typed error: a value the database
+/// refuses (SQLSTATE class 22, data exception, e.g. NUL in text; class 54,
+/// program limit, e.g. an index row too long) is
+/// [`SagaError::Refused`], which parks the event that carried it; anything
+/// else is [`SagaError::Backend`], a failure of the database, which the
+/// breaker counts.
+fn saga_error(context: &'static str, e: sqlx::Error) -> SagaError {
+    let refused = e
+        .as_database_error()
+        .and_then(|db| db.code())
+        .is_some_and(|code| code.starts_with("22") || code.starts_with("54"));
+    if refused {
+        SagaError::Refused {
+            context,
+            source: Box::new(e),
+        }
+    } else {
+        SagaError::backend(context, e)
     }
 }

@@ -4,6 +4,7 @@
 
 mod aggregates;
 mod events;
+mod hostile_sagas;
 mod k8s;
 mod metrics;
 mod sagas;

@@ -65,6 +65,24 @@ pub enum SagaError {
         source: serde_json::Error,
     },
 
+    /// A value the saga stores refuses (a correlation id out of the
+    /// limits, say): handling the event again would fail again, so the
+    /// event is parked, and the saga store is not blamed.
+    #[error(transparent)]
+    InvalidInput(#[from] crate::error::InvalidInput),
+
+    /// The database refused a value (one it cannot hold, or one too long
+    /// for an index): writing it again would fail again. Unlike
+    /// [`Backend`](SagaError::Backend), not a failure of the database.
+    #[error("the database refused a saga write while {context}: {source}; the value cannot be stored as it is")]
+    Refused {
+        /// What the store was doing.
+        context: &'static str,
+        /// The driver's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
+
     /// A stored row is unreadable (bad JSON, impossible values).
     #[error("corrupted saga row: {message}")]
     Corrupted {
@@ -96,8 +114,9 @@ impl SagaError {
     }
 
     /// The error as a handler failure: a database failure is a
-    /// [dependency](crate::handler::FailureKind::Dependency) failure, anything else a
-    /// failure to handle the event.
+    /// [dependency](crate::handler::FailureKind::Dependency) failure (it
+    /// counts towards the breaker), anything else, a refused value
+    /// included, a failure to handle the event (it is parked).
     pub fn into_handler_error(self) -> HandlerError {
         match self {
             SagaError::Backend { .. } => HandlerError::dependency(self),

@@ -91,6 +91,8 @@ impl<S: Saga, St: SagaStore> Projection for SagaProjection<S, St> {
         let Some(correlation_id) = S::correlation_id(event) else {
             return Ok(());
         };
+        crate::store::limits::check_correlation_id(&correlation_id)
+            .map_err(|e| super::SagaError::from(e).into_handler_error())?;
         let existing = self
             .store
             .load(tx, S::NAME, &correlation_id)
@@ -124,6 +126,12 @@ impl<S: Saga, St: SagaStore> Projection for SagaProjection<S, St> {
             return self.apply(tx, event).await;
         }
         let ids: Vec<Option<String>> = events.iter().map(S::correlation_id).collect();
+        for id in ids.iter().flatten() {
+            // one bad id fails the batch; the runner then applies its
+            // events one by one and parks the event that carries it
+            crate::store::limits::check_correlation_id(id)
+                .map_err(|e| super::SagaError::from(e).into_handler_error())?;
+        }
         let mut wanted: Vec<String> = ids.iter().flatten().cloned().collect();
         wanted.sort_unstable();
         wanted.dedup();

@@ -50,6 +50,10 @@ pub const MAX_EVENT_TYPE_BYTES: usize = 255;
 /// The longest projection name, in bytes (UTF-8).
 pub const MAX_PROJECTION_NAME_BYTES: usize = 255;
 
+/// The longest saga correlation id, in bytes (UTF-8): the saga stores keep
+/// it in a unique index.
+pub const MAX_CORRELATION_ID_BYTES: usize = 1024;
+
 /// The deepest nesting of arrays and objects in a payload or in metadata
 /// (serde_json's own recursion limit: deeper JSON could not be read back).
 pub const MAX_JSON_DEPTH: usize = 128;
@@ -88,6 +92,16 @@ pub fn check_stream_id(stream_id: &str) -> Result<(), InvalidInput> {
 /// Checks an event type: not empty, no NUL, at most [`MAX_EVENT_TYPE_BYTES`].
 pub fn check_event_type(event_type: &str) -> Result<(), InvalidInput> {
     check_name("event type", event_type, MAX_EVENT_TYPE_BYTES)
+}
+
+/// Checks a saga correlation id: not empty, no NUL, at most
+/// [`MAX_CORRELATION_ID_BYTES`].
+pub fn check_correlation_id(correlation_id: &str) -> Result<(), InvalidInput> {
+    check_name(
+        "saga correlation id",
+        correlation_id,
+        MAX_CORRELATION_ID_BYTES,
+    )
 }
 
 /// Checks a projection name: not empty, no NUL, at most
