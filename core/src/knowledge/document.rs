@@ -3,6 +3,8 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::error::InvalidInput;
+
 /// A document of the knowledge base, as an event carries it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Document {
@@ -70,4 +72,87 @@ pub struct DocumentMeta {
     /// Anything else, as a JSON object.
     #[serde(default)]
     pub metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The longest tenant id, source type, language and tag, in bytes (UTF-8).
+pub const MAX_DOCUMENT_NAME_BYTES: usize = 255;
+/// The longest title, in bytes (UTF-8).
+pub const MAX_TITLE_BYTES: usize = 1024;
+/// The most tags a document may have.
+pub const MAX_TAGS: usize = 64;
+
+impl Document {
+    /// Checks the document against the knowledge base's limits, the same on
+    /// every backend: a tenant id, source type, language or tag of at most
+    /// [`MAX_DOCUMENT_NAME_BYTES`], a title of at most [`MAX_TITLE_BYTES`],
+    /// at most [`MAX_TAGS`] tags, no NUL anywhere (Postgres text cannot
+    /// hold it). The ingestor checks this before it writes anything; a
+    /// document that breaks it is a bad event (parked by the knowledge
+    /// projection), not a failing store.
+    pub fn check(&self) -> Result<(), InvalidInput> {
+        let meta = &self.meta;
+        check_text("document title", &meta.title, MAX_TITLE_BYTES, true)?;
+        check_text(
+            "document source type",
+            &meta.source_type,
+            MAX_DOCUMENT_NAME_BYTES,
+            true,
+        )?;
+        if let Some(tenant) = &meta.tenant_id {
+            check_text("document tenant id", tenant, MAX_DOCUMENT_NAME_BYTES, false)?;
+        }
+        if let Some(language) = &meta.language {
+            check_text(
+                "document language",
+                language,
+                MAX_DOCUMENT_NAME_BYTES,
+                false,
+            )?;
+        }
+        if meta.tags.len() > MAX_TAGS {
+            return Err(InvalidInput::new(
+                "document tags",
+                format!("are {}, more than the limit of {MAX_TAGS}", meta.tags.len()),
+            ));
+        }
+        for tag in &meta.tags {
+            check_text("document tag", tag, MAX_DOCUMENT_NAME_BYTES, false)?;
+        }
+        if let Some(at) = self.content.find('\0') {
+            return Err(InvalidInput::new(
+                "document content",
+                format!("contains a NUL character (at byte {at}), which the stores cannot hold"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A text field: at most `max` bytes, no NUL; `may_be_empty`: empty is
+/// fine.
+fn check_text(
+    field: &'static str,
+    value: &str,
+    max: usize,
+    may_be_empty: bool,
+) -> Result<(), InvalidInput> {
+    if value.is_empty() && !may_be_empty {
+        return Err(InvalidInput::new(field, "must not be empty"));
+    }
+    if value.len() > max {
+        return Err(InvalidInput::new(
+            field,
+            format!(
+                "is {} bytes long, more than the limit of {max} bytes",
+                value.len()
+            ),
+        ));
+    }
+    if let Some(at) = value.find('\0') {
+        return Err(InvalidInput::new(
+            field,
+            format!("contains a NUL character (at byte {at}), which the stores cannot hold"),
+        ));
+    }
+    Ok(())
 }

@@ -57,6 +57,11 @@ pub enum KnowledgeError {
         chunks: usize,
     },
 
+    /// A document breaks the knowledge base's limits (see
+    /// [`Document::check`](super::Document::check)); nothing was written.
+    #[error(transparent)]
+    InvalidInput(#[from] crate::error::InvalidInput),
+
     /// The database failed; the operation did not complete.
     #[error("knowledge base database error while {context}: {source}; check that the database is reachable, then retry")]
     Backend {

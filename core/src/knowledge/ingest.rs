@@ -165,6 +165,7 @@ impl<E: Embedder> Ingestor<E> {
     ) -> Result<IngestReport, KnowledgeError> {
         let model = self.embedder.model();
         validate_model_name(model)?;
+        doc.check()?;
         let chunks = self.chunker.chunk(&doc.content);
         if chunks.is_empty() {
             return Err(KnowledgeError::EmptyDocument {

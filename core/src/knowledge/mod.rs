@@ -130,7 +130,10 @@ pub use cache::{
     CacheError, CachedEmbedder, EmbeddingCache, InMemoryEmbeddingCache, TextHash, DEFAULT_CACHE_TTL,
 };
 pub use chunk::Chunker;
-pub use document::{Document, DocumentEvent, DocumentMeta, DocumentRetired};
+pub use document::{
+    Document, DocumentEvent, DocumentMeta, DocumentRetired, MAX_DOCUMENT_NAME_BYTES, MAX_TAGS,
+    MAX_TITLE_BYTES,
+};
 pub use embedder::{EmbedError, Embedder};
 pub use error::{validate_model_name, KnowledgeError};
 pub use hashing::{cosine_similarity, HashingEmbedder};

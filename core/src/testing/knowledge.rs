@@ -617,6 +617,40 @@ pub async fn bad_input_is_refused<K: KnowledgeBase>(kb: K) {
     );
     assert!(empty.to_string().contains("no content"), "{empty}");
     assert!(must("document", kb.document(doc)).await.is_empty());
+    // hostile values: the same typed error on every backend, before any
+    // write, and a bad event (parked), not a failing store
+    let huge = "t".repeat(10_000);
+    for (doc, field) in [
+        (
+            document(id(42), Some(huge.as_str()), "en", &[], "Doc", &[P1]),
+            "document tenant id",
+        ),
+        (
+            document(id(43), None, "en", &["a\0b"], "Doc", &[P1]),
+            "document tag",
+        ),
+        (
+            document(id(44), None, "en", &[], &huge, &[P1]),
+            "document title",
+        ),
+        (
+            document(id(45), None, "en", &[], "Doc", &["nul \0 inside"]),
+            "document content",
+        ),
+    ] {
+        let document_id = doc.document_id;
+        let err = ingest_err(&kb, &ingestor, DocumentEvent::Added(doc)).await;
+        match &err {
+            KnowledgeError::InvalidInput(e) => assert_eq!(e.field, field, "{err}"),
+            other => panic!("{field}: expected InvalidInput, got {other}"),
+        }
+        assert!(!err.is_transient(), "{err}");
+        assert_eq!(
+            err.into_handler_error().kind(),
+            crate::handler::FailureKind::Event
+        );
+        assert!(must("document", kb.document(document_id)).await.is_empty());
+    }
     ingest(
         &kb,
         &ingestor,
