@@ -316,25 +316,29 @@ const INSERT_MANY: &str = "INSERT INTO annals_events (event_id, stream_id, strea
      SELECT e.id, $1, e.ord, 'lead.scored', 2, e.p::jsonb, $4::jsonb
        FROM UNNEST($2::uuid[], $3::text[]) WITH ORDINALITY AS e(id, p, ord)";
 
-async fn big_appends(db: &TestDatabase, annals: bool, run: usize) -> Vec<Duration> {
+/// `annals`: `None` for the baseline, `Some(validate)` for annals with or
+/// without JSON Schema validation.
+async fn big_appends(db: &TestDatabase, annals: Option<bool>, run: usize) -> Vec<Duration> {
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
         .connect_with(db.connect_options())
         .await
         .expect("pool");
-    let store = PgEventStore::builder(pool.clone())
-        .register::<LeadEvent>()
-        .build()
-        .await
-        .expect("store");
+    let builder = PgEventStore::builder(pool.clone()).register::<LeadEvent>();
+    let builder = if annals == Some(false) {
+        builder.without_validation()
+    } else {
+        builder
+    };
+    let store = builder.build().await.expect("store");
     let meta = Metadata::new().with_user("bench");
     let events: Vec<LeadEvent> = (0..BIG).map(|i| LeadEvent::Scored(scored(i))).collect();
     let mut conn = pool.acquire().await.expect("checkout");
     let mut latencies = Vec::with_capacity(BIG_APPENDS);
     for i in 0..BIG_APPENDS {
-        let stream = format!("big-{run}-{annals}-{i}");
+        let stream = format!("big-{run}-{annals:?}-{i}");
         let started = Instant::now();
-        if annals {
+        if annals.is_some() {
             let done = store
                 .append_events(&stream, ExpectedVersion::NoStream, &events, &meta)
                 .await
@@ -512,15 +516,29 @@ fn main() {
             }
         }
 
-        if skip.contains("big") && skip.contains("wake") {
+        if !skip.contains("big") {
+            let (mut annals, mut unvalidated, mut baseline) = (Vec::new(), Vec::new(), Vec::new());
+            for round in 0..ROUNDS {
+                baseline.push(measure(&admin, BIG as f64, || big_appends(&db, None, round)).await);
+                annals.push(
+                    measure(&admin, BIG as f64, || big_appends(&db, Some(true), round)).await,
+                );
+                unvalidated.push(
+                    measure(&admin, BIG as f64, || big_appends(&db, Some(false), round)).await,
+                );
+            }
+            report("append 100 events, 1 task", "ev", &annals, &baseline, Some(0.9));
+            report(
+                "append 100 events, diag: no validation",
+                "ev",
+                &unvalidated,
+                &baseline,
+                None,
+            );
+        }
+        if skip.contains("wake") {
             return;
         }
-        let (mut annals, mut baseline) = (Vec::new(), Vec::new());
-        for round in 0..ROUNDS {
-            baseline.push(measure(&admin, BIG as f64, || big_appends(&db, false, round)).await);
-            annals.push(measure(&admin, BIG as f64, || big_appends(&db, true, round)).await);
-        }
-        report("append 100 events, 1 task", "ev", &annals, &baseline, Some(0.9));
 
         // the wake-up runs on a database of its own: the runners start at
         // the end of an empty log
