@@ -137,6 +137,7 @@ pub(crate) fn decode_event_row<T>(
         event_type: &event_type,
         schema_version,
         payload: text,
+        raw: None,
     })
     .map_err(located)?;
     let metadata: Json<Metadata> = row.try_get_unchecked(8).map_err(|e| {
@@ -183,6 +184,7 @@ fn payload_row(row: &PgRow) -> Result<PayloadRef<'_>, Error> {
         event_type,
         schema_version: schema_version_of(schema_version)?,
         payload,
+        raw: None,
     })
 }
 
@@ -239,6 +241,7 @@ where
         event_type,
         schema_version,
         payload,
+        raw: None,
     })
     .map_err(|e| failed(Some(stream_version), e))
 }

@@ -343,6 +343,7 @@ fn payload_ref(r: &RecordedEvent) -> PayloadRef<'_> {
         event_type: &r.event_type,
         schema_version: r.schema_version,
         payload: r.payload.get(),
+        raw: Some(&r.payload),
     }
 }
 

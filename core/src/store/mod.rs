@@ -172,6 +172,30 @@ pub struct PayloadRef<'a> {
     /// The payload's JSON text, as stored (decoders parse it once; a
     /// payload that is not JSON is a decode error, not a panic).
     pub payload: &'a str,
+    /// The same payload as an already checked JSON value, when the store
+    /// holds one (the in-memory store does; rows from Postgres are text):
+    /// [`to_raw_value`](Self::to_raw_value) then copies it without parsing
+    /// it again.
+    pub raw: Option<&'a serde_json::value::RawValue>,
+}
+
+impl PayloadRef<'_> {
+    /// The payload as an owned JSON value: a copy of [`raw`](Self::raw)
+    /// when there is one, else `payload` parsed (a payload that is not
+    /// JSON is [`Error::CorruptedRow`]).
+    pub fn to_raw_value(&self) -> Result<Box<serde_json::value::RawValue>, Error> {
+        match self.raw {
+            Some(raw) => Ok(raw.to_owned()),
+            None => {
+                serde_json::value::RawValue::from_string(self.payload.to_owned()).map_err(|e| {
+                    Error::CorruptedRow {
+                        position: None,
+                        message: format!("payload is not JSON: {e}"),
+                    }
+                })
+            }
+        }
+    }
 }
 
 /// A decoded event with its version in its stream, without the rest of
@@ -549,14 +573,7 @@ pub trait EventStoreExt: EventStore {
         stream_id: &str,
         versions: impl RangeBounds<u64> + Send,
     ) -> impl Future<Output = Result<Vec<RecordedEvent>, Error>> + Send {
-        self.read_stream_with(stream_id, versions, |p| {
-            serde_json::value::RawValue::from_string(p.payload.to_owned()).map_err(|e| {
-                Error::CorruptedRow {
-                    position: None,
-                    message: format!("payload is not JSON: {e}"),
-                }
-            })
-        })
+        self.read_stream_with(stream_id, versions, |p| p.to_raw_value())
     }
 
     /// Reads the events of a stream in `versions` with their envelopes,

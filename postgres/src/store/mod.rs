@@ -642,12 +642,7 @@ impl EventStore for PgEventStore {
 /// A payload as stored: the jsonb text copied into a `RawValue` (checked:
 /// a `RawValue` can only be made by parsing).
 fn raw_payload(p: PayloadRef<'_>) -> Result<Box<serde_json::value::RawValue>, Error> {
-    serde_json::value::RawValue::from_string(p.payload.to_owned()).map_err(|e| {
-        Error::CorruptedRow {
-            position: None,
-            message: format!("payload is not JSON: {e}"),
-        }
-    })
+    p.to_raw_value()
 }
 
 impl WatchLog for PgEventStore {
