@@ -862,8 +862,9 @@ fn reads(c: &mut Criterion, rt: &Runtime) {
                                             r.get::<i64, _>("tx"),
                                             r.get::<i32, _>("schema_version"),
                                             r.get::<i64, _>("stream_version"),
-                                            r.get::<String, _>("payload"),
-                                            r.get::<String, _>("metadata"),
+                                            // jsonb columns (READ_LOG sends them as jsonb)
+                                            r.get::<Json<Box<RawValue>>, _>("payload"),
+                                            r.get::<Json<Box<RawValue>>, _>("metadata"),
                                             r.get::<Uuid, _>("event_id"),
                                             r.get::<String, _>("stream_id"),
                                             r.get::<String, _>("event_type"),
