@@ -28,13 +28,13 @@ use annals::postgres::sqlx::{self, types::Json, PgConnection, PgPool, Row};
 use annals::postgres::testing::TestDatabase;
 use annals::postgres::{PgEventStore, PgProjectionStore};
 use annals::{
-    Aggregate, Envelope, EventStore, EventStoreExt, ExpectedVersion, HandlerError, Metadata,
-    NewEvent, Projection, ProjectionRunner, Repository,
+    Envelope, EventStore, EventStoreExt, ExpectedVersion, HandlerError, Metadata, NewEvent,
+    Projection, ProjectionRunner, Repository,
 };
-use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 mod common;
+use common::scores::{decide, fold, Lead, Score};
 use common::{runtime, scored, LeadEvent, LeadScored};
 
 const AGGREGATES: usize = 256;
@@ -43,67 +43,6 @@ const ROUNDS: usize = 3;
 const BIG: usize = 100;
 const BIG_APPENDS: usize = 200;
 const WAKES: usize = 200;
-
-// --- the aggregate ---------------------------------------------------------------
-
-/// A lead's scores, folded from `lead.scored` events.
-#[derive(
-    Debug,
-    Clone,
-    Default,
-    PartialEq,
-    Serialize,
-    Deserialize,
-    schemars::JsonSchema,
-    annals::Aggregate,
-)]
-#[aggregate(event = LeadEvent)]
-struct Lead {
-    scores: u64,
-    total: u64,
-}
-
-struct Score(LeadScored);
-
-#[derive(Debug)]
-struct Invalid;
-
-impl std::fmt::Display for Invalid {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a score is at most 100")
-    }
-}
-
-impl std::error::Error for Invalid {}
-
-/// The decision, shared by annals and the baseline.
-fn decide(_: &Lead, command: &Score) -> Result<LeadScored, Invalid> {
-    if command.0.score > 100 {
-        return Err(Invalid);
-    }
-    Ok(command.0.clone())
-}
-
-/// The fold, shared by annals and the baseline.
-fn fold(state: &mut Lead, s: &LeadScored) {
-    state.scores += 1;
-    state.total += u64::from(s.score);
-}
-
-impl Aggregate for Lead {
-    type Command = Score;
-    type Error = Invalid;
-
-    fn handle(&self, command: &Score) -> Result<Vec<LeadEvent>, Invalid> {
-        Ok(vec![LeadEvent::Scored(decide(self, command)?)])
-    }
-
-    fn apply(&mut self, event: &LeadEvent) {
-        if let LeadEvent::Scored(s) = event {
-            fold(self, s)
-        }
-    }
-}
 
 // --- measuring -------------------------------------------------------------------
 

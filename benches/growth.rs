@@ -31,13 +31,13 @@ use annals::postgres::sqlx::{self, types::Json, PgConnection, PgPool, Row};
 use annals::postgres::testing::TestDatabase;
 use annals::postgres::{PgEventStore, PgProjectionStore, PoolConfig};
 use annals::{
-    Aggregate, Envelope, EventStore, EventStoreExt, ExpectedVersion, HandlerError, Metadata,
-    NewEvent, Projection, ProjectionRunner, Repository,
+    Envelope, EventStore, EventStoreExt, ExpectedVersion, HandlerError, Metadata, NewEvent,
+    Projection, ProjectionRunner, Repository,
 };
-use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 mod common;
+use common::scores::{fold, Lead, Score};
 use common::{raw, runtime, scored, LeadEvent, LeadScored};
 
 const CHUNK: i64 = 100_000;
@@ -48,59 +48,6 @@ const BIG_STREAM: usize = 10_000;
 const LOADS: usize = 20;
 const CATCH_UP: i64 = 100_000;
 const BATCH: i64 = 500;
-
-/// A lead's scores.
-#[derive(
-    Debug,
-    Clone,
-    Default,
-    PartialEq,
-    Serialize,
-    Deserialize,
-    schemars::JsonSchema,
-    annals::Aggregate,
-)]
-#[aggregate(event = LeadEvent)]
-struct Lead {
-    scores: u64,
-    total: u64,
-}
-
-struct Score(LeadScored);
-
-#[derive(Debug)]
-struct Invalid;
-
-impl std::fmt::Display for Invalid {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a score is at most 100")
-    }
-}
-
-impl std::error::Error for Invalid {}
-
-fn fold(state: &mut Lead, s: &LeadScored) {
-    state.scores += 1;
-    state.total += u64::from(s.score);
-}
-
-impl Aggregate for Lead {
-    type Command = Score;
-    type Error = Invalid;
-
-    fn handle(&self, command: &Score) -> Result<Vec<LeadEvent>, Invalid> {
-        if command.0.score > 100 {
-            return Err(Invalid);
-        }
-        Ok(vec![LeadEvent::Scored(command.0.clone())])
-    }
-
-    fn apply(&mut self, event: &LeadEvent) {
-        if let LeadEvent::Scored(s) = event {
-            fold(self, s)
-        }
-    }
-}
 
 /// Counts what it is given (the catch-up's projection).
 struct Count;

@@ -3,6 +3,8 @@
 //! end of a run.
 #![allow(dead_code)] // each bench uses part of this module
 
+pub(crate) mod scores;
+
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;

@@ -32,6 +32,17 @@ fn new_event(e: &TestEvent) -> NewEvent {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance() {
+    conformance_with(annals_postgres::DEFAULT_MAX_BATCH).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_without_group_commit() {
+    conformance_with(0).await;
+}
+
+/// The backend conformance suite on a store whose group commit takes up
+/// to `max_batch` appends (0: none).
+async fn conformance_with(max_batch: usize) {
     let db = TestDatabase::new().await;
     let pool = db.pool().clone();
     annals_core::testing::conformance::run(move |validate| {
@@ -41,7 +52,7 @@ async fn conformance() {
                 .execute(&pool)
                 .await
                 .expect("truncate between conformance checks");
-            let builder = PgEventStore::builder(pool);
+            let builder = PgEventStore::builder(pool).group_commit(max_batch);
             let builder = if validate {
                 builder
             } else {
@@ -851,29 +862,6 @@ async fn projection_names_out_of_the_limits_are_invalid_input() {
         .init_checkpoint(&longest)
         .await
         .expect("the longest name is stored");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn conformance_without_group_commit() {
-    let db = TestDatabase::new().await;
-    let pool = db.pool().clone();
-    annals_core::testing::conformance::run(move |validate| {
-        let pool = pool.clone();
-        async move {
-            sqlx::query("TRUNCATE annals_events")
-                .execute(&pool)
-                .await
-                .expect("truncate between conformance checks");
-            let builder = PgEventStore::builder(pool).without_group_commit();
-            let builder = if validate {
-                builder
-            } else {
-                builder.without_validation()
-            };
-            builder.build().await.expect("build store")
-        }
-    })
-    .await;
 }
 
 /// 32 tasks append to 32 streams of their own and 4 tasks to one shared
