@@ -281,6 +281,19 @@ mod tests {
             .problem
             .contains("NUL"));
         assert!(check_projection_name(&"p".repeat(256)).is_err());
+        // saga correlation ids: empty, huge, NUL
+        assert!(check_correlation_id(&"c".repeat(MAX_CORRELATION_ID_BYTES)).is_ok());
+        let e = check_correlation_id(&"c".repeat(10_000)).unwrap_err();
+        assert_eq!(e.field, "saga correlation id");
+        assert!(e.problem.contains("1024 bytes"), "{e}");
+        assert!(check_correlation_id("")
+            .unwrap_err()
+            .problem
+            .contains("empty"));
+        assert!(check_correlation_id("order\0-7")
+            .unwrap_err()
+            .problem
+            .contains("NUL"));
         // the value is never echoed
         let e = check_stream_id(&"secret".repeat(1000)).unwrap_err();
         assert!(!e.to_string().contains("secret"));

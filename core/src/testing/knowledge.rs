@@ -637,6 +637,14 @@ pub async fn bad_input_is_refused<K: KnowledgeBase>(kb: K) {
             document(id(45), None, "en", &[], "Doc", &["nul \0 inside"]),
             "document content",
         ),
+        (
+            document(id(46), Some(""), "en", &[], "Doc", &[P1]),
+            "document tenant id",
+        ),
+        (
+            document(id(47), None, "e\0n", &[], "Doc", &[P1]),
+            "document language",
+        ),
     ] {
         let document_id = doc.document_id;
         let err = ingest_err(&kb, &ingestor, DocumentEvent::Added(doc)).await;

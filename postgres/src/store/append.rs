@@ -157,8 +157,7 @@ impl PgEventStore {
     }
 }
 
-/// Writes an append alone on the group's connection: what the database gave
-/// each event.
+/// Writes an append alone on the group's connection.
 async fn alone(
     turn: &mut AloneTurn,
     stream_id: &str,
@@ -167,6 +166,18 @@ async fn alone(
     metas: &[String],
 ) -> Result<Vec<Written>, Error> {
     let conn = turn.connection().await?;
+    write_alone(conn, stream_id, expected, events, metas).await
+}
+
+/// Writes one append as its own transaction on `conn`: what the database
+/// gave each event.
+pub(super) async fn write_alone(
+    conn: &mut PgConnection,
+    stream_id: &str,
+    expected: ExpectedVersion,
+    events: &[NewEvent],
+    metas: &[String],
+) -> Result<Vec<Written>, Error> {
     let rows = insert(conn, true, stream_id, expected, Binds::new(events, metas)).await?;
     rows.iter().map(|row| Written::read(row, 0)).collect()
 }

@@ -39,7 +39,7 @@ use sqlx::postgres::{PgConnectOptions, PgRow};
 use sqlx::{Connection as _, PgConnection, Row as _};
 use tokio::sync::oneshot;
 
-use super::append::{append_result, conflict, insert, Binds, Written};
+use super::append::{append_result, conflict, write_alone, Written};
 use super::int8;
 use super::wake::Wake;
 use crate::error::is_transient;
@@ -255,25 +255,13 @@ impl GroupCommit {
             .iter()
             .flat_map(|p| p.events.iter().map(|e| e.event_id))
             .collect();
-        let found = match sqlx::query(sql::APPEND_GROUP_FIND)
-            .bind(&ids)
-            .fetch_all(&mut *c)
-            .await
-            .and_then(|rows| by_stream(&rows))
-        {
-            Ok(found) => found,
+        match committed_rows(c, &ids).await {
+            Ok(Some(found)) => return self.answer(c, batch, found).await,
+            Ok(None) => {}
             Err(e) => {
                 *conn = None;
                 return fail_all(batch, CONTEXT, &e);
             }
-        };
-        // the group's own rows share its transaction (rows of another
-        // transaction are events that existed before, with an id a caller
-        // reused: the group then failed on them and wrote nothing)
-        let transactions: HashSet<i64> =
-            found.values().flatten().map(Written::transaction).collect();
-        if transactions.len() == 1 {
-            return self.answer(c, batch, found).await;
         }
         match write(c, &batch).await {
             Ok(written) => self.answer(c, batch, written).await,
@@ -289,21 +277,7 @@ impl GroupCommit {
     async fn one_by_one(&self, conn: &mut PgConnection, batch: Vec<Pending>) {
         let mut any = false;
         for p in batch {
-            let result = match insert(
-                conn,
-                true,
-                &p.stream_id,
-                p.expected,
-                Binds::new(&p.events, &p.metas),
-            )
-            .await
-            {
-                Ok(rows) => rows
-                    .iter()
-                    .map(|row| Written::read(row, 0))
-                    .collect::<Result<Vec<_>, _>>(),
-                Err(e) => Err(e),
-            };
+            let result = write_alone(conn, &p.stream_id, p.expected, &p.events, &p.metas).await;
             let Pending {
                 stream_id,
                 events,
@@ -362,17 +336,16 @@ impl AloneTurn {
         self.conn = None;
         let ids: Vec<uuid::Uuid> = events.iter().map(|e| e.event_id).collect();
         let conn = self.connection().await?;
-        let rows = sqlx::query(sql::APPEND_GROUP_FIND)
-            .bind(&ids)
-            .fetch_all(conn)
+        let found = committed_rows(conn, &ids)
             .await
-            .and_then(|rows| by_stream(&rows))
             .map_err(|e| crate::error::db_error("checking whether an append committed", e))?;
-        let mut written: Vec<Written> = rows.into_values().flatten().collect();
-        written.sort_by_key(Written::stream_version);
-        let transactions: HashSet<i64> = written.iter().map(Written::transaction).collect();
-        // the append's rows are all of its events, in one transaction
-        Ok((written.len() == events.len() && transactions.len() == 1).then_some(written))
+        let written: Option<Vec<Written>> = found.map(|rows| {
+            let mut written: Vec<Written> = rows.into_values().flatten().collect();
+            written.sort_by_key(Written::stream_version);
+            written
+        });
+        // the append's rows are all of its events
+        Ok(written.filter(|w| w.len() == events.len()))
     }
 }
 
@@ -502,6 +475,25 @@ fn by_stream(rows: &[PgRow]) -> Result<HashMap<String, Vec<Written>>, sqlx::Erro
         ws.sort_by_key(Written::stream_version);
     }
     Ok(written)
+}
+
+/// After a lost connection: the rows of the events `ids` that are in the
+/// log, by stream, when they are one transaction's (an append, or a
+/// group, is one transaction: all of it or none); `None` when nothing of
+/// it is there (rows of another transaction are events that existed
+/// before, with an id a caller reused: the write then failed on them and
+/// wrote nothing).
+async fn committed_rows(
+    conn: &mut PgConnection,
+    ids: &[uuid::Uuid],
+) -> Result<Option<HashMap<String, Vec<Written>>>, sqlx::Error> {
+    let rows = sqlx::query(sql::APPEND_GROUP_FIND)
+        .bind(ids)
+        .fetch_all(conn)
+        .await?;
+    let found = by_stream(&rows)?;
+    let transactions: HashSet<i64> = found.values().flatten().map(Written::transaction).collect();
+    Ok((transactions.len() == 1).then_some(found))
 }
 
 /// Whether `e` means the connection is gone (the server ended the session,

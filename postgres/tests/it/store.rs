@@ -590,25 +590,7 @@ async fn watchers_wake_on_append() {
     let store = db.store().await;
     let mut watcher = store.watch().await.expect("watch");
     use annals_core::store::Watch;
-    let s = store.clone();
-    let writer = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        s.append_events(
-            "w",
-            ExpectedVersion::Any,
-            &[created("wake")],
-            &Metadata::new(),
-        )
-        .await
-        .expect("append");
-    });
-    let started = std::time::Instant::now();
-    assert!(
-        watcher.wait(Duration::from_secs(10)).await,
-        "woken by NOTIFY, not by the poll timeout"
-    );
-    assert!(started.elapsed() < Duration::from_secs(5));
-    writer.await.expect("writer");
+    woken_by_an_append(&mut watcher, &store, "w").await;
     assert!(
         !watcher.wait(Duration::from_millis(50)).await,
         "no append, the poll times out"
@@ -1037,25 +1019,7 @@ async fn watchers_of_another_store_wake_after_the_commit() {
         .expect("second store");
     let mut watcher = reader.watch().await.expect("watch");
     for round in 0..3 {
-        let w = writer.clone();
-        let append = tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            w.append_events(
-                &format!("far-{round}"),
-                ExpectedVersion::NoStream,
-                &[created("far")],
-                &Metadata::new(),
-            )
-            .await
-            .expect("append");
-        });
-        let started = std::time::Instant::now();
-        assert!(
-            watcher.wait(Duration::from_secs(10)).await,
-            "woken by the writer's notification, not by the poll timeout"
-        );
-        assert!(started.elapsed() < Duration::from_secs(5));
-        append.await.expect("append task");
+        woken_by_an_append(&mut watcher, &writer, &format!("far-{round}")).await;
         // the notification may come after the local store's; settle
         while watcher.wait(Duration::from_millis(200)).await {}
     }
@@ -1083,4 +1047,33 @@ async fn watchers_of_another_store_wake_after_the_commit() {
         watcher.wait(Duration::from_secs(5)).await,
         "woken in the other store"
     );
+}
+
+/// Appends one event to `stream` through `writer` a moment from now and
+/// checks that `watcher` wakes for it, well before its poll timeout.
+async fn woken_by_an_append(
+    watcher: &mut annals_postgres::LogWatcher,
+    writer: &PgEventStore,
+    stream: &str,
+) {
+    use annals_core::store::Watch;
+    let (w, stream) = (writer.clone(), stream.to_owned());
+    let append = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        w.append_events(
+            &stream,
+            ExpectedVersion::Any,
+            &[created("wake")],
+            &Metadata::new(),
+        )
+        .await
+        .expect("append");
+    });
+    let started = std::time::Instant::now();
+    assert!(
+        watcher.wait(Duration::from_secs(10)).await,
+        "woken by the append, not by the poll timeout"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    append.await.expect("append task");
 }
