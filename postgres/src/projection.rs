@@ -40,11 +40,16 @@ pub struct PgProjectionStore {
 
 /// Ownership of one projection: a session-level advisory lock on a
 /// connection of its own, released when this is dropped or the connection
-/// dies.
+/// dies, and the lease epoch its holder wrote into the checkpoint row when
+/// it took the lock (see [`ProjectionStore::advance`]: a checkpoint moves
+/// only under the current epoch, which fences off an owner that lost its
+/// lock without noticing).
 #[derive(Debug)]
 pub struct PgLease {
     conn: Option<PgConnection>,
     key: i64,
+    projection: String,
+    epoch: i64,
 }
 
 impl Lease for PgLease {
@@ -52,17 +57,22 @@ impl Lease for PgLease {
         let Some(conn) = self.conn.as_mut() else {
             return false;
         };
-        let alive = tokio::time::timeout(
+        let epoch = tokio::time::timeout(
             Duration::from_secs(10),
-            sqlx::query("SELECT 1").execute(&mut *conn),
+            sqlx::query_scalar::<_, i64>(
+                "SELECT lease_epoch FROM annals_projection_checkpoints WHERE projection_name = $1",
+            )
+            .bind(&self.projection)
+            .fetch_optional(&mut *conn),
         )
         .await;
-        if matches!(alive, Ok(Ok(_))) {
-            true
-        } else {
-            // the connection is gone (and with it the lock): forget it
-            self.conn = None;
-            false
+        match epoch {
+            Ok(Ok(epoch)) => epoch == Some(self.epoch),
+            _ => {
+                // the connection is gone (and with it the lock): forget it
+                self.conn = None;
+                false
+            }
         }
     }
 
@@ -254,10 +264,32 @@ impl ProjectionStore for PgProjectionStore {
             .await
             .map_err(db("taking a projection's advisory lock"))?;
         if locked {
-            Ok(Some(PgLease {
-                conn: Some(conn),
-                key,
-            }))
+            // a new epoch: from now on the previous owner's checkpoint moves
+            // fail (it waits for that owner's batch in flight, if that batch
+            // already moved the checkpoint, because it locks the same row)
+            let epoch = sqlx::query_scalar::<_, i64>(
+                "INSERT INTO annals_projection_checkpoints (projection_name, lease_epoch)
+                 VALUES ($1, 1)
+                 ON CONFLICT (projection_name)
+                 DO UPDATE SET lease_epoch = annals_projection_checkpoints.lease_epoch + 1
+                 RETURNING lease_epoch",
+            )
+            .bind(projection)
+            .fetch_one(&mut conn)
+            .await
+            .map_err(db("starting a projection lease"));
+            match epoch {
+                Ok(epoch) => Ok(Some(PgLease {
+                    conn: Some(conn),
+                    key,
+                    projection: projection.to_owned(),
+                    epoch,
+                })),
+                Err(e) => {
+                    let _ = sqlx::Connection::close(conn).await;
+                    Err(e)
+                }
+            }
         } else {
             let _ = sqlx::Connection::close(conn).await;
             Ok(None)
@@ -306,6 +338,7 @@ impl ProjectionStore for PgProjectionStore {
     async fn advance(
         &self,
         tx: &mut Self::Transaction,
+        lease: &PgLease,
         projection: &str,
         from: LogPosition,
         to: LogPosition,
@@ -317,7 +350,8 @@ impl ProjectionStore for PgProjectionStore {
                     last_event_at = COALESCE($6, last_event_at), updated_at = now(),
                     status = 'running', error = NULL, error_position = NULL
               WHERE projection_name = $1
-                AND transaction_id = $2::text::xid8 AND position = $3",
+                AND transaction_id = $2::text::xid8 AND position = $3
+                AND lease_epoch = $7",
         )
         .bind(projection)
         .bind(from.transaction_id.to_string())
@@ -325,6 +359,7 @@ impl ProjectionStore for PgProjectionStore {
         .bind(to.transaction_id.to_string())
         .bind(int8(to.position))
         .bind(last_event_at)
+        .bind(lease.epoch)
         .execute(&mut **tx)
         .await
         .map_err(db("moving a projection checkpoint"))?;

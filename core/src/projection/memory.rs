@@ -310,6 +310,8 @@ impl ProjectionStore for InMemoryProjectionStore {
     async fn advance(
         &self,
         tx: &mut InMemoryTransaction,
+        // an in-memory lease cannot be lost while its runner holds it
+        _lease: &InMemoryLease,
         projection: &str,
         from: LogPosition,
         to: LogPosition,

@@ -1050,7 +1050,7 @@ where
     ) -> Result<(), ProjectionError> {
         if !self
             .projection_store
-            .advance(&mut tx, self.name(), s.position, to, Some(at))
+            .advance(&mut tx, &s.lease, self.name(), s.position, to, Some(at))
             .await?
         {
             return Err(Error::CheckpointMoved {

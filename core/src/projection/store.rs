@@ -83,8 +83,9 @@ pub trait Lease: Send + Sized + 'static {
 /// A runner applies a batch of events and moves the checkpoint in one
 /// transaction ([`begin`](Self::begin) … [`commit`](Self::commit); dropping
 /// the transaction rolls it back). [`advance`](Self::advance) only moves a
-/// checkpoint that is still where the runner left it, so a runner that lost
-/// its lease without noticing can never apply a batch twice.
+/// checkpoint that is still where the runner left it, under the runner's
+/// lease, so a runner that lost its lease without noticing can never apply
+/// a batch twice, and commits nothing once the next owner has taken over.
 pub trait ProjectionStore: DeadLetterStore + Clone + Send + Sync + 'static {
     /// An open transaction (rolled back when dropped).
     type Transaction: Send;
@@ -135,10 +136,14 @@ pub trait ProjectionStore: DeadLetterStore + Clone + Send + Sync + 'static {
 
     /// Moves the checkpoint from `from` to `to` inside `tx` and marks the
     /// projection running. Returns `false`, changing nothing, when the
-    /// checkpoint is no longer at `from` (another runner moved it).
+    /// checkpoint is no longer at `from` (another runner moved it) or when
+    /// `lease` is no longer the current one (another runner took the
+    /// projection over since, e.g. after this one's lock connection died:
+    /// the fence that keeps a stale owner from committing).
     fn advance(
         &self,
         tx: &mut Self::Transaction,
+        lease: &Self::Lease,
         projection: &str,
         from: LogPosition,
         to: LogPosition,

@@ -747,3 +747,146 @@ async fn unreadable_rows_are_parked_and_the_log_goes_on() {
         "the checkpoint is at the end of the log"
     );
 }
+
+/// A projection with side effects outside the runner's transaction: each
+/// call of `apply` is logged in memory (as a sent e-mail would be), and the
+/// read model row records which runner committed it.
+struct Fenced {
+    runner: &'static str,
+    side_effects: Arc<Mutex<Vec<(&'static str, u64)>>>,
+}
+
+impl Projection for Fenced {
+    type Event = CounterEvent;
+    type Conn = PgConnection;
+
+    fn name(&self) -> &str {
+        "fenced"
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        e: &Envelope<CounterEvent>,
+    ) -> Result<(), HandlerError> {
+        self.side_effects
+            .lock()
+            .unwrap()
+            .push((self.runner, e.position()));
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        sqlx::query("INSERT INTO fenced (position, runner) VALUES ($1, $2)")
+            .bind(e.position() as i64)
+            .bind(self.runner)
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn reset(&self, conn: &mut PgConnection) -> Result<(), HandlerError> {
+        sqlx::query("TRUNCATE fenced").execute(conn).await?;
+        Ok(())
+    }
+}
+
+/// An owner whose lock connection dies does not notice until its next lease
+/// check (a minute here). The new owner's lease epoch fences it off: the
+/// old owner's batch in flight is rolled back, it commits nothing after the
+/// new owner took over, and `apply`'s side effects outside the transaction
+/// are repeated for at most that one batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_that_lost_its_lock_commits_nothing_after_the_takeover() {
+    const EVENTS: i64 = 600;
+    const BATCH: usize = 20;
+    let env = env().await;
+    sqlx::query("CREATE TABLE fenced (position bigint, runner text)")
+        .execute(env.pool())
+        .await
+        .unwrap();
+    for i in 0..6u32 {
+        env.append(&format!("c-{i}"), (i * 100)..(i * 100 + 100))
+            .await;
+    }
+    let side_effects = Arc::new(Mutex::new(Vec::new()));
+    let runner = |name: &'static str| {
+        ProjectionRunner::new(
+            env.store.clone(),
+            env.projections.clone(),
+            Arc::new(Fenced {
+                runner: name,
+                side_effects: side_effects.clone(),
+            }),
+        )
+        .batch_size(BATCH)
+        .takeover_interval(Duration::from_millis(50))
+        .lease_check_interval(Duration::from_secs(60))
+        .spawn()
+    };
+    let committed = |pool: PgPool| async move {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM fenced")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+
+    let old = runner("old");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while committed(env.pool().clone()).await < 3 * BATCH as i64 {
+        assert!(Instant::now() < deadline, "the first owner applied nothing");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // the old owner's lock connection dies; the old owner goes on working
+    let killed: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_locks
+          WHERE locktype = 'advisory' AND granted
+            AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .fetch_all(env.pool())
+    .await
+    .unwrap();
+    assert_eq!(killed, [true], "one advisory lock, the old owner's");
+    let new = runner("new");
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while committed(env.pool().clone()).await < EVENTS {
+        assert!(Instant::now() < deadline, "the new owner did not finish");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    new.stop().await.unwrap();
+    old.stop().await.unwrap();
+
+    let (rows, distinct): (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(DISTINCT position) FROM fenced")
+            .fetch_one(env.pool())
+            .await
+            .unwrap();
+    assert_eq!((rows, distinct), (EVENTS, EVENTS), "each event once");
+    let (old_last, new_first): (Option<i64>, Option<i64>) = sqlx::query_as(
+        "SELECT max(position) FILTER (WHERE runner = 'old'),
+                min(position) FILTER (WHERE runner = 'new') FROM fenced",
+    )
+    .fetch_one(env.pool())
+    .await
+    .unwrap();
+    let old_last = old_last.expect("the old owner committed its first batches");
+    let new_first = new_first.expect(
+        "the new owner committed nothing: the old owner kept committing after the takeover",
+    );
+    assert!(
+        old_last < new_first,
+        "the old owner committed event {old_last} after the new owner committed from {new_first}"
+    );
+    let effects = side_effects.lock().unwrap().clone();
+    let by = |who: &str| -> HashSet<u64> {
+        effects
+            .iter()
+            .filter(|(r, _)| *r == who)
+            .map(|(_, p)| *p)
+            .collect()
+    };
+    let repeated = by("old").intersection(&by("new")).count();
+    eprintln!("side effects repeated after the takeover: {repeated}");
+    assert!(
+        repeated <= BATCH,
+        "{repeated} side effects ran under both owners; at most one batch ({BATCH}) may"
+    );
+}

@@ -1,0 +1,1 @@
+ALTER TABLE annals_projection_checkpoints DROP COLUMN lease_epoch;
