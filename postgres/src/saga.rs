@@ -284,8 +284,43 @@ async fn save_on(conn: &mut PgConnection, change: &SagaChange) -> Result<(), Sag
     Ok(())
 }
 
+/// See [`SagaStore::attempted_steps`]. `FOR UPDATE` keeps the saga's
+/// forward commands from being claimed (claims skip locked rows) until the
+/// transaction ends; a claim in progress is waited for and then seen.
+async fn attempted_steps_on(
+    conn: &mut PgConnection,
+    saga_id: uuid::Uuid,
+) -> Result<Vec<u32>, SagaError> {
+    let rows: Vec<(i32, bool)> = sqlx::query_as(
+        "SELECT step, dispatched_at IS NOT NULL OR (failed_at IS NULL AND attempts > 0)
+           FROM annals_saga_outbox
+          WHERE saga_id = $1 AND NOT compensation
+            FOR UPDATE",
+    )
+    .bind(saga_id)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(|e| saga_error("reading which saga steps were attempted", e))?;
+    let mut steps: Vec<u32> = rows
+        .into_iter()
+        .filter(|(_, attempted)| *attempted)
+        .filter_map(|(step, _)| u32::try_from(step).ok())
+        .collect();
+    steps.sort_unstable();
+    steps.dedup();
+    Ok(steps)
+}
+
 impl SagaStore for PgSagaStore {
     type Conn = PgConnection;
+
+    async fn attempted_steps(
+        &self,
+        tx: &mut PgConnection,
+        saga_id: uuid::Uuid,
+    ) -> Result<Vec<u32>, SagaError> {
+        attempted_steps_on(tx, saga_id).await
+    }
 
     async fn load(
         &self,
@@ -549,6 +584,7 @@ impl SagaStore for PgSagaStore {
             let progress = SagaProgress {
                 outstanding: outstanding.max(0) as u64,
                 step_delivered: delivered.max(0) as u64,
+                attempted_steps: attempted_steps_on(&mut tx, command.saga_id).await?,
             };
             if let Some(change) = decide(saga, progress)? {
                 save_on(&mut tx, &change).await?;
@@ -565,7 +601,7 @@ impl SagaStore for PgSagaStore {
         mut decide: F,
     ) -> Result<usize, SagaError>
     where
-        F: FnMut(SagaRecord) -> Result<Option<SagaChange>, SagaError> + Send,
+        F: FnMut(SagaRecord, &[u32]) -> Result<Option<SagaChange>, SagaError> + Send,
     {
         let fail = |e| saga_error("firing saga timeouts", e);
         // one cheap probe first: most scans find nothing due, and then need
@@ -601,7 +637,9 @@ impl SagaStore for PgSagaStore {
         .map_err(fail)?;
         let mut changed = 0;
         for row in &rows {
-            if let Some(change) = decide(decode_saga(row)?)? {
+            let saga = decode_saga(row)?;
+            let attempted = attempted_steps_on(&mut tx, saga.saga_id).await?;
+            if let Some(change) = decide(saga, &attempted)? {
                 save_on(&mut tx, &change).await?;
                 changed += 1;
             }

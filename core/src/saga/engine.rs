@@ -37,8 +37,9 @@ impl FailCause {
 /// The pure decisions of saga `S`: what a saga becomes when an event
 /// arrives, its timeout fires or one of its commands was delivered or given
 /// up. No I/O: [`SagaProjection`](super::SagaProjection) and
-/// [`SagaWorker`](super::SagaWorker) call it and hand the resulting
-/// [`SagaChange`] to a [`SagaStore`](super::SagaStore). Useful on its own to
+/// [`SagaWorker`](super::SagaWorker) call it, [finish](Decision::finish)
+/// the [`Decision`] with what the store knows about the saga's commands and
+/// hand the resulting [`SagaChange`] to a [`SagaStore`](super::SagaStore). Useful on its own to
 /// test a saga without a store, or to build another runner.
 ///
 /// ```
@@ -76,8 +77,10 @@ impl FailCause {
 ///     recorded_at: chrono::Utc::now(),
 ///     payload: ShopEvent::Ordered(Ordered { order: 42 }),
 /// };
-/// let change = SagaEngine::<Shipping>::on_event(None, "42".into(), &ordered)?
+/// let decision = SagaEngine::<Shipping>::on_event(None, "42".into(), &ordered)?
 ///     .expect("`Ordered` starts a saga");
+/// // a new saga has no steps attempted yet
+/// let change = decision.finish(&[])?;
 /// assert_eq!(change.record.state, "Shipping");
 /// assert_eq!(change.record.status, SagaStatus::Running);
 /// assert_eq!(change.commands[0].command_type, "Ship");
@@ -100,13 +103,13 @@ impl<S: Saga> SagaEngine<S> {
         existing: Option<SagaRecord>,
         correlation_id: String,
         event: &Envelope<S::Event>,
-    ) -> Result<Option<SagaChange>, SagaError> {
+    ) -> Result<Option<Decision<S>>, SagaError> {
         on_event::<S>(existing, correlation_id, event)
     }
 
     /// A saga whose deadline passed: moves it to its state's timeout target
     /// (`None`: the saga is no longer running).
-    pub fn on_timeout(record: SagaRecord) -> Result<Option<SagaChange>, SagaError> {
+    pub fn on_timeout(record: SagaRecord) -> Result<Option<Decision<S>>, SagaError> {
         on_timeout::<S>(record)
     }
 
@@ -118,9 +121,68 @@ impl<S: Saga> SagaEngine<S> {
         record: SagaRecord,
         entry: &OutboxEntry,
         outcome: &CommandOutcome,
-        progress: SagaProgress,
-    ) -> Result<Option<SagaChange>, SagaError> {
+        progress: &SagaProgress,
+    ) -> Result<Option<Decision<S>>, SagaError> {
         on_outcome::<S>(record, entry, outcome, progress)
+    }
+}
+
+/// What the engine decided for a saga, one step short of a
+/// [`SagaChange`]: when the decision starts compensation, which steps to
+/// undo depends on which of their forward commands were ever attempted (a
+/// step none of whose commands was attempted did nothing: its commands are
+/// cancelled and it is not compensated), and only the store knows that.
+/// [`finish`](Self::finish) takes the answer
+/// ([`SagaStore::attempted_steps`](super::SagaStore::attempted_steps)).
+#[derive(Debug)]
+#[must_use = "a decision does nothing until it is finished and saved"]
+pub struct Decision<S> {
+    change: SagaChange,
+    starts_compensation: bool,
+    _saga: PhantomData<fn() -> S>,
+}
+
+impl<S: Saga> Decision<S> {
+    fn new(change: SagaChange, starts_compensation: bool) -> Self {
+        Decision {
+            change,
+            starts_compensation,
+            _saga: PhantomData,
+        }
+    }
+
+    /// Whether the saga starts compensating: then [`finish`](Self::finish)
+    /// needs the steps whose forward commands were attempted.
+    pub fn starts_compensation(&self) -> bool {
+        self.starts_compensation
+    }
+
+    /// The change as decided so far (a compensation that starts has no
+    /// compensating commands yet).
+    pub fn change(&self) -> &SagaChange {
+        &self.change
+    }
+
+    /// The change to save. `attempted_steps`: the saga's steps that have a
+    /// forward command that may have taken effect (delivered, or attempted
+    /// and not given up; see
+    /// [`SagaStore::attempted_steps`](super::SagaStore::attempted_steps));
+    /// read only when the decision [starts
+    /// compensation](Self::starts_compensation). The other steps that
+    /// issued commands are marked [`StepStatus::Failed`] (they did nothing)
+    /// and the newest step left is compensated first.
+    pub fn finish(self, attempted_steps: &[u32]) -> Result<SagaChange, SagaError> {
+        let mut change = self.change;
+        if self.starts_compensation {
+            for s in &mut change.record.completed_steps {
+                if s.status == StepStatus::Done && !attempted_steps.contains(&s.step) {
+                    s.status = StepStatus::Failed;
+                }
+            }
+            let data = data_of::<S>(&change.record)?;
+            advance_compensation::<S>(&mut change, &data)?;
+        }
+        Ok(change)
     }
 }
 
@@ -132,7 +194,7 @@ pub(crate) fn on_event<S: Saga>(
     existing: Option<SagaRecord>,
     correlation_id: String,
     event: &Envelope<S::Event>,
-) -> Result<Option<SagaChange>, SagaError> {
+) -> Result<Option<Decision<S>>, SagaError> {
     let Some(record) = existing else {
         let Some(start) = S::start(&event.payload) else {
             return Ok(None);
@@ -161,7 +223,7 @@ pub(crate) fn on_event<S: Saga>(
         let mut change = new_change(record, true);
         enter::<S>(&mut change, start, &data, true)?;
         set_data::<S>(&mut change, &data)?;
-        return Ok(Some(change));
+        return Ok(Some(Decision::new(change, false)));
     };
     if !matches!(record.status, SagaStatus::Running | SagaStatus::Pending) {
         return Ok(None);
@@ -178,50 +240,58 @@ pub(crate) fn on_event<S: Saga>(
     let mut change = new_change(record, false);
     change.record.status = SagaStatus::Running;
     change.record.last_event = event.log_position;
-    match target {
-        Target::State(next) => enter::<S>(&mut change, next, &data, false)?,
-        Target::Fail => start_compensation::<S>(
-            &mut change,
-            &data,
-            format!(
-                "event `{}` failed the saga in state `{}`",
-                event.event_type,
-                state.state_name()
-            ),
-        )?,
-    }
+    let fails = match target {
+        Target::State(next) => {
+            enter::<S>(&mut change, next, &data, false)?;
+            false
+        }
+        Target::Fail => {
+            start_compensation(
+                &mut change,
+                format!(
+                    "event `{}` failed the saga in state `{}`",
+                    event.event_type,
+                    state.state_name()
+                ),
+            );
+            true
+        }
+    };
     set_data::<S>(&mut change, &data)?;
-    Ok(Some(change))
+    Ok(Some(Decision::new(change, fails)))
 }
 
 /// A saga whose deadline passed: moves it to its state's timeout target.
 /// `None` when the saga is no longer running (nothing to do).
-pub(crate) fn on_timeout<S: Saga>(record: SagaRecord) -> Result<Option<SagaChange>, SagaError> {
+pub(crate) fn on_timeout<S: Saga>(record: SagaRecord) -> Result<Option<Decision<S>>, SagaError> {
     if !matches!(record.status, SagaStatus::Running | SagaStatus::Pending) {
         return Ok(None);
     }
     let state = state_of::<S>(&record)?;
     let mut change = new_change(record, false);
-    match state.timeout() {
+    let fails = match state.timeout() {
         // the code has no timeout for this state (any more): disarm it
-        None => change.deadline = None,
+        None => {
+            change.deadline = None;
+            false
+        }
         Some((_, Target::State(next))) => {
             let data = data_of::<S>(&change.record)?;
             enter::<S>(&mut change, next, &data, false)?;
+            false
         }
         Some((after, Target::Fail)) => {
-            let data = data_of::<S>(&change.record)?;
-            start_compensation::<S>(
+            start_compensation(
                 &mut change,
-                &data,
                 format!(
                     "timed out in state `{}` after {after:?}",
                     state.state_name()
                 ),
-            )?;
+            );
+            true
         }
-    }
-    Ok(Some(change))
+    };
+    Ok(Some(Decision::new(change, fails)))
 }
 
 /// A command's delivery ended (delivered or given up): a forward command
@@ -232,8 +302,8 @@ pub(crate) fn on_outcome<S: Saga>(
     record: SagaRecord,
     entry: &OutboxEntry,
     outcome: &CommandOutcome,
-    progress: SagaProgress,
-) -> Result<Option<SagaChange>, SagaError> {
+    progress: &SagaProgress,
+) -> Result<Option<Decision<S>>, SagaError> {
     let error = match outcome {
         CommandOutcome::Retry { .. } => return Ok(None),
         CommandOutcome::Delivered => None,
@@ -246,7 +316,6 @@ pub(crate) fn on_outcome<S: Saga>(
         if !matches!(record.status, SagaStatus::Running | SagaStatus::Pending) {
             return Ok(None);
         }
-        let data = data_of::<S>(&record)?;
         let mut change = new_change(record, false);
         if progress.step_delivered == 0 {
             // no command of the step got through: it did nothing to undo
@@ -256,15 +325,14 @@ pub(crate) fn on_outcome<S: Saga>(
                 }
             }
         }
-        start_compensation::<S>(
+        start_compensation(
             &mut change,
-            &data,
             format!(
                 "command `{}` of step {} failed after {} attempt(s): {error}",
                 entry.command_type, entry.step, entry.attempts
             ),
-        )?;
-        return Ok(Some(change));
+        );
+        return Ok(Some(Decision::new(change, true)));
     }
     if record.status != SagaStatus::Compensating {
         return Ok(None);
@@ -304,7 +372,7 @@ pub(crate) fn on_outcome<S: Saga>(
         }
         changed = true;
     }
-    Ok(changed.then_some(change))
+    Ok(changed.then(|| Decision::new(change, false)))
 }
 
 fn new_change(record: SagaRecord, insert: bool) -> SagaChange {
@@ -380,16 +448,14 @@ fn enter<S: Saga>(
     Ok(())
 }
 
-fn start_compensation<S: Saga>(
-    change: &mut SagaChange,
-    data: &S::Data,
-    reason: String,
-) -> Result<(), SagaError> {
+/// The saga starts compensating: its forward commands never attempted are
+/// cancelled with the save; which steps it undoes is decided by
+/// [`Decision::finish`], once the store said which steps were attempted.
+fn start_compensation(change: &mut SagaChange, reason: String) {
     change.record.status = SagaStatus::Compensating;
     change.record.error_message = Some(reason);
     change.deadline = None;
     change.cancel_pending = true;
-    advance_compensation::<S>(change, data)
 }
 
 /// Issues the compensation of the newest step not yet compensated, or ends

@@ -69,6 +69,20 @@ impl InMemorySagaStore {
 }
 
 impl State {
+    /// See [`SagaStore::attempted_steps`].
+    fn attempted_steps(&self, saga_id: Uuid) -> Vec<u32> {
+        let mut steps: Vec<u32> = self
+            .outbox
+            .iter()
+            .filter(|e| e.saga_id == saga_id && !e.compensation)
+            .filter(|e| e.dispatched_at.is_some() || (e.failed_at.is_none() && e.attempts > 0))
+            .map(|e| e.step)
+            .collect();
+        steps.sort_unstable();
+        steps.dedup();
+        steps
+    }
+
     fn apply(&mut self, change: &SagaChange, now: DateTime<Utc>) -> Result<(), SagaError> {
         let new = &change.record;
         let key = (new.saga_type.clone(), new.correlation_id.clone());
@@ -159,6 +173,14 @@ impl SagaStore for InMemorySagaStore {
 
     async fn save(&self, _tx: &mut InMemoryConn, change: &SagaChange) -> Result<(), SagaError> {
         self.lock().apply(change, Utc::now())
+    }
+
+    async fn attempted_steps(
+        &self,
+        _tx: &mut InMemoryConn,
+        saga_id: Uuid,
+    ) -> Result<Vec<u32>, SagaError> {
+        Ok(self.lock().attempted_steps(saga_id))
     }
 
     async fn find_by_correlation_id(
@@ -352,6 +374,7 @@ impl SagaStore for InMemorySagaStore {
                         && e.dispatched_at.is_some()
                 })
                 .count() as u64,
+            attempted_steps: state.attempted_steps(command.saga_id),
         };
         if let Some(change) = decide(saga, progress)? {
             state.apply(&change, now)?;
@@ -366,7 +389,7 @@ impl SagaStore for InMemorySagaStore {
         mut decide: F,
     ) -> Result<usize, SagaError>
     where
-        F: FnMut(SagaRecord) -> Result<Option<SagaChange>, SagaError> + Send,
+        F: FnMut(SagaRecord, &[u32]) -> Result<Option<SagaChange>, SagaError> + Send,
     {
         let now = Utc::now();
         let mut state = self.lock();
@@ -386,7 +409,8 @@ impl SagaStore for InMemorySagaStore {
         // a rolled-back transaction would
         let mut changes = Vec::with_capacity(due.len());
         for saga in due {
-            if let Some(change) = decide(saga)? {
+            let attempted = state.attempted_steps(saga.saga_id);
+            if let Some(change) = decide(saga, &attempted)? {
                 changes.push(change);
             }
         }

@@ -47,7 +47,7 @@ use serde::Serialize;
 use crate::event::Envelope;
 use crate::Event;
 
-pub use engine::SagaEngine;
+pub use engine::{Decision, SagaEngine};
 pub use error::SagaError;
 pub use memory::InMemorySagaStore;
 pub use projection::SagaProjection;

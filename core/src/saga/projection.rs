@@ -75,6 +75,27 @@ impl<S: Saga, St: SagaStore> SagaProjection<S, St> {
     }
 }
 
+impl<S: Saga, St: SagaStore> SagaProjection<S, St> {
+    /// The change to save for a decision: when it starts compensation, the
+    /// store says which steps were attempted (a saga not `stored` yet has
+    /// none).
+    async fn finish(
+        &self,
+        tx: &mut St::Conn,
+        decision: engine::Decision<S>,
+        stored: bool,
+    ) -> Result<SagaChange, super::SagaError> {
+        let attempted = if decision.starts_compensation() && stored {
+            self.store
+                .attempted_steps(tx, decision.change().record.saga_id)
+                .await?
+        } else {
+            Vec::new()
+        };
+        decision.finish(&attempted)
+    }
+}
+
 impl<S: Saga, St: SagaStore> Projection for SagaProjection<S, St> {
     type Event = S::Event;
     type Conn = St::Conn;
@@ -99,11 +120,15 @@ impl<S: Saga, St: SagaStore> Projection for SagaProjection<S, St> {
             .await
             .map_err(super::SagaError::into_handler_error)?;
         let before = existing.as_ref().map(|s| s.status);
-        let Some(change) = engine::on_event::<S>(existing, correlation_id, event)
+        let Some(decision) = engine::on_event::<S>(existing, correlation_id, event)
             .map_err(super::SagaError::into_handler_error)?
         else {
             return Ok(());
         };
+        let change = self
+            .finish(tx, decision, before.is_some())
+            .await
+            .map_err(super::SagaError::into_handler_error)?;
         self.store
             .save(tx, &change)
             .await
@@ -164,11 +189,16 @@ impl<S: Saga, St: SagaStore> Projection for SagaProjection<S, St> {
                 current: None,
                 change: None,
             });
-            let Some(next) = engine::on_event::<S>(pending.current.clone(), id.clone(), event)
+            let Some(decision) = engine::on_event::<S>(pending.current.clone(), id.clone(), event)
                 .map_err(super::SagaError::into_handler_error)?
             else {
                 continue;
             };
+            // a saga new in this batch has no command in the store yet
+            let next = self
+                .finish(tx, decision, pending.before.is_some())
+                .await
+                .map_err(super::SagaError::into_handler_error)?;
             pending.current = Some(next.record.clone());
             if pending.change.is_none() {
                 order.push(id);

@@ -243,11 +243,16 @@ pub enum CommandOutcome {
 
 /// The outbox as a saga's engine needs to see it after a command's outcome
 /// was recorded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SagaProgress {
     /// The saga's commands neither delivered nor given up.
     pub outstanding: u64,
     /// The delivered commands of the outcome's step (forward or
     /// compensating, as the command was).
     pub step_delivered: u64,
+    /// The steps with a forward command that may have taken effect, as
+    /// [`SagaStore::attempted_steps`](super::SagaStore::attempted_steps)
+    /// gives them (for [`Decision::finish`](super::Decision::finish)
+    /// when a forward command given up starts compensation).
+    pub attempted_steps: Vec<u32>,
 }

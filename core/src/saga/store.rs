@@ -73,6 +73,20 @@ pub trait SagaStore: Clone + Send + Sync + 'static {
         change: &SagaChange,
     ) -> impl Future<Output = Result<(), SagaError>> + Send;
 
+    /// The steps of a saga that have a forward command that may have taken
+    /// effect: delivered, or attempted and not given up (in flight, or
+    /// waiting for a retry). A step that is not among them did nothing: when
+    /// the saga starts compensating, its commands are cancelled and it is
+    /// not undone ([`Decision::finish`](super::Decision::finish)). Runs in
+    /// `tx` and keeps the saga's forward commands from being claimed until
+    /// `tx` ends, so none is attempted between this answer and the save that
+    /// cancels the others.
+    fn attempted_steps(
+        &self,
+        tx: &mut Self::Conn,
+        saga_id: Uuid,
+    ) -> impl Future<Output = Result<Vec<u32>, SagaError>> + Send;
+
     /// The saga of this type for this correlation id.
     fn find_by_correlation_id(
         &self,
@@ -133,7 +147,9 @@ pub trait SagaStore: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<OutboxEntry>, SagaError>> + Send;
 
     /// Marks forward (non-compensating) commands delivered. Commands given
-    /// up or already marked in the meantime are left alone.
+    /// up or already marked in the meantime are left alone. The worker
+    /// marks each delivery as soon as the bus accepted it, so a crash
+    /// delivers again at most the command in flight.
     fn mark_delivered(&self, ids: &[u64]) -> impl Future<Output = Result<(), SagaError>> + Send;
 
     /// Records one attempt's outcome in one transaction. For
@@ -152,8 +168,9 @@ pub trait SagaStore: Clone + Send + Sync + 'static {
 
     /// Locks up to `limit` running sagas of this type whose deadline has
     /// passed (skipping sagas another instance holds), calls `decide` for
-    /// each and saves the changes, in one transaction. Returns how many
-    /// sagas changed.
+    /// each with its [attempted steps](SagaStore::attempted_steps) and
+    /// saves the changes, in one transaction. Returns how many sagas
+    /// changed.
     fn fire_due_timeouts<F>(
         &self,
         saga_type: &str,
@@ -161,5 +178,5 @@ pub trait SagaStore: Clone + Send + Sync + 'static {
         decide: F,
     ) -> impl Future<Output = Result<usize, SagaError>> + Send
     where
-        F: FnMut(SagaRecord) -> Result<Option<SagaChange>, SagaError> + Send;
+        F: FnMut(SagaRecord, &[u32]) -> Result<Option<SagaChange>, SagaError> + Send;
 }

@@ -87,6 +87,9 @@ struct Bus {
     failing: Arc<Mutex<HashSet<&'static str>>>,
     down: Arc<std::sync::atomic::AtomicBool>,
     calls: Arc<std::sync::atomic::AtomicUsize>,
+    /// Hang forever in this call (1-based; 0: never), as a worker that
+    /// dies in the middle of a batch would.
+    hang_at_call: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Bus {
@@ -102,7 +105,10 @@ impl Bus {
 
 impl CommandBus<TripCommand> for Bus {
     async fn dispatch(&self, d: Dispatch<TripCommand>) -> Result<(), HandlerError> {
-        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let call = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        if call == self.hang_at_call.load(std::sync::atomic::Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
         if self.down.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(HandlerError::dependency("the booking service is down"));
         }
@@ -450,6 +456,7 @@ async fn a_command_that_keeps_failing_is_retried_then_the_saga_compensates() {
 async fn a_failing_compensation_is_recorded_and_the_others_still_run() {
     let mut h = Harness::new();
     h.bus.failing.lock().unwrap().insert("CancelHotel");
+    // each step's command is delivered before the next event
     for e in [
         TripEvent::Requested(r(6)),
         TripEvent::FlightBooked(r(6)),
@@ -457,8 +464,8 @@ async fn a_failing_compensation_is_recorded_and_the_others_still_run() {
         TripEvent::CarUnavailable(r(6)),
     ] {
         h.apply(e).await;
+        h.settle().await;
     }
-    h.settle().await;
     let saga = h.saga(6).await;
     assert_eq!(saga.status, SagaStatus::Failed);
     assert_eq!(
@@ -487,7 +494,7 @@ async fn a_failing_compensation_is_recorded_and_the_others_still_run() {
 }
 
 #[tokio::test]
-async fn compensation_cancels_commands_never_attempted() {
+async fn compensation_cancels_commands_never_attempted_and_does_not_undo_them() {
     let mut h = Harness::new();
     // nothing is delivered before the car turns out unavailable
     for e in [
@@ -504,16 +511,96 @@ async fn compensation_cancels_commands_never_attempted() {
         assert!(c.failed_at.is_some(), "{} was cancelled", c.command_type);
         assert!(c.last_error.as_deref().unwrap().starts_with("cancelled"));
     }
+    assert!(
+        commands.iter().all(|c| !c.compensation),
+        "no step did anything, so none is undone: {commands:?}"
+    );
+    h.settle().await;
+    assert_eq!(h.bus.delivered(), []);
+    let saga = h.saga(8).await;
+    assert_eq!(saga.status, SagaStatus::Failed);
+    assert!(
+        saga.completed_steps
+            .iter()
+            .all(|s| s.status == StepStatus::Failed),
+        "{:?}",
+        saga.completed_steps
+    );
+}
+
+#[tokio::test]
+async fn only_steps_whose_commands_were_attempted_are_compensated() {
+    let mut h = Harness::new();
+    h.apply(TripEvent::Requested(r(9))).await;
+    h.settle().await; // BookFlight is delivered
+                      // BookHotel and BookCar are recorded but never attempted
+    for e in [
+        TripEvent::FlightBooked(r(9)),
+        TripEvent::HotelBooked(r(9)),
+        TripEvent::CarUnavailable(r(9)),
+    ] {
+        h.apply(e).await;
+    }
     h.settle().await;
     assert_eq!(
         h.bus.delivered(),
-        vec![
-            TripCommand::CancelCar(8),
-            TripCommand::CancelHotel(8),
-            TripCommand::CancelFlight(8)
+        [TripCommand::BookFlight(9), TripCommand::CancelFlight(9)]
+    );
+    let saga = h.saga(9).await;
+    assert_eq!(saga.status, SagaStatus::Failed);
+    let steps: Vec<(&str, StepStatus)> = saga
+        .completed_steps
+        .iter()
+        .map(|s| (s.state.as_str(), s.status))
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            ("BookingFlight", StepStatus::Compensated),
+            ("BookingHotel", StepStatus::Failed),
+            ("BookingCar", StepStatus::Failed)
         ]
     );
-    assert_eq!(h.saga(8).await.status, SagaStatus::Failed);
+}
+
+#[tokio::test]
+async fn a_worker_that_dies_mid_batch_delivers_again_only_the_command_in_flight() {
+    let mut h = Harness::new();
+    for trip in 1..=5 {
+        h.apply(TripEvent::Requested(r(trip))).await;
+    }
+    // the third delivery of the batch never returns: the worker dies there
+    h.bus
+        .hang_at_call
+        .store(3, std::sync::atomic::Ordering::SeqCst);
+    let dying = SagaWorker::<TripBooking, _, _>::new(h.store.clone(), h.bus.clone())
+        .lease(Duration::from_millis(50));
+    let task = tokio::spawn(async move { dying.dispatch().await });
+    while h.bus.calls.load(std::sync::atomic::Ordering::SeqCst) < 3 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    task.abort();
+    let _ = task.await;
+    let mut marked = 0;
+    for trip in 1..=5 {
+        let saga = h.saga(trip).await;
+        let commands = h.store.commands_of(saga.saga_id).await.unwrap();
+        marked += commands
+            .iter()
+            .filter(|c| c.dispatched_at.is_some())
+            .count();
+    }
+    assert_eq!(marked, 2, "each delivery is marked as it succeeds");
+    // after the lease, another worker delivers the rest
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    h.settle().await;
+    let mut delivered = h.bus.delivered();
+    delivered.sort_by_key(|c| format!("{c:?}"));
+    assert_eq!(
+        delivered,
+        (1..=5).map(TripCommand::BookFlight).collect::<Vec<_>>(),
+        "the two delivered before the crash are not delivered again"
+    );
 }
 
 #[tokio::test]
@@ -568,8 +655,10 @@ async fn a_compensation_waits_for_the_command_it_undoes() {
                     &CommandOutcome::Abandoned {
                         error: "gave up".into(),
                     },
-                    progress,
-                )
+                    &progress,
+                )?
+                .map(|d| d.finish(&progress.attempted_steps))
+                .transpose()
             },
         )
         .await
@@ -755,6 +844,8 @@ async fn a_stale_version_is_a_conflict() {
     let e = h.envelope(TripEvent::FlightBooked(r(12)));
     let change = engine::on_event::<TripBooking>(Some(saga.clone()), "12".into(), &e)
         .unwrap()
+        .unwrap()
+        .finish(&[])
         .unwrap();
     h.store
         .save(&mut InMemoryConn::new(), &change)
@@ -916,8 +1007,9 @@ async fn a_batch_moves_sagas_as_its_events_one_by_one_would() {
         );
     }
     assert_eq!(h.saga(1).await.status, SagaStatus::Completed);
+    // none of saga 2's commands was ever attempted: nothing to undo
     let failed = h.saga(2).await;
-    assert_eq!(failed.status, SagaStatus::Compensating);
+    assert_eq!(failed.status, SagaStatus::Failed);
     assert!(h
         .store
         .find_by_correlation_id("trip_booking", "9")

@@ -223,9 +223,11 @@ where
     pub async fn fire_timeouts(&self) -> Result<usize, SagaError> {
         let fired = self
             .store
-            .fire_due_timeouts(S::NAME, self.batch_size, |saga| {
+            .fire_due_timeouts(S::NAME, self.batch_size, |saga, attempted| {
                 let before = saga.status;
-                let change = engine::on_timeout::<S>(saga)?;
+                let change = engine::on_timeout::<S>(saga)?
+                    .map(|d| d.finish(attempted))
+                    .transpose()?;
                 if let Some(change) = &change {
                     metrics::counter!(m::SAGA_TIMEOUTS_TOTAL, "saga" => S::NAME).increment(1);
                     record_change(S::NAME, Some(before), change, FailCause::Timeout);
@@ -250,7 +252,6 @@ where
             .claim_commands(S::NAME, limit, self.lease)
             .await?;
         let mut round = WorkerRound::default();
-        let mut delivered_forward = Vec::new();
         for entry in claimed {
             let outcome = self.deliver(&entry).await;
             match &outcome {
@@ -259,8 +260,10 @@ where
                     metrics::counter!(m::SAGA_COMMANDS_DISPATCHED_TOTAL, "saga" => S::NAME, "command" => entry.command_type.clone())
                         .increment(1);
                     if !entry.compensation {
-                        // a forward delivery changes no saga: batch it
-                        delivered_forward.push(entry.id);
+                        // a forward delivery changes no saga: mark it at
+                        // once, so a crash later in the batch does not
+                        // deliver it again
+                        self.store.mark_delivered(&[entry.id]).await?;
                         continue;
                     }
                 }
@@ -278,9 +281,6 @@ where
                 }
             }
             self.record(&entry, outcome).await?;
-        }
-        if !delivered_forward.is_empty() {
-            self.store.mark_delivered(&delivered_forward).await?;
         }
         Ok(round)
     }
@@ -354,7 +354,9 @@ where
         self.store
             .record_outcome(entry, outcome, move |saga, progress| {
                 let before = saga.status;
-                let change = engine::on_outcome::<S>(saga, entry, &decided, progress)?;
+                let change = engine::on_outcome::<S>(saga, entry, &decided, &progress)?
+                    .map(|d| d.finish(&progress.attempted_steps))
+                    .transpose()?;
                 if let Some(change) = &change {
                     record_change(S::NAME, Some(before), change, FailCause::Command);
                 }
