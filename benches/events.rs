@@ -384,11 +384,18 @@ fn memory_store(c: &mut Criterion) {
 
     // one 10,000-event stream in each store
     let store = InMemoryEventStore::with_registry(registry.clone());
+    // the same stream in a store whose registry validates every read
+    let validating = InMemoryEventStore::new();
+    validating.registry().validate_reads(true);
     let naive_store = NaiveStore::default();
     rt.block_on(async {
         for (k, chunk) in events.chunks(100).enumerate() {
             let expected = ExpectedVersion::from_current(Some(k as u64 * 100));
             store
+                .append_events("lead-1", expected, chunk, &meta)
+                .await
+                .expect("append");
+            validating
                 .append_events("lead-1", expected, chunk, &meta)
                 .await
                 .expect("append");
@@ -406,6 +413,18 @@ fn memory_store(c: &mut Criterion) {
                     timed(|| {
                         let events = rt
                             .block_on(store.read_stream_as::<LeadEvent>("lead-1", ..))
+                            .expect("read");
+                        assert_eq!(events.len(), N);
+                        black_box(events);
+                    })
+                }),
+            ),
+            (
+                "read_stream_as_validating/annals",
+                Box::new(|| {
+                    timed(|| {
+                        let events = rt
+                            .block_on(validating.read_stream_as::<LeadEvent>("lead-1", ..))
                             .expect("read");
                         assert_eq!(events.len(), N);
                         black_box(events);
@@ -435,6 +454,7 @@ fn memory_store(c: &mut Criterion) {
         ],
         &[
             ("read_stream_as/annals", "read_typed/naive_baseline"),
+            ("read_stream_as_validating/annals", "read_stream_as/annals"),
             ("read_stream_raw/annals", "read_typed/naive_baseline"),
         ],
         ROUNDS,
@@ -542,6 +562,12 @@ fn main() {
                 "mem read 10k typed: read_stream_as vs naive",
                 "memory_read_10k/read_stream_as/annals",
                 "memory_read_10k/read_typed/naive_baseline",
+                Target::None,
+            ),
+            row(
+                "mem read 10k typed, validating reads vs default",
+                "memory_read_10k/read_stream_as_validating/annals",
+                "memory_read_10k/read_stream_as/annals",
                 Target::None,
             ),
             row(

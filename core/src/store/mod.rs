@@ -711,8 +711,9 @@ pub(crate) fn decode_payload<E: Event>(
     })
 }
 
-/// Validates an old-version payload against its own schema, then decodes
-/// and upcasts.
+/// Validates an old-version payload against its own schema (every payload,
+/// when the registry [validates reads](SchemaRegistry::validate_reads)),
+/// then decodes and upcasts.
 pub(crate) fn decode_parts<E: Event>(
     registry: &SchemaRegistry,
     event_type: &str,
@@ -720,7 +721,7 @@ pub(crate) fn decode_parts<E: Event>(
     payload: &str,
 ) -> Result<E, crate::event::DecodeError> {
     if let Some(info) = E::type_info(event_type) {
-        if schema_version < info.version {
+        if schema_version < info.version || registry.validates_reads() {
             if let Some(schema) = registry.get(event_type, schema_version) {
                 let value =
                     crate::event::private::parse_value(event_type, schema_version, payload)?;

@@ -1063,6 +1063,43 @@ async fn bad_rows<S: EventStore>(store: S) {
     )
     .await;
     assert_eq!(good.len(), 1);
+
+    // a current-version payload that serde accepts and only the schema
+    // refuses (a score above the schema's maximum of 100): read as it is by
+    // default, refused when the registry validates reads
+    must(
+        "append a row only the schema refuses",
+        store.append(
+            "schema-only",
+            ExpectedVersion::NoStream,
+            vec![raw(
+                "test.scored",
+                3,
+                json!({"score": 200, "confidence": 0.1, "model": "m"}),
+            )],
+        ),
+    )
+    .await;
+    let read = must(
+        "read a row only the schema refuses",
+        store.read_stream_as::<TestEvent>("schema-only", ..),
+    )
+    .await;
+    assert!(
+        matches!(&read[0].payload, TestEvent::Scored(s) if s.score == 200),
+        "current versions are not validated on read by default"
+    );
+    store.registry().validate_reads(true);
+    let refused = store.read_stream_as::<TestEvent>("schema-only", ..).await;
+    store.registry().validate_reads(false);
+    match refused {
+        Err(Error::Decode {
+            source: DecodeError::SchemaInvalid(v),
+            stream_version: 1,
+            ..
+        }) => assert_eq!(v.pointer(), "/score"),
+        other => panic!("a validating read refuses the row: got {other:?}"),
+    }
 }
 
 async fn concurrent_writers<S: EventStore + Clone + 'static>(store: S) {
