@@ -234,12 +234,14 @@ impl<S: EventStore> SnapshotStore<S> for InMemorySnapshotStore {
 
     async fn replace(&self, snapshot: Snapshot) -> Result<(), Error> {
         crate::store::limits::check_stream_id(&snapshot.aggregate_id)?;
+        crate::store::limits::check_snapshot_state(snapshot.state.get())?;
         self.put(snapshot);
         Ok(())
     }
 
     async fn save(&self, snapshot: Snapshot) -> Result<(), Error> {
         crate::store::limits::check_stream_id(&snapshot.aggregate_id)?;
+        crate::store::limits::check_snapshot_state(snapshot.state.get())?;
         let mut map = self.lock();
         let key = (
             snapshot.aggregate_type.clone(),

@@ -98,6 +98,7 @@ const REPLACE_SNAPSHOT: &str = "INSERT INTO annals_snapshots AS s \
 impl PgSnapshotStore {
     async fn write(&self, statement: &'static str, snapshot: Snapshot) -> Result<(), Error> {
         limits::check_stream_id(&snapshot.aggregate_id)?;
+        limits::check_snapshot_state(snapshot.state.get())?;
         sqlx::query(statement)
             .bind(&snapshot.aggregate_type)
             .bind(&snapshot.aggregate_id)

@@ -422,6 +422,57 @@ async fn snapshots_beyond_the_stream_are_ignored<S: EventStore + Clone, N: Snaps
     assert_eq!(loaded.state, done.state);
 }
 
+/// A snapshot state with a NUL in a string, or nested too deeply, is
+/// refused the same way by every snapshot store: a typed error naming the
+/// field, before any SQL; nothing is stored.
+async fn hostile_snapshot_states_are_refused<S: EventStore, N: SnapshotStore<S>>(snapshots: N) {
+    let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    for (case, state) in [
+        ("NUL", r#"{"name":"a\u0000b"}"#.to_owned()),
+        ("deep", deep),
+    ] {
+        let snapshot = Snapshot {
+            aggregate_type: "lead".into(),
+            aggregate_id: "lead-hostile".into(),
+            version: 1,
+            state: serde_json::value::RawValue::from_string(state).expect("valid JSON"),
+            fingerprint: Lead::state_fingerprint().to_owned(),
+            codec_version: Lead::CODEC_VERSION,
+        };
+        for replace in [false, true] {
+            let result = if replace {
+                snapshots.replace(snapshot.clone()).await
+            } else {
+                snapshots.save(snapshot.clone()).await
+            };
+            match result {
+                Err(annals::Error::InvalidInput(i)) => {
+                    assert_eq!(i.field, "snapshot state", "{case}")
+                }
+                other => panic!("{case}: expected InvalidInput, got {other:?}"),
+            }
+        }
+    }
+    assert!(snapshots
+        .load("lead", "lead-hostile")
+        .await
+        .expect("load")
+        .is_none());
+}
+
+#[tokio::test]
+async fn in_memory_hostile_snapshot_states_are_refused() {
+    hostile_snapshot_states_are_refused::<InMemoryEventStore, _>(InMemorySnapshotStore::new())
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_hostile_snapshot_states_are_refused() {
+    let db = TestDatabase::new().await;
+    let store = lead_store(db.pool()).await;
+    hostile_snapshot_states_are_refused(PgSnapshotStore::new(&store)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_memory_snapshots_beyond_the_stream_are_ignored() {
     let snapshots = InMemorySnapshotStore::new();

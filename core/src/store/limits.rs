@@ -121,6 +121,14 @@ pub fn check_payload(json: &str) -> Result<(), InvalidInput> {
     check_json_text("payload", json)
 }
 
+/// Checks a snapshot's encoded state as [`check_payload`] checks a payload
+/// (no NUL in a string, nesting at most [`MAX_JSON_DEPTH`] levels): a state
+/// that holds text from an event with a NUL is refused by every snapshot
+/// store the same way, before any SQL.
+pub fn check_snapshot_state(json: &str) -> Result<(), InvalidInput> {
+    check_json_text("snapshot state", json)
+}
+
 fn check_json_text(field: &'static str, json: &str) -> Result<(), InvalidInput> {
     let maybe_nul = json.contains("\\u0000");
     let maybe_deep = !maybe_nul
