@@ -427,10 +427,7 @@ async fn snapshots_beyond_the_stream_are_ignored<S: EventStore + Clone, N: Snaps
 /// field, before any SQL; nothing is stored.
 async fn hostile_snapshot_states_are_refused<S: EventStore, N: SnapshotStore<S>>(snapshots: N) {
     let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
-    for (case, state) in [
-        ("NUL", r#"{"name":"a\u0000b"}"#.to_owned()),
-        ("deep", deep),
-    ] {
+    for (case, state) in [("NUL", r#"{"name":"a\u0000b"}"#.to_owned()), ("deep", deep)] {
         let snapshot = Snapshot {
             aggregate_type: "lead".into(),
             aggregate_id: "lead-hostile".into(),

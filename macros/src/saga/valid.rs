@@ -81,11 +81,24 @@ fn check_has_states(cx: &Ctxt, input: &Input) {
     }
 }
 
+/// The longest saga name: the saga's projection is named `saga:{name}`,
+/// and projection names hold at most 255 bytes
+/// (`annals::store::limits::MAX_PROJECTION_NAME_BYTES`).
+const MAX_SAGA_NAME_BYTES: usize = 250;
+
 fn check_name(cx: &Ctxt, input: &Input) {
     let Some(lit) = &input.name else { return };
     let name = lit.value();
     if name.trim().is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
         cx.error_spanned_by(lit, "a saga name cannot be empty or contain whitespace");
+    } else if name.len() > MAX_SAGA_NAME_BYTES {
+        cx.error_spanned_by(
+            lit,
+            format!(
+                "a saga name holds at most {MAX_SAGA_NAME_BYTES} bytes (its projection is `saga:<name>`, at most 255); this one has {}",
+                name.len()
+            ),
+        );
     }
 }
 
