@@ -45,6 +45,24 @@ pub(crate) fn is_transient(e: &sqlx::Error) -> bool {
     }
 }
 
+/// Whether the database refused a value, which writing again cannot fix:
+/// SQLSTATE class 22 (data exception: NUL in text, a malformed value, a
+/// number out of range), class 23 (integrity constraint violation) and
+/// class 54 (program limit exceeded: an index row too long). The one rule
+/// behind every permanent database failure in annals: the saga store turns
+/// these into `SagaError::Refused` and the knowledge base into
+/// `KnowledgeError::Refused` (the event is parked), while [`is_transient`]
+/// failures count towards the breaker and are never parked.
+pub(crate) fn is_refused_value(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|db| db.code())
+        .is_some_and(|code| refused_sqlstate(&code))
+}
+
+fn refused_sqlstate(code: &str) -> bool {
+    code.starts_with("22") || code.starts_with("23") || code.starts_with("54")
+}
+
 /// SQLSTATE codes of failures that pass: class 08 (connection exception),
 /// class 53 (insufficient resources), serialization failure, deadlock,
 /// lock not available, statement timeout or cancel, and the server
@@ -72,6 +90,17 @@ mod tests {
         }
         for code in ["23505", "22021", "54000", "42P01", "22P02"] {
             assert!(!transient_sqlstate(code), "{code}");
+        }
+        // refused values: NUL in text, bad encoding, a malformed value, a
+        // unique or check violation, an index row too long
+        for code in ["22P05", "22021", "22P02", "23505", "23514", "54000"] {
+            assert!(refused_sqlstate(code), "{code}");
+            assert!(!transient_sqlstate(code), "{code}");
+        }
+        // neither: a missing table is the deployment's problem, not the
+        // value's (it stays a backend error, retried behind the breaker)
+        for code in ["42P01", "08006", "40001"] {
+            assert!(!refused_sqlstate(code), "{code}");
         }
     }
 }

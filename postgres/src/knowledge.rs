@@ -44,6 +44,7 @@ use sqlx::types::Json;
 use sqlx::{AssertSqlSafe, PgConnection, PgPool, Row};
 use uuid::Uuid;
 
+use crate::error::is_refused_value;
 use crate::migrate::Direction;
 
 /// The table in which the knowledge base records its applied migrations,
@@ -177,11 +178,7 @@ impl PgKnowledgeBase {
             return Ok(());
         }
         let name = Self::index_name(model, dimensions);
-        let mut conn = self
-            .pool
-            .acquire()
-            .await
-            .map_err(|e| KnowledgeError::backend("connecting", e))?;
+        let mut conn = self.pool.acquire().await.map_err(kb_error("connecting"))?;
         match index_state(&mut conn, &name).await? {
             Some(true) => {}
             state => {
@@ -287,7 +284,7 @@ impl PgKnowledgeBase {
             .map(|r| r.try_get::<String, _>(0))
             .collect::<Result<Vec<_>, _>>()
             .map(|lines| lines.join("\n"))
-            .map_err(|e| KnowledgeError::backend("reading the plan", e))
+            .map_err(kb_error("reading the plan"))
     }
 
     async fn run_search(
@@ -345,14 +342,12 @@ impl PgKnowledgeBase {
             .pool
             .begin_with(AssertSqlSafe(begin))
             .await
-            .map_err(|e| KnowledgeError::backend("starting a search", e))?;
+            .map_err(kb_error("starting a search"))?;
         let rows = q
             .fetch_all(&mut *tx)
             .await
             .map_err(|e| map_dimensions(e, "searching", model, true))?;
-        tx.commit()
-            .await
-            .map_err(|e| KnowledgeError::backend("ending a search", e))?;
+        tx.commit().await.map_err(kb_error("ending a search"))?;
         Ok(rows)
     }
 
@@ -389,7 +384,7 @@ async fn index_state(conn: &mut PgConnection, name: &str) -> Result<Option<bool>
         .bind(name)
         .fetch_optional(conn)
         .await
-        .map_err(|e| KnowledgeError::backend("looking up the HNSW index", e))
+        .map_err(kb_error("looking up the HNSW index"))
 }
 
 /// Runs a DDL statement (the model's index), mapping a dimension mismatch
@@ -466,7 +461,7 @@ where
     T: sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
 {
     row.try_get(column)
-        .map_err(|e| KnowledgeError::backend("reading a knowledge base row", e))
+        .map_err(kb_error("reading a knowledge base row"))
 }
 
 fn to_u32(v: i32, column: &str) -> Result<u32, KnowledgeError> {
@@ -570,7 +565,10 @@ fn map_dimensions(
     }
 }
 
-/// Turns unique and foreign-key violations into conflicts.
+/// Turns unique and foreign-key violations on a document into conflicts
+/// (another writer got there first: transient), other values the database
+/// refuses into [`KnowledgeError::Refused`] (permanent, see
+/// [`is_refused_value`]), and the rest into backend failures.
 fn map_error(e: sqlx::Error, context: &'static str, document_id: Option<Uuid>) -> KnowledgeError {
     if let Some(db) = e.as_database_error() {
         if let Some(document_id) = document_id {
@@ -579,7 +577,18 @@ fn map_error(e: sqlx::Error, context: &'static str, document_id: Option<Uuid>) -
             }
         }
     }
+    if is_refused_value(&e) {
+        return KnowledgeError::Refused {
+            context,
+            source: Box::new(e),
+        };
+    }
     KnowledgeError::backend(context, e)
+}
+
+/// [`map_error`] for statements about no particular document.
+fn kb_error(context: &'static str) -> impl Fn(sqlx::Error) -> KnowledgeError + Copy {
+    move |e| map_error(e, context, None)
 }
 
 /// The [`KnowledgeWriter`] of Postgres, over a connection the caller keeps
@@ -598,7 +607,7 @@ impl PgKnowledgeWriter<'_> {
             .bind(document_id)
             .execute(&mut *self.conn)
             .await
-            .map_err(|e| KnowledgeError::backend("locking the document", e))?;
+            .map_err(kb_error("locking the document"))?;
         let rows = sqlx::query(AssertSqlSafe(format!(
             "SELECT {ENTRY_COLUMNS}, embedding FROM annals_knowledge_base \
              WHERE id = $1 OR parent_id = $1 ORDER BY chunk_index"
@@ -606,7 +615,7 @@ impl PgKnowledgeWriter<'_> {
         .bind(document_id)
         .fetch_all(&mut *self.conn)
         .await
-        .map_err(|e| KnowledgeError::backend("reading the document's rows", e))?;
+        .map_err(kb_error("reading the document's rows"))?;
         rows.iter().map(chunk_row).collect()
     }
 
@@ -727,7 +736,7 @@ impl KnowledgeBase for PgKnowledgeBase {
             .pool
             .begin()
             .await
-            .map_err(|e| KnowledgeError::backend("starting an ingest", e))?;
+            .map_err(kb_error("starting an ingest"))?;
         let report = ingestor.apply(&mut self.writer(&mut tx), event).await?;
         tx.commit()
             .await
@@ -755,7 +764,7 @@ impl KnowledgeBase for PgKnowledgeBase {
         .bind(document_id)
         .fetch_all(&self.pool)
         .await
-        .map_err(|e| KnowledgeError::backend("reading a document", e))?;
+        .map_err(kb_error("reading a document"))?;
         rows.iter().map(entry).collect()
     }
 
@@ -767,7 +776,7 @@ impl KnowledgeBase for PgKnowledgeBase {
         .bind(model)
         .fetch_one(&self.pool)
         .await
-        .map_err(|e| KnowledgeError::backend("counting stale rows", e))?;
+        .map_err(kb_error("counting stale rows"))?;
         Ok(n.max(0) as u64)
     }
 
@@ -792,7 +801,7 @@ impl KnowledgeBase for PgKnowledgeBase {
                 resumed,
             ))
         };
-        let err = |e| KnowledgeError::backend("starting the refresh job", e);
+        let err = kb_error("starting the refresh job");
         if let Some(row) = running().await.map_err(err)? {
             return job(&row, true);
         }
@@ -837,7 +846,7 @@ impl KnowledgeBase for PgKnowledgeBase {
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
         .await
-        .map_err(|e| KnowledgeError::backend("reading a refresh batch", e))?;
+        .map_err(kb_error("reading a refresh batch"))?;
         rows.iter()
             .map(|r| {
                 Ok(StaleRow {
@@ -937,7 +946,7 @@ impl KnowledgeBase for PgKnowledgeBase {
         .execute(&self.pool)
         .await
         .map(drop)
-        .map_err(|e| KnowledgeError::backend("completing the refresh job", e))
+        .map_err(kb_error("completing the refresh job"))
     }
 
     async fn refresh_failed(
@@ -954,7 +963,7 @@ impl KnowledgeBase for PgKnowledgeBase {
         .execute(&self.pool)
         .await
         .map(drop)
-        .map_err(|e| KnowledgeError::backend("recording a refresh failure", e))
+        .map_err(kb_error("recording a refresh failure"))
     }
 }
 

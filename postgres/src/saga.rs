@@ -5,6 +5,8 @@ use annals_core::{
     saga::SagaRecord, saga::SagaStatus, saga::StepRecord, LogPosition, SagaStore,
 };
 use sqlx::postgres::PgRow;
+
+use crate::error::is_refused_value;
 use sqlx::types::Json;
 use sqlx::{Connection, PgConnection, PgPool, Row};
 use uuid::Uuid;
@@ -650,17 +652,13 @@ impl SagaStore for PgSagaStore {
 }
 
 /// A failed saga statement as its typed error: a value the database
-/// refuses (SQLSTATE class 22, data exception, e.g. NUL in text; class 54,
-/// program limit, e.g. an index row too long) is
-/// [`SagaError::Refused`], which parks the event that carried it; anything
-/// else is [`SagaError::Backend`], a failure of the database, which the
-/// breaker counts.
+/// refuses ([`is_refused_value`]: a data exception such as NUL in text, a
+/// constraint violation, an index row too long) is [`SagaError::Refused`],
+/// which parks the event that carried it; anything else is
+/// [`SagaError::Backend`], a failure of the database, which the breaker
+/// counts.
 fn saga_error(context: &'static str, e: sqlx::Error) -> SagaError {
-    let refused = e
-        .as_database_error()
-        .and_then(|db| db.code())
-        .is_some_and(|code| code.starts_with("22") || code.starts_with("54"));
-    if refused {
+    if is_refused_value(&e) {
         SagaError::Refused {
             context,
             source: Box::new(e),

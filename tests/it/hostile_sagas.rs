@@ -142,3 +142,50 @@ async fn a_hostile_correlation_id_parks_its_event_on_both_backends() {
         on_postgres[1]
     );
 }
+
+/// Values Postgres refuses behind the boundary checks are classified once
+/// (`is_refused_value`: SQLSTATE classes 22, 23, 54): a saga type too long
+/// for its index is `SagaError::Refused`, a failure of the event (parked),
+/// not `SagaError::Backend` (a failing database, counted by the breaker).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_postgres_refuses_is_a_refused_event_not_a_failing_store() {
+    use annals::handler::FailureKind;
+    use annals::saga::{SagaEngine, SagaError};
+    use annals::{Envelope, LogPosition};
+    let db = TestDatabase::new().await;
+    let sagas = PgSagaStore::new(db.pool().clone());
+    let placed = Envelope {
+        event_id: uuid::Uuid::now_v7(),
+        stream_id: "order-1".into(),
+        stream_version: 1,
+        log_position: LogPosition::new(1, 1),
+        event_type: "shop.order_placed".into(),
+        schema_version: 1,
+        metadata: Metadata::new(),
+        recorded_at: chrono::Utc::now(),
+        payload: ShopEvent::OrderPlaced(Order {
+            order_id: "1".into(),
+        }),
+    };
+    let mut change = SagaEngine::<ShippingSaga>::on_event(None, "1".into(), &placed)
+        .unwrap()
+        .unwrap()
+        .finish(&[])
+        .unwrap();
+    // longer than a btree index row can hold (SQLSTATE 54000), even
+    // compressed: 30 kB of random hex
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    change.record.saga_type = (0..30_000)
+        .map(|_| {
+            // xorshift: bytes no compressor can shrink
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from(b'a' + (x % 26) as u8)
+        })
+        .collect();
+    let mut tx = db.pool().begin().await.unwrap();
+    let err = sagas.save(&mut tx, &change).await.unwrap_err();
+    assert!(matches!(err, SagaError::Refused { .. }), "{err:?}");
+    assert_eq!(err.into_handler_error().kind(), FailureKind::Event);
+}

@@ -62,6 +62,19 @@ pub enum KnowledgeError {
     #[error(transparent)]
     InvalidInput(#[from] crate::error::InvalidInput),
 
+    /// The database refused a value (one it cannot hold, one that breaks
+    /// a constraint, one too long for an index): writing it again would
+    /// fail again, so it is not transient and the event is parked. Unlike
+    /// [`Backend`](KnowledgeError::Backend), not a failure of the database.
+    #[error("the database refused a knowledge base write while {context}: {source}; the value cannot be stored as it is")]
+    Refused {
+        /// What the knowledge base was doing.
+        context: &'static str,
+        /// The driver's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
+
     /// The database failed; the operation did not complete.
     #[error("knowledge base database error while {context}: {source}; check that the database is reachable, then retry")]
     Backend {
