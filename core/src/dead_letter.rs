@@ -111,7 +111,9 @@ pub struct NewDeadLetter {
 }
 
 impl NewDeadLetter {
-    /// An event that failed `attempts` times with `error`.
+    /// An event that failed `attempts` times with `error` (stored as
+    /// [`stored_error_text`](crate::store::limits::stored_error_text) makes
+    /// it: no NUL, at most 8 kB).
     pub fn failed<T>(
         handler: &str,
         event: &Envelope<T>,
@@ -124,7 +126,7 @@ impl NewDeadLetter {
             event_id: event.event_id,
             stream_id: event.stream_id.clone(),
             event_type: event.event_type.clone(),
-            error: error.into(),
+            error: crate::store::limits::stored_error_text(error),
             attempts,
             blocked_by: None,
         }

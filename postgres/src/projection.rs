@@ -380,17 +380,23 @@ impl ProjectionStore for PgProjectionStore {
         Ok(())
     }
 
-    async fn mark_failed(&self, projection: &str, error: &str, position: u64) -> Result<(), Error> {
+    async fn mark_failed(
+        &self,
+        lease: &PgLease,
+        projection: &str,
+        error: &str,
+        position: u64,
+    ) -> Result<(), Error> {
+        // the row exists: taking the lease wrote its epoch
         sqlx::query(
-            "INSERT INTO annals_projection_checkpoints AS c (projection_name, status, error, error_position)
-             VALUES ($1, 'failed', $2, $3)
-             ON CONFLICT (projection_name) DO UPDATE
-                SET status = 'failed', error = EXCLUDED.error,
-                    error_position = EXCLUDED.error_position, updated_at = now()",
+            "UPDATE annals_projection_checkpoints
+                SET status = 'failed', error = $2, error_position = $3, updated_at = now()
+              WHERE projection_name = $1 AND lease_epoch = $4",
         )
         .bind(projection)
         .bind(error)
         .bind(int8(position))
+        .bind(lease.epoch)
         .execute(&self.pool)
         .await
         .map_err(db("marking a projection failed"))?;

@@ -341,7 +341,14 @@ impl ProjectionStore for InMemoryProjectionStore {
         Ok(())
     }
 
-    async fn mark_failed(&self, projection: &str, error: &str, position: u64) -> Result<(), Error> {
+    async fn mark_failed(
+        &self,
+        // an in-memory lease cannot be lost while its runner holds it
+        _lease: &InMemoryLease,
+        projection: &str,
+        error: &str,
+        position: u64,
+    ) -> Result<(), Error> {
         let mut state = self.lock();
         let c = state
             .checkpoints

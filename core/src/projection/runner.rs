@@ -1023,7 +1023,12 @@ where
             }
             FailurePolicy::Stop => {
                 self.projection_store
-                    .mark_failed(self.name(), &error, position.position)
+                    .mark_failed(
+                        &s.lease,
+                        self.name(),
+                        &crate::store::limits::stored_error_text(error.as_str()),
+                        position.position,
+                    )
                     .await?;
                 metrics::gauge!(m::PROJECTION_FAILED, "projection" => self.name().to_owned())
                     .set(1.0);
@@ -1205,7 +1210,10 @@ where
         };
         drop(tx);
         self.projection_store
-            .record_replay_failure(id, &error.to_string())
+            .record_replay_failure(
+                id,
+                &crate::store::limits::stored_error_text(error.to_string()),
+            )
             .await?;
         metrics::counter!(m::DEAD_LETTERS_REPLAYED_TOTAL, "handler" => self.name().to_owned(), "outcome" => "failed")
             .increment(1);

@@ -158,9 +158,12 @@ pub trait ProjectionStore: DeadLetterStore + Clone + Send + Sync + 'static {
         projection: &str,
     ) -> impl Future<Output = Result<(), Error>> + Send;
 
-    /// Marks a projection failed on the event at `position`, with the error.
+    /// Marks a projection failed on the event at `position`, with the
+    /// error; does nothing when `lease` is no longer the current one (see
+    /// [`advance`](Self::advance)).
     fn mark_failed(
         &self,
+        lease: &Self::Lease,
         projection: &str,
         error: &str,
         position: u64,

@@ -349,10 +349,12 @@ pub(crate) fn on_outcome<S: Saga>(
             "compensating command `{}` of step {} failed after {} attempt(s): {error}",
             entry.command_type, entry.step, entry.attempts
         );
-        change.record.error_message = Some(match change.record.error_message.take() {
-            Some(before) => format!("{before}; {note}"),
-            None => note,
-        });
+        change.record.error_message = Some(crate::store::limits::stored_error_text(
+            match change.record.error_message.take() {
+                Some(before) => format!("{before}; {note}"),
+                None => note,
+            },
+        ));
         changed = true;
     }
     if progress.outstanding == 0 {
@@ -453,7 +455,7 @@ fn enter<S: Saga>(
 /// [`Decision::finish`], once the store said which steps were attempted.
 fn start_compensation(change: &mut SagaChange, reason: String) {
     change.record.status = SagaStatus::Compensating;
-    change.record.error_message = Some(reason);
+    change.record.error_message = Some(crate::store::limits::stored_error_text(reason));
     change.deadline = None;
     change.cancel_pending = true;
 }

@@ -10,6 +10,7 @@ use super::engine::{self, FailCause};
 use super::projection::record_change;
 use super::{CommandOutcome, OutboxEntry, Saga, SagaError, SagaStore};
 use crate::metrics as m;
+use crate::store::limits::stored_error_text;
 use crate::{
     breaker::BreakerState, breaker::CircuitBreaker, breaker::CircuitBreakerRegistry,
     handler::FailureKind, shutdown::ShutdownTrigger, HandlerError, RetryPolicy, Shutdown,
@@ -350,6 +351,17 @@ where
     }
 
     async fn record(&self, entry: &OutboxEntry, outcome: CommandOutcome) -> Result<(), SagaError> {
+        // the bus's error text is stored: no NUL, bounded
+        let outcome = match outcome {
+            CommandOutcome::Retry { error, after } => CommandOutcome::Retry {
+                error: stored_error_text(error),
+                after,
+            },
+            CommandOutcome::Abandoned { error } => CommandOutcome::Abandoned {
+                error: stored_error_text(error),
+            },
+            delivered => delivered,
+        };
         let decided = outcome.clone();
         self.store
             .record_outcome(entry, outcome, move |saga, progress| {

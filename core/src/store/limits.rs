@@ -54,6 +54,41 @@ pub const MAX_PROJECTION_NAME_BYTES: usize = 255;
 /// it in a unique index.
 pub const MAX_CORRELATION_ID_BYTES: usize = 1024;
 
+/// The longest error text annals stores (a dead letter's error, a failed
+/// projection's error, a saga's or a command's last error), in bytes: a
+/// longer one is cut (see [`stored_error_text`]).
+pub const MAX_ERROR_TEXT_BYTES: usize = 8 * 1024;
+
+/// An error text as annals stores it: NUL characters (which Postgres text
+/// cannot hold) replaced by U+FFFD, and cut at [`MAX_ERROR_TEXT_BYTES`] (on
+/// a character boundary, saying how long it was). Error texts come from
+/// handlers, buses and drivers, any of which may echo a hostile value; a
+/// text the database refused would make the very write that records the
+/// failure fail, and stop the handler. Applied the same on both backends.
+///
+/// ```
+/// use annals::store::limits::stored_error_text;
+/// assert_eq!(stored_error_text("bad \0 byte"), "bad \u{fffd} byte");
+/// let long = stored_error_text("x".repeat(100_000));
+/// assert!(long.len() < 9 * 1024 && long.ends_with("(cut from 100000 bytes)"));
+/// ```
+pub fn stored_error_text(text: impl Into<String>) -> String {
+    let mut text: String = text.into();
+    if text.contains('\0') {
+        text = text.replace('\0', "\u{fffd}");
+    }
+    if text.len() > MAX_ERROR_TEXT_BYTES {
+        let total = text.len();
+        let mut cut = MAX_ERROR_TEXT_BYTES - 64;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push_str(&format!("… (cut from {total} bytes)"));
+    }
+    text
+}
+
 /// The deepest nesting of arrays and objects in a payload or in metadata
 /// (serde_json's own recursion limit: deeper JSON could not be read back).
 pub const MAX_JSON_DEPTH: usize = 128;

@@ -890,3 +890,77 @@ async fn an_owner_that_lost_its_lock_commits_nothing_after_the_takeover() {
         "{repeated} side effects ran under both owners; at most one batch ({BATCH}) may"
     );
 }
+
+/// Fails on `n == 2` with an error text that echoes a hostile value: a NUL
+/// and 100 kB.
+struct Echoing;
+
+impl Projection for Echoing {
+    type Event = CounterEvent;
+    type Conn = PgConnection;
+
+    fn name(&self) -> &str {
+        "echoing"
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        e: &Envelope<CounterEvent>,
+    ) -> Result<(), HandlerError> {
+        let CounterEvent::Added(Added { n }) = &e.payload;
+        if *n == 2 {
+            return Err(Boom(format!("refused \u{0} {}", "x".repeat(100_000))).into());
+        }
+        sqlx::query(
+            "INSERT INTO applied (position, stream_id, version, n) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(e.position() as i64)
+        .bind(&e.stream_id)
+        .bind(e.stream_version as i64)
+        .bind(*n as i32)
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
+    }
+
+    async fn reset(&self, conn: &mut PgConnection) -> Result<(), HandlerError> {
+        sqlx::query("TRUNCATE applied").execute(conn).await?;
+        Ok(())
+    }
+}
+
+/// An error text with a NUL (which Postgres text cannot hold) and 100 kB
+/// does not stop the projection: the event is parked with the text made
+/// storable (NUL replaced, cut at 8 kB), the events after it are applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_error_text_is_parked_storably() {
+    let env = env().await;
+    env.append("c-1", [1, 2]).await;
+    env.append("c-2", [3]).await;
+    let runner = ProjectionRunner::new(
+        env.store.clone(),
+        env.projections.clone(),
+        Arc::new(Echoing),
+    )
+    .retry(RetryPolicy::new(2).initial_delay(Duration::from_millis(1)));
+    let done = tokio::time::timeout(Duration::from_secs(30), runner.catch_up())
+        .await
+        .expect("the catch-up ends")
+        .unwrap();
+    assert_eq!(done.events_applied, 2, "1 and 3 applied, 2 parked");
+    let letters = env
+        .projections
+        .list_dead_letters(&DeadLetterQuery::pending("echoing"))
+        .await
+        .unwrap();
+    assert_eq!(letters.len(), 1);
+    let error = &letters[0].error;
+    assert!(!error.contains('\0'), "NUL replaced");
+    assert!(error.contains("refused \u{fffd} xxx"), "{}", &error[..40]);
+    assert!(
+        error.len() <= annals_core::store::limits::MAX_ERROR_TEXT_BYTES,
+        "{} bytes",
+        error.len()
+    );
+}
