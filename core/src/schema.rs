@@ -208,7 +208,7 @@ impl SchemaRegistry {
     /// the Rust type; turning this on also checks what only the schema
     /// says (ranges, lengths, formats, patterns), for rows that may have
     /// been written around annals. It costs a parse into a JSON value and a
-    /// validation per event: about 1.5x the time of a 10k-event typed read
+    /// validation per event: about 2x the time of a 10k-event typed read
     /// in memory (`cargo bench --bench events`, row "mem read 10k typed,
     /// validating reads"), which is why it is off by default. It holds for
     /// every store that shares this registry.
