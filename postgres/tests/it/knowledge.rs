@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use annals_core::knowledge::{
     cosine_similarity, DocumentEvent, Embedder, EmbeddingRefresh, HashingEmbedder, Ingestor,
@@ -602,4 +603,88 @@ async fn searches_keep_working_while_a_refresh_runs() {
     assert_eq!(outcome.stale_left, 0);
     assert!(search(old).await.is_empty());
     assert_eq!(search(new_model).await.len(), 10, "k = 10 of 11");
+}
+
+/// Issue 20's end-to-end case for the knowledge base: documents with an
+/// empty tenant id and a 10 kB tenant id, among good ones. The good ones
+/// are ingested; each bad one is parked with an error naming the field;
+/// health shows 2 dead letters and a running projection, nothing behind. A
+/// NUL in a tenant id never reaches the log: the append refuses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_tenant_ids_are_parked_and_the_other_documents_are_ingested() {
+    use annals_core::dead_letter::{DeadLetterQuery, DeadLetterStore};
+    use annals_core::projection::{HealthCheck, ProjectionStatus};
+    use annals_core::{EventStoreExt, ExpectedVersion, ProjectionRunner, RetryPolicy};
+    use annals_postgres::PgProjectionStore;
+
+    let db = knowledge_db().await;
+    let store = db.store().await;
+    let kb = PgKnowledgeBase::new(db.pool().clone());
+    let projections = PgProjectionStore::new(db.pool().clone());
+    let runner = ProjectionRunner::new(
+        store.clone(),
+        projections.clone(),
+        Arc::new(PgKnowledgeProjection::new(
+            "knowledge",
+            kb.clone(),
+            Ingestor::new(HashingEmbedder::new(32)).with_chunker(chunker()),
+        )),
+    )
+    .retry(RetryPolicy::new(2).initial_delay(Duration::from_millis(1)));
+    let huge = "t".repeat(10_000);
+    let ids: Vec<Uuid> = (0..4).map(|_| Uuid::now_v7()).collect();
+    let nul = document(Uuid::now_v7(), Some("bad\0tenant"), "en", &[], "T", &["x"]);
+    let refused = store
+        .append_events(
+            "document-nul",
+            ExpectedVersion::Any,
+            &[DocumentEvent::Added(nul)],
+            &Metadata::new(),
+        )
+        .await;
+    assert!(
+        matches!(&refused, Err(annals_core::Error::InvalidInput(i)) if i.field == "payload"),
+        "{refused:?}"
+    );
+    let tenants = [Some("c"), Some(""), Some(huge.as_str()), Some("c")];
+    for (id, tenant) in ids.iter().zip(tenants) {
+        let doc = document(*id, tenant, "en", &[], "Hours", &["Open from 8 to 20."]);
+        store
+            .append_events(
+                &format!("document-{id}"),
+                ExpectedVersion::Any,
+                &[DocumentEvent::Added(doc)],
+                &Metadata::new(),
+            )
+            .await
+            .unwrap();
+    }
+    let started = std::time::Instant::now();
+    let done = tokio::time::timeout(Duration::from_secs(30), runner.catch_up())
+        .await
+        .expect("the catch-up ends")
+        .unwrap();
+    assert_eq!(done.events_applied, 2);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(kb.document(ids[0]).await.unwrap().len(), 1);
+    assert_eq!(kb.document(ids[3]).await.unwrap().len(), 1);
+    let letters = projections
+        .list_dead_letters(&DeadLetterQuery::pending("knowledge"))
+        .await
+        .unwrap();
+    assert_eq!(letters.len(), 2);
+    for letter in &letters {
+        assert!(
+            letter.error.contains("document tenant id"),
+            "{}",
+            letter.error
+        );
+    }
+    let health = HealthCheck::new(store.clone(), projections.clone())
+        .check("knowledge")
+        .await
+        .unwrap();
+    assert_eq!(health.dead_letters_pending, 2);
+    assert_eq!(health.status, Some(ProjectionStatus::Running));
+    assert_eq!(health.events_behind, 0);
 }
