@@ -411,6 +411,9 @@ fn set_data<S: Saga>(change: &mut SagaChange, data: &S::Data) -> Result<(), Saga
         action: "serialize",
         source,
     })?;
+    // what no store can hold is refused the same on every backend (an
+    // event failure: the event is parked)
+    crate::store::limits::check_json_value("saga data", &change.record.data)?;
     Ok(())
 }
 
@@ -510,6 +513,7 @@ fn outbox<S: Saga>(
         command_type: command.command_type.to_owned(),
         source,
     })?;
+    crate::store::limits::check_json_value("saga command", &value)?;
     Ok(OutboxCommand {
         idempotency_key: idempotency_key(saga_id, step, index, compensation),
         command_type: command.command_type.to_owned(),

@@ -1308,3 +1308,24 @@ fn correlation_by_metadata_and_by_function() {
     let lost = envelope_in("order-1", 3, OrderEvent::Lost(Parcel { order: "1".into() }));
     assert_eq!(ByTotal::correlation_id(&lost), None, "not handled");
 }
+
+/// Saga data or a command no store can hold (a NUL in a string) is refused
+/// by the engine, before any store: the same typed error on every backend,
+/// an event failure (parked), never a failing store.
+#[test]
+fn saga_values_no_store_can_hold_are_refused_by_the_engine() {
+    let placed = envelope_in("order-a\u{0}b", 1, OrderEvent::Placed(Placed { total: 1 }));
+    let err = engine::on_event::<Fulfilment>(None, "a\u{0}b".into(), &placed).unwrap_err();
+    match &err {
+        SagaError::InvalidInput(i) => {
+            // the step's command carries the order id, and is built first
+            assert_eq!(i.field, "saga command");
+            assert!(i.problem.contains("NUL"), "{i}");
+        }
+        other => panic!("expected InvalidInput, got {other:?}"),
+    }
+    assert_eq!(
+        err.into_handler_error().kind(),
+        crate::handler::FailureKind::Event
+    );
+}

@@ -239,51 +239,66 @@ fn too_deep(field: &'static str) -> InvalidInput {
 /// (empty metadata costs nothing).
 pub fn check_metadata(metadata: &Metadata) -> Result<(), InvalidInput> {
     const FIELD: &str = "metadata";
-    let nul = || {
-        InvalidInput::new(
-            FIELD,
-            "contains the NUL character in a string; Postgres jsonb cannot hold NUL, \
-             so no store accepts it: remove or replace it",
-        )
-    };
     if metadata.user.as_deref().is_some_and(|u| u.contains('\0')) {
-        return Err(nul());
-    }
-    fn walk(value: &serde_json::Value, depth: usize) -> Result<(), Option<()>> {
-        use serde_json::Value;
-        match value {
-            Value::String(s) if s.contains('\0') => Err(Some(())),
-            Value::Array(items) => {
-                if depth + 1 > MAX_JSON_DEPTH {
-                    return Err(None);
-                }
-                items.iter().try_for_each(|v| walk(v, depth + 1))
-            }
-            Value::Object(map) => {
-                if depth + 1 > MAX_JSON_DEPTH {
-                    return Err(None);
-                }
-                map.iter().try_for_each(|(k, v)| {
-                    if k.contains('\0') {
-                        return Err(Some(()));
-                    }
-                    walk(v, depth + 1)
-                })
-            }
-            _ => Ok(()),
-        }
+        return Err(nul_in_value(FIELD));
     }
     for (k, v) in &metadata.extra {
         if k.contains('\0') {
-            return Err(nul());
+            return Err(nul_in_value(FIELD));
         }
         // the metadata object itself is the first level
-        walk(v, 1).map_err(|e| match e {
-            Some(()) => nul(),
-            None => too_deep(FIELD),
-        })?;
+        walk_json(FIELD, v, 1)?;
     }
     Ok(())
+}
+
+/// Checks a JSON value annals stores (a saga's data, a saga command): no
+/// NUL in a key or a string, nesting at most [`MAX_JSON_DEPTH`] levels.
+/// `field` names it in the error.
+pub fn check_json_value(
+    field: &'static str,
+    value: &serde_json::Value,
+) -> Result<(), InvalidInput> {
+    walk_json(field, value, 0)
+}
+
+fn walk_json(
+    field: &'static str,
+    value: &serde_json::Value,
+    depth: usize,
+) -> Result<(), InvalidInput> {
+    use serde_json::Value;
+    match value {
+        Value::String(s) if s.contains('\0') => Err(nul_in_value(field)),
+        Value::Array(items) => {
+            if depth + 1 > MAX_JSON_DEPTH {
+                return Err(too_deep(field));
+            }
+            items
+                .iter()
+                .try_for_each(|v| walk_json(field, v, depth + 1))
+        }
+        Value::Object(map) => {
+            if depth + 1 > MAX_JSON_DEPTH {
+                return Err(too_deep(field));
+            }
+            map.iter().try_for_each(|(k, v)| {
+                if k.contains('\0') {
+                    return Err(nul_in_value(field));
+                }
+                walk_json(field, v, depth + 1)
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+fn nul_in_value(field: &'static str) -> InvalidInput {
+    InvalidInput::new(
+        field,
+        "contains the NUL character in a string; Postgres jsonb cannot hold NUL, \
+         so no store accepts it: remove or replace it",
+    )
 }
 
 /// Checks an append: its stream id, and each event's type, payload and
@@ -384,5 +399,43 @@ mod tests {
             .unwrap_err()
             .problem
             .contains("nested too deeply"));
+    }
+
+    #[test]
+    fn json_values() {
+        let ok = serde_json::json!({"order": "a", "items": [1, {"k": "v"}]});
+        assert!(check_json_value("saga data", &ok).is_ok());
+        let nul = serde_json::json!({"order": "a\u{0}b"});
+        let e = check_json_value("saga data", &nul).unwrap_err();
+        assert_eq!(e.field, "saga data");
+        assert!(e.problem.contains("NUL"));
+        let key = serde_json::json!({"a\u{0}": 1});
+        assert!(check_json_value("saga command", &key).is_err());
+        let mut deep = serde_json::json!(1);
+        for _ in 0..=MAX_JSON_DEPTH {
+            deep = serde_json::Value::Array(vec![deep]);
+        }
+        assert!(check_json_value("saga data", &deep)
+            .unwrap_err()
+            .problem
+            .contains("nested too deeply"));
+        let mut at_limit = serde_json::json!(1);
+        for _ in 0..MAX_JSON_DEPTH {
+            at_limit = serde_json::Value::Array(vec![at_limit]);
+        }
+        assert!(check_json_value("saga data", &at_limit).is_ok());
+    }
+
+    #[test]
+    fn error_texts() {
+        assert_eq!(stored_error_text("a\u{0}b"), "a\u{fffd}b");
+        let long = stored_error_text("é".repeat(10_000));
+        assert!(long.len() <= MAX_ERROR_TEXT_BYTES);
+        assert!(
+            long.ends_with("(cut from 20000 bytes)"),
+            "{}",
+            &long[long.len() - 40..]
+        );
+        assert_eq!(stored_error_text("short"), "short");
     }
 }
