@@ -198,6 +198,7 @@ impl DeadLetterStore for PgProjectionStore {
     }
 
     async fn discard_dead_letter(&self, id: u64, reason: &str) -> Result<bool, Error> {
+        annals_core::store::limits::check_discard_reason(reason)?;
         let done = sqlx::query(
             "UPDATE annals_dead_letters
                 SET status = 'discarded', resolved_at = now(), discard_reason = $2

@@ -169,6 +169,7 @@ impl DeadLetterStore for InMemoryProjectionStore {
     }
 
     async fn discard_dead_letter(&self, id: u64, reason: &str) -> Result<bool, Error> {
+        crate::store::limits::check_discard_reason(reason)?;
         let mut state = self.lock();
         match state.letters.get_mut(&id) {
             Some(l) if l.status == DeadLetterStatus::Pending => {

@@ -89,6 +89,12 @@ pub fn stored_error_text(text: impl Into<String>) -> String {
     text
 }
 
+/// Checks the reason an operator gives for discarding a dead letter: not
+/// empty (a discard says why), no NUL, at most [`MAX_ERROR_TEXT_BYTES`].
+pub fn check_discard_reason(reason: &str) -> Result<(), InvalidInput> {
+    check_name("discard reason", reason, MAX_ERROR_TEXT_BYTES)
+}
+
 /// The deepest nesting of arrays and objects in a payload or in metadata
 /// (serde_json's own recursion limit: deeper JSON could not be read back).
 pub const MAX_JSON_DEPTH: usize = 128;

@@ -281,6 +281,12 @@ async fn discarding_a_dead_letter_records_the_reason() {
         .await
         .unwrap()
         .remove(0);
+    for hostile in ["", "a\u{0}b"] {
+        match backend.discard_dead_letter(letter.id, hostile).await {
+            Err(annals_core::Error::InvalidInput(i)) => assert_eq!(i.field, "discard reason"),
+            other => panic!("{hostile:?}: expected InvalidInput, got {other:?}"),
+        }
+    }
     assert!(backend
         .discard_dead_letter(letter.id, "bad import, fixed by hand")
         .await

@@ -964,3 +964,22 @@ async fn a_hostile_error_text_is_parked_storably() {
         error.len()
     );
 }
+
+/// A discard reason is checked before any SQL, as in memory: not empty, no
+/// NUL, at most 8 kB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_discard_reasons_are_refused_before_any_sql() {
+    let env = env().await;
+    let huge = "r".repeat(annals_core::store::limits::MAX_ERROR_TEXT_BYTES + 1);
+    for reason in ["", "a\u{0}b", huge.as_str()] {
+        match env.projections.discard_dead_letter(1, reason).await {
+            Err(annals_core::Error::InvalidInput(i)) => assert_eq!(i.field, "discard reason"),
+            other => panic!("expected InvalidInput, got {other:?}"),
+        }
+    }
+    assert!(!env
+        .projections
+        .discard_dead_letter(1, "fine")
+        .await
+        .unwrap());
+}
