@@ -282,6 +282,9 @@ pub struct AppendResult {
     pub events: Vec<RecordedEvent>,
 }
 
+/// How many events [`EventStoreExt::fold_stream_as`] reads per page.
+pub const STREAM_PAGE: u64 = 1_000;
+
 /// An event store at the level of stored rows: appends with optimistic
 /// concurrency, reads of one stream, and reads of the global log.
 ///
@@ -577,7 +580,9 @@ pub trait EventStoreExt: EventStore {
     }
 
     /// Reads the events of a stream in `versions` with their envelopes,
-    /// decoded into `E` (old versions validated and upcast).
+    /// decoded into `E` (old versions validated and upcast). Holds the
+    /// whole range in memory: for a long stream, fold it a page at a time
+    /// with [`fold_stream_as`](Self::fold_stream_as).
     fn read_stream_as<E: Event>(
         &self,
         stream_id: &str,
@@ -590,6 +595,68 @@ pub trait EventStoreExt: EventStore {
                 decode_payload::<E>(registry, stream_id, p)
             })
             .await
+        }
+    }
+
+    /// Folds the events of a stream in `versions`, with their envelopes,
+    /// decoded into `E` (old versions validated and upcast), reading
+    /// [`STREAM_PAGE`] events at a time: memory stays bounded by a page
+    /// however long the stream, where
+    /// [`read_stream_as`](Self::read_stream_as) holds the whole range.
+    /// Events appended while the fold runs are folded too if they fall in
+    /// `versions`. An error from `f` stops the fold and is returned.
+    ///
+    /// ```
+    /// use annals::{EventStoreExt, ExpectedVersion, InMemoryEventStore, Metadata};
+    ///
+    /// #[derive(Debug, Clone, PartialEq, annals::Event)]
+    /// enum CounterEvent { Added(u32) }
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let store = InMemoryEventStore::new();
+    /// let events: Vec<_> = (1..=2_500).map(CounterEvent::Added).collect();
+    /// store.append_events("c1", ExpectedVersion::NoStream, &events, &Metadata::new()).await?;
+    /// // three pages, never more than one in memory
+    /// let sum = store
+    ///     .fold_stream_as::<CounterEvent, _, _>("c1", .., 0u64, |sum, e| {
+    ///         let CounterEvent::Added(n) = e.payload;
+    ///         Ok(sum + u64::from(n))
+    ///     })
+    ///     .await?;
+    /// assert_eq!(sum, 2_500 * 2_501 / 2);
+    /// # Ok::<(), annals::Error>(())
+    /// # }).unwrap();
+    /// ```
+    fn fold_stream_as<E, A, F>(
+        &self,
+        stream_id: &str,
+        versions: impl RangeBounds<u64> + Send,
+        init: A,
+        mut f: F,
+    ) -> impl Future<Output = Result<A, Error>> + Send
+    where
+        E: Event,
+        A: Send,
+        F: FnMut(A, Envelope<E>) -> Result<A, Error> + Send,
+    {
+        let range = VersionRange::new(versions);
+        async move {
+            let mut acc = init;
+            let mut from = range.first;
+            while range.last.is_none_or(|last| from <= last) {
+                let to = from.saturating_add(STREAM_PAGE - 1);
+                let to = range.last.map_or(to, |last| last.min(to));
+                let page = self.read_stream_as::<E>(stream_id, from..=to).await?;
+                // versions have no gaps: a short page is the stream's end
+                let full = page.len() as u64 == to - from + 1;
+                for event in page {
+                    acc = f(acc, event)?;
+                }
+                if !full || to == u64::MAX {
+                    break;
+                }
+                from = to + 1;
+            }
+            Ok(acc)
         }
     }
 

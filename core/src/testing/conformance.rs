@@ -90,6 +90,7 @@ where
     batches_are_atomic(make(true).await).await;
     validation(make(true).await).await;
     read_stream_ranges(make(true).await).await;
+    fold_in_pages(make(true).await).await;
     read_all_order_and_paging(make(true).await).await;
     upcasting(make(true).await).await;
     bad_rows(make(false).await).await;
@@ -598,6 +599,64 @@ async fn read_stream_ranges<S: EventStore>(store: S) {
             assert_eq!(message, "refused");
         }
         other => panic!("expected decode's error, got {other:?}"),
+    }
+}
+
+/// `fold_stream_as` reads a stream a page at a time and folds every event
+/// of the range once, in version order, across page boundaries.
+async fn fold_in_pages<S: EventStore>(store: S) {
+    const N: u64 = 2 * crate::store::STREAM_PAGE + 345;
+    let m = Metadata::new();
+    for chunk in 0..N.div_ceil(500) {
+        let events: Vec<TestEvent> = (chunk * 500..((chunk + 1) * 500).min(N))
+            .map(|i| created(&i.to_string()))
+            .collect();
+        must(
+            "append a chunk",
+            store.append_events(
+                "fold-pages",
+                ExpectedVersion::from_current((chunk > 0).then_some(chunk * 500)),
+                &events,
+                &m,
+            ),
+        )
+        .await;
+    }
+    let versions = |range: (std::ops::Bound<u64>, std::ops::Bound<u64>)| {
+        store.fold_stream_as::<TestEvent, _, _>("fold-pages", range, Vec::new(), |mut v, e| {
+            v.push(e.stream_version);
+            Ok(v)
+        })
+    };
+    use std::ops::Bound::{Included, Unbounded};
+    let all = must("fold the whole stream", versions((Unbounded, Unbounded))).await;
+    assert_eq!(
+        all,
+        (1..=N).collect::<Vec<_>>(),
+        "every event once, in order"
+    );
+    let middle = must("fold a range", versions((Included(990), Included(2010)))).await;
+    assert_eq!(middle, (990..=2010).collect::<Vec<_>>());
+    let tail = must("fold past the end", versions((Included(N - 5), Unbounded))).await;
+    assert_eq!(tail, (N - 5..=N).collect::<Vec<_>>());
+    let none = must(
+        "fold a missing stream",
+        store.fold_stream_as::<TestEvent, _, _>("fold-none", .., 7u32, |n, _| Ok(n + 1)),
+    )
+    .await;
+    assert_eq!(none, 7, "nothing folded: the initial value");
+    let stopped = store
+        .fold_stream_as::<TestEvent, _, _>("fold-pages", .., 0u64, |n, e| {
+            if e.stream_version == 1_500 {
+                Err(Error::backend("folding", "stop here"))
+            } else {
+                Ok(n + 1)
+            }
+        })
+        .await;
+    match stopped {
+        Err(e) => assert!(e.to_string().contains("while folding"), "{e}"),
+        Ok(n) => panic!("an error from f stops the fold, but it returned {n}"),
     }
 }
 
