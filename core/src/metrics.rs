@@ -23,6 +23,7 @@ pub const ALL: &[&str] = &[
     PROJECTION_STALE,
     PROJECTION_FAILED,
     PROJECTION_EVENTS_APPLIED_TOTAL,
+    PROJECTION_UNREADABLE_SKIPPED_TOTAL,
     PROJECTION_BATCH_DURATION_SECONDS,
     HORIZON_LAG_SECONDS,
     HORIZON_EVENTS_HELD_BACK,
@@ -141,6 +142,11 @@ pub const PROJECTION_STALE: &str = "annals_projection_stale";
 pub const PROJECTION_FAILED: &str = "annals_projection_failed";
 /// Events applied by a projection (counter; label `projection`).
 pub const PROJECTION_EVENTS_APPLIED_TOTAL: &str = "annals_projection_events_applied_total";
+/// Rows of the log whose envelope cannot be read (a row written by hand, or
+/// damaged) that a projection skipped because it does not read their type
+/// (counter; label `projection`). A projection that reads the type parks
+/// the row instead ([`DEAD_LETTERS_PARKED_TOTAL`]).
+pub const PROJECTION_UNREADABLE_SKIPPED_TOTAL: &str = "annals_projection_unreadable_skipped_total";
 /// Duration of one projection batch: apply, checkpoint, commit (histogram,
 /// seconds; label `projection`).
 pub const PROJECTION_BATCH_DURATION_SECONDS: &str = "annals_projection_batch_duration_seconds";

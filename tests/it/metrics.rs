@@ -198,3 +198,84 @@ async fn failure_paths_export_their_metrics() {
         .sum();
     assert_eq!(transitions, 3.0, "{rendered}");
 }
+
+/// Reads nothing: only its skips matter here.
+struct Quiet;
+
+impl Projection for Quiet {
+    type Event = CounterEvent;
+    type Conn = annals::postgres::sqlx::PgConnection;
+
+    fn name(&self) -> &str {
+        "quiet"
+    }
+
+    async fn apply(
+        &self,
+        _: &mut annals::postgres::sqlx::PgConnection,
+        _: &Envelope<CounterEvent>,
+    ) -> Result<(), HandlerError> {
+        Ok(())
+    }
+}
+
+/// A row of the log whose envelope cannot be read (written by hand), of a
+/// type the projection does not read, is skipped, and the skip is counted
+/// in `annals_projection_unreadable_skipped_total`; the events around it
+/// are applied.
+#[tokio::test]
+async fn an_unreadable_row_of_another_type_is_skipped_and_counted() {
+    use annals::postgres::{sqlx, testing::TestDatabase, PgEventStore, PgProjectionStore};
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let db = TestDatabase::new().await;
+    let store = PgEventStore::builder(db.pool().clone())
+        .register::<CounterEvent>()
+        .build()
+        .await
+        .expect("store");
+    let append = |n: u32| {
+        let store = store.clone();
+        async move {
+            store
+                .append_events(
+                    "a",
+                    ExpectedVersion::Any,
+                    &[CounterEvent::Added(Added { n })],
+                    &Metadata::new(),
+                )
+                .await
+                .expect("append");
+        }
+    };
+    append(1).await;
+    sqlx::query(
+        "INSERT INTO annals_events (event_id, stream_id, stream_version, event_type, schema_version, payload, metadata)
+         VALUES ($1, 'other-1', 1, 'other.thing', -1, '{}'::jsonb, '{}'::jsonb)",
+    )
+    .bind(uuid::Uuid::now_v7())
+    .execute(db.pool())
+    .await
+    .expect("a row written by hand");
+    append(2).await;
+    let done = ProjectionRunner::new(
+        store.clone(),
+        PgProjectionStore::new(db.pool().clone()),
+        Arc::new(Quiet),
+    )
+    .catch_up()
+    .await
+    .expect("catch up");
+    assert_eq!(done.events_applied, 2);
+    let rendered = handle.render();
+    assert_eq!(
+        sample(
+            &rendered,
+            "annals_projection_unreadable_skipped_total",
+            "projection=\"quiet\""
+        ),
+        Some(1.0),
+        "{rendered}"
+    );
+}

@@ -687,6 +687,9 @@ where
                     let position = Some(event.log_position.position);
                     Item::Undecodable(*event, Error::CorruptedRow { position, message })
                 } else {
+                    tracing::warn!(projection = self.name(), position = event.log_position.position, event_type = %event.event_type, %message, "skipping an unreadable row of a type this projection does not read");
+                    metrics::counter!(m::PROJECTION_UNREADABLE_SKIPPED_TOTAL, "projection" => self.name().to_owned())
+                        .increment(1);
                     Item::Skip(event.log_position, event.recorded_at)
                 }]
             }
