@@ -142,3 +142,29 @@ pub fn validate_model_name(model: &str) -> Result<(), KnowledgeError> {
         None => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_names() {
+        assert!(validate_model_name("text-embedding-3-small").is_ok());
+        for (model, reason) in [
+            (String::new(), "empty"),
+            ("m".repeat(201), "longer than 200"),
+            ("a\0b".to_owned(), "control"),
+            ("a\nb".to_owned(), "control"),
+        ] {
+            match validate_model_name(&model) {
+                Err(KnowledgeError::InvalidModel { reason: r, .. }) => {
+                    assert!(r.contains(reason), "{r}")
+                }
+                other => panic!("{model:?}: {other:?}"),
+            }
+        }
+        // refused input is not transient: it is parked, not retried
+        let err = validate_model_name("").unwrap_err();
+        assert!(!err.is_transient());
+    }
+}
