@@ -164,7 +164,7 @@ mod tests {
             }
         }
         // refused input is not transient: it is parked, not retried
-        let err = validate_model_name("").unwrap_err();
+        let err = validate_model_name("").expect_err("an empty name is refused");
         assert!(!err.is_transient());
     }
 }
