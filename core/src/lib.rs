@@ -33,6 +33,9 @@ pub mod handler;
 #[cfg_attr(docsrs, doc(cfg(feature = "knowledge")))]
 pub mod knowledge;
 pub mod metrics;
+#[cfg(feature = "personal")]
+#[cfg_attr(docsrs, doc(cfg(feature = "personal")))]
+pub mod personal;
 pub mod projection;
 pub mod retry;
 pub mod saga;

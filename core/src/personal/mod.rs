@@ -1,0 +1,269 @@
+//! Personal data: fields that belong to a person (a patient's name, a phone
+//! number), encrypted with a key of that person's own, so that deleting the
+//! key erases the data everywhere it was copied (crypto-shredding).
+//!
+//! **Work in progress (issue 21).** What is here is the foundation:
+//!
+//! - [`Personal<T>`]: the type of a personal field. It serializes as the
+//!   plain `T`, reads back either a `T` or the marker a forgotten value
+//!   leaves ([`Personal::Forgotten`]), and its JSON Schema carries
+//!   `"x-annals-personal": true`, so the schema says which fields are
+//!   personal ([`personal_pointers`]).
+//! - [`DataKey`], [`KeyProvider`] and [`LocalKeyProvider`]: per-subject data
+//!   keys, wrapped by a key-encryption key (KEK) when stored. Key material
+//!   never appears in `Debug` output or errors.
+//! - [`SubjectKeys`] and [`InMemorySubjectKeys`]: the data key of each
+//!   subject, created on first use, forgotten with a tombstone so that it
+//!   is never silently created again, and re-wrapped on KEK rotation.
+//! - [`seal`] and [`open`]: the personal fields of a JSON payload encrypted
+//!   (ChaCha20-Poly1305, a fresh nonce per value) and decrypted, or
+//!   replaced by the forgotten marker when the subject's key is gone.
+//!
+//! Not yet: the stores' append and read paths, snapshots, sagas, dead
+//! letters, projections and the knowledge base do not call this yet; there
+//! is no Postgres key table, no `subject.forgotten` event and no derive
+//! support for naming the subject.
+//!
+//! ```
+//! use annals::personal::Personal;
+//!
+//! #[derive(serde::Serialize, serde::Deserialize, schemars::JsonSchema, Debug, PartialEq)]
+//! struct LeadCreated {
+//!     lead_id: String,
+//!     name: Personal<String>,
+//! }
+//!
+//! let lead = LeadCreated { lead_id: "l-1".into(), name: Personal::Known("Ana".into()) };
+//! let json = serde_json::to_value(&lead)?;
+//! assert_eq!(json, serde_json::json!({"lead_id": "l-1", "name": "Ana"}));
+//! // after the subject was forgotten, the field reads back as a typed value
+//! let forgotten: LeadCreated =
+//!     serde_json::from_value(serde_json::json!({"lead_id": "l-1", "name": {"$forgotten": true}}))?;
+//! assert_eq!(forgotten.name, Personal::Forgotten);
+//! # Ok::<(), serde_json::Error>(())
+//! ```
+
+mod keys;
+mod seal;
+mod subjects;
+
+use std::borrow::Cow;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+pub use keys::{DataKey, KeyProvider, LocalKeyProvider, WrappedKey};
+pub use seal::{open, personal_pointers, seal, sealed_subjects, SEALED, SUBJECT};
+pub use subjects::{InMemorySubjectKeys, KeyRotation, SubjectKeys};
+
+/// The schema keyword that marks a personal field.
+pub const PERSONAL_KEYWORD: &str = "x-annals-personal";
+
+/// The key of the marker object a forgotten value reads as:
+/// `{"$forgotten": true}`.
+pub const FORGOTTEN: &str = "$forgotten";
+
+/// A personal field: its value, or the fact that it was forgotten.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Personal<T> {
+    /// The value.
+    Known(T),
+    /// The subject was forgotten: its key is gone, and with it the value.
+    Forgotten,
+}
+
+impl<T> Personal<T> {
+    /// The value, if it is still known.
+    pub fn known(&self) -> Option<&T> {
+        match self {
+            Personal::Known(v) => Some(v),
+            Personal::Forgotten => None,
+        }
+    }
+
+    /// Whether the value was forgotten.
+    pub fn is_forgotten(&self) -> bool {
+        matches!(self, Personal::Forgotten)
+    }
+}
+
+impl<T> From<T> for Personal<T> {
+    fn from(value: T) -> Self {
+        Personal::Known(value)
+    }
+}
+
+/// The marker a forgotten value is stored (and read) as.
+pub fn forgotten_marker() -> serde_json::Value {
+    serde_json::json!({ FORGOTTEN: true })
+}
+
+fn is_forgotten_marker(value: &serde_json::Value) -> bool {
+    value
+        .as_object()
+        .is_some_and(|o| o.len() == 1 && o.get(FORGOTTEN) == Some(&serde_json::Value::Bool(true)))
+}
+
+impl<T: Serialize> Serialize for Personal<T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Personal::Known(v) => v.serialize(serializer),
+            Personal::Forgotten => forgotten_marker().serialize(serializer),
+        }
+    }
+}
+
+impl<'de, T: serde::de::DeserializeOwned> Deserialize<'de> for Personal<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // through a JSON value: the marker and a `T` that is itself an
+        // object cannot be told apart before looking
+        let value = serde_json::Value::deserialize(deserializer)?;
+        if is_forgotten_marker(&value) {
+            return Ok(Personal::Forgotten);
+        }
+        T::deserialize(value)
+            .map(Personal::Known)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl<T: schemars::JsonSchema> schemars::JsonSchema for Personal<T> {
+    fn inline_schema() -> bool {
+        // inline, so the marker sits on the field's own schema
+        true
+    }
+
+    fn schema_name() -> Cow<'static, str> {
+        format!("Personal_{}", T::schema_name()).into()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let value = generator.subschema_for::<T>();
+        let mut schema = schemars::json_schema!({
+            "anyOf": [
+                value,
+                {
+                    "type": "object",
+                    "properties": { FORGOTTEN: { "const": true } },
+                    "required": [FORGOTTEN],
+                    "additionalProperties": false
+                }
+            ]
+        });
+        schema.insert(PERSONAL_KEYWORD.to_owned(), serde_json::Value::Bool(true));
+        schema
+    }
+}
+
+/// What can go wrong with personal data.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PersonalError {
+    /// The subject was forgotten: no new personal data may be written for
+    /// it unless the application starts a new subject
+    /// ([`SubjectKeys::start_again`]).
+    #[error("subject `{subject}` was forgotten: its personal data cannot be written again unless the application starts it as a new subject")]
+    Forgotten {
+        /// The subject.
+        subject: String,
+    },
+    /// A wrapped data key did not unwrap with this key-encryption key (the
+    /// wrong KEK, or a damaged key row). Nothing was decrypted.
+    #[error("the data key of subject `{subject}` does not unwrap with key-encryption key `{kek_id}` (a wrong KEK, or a damaged key)")]
+    WrongKek {
+        /// The subject.
+        subject: String,
+        /// The KEK that was tried.
+        kek_id: String,
+    },
+    /// A key-encryption key could not be read (a missing variable, a file
+    /// that is not 32 bytes of base64).
+    #[error("cannot read the key-encryption key: {0}")]
+    Kek(String),
+    /// A sealed value did not decrypt with its subject's key (damaged).
+    #[error(
+        "a sealed value of subject `{subject}` at `{pointer}` does not decrypt: it is damaged"
+    )]
+    Damaged {
+        /// The subject.
+        subject: String,
+        /// Where in the payload.
+        pointer: String,
+    },
+    /// The key store failed.
+    #[error("the subject key store failed while {context}: {source}")]
+    Backend {
+        /// What it was doing.
+        context: &'static str,
+        /// The cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, PartialEq)]
+    struct Contact {
+        phone: String,
+    }
+
+    #[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, PartialEq)]
+    struct Lead {
+        id: String,
+        name: Personal<String>,
+        contact: Personal<Contact>,
+        notes: Vec<Personal<String>>,
+    }
+
+    #[test]
+    fn round_trips_and_reads_the_forgotten_marker() {
+        let lead = Lead {
+            id: "l".into(),
+            name: "Ana".to_owned().into(),
+            contact: Personal::Known(Contact {
+                phone: "555".into(),
+            }),
+            notes: vec!["first".to_owned().into()],
+        };
+        let json = serde_json::to_value(&lead).unwrap_or_default();
+        assert_eq!(
+            json,
+            serde_json::json!({"id": "l", "name": "Ana", "contact": {"phone": "555"}, "notes": ["first"]})
+        );
+        let back: Lead = serde_json::from_value(json).expect("round trip");
+        assert_eq!(back, lead);
+        let gone = serde_json::json!({
+            "id": "l", "name": {"$forgotten": true}, "contact": {"$forgotten": true},
+            "notes": [{"$forgotten": true}]
+        });
+        let read: Lead = serde_json::from_value(gone).expect("forgotten fields read");
+        assert!(read.name.is_forgotten() && read.contact.is_forgotten());
+        assert_eq!(read.notes, [Personal::Forgotten]);
+        // a value of the wrong shape is still an error
+        assert!(serde_json::from_value::<Lead>(serde_json::json!({
+            "id": "l", "name": 3, "contact": {"phone": "1"}, "notes": []
+        }))
+        .is_err());
+    }
+
+    #[test]
+    fn the_schema_marks_personal_fields_and_accepts_the_marker() {
+        let schema = serde_json::to_value(schemars::schema_for!(Lead)).unwrap_or_default();
+        let mut pointers = personal_pointers(&schema);
+        pointers.sort();
+        assert_eq!(pointers, ["/contact", "/name", "/notes/*"]);
+        let validator = jsonschema::validator_for(&schema).expect("schema compiles");
+        let gone = serde_json::json!({
+            "id": "l", "name": {"$forgotten": true}, "contact": {"$forgotten": true}, "notes": []
+        });
+        assert!(validator.is_valid(&gone));
+        assert!(validator.is_valid(&serde_json::json!({
+            "id": "l", "name": "Ana", "contact": {"phone": "1"}, "notes": ["x"]
+        })));
+        assert!(!validator.is_valid(&serde_json::json!({
+            "id": "l", "name": 1, "contact": {"phone": "1"}, "notes": []
+        })));
+    }
+}

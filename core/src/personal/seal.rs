@@ -1,0 +1,254 @@
+//! Sealing and opening the personal fields of a JSON payload.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use base64::Engine as _;
+use serde_json::{Map, Value};
+
+use super::{forgotten_marker, is_forgotten_marker, DataKey, PersonalError, PERSONAL_KEYWORD};
+
+/// The key of a sealed value's ciphertext: `{"$sealed": "<base64>",
+/// "$subject": "<subject>"}`.
+pub const SEALED: &str = "$sealed";
+/// The key of a sealed value's subject.
+pub const SUBJECT: &str = "$subject";
+
+/// The JSON pointers of the personal fields a JSON Schema marks (see
+/// [`Personal`](super::Personal)), with `*` for every item of an array:
+/// `/name`, `/contact/phone`, `/notes/*`. Follows `$ref`s into `$defs`
+/// (each definition once on a path, so recursive types end).
+pub fn personal_pointers(schema: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    walk(schema, schema, String::new(), &mut HashSet::new(), &mut out);
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn walk(
+    root: &Value,
+    schema: &Value,
+    at: String,
+    seen: &mut HashSet<String>,
+    out: &mut Vec<String>,
+) {
+    let Some(obj) = schema.as_object() else {
+        return;
+    };
+    if obj.get(PERSONAL_KEYWORD) == Some(&Value::Bool(true)) {
+        out.push(at);
+        return;
+    }
+    if let Some(Value::String(reference)) = obj.get("$ref") {
+        if let Some(target) = reference.strip_prefix('#').and_then(|p| root.pointer(p)) {
+            if seen.insert(reference.clone()) {
+                walk(root, target, at.clone(), seen, out);
+                seen.remove(reference);
+            }
+        }
+    }
+    if let Some(Value::Object(props)) = obj.get("properties") {
+        for (name, sub) in props {
+            let escaped = name.replace('~', "~0").replace('/', "~1");
+            walk(root, sub, format!("{at}/{escaped}"), seen, out);
+        }
+    }
+    if let Some(items) = obj.get("items") {
+        walk(root, items, format!("{at}/*"), seen, out);
+    }
+    for key in ["anyOf", "oneOf", "allOf"] {
+        if let Some(Value::Array(subs)) = obj.get(key) {
+            for sub in subs {
+                walk(root, sub, at.clone(), seen, out);
+            }
+        }
+    }
+}
+
+/// Calls `f` on every value `pointer` names in `value` (`*` for each item
+/// of an array). Missing fields are skipped.
+fn each_at(
+    value: &mut Value,
+    pointer: &str,
+    f: &mut dyn FnMut(&mut Value, &str) -> Result<(), PersonalError>,
+) -> Result<(), PersonalError> {
+    fn go(
+        value: &mut Value,
+        parts: &[&str],
+        at: &mut String,
+        f: &mut dyn FnMut(&mut Value, &str) -> Result<(), PersonalError>,
+    ) -> Result<(), PersonalError> {
+        let Some((first, rest)) = parts.split_first() else {
+            return f(value, at);
+        };
+        let len = at.len();
+        let result = match (value, *first) {
+            (Value::Array(items), "*") => {
+                let mut r = Ok(());
+                for (i, item) in items.iter_mut().enumerate() {
+                    at.push_str(&format!("/{i}"));
+                    r = go(item, rest, at, f);
+                    at.truncate(len);
+                    if r.is_err() {
+                        break;
+                    }
+                }
+                r
+            }
+            (Value::Object(map), key) => {
+                let key = key.replace("~1", "/").replace("~0", "~");
+                match map.get_mut(&key) {
+                    Some(v) => {
+                        at.push('/');
+                        at.push_str(first);
+                        let r = go(v, rest, at, f);
+                        at.truncate(len);
+                        r
+                    }
+                    None => Ok(()),
+                }
+            }
+            _ => Ok(()),
+        };
+        result
+    }
+    let parts: Vec<&str> = pointer.split('/').skip(1).collect();
+    go(value, &parts, &mut String::new(), f)
+}
+
+fn sealed_parts(value: &Value) -> Option<(&str, &str)> {
+    let obj = value.as_object()?;
+    if obj.len() != 2 {
+        return None;
+    }
+    Some((obj.get(SEALED)?.as_str()?, obj.get(SUBJECT)?.as_str()?))
+}
+
+/// Encrypts the values at `pointers` in `value` with `subject`'s `key`:
+/// each becomes `{"$sealed": …, "$subject": …}` (a fresh nonce per value;
+/// the subject and the field's place are bound to the ciphertext, so a
+/// sealed value copied elsewhere does not open). Values already sealed or
+/// forgotten are left as they are.
+pub fn seal(value: &mut Value, pointers: &[String], subject: &str, key: &DataKey) {
+    for pointer in pointers {
+        // sealing cannot fail; the closure's error type is for `open`
+        let _ = each_at(value, pointer, &mut |v, at| {
+            if is_forgotten_marker(v) || sealed_parts(v).is_some() {
+                return Ok(());
+            }
+            let plain = zeroize::Zeroizing::new(v.to_string().into_bytes());
+            let sealed = key.encrypt(&plain, aad(subject, at).as_bytes());
+            let mut obj = Map::new();
+            obj.insert(
+                SEALED.to_owned(),
+                Value::String(base64::engine::general_purpose::STANDARD.encode(sealed)),
+            );
+            obj.insert(SUBJECT.to_owned(), Value::String(subject.to_owned()));
+            *v = Value::Object(obj);
+            Ok(())
+        });
+    }
+}
+
+fn aad(subject: &str, at: &str) -> String {
+    format!("{subject}\u{0}{at}")
+}
+
+/// The subjects whose keys [`open`] needs for `value`.
+pub fn sealed_subjects(value: &mut Value, pointers: &[String]) -> BTreeSet<String> {
+    let mut subjects = BTreeSet::new();
+    for pointer in pointers {
+        let _ = each_at(value, pointer, &mut |v, _| {
+            if let Some((_, subject)) = sealed_parts(v) {
+                subjects.insert(subject.to_owned());
+            }
+            Ok(())
+        });
+    }
+    subjects
+}
+
+/// Decrypts the sealed values at `pointers` in `value` with the keys in
+/// `keys` (by subject). A value whose subject has no key (forgotten)
+/// becomes the forgotten marker, which [`Personal`](super::Personal) reads
+/// as [`Personal::Forgotten`](super::Personal::Forgotten); one that does
+/// not decrypt with its key is [`PersonalError::Damaged`].
+pub fn open(
+    value: &mut Value,
+    pointers: &[String],
+    keys: &BTreeMap<String, DataKey>,
+) -> Result<(), PersonalError> {
+    for pointer in pointers {
+        each_at(value, pointer, &mut |v, at| {
+            let Some((sealed, subject)) = sealed_parts(v) else {
+                return Ok(());
+            };
+            let Some(key) = keys.get(subject) else {
+                *v = forgotten_marker();
+                return Ok(());
+            };
+            let damaged = || PersonalError::Damaged {
+                subject: subject.to_owned(),
+                pointer: at.to_owned(),
+            };
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(sealed)
+                .map_err(|_| damaged())?;
+            let plain = key
+                .decrypt(&bytes, aad(subject, at).as_bytes())
+                .ok_or_else(damaged)?;
+            *v = serde_json::from_slice(&plain).map_err(|_| damaged())?;
+            Ok(())
+        })?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pointers() -> Vec<String> {
+        vec!["/name".into(), "/contact".into(), "/notes/*".into()]
+    }
+
+    #[test]
+    fn sealed_fields_open_with_their_key_and_read_forgotten_without() {
+        let original = serde_json::json!({
+            "id": "l-1", "name": "Ana", "contact": {"phone": "555-0100"}, "notes": ["allergic", "calls late"]
+        });
+        let key = DataKey::generate();
+        let mut value = original.clone();
+        seal(&mut value, &pointers(), "patient-1", &key);
+        let text = value.to_string();
+        for canary in ["Ana", "555-0100", "allergic", "calls late"] {
+            assert!(!text.contains(canary), "{canary} in {text}");
+        }
+        assert_eq!(value["id"], "l-1", "other fields stay plain");
+        assert_eq!(
+            sealed_subjects(&mut value, &pointers()),
+            BTreeSet::from(["patient-1".to_owned()])
+        );
+        let keys = BTreeMap::from([("patient-1".to_owned(), key.clone())]);
+        let mut opened = value.clone();
+        open(&mut opened, &pointers(), &keys).expect("opens");
+        assert_eq!(opened, original);
+        // forgotten: no key, every personal field reads as the marker
+        let mut gone = value.clone();
+        open(&mut gone, &pointers(), &BTreeMap::new()).expect("opens as forgotten");
+        assert_eq!(
+            gone,
+            serde_json::json!({
+                "id": "l-1", "name": {"$forgotten": true}, "contact": {"$forgotten": true},
+                "notes": [{"$forgotten": true}, {"$forgotten": true}]
+            })
+        );
+        // a sealed value moved to another field does not open
+        let mut moved = value.clone();
+        moved["name"] = value["notes"][0].clone();
+        assert!(matches!(
+            open(&mut moved, &pointers(), &keys),
+            Err(PersonalError::Damaged { pointer, .. }) if pointer == "/name"
+        ));
+    }
+}
