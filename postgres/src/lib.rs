@@ -47,6 +47,8 @@ mod snapshot;
 #[doc(hidden)]
 pub mod sql;
 mod store;
+#[cfg(feature = "personal")]
+mod subject_keys;
 
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
@@ -60,5 +62,8 @@ pub use snapshot::PgSnapshotStore;
 pub use store::{
     LogWatcher, PgEventStore, PgEventStoreBuilder, PgSession, DEFAULT_MAX_BATCH, EVENTS_CHANNEL,
 };
+#[cfg(feature = "personal")]
+#[cfg_attr(docsrs, doc(cfg(feature = "personal")))]
+pub use subject_keys::PgSubjectKeys;
 
 pub use sqlx;

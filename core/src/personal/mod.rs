@@ -189,6 +189,9 @@ pub enum PersonalError {
         /// Where in the payload.
         pointer: String,
     },
+    /// A subject id out of the limits (empty, NUL, longer than 1024 bytes).
+    #[error(transparent)]
+    InvalidInput(#[from] crate::error::InvalidInput),
     /// The key store failed.
     #[error("the subject key store failed while {context}: {source}")]
     Backend {

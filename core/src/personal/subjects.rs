@@ -125,6 +125,7 @@ impl<P: KeyProvider> InMemorySubjectKeys<P> {
 
 impl<P: KeyProvider> SubjectKeys for InMemorySubjectKeys<P> {
     async fn key_for_writing(&self, subject: &str) -> Result<DataKey, PersonalError> {
+        crate::store::limits::check_subject(subject)?;
         let existing = self.lock().subjects.get(subject).cloned();
         match existing {
             Some(Entry::Key(wrapped)) => self.unwrap(subject, &wrapped).await,
@@ -167,6 +168,7 @@ impl<P: KeyProvider> SubjectKeys for InMemorySubjectKeys<P> {
     }
 
     async fn forget(&self, subject: &str) -> Result<bool, PersonalError> {
+        crate::store::limits::check_subject(subject)?;
         let before = self
             .lock()
             .subjects

@@ -54,6 +54,15 @@ pub const MAX_PROJECTION_NAME_BYTES: usize = 255;
 /// it in a unique index.
 pub const MAX_CORRELATION_ID_BYTES: usize = 1024;
 
+/// The longest subject id of personal data, in bytes (UTF-8).
+pub const MAX_SUBJECT_BYTES: usize = 1024;
+
+/// Checks the id of a subject of personal data: not empty, no NUL, at most
+/// [`MAX_SUBJECT_BYTES`].
+pub fn check_subject(subject: &str) -> Result<(), InvalidInput> {
+    check_name("subject", subject, MAX_SUBJECT_BYTES)
+}
+
 /// The longest error text annals stores (a dead letter's error, a failed
 /// projection's error, a saga's or a command's last error), in bytes: a
 /// longer one is cut (see [`stored_error_text`]).

@@ -7,3 +7,5 @@ mod knowledge;
 mod migrate;
 mod projections;
 mod store;
+#[cfg(feature = "personal")]
+mod subject_keys;

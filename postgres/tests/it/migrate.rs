@@ -26,6 +26,7 @@ const EVENT_SOURCING_TABLES: &[&str] = &[
     "annals_saga_outbox",
     "annals_sagas",
     "annals_snapshots",
+    "annals_subject_keys",
 ];
 
 fn admin_options() -> PgConnectOptions {

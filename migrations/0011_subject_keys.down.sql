@@ -1,0 +1,1 @@
+DROP TABLE annals_subject_keys;
