@@ -71,7 +71,7 @@ pub use uuid;
 pub mod __private {
     pub use crate::aggregate::private::*;
     pub use crate::event::private::*;
-    pub use crate::event::{DecodeError, EventSchema, EventTypeInfo, UpcastError};
+    pub use crate::event::{DecodeError, EventSchema, EventTypeInfo, Subject, UpcastError};
     pub use crate::saga::private::*;
     pub use crate::{AggregateState, Event};
     pub use schemars;

@@ -340,3 +340,61 @@ fn schema_lock_file_helper() {
     assert!(result.is_err(), "a changed schema fails the test");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `#[event(subject = …)]` declares whose personal data an event carries:
+/// a field of the payload (any type with `Display`), or the stream.
+#[test]
+fn events_name_their_subject() {
+    use annals::event::Subject;
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+    struct Booked {
+        patient_id: uuid::Uuid,
+        slot: u32,
+    }
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+    struct Noted {
+        text: String,
+    }
+
+    #[derive(Debug, Clone, PartialEq, annals::Event)]
+    enum VisitEvent {
+        #[event(subject = patient_id)]
+        Booked(Booked),
+        #[event(subject = envelope.stream_id)]
+        Noted(Noted),
+        Cancelled(u32),
+    }
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, annals::Event)]
+    #[event(name = "patient.renamed", subject = patient)]
+    struct Renamed {
+        patient: String,
+        name: String,
+    }
+
+    let id = uuid::Uuid::now_v7();
+    let booked = VisitEvent::Booked(Booked {
+        patient_id: id,
+        slot: 3,
+    });
+    assert_eq!(booked.subject(), Subject::Field(id.to_string()));
+    let noted = VisitEvent::Noted(Noted { text: "x".into() });
+    assert_eq!(noted.subject(), Subject::Stream);
+    assert_eq!(VisitEvent::Cancelled(1).subject(), Subject::None);
+    let renamed = Renamed {
+        patient: "p-7".into(),
+        name: "Ana".into(),
+    };
+    assert_eq!(renamed.subject(), Subject::Field("p-7".into()));
+    // an event type that names no subject has none
+    assert_eq!(
+        LeadEvent::Created(LeadCreated {
+            name: "A".into(),
+            clinic: "c".into()
+        })
+        .subject(),
+        Subject::None
+    );
+}

@@ -117,6 +117,26 @@ pub trait Event: Sized + Send + Sync + 'static {
     fn handles(event_type: &str) -> bool {
         Self::type_info(event_type).is_some()
     }
+
+    /// Whose personal data this event carries, as its type declares it
+    /// (`#[event(subject = field)]`, or `#[event(subject =
+    /// envelope.stream_id)]`); [`Subject::None`] by default. Work in
+    /// progress (issue 21): the stores do not seal personal fields with it
+    /// yet.
+    fn subject(&self) -> Subject {
+        Subject::None
+    }
+}
+
+/// Whose personal data an event carries (see [`Event::subject`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Subject {
+    /// Nobody's: the event has no personal data.
+    None,
+    /// The subject named by a field of the payload.
+    Field(String),
+    /// The stream the event is appended to.
+    Stream,
 }
 
 // Named here, not only through `__private`, so that compiler messages about

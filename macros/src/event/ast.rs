@@ -49,6 +49,40 @@ pub(crate) struct TypeAttrs {
     pub(crate) name: Option<LitStr>,
     pub(crate) version: Option<(LitInt, u32)>,
     pub(crate) history: Vec<HistoryEntry>,
+    pub(crate) subject: Option<SubjectAttr>,
+}
+
+/// `subject = field` or `subject = envelope.stream_id`: whose personal data
+/// the event carries.
+pub(crate) enum SubjectAttr {
+    /// A field of the payload.
+    Field(Ident),
+    /// The stream the event is appended to.
+    Stream,
+}
+
+impl Parse for SubjectAttr {
+    fn parse(input: ParseStream) -> syn::Result<Self> {
+        let expr: syn::Expr = input.parse()?;
+        match &expr {
+            syn::Expr::Path(p) if p.qself.is_none() && p.path.get_ident().is_some() => {
+                let ident = p.path.get_ident().cloned();
+                ident.map(SubjectAttr::Field).ok_or_else(|| {
+                    syn::Error::new_spanned(&expr, "expected a field of the payload")
+                })
+            }
+            syn::Expr::Field(f)
+                if matches!(&*f.base, syn::Expr::Path(b) if b.path.is_ident("envelope"))
+                    && matches!(&f.member, syn::Member::Named(m) if m == "stream_id") =>
+            {
+                Ok(SubjectAttr::Stream)
+            }
+            _ => Err(syn::Error::new_spanned(
+                &expr,
+                "expected a field of the payload (`subject = patient_id`) or the stream (`subject = envelope.stream_id`)",
+            )),
+        }
+    }
 }
 
 /// One entry of `history(...)`: how a stored old version reaches the next.
@@ -118,6 +152,10 @@ const ENUM: Scope = Scope {
     keys: &["prefix", "crate"],
     elsewhere: &[
         (
+            "subject",
+            "`subject` belongs on a variant of an event enum: each variant is one event type",
+        ),
+        (
             "name",
             "`name` belongs on a variant of an event enum: each variant is one event type",
         ),
@@ -134,7 +172,7 @@ const ENUM: Scope = Scope {
 
 const VARIANT: Scope = Scope {
     attr: "event",
-    keys: &["name", "version", "history"],
+    keys: &["name", "version", "history", "subject"],
     elsewhere: &[
         (
             "prefix",
@@ -149,7 +187,7 @@ const VARIANT: Scope = Scope {
 
 const STRUCT: Scope = Scope {
     attr: "event",
-    keys: &["name", "version", "history", "crate"],
+    keys: &["name", "version", "history", "subject", "crate"],
     elsewhere: &[(
         "prefix",
         "`prefix` applies to event enums; give a struct its full `name`",
@@ -276,6 +314,7 @@ struct TypeSlots<'c> {
     name: Attr<'c, LitStr>,
     version: Attr<'c, (LitInt, u32)>,
     history: Attr<'c, Vec<HistoryEntry>>,
+    subject: Attr<'c, SubjectAttr>,
 }
 
 impl<'c> TypeSlots<'c> {
@@ -284,12 +323,14 @@ impl<'c> TypeSlots<'c> {
             name: Attr::none(cx, "name"),
             version: Attr::none(cx, "version"),
             history: Attr::none(cx, "history"),
+            subject: Attr::none(cx, "subject"),
         }
     }
 
     fn parse(&mut self, key: &str, meta: &attr::Meta) -> syn::Result<()> {
         match key {
             "name" => self.name.set(meta.path, meta.value()?.parse()?),
+            "subject" => self.subject.set(meta.path, meta.value()?.parse()?),
             "version" => {
                 let lit: LitInt = meta.value()?.parse()?;
                 let v = lit.base10_parse()?;
@@ -310,6 +351,7 @@ impl<'c> TypeSlots<'c> {
             name: self.name.get(),
             version: self.version.get(),
             history: self.history.get().unwrap_or_default(),
+            subject: self.subject.get(),
         }
     }
 }

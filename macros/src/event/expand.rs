@@ -5,7 +5,7 @@ use quote::{quote, quote_spanned, ToTokens};
 use syn::spanned::Spanned;
 use syn::{Path, Type};
 
-use super::ast::{EventType, Input, Link};
+use super::ast::{EventType, Input, Link, SubjectAttr};
 
 /// The impl of a checked input.
 pub(crate) fn expand(input: &Input) -> TokenStream {
@@ -178,10 +178,38 @@ fn expand_types(ident: &syn::Ident, krate: &Path, types: &[EventType]) -> TokenS
         out
     });
 
+    // only when some type names a subject: the trait's default says
+    // `Subject::None` for the rest
+    let subject = types.iter().any(|t| t.attrs.subject.is_some()).then(|| {
+        let arms = types.iter().map(|t| match &t.attrs.subject {
+            None => {
+                let pat = pattern(t, quote!(_));
+                quote!(#pat => #p::Subject::None,)
+            }
+            Some(SubjectAttr::Stream) => {
+                let pat = pattern(t, quote!(_));
+                quote!(#pat => #p::Subject::Stream,)
+            }
+            // spanned at the field: an unknown one is one error there
+            Some(SubjectAttr::Field(field)) => {
+                let pat = pattern(t, quote!(__payload));
+                let read = quote_spanned!(field.span()=> __payload.#field);
+                quote!(#pat => #p::Subject::Field(::std::string::ToString::to_string(&#read)),)
+            }
+        });
+        quote! {
+            fn subject(&self) -> #p::Subject {
+                match self { #(#arms)* }
+            }
+        }
+    });
+
     quote! {
         const _: () = {
             #[automatically_derived]
             impl #p::Event for #ident {
+                #subject
+
                 const TYPES: &'static [#p::EventTypeInfo] = &[#(#infos),*];
 
                 fn event_type(&self) -> &'static str {
