@@ -41,6 +41,8 @@ struct Boom(String);
 struct Recorder {
     poison: Mutex<HashSet<u32>>,
     dependency_down: AtomicBool,
+    /// The error text of a poisoned value (default "cannot apply {n}").
+    poison_message: Option<String>,
     /// Hang forever (a stuck handler) on this value, once reached.
     hang_on: Option<u32>,
     reached_hang: AtomicBool,
@@ -66,7 +68,9 @@ impl Projection for Recorder {
             return Err(HandlerError::dependency(Boom("sms gateway down".into())));
         }
         if self.poison.lock().unwrap().contains(n) {
-            return Err(Boom(format!("cannot apply {n}")).into());
+            let message =
+                (self.poison_message.clone()).unwrap_or_else(|| format!("cannot apply {n}"));
+            return Err(Boom(message).into());
         }
         sqlx::query(
             "INSERT INTO applied (position, stream_id, version, n) VALUES ($1, $2, $3, $4)",
@@ -891,45 +895,6 @@ async fn an_owner_that_lost_its_lock_commits_nothing_after_the_takeover() {
     );
 }
 
-/// Fails on `n == 2` with an error text that echoes a hostile value: a NUL
-/// and 100 kB.
-struct Echoing;
-
-impl Projection for Echoing {
-    type Event = CounterEvent;
-    type Conn = PgConnection;
-
-    fn name(&self) -> &str {
-        "echoing"
-    }
-
-    async fn apply(
-        &self,
-        conn: &mut PgConnection,
-        e: &Envelope<CounterEvent>,
-    ) -> Result<(), HandlerError> {
-        let CounterEvent::Added(Added { n }) = &e.payload;
-        if *n == 2 {
-            return Err(Boom(format!("refused \u{0} {}", "x".repeat(100_000))).into());
-        }
-        sqlx::query(
-            "INSERT INTO applied (position, stream_id, version, n) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(e.position() as i64)
-        .bind(&e.stream_id)
-        .bind(e.stream_version as i64)
-        .bind(*n as i32)
-        .execute(&mut *conn)
-        .await?;
-        Ok(())
-    }
-
-    async fn reset(&self, conn: &mut PgConnection) -> Result<(), HandlerError> {
-        sqlx::query("TRUNCATE applied").execute(conn).await?;
-        Ok(())
-    }
-}
-
 /// An error text with a NUL (which Postgres text cannot hold) and 100 kB
 /// does not stop the projection: the event is parked with the text made
 /// storable (NUL replaced, cut at 8 kB), the events after it are applied.
@@ -938,20 +903,20 @@ async fn a_hostile_error_text_is_parked_storably() {
     let env = env().await;
     env.append("c-1", [1, 2]).await;
     env.append("c-2", [3]).await;
-    let runner = ProjectionRunner::new(
-        env.store.clone(),
-        env.projections.clone(),
-        Arc::new(Echoing),
-    )
-    .retry(RetryPolicy::new(2).initial_delay(Duration::from_millis(1)));
-    let done = tokio::time::timeout(Duration::from_secs(30), runner.catch_up())
+    // the handler's error echoes a hostile value: a NUL and 100 kB
+    let recorder = Arc::new(Recorder {
+        poison: Mutex::new(HashSet::from([2])),
+        poison_message: Some(format!("refused \u{0} {}", "x".repeat(100_000))),
+        ..Recorder::default()
+    });
+    let done = tokio::time::timeout(Duration::from_secs(30), env.runner(&recorder).catch_up())
         .await
         .expect("the catch-up ends")
         .unwrap();
     assert_eq!(done.events_applied, 2, "1 and 3 applied, 2 parked");
     let letters = env
         .projections
-        .list_dead_letters(&DeadLetterQuery::pending("echoing"))
+        .list_dead_letters(&DeadLetterQuery::pending("recorder"))
         .await
         .unwrap();
     assert_eq!(letters.len(), 1);
