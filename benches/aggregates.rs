@@ -24,7 +24,7 @@
 //!    the same-tables baseline written that way too.
 //!
 //! Needs a PostgreSQL server in DATABASE_URL:
-//! `scripts/with-services cargo bench --features testing --bench aggregates`
+//! `scripts/with-services --durable cargo bench --features testing --bench aggregates`
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
@@ -1388,6 +1388,7 @@ fn commands(c: &mut Criterion, rt: &Runtime, rows: &mut Vec<Comparison>) {
 }
 
 fn main() {
+    common::require_durable("aggregates");
     let rt = runtime();
     let mut c = Criterion::default().configure_from_args();
     let mut rows = Vec::new();

@@ -18,7 +18,7 @@
 //!    not depend on the backend).
 //!
 //! Needs a PostgreSQL server with pgvector in DATABASE_URL:
-//! `scripts/with-services cargo bench --features testing --bench knowledge`
+//! `scripts/with-services --durable cargo bench --features testing,knowledge --bench knowledge`
 //! (about 5 minutes on 2 cores, most of it loading and indexing).
 
 use std::hint::black_box;
@@ -470,6 +470,7 @@ fn cache_savings() {
 }
 
 fn main() {
+    common::require_durable("knowledge");
     let start = Instant::now();
     let mut c = Criterion::default().configure_from_args();
     let mut rows = Vec::new();

@@ -5,7 +5,7 @@
 //!
 //! Needs a PostgreSQL server in DATABASE_URL; each group gets a fresh
 //! migrated database (`annals_postgres::testing::TestDatabase`):
-//! `scripts/with-services cargo bench --features testing --bench postgres`
+//! `scripts/with-services --durable cargo bench --features testing --bench postgres`
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -946,6 +946,7 @@ fn reads(c: &mut Criterion, rt: &Runtime) {
 }
 
 fn main() {
+    common::require_durable("postgres");
     let rt = runtime();
     let mut c = Criterion::default().configure_from_args();
     // ANNALS_BENCH_ONLY=appends or =reads runs one part

@@ -8,7 +8,7 @@
 //! upcasting-aware decoding (with the old-version validation path), the
 //! event-type filter, the dead-letter bookkeeping and the fenced checkpoint.
 //!
-//! `scripts/with-services cargo bench --features testing --bench projections`
+//! `scripts/with-services --durable cargo bench --features testing --bench projections`
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -273,6 +273,7 @@ fn catch_up(c: &mut Criterion, rt: &Runtime) {
 }
 
 fn main() {
+    common::require_durable("projections");
     let rt = runtime();
     let mut c = Criterion::default().configure_from_args();
     catch_up(&mut c, &rt);

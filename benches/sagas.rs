@@ -26,7 +26,7 @@
 //! is shared while this runs (other builds and tests): the numbers are
 //! noisy; the paired (interleaved) ratio is the steadier one.
 //!
-//! `scripts/with-services cargo bench --features testing --bench sagas`
+//! `scripts/with-services --durable cargo bench --features testing --bench sagas`
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -596,6 +596,7 @@ struct Breakdown {
 }
 
 fn main() {
+    common::require_durable("sagas");
     let rt: Runtime = runtime();
     let mut c = Criterion::default().configure_from_args();
     let started = Instant::now();

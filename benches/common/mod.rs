@@ -35,6 +35,41 @@ pub(crate) fn timed(f: impl FnOnce()) -> std::time::Duration {
     start.elapsed()
 }
 
+// --- the server ----------------------------------------------------------------
+
+/// Refuses to run a benchmark that writes on a server whose commits are not
+/// durable (`fsync`, `synchronous_commit` and `full_page_writes` must be
+/// on): such figures say nothing about commits. `ANNALS_BENCH_FAST=1`
+/// runs it anyway, for comparisons with figures measured that way before
+/// (say so next to them).
+pub(crate) fn require_durable(bench: &str) {
+    if std::env::var("ANNALS_BENCH_FAST").is_ok_and(|v| v == "1") {
+        eprintln!("{bench}: ANNALS_BENCH_FAST=1: running on whatever server DATABASE_URL names");
+        return;
+    }
+    let settings: Vec<(String, String)> = runtime().block_on(async {
+        let url = std::env::var("DATABASE_URL")
+            .expect("DATABASE_URL: run the bench through scripts/with-services --durable");
+        let pool = annals::postgres::sqlx::PgPool::connect(&url)
+            .await
+            .expect("connecting to DATABASE_URL");
+        annals::postgres::sqlx::query_as(
+            "SELECT name, setting FROM pg_settings
+              WHERE name IN ('fsync', 'synchronous_commit', 'full_page_writes') ORDER BY name",
+        )
+        .fetch_all(&pool)
+        .await
+        .expect("reading the server's settings")
+    });
+    println!("server: {settings:?}");
+    assert!(
+        settings.len() == 3 && settings.iter().all(|(_, v)| v == "on"),
+        "{bench} writes, so it runs on a durable server: \
+         `scripts/with-services --durable cargo bench --features testing --bench {bench}` \
+         (ANNALS_BENCH_FAST=1 runs it on a fast one anyway); this server has {settings:?}"
+    );
+}
+
 // --- events ------------------------------------------------------------------
 
 /// `lead.created` v1.
