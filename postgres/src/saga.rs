@@ -493,10 +493,22 @@ impl SagaStore for PgSagaStore {
     }
 
     async fn mark_delivered(&self, ids: &[u64]) -> Result<(), SagaError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        // The worker marks each delivery as it succeeds. A mark that waits
+        // for its WAL flush cost a durable commit per command (benches/
+        // sagas.rs on a durable server: the worker part 368 ms for 600
+        // commands); a lost mark only means one more delivery (at least
+        // once, idempotency keys), and only a server crash can lose it, not
+        // a worker's. So the statement's own transaction commits without
+        // waiting for the flush (`set_config(…, true)` lasts until its end).
         let ids: Vec<i64> = ids.iter().map(|&i| to_i64(i)).collect();
         sqlx::query(
-            "UPDATE annals_saga_outbox SET dispatched_at = now()
-             WHERE id = ANY($1) AND dispatched_at IS NULL AND failed_at IS NULL AND NOT compensation",
+            "WITH lazy AS (SELECT set_config('synchronous_commit', 'off', true))
+             UPDATE annals_saga_outbox SET dispatched_at = now()
+               FROM lazy
+              WHERE id = ANY($1) AND dispatched_at IS NULL AND failed_at IS NULL AND NOT compensation",
         )
         .bind(&ids)
         .execute(&self.pool)
