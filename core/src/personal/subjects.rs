@@ -254,6 +254,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn hostile_subject_ids_are_refused() {
+        let keys = InMemorySubjectKeys::new(LocalKeyProvider::generate("kek-1"));
+        let huge = "s".repeat(10_000);
+        for subject in ["", "a\0b", huge.as_str()] {
+            for result in [
+                keys.key_for_writing(subject).await.map(|_| ()),
+                keys.forget(subject).await.map(|_| ()),
+            ] {
+                assert!(
+                    matches!(&result, Err(PersonalError::InvalidInput(i)) if i.field == "subject"),
+                    "{result:?}"
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
     async fn rotation_rewraps_every_key_resumably() {
         let keys = InMemorySubjectKeys::new(LocalKeyProvider::generate("kek-1"));
         let mut sealed = Vec::new();

@@ -72,11 +72,21 @@ async fn forgotten_subjects_stay_forgotten_across_instances() {
         .is_err(),
         "a new key does not open the old data"
     );
-    // a hostile subject id is refused before any SQL
-    assert!(matches!(
-        keys.key_for_writing("a\0b").await,
-        Err(PersonalError::InvalidInput(_))
-    ));
+    // hostile subject ids (empty, NUL, 10 kB) are refused before any SQL,
+    // as in memory
+    let huge = "s".repeat(10_000);
+    for subject in ["", "a\0b", huge.as_str()] {
+        for result in [
+            keys.key_for_writing(subject).await.map(|_| ()),
+            keys.forget(subject).await.map(|_| ()),
+        ] {
+            assert!(
+                matches!(&result, Err(PersonalError::InvalidInput(i)) if i.field == "subject"),
+                "{:?}: {result:?}",
+                subject.get(..8)
+            );
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
