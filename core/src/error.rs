@@ -136,6 +136,13 @@ pub enum Error {
         projection: String,
     },
 
+    /// Personal data could not be sealed or opened: the subject was
+    /// forgotten, its key does not unwrap with the key-encryption key, the
+    /// key store failed, or an event with personal fields names no subject.
+    #[cfg(feature = "personal")]
+    #[error(transparent)]
+    Personal(#[from] crate::personal::PersonalError),
+
     /// The database (or another backend) failed; the operation did not
     /// complete. [`is_retryable`](Error::is_retryable) tells a passing
     /// failure (connection, timeout, serialization failure) from one that

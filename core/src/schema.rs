@@ -29,6 +29,7 @@ pub struct RegisteredSchema {
     /// The Rust type the schema was generated from.
     pub rust_type: &'static str,
     validator: jsonschema::Validator,
+    personal_fields: Vec<String>,
 }
 
 impl fmt::Debug for RegisteredSchema {
@@ -43,6 +44,12 @@ impl fmt::Debug for RegisteredSchema {
 }
 
 impl RegisteredSchema {
+    /// The JSON pointers of the payload's personal fields, as the schema
+    /// marks them (see [`personal_pointers`]); empty for most events.
+    pub fn personal_fields(&self) -> &[String] {
+        &self.personal_fields
+    }
+
     /// Validates a payload against this schema.
     pub fn validate(&self, payload: &Value) -> Result<(), SchemaViolation> {
         if self.validator.is_valid(payload) {
@@ -262,6 +269,7 @@ impl SchemaRegistry {
             compiled.push(RegisteredSchema {
                 event_type: s.event_type.to_owned(),
                 version: s.version,
+                personal_fields: personal_pointers(&s.schema),
                 fingerprint: fingerprint(&s.schema),
                 schema: s.schema,
                 rust_type: s.rust_type,
@@ -415,6 +423,62 @@ impl SchemaRegistry {
         } else {
             changes.sort_by(|a, b| (&a.event_type, a.version).cmp(&(&b.event_type, b.version)));
             Err(SchemaChanges { changes })
+        }
+    }
+}
+
+/// The schema keyword that marks a personal field
+/// (`annals::personal::Personal` writes it).
+pub const PERSONAL_KEYWORD: &str = "x-annals-personal";
+
+/// The JSON pointers of the personal fields a JSON Schema marks (see
+/// `annals::personal::Personal`, feature `personal`), with `*` for every item of an array:
+/// `/name`, `/contact/phone`, `/notes/*`. Follows `$ref`s into `$defs`
+/// (each definition once on a path, so recursive types end).
+pub fn personal_pointers(schema: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    walk(schema, schema, String::new(), &mut HashSet::new(), &mut out);
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn walk(
+    root: &Value,
+    schema: &Value,
+    at: String,
+    seen: &mut HashSet<String>,
+    out: &mut Vec<String>,
+) {
+    let Some(obj) = schema.as_object() else {
+        return;
+    };
+    if obj.get(PERSONAL_KEYWORD) == Some(&Value::Bool(true)) {
+        out.push(at);
+        return;
+    }
+    if let Some(Value::String(reference)) = obj.get("$ref") {
+        if let Some(target) = reference.strip_prefix('#').and_then(|p| root.pointer(p)) {
+            if seen.insert(reference.clone()) {
+                walk(root, target, at.clone(), seen, out);
+                seen.remove(reference);
+            }
+        }
+    }
+    if let Some(Value::Object(props)) = obj.get("properties") {
+        for (name, sub) in props {
+            let escaped = name.replace('~', "~0").replace('/', "~1");
+            walk(root, sub, format!("{at}/{escaped}"), seen, out);
+        }
+    }
+    if let Some(items) = obj.get("items") {
+        walk(root, items, format!("{at}/*"), seen, out);
+    }
+    for key in ["anyOf", "oneOf", "allOf"] {
+        if let Some(Value::Array(subs)) = obj.get(key) {
+            for sub in subs {
+                walk(root, sub, at.clone(), seen, out);
+            }
         }
     }
 }

@@ -3,6 +3,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
+use crate::event::Subject;
 use crate::store::LogPosition;
 
 /// Metadata carried by every event: who caused it and why.
@@ -66,6 +67,10 @@ pub struct NewEvent {
     pub payload: Box<RawValue>,
     /// Correlation, causation and free-form fields.
     pub metadata: Metadata,
+    /// Whose personal data the payload carries (see
+    /// [`Event::subject`](crate::Event::subject)): a store that seals
+    /// personal fields encrypts them with this subject's key. Not stored.
+    pub subject: Subject,
 }
 
 impl NewEvent {
@@ -82,7 +87,14 @@ impl NewEvent {
             schema_version,
             payload,
             metadata,
+            subject: Subject::None,
         }
+    }
+
+    /// The same event, carrying `subject`'s personal data.
+    pub fn with_subject(mut self, subject: Subject) -> Self {
+        self.subject = subject;
+        self
     }
 }
 

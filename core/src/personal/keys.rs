@@ -17,7 +17,13 @@ pub(crate) const NONCE_BYTES: usize = 12;
 /// A subject's data key: 32 random bytes, zeroed when dropped, never shown
 /// by `Debug`.
 #[derive(Clone)]
-pub struct DataKey(Zeroizing<[u8; 32]>);
+pub struct DataKey {
+    bytes: Zeroizing<[u8; 32]>,
+    id: [u8; KEY_ID_BYTES],
+}
+
+/// Bytes of a data key's id (see [`DataKey::id`]).
+pub(crate) const KEY_ID_BYTES: usize = 4;
 
 impl DataKey {
     /// A fresh random key.
@@ -25,16 +31,31 @@ impl DataKey {
         let key = ChaCha20Poly1305::generate_key(&mut OsRng);
         let mut bytes = Zeroizing::new([0u8; 32]);
         bytes.copy_from_slice(&key);
-        DataKey(bytes)
+        DataKey::from_bytes(bytes)
+    }
+
+    fn from_bytes(bytes: Zeroizing<[u8; 32]>) -> Self {
+        use sha2::Digest as _;
+        let digest = sha2::Sha256::digest(bytes.as_slice());
+        let mut id = [0u8; KEY_ID_BYTES];
+        id.copy_from_slice(&digest[..KEY_ID_BYTES]);
+        DataKey { bytes, id }
+    }
+
+    /// A short id of this key (the first bytes of its SHA-256), stored with
+    /// each value it seals: a value sealed by an earlier key of the same
+    /// subject (forgotten, then started again) is told from a damaged one.
+    pub(crate) fn id(&self) -> [u8; KEY_ID_BYTES] {
+        self.id
     }
 
     fn from_slice(bytes: &[u8]) -> Option<Self> {
         let array: [u8; 32] = bytes.try_into().ok()?;
-        Some(DataKey(Zeroizing::new(array)))
+        Some(DataKey::from_bytes(Zeroizing::new(array)))
     }
 
     pub(crate) fn cipher(&self) -> ChaCha20Poly1305 {
-        ChaCha20Poly1305::new(Key::from_slice(self.0.as_slice()))
+        ChaCha20Poly1305::new(Key::from_slice(self.bytes.as_slice()))
     }
 
     /// `plaintext` encrypted under a fresh nonce, with `aad` bound to it:
@@ -190,7 +211,7 @@ impl KeyProvider for LocalKeyProvider {
     async fn wrap(&self, subject: &str, key: &DataKey) -> Result<WrappedKey, PersonalError> {
         Ok(WrappedKey {
             kek_id: self.id.clone(),
-            bytes: self.kek.encrypt(key.0.as_slice(), subject.as_bytes()),
+            bytes: self.kek.encrypt(key.bytes.as_slice(), subject.as_bytes()),
         })
     }
 

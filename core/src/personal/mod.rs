@@ -45,6 +45,7 @@
 
 mod keys;
 mod seal;
+mod store;
 mod subjects;
 
 use std::borrow::Cow;
@@ -52,11 +53,12 @@ use std::borrow::Cow;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub use keys::{DataKey, KeyProvider, LocalKeyProvider, WrappedKey};
-pub use seal::{open, personal_pointers, seal, sealed_subjects, SEALED, SUBJECT};
+pub use crate::schema::{personal_pointers, PERSONAL_KEYWORD};
+pub use seal::{open, seal, sealed_subjects, SEALED, SUBJECT};
+pub use store::{
+    PersonalSession, PersonalStore, SubjectForgotten, DEFAULT_KEY_TTL, FORGOTTEN_SUBJECTS_STREAM,
+};
 pub use subjects::{InMemorySubjectKeys, KeyRotation, SubjectKeys};
-
-/// The schema keyword that marks a personal field.
-pub const PERSONAL_KEYWORD: &str = "x-annals-personal";
 
 /// The key of the marker object a forgotten value reads as:
 /// `{"$forgotten": true}`.
@@ -146,6 +148,15 @@ impl<T: schemars::JsonSchema> schemars::JsonSchema for Personal<T> {
                     "properties": { FORGOTTEN: { "const": true } },
                     "required": [FORGOTTEN],
                     "additionalProperties": false
+                },
+                {
+                    "type": "object",
+                    "properties": {
+                        SEALED: { "type": "string" },
+                        SUBJECT: { "type": "string" }
+                    },
+                    "required": [SEALED, SUBJECT],
+                    "additionalProperties": false
                 }
             ]
         });
@@ -188,6 +199,15 @@ pub enum PersonalError {
         subject: String,
         /// Where in the payload.
         pointer: String,
+    },
+    /// An event type with personal fields was appended without a subject:
+    /// its type names none (`#[event(subject = field)]`, or `subject =
+    /// envelope.stream_id`), or a hand-made [`NewEvent`](crate::NewEvent)
+    /// carries none.
+    #[error("event type `{event_type}` has personal fields but names no subject whose key seals them: add `#[event(subject = <field>)]` or `#[event(subject = envelope.stream_id)]` to its type")]
+    NoSubject {
+        /// The event type.
+        event_type: String,
     },
     /// A subject id out of the limits (empty, NUL, longer than 1024 bytes).
     #[error(transparent)]

@@ -1,69 +1,18 @@
 //! Sealing and opening the personal fields of a JSON payload.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 
 use base64::Engine as _;
 use serde_json::{Map, Value};
 
-use super::{forgotten_marker, is_forgotten_marker, DataKey, PersonalError, PERSONAL_KEYWORD};
+use super::keys::KEY_ID_BYTES;
+use super::{forgotten_marker, is_forgotten_marker, DataKey, PersonalError};
 
 /// The key of a sealed value's ciphertext: `{"$sealed": "<base64>",
 /// "$subject": "<subject>"}`.
 pub const SEALED: &str = "$sealed";
 /// The key of a sealed value's subject.
 pub const SUBJECT: &str = "$subject";
-
-/// The JSON pointers of the personal fields a JSON Schema marks (see
-/// [`Personal`](super::Personal)), with `*` for every item of an array:
-/// `/name`, `/contact/phone`, `/notes/*`. Follows `$ref`s into `$defs`
-/// (each definition once on a path, so recursive types end).
-pub fn personal_pointers(schema: &Value) -> Vec<String> {
-    let mut out = Vec::new();
-    walk(schema, schema, String::new(), &mut HashSet::new(), &mut out);
-    out.sort();
-    out.dedup();
-    out
-}
-
-fn walk(
-    root: &Value,
-    schema: &Value,
-    at: String,
-    seen: &mut HashSet<String>,
-    out: &mut Vec<String>,
-) {
-    let Some(obj) = schema.as_object() else {
-        return;
-    };
-    if obj.get(PERSONAL_KEYWORD) == Some(&Value::Bool(true)) {
-        out.push(at);
-        return;
-    }
-    if let Some(Value::String(reference)) = obj.get("$ref") {
-        if let Some(target) = reference.strip_prefix('#').and_then(|p| root.pointer(p)) {
-            if seen.insert(reference.clone()) {
-                walk(root, target, at.clone(), seen, out);
-                seen.remove(reference);
-            }
-        }
-    }
-    if let Some(Value::Object(props)) = obj.get("properties") {
-        for (name, sub) in props {
-            let escaped = name.replace('~', "~0").replace('/', "~1");
-            walk(root, sub, format!("{at}/{escaped}"), seen, out);
-        }
-    }
-    if let Some(items) = obj.get("items") {
-        walk(root, items, format!("{at}/*"), seen, out);
-    }
-    for key in ["anyOf", "oneOf", "allOf"] {
-        if let Some(Value::Array(subs)) = obj.get(key) {
-            for sub in subs {
-                walk(root, sub, at.clone(), seen, out);
-            }
-        }
-    }
-}
 
 /// Calls `f` on every value `pointer` names in `value` (`*` for each item
 /// of an array). Missing fields are skipped.
@@ -137,7 +86,9 @@ pub fn seal(value: &mut Value, pointers: &[String], subject: &str, key: &DataKey
                 return Ok(());
             }
             let plain = zeroize::Zeroizing::new(v.to_string().into_bytes());
-            let sealed = key.encrypt(&plain, aad(subject, at).as_bytes());
+            // the key's id, then nonce, ciphertext and tag
+            let mut sealed = key.id().to_vec();
+            sealed.extend(key.encrypt(&plain, aad(subject, at).as_bytes()));
             let mut obj = Map::new();
             obj.insert(
                 SEALED.to_owned(),
@@ -187,21 +138,107 @@ pub fn open(
                 *v = forgotten_marker();
                 return Ok(());
             };
-            let damaged = || PersonalError::Damaged {
-                subject: subject.to_owned(),
-                pointer: at.to_owned(),
-            };
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(sealed)
-                .map_err(|_| damaged())?;
-            let plain = key
-                .decrypt(&bytes, aad(subject, at).as_bytes())
-                .ok_or_else(damaged)?;
-            *v = serde_json::from_slice(&plain).map_err(|_| damaged())?;
+            *v = open_one(sealed, subject, at, key)?;
             Ok(())
         })?;
     }
     Ok(())
+}
+
+/// Whether a payload's text may hold sealed values: a cheap scan that lets
+/// payloads without personal data pass without being parsed.
+pub(crate) fn may_be_sealed(text: &str) -> bool {
+    text.contains("\"$sealed\"")
+}
+
+/// Calls `f` on every sealed value anywhere in `value`, with its JSON
+/// pointer (where [`seal`] put it, which its ciphertext is bound to).
+fn each_sealed(
+    value: &mut Value,
+    at: &mut String,
+    f: &mut dyn FnMut(&mut Value, &str) -> Result<(), PersonalError>,
+) -> Result<(), PersonalError> {
+    if sealed_parts(value).is_some() {
+        return f(value, at);
+    }
+    let len = at.len();
+    match value {
+        Value::Object(map) => {
+            for (key, v) in map.iter_mut() {
+                at.push('/');
+                at.push_str(&key.replace('~', "~0").replace('/', "~1"));
+                let r = each_sealed(v, at, f);
+                at.truncate(len);
+                r?;
+            }
+        }
+        Value::Array(items) => {
+            for (i, v) in items.iter_mut().enumerate() {
+                at.push_str(&format!("/{i}"));
+                let r = each_sealed(v, at, f);
+                at.truncate(len);
+                r?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// The subjects of every sealed value anywhere in `value`: whose keys
+/// [`open_all`] needs.
+pub(crate) fn subjects_in(value: &mut Value) -> BTreeSet<String> {
+    let mut subjects = BTreeSet::new();
+    let _ = each_sealed(value, &mut String::new(), &mut |v, _| {
+        if let Some((_, subject)) = sealed_parts(v) {
+            subjects.insert(subject.to_owned());
+        }
+        Ok(())
+    });
+    subjects
+}
+
+/// Opens every sealed value anywhere in `value` with `key_of(subject)`
+/// (`None`: the subject was forgotten, and the value becomes the forgotten
+/// marker). Needs no schema: a sealed value says whose it is, and its
+/// place is bound to its ciphertext.
+pub(crate) fn open_all(
+    value: &mut Value,
+    key_of: &mut dyn FnMut(&str) -> Option<DataKey>,
+) -> Result<(), PersonalError> {
+    each_sealed(value, &mut String::new(), &mut |v, at| {
+        let Some((sealed, subject)) = sealed_parts(v) else {
+            return Ok(());
+        };
+        let Some(key) = key_of(subject) else {
+            *v = forgotten_marker();
+            return Ok(());
+        };
+        *v = open_one(sealed, subject, at, &key)?;
+        Ok(())
+    })
+}
+
+fn open_one(sealed: &str, subject: &str, at: &str, key: &DataKey) -> Result<Value, PersonalError> {
+    let damaged = || PersonalError::Damaged {
+        subject: subject.to_owned(),
+        pointer: at.to_owned(),
+    };
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(sealed)
+        .map_err(|_| damaged())?;
+    let Some((id, bytes)) = bytes.split_at_checked(KEY_ID_BYTES) else {
+        return Err(damaged());
+    };
+    if id != key.id() {
+        // sealed by an earlier key of this subject, forgotten since (the
+        // subject was started again)
+        return Ok(forgotten_marker());
+    }
+    let plain = key
+        .decrypt(bytes, aad(subject, at).as_bytes())
+        .ok_or_else(damaged)?;
+    serde_json::from_slice(&plain).map_err(|_| damaged())
 }
 
 #[cfg(test)]

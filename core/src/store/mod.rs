@@ -736,7 +736,8 @@ pub(crate) fn encode_events<E: Event>(
                 e.schema_version(),
                 payload,
                 metadata.clone(),
-            ))
+            )
+            .with_subject(e.subject()))
         })
         .collect()
 }

@@ -7,6 +7,8 @@ mod conformance;
 mod http_embedder;
 #[cfg(all(feature = "testing", feature = "knowledge"))]
 mod knowledge;
+#[cfg(all(feature = "testing", feature = "personal"))]
+mod personal;
 mod projections;
 #[cfg(all(feature = "testing", feature = "redis"))]
 mod redis_cache;

@@ -1,0 +1,540 @@
+//! The conformance suite of personal data: what a
+//! [`PersonalStore`](crate::personal::PersonalStore) over a backend must
+//! do, written once and run on every backend with its own subject keys.
+//!
+//! ```
+//! # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(async {
+//! use annals::personal::{InMemorySubjectKeys, LocalKeyProvider};
+//! use annals::InMemoryEventStore;
+//!
+//! annals::testing::personal::run(|| async {
+//!     let keys = InMemorySubjectKeys::new(LocalKeyProvider::generate("kek-1"));
+//!     (InMemoryEventStore::new(), keys)
+//! })
+//! .await;
+//! # });
+//! ```
+//!
+//! Each check panics with a message saying which rule broke.
+#![allow(missing_docs)]
+
+use std::future::Future;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::personal::{Personal, PersonalError, PersonalStore, SubjectForgotten, SubjectKeys};
+use crate::store::Session;
+use crate::{Error, EventStore, EventStoreExt, ExpectedVersion, LogPosition, Metadata, NewEvent};
+
+/// A patient's contact details: personal as a whole.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Contact {
+    pub phone: String,
+    pub email: String,
+}
+
+/// The current version (2) of `patient.registered`: two personal fields.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Registered {
+    pub patient_id: String,
+    pub clinic: String,
+    pub name: Personal<String>,
+    pub contact: Personal<Contact>,
+}
+
+/// Version 1 of `patient.registered` called the name `full_name`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct RegisteredV1 {
+    pub patient_id: String,
+    pub clinic: String,
+    pub full_name: Personal<String>,
+    pub contact: Personal<Contact>,
+}
+
+impl From<RegisteredV1> for Registered {
+    fn from(v: RegisteredV1) -> Self {
+        Registered {
+            patient_id: v.patient_id,
+            clinic: v.clinic,
+            name: v.full_name,
+            contact: v.contact,
+        }
+    }
+}
+
+/// A note about the patient whose stream it is in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Noted {
+    pub text: Personal<String>,
+    pub by: String,
+}
+
+/// The suite's event enum: a field subject, a stream subject, no subject.
+#[derive(Debug, Clone, PartialEq, annals_macros::Event)]
+#[event(crate = "crate", prefix = "patient")]
+pub enum PatientEvent {
+    #[event(version = 2, subject = patient_id, history(1 = RegisteredV1))]
+    Registered(Registered),
+    #[event(subject = envelope.stream_id)]
+    Noted(Noted),
+    Moved(String),
+}
+
+/// A registration whose personal fields hold canaries naming `patient`.
+pub fn registered(patient: &str) -> PatientEvent {
+    PatientEvent::Registered(Registered {
+        patient_id: patient.to_owned(),
+        clinic: "clinic-7".to_owned(),
+        name: Personal::Known(format!("canary-name-{patient}")),
+        contact: Personal::Known(Contact {
+            phone: format!("canary-phone-{patient}"),
+            email: format!("canary-{patient}@example.com"),
+        }),
+    })
+}
+
+/// A note whose text is a canary naming `patient`.
+pub fn noted(patient: &str, n: usize) -> PatientEvent {
+    PatientEvent::Noted(Noted {
+        text: Personal::Known(format!("canary-note-{n}-{patient}")),
+        by: "dr-who".to_owned(),
+    })
+}
+
+/// Runs every check, each on a fresh store and fresh subject keys from
+/// `make`.
+pub async fn run<S, K, F, Fut>(mut make: F)
+where
+    S: EventStore + Clone,
+    K: SubjectKeys,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = (S, K)>,
+{
+    let (s, k) = make().await;
+    sealed_on_append_open_on_every_read(s, k).await;
+    let (s, k) = make().await;
+    forgotten_reads_forgotten_and_writes_are_refused(s, k).await;
+    let (s, k) = make().await;
+    old_versions_open_before_upcasting(s, k).await;
+    let (s, k) = make().await;
+    a_cold_process_reads_in_order(s, k).await;
+    let (s, k) = make().await;
+    appends_racing_a_forget_write_nothing_readable(s, k).await;
+    let (s, k) = make().await;
+    hostile_input_is_refused_with_typed_errors(s, k).await;
+}
+
+async fn append<S: EventStore + Clone, K: SubjectKeys>(
+    store: &PersonalStore<S, K>,
+    stream: &str,
+    events: &[PatientEvent],
+) {
+    store
+        .append_events(stream, ExpectedVersion::Any, events, &Metadata::new())
+        .await
+        .expect("append personal events");
+}
+
+/// Every stored payload, as the wrapped store holds it (`events` of them).
+async fn stored_text<S: EventStore>(store: &S, events: usize) -> String {
+    let log = super::conformance::read_log_settled(store, LogPosition::START, events).await;
+    assert_eq!(log.len(), events, "the log holds every event");
+    log.iter().map(|e| e.payload.get()).collect::<Vec<_>>().join("\n")
+}
+
+fn assert_no_canary_of(text: &str, patient: &str) {
+    for canary in [
+        format!("canary-name-{patient}"),
+        format!("canary-phone-{patient}"),
+        format!("canary-{patient}@"),
+        format!("-{patient}\""),
+    ] {
+        assert!(
+            !text.contains(&canary),
+            "plaintext `{canary}` is stored: {text}"
+        );
+    }
+}
+
+/// The personal fields are stored sealed, and every read path of the
+/// store opens them.
+pub async fn sealed_on_append_open_on_every_read<S: EventStore + Clone, K: SubjectKeys>(
+    inner: S,
+    keys: K,
+) {
+    let store = PersonalStore::new(inner.clone(), keys);
+    let a = [registered("patient-a"), noted("patient-a", 1)];
+    append(&store, "patient-a", &a).await;
+    append(&store, "patient-a", &[PatientEvent::Moved("clinic-8".into())]).await;
+    let text = stored_text(&inner, 3).await;
+    assert_no_canary_of(&text, "patient-a");
+    assert!(text.contains("clinic-7"), "fields that are not personal stay plain");
+
+    let read: Vec<_> = store
+        .read_stream_as::<PatientEvent>("patient-a", ..)
+        .await
+        .expect("read_stream_as")
+        .into_iter()
+        .map(|e| e.payload)
+        .collect();
+    assert_eq!(read[..2], a, "read_stream_as opens");
+    let lean = store
+        .read_stream_payloads_as::<PatientEvent>("patient-a", ..=2)
+        .await
+        .expect("read_stream_payloads_as");
+    assert_eq!(lean.iter().map(|v| v.event.clone()).collect::<Vec<_>>(), a);
+    let folded = store
+        .fold_stream_as::<PatientEvent, _, _>("patient-a", ..=2, Vec::new(), |mut acc, e| {
+            acc.push(e.payload);
+            Ok(acc)
+        })
+        .await
+        .expect("fold_stream_as");
+    assert_eq!(folded, a, "fold_stream_as opens");
+    let mut session = store.session().await.expect("session");
+    let mut on_session = Vec::new();
+    session
+        .fold_stream_payloads("patient-a", ..=2, |p| {
+            on_session.push(crate::store::decode_payload::<PatientEvent>(
+                store.registry(),
+                "patient-a",
+                p,
+            )?);
+            Ok(())
+        })
+        .await
+        .expect("a session's fold");
+    assert_eq!(on_session, a, "a session's fold opens");
+    let log = super::conformance::read_log_settled(&store, LogPosition::START, 3).await;
+    let decoded: Vec<PatientEvent> = log
+        .iter()
+        .take(2)
+        .map(|e| store.decode::<PatientEvent>(e.clone()).expect("decode").payload)
+        .collect();
+    assert_eq!(decoded, a, "read_log opens");
+    let one = store
+        .read_event(log[0].log_position.position)
+        .await
+        .expect("read_event")
+        .expect("the event is there");
+    assert_eq!(
+        store.decode::<PatientEvent>(one).expect("decode").payload,
+        a[0],
+        "read_event opens"
+    );
+}
+
+/// After `forget`, the subject's fields read as forgotten on every path,
+/// another subject's still read, a `subject.forgotten` event is in the
+/// log, and new personal data for the subject is refused until the
+/// application starts it again.
+pub async fn forgotten_reads_forgotten_and_writes_are_refused<
+    S: EventStore + Clone,
+    K: SubjectKeys,
+>(
+    inner: S,
+    keys: K,
+) {
+    let store = PersonalStore::new(inner.clone(), keys.clone());
+    append(&store, "patient-a", &[registered("patient-a"), noted("patient-a", 1)]).await;
+    append(&store, "patient-b", &[registered("patient-b"), noted("patient-b", 1)]).await;
+    store.forget("patient-a").await.expect("forget");
+
+    let check = |events: Vec<PatientEvent>| {
+        let PatientEvent::Registered(r) = &events[0] else {
+            panic!("a registration first: {events:?}");
+        };
+        assert_eq!(r.name, Personal::Forgotten, "the name is forgotten");
+        assert_eq!(r.contact, Personal::Forgotten, "the contact is forgotten");
+        assert_eq!(r.clinic, "clinic-7", "the rest reads as it was");
+        let PatientEvent::Noted(n) = &events[1] else {
+            panic!("a note second: {events:?}");
+        };
+        assert_eq!(n.text, Personal::Forgotten, "the note is forgotten");
+    };
+    let read = |s: PersonalStore<S, K>| async move {
+        s.read_stream_as::<PatientEvent>("patient-a", ..)
+            .await
+            .expect("a forgotten subject's stream still loads")
+            .into_iter()
+            .map(|e| e.payload)
+            .collect::<Vec<_>>()
+    };
+    check(read(store.clone()).await);
+    // another process, with no key cached: the same
+    let cold = PersonalStore::new(inner.clone(), keys.clone());
+    check(read(cold.clone()).await);
+    let b = cold
+        .read_stream_as::<PatientEvent>("patient-b", ..)
+        .await
+        .expect("read b");
+    assert_eq!(b[0].payload, registered("patient-b"), "another subject stays");
+
+    let log = super::conformance::read_log_settled(&store, LogPosition::START, 5).await;
+    let forgotten: Vec<_> = log
+        .iter()
+        .filter(|e| e.event_type == "subject.forgotten")
+        .map(|e| {
+            store
+                .decode::<SubjectForgotten>(e.clone())
+                .expect("decode subject.forgotten")
+                .payload
+        })
+        .collect();
+    assert_eq!(
+        forgotten,
+        [SubjectForgotten {
+            subject: "patient-a".into()
+        }]
+    );
+
+    for s in [&store, &cold] {
+        let refused = s
+            .append_events(
+                "patient-a",
+                ExpectedVersion::Any,
+                &[registered("patient-a")],
+                &Metadata::new(),
+            )
+            .await;
+        assert!(
+            matches!(&refused, Err(Error::Personal(PersonalError::Forgotten { subject })) if subject == "patient-a"),
+            "personal data for a forgotten subject is refused: {refused:?}"
+        );
+    }
+    // events without personal data still append to its stream
+    append(&store, "patient-a", &[PatientEvent::Moved("clinic-9".into())]).await;
+
+    store.start_again("patient-a").await.expect("start again");
+    append(&store, "patient-a", &[noted("patient-a", 2)]).await;
+    let again = read(store.clone()).await;
+    check(again[..2].to_vec());
+    assert_eq!(again[3], noted("patient-a", 2), "new data reads under the new key");
+}
+
+/// A stored old version is sealed by its own schema's personal fields and
+/// opened before it is upcast; forgotten values go through the upcast.
+pub async fn old_versions_open_before_upcasting<S: EventStore + Clone, K: SubjectKeys>(
+    inner: S,
+    keys: K,
+) {
+    let store = PersonalStore::new(inner.clone(), keys);
+    store
+        .registry()
+        .register::<PatientEvent>()
+        .expect("register");
+    let v1 = json!({
+        "patient_id": "patient-c",
+        "clinic": "clinic-7",
+        "full_name": "canary-name-patient-c",
+        "contact": {"phone": "canary-phone-patient-c", "email": "canary-patient-c@example.com"}
+    });
+    let event = NewEvent::new(
+        "patient.registered",
+        1,
+        serde_json::value::to_raw_value(&v1).expect("raw"),
+        Metadata::new(),
+    )
+    .with_subject(crate::event::Subject::Field("patient-c".into()));
+    store
+        .append("patient-c", ExpectedVersion::NoStream, vec![event])
+        .await
+        .expect("append v1");
+    assert_no_canary_of(&stored_text(&inner, 1).await, "patient-c");
+    let read = store
+        .read_stream_as::<PatientEvent>("patient-c", ..)
+        .await
+        .expect("read v1");
+    assert_eq!(read[0].payload, registered("patient-c"), "opened, then upcast");
+    store.forget("patient-c").await.expect("forget");
+    let read = store
+        .read_stream_as::<PatientEvent>("patient-c", ..)
+        .await
+        .expect("a forgotten v1 still upcasts");
+    let PatientEvent::Registered(r) = &read[0].payload else {
+        panic!("a registration: {read:?}");
+    };
+    assert!(r.name.is_forgotten() && r.contact.is_forgotten());
+}
+
+/// A process with no key cached reads a stream whose personal events come
+/// after others in one pass, in version order.
+pub async fn a_cold_process_reads_in_order<S: EventStore + Clone, K: SubjectKeys>(
+    inner: S,
+    keys: K,
+) {
+    let writer = PersonalStore::new(inner.clone(), keys.clone());
+    let events = [
+        PatientEvent::Moved("clinic-1".into()),
+        registered("patient-e"),
+        PatientEvent::Moved("clinic-2".into()),
+        noted("patient-e", 1),
+        noted("patient-e", 2),
+    ];
+    append(&writer, "patient-e", &events).await;
+    let reader = PersonalStore::new(inner.clone(), keys.clone());
+    assert_eq!(reader.cached_keys(), 0);
+    let mut session = reader.session().await.expect("session");
+    let mut seen = Vec::new();
+    let n = session
+        .fold_stream_payloads("patient-e", .., |p| {
+            seen.push((
+                p.stream_version,
+                crate::store::decode_payload::<PatientEvent>(reader.registry(), "patient-e", p)?,
+            ));
+            Ok(())
+        })
+        .await
+        .expect("a cold fold");
+    assert_eq!(n, 5);
+    let expected: Vec<_> = (1..).zip(events.iter().cloned()).collect();
+    assert_eq!(seen, expected, "every event once, in version order");
+    assert_eq!(reader.cached_keys(), 1, "the subject's key is cached now");
+    let cold = PersonalStore::new(inner, keys);
+    let read = cold
+        .read_stream_as::<PatientEvent>("patient-e", ..)
+        .await
+        .expect("a cold read_stream_as");
+    let versions: Vec<_> = read.iter().map(|e| e.stream_version).collect();
+    assert_eq!(versions, [1, 2, 3, 4, 5]);
+    assert_eq!(
+        read.into_iter().map(|e| e.payload).collect::<Vec<_>>(),
+        events
+    );
+}
+
+/// Tasks appending a subject's personal data while it is forgotten: once
+/// `forget` returns, every append of its personal data is refused, and
+/// nothing any of them wrote reads back (what raced the forget is sealed
+/// with the deleted key).
+pub async fn appends_racing_a_forget_write_nothing_readable<
+    S: EventStore + Clone,
+    K: SubjectKeys,
+>(
+    inner: S,
+    keys: K,
+) {
+    let store = PersonalStore::new(inner.clone(), keys.clone());
+    append(&store, "patient-d", &[registered("patient-d")]).await;
+    let started = Arc::new(tokio::sync::Barrier::new(9));
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let store = store.clone();
+        let started = started.clone();
+        tasks.push(tokio::spawn(async move {
+            started.wait().await;
+            let mut written = 0;
+            for n in 0.. {
+                let r = store
+                    .append_events(
+                        "patient-d",
+                        ExpectedVersion::Any,
+                        &[noted("patient-d", t * 100_000 + n)],
+                        &Metadata::new(),
+                    )
+                    .await;
+                match r {
+                    Ok(_) => written += 1,
+                    Err(Error::Personal(PersonalError::Forgotten { .. })) => return written,
+                    Err(e) => panic!("an append failed otherwise: {e}"),
+                }
+                tokio::task::yield_now().await;
+            }
+            written
+        }));
+    }
+    started.wait().await;
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    store.forget("patient-d").await.expect("forget");
+    let mut written = 0;
+    for task in tasks {
+        written += task.await.expect("an appending task");
+    }
+    assert!(written > 0, "the tasks appended before the forget");
+    assert_no_canary_of(&stored_text(&inner, written + 2).await, "patient-d");
+    for s in [store.clone(), PersonalStore::new(inner.clone(), keys.clone())] {
+        let read = s
+            .read_stream_as::<PatientEvent>("patient-d", ..)
+            .await
+            .expect("read");
+        assert_eq!(read.len(), written + 1);
+        for e in read {
+            match e.payload {
+                PatientEvent::Registered(r) => assert!(r.name.is_forgotten()),
+                PatientEvent::Noted(n) => assert!(n.text.is_forgotten(), "{n:?}"),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+}
+
+/// Hostile input: an empty or NUL subject, a payload that breaks its
+/// schema, an event with personal fields and no subject. Each is a typed
+/// error and nothing is written.
+pub async fn hostile_input_is_refused_with_typed_errors<S: EventStore + Clone, K: SubjectKeys>(
+    inner: S,
+    keys: K,
+) {
+    let store = PersonalStore::new(inner.clone(), keys);
+    for subject in ["", "a\0b"] {
+        let r = store
+            .append_events(
+                "patient-x",
+                ExpectedVersion::Any,
+                &[registered(subject)],
+                &Metadata::new(),
+            )
+            .await;
+        assert!(
+            matches!(&r, Err(Error::Personal(PersonalError::InvalidInput(i))) if i.field == "subject"),
+            "{r:?}"
+        );
+    }
+    store
+        .registry()
+        .register::<PatientEvent>()
+        .expect("register");
+    let raw = |payload: serde_json::Value| {
+        NewEvent::new(
+            "patient.registered",
+            2,
+            serde_json::value::to_raw_value(&payload).expect("raw"),
+            Metadata::new(),
+        )
+    };
+    let valid = json!({
+        "patient_id": "patient-x", "clinic": "c", "name": "canary-name-patient-x",
+        "contact": {"phone": "1", "email": "e"}
+    });
+    let r = store
+        .append("patient-x", ExpectedVersion::Any, vec![raw(valid.clone())])
+        .await;
+    assert!(
+        matches!(&r, Err(Error::Personal(PersonalError::NoSubject { event_type })) if event_type == "patient.registered"),
+        "{r:?}"
+    );
+    let broken = json!({"patient_id": "patient-x", "clinic": "c", "name": 7, "contact": {"phone": "1"}});
+    let r = store
+        .append(
+            "patient-x",
+            ExpectedVersion::Any,
+            vec![raw(broken).with_subject(crate::event::Subject::Stream)],
+        )
+        .await;
+    if store.validates_on_append() {
+        assert!(
+            matches!(&r, Err(Error::SchemaViolation(_))),
+            "validated in plaintext: {r:?}"
+        );
+        assert_eq!(
+            inner.stream_version("patient-x").await.expect("version"),
+            None,
+            "nothing was written"
+        );
+    } else {
+        assert!(r.is_ok(), "a store that does not validate writes it: {r:?}");
+        assert_no_canary_of(&stored_text(&inner, 1).await, "patient-x");
+    }
+}
