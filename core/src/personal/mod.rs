@@ -52,8 +52,8 @@ use std::borrow::Cow;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-pub use keys::{DataKey, KeyProvider, LocalKeyProvider, WrappedKey};
 pub use crate::schema::{personal_pointers, PERSONAL_KEYWORD};
+pub use keys::{DataKey, KeyProvider, LocalKeyProvider, WrappedKey};
 pub use seal::{open, seal, sealed_subjects, SEALED, SUBJECT};
 pub use store::{
     PersonalSession, PersonalStore, SubjectForgotten, DEFAULT_KEY_TTL, FORGOTTEN_SUBJECTS_STREAM,

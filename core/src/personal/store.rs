@@ -29,8 +29,16 @@ pub const FORGOTTEN_SUBJECTS_STREAM: &str = "annals.forgotten-subjects";
 /// A projection that stores personal data handles it by deleting (or
 /// blanking) the subject's rows: add a variant
 /// `Forgotten(annals::personal::SubjectForgotten)` to its event enum.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
-#[derive(annals_macros::Event)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+    annals_macros::Event,
+)]
 #[event(crate = "crate", name = "subject.forgotten", version = 1)]
 pub struct SubjectForgotten {
     /// The subject that was forgotten.
@@ -578,7 +586,11 @@ impl<S: EventStore + Clone, K: SubjectKeys> EventStore for PersonalStore<S, K> {
         Ok(n)
     }
 
-    async fn read_log(&self, after: LogPosition, limit: usize) -> Result<Vec<RecordedEvent>, Error> {
+    async fn read_log(
+        &self,
+        after: LogPosition,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, Error> {
         let mut events = self.inner.read_log(after, limit).await?;
         self.open_recorded(&mut events).await?;
         Ok(events)

@@ -19,9 +19,9 @@ pub mod conformance;
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod events;
-#[cfg(all(feature = "testing", feature = "personal"))]
-#[cfg_attr(docsrs, doc(cfg(all(feature = "testing", feature = "personal"))))]
-pub mod personal;
 #[cfg(all(feature = "testing", feature = "knowledge"))]
 #[cfg_attr(docsrs, doc(cfg(all(feature = "testing", feature = "knowledge"))))]
 pub mod knowledge;
+#[cfg(all(feature = "testing", feature = "personal"))]
+#[cfg_attr(docsrs, doc(cfg(all(feature = "testing", feature = "personal"))))]
+pub mod personal;

@@ -141,7 +141,10 @@ async fn append<S: EventStore + Clone, K: SubjectKeys>(
 async fn stored_text<S: EventStore>(store: &S, events: usize) -> String {
     let log = super::conformance::read_log_settled(store, LogPosition::START, events).await;
     assert_eq!(log.len(), events, "the log holds every event");
-    log.iter().map(|e| e.payload.get()).collect::<Vec<_>>().join("\n")
+    log.iter()
+        .map(|e| e.payload.get())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn assert_no_canary_of(text: &str, patient: &str) {
@@ -167,10 +170,18 @@ pub async fn sealed_on_append_open_on_every_read<S: EventStore + Clone, K: Subje
     let store = PersonalStore::new(inner.clone(), keys);
     let a = [registered("patient-a"), noted("patient-a", 1)];
     append(&store, "patient-a", &a).await;
-    append(&store, "patient-a", &[PatientEvent::Moved("clinic-8".into())]).await;
+    append(
+        &store,
+        "patient-a",
+        &[PatientEvent::Moved("clinic-8".into())],
+    )
+    .await;
     let text = stored_text(&inner, 3).await;
     assert_no_canary_of(&text, "patient-a");
-    assert!(text.contains("clinic-7"), "fields that are not personal stay plain");
+    assert!(
+        text.contains("clinic-7"),
+        "fields that are not personal stay plain"
+    );
 
     let read: Vec<_> = store
         .read_stream_as::<PatientEvent>("patient-a", ..)
@@ -211,7 +222,12 @@ pub async fn sealed_on_append_open_on_every_read<S: EventStore + Clone, K: Subje
     let decoded: Vec<PatientEvent> = log
         .iter()
         .take(2)
-        .map(|e| store.decode::<PatientEvent>(e.clone()).expect("decode").payload)
+        .map(|e| {
+            store
+                .decode::<PatientEvent>(e.clone())
+                .expect("decode")
+                .payload
+        })
         .collect();
     assert_eq!(decoded, a, "read_log opens");
     let one = store
@@ -238,8 +254,18 @@ pub async fn forgotten_reads_forgotten_and_writes_are_refused<
     keys: K,
 ) {
     let store = PersonalStore::new(inner.clone(), keys.clone());
-    append(&store, "patient-a", &[registered("patient-a"), noted("patient-a", 1)]).await;
-    append(&store, "patient-b", &[registered("patient-b"), noted("patient-b", 1)]).await;
+    append(
+        &store,
+        "patient-a",
+        &[registered("patient-a"), noted("patient-a", 1)],
+    )
+    .await;
+    append(
+        &store,
+        "patient-b",
+        &[registered("patient-b"), noted("patient-b", 1)],
+    )
+    .await;
     store.forget("patient-a").await.expect("forget");
 
     let check = |events: Vec<PatientEvent>| {
@@ -270,7 +296,11 @@ pub async fn forgotten_reads_forgotten_and_writes_are_refused<
         .read_stream_as::<PatientEvent>("patient-b", ..)
         .await
         .expect("read b");
-    assert_eq!(b[0].payload, registered("patient-b"), "another subject stays");
+    assert_eq!(
+        b[0].payload,
+        registered("patient-b"),
+        "another subject stays"
+    );
 
     let log = super::conformance::read_log_settled(&store, LogPosition::START, 5).await;
     let forgotten: Vec<_> = log
@@ -305,13 +335,22 @@ pub async fn forgotten_reads_forgotten_and_writes_are_refused<
         );
     }
     // events without personal data still append to its stream
-    append(&store, "patient-a", &[PatientEvent::Moved("clinic-9".into())]).await;
+    append(
+        &store,
+        "patient-a",
+        &[PatientEvent::Moved("clinic-9".into())],
+    )
+    .await;
 
     store.start_again("patient-a").await.expect("start again");
     append(&store, "patient-a", &[noted("patient-a", 2)]).await;
     let again = read(store.clone()).await;
     check(again[..2].to_vec());
-    assert_eq!(again[3], noted("patient-a", 2), "new data reads under the new key");
+    assert_eq!(
+        again[3],
+        noted("patient-a", 2),
+        "new data reads under the new key"
+    );
 }
 
 /// A stored old version is sealed by its own schema's personal fields and
@@ -347,7 +386,11 @@ pub async fn old_versions_open_before_upcasting<S: EventStore + Clone, K: Subjec
         .read_stream_as::<PatientEvent>("patient-c", ..)
         .await
         .expect("read v1");
-    assert_eq!(read[0].payload, registered("patient-c"), "opened, then upcast");
+    assert_eq!(
+        read[0].payload,
+        registered("patient-c"),
+        "opened, then upcast"
+    );
     store.forget("patient-c").await.expect("forget");
     let read = store
         .read_stream_as::<PatientEvent>("patient-c", ..)
@@ -454,7 +497,10 @@ pub async fn appends_racing_a_forget_write_nothing_readable<
     }
     assert!(written > 0, "the tasks appended before the forget");
     assert_no_canary_of(&stored_text(&inner, written + 2).await, "patient-d");
-    for s in [store.clone(), PersonalStore::new(inner.clone(), keys.clone())] {
+    for s in [
+        store.clone(),
+        PersonalStore::new(inner.clone(), keys.clone()),
+    ] {
         let read = s
             .read_stream_as::<PatientEvent>("patient-d", ..)
             .await
@@ -515,7 +561,8 @@ pub async fn hostile_input_is_refused_with_typed_errors<S: EventStore + Clone, K
         matches!(&r, Err(Error::Personal(PersonalError::NoSubject { event_type })) if event_type == "patient.registered"),
         "{r:?}"
     );
-    let broken = json!({"patient_id": "patient-x", "clinic": "c", "name": 7, "contact": {"phone": "1"}});
+    let broken =
+        json!({"patient_id": "patient-x", "clinic": "c", "name": 7, "contact": {"phone": "1"}});
     let r = store
         .append(
             "patient-x",

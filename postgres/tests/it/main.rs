@@ -5,6 +5,8 @@
 #[cfg(feature = "knowledge")]
 mod knowledge;
 mod migrate;
+#[cfg(all(feature = "personal", feature = "testing"))]
+mod personal;
 mod projections;
 mod store;
 #[cfg(feature = "personal")]
