@@ -42,6 +42,21 @@ impl DataKey {
         DataKey { bytes, id }
     }
 
+    /// One key made from several (in order): what a snapshot holding
+    /// several subjects' data is sealed with, so that forgetting any one
+    /// of them makes it unreadable.
+    pub(crate) fn combine<'k>(keys: impl IntoIterator<Item = &'k DataKey>) -> DataKey {
+        use sha2::Digest as _;
+        let mut hasher = sha2::Sha256::new();
+        hasher.update(b"annals combined data key");
+        for key in keys {
+            hasher.update(key.bytes.as_slice());
+        }
+        let mut bytes = Zeroizing::new([0u8; 32]);
+        bytes.copy_from_slice(&hasher.finalize());
+        DataKey::from_bytes(bytes)
+    }
+
     /// A short id of this key (the first bytes of its SHA-256), stored with
     /// each value it seals: a value sealed by an earlier key of the same
     /// subject (forgotten, then started again) is told from a damaged one.

@@ -45,6 +45,7 @@
 
 mod keys;
 mod seal;
+mod snapshots;
 mod store;
 mod subjects;
 
@@ -55,6 +56,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub use crate::schema::{personal_pointers, PERSONAL_KEYWORD};
 pub use keys::{DataKey, KeyProvider, LocalKeyProvider, WrappedKey};
 pub use seal::{open, seal, sealed_subjects, SEALED, SUBJECT};
+pub use snapshots::PersonalSnapshots;
 pub use store::{
     PersonalSession, PersonalStore, SubjectForgotten, DEFAULT_KEY_TTL, FORGOTTEN_SUBJECTS_STREAM,
 };

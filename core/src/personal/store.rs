@@ -116,11 +116,20 @@ impl<S: Clone, K> Clone for PersonalStore<S, K> {
 }
 
 #[derive(Debug)]
-struct Shared<K> {
+pub(super) struct Shared<K> {
     keys: K,
     ttl: Duration,
     cache: Mutex<HashMap<String, Cached>>,
+    /// Whose sealed data each stream read or written in this process
+    /// holds: what a snapshot of the stream's aggregate is sealed for
+    /// ([`PersonalSnapshots`](super::PersonalSnapshots)).
+    streams: Mutex<HashMap<String, BTreeSet<String>>>,
 }
+
+/// At most this many streams are remembered in [`Shared::streams`]; past
+/// it the memory starts over (a snapshot of a stream not remembered is
+/// not saved until the stream is read again).
+const MAX_STREAMS_REMEMBERED: usize = 100_000;
 
 #[derive(Debug, Clone)]
 struct Cached {
@@ -138,6 +147,7 @@ impl<S: EventStore + Clone, K: SubjectKeys> PersonalStore<S, K> {
                 keys,
                 ttl: DEFAULT_KEY_TTL,
                 cache: Mutex::new(HashMap::new()),
+                streams: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -150,11 +160,16 @@ impl<S: EventStore + Clone, K: SubjectKeys> PersonalStore<S, K> {
             keys: self.shared.keys.clone(),
             ttl,
             cache: Mutex::new(HashMap::new()),
+            streams: Mutex::new(HashMap::new()),
         };
         PersonalStore {
             inner: self.inner,
             shared: Arc::new(shared),
         }
+    }
+
+    pub(super) fn shared(&self) -> &Arc<Shared<K>> {
+        &self.shared
     }
 
     /// The wrapped store: what it holds is sealed.
@@ -238,13 +253,33 @@ impl<S: EventStore + Clone, K: SubjectKeys> PersonalStore<S, K> {
 }
 
 impl<K: SubjectKeys> Shared<K> {
+    /// Remembers that `stream_id` holds sealed data of `subjects` (none:
+    /// it was read, and holds nobody's).
+    pub(super) fn note_stream(&self, stream_id: &str, subjects: BTreeSet<String>) {
+        let mut streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        if streams.len() >= MAX_STREAMS_REMEMBERED && !streams.contains_key(stream_id) {
+            streams.clear();
+        }
+        streams
+            .entry(stream_id.to_owned())
+            .or_default()
+            .extend(subjects);
+    }
+
+    /// Whose sealed data `stream_id` holds, if this process read or wrote
+    /// it.
+    pub(super) fn stream_subjects(&self, stream_id: &str) -> Option<BTreeSet<String>> {
+        let streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        streams.get(stream_id).cloned()
+    }
+
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Cached>> {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The cached key of `subject`: `Some(None)` when it is known to be
     /// forgotten, `None` when it is not cached (or expired).
-    fn cached(&self, subject: &str) -> Option<Option<DataKey>> {
+    pub(super) fn cached(&self, subject: &str) -> Option<Option<DataKey>> {
         let cache = self.lock();
         let entry = cache.get(subject)?;
         (entry.fetched.elapsed() < self.ttl).then(|| entry.key.clone())
@@ -262,7 +297,7 @@ impl<K: SubjectKeys> Shared<K> {
     }
 
     /// Fetches the keys of `subjects` that are not cached.
-    async fn fetch(&self, subjects: BTreeSet<String>) -> Result<(), PersonalError> {
+    pub(super) async fn fetch(&self, subjects: BTreeSet<String>) -> Result<(), PersonalError> {
         for subject in subjects {
             if self.cached(&subject).is_none() {
                 let started = Instant::now();
@@ -323,6 +358,7 @@ impl<K: SubjectKeys> Shared<K> {
             }
             let key = self.key_for_writing(subject).await?;
             seal(&mut value, pointers, subject, &key);
+            self.note_stream(stream_id, BTreeSet::from([subject.to_owned()]));
             e.payload =
                 serde_json::value::to_raw_value(&value).map_err(|source| Error::Encode {
                     event_type: e.event_type.clone(),
@@ -337,6 +373,7 @@ impl<K: SubjectKeys> Shared<K> {
     fn open_text<'p>(
         &self,
         payload: &'p str,
+        seen: &mut BTreeSet<String>,
     ) -> Result<Result<Cow<'p, str>, BTreeSet<String>>, Error> {
         if !may_be_sealed(payload) {
             return Ok(Ok(Cow::Borrowed(payload)));
@@ -345,10 +382,13 @@ impl<K: SubjectKeys> Shared<K> {
             // not JSON: the decoder reports it
             return Ok(Ok(Cow::Borrowed(payload)));
         };
-        let missing: BTreeSet<String> = subjects_in(&mut value)
-            .into_iter()
+        let subjects = subjects_in(&mut value);
+        let missing: BTreeSet<String> = subjects
+            .iter()
             .filter(|s| self.cached(s).is_none())
+            .cloned()
             .collect();
+        seen.extend(subjects);
         if !missing.is_empty() {
             return Ok(Err(missing));
         }
@@ -383,25 +423,30 @@ impl Held {
 /// fold on a cold process reads the stream once.
 struct Opener<'s, K, F> {
     shared: &'s Shared<K>,
+    stream_id: &'s str,
     f: F,
     held: Vec<Held>,
     missing: BTreeSet<String>,
+    /// The subjects whose sealed values the stream holds.
+    seen: BTreeSet<String>,
 }
 
 impl<'s, K: SubjectKeys, T, F: FnMut(PayloadRef<'_>) -> Result<T, Error>> Opener<'s, K, F> {
-    fn new(shared: &'s Shared<K>, f: F) -> Self {
+    fn new(shared: &'s Shared<K>, stream_id: &'s str, f: F) -> Self {
         Opener {
             shared,
+            stream_id,
             f,
             held: Vec::new(),
             missing: BTreeSet::new(),
+            seen: BTreeSet::new(),
         }
     }
 
     /// `Some(output of f)`, or `None` when the payload was held.
     fn accept(&mut self, p: PayloadRef<'_>) -> Result<Option<T>, Error> {
         if self.held.is_empty() {
-            match self.shared.open_text(p.payload)? {
+            match self.shared.open_text(p.payload, &mut self.seen)? {
                 Ok(Cow::Borrowed(_)) => return (self.f)(p).map(Some),
                 Ok(Cow::Owned(text)) => {
                     return (self.f)(PayloadRef {
@@ -415,7 +460,9 @@ impl<'s, K: SubjectKeys, T, F: FnMut(PayloadRef<'_>) -> Result<T, Error>> Opener
             }
         } else if may_be_sealed(p.payload) {
             if let Ok(mut value) = serde_json::from_str::<Value>(p.payload) {
-                self.missing.extend(subjects_in(&mut value));
+                let subjects = subjects_in(&mut value);
+                self.missing.extend(subjects.iter().cloned());
+                self.seen.extend(subjects);
             }
         }
         self.held.push(Held::of(&p));
@@ -424,13 +471,15 @@ impl<'s, K: SubjectKeys, T, F: FnMut(PayloadRef<'_>) -> Result<T, Error>> Opener
 
     /// Fetches the missing keys, then hands the held payloads to `f`.
     async fn finish(mut self) -> Result<Vec<T>, Error> {
+        self.shared
+            .note_stream(self.stream_id, std::mem::take(&mut self.seen));
         if self.held.is_empty() {
             return Ok(Vec::new());
         }
         self.shared.fetch(std::mem::take(&mut self.missing)).await?;
         let mut out = Vec::with_capacity(self.held.len());
         for held in std::mem::take(&mut self.held) {
-            let text = match self.shared.open_text(&held.payload)? {
+            let text = match self.shared.open_text(&held.payload, &mut BTreeSet::new())? {
                 Ok(text) => text.into_owned(),
                 // expired meanwhile: read it as it is stored
                 Err(_) => held.payload.clone(),
@@ -465,7 +514,7 @@ impl<S: EventStore + Clone, K: SubjectKeys> Session for PersonalSession<S, K> {
     where
         F: FnMut(PayloadRef<'_>) -> Result<(), Error> + Send,
     {
-        let mut opener = Opener::new(&self.shared, f);
+        let mut opener = Opener::new(&self.shared, stream_id, f);
         let n = self
             .inner
             .fold_stream_payloads(stream_id, versions, |p| opener.accept(p).map(drop))
@@ -538,7 +587,7 @@ impl<S: EventStore + Clone, K: SubjectKeys> EventStore for PersonalStore<S, K> {
         T: Send,
         F: FnMut(PayloadRef<'_>) -> Result<T, Error> + Send,
     {
-        let mut opener = Opener::new(&self.shared, decode);
+        let mut opener = Opener::new(&self.shared, stream_id, decode);
         let read = self
             .inner
             .read_stream_with(stream_id, versions, |p| opener.accept(p))
@@ -577,7 +626,7 @@ impl<S: EventStore + Clone, K: SubjectKeys> EventStore for PersonalStore<S, K> {
     where
         F: FnMut(PayloadRef<'_>) -> Result<(), Error> + Send,
     {
-        let mut opener = Opener::new(&self.shared, f);
+        let mut opener = Opener::new(&self.shared, stream_id, f);
         let n = self
             .inner
             .fold_stream_payloads(stream_id, versions, |p| opener.accept(p).map(drop))

@@ -82,6 +82,42 @@ pub enum PatientEvent {
     Moved(String),
 }
 
+/// A patient aggregate whose state copies personal data from its events:
+/// what its snapshots hold.
+#[derive(
+    Debug,
+    Default,
+    Clone,
+    PartialEq,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+    annals_macros::Aggregate,
+)]
+#[aggregate(crate = "crate", event = PatientEvent, snapshot_every = 1)]
+pub struct Patient {
+    pub name: Option<Personal<String>>,
+    pub notes: Vec<Personal<String>>,
+}
+
+impl crate::Aggregate for Patient {
+    /// The command is the event to record.
+    type Command = PatientEvent;
+    type Error = std::convert::Infallible;
+
+    fn handle(&self, command: &PatientEvent) -> Result<Vec<PatientEvent>, Self::Error> {
+        Ok(vec![command.clone()])
+    }
+
+    fn apply(&mut self, event: &PatientEvent) {
+        match event {
+            PatientEvent::Registered(r) => self.name = Some(r.name.clone()),
+            PatientEvent::Noted(n) => self.notes.push(n.text.clone()),
+            PatientEvent::Moved(_) => {}
+        }
+    }
+}
+
 /// A registration whose personal fields hold canaries naming `patient`.
 pub fn registered(patient: &str) -> PatientEvent {
     PatientEvent::Registered(Registered {
@@ -583,5 +619,81 @@ pub async fn hostile_input_is_refused_with_typed_errors<S: EventStore + Clone, K
     } else {
         assert!(r.is_ok(), "a store that does not validate writes it: {r:?}");
         assert_no_canary_of(&stored_text(&inner, 1).await, "patient-x");
+    }
+}
+
+/// Snapshots through [`PersonalSnapshots`](crate::personal::PersonalSnapshots)
+/// are stored sealed, load in a cold process, and become unreadable when
+/// a subject whose data they hold is forgotten: the aggregate then loads
+/// from its events, with the subject's fields forgotten.
+pub async fn snapshots_are_sealed_and_forgotten<S, K, N>(inner: S, keys: K, snapshots: N)
+where
+    S: EventStore + Clone,
+    K: SubjectKeys,
+    N: crate::SnapshotStore<S>,
+{
+    use crate::aggregate::AggregateState as _;
+    use crate::Repository;
+
+    let store = PersonalStore::new(inner.clone(), keys.clone());
+    let repo = Repository::<Patient, _>::new(store.clone())
+        .with_snapshots(store.snapshots(snapshots.clone()))
+        .inline_snapshots();
+    let stream = "patient-s";
+    for command in [registered(stream), noted(stream, 1), noted(stream, 2)] {
+        repo.execute("s", &command, &Metadata::new())
+            .await
+            .expect("execute");
+    }
+    let stream_id = Patient::stream_id("s");
+    assert_eq!(stream_id, stream, "the subject is the stream");
+    let stored = snapshots
+        .load(Patient::TYPE, &stream_id)
+        .await
+        .expect("load the stored snapshot")
+        .expect("a snapshot was written");
+    assert_eq!(stored.version, 3);
+    assert_no_canary_of(stored.state.get(), stream);
+
+    let expected = Patient {
+        name: Some(Personal::Known(format!("canary-name-{stream}"))),
+        notes: vec![
+            Personal::Known(format!("canary-note-1-{stream}")),
+            Personal::Known(format!("canary-note-2-{stream}")),
+        ],
+    };
+    let loaded = repo.load("s").await.expect("load");
+    assert_eq!(
+        (loaded.state, loaded.events_replayed),
+        (expected.clone(), 0)
+    );
+    // a cold process opens the snapshot (no event replayed)
+    let cold = PersonalStore::new(inner.clone(), keys.clone());
+    let cold_repo = Repository::<Patient, _>::new(cold.clone())
+        .with_snapshots(cold.snapshots(snapshots.clone()));
+    let loaded = cold_repo.load("s").await.expect("cold load");
+    assert_eq!((loaded.state, loaded.events_replayed), (expected, 0));
+
+    store.forget(stream).await.expect("forget");
+    // the process that forgot, and one started after (`cold` still trusts
+    // the key it cached, for its key TTL)
+    let later = PersonalStore::new(inner.clone(), keys.clone());
+    let later_repo = Repository::<Patient, _>::new(later.clone())
+        .with_snapshots(later.snapshots(snapshots.clone()));
+    for r in [&repo, &later_repo] {
+        let loaded = r
+            .load("s")
+            .await
+            .expect("a forgotten aggregate still loads");
+        assert_eq!(loaded.version, 3);
+        assert_eq!(
+            loaded.events_replayed, 3,
+            "from its events, not the snapshot"
+        );
+        assert_eq!(loaded.state.name, Some(Personal::Forgotten));
+        assert_eq!(
+            loaded.state.notes,
+            [Personal::Forgotten, Personal::Forgotten]
+        );
     }
 }

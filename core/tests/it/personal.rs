@@ -16,3 +16,14 @@ async fn in_memory_store_seals_and_forgets() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_memory_snapshots_are_sealed_and_forgotten() {
+    let keys = InMemorySubjectKeys::new(LocalKeyProvider::generate("kek-1"));
+    annals_core::testing::personal::snapshots_are_sealed_and_forgotten(
+        InMemoryEventStore::new(),
+        keys,
+        annals_core::InMemorySnapshotStore::new(),
+    )
+    .await;
+}

@@ -83,3 +83,13 @@ async fn a_wrong_kek_decrypts_nothing_and_loses_nothing() {
     assert_eq!(read.len(), 1);
     assert_eq!(read[0].payload, registered("patient-a"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_snapshots_are_sealed_and_forgotten() {
+    let db = TestDatabase::new().await;
+    let store = db.store().await;
+    let snapshots = annals_postgres::PgSnapshotStore::new(&store);
+    let keys = PgSubjectKeys::new(db.pool().clone(), kek());
+    annals_core::testing::personal::snapshots_are_sealed_and_forgotten(store, keys, snapshots)
+        .await;
+}
