@@ -2,6 +2,8 @@
 //! one per file). They need a PostgreSQL server in DATABASE_URL
 //! (`scripts/test` starts one) and fail with what to do when it is missing.
 
+#[cfg(all(feature = "personal", feature = "testing"))]
+mod erasure;
 #[cfg(feature = "knowledge")]
 mod knowledge;
 mod migrate;
