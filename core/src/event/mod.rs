@@ -120,9 +120,9 @@ pub trait Event: Sized + Send + Sync + 'static {
 
     /// Whose personal data this event carries, as its type declares it
     /// (`#[event(subject = field)]`, or `#[event(subject =
-    /// envelope.stream_id)]`); [`Subject::None`] by default. Work in
-    /// progress (issue 21): the stores do not seal personal fields with it
-    /// yet.
+    /// envelope.stream_id)]`); [`Subject::None`] by default. A
+    /// `PersonalStore` (feature `personal`) seals the event's personal
+    /// fields with this subject's data key.
     fn subject(&self) -> Subject {
         Subject::None
     }

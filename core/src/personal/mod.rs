@@ -2,27 +2,45 @@
 //! number), encrypted with a key of that person's own, so that deleting the
 //! key erases the data everywhere it was copied (crypto-shredding).
 //!
-//! **Work in progress (issue 21).** What is here is the foundation:
-//!
 //! - [`Personal<T>`]: the type of a personal field. It serializes as the
 //!   plain `T`, reads back either a `T` or the marker a forgotten value
 //!   leaves ([`Personal::Forgotten`]), and its JSON Schema carries
-//!   `"x-annals-personal": true`, so the schema says which fields are
-//!   personal ([`personal_pointers`]).
+//!   `"x-annals-personal": true`, so the stored schema says which fields
+//!   are personal ([`personal_pointers`]).
+//! - `#[event(subject = field)]` or `#[event(subject = envelope.stream_id)]`
+//!   on an event type: whose data its personal fields are
+//!   ([`Event::subject`](crate::Event::subject)).
+//! - [`PersonalStore`]: wraps any event store. On append, personal fields
+//!   are validated in plaintext, then sealed with the subject's data key
+//!   (ChaCha20-Poly1305, a fresh nonce per value, the subject and the
+//!   field's place bound to the ciphertext); every read path opens them.
+//!   [`forget`](PersonalStore::forget) deletes the subject's key, leaves a
+//!   tombstone (new personal data for it is [`PersonalError::Forgotten`])
+//!   and records a [`SubjectForgotten`] event for read models.
+//! - [`PersonalSnapshots`]: snapshots of aggregates whose streams hold
+//!   personal data, sealed so that forgetting any of their subjects makes
+//!   them unreadable (the aggregate then loads from its events).
 //! - [`DataKey`], [`KeyProvider`] and [`LocalKeyProvider`]: per-subject data
 //!   keys, wrapped by a key-encryption key (KEK) when stored. Key material
-//!   never appears in `Debug` output or errors.
-//! - [`SubjectKeys`] and [`InMemorySubjectKeys`]: the data key of each
-//!   subject, created on first use, forgotten with a tombstone so that it
-//!   is never silently created again, and re-wrapped on KEK rotation.
-//! - [`seal`] and [`open`]: the personal fields of a JSON payload encrypted
-//!   (ChaCha20-Poly1305, a fresh nonce per value) and decrypted, or
-//!   replaced by the forgotten marker when the subject's key is gone.
+//!   never appears in `Debug` output or errors. [`SubjectKeys`]:
+//!   [`InMemorySubjectKeys`] here, `PgSubjectKeys` on Postgres (a table of
+//!   wrapped keys and tombstones), re-wrapped resumably on KEK rotation.
 //!
-//! Not yet: the stores' append and read paths, snapshots, sagas, dead
-//! letters, projections and the knowledge base do not call this yet; there
-//! is no Postgres key table, no `subject.forgotten` event and no derive
-//! support for naming the subject.
+//! **What a read model must do.** A projection that copies personal data
+//! into its tables holds plaintext no key protects: it handles
+//! [`SubjectForgotten`] (a variant `Forgotten(SubjectForgotten)` named
+//! `subject.forgotten` in its event enum) by deleting or blanking the
+//! subject's rows. Upcasters of old versions see a forgotten field as the
+//! marker `{"$forgotten": true}`, and must pass it through.
+//!
+//! **Not covered yet** (issue 21): saga data and outbox payloads, the
+//! knowledge base and its embedding caches are not sealed or erased; a
+//! handler's error text stored with a dead letter is the handler's own
+//! (it must not quote personal data). A forgotten key's bytes are
+//! overwritten in place, but old row versions stay in the table's files
+//! and the WAL until vacuum and WAL recycling (and in backups taken
+//! before): sealed data in those backups stays unreadable only once every
+//! copy of the key is gone.
 //!
 //! ```
 //! use annals::personal::Personal;
