@@ -166,7 +166,11 @@ fn each_sealed(
         Value::Object(map) => {
             for (key, v) in map.iter_mut() {
                 at.push('/');
-                at.push_str(&key.replace('~', "~0").replace('/', "~1"));
+                if key.contains(['~', '/']) {
+                    at.push_str(&key.replace('~', "~0").replace('/', "~1"));
+                } else {
+                    at.push_str(key);
+                }
                 let r = each_sealed(v, at, f);
                 at.truncate(len);
                 r?;
@@ -174,7 +178,8 @@ fn each_sealed(
         }
         Value::Array(items) => {
             for (i, v) in items.iter_mut().enumerate() {
-                at.push_str(&format!("/{i}"));
+                use std::fmt::Write as _;
+                let _ = write!(at, "/{i}");
                 let r = each_sealed(v, at, f);
                 at.truncate(len);
                 r?;
@@ -204,19 +209,31 @@ pub(crate) fn subjects_in(value: &mut Value) -> BTreeSet<String> {
 /// place is bound to its ciphertext.
 pub(crate) fn open_all(
     value: &mut Value,
-    key_of: &mut dyn FnMut(&str) -> Option<DataKey>,
+    key_of: &mut dyn FnMut(&str) -> Lookup,
 ) -> Result<(), PersonalError> {
     each_sealed(value, &mut String::new(), &mut |v, at| {
         let Some((sealed, subject)) = sealed_parts(v) else {
             return Ok(());
         };
-        let Some(key) = key_of(subject) else {
-            *v = forgotten_marker();
-            return Ok(());
-        };
-        *v = open_one(sealed, subject, at, &key)?;
+        match key_of(subject) {
+            Lookup::Key(key) => *v = open_one(sealed, subject, at, &key)?,
+            Lookup::Forgotten => *v = forgotten_marker(),
+            // left sealed: the caller fetches the key and opens again
+            Lookup::Unknown => {}
+        }
         Ok(())
     })
+}
+
+/// What [`open_all`] learns of a subject's key.
+#[derive(Clone)]
+pub(crate) enum Lookup {
+    /// The key.
+    Key(DataKey),
+    /// The subject was forgotten: its values read as forgotten.
+    Forgotten,
+    /// Not known yet (not cached): its values stay sealed.
+    Unknown,
 }
 
 fn open_one(sealed: &str, subject: &str, at: &str, key: &DataKey) -> Result<Value, PersonalError> {

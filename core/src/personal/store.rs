@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::seal::{may_be_sealed, open_all, seal, subjects_in};
+use super::seal::{may_be_sealed, open_all, seal, subjects_in, Lookup};
 use super::{DataKey, PersonalError, SubjectKeys};
 use crate::event::Subject;
 use crate::store::{
@@ -241,7 +241,7 @@ impl<S: EventStore + Clone, K: SubjectKeys> PersonalStore<S, K> {
         }
         self.shared.fetch(needed).await?;
         for (i, mut value) in parsed {
-            let mut key_of = |s: &str| self.shared.cached(s).flatten();
+            let mut key_of = |s: &str| self.shared.lookup(s);
             if open_all(&mut value, &mut key_of).is_ok() {
                 if let Ok(raw) = serde_json::value::to_raw_value(&value) {
                     events[i].payload = raw;
@@ -288,6 +288,15 @@ impl<K: SubjectKeys> Shared<K> {
     /// Caches what was fetched at `fetched`, unless something newer is
     /// cached already: a key fetched before a `forget` in this process must
     /// not overwrite the forget.
+    /// What the cache knows of `subject`'s key.
+    fn lookup(&self, subject: &str) -> Lookup {
+        match self.cached(subject) {
+            Some(Some(key)) => Lookup::Key(key),
+            Some(None) => Lookup::Forgotten,
+            None => Lookup::Unknown,
+        }
+    }
+
     fn remember(&self, subject: &str, key: Option<DataKey>, fetched: Instant) {
         let mut cache = self.lock();
         if cache.get(subject).is_some_and(|c| c.fetched > fetched) {
@@ -382,18 +391,28 @@ impl<K: SubjectKeys> Shared<K> {
             // not JSON: the decoder reports it
             return Ok(Ok(Cow::Borrowed(payload)));
         };
-        let subjects = subjects_in(&mut value);
-        let missing: BTreeSet<String> = subjects
-            .iter()
-            .filter(|s| self.cached(s).is_none())
-            .cloned()
-            .collect();
-        seen.extend(subjects);
+        // one walk: open with the keys cached, note the subjects whose
+        // keys are not
+        let mut missing = BTreeSet::new();
+        let mut known: Vec<(String, Lookup)> = Vec::new();
+        let mut key_of = |subject: &str| {
+            if !seen.contains(subject) {
+                seen.insert(subject.to_owned());
+            }
+            if let Some((_, lookup)) = known.iter().find(|(s, _)| s == subject) {
+                return lookup.clone();
+            }
+            let lookup = self.lookup(subject);
+            if matches!(lookup, Lookup::Unknown) {
+                missing.insert(subject.to_owned());
+            }
+            known.push((subject.to_owned(), lookup.clone()));
+            lookup
+        };
+        open_all(&mut value, &mut key_of)?;
         if !missing.is_empty() {
             return Ok(Err(missing));
         }
-        let mut key_of = |s: &str| self.cached(s).flatten();
-        open_all(&mut value, &mut key_of)?;
         Ok(Ok(Cow::Owned(value.to_string())))
     }
 }

@@ -19,6 +19,9 @@ pub(crate) struct Input<'a> {
     pub(crate) generics: &'a Generics,
     pub(crate) krate: Path,
     pub(crate) body: Body<'a>,
+    /// For a struct: its first field whose type is `Personal<…>`, which
+    /// needs a subject to be sealed with.
+    pub(crate) personal_field: Option<&'a Type>,
 }
 
 pub(crate) enum Body<'a> {
@@ -194,6 +197,17 @@ const STRUCT: Scope = Scope {
     )],
 };
 
+/// Whether a field's type is `Personal<…>` (by its last path segment: the
+/// derive sees tokens, not resolved types).
+fn is_personal(ty: &Type) -> bool {
+    match ty {
+        Type::Path(p) => p.path.segments.last().is_some_and(|s| {
+            s.ident == "Personal" && matches!(s.arguments, syn::PathArguments::AngleBracketed(_))
+        }),
+        _ => false,
+    }
+}
+
 impl<'a> Input<'a> {
     pub(crate) fn from_syn(cx: &Ctxt, input: &'a DeriveInput) -> Self {
         let mut krate = Attr::none(cx, "crate");
@@ -227,11 +241,16 @@ impl<'a> Input<'a> {
             }
             Data::Union(u) => Body::Union(u.union_token),
         };
+        let personal_field = match &input.data {
+            Data::Struct(data) => data.fields.iter().map(|f| &f.ty).find(|ty| is_personal(ty)),
+            _ => None,
+        };
         Input {
             ident: &input.ident,
             generics: &input.generics,
             krate: krate.get().unwrap_or_else(|| syn::parse_quote!(::annals)),
             body,
+            personal_field,
         }
     }
 

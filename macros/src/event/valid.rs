@@ -15,6 +15,7 @@ pub(crate) fn validate(cx: &Ctxt, input: &Input, parsed: bool) {
     check_not_union(cx, input);
     check_has_variants(cx, input);
     check_variant_shapes(cx, input);
+    check_personal_has_subject(cx, input);
     let types = input.event_types();
     for t in &types {
         check_name(cx, t);
@@ -59,6 +60,20 @@ fn check_has_variants(cx: &Ctxt, input: &Input) {
     if let Body::Enum { variants, .. } = &input.body {
         if variants.is_empty() {
             cx.error_spanned_by(input.ident, "an event enum needs at least one variant");
+        }
+    }
+}
+
+/// A struct event with a `Personal<…>` field must say whose data it is.
+/// (An enum's payload types are not visible here: appending one of its
+/// personal events without a subject is a typed error at run time.)
+fn check_personal_has_subject(cx: &Ctxt, input: &Input) {
+    if let (Body::Struct(attrs), Some(ty)) = (&input.body, input.personal_field) {
+        if attrs.subject.is_none() {
+            cx.error_spanned_by(
+                ty,
+                "this field is personal data, but the event names no subject whose key seals it: add `#[event(subject = <field>)]` or `#[event(subject = envelope.stream_id)]`",
+            );
         }
     }
 }
