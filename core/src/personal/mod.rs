@@ -12,7 +12,7 @@
 //!   ([`Event::subject`](crate::Event::subject)).
 //! - [`PersonalStore`]: wraps any event store. On append, personal fields
 //!   are validated in plaintext, then sealed with the subject's data key
-//!   (ChaCha20-Poly1305, a fresh nonce per value, the subject and the
+//!   (AES-256-GCM, a fresh nonce per value, the subject and the
 //!   field's place bound to the ciphertext); every read path opens them.
 //!   [`forget`](PersonalStore::forget) deletes the subject's key, leaves a
 //!   tombstone (new personal data for it is [`PersonalError::Forgotten`])

@@ -698,3 +698,96 @@ impl<S: WatchLog + Clone, K: SubjectKeys> WatchLog for PersonalStore<S, K> {
         self.inner.watch().await
     }
 }
+
+#[cfg(test)]
+mod cost {
+    use super::*;
+    use crate::personal::{InMemorySubjectKeys, LocalKeyProvider, Personal};
+    use crate::InMemoryEventStore;
+
+    #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+    #[derive(annals_macros::Event)]
+    #[event(crate = "crate", name = "cost.noted", subject = envelope.stream_id)]
+    struct Noted {
+        visit: u32,
+        name: Personal<String>,
+        phone: Personal<String>,
+    }
+
+    /// Where the time of a personal read goes (release build):
+    /// `cargo test --release -p annals-core --features personal --lib -- --ignored open_cost --nocapture`
+    #[tokio::test]
+    #[ignore = "a measurement, not a test: run it by hand"]
+    async fn open_cost() {
+        let inner = InMemoryEventStore::new();
+        let store = PersonalStore::new(
+            inner.clone(),
+            InMemorySubjectKeys::new(LocalKeyProvider::generate("k")),
+        );
+        let events: Vec<Noted> = (0..10)
+            .map(|i| Noted {
+                visit: i,
+                name: Personal::Known(format!("Patient Number {i}")),
+                phone: Personal::Known(format!("+351 555 {i:06}")),
+            })
+            .collect();
+        store
+            .append_events("s", ExpectedVersion::NoStream, &events, &Metadata::new())
+            .await
+            .expect("append");
+        let n = 20_000;
+        for round in 0..2 {
+            let t = Instant::now();
+            for _ in 0..n {
+                let r = store.read_stream_as::<Noted>("s", ..).await.expect("read");
+                assert_eq!(r.len(), 10);
+            }
+            let personal = t.elapsed() / n;
+            let t = Instant::now();
+            for _ in 0..n {
+                let r = inner
+                    .read_stream_with("s", .., |p| Ok(p.payload.len()))
+                    .await
+                    .expect("read");
+                assert_eq!(r.len(), 10);
+            }
+            let raw = t.elapsed() / n;
+            let mut seen = BTreeSet::new();
+            let stored = inner.read_stream("s", ..).await.expect("read");
+            let t = Instant::now();
+            for _ in 0..n {
+                for e in &stored {
+                    let opened = store.shared.open_text(e.payload.get(), &mut seen);
+                    assert!(matches!(opened, Ok(Ok(_))));
+                }
+            }
+            let open = t.elapsed() / n;
+            let t = Instant::now();
+            for _ in 0..n {
+                for e in &stored {
+                    let v: Value = serde_json::from_str(e.payload.get()).expect("json");
+                    std::hint::black_box(v);
+                }
+            }
+            let parse = t.elapsed() / n;
+            let key = store.shared.cached("s").flatten().expect("key");
+            let sealed = key.encrypt(b"\"Patient Number 1\"", b"s\0/name");
+            let t = Instant::now();
+            for _ in 0..n {
+                for _ in 0..20 {
+                    std::hint::black_box(key.decrypt(&sealed, b"s\0/name"));
+                }
+            }
+            let aead = t.elapsed() / n;
+            let t = Instant::now();
+            for _ in 0..n {
+                for _ in 0..20 {
+                    std::hint::black_box(store.shared.cached("s"));
+                }
+            }
+            let cached = t.elapsed() / n;
+            eprintln!("round {round}: parse x10 {parse:?}, 20 decrypts {aead:?}, 20 cache lookups {cached:?}");
+            eprintln!("round {round}: read_stream_as of 10 personal events {personal:?}, raw read {raw:?}, open_text x10 {open:?}");
+        }
+    }
+}
