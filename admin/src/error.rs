@@ -1,8 +1,8 @@
 //! Why an admin command failed.
 
 use annals_core::dead_letter::DeadLetterStatus;
-use annals_core::saga::SagaError;
 use annals_core::projection::ProjectionError;
+use annals_core::saga::SagaError;
 use annals_core::Error;
 use uuid::Uuid;
 
@@ -86,7 +86,9 @@ pub enum AdminError {
     },
 
     /// `migrate down` was asked for without `--yes`.
-    #[error("`migrate down` drops every annals table and the events in them; pass --yes to confirm")]
+    #[error(
+        "`migrate down` drops every annals table and the events in them; pass --yes to confirm"
+    )]
     NotConfirmed,
 
     /// The event store, the projection store or a check failed.

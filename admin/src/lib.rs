@@ -70,8 +70,8 @@ use annals_postgres::sqlx::PgConnection;
 use annals_postgres::{PgEventStore, PgProjectionStore, PgSagaStore};
 
 pub use cli::{
-    AdminArgs, AdminCommand, DeadLettersCommand, MigrateCommand, ProjectionsCommand,
-    SagasCommand, SchemasCommand, StatusFilter, StreamsCommand,
+    AdminArgs, AdminCommand, DeadLettersCommand, MigrateCommand, ProjectionsCommand, SagasCommand,
+    SchemasCommand, StatusFilter, StreamsCommand,
 };
 pub use error::AdminError;
 pub use exit::Exit;
@@ -159,6 +159,10 @@ impl Admin {
         let mut stdout = std::io::stdout();
         match self.execute(args, &mut stdout).await {
             Ok(exit) => exit,
+            // the reader went away (`| head`): nothing to say to it
+            Err(AdminError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                Exit::Failed
+            }
             Err(e) => {
                 eprintln!("error: {e}");
                 e.exit()
@@ -216,7 +220,10 @@ impl AdminBuilder {
     /// policies, breaker), and `status` reports the projection even before
     /// its first run. A saga's [`SagaProjection`](annals_core::saga::SagaProjection)
     /// runner is registered the same way (its dead letters are the saga's).
-    pub fn projection<P>(mut self, runner: ProjectionRunner<PgEventStore, PgProjectionStore, P>) -> Self
+    pub fn projection<P>(
+        mut self,
+        runner: ProjectionRunner<PgEventStore, PgProjectionStore, P>,
+    ) -> Self
     where
         P: Projection<Conn = PgConnection>,
         P::Event: Send + Sync,

@@ -86,7 +86,10 @@ impl Table {
 
 /// A time as the tables show it (seconds, UTC).
 pub(crate) fn time(t: Option<DateTime<Utc>>) -> String {
-    t.map_or_else(|| "-".to_owned(), |t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+    t.map_or_else(
+        || "-".to_owned(),
+        |t| t.format("%Y-%m-%d %H:%M:%S").to_string(),
+    )
 }
 
 /// An optional value, `-` when absent.

@@ -116,7 +116,15 @@ async fn find(admin: &Admin, id: u64) -> Result<DeadLetter, AdminError> {
 
 fn table(letters: &[DeadLetter]) -> Table {
     let mut table = Table::new(&[
-        "ID", "HANDLER", "STATUS", "POSITION", "STREAM", "TYPE", "ATTEMPTS", "LAST FAILED", "ERROR",
+        "ID",
+        "HANDLER",
+        "STATUS",
+        "POSITION",
+        "STREAM",
+        "TYPE",
+        "ATTEMPTS",
+        "LAST FAILED",
+        "ERROR",
     ]);
     for l in letters {
         table.row(vec![
@@ -139,7 +147,11 @@ fn show(w: &mut dyn Write, shown: &Shown) -> std::io::Result<()> {
     writeln!(w, "dead letter {}", l.id)?;
     writeln!(w, "  handler:      {}", l.handler)?;
     writeln!(w, "  status:       {}", l.status.as_str())?;
-    writeln!(w, "  event:        {} (position {}, id {})", l.event_type, l.event_position, l.event_id)?;
+    writeln!(
+        w,
+        "  event:        {} (position {}, id {})",
+        l.event_type, l.event_position, l.event_id
+    )?;
     writeln!(w, "  stream:       {}", l.stream_id)?;
     writeln!(w, "  attempts:     {}", l.attempts)?;
     writeln!(w, "  first failed: {}", time(Some(l.first_failed_at)))?;
@@ -178,7 +190,9 @@ async fn replay_one(admin: &Admin, id: u64, out: &mut Out<'_>) -> Result<Exit, A
                 handler: letter.handler,
                 outcome: "resolved",
             };
-            out.emit(&replayed, |w| writeln!(w, "dead letter {id} replayed: resolved"))?;
+            out.emit(&replayed, |w| {
+                writeln!(w, "dead letter {id} replayed: resolved")
+            })?;
             Ok(Exit::Ok)
         }
         ReplayOutcome::Failed(e) => Err(AdminError::ReplayFailed {
@@ -196,7 +210,11 @@ async fn replay_one(admin: &Admin, id: u64, out: &mut Out<'_>) -> Result<Exit, A
 /// Every pending entry of a handler, stream by stream in log order; within
 /// a stream it stops at the first entry that fails again (as
 /// `ProjectionRunner::replay_all`, one entry at a time for the progress bar).
-async fn replay_handler(admin: &Admin, handler: &str, out: &mut Out<'_>) -> Result<Exit, AdminError> {
+async fn replay_handler(
+    admin: &Admin,
+    handler: &str,
+    out: &mut Out<'_>,
+) -> Result<Exit, AdminError> {
     let runner: &dyn RegisteredProjection = admin.require_runner(handler)?.as_ref();
     let mut pending = Vec::new();
     let mut query = DeadLetterQuery::pending(handler).limit(500);
@@ -245,5 +263,9 @@ async fn replay_handler(admin: &Admin, handler: &str, out: &mut Out<'_>) -> Resu
         }
         Ok(())
     })?;
-    Ok(if summary.failed == 0 { Exit::Ok } else { Exit::Failed })
+    Ok(if summary.failed == 0 {
+        Exit::Ok
+    } else {
+        Exit::Failed
+    })
 }

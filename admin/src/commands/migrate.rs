@@ -33,7 +33,8 @@ fn table(w: &mut dyn Write, migrations: &[Migration]) -> std::io::Result<()> {
         table.row(vec![
             m.version.to_string(),
             m.description.clone(),
-            m.applied_at.map_or_else(|| "pending".to_owned(), |t| time(Some(t))),
+            m.applied_at
+                .map_or_else(|| "pending".to_owned(), |t| time(Some(t))),
         ]);
     }
     table.write(w)

@@ -68,7 +68,12 @@ async fn require_checkpoint(admin: &Admin, name: &str) -> Result<(), AdminError>
     admin.require_runner(name).map(|_| ())
 }
 
-fn report(out: &mut Out<'_>, name: &str, status: &'static str, changed: bool) -> Result<Exit, AdminError> {
+fn report(
+    out: &mut Out<'_>,
+    name: &str,
+    status: &'static str,
+    changed: bool,
+) -> Result<Exit, AdminError> {
     let change = Changed {
         projection: name.to_owned(),
         status,

@@ -1,6 +1,5 @@
 //! `sagas list|show|retry`.
 
-
 use annals_core::saga::{OutboxEntry, SagaRecord};
 use annals_core::SagaStore;
 use serde_json::{json, Value};
@@ -69,8 +68,16 @@ pub(crate) async fn run(
             let json: Vec<Value> = sagas.iter().map(saga_json).collect();
             out.emit(&json, |w| {
                 let mut table = Table::new(&[
-                    "SAGA", "TYPE", "CORRELATION", "STATE", "STATUS", "STEP", "RETRIES", "UPDATED",
-                    "DEADLINE", "ERROR",
+                    "SAGA",
+                    "TYPE",
+                    "CORRELATION",
+                    "STATE",
+                    "STATUS",
+                    "STEP",
+                    "RETRIES",
+                    "UPDATED",
+                    "DEADLINE",
+                    "ERROR",
                 ]);
                 for s in &sagas {
                     table.row(vec![
@@ -100,7 +107,13 @@ pub(crate) async fn run(
             out.emit(&json, |w| {
                 writeln!(w, "saga {} ({})", saga.saga_id, saga.saga_type)?;
                 writeln!(w, "  correlation: {}", saga.correlation_id)?;
-                writeln!(w, "  status:      {} in state `{}`, step {}", saga.status.as_str(), saga.state, saga.current_step)?;
+                writeln!(
+                    w,
+                    "  status:      {} in state `{}`, step {}",
+                    saga.status.as_str(),
+                    saga.state,
+                    saga.current_step
+                )?;
                 writeln!(w, "  retries:     {}", saga.retry_count)?;
                 writeln!(w, "  started:     {}", time(Some(saga.started_at)))?;
                 writeln!(w, "  updated:     {}", time(Some(saga.updated_at)))?;
@@ -109,7 +122,14 @@ pub(crate) async fn run(
                 writeln!(w, "  data:        {}", saga.data)?;
                 writeln!(w)?;
                 let mut table = Table::new(&[
-                    "ID", "STEP", "COMMAND", "KIND", "STATE", "ATTEMPTS", "NEXT ATTEMPT", "LAST ERROR",
+                    "ID",
+                    "STEP",
+                    "COMMAND",
+                    "KIND",
+                    "STATE",
+                    "ATTEMPTS",
+                    "NEXT ATTEMPT",
+                    "LAST ERROR",
                 ]);
                 for c in &commands {
                     table.row(vec![

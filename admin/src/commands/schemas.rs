@@ -34,7 +34,8 @@ pub(crate) async fn run(
     match command {
         SchemasCommand::List => {
             out.emit(&rows, |w| {
-                let mut table = Table::new(&["TYPE", "VERSION", "STATE", "RUST TYPE", "RECORDED AT"]);
+                let mut table =
+                    Table::new(&["TYPE", "VERSION", "STATE", "RUST TYPE", "RECORDED AT"]);
                 for r in &rows {
                     table.row(vec![
                         r.event_type.clone(),
@@ -52,8 +53,13 @@ pub(crate) async fn run(
             let changed: Vec<&SchemaRow> = rows.iter().filter(|r| r.state == "changed").collect();
             out.emit(&changed, |w| {
                 if changed.is_empty() {
-                    let checked = rows.iter().filter(|r| r.code_fingerprint.is_some()).count();
-                    writeln!(w, "ok: the code's {checked} event schema(s) match the recorded ones")
+                    let count = |state| rows.iter().filter(|r| r.state == state).count();
+                    writeln!(
+                        w,
+                        "ok: {} of the code's event schemas match the recorded ones; {} not recorded yet (new: recorded at the next start)",
+                        count("matches"),
+                        count("not recorded")
+                    )
                 } else {
                     writeln!(w, "{} event schema(s) changed without a version bump:", changed.len())?;
                     for r in &changed {
@@ -69,19 +75,24 @@ pub(crate) async fn run(
                     writeln!(w, "give each changed payload a new version and keep the old type in the event's history(...)")
                 }
             })?;
-            Ok(if changed.is_empty() { Exit::Ok } else { Exit::Unhealthy })
+            Ok(if changed.is_empty() {
+                Exit::Ok
+            } else {
+                Exit::Unhealthy
+            })
         }
     }
 }
 
 async fn compare(admin: &Admin) -> Result<Vec<SchemaRow>, AdminError> {
-    let recorded: Vec<(String, i32, String, String, DateTime<Utc>)> = annals_postgres::sqlx::query_as(
-        "SELECT event_type, version, fingerprint, rust_type, recorded_at
+    let recorded: Vec<(String, i32, String, String, DateTime<Utc>)> =
+        annals_postgres::sqlx::query_as(
+            "SELECT event_type, version, fingerprint, rust_type, recorded_at
            FROM annals_event_schemas ORDER BY event_type, version",
-    )
-    .fetch_all(admin.store.pool())
-    .await
-    .map_err(|e| Error::backend("reading the recorded event schemas", e))?;
+        )
+        .fetch_all(admin.store.pool())
+        .await
+        .map_err(|e| Error::backend("reading the recorded event schemas", e))?;
     let mut code: BTreeMap<(String, u32), String> = admin.code_registry()?.fingerprints();
     let mut rows = Vec::new();
     for (event_type, version, fingerprint, rust_type, recorded_at) in recorded {

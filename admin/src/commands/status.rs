@@ -41,7 +41,9 @@ struct Status {
 }
 
 /// The health of every registered or checkpointed projection.
-pub(crate) async fn health(admin: &Admin) -> Result<(HealthReport, Vec<ProjectionRow>), AdminError> {
+pub(crate) async fn health(
+    admin: &Admin,
+) -> Result<(HealthReport, Vec<ProjectionRow>), AdminError> {
     let mut check = HealthCheck::new(admin.store.clone(), admin.projections.clone());
     for name in admin.projection_names() {
         check = check.expect(name);
@@ -84,7 +86,15 @@ pub(crate) fn projections_table(rows: &[ProjectionRow]) -> Table {
             None => "ok".to_owned(),
         };
         table.row(vec![
-            format!("{}{}", h.name, if row.registered { "" } else { " (unregistered)" }),
+            format!(
+                "{}{}",
+                h.name,
+                if row.registered {
+                    ""
+                } else {
+                    " (unregistered)"
+                }
+            ),
             status.to_owned(),
             format!("{}/{}", h.position.transaction_id, h.position.position),
             time(h.last_event_at),
@@ -143,7 +153,11 @@ pub(crate) async fn status(admin: &Admin, out: &mut Out<'_>) -> Result<Exit, Adm
         writeln!(w, "checked at: {}", time(Some(status.checked_at)))?;
         Ok(())
     })?;
-    Ok(if status.healthy { Exit::Ok } else { Exit::Unhealthy })
+    Ok(if status.healthy {
+        Exit::Ok
+    } else {
+        Exit::Unhealthy
+    })
 }
 
 /// Unfinished sagas by type and status, counted a page at a time.

@@ -37,17 +37,14 @@ pub(crate) struct DecodedEvent {
 /// `event` decoded with the registered type that reads it, if any.
 pub(crate) fn decoded(admin: &Admin, event: RecordedEvent) -> DecodedEvent {
     let stored = event.payload.clone();
-    let (decoded, decode_error, payload) = match admin
-        .events
-        .iter()
-        .find(|e| e.reads(&event.event_type))
-    {
-        None => (false, None, stored),
-        Some(events) => match events.decode(&admin.store, event.clone()) {
-            Ok(payload) => (true, None, payload),
-            Err(e) => (false, Some(e.to_string()), stored),
-        },
-    };
+    let (decoded, decode_error, payload) =
+        match admin.events.iter().find(|e| e.reads(&event.event_type)) {
+            None => (false, None, stored),
+            Some(events) => match events.decode(&admin.store, event.clone()) {
+                Ok(payload) => (true, None, payload),
+                Err(e) => (false, Some(e.to_string()), stored),
+            },
+        };
     DecodedEvent {
         stream_id: event.stream_id,
         stream_version: event.stream_version,
