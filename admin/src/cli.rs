@@ -20,6 +20,7 @@ use uuid::Uuid;
 #[command(
     name = "admin",
     about = "Operate annals: projections, dead letters, sagas, streams, schemas, migrations",
+    long_about = None,
     after_help = "Exit codes: 0 done, 1 failed, 2 usage error, 3 not found, 4 a check found a problem."
 )]
 pub struct AdminArgs {

@@ -73,10 +73,11 @@ pub(crate) async fn run(
         }
         DeadLettersCommand::Show { id } => {
             let letter = find(admin, *id).await?;
-            let event = match admin.store.read_event(letter.event_position).await? {
-                Some(event) => Some(decoded(admin, event)),
-                None => None,
-            };
+            let event = admin
+                .store
+                .read_event(letter.event_position)
+                .await?
+                .map(|event| decoded(admin, event));
             let shown = Shown {
                 dead_letter: letter,
                 event,
