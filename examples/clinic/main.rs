@@ -170,6 +170,8 @@ async fn serve(database_url: Option<&str>, args: &[String]) -> Result<(), BoxErr
             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
         ])?
         .install_recorder()?;
+    // `# HELP` and units for every annals metric in `/metrics`
+    annals::metrics::describe();
     let listener = tokio::net::TcpListener::bind(("0.0.0.0", port)).await?;
     let stale_after = std::time::Duration::from_secs(300);
     let service = match database_url {
