@@ -4,6 +4,7 @@
 //! it the tests fail and say so). Each checks the output (table and
 //! `--json`), the exit code and the effect in the database.
 
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, OnceLock};
@@ -439,21 +440,44 @@ async fn streams_are_decoded_and_upcast() {
     .env("DATABASE_URL", url_of(db.name()))
     .stdin(Stdio::null())
     .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    let child = tail.spawn().expect("starting tail");
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    .stderr(Stdio::inherit());
+    let mut child = tail.spawn().expect("starting tail");
+    let stdout = child.stdout.take().expect("tail's stdout");
+    // the first line says tail has printed the existing event and waits
+    let first = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::task::spawn_blocking(move || {
+            let mut reader = BufReader::new(stdout);
+            let mut line = String::new();
+            reader.read_line(&mut line).map(|_| (reader, line))
+        }),
+    )
+    .await;
+    let Ok(Ok(Ok((mut reader, first)))) = first else {
+        let _ = child.kill();
+        panic!("tail printed nothing within 60 s");
+    };
     append(&store, "lead-ana", &[created("Ana B.", "implant")]).await;
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
-        .await
-        .expect("the blocking task")
-        .expect("tail's output");
-    let run = output(out).expect(0);
+    let rest = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::task::spawn_blocking(move || {
+            let mut rest = String::new();
+            reader.read_to_string(&mut rest).map(|_| rest)
+        }),
+    )
+    .await;
+    let Ok(Ok(Ok(rest))) = rest else {
+        let _ = child.kill();
+        panic!("tail did not print the appended event within 60 s");
+    };
+    let status = child.wait().expect("tail's exit");
+    assert_eq!(status.code(), Some(0));
+    let run = format!("{first}{rest}");
     let lines: Vec<Value> = run
-        .stdout
         .lines()
         .map(|l| serde_json::from_str(l).expect("JSON"))
         .collect();
-    assert_eq!(lines.len(), 2, "{}", run.stdout);
+    assert_eq!(lines.len(), 2, "{run}");
     assert_eq!(lines[0]["stream_version"], 2);
     assert_eq!(lines[1]["payload"]["name"], "Ana B.");
 }
