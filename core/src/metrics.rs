@@ -513,11 +513,12 @@ mod tests {
         assert_eq!(declared.len(), super::ALL.len(), "ALL has a name twice");
     }
 
+    /// One `describe_*` call: name, kind, unit, help.
+    type Description = (String, &'static str, Option<metrics::Unit>, String);
+
     /// Records which metrics were described, with which unit.
     #[derive(Default)]
-    struct Descriptions(
-        std::sync::Mutex<Vec<(String, &'static str, Option<metrics::Unit>, String)>>,
-    );
+    struct Descriptions(std::sync::Mutex<Vec<Description>>);
 
     impl Descriptions {
         fn push(
