@@ -416,10 +416,12 @@ impl ProjectionStore for PgProjectionStore {
     }
 
     async fn reset(&self, tx: &mut Self::Transaction, projection: &str) -> Result<(), Error> {
+        // a pause that came in since the rebuild took its lease stays
         sqlx::query(
             "UPDATE annals_projection_checkpoints
                 SET transaction_id = '0', position = 0, last_event_at = NULL, updated_at = now(),
-                    status = 'running', error = NULL, error_position = NULL
+                    status = CASE status WHEN 'stopped' THEN 'stopped' ELSE 'running' END,
+                    error = NULL, error_position = NULL
               WHERE projection_name = $1",
         )
         .bind(projection)
