@@ -5,6 +5,8 @@
 use clap::{Parser, Subcommand, ValueEnum};
 use uuid::Uuid;
 
+use crate::Exit;
+
 /// The admin command line: `[--json] <COMMAND>`.
 ///
 /// ```
@@ -31,6 +33,31 @@ pub struct AdminArgs {
     /// What to do.
     #[command(subcommand)]
     pub command: AdminCommand,
+}
+
+impl AdminArgs {
+    /// Parses the arguments after the application's own (without a
+    /// program name: `["status", "--json"]`). On `--help` it prints the
+    /// help to stdout and returns `Err(Exit::Ok)`; on a usage error it
+    /// prints the error to stderr and returns `Err(Exit::Usage)`. An
+    /// application parses first, so that `--help` works before it
+    /// connects to the database.
+    pub fn from_args<I, T>(args: I) -> Result<AdminArgs, Exit>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let argv = std::iter::once(std::ffi::OsString::from("admin"))
+            .chain(args.into_iter().map(Into::into));
+        AdminArgs::try_parse_from(argv).map_err(|e| {
+            let _ = e.print();
+            if e.use_stderr() {
+                Exit::Usage
+            } else {
+                Exit::Ok
+            }
+        })
+    }
 }
 
 /// The admin commands.

@@ -137,19 +137,9 @@ impl Admin {
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        use clap::Parser;
-        let argv = std::iter::once(std::ffi::OsString::from("admin"))
-            .chain(args.into_iter().map(Into::into));
-        match AdminArgs::try_parse_from(argv) {
+        match AdminArgs::from_args(args) {
             Ok(args) => self.run(&args).await,
-            Err(e) => {
-                let _ = e.print();
-                if e.use_stderr() {
-                    Exit::Usage
-                } else {
-                    Exit::Ok
-                }
-            }
+            Err(exit) => exit,
         }
     }
 

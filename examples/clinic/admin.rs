@@ -129,19 +129,10 @@ pub(crate) async fn admin(pool: PgPool) -> Result<Admin, annals::Error> {
 
 /// Runs `admin ARGS...` on the database at `database_url`.
 pub(crate) async fn run(database_url: Option<&str>, args: &[String]) -> Result<ExitCode, BoxError> {
-    use annals::admin::clap::Parser;
-    let argv = std::iter::once("clinic admin").chain(args.iter().map(String::as_str));
-    let args = match AdminArgs::try_parse_from(argv) {
+    // parsed first: `admin --help` needs no database
+    let args = match AdminArgs::from_args(args) {
         Ok(args) => args,
-        Err(e) => {
-            let _ = e.print();
-            return Ok(if e.use_stderr() {
-                Exit::Usage
-            } else {
-                Exit::Ok
-            }
-            .into());
-        }
+        Err(exit) => return Ok(exit.into()),
     };
     let Some(url) = database_url else {
         eprintln!("error: the admin commands work on Postgres: set DATABASE_URL, or run `scripts/with-services cargo run --example clinic -- admin ...`");
