@@ -8,7 +8,7 @@
 //!
 //! ```no_run
 //! use std::sync::Arc;
-//! use annals::admin::{Admin, AdminArgs};
+//! use annals::admin::Admin;
 //! use annals::postgres::{connect, PgEventStore, PgProjectionStore};
 //! use annals::ProjectionRunner;
 //! # #[derive(Debug, Clone, PartialEq, annals::Event)]
@@ -64,6 +64,7 @@ mod progress;
 mod registered;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use annals_core::{Event, Projection, ProjectionRunner, SchemaRegistry};
 use annals_postgres::sqlx::PgConnection;
@@ -90,6 +91,8 @@ pub struct Admin {
     sagas: PgSagaStore,
     runners: Vec<Arc<dyn RegisteredProjection>>,
     events: Vec<Arc<dyn RegisteredEvents>>,
+    stale_after: Duration,
+    horizon_stale_after: Duration,
 }
 
 impl std::fmt::Debug for Admin {
@@ -125,6 +128,8 @@ impl Admin {
                 sagas: PgSagaStore::new(pool),
                 runners: Vec::new(),
                 events: Vec::new(),
+                stale_after: Duration::from_secs(300),
+                horizon_stale_after: Duration::from_secs(300),
             },
         }
     }
@@ -227,6 +232,22 @@ impl AdminBuilder {
     /// checks its schemas against the recorded ones.
     pub fn events<E: Event>(mut self) -> Self {
         self.admin.events.push(Arc::new(Events::<E>::new()));
+        self
+    }
+
+    /// How far behind a projection may be before `status` calls it stale
+    /// (and exits with [`Exit::Unhealthy`]); default 5 minutes, as
+    /// [`HealthCheck`](annals_core::projection::HealthCheck). Use the
+    /// application's own readiness threshold.
+    pub fn stale_after(mut self, threshold: Duration) -> Self {
+        self.admin.stale_after = threshold;
+        self
+    }
+
+    /// How long the horizon may be held back before `status` calls it
+    /// stale; default 5 minutes.
+    pub fn horizon_stale_after(mut self, threshold: Duration) -> Self {
+        self.admin.horizon_stale_after = threshold;
         self
     }
 

@@ -208,3 +208,41 @@ async fn usage_errors_exit_2_and_help_exits_0() {
         Exit::NotFound
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_exits_4_when_a_projection_is_stale() {
+    let (db, _, store) = setup().await;
+    let admin = Admin::builder(store.clone())
+        .projection(ProjectionRunner::new(
+            store.clone(),
+            PgProjectionStore::new(db.pool().clone()),
+            Arc::new(Notes),
+        ))
+        .stale_after(Duration::from_millis(1))
+        .build();
+    let (result, out) = execute(&admin, &["status", "--json"]).await;
+    assert_eq!(
+        result.expect("a status"),
+        Exit::Ok,
+        "nothing to be behind on: {out}"
+    );
+    store
+        .append_events(
+            "note-1",
+            ExpectedVersion::Any,
+            &[NoteEvent::Written("hi".into())],
+            &Metadata::new(),
+        )
+        .await
+        .expect("an append");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (result, out) = execute(&admin, &["status", "--json"]).await;
+    assert_eq!(result.expect("a status"), Exit::Unhealthy, "{out}");
+    let status: Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(status["healthy"], false);
+    assert_eq!(status["projections"][0]["stale"], true);
+    assert_eq!(status["projections"][0]["events_behind"], 1);
+    let (result, out) = execute(&admin, &["status"]).await;
+    assert_eq!(result.expect("a status"), Exit::Unhealthy);
+    assert!(out.contains("stale: projection `notes` is"), "{out}");
+}

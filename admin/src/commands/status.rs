@@ -44,7 +44,9 @@ struct Status {
 pub(crate) async fn health(
     admin: &Admin,
 ) -> Result<(HealthReport, Vec<ProjectionRow>), AdminError> {
-    let mut check = HealthCheck::new(admin.store.clone(), admin.projections.clone());
+    let mut check = HealthCheck::new(admin.store.clone(), admin.projections.clone())
+        .stale_after(admin.stale_after)
+        .horizon_stale_after(admin.horizon_stale_after);
     for name in admin.projection_names() {
         check = check.expect(name);
     }
