@@ -85,6 +85,14 @@ pub enum AdminError {
         argument: &'static str,
     },
 
+    /// A runner of the application owns the projection, so it cannot be
+    /// rebuilt from here.
+    #[error("projection `{name}` is owned by a running runner (the application's, in this process or another); stop its runners (or scale the application down), then rebuild")]
+    Owned {
+        /// The projection.
+        name: String,
+    },
+
     /// `migrate down` was asked for without `--yes`.
     #[error(
         "`migrate down` drops every annals table and the events in them; pass --yes to confirm"

@@ -352,6 +352,16 @@ async fn pause_stops_a_live_runner_until_resumed() {
     admin(&db, &["projections", "resume", LEAD_DIRECTORY])
         .await
         .expect(0);
+    // the live runner owns it again: a rebuild from here says so
+    wait_for(
+        || async { runner.catch_up().await.is_err() },
+        "the live runner takes the projection",
+    )
+    .await;
+    let run = admin(&db, &["projections", "rebuild", LEAD_DIRECTORY])
+        .await
+        .expect(1);
+    assert!(run.stderr.contains("stop its runners"), "{}", run.stderr);
     wait_for(
         || directory_has(&db, "cy"),
         "the live runner takes the resumed projection again",

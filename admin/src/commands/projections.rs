@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use annals_core::projection::ProjectionStatus;
+use annals_core::projection::{ProjectionError, ProjectionStatus};
 use annals_core::{EventStore, LogPosition, ProjectionStore};
 use serde::Serialize;
 
@@ -120,7 +120,10 @@ async fn rebuild(admin: &Admin, name: &str, out: &mut Out<'_>) -> Result<Exit, A
         }
     };
     bar.finish_and_clear();
-    let done = done?;
+    let done = done.map_err(|e| match e {
+        ProjectionError::NotOwner { projection } => AdminError::Owned { name: projection },
+        e => e.into(),
+    })?;
     let rebuilt = Rebuilt {
         projection: name.to_owned(),
         events_read: done.events_read,
