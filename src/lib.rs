@@ -24,6 +24,13 @@ pub use annals_macros::Saga;
 #[doc(inline)]
 pub use annals_postgres as postgres;
 
+/// The operator's console: admin commands (status, projections, dead
+/// letters, sagas, streams, schemas, migrations) an application mounts as
+/// a subcommand of its own binary ([`Admin`](admin::Admin)).
+#[cfg(feature = "admin")]
+#[cfg_attr(docsrs, doc(cfg(feature = "admin")))]
+pub use annals_admin as admin;
+
 /// The knowledge base: vector search over documents fed by events, with
 /// embedders, embedding caches, chunking and the embedding refresh job. Its
 /// Postgres backend is `annals::postgres::knowledge`

@@ -276,6 +276,223 @@ pub fn record_saga_status(saga: &'static str, status: crate::saga::SagaStatus) {
         .increment(1);
 }
 
+/// Describes every annals metric to the installed recorder: its help text
+/// and unit, so that an exporter can show them (the Prometheus exporter's
+/// `# HELP` lines). Call it once, after installing the recorder; metrics
+/// recorded before or after are described alike.
+///
+/// ```
+/// // e.g. after metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()
+/// annals::metrics::describe();
+/// ```
+pub fn describe() {
+    use metrics::Unit;
+    metrics::describe_counter!(
+        EVENTS_APPENDED_TOTAL,
+        Unit::Count,
+        "Events appended, by event type and store."
+    );
+    metrics::describe_histogram!(
+        APPEND_DURATION_SECONDS,
+        Unit::Seconds,
+        "Duration of append calls, successful or not, by store."
+    );
+    metrics::describe_counter!(
+        APPEND_CONFLICTS_TOTAL,
+        Unit::Count,
+        "Appends refused by a version conflict, by store."
+    );
+    metrics::describe_histogram!(
+        APPEND_BATCH_SIZE,
+        Unit::Count,
+        "Appends written together by one group commit (appends per statement), by store."
+    );
+    metrics::describe_counter!(COMMANDS_TOTAL, Unit::Count, "Commands executed by a repository, by aggregate and outcome (ok, rejected, conflict, error).");
+    metrics::describe_counter!(
+        COMMAND_RETRIES_TOTAL,
+        Unit::Count,
+        "Command retries after a version conflict, by aggregate."
+    );
+    metrics::describe_counter!(
+        SNAPSHOT_HITS_TOTAL,
+        Unit::Count,
+        "Aggregate loads that used a snapshot, by aggregate."
+    );
+    metrics::describe_counter!(
+        SNAPSHOT_MISSES_TOTAL,
+        Unit::Count,
+        "Aggregate loads without a snapshot, by aggregate."
+    );
+    metrics::describe_counter!(SNAPSHOT_INVALIDATIONS_TOTAL, Unit::Count, "Snapshots ignored because they no longer match the code or the stream, by aggregate and reason.");
+    metrics::describe_counter!(
+        SNAPSHOT_WRITES_TOTAL,
+        Unit::Count,
+        "Snapshots written, by aggregate."
+    );
+    metrics::describe_counter!(
+        SNAPSHOT_WRITE_ERRORS_TOTAL,
+        Unit::Count,
+        "Snapshot writes that failed, by aggregate."
+    );
+    metrics::describe_counter!(
+        EVENTS_REPLAYED_TOTAL,
+        Unit::Count,
+        "Events replayed while loading aggregates, by aggregate."
+    );
+    metrics::describe_counter!(
+        RETRIES_TOTAL,
+        Unit::Count,
+        "Retries of a failed operation, by handler (projection, saga or component)."
+    );
+    metrics::describe_gauge!(
+        PROJECTION_LAG_SECONDS,
+        Unit::Seconds,
+        "Age of the oldest event a projection has not applied yet; 0 when caught up."
+    );
+    metrics::describe_gauge!(
+        PROJECTION_EVENTS_BEHIND,
+        Unit::Count,
+        "Committed events past a projection's checkpoint."
+    );
+    metrics::describe_gauge!(
+        PROJECTION_STALE,
+        "1 when a projection is stale (lagging beyond its threshold, or failed), else 0."
+    );
+    metrics::describe_gauge!(
+        PROJECTION_FAILED,
+        "1 when a projection stopped on an event it cannot apply, else 0."
+    );
+    metrics::describe_counter!(
+        PROJECTION_EVENTS_APPLIED_TOTAL,
+        Unit::Count,
+        "Events applied by a projection."
+    );
+    metrics::describe_counter!(
+        PROJECTION_UNREADABLE_SKIPPED_TOTAL,
+        Unit::Count,
+        "Unreadable log rows a projection skipped because it does not read their type."
+    );
+    metrics::describe_histogram!(
+        PROJECTION_BATCH_DURATION_SECONDS,
+        Unit::Seconds,
+        "Duration of one projection batch: apply, checkpoint, commit."
+    );
+    metrics::describe_gauge!(
+        HORIZON_LAG_SECONDS,
+        Unit::Seconds,
+        "How long the oldest open transaction has held the log's horizon back."
+    );
+    metrics::describe_gauge!(
+        HORIZON_EVENTS_HELD_BACK,
+        Unit::Count,
+        "Committed events log readers cannot see yet because an older transaction is still open."
+    );
+    metrics::describe_gauge!(
+        DEAD_LETTERS_PENDING,
+        Unit::Count,
+        "Dead letters waiting for a replay or a discard, by handler."
+    );
+    metrics::describe_counter!(
+        DEAD_LETTERS_PARKED_TOTAL,
+        Unit::Count,
+        "Events parked as dead letters, by handler and reason (failed, behind)."
+    );
+    metrics::describe_counter!(
+        DEAD_LETTERS_REPLAYED_TOTAL,
+        Unit::Count,
+        "Dead-letter replays, by handler and outcome (resolved, failed)."
+    );
+    metrics::describe_gauge!(
+        CIRCUIT_BREAKER_STATE,
+        "A circuit breaker's state: 0 closed, 1 half-open, 2 open."
+    );
+    metrics::describe_counter!(
+        CIRCUIT_BREAKER_TRANSITIONS_TOTAL,
+        Unit::Count,
+        "Circuit breaker state changes, by breaker and new state."
+    );
+    metrics::describe_counter!(
+        EMBEDDING_CACHE_HITS_TOTAL,
+        Unit::Count,
+        "Embedding cache lookups answered from the cache, by model and cache."
+    );
+    metrics::describe_counter!(
+        EMBEDDING_CACHE_MISSES_TOTAL,
+        Unit::Count,
+        "Embedding cache lookups that went to the embedder, by model and cache."
+    );
+    metrics::describe_counter!(
+        EMBEDDER_CALLS_TOTAL,
+        Unit::Count,
+        "Embedding requests served by an embedder, retries included, by model."
+    );
+    metrics::describe_counter!(
+        EMBEDDER_TEXTS_TOTAL,
+        Unit::Count,
+        "Texts embedded, by model."
+    );
+    metrics::describe_counter!(
+        EMBEDDER_ERRORS_TOTAL,
+        Unit::Count,
+        "Failed embedder requests, by model and kind."
+    );
+    metrics::describe_counter!(
+        EMBEDDING_REFRESH_ROWS_TOTAL,
+        Unit::Count,
+        "Rows re-embedded by the embedding refresh job, by target model."
+    );
+    metrics::describe_gauge!(
+        EMBEDDING_REFRESH_PENDING_ROWS,
+        Unit::Count,
+        "Rows the running embedding refresh job still has to re-embed, by model."
+    );
+    metrics::describe_histogram!(
+        KNOWLEDGE_SEARCH_DURATION_SECONDS,
+        Unit::Seconds,
+        "Duration of knowledge base searches, by store."
+    );
+    metrics::describe_counter!(
+        SAGA_STATUS_CHANGES_TOTAL,
+        Unit::Count,
+        "Sagas entering a status (running, compensating, completed, failed), by saga type."
+    );
+    metrics::describe_gauge!(
+        SAGAS_UNFINISHED,
+        Unit::Count,
+        "Unfinished sagas per status, as the saga worker last counted them, by saga type."
+    );
+    metrics::describe_counter!(
+        SAGA_STEPS_TOTAL,
+        Unit::Count,
+        "Saga steps taken (states entered that issued commands), by saga type."
+    );
+    metrics::describe_counter!(
+        SAGA_COMPENSATIONS_TOTAL,
+        Unit::Count,
+        "Sagas that started compensating, by saga type and reason (event, timeout, command)."
+    );
+    metrics::describe_counter!(
+        SAGA_TIMEOUTS_TOTAL,
+        Unit::Count,
+        "Saga timeouts fired, by saga type."
+    );
+    metrics::describe_counter!(
+        SAGA_COMMANDS_DISPATCHED_TOTAL,
+        Unit::Count,
+        "Saga commands delivered to the command bus, by saga type and command."
+    );
+    metrics::describe_counter!(
+        SAGA_COMMAND_FAILURES_TOTAL,
+        Unit::Count,
+        "Failed deliveries of saga commands, by saga type, command and outcome (retry, abandoned)."
+    );
+    metrics::describe_gauge!(
+        SAGA_OUTBOX_PENDING,
+        Unit::Count,
+        "Saga commands waiting in the outbox, as the saga worker last counted them, by saga type."
+    );
+}
+
 #[cfg(test)]
 mod tests {
     /// `ALL` lists every `pub const` metric name of this file.
@@ -294,5 +511,103 @@ mod tests {
             assert!(name.starts_with("annals_"), "{name}");
         }
         assert_eq!(declared.len(), super::ALL.len(), "ALL has a name twice");
+    }
+
+    /// One `describe_*` call: name, kind, unit, help.
+    type Description = (String, &'static str, Option<metrics::Unit>, String);
+
+    /// Records which metrics were described, with which unit.
+    #[derive(Default)]
+    struct Descriptions(std::sync::Mutex<Vec<Description>>);
+
+    impl Descriptions {
+        fn push(
+            &self,
+            kind: &'static str,
+            key: metrics::KeyName,
+            unit: Option<metrics::Unit>,
+            help: metrics::SharedString,
+        ) {
+            self.0.lock().unwrap_or_else(|p| p.into_inner()).push((
+                key.as_str().to_owned(),
+                kind,
+                unit,
+                help.to_string(),
+            ));
+        }
+    }
+
+    impl metrics::Recorder for Descriptions {
+        fn describe_counter(
+            &self,
+            key: metrics::KeyName,
+            unit: Option<metrics::Unit>,
+            help: metrics::SharedString,
+        ) {
+            self.push("counter", key, unit, help);
+        }
+        fn describe_gauge(
+            &self,
+            key: metrics::KeyName,
+            unit: Option<metrics::Unit>,
+            help: metrics::SharedString,
+        ) {
+            self.push("gauge", key, unit, help);
+        }
+        fn describe_histogram(
+            &self,
+            key: metrics::KeyName,
+            unit: Option<metrics::Unit>,
+            help: metrics::SharedString,
+        ) {
+            self.push("histogram", key, unit, help);
+        }
+        fn register_counter(
+            &self,
+            _: &metrics::Key,
+            _: &metrics::Metadata<'_>,
+        ) -> metrics::Counter {
+            metrics::Counter::noop()
+        }
+        fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+            metrics::Gauge::noop()
+        }
+        fn register_histogram(
+            &self,
+            _: &metrics::Key,
+            _: &metrics::Metadata<'_>,
+        ) -> metrics::Histogram {
+            metrics::Histogram::noop()
+        }
+    }
+
+    /// `describe` gives every metric a help text, once, with a unit that
+    /// matches its name (`_seconds` in seconds, `_total` counted).
+    #[test]
+    fn describe_covers_every_metric() {
+        let recorder = Descriptions::default();
+        metrics::with_local_recorder(&recorder, super::describe);
+        let described = recorder.0.into_inner().unwrap_or_else(|p| p.into_inner());
+        for name in super::ALL {
+            let found: Vec<_> = described.iter().filter(|d| d.0 == *name).collect();
+            assert_eq!(found.len(), 1, "{name} is described {} times", found.len());
+            let (_, kind, unit, help) = found[0];
+            assert!(!help.is_empty(), "{name} has no help text");
+            if name.ends_with("_seconds") {
+                assert_eq!(*unit, Some(metrics::Unit::Seconds), "{name}");
+            }
+            if name.ends_with("_total") {
+                assert_eq!(
+                    (*kind, *unit),
+                    ("counter", Some(metrics::Unit::Count)),
+                    "{name}"
+                );
+            }
+        }
+        assert_eq!(
+            described.len(),
+            super::ALL.len(),
+            "a description for a metric not in ALL"
+        );
     }
 }

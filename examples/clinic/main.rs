@@ -5,6 +5,7 @@
 //! scripts/with-services cargo run --example clinic          # on a throwaway Postgres
 //! DATABASE_URL=postgres://... cargo run --example clinic    # on your Postgres
 //! cargo run --example clinic -- serve [--port N]            # the clinic as an HTTP service
+//! scripts/with-services cargo run --example clinic -- admin status   # the operator's console
 //! cargo run --example clinic -- --help
 //! ```
 //!
@@ -18,9 +19,11 @@
 //! - `projections`: a read model, a poison event parked and replayed, a
 //!   circuit breaker;
 //! - `sagas`: a saga with compensation;
-//! - `knowledge`: the knowledge base.
+//! - `knowledge`: the knowledge base;
+//! - `admin`: annals' admin commands mounted in the clinic's binary.
 
 use std::error::Error as StdError;
+use std::process::ExitCode;
 
 use annals::postgres::sqlx::PgPool;
 use annals::postgres::{
@@ -30,6 +33,7 @@ use annals::prelude::*;
 use annals::store::LogPosition;
 use uuid::Uuid;
 
+mod admin;
 mod aggregate;
 mod domain;
 mod events;
@@ -52,6 +56,8 @@ USAGE:
 COMMANDS:
     (none)           run the tour: in memory, or on Postgres when DATABASE_URL is set
     serve [--port N] run the clinic as an HTTP service (default port 8080)
+    admin COMMAND    the operator's console on DATABASE_URL: status, projections,
+                     dead-letters, sagas, streams, schemas, migrate (`admin --help`)
     --help, -h       print this help
 
 ENVIRONMENT:
@@ -61,26 +67,24 @@ ENVIRONMENT:
 ";
 
 #[tokio::main]
-async fn main() -> Result<(), BoxError> {
+async fn main() -> Result<ExitCode, BoxError> {
     let database_url = std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty());
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         None => match database_url {
-            Some(url) => tour_on_postgres(connect(&url).await?).await,
+            Some(url) => tour_on_postgres(connect(&url).await?).await?,
             None => {
                 tour_in_memory().await?;
                 println!();
                 println!("The tour ran in memory. To run it on Postgres: `scripts/with-services cargo run --example clinic` (or set DATABASE_URL).");
-                Ok(())
             }
         },
-        Some("serve") => serve(database_url.as_deref(), &args[1..]).await,
-        Some("--help" | "-h" | "help") => {
-            print!("{HELP}");
-            Ok(())
-        }
-        Some(other) => Err(format!("unknown command `{other}`\n\n{HELP}").into()),
+        Some("serve") => serve(database_url.as_deref(), &args[1..]).await?,
+        Some("admin") => return admin::run(database_url.as_deref(), &args[1..]).await,
+        Some("--help" | "-h" | "help") => print!("{HELP}"),
+        Some(other) => return Err(format!("unknown command `{other}`\n\n{HELP}").into()),
     }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The whole tour on the in-memory stores.
@@ -166,6 +170,8 @@ async fn serve(database_url: Option<&str>, args: &[String]) -> Result<(), BoxErr
             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
         ])?
         .install_recorder()?;
+    // `# HELP` and units for every annals metric in `/metrics`
+    annals::metrics::describe();
     let listener = tokio::net::TcpListener::bind(("0.0.0.0", port)).await?;
     let stale_after = std::time::Duration::from_secs(300);
     let service = match database_url {
@@ -221,5 +227,7 @@ fn at(p: LogPosition) -> String {
     format!("(tx {}, pos {})", p.transaction_id, p.position)
 }
 
+#[cfg(test)]
+mod admin_tests;
 #[cfg(test)]
 mod tests;

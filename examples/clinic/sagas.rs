@@ -321,3 +321,20 @@ where
     why("the saga's state, its commands (an outbox) and the runner's checkpoint commit together; after a crash the worker delivers what was recorded, timeouts fire from stored deadlines, and a failure undoes the steps that were done, newest first.");
     Ok(())
 }
+
+/// Registers the booking saga with the admin commands: its projection
+/// runner on Postgres (the saga's dead letters are replayed through it) and
+/// its events (decoded by `admin streams read`).
+pub(crate) fn register_admin(
+    admin: annals::admin::AdminBuilder,
+    store: annals::postgres::PgEventStore,
+    projections: annals::postgres::PgProjectionStore,
+    sagas: annals::postgres::PgSagaStore,
+) -> annals::admin::AdminBuilder {
+    let runner = annals::ProjectionRunner::new(
+        store,
+        projections,
+        std::sync::Arc::new(annals::SagaProjection::<AppointmentBooking, _>::new(sagas)),
+    );
+    admin.projection(runner).events::<BookingEvent>()
+}

@@ -55,7 +55,7 @@ mod subject_keys;
 pub mod testing;
 
 pub use connect::{connect, PoolConfig};
-pub use migrate::{migrate, migrate_down, MIGRATIONS_TABLE};
+pub use migrate::{migrate, migrate_down, migration_status, MigrationState, MIGRATIONS_TABLE};
 pub use projection::{PgLease, PgProjectionStore};
 pub use saga::PgSagaStore;
 pub use snapshot::PgSnapshotStore;

@@ -47,6 +47,50 @@ pub async fn migrate_down(pool: &PgPool) -> Result<(), Error> {
     .await
 }
 
+/// One annals migration and whether the database has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationState {
+    /// Its version (the number its file name starts with).
+    pub version: i64,
+    /// What it does (from its file name).
+    pub description: String,
+    /// When it was applied (`None`: pending).
+    pub applied_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Every annals migration embedded in this crate, in order, with when the
+/// database behind `pool` applied it (`None`: pending). Reads the
+/// [`MIGRATIONS_TABLE`]; a database that never ran [`migrate`] has every
+/// migration pending.
+pub async fn migration_status(pool: &PgPool) -> Result<Vec<MigrationState>, Error> {
+    let context = "reading the applied annals migrations";
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .bind(MIGRATIONS_TABLE)
+        .fetch_one(pool)
+        .await
+        .map_err(|e| Error::backend(context, e))?;
+    let applied: Vec<(i64, chrono::DateTime<chrono::Utc>)> = if exists {
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT version, installed_on FROM {MIGRATIONS_TABLE} WHERE success"
+        )))
+        .fetch_all(pool)
+        .await
+        .map_err(|e| Error::backend(context, e))?
+    } else {
+        Vec::new()
+    };
+    let applied: std::collections::HashMap<i64, _> = applied.into_iter().collect();
+    Ok(migrator()
+        .iter()
+        .filter(|m| m.migration_type.is_up_migration())
+        .map(|m| MigrationState {
+            version: m.version,
+            description: m.description.to_string(),
+            applied_at: applied.get(&m.version).copied(),
+        })
+        .collect())
+}
+
 /// Which way [`run`] goes.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Direction {

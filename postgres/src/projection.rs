@@ -165,6 +165,47 @@ impl PgProjectionStore {
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
+
+    /// Pauses a projection: marks it `stopped` and fences off its owner.
+    ///
+    /// The lease epoch moves on, so the runner that owns the projection
+    /// commits no further batch (its checkpoint move fails, as for an owner
+    /// that lost its lock) and lets go at its next lease check; no runner
+    /// (in any process) takes a paused projection until
+    /// [`resume`](Self::resume): `try_acquire` answers as if another runner
+    /// owned it, so `run` stands by and `catch_up` / `rebuild` fail with
+    /// `NotOwner`. Returns `false` when the projection has no checkpoint or
+    /// is already paused.
+    pub async fn pause(&self, projection: &str) -> Result<bool, Error> {
+        check_projection_name(projection)?;
+        let done = sqlx::query(
+            "UPDATE annals_projection_checkpoints
+                SET status = 'stopped', lease_epoch = lease_epoch + 1, updated_at = now()
+              WHERE projection_name = $1 AND status <> 'stopped'",
+        )
+        .bind(projection)
+        .execute(&self.pool)
+        .await
+        .map_err(db("pausing a projection"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Resumes a paused projection: marks it `running` again, so a runner
+    /// standing by takes it over at its next attempt. Returns `false` when
+    /// it is not paused.
+    pub async fn resume(&self, projection: &str) -> Result<bool, Error> {
+        check_projection_name(projection)?;
+        let done = sqlx::query(
+            "UPDATE annals_projection_checkpoints
+                SET status = 'running', error = NULL, error_position = NULL, updated_at = now()
+              WHERE projection_name = $1 AND status = 'stopped'",
+        )
+        .bind(projection)
+        .execute(&self.pool)
+        .await
+        .map_err(db("resuming a projection"))?;
+        Ok(done.rows_affected() == 1)
+    }
 }
 
 impl DeadLetterStore for PgProjectionStore {
@@ -267,20 +308,27 @@ impl ProjectionStore for PgProjectionStore {
         if locked {
             // a new epoch: from now on the previous owner's checkpoint moves
             // fail (it waits for that owner's batch in flight, if that batch
-            // already moved the checkpoint, because it locks the same row)
+            // already moved the checkpoint, because it locks the same row).
+            // A paused projection (status `stopped`, see `pause`) is not
+            // taken: no row comes back, and the lock is given up below.
             let epoch = sqlx::query_scalar::<_, i64>(
                 "INSERT INTO annals_projection_checkpoints (projection_name, lease_epoch)
                  VALUES ($1, 1)
                  ON CONFLICT (projection_name)
                  DO UPDATE SET lease_epoch = annals_projection_checkpoints.lease_epoch + 1
+                    WHERE annals_projection_checkpoints.status <> 'stopped'
                  RETURNING lease_epoch",
             )
             .bind(projection)
-            .fetch_one(&mut conn)
+            .fetch_optional(&mut conn)
             .await
             .map_err(db("starting a projection lease"));
             match epoch {
-                Ok(epoch) => Ok(Some(PgLease {
+                Ok(None) => {
+                    let _ = sqlx::Connection::close(conn).await;
+                    Ok(None)
+                }
+                Ok(Some(epoch)) => Ok(Some(PgLease {
                     conn: Some(conn),
                     key,
                     projection: projection.to_owned(),
@@ -368,10 +416,12 @@ impl ProjectionStore for PgProjectionStore {
     }
 
     async fn reset(&self, tx: &mut Self::Transaction, projection: &str) -> Result<(), Error> {
+        // a pause that came in since the rebuild took its lease stays
         sqlx::query(
             "UPDATE annals_projection_checkpoints
                 SET transaction_id = '0', position = 0, last_event_at = NULL, updated_at = now(),
-                    status = 'running', error = NULL, error_position = NULL
+                    status = CASE status WHEN 'stopped' THEN 'stopped' ELSE 'running' END,
+                    error = NULL, error_position = NULL
               WHERE projection_name = $1",
         )
         .bind(projection)

@@ -49,6 +49,26 @@ impl PgSagaStore {
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
+
+    /// Makes every command of a saga that waits for delivery (neither
+    /// delivered nor given up) due now, skipping what is left of its retry
+    /// backoff: the next worker poll claims it. A command that a worker has
+    /// claimed and is delivering at this moment becomes claimable again
+    /// too, so it may be delivered twice; delivery is at least once anyway
+    /// and commands carry idempotency keys. Given-up commands stay given up
+    /// (the saga has already decided what to do about them). Returns how
+    /// many commands were rescheduled.
+    pub async fn retry_now(&self, saga_id: Uuid) -> Result<u64, SagaError> {
+        let done = sqlx::query(
+            "UPDATE annals_saga_outbox SET next_attempt_at = now()
+              WHERE saga_id = $1 AND dispatched_at IS NULL AND failed_at IS NULL",
+        )
+        .bind(saga_id)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| saga_error("rescheduling a saga's commands", e))?;
+        Ok(done.rows_affected())
+    }
 }
 
 macro_rules! saga_columns {

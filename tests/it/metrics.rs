@@ -279,3 +279,29 @@ async fn an_unreadable_row_of_another_type_is_skipped_and_counted() {
         "{rendered}"
     );
 }
+
+/// `annals::metrics::describe` gives the Prometheus exposition a `# HELP`
+/// line (and the unit in it) for the metrics that have values.
+#[test]
+fn described_metrics_have_help_in_the_exposition() {
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    metrics::with_local_recorder(&recorder, || {
+        annals::metrics::describe();
+        metrics::gauge!(annals::metrics::PROJECTION_LAG_SECONDS, "projection" => "leads").set(1.5);
+        metrics::counter!(annals::metrics::DEAD_LETTERS_PARKED_TOTAL, "handler" => "leads", "reason" => "failed")
+            .increment(1);
+    });
+    let rendered = handle.render();
+    for name in [
+        annals::metrics::PROJECTION_LAG_SECONDS,
+        annals::metrics::DEAD_LETTERS_PARKED_TOTAL,
+    ] {
+        assert!(
+            rendered
+                .lines()
+                .any(|l| l.starts_with(&format!("# HELP {name} "))),
+            "no HELP for {name} in:\n{rendered}"
+        );
+    }
+}

@@ -948,3 +948,55 @@ async fn hostile_discard_reasons_are_refused_before_any_sql() {
         .await
         .unwrap());
 }
+
+/// `pause` fences the current owner (its checkpoint move fails, its lease
+/// reads as lost) and keeps every runner out, a rebuild's reset included,
+/// until `resume`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_projection_is_fenced_and_taken_by_nobody_until_resumed() {
+    use annals_core::projection::Lease;
+    let db = TestDatabase::new().await;
+    let projections = PgProjectionStore::new(db.pool().clone());
+    let name = "paused";
+    assert!(!projections.pause(name).await.unwrap(), "no checkpoint yet");
+    let mut owner = projections.try_acquire(name).await.unwrap().unwrap();
+    assert!(owner.is_held().await);
+
+    assert!(projections.pause(name).await.unwrap());
+    assert!(!projections.pause(name).await.unwrap(), "already paused");
+    let checkpoint = projections.checkpoint(name).await.unwrap().unwrap();
+    assert_eq!(checkpoint.status, ProjectionStatus::Stopped);
+    // the owner is fenced: its lease reads as lost, its batch cannot commit
+    assert!(!owner.is_held().await);
+    let mut tx = projections.begin().await.unwrap();
+    let to = LogPosition::new(1, 1);
+    assert!(!projections
+        .advance(&mut tx, &owner, name, LogPosition::START, to, None)
+        .await
+        .unwrap());
+    drop(tx);
+    owner.release().await;
+    // nobody takes it, and a reset (a rebuild) leaves it paused
+    assert!(projections.try_acquire(name).await.unwrap().is_none());
+    let mut tx = projections.begin().await.unwrap();
+    projections.reset(&mut tx, name).await.unwrap();
+    projections.commit(tx).await.unwrap();
+    let checkpoint = projections.checkpoint(name).await.unwrap().unwrap();
+    assert_eq!(checkpoint.status, ProjectionStatus::Stopped);
+
+    assert!(projections.resume(name).await.unwrap());
+    assert!(!projections.resume(name).await.unwrap(), "not paused");
+    let lease = projections.try_acquire(name).await.unwrap().unwrap();
+    let mut tx = projections.begin().await.unwrap();
+    assert!(projections
+        .advance(&mut tx, &lease, name, LogPosition::START, to, None)
+        .await
+        .unwrap());
+    projections.commit(tx).await.unwrap();
+    lease.release().await;
+    let checkpoint = projections.checkpoint(name).await.unwrap().unwrap();
+    assert_eq!(
+        (checkpoint.status, checkpoint.position),
+        (ProjectionStatus::Running, to)
+    );
+}
