@@ -30,7 +30,7 @@ INSERT INTO clinic_treatments (name) VALUES ('implant'), ('whitening'), ('cleani
     ON CONFLICT DO NOTHING;
 CREATE TABLE IF NOT EXISTS clinic_lead_directory (
     lead_id      text PRIMARY KEY,
-    name         text NOT NULL,
+    name         text,
     treatment    text NOT NULL REFERENCES clinic_treatments (name),
     score        smallint,
     qualified_by text,
@@ -73,7 +73,8 @@ impl Projection for LeadDirectory {
                     SET name = EXCLUDED.name, treatment = EXCLUDED.treatment, version = EXCLUDED.version",
             )
             .bind(lead)
-            .bind(&c.name)
+            // NULL once the lead was forgotten
+            .bind(c.name.known())
             .bind(&c.treatment)
             .bind(version),
             LeadEvent::Scored(s) => sqlx::query(

@@ -1,16 +1,19 @@
 //! The clinic's domain: a lead's events (with a version 1 still in the
 //! store), the `Lead` aggregate and its rules.
 
+use annals::personal::Personal;
 use annals::prelude::*;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 // The application's events
 
-/// A lead entered the clinic's funnel.
+/// A lead entered the clinic's funnel. The name is the lead's personal
+/// data: a `PersonalStore` seals it with the lead's own key, and
+/// `forget` erases it (it then reads as `Personal::Forgotten`).
 #[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq)]
 pub(crate) struct LeadCreated {
-    pub(crate) name: String,
+    pub(crate) name: Personal<String>,
     pub(crate) treatment: String,
 }
 
@@ -52,8 +55,11 @@ pub(crate) struct LeadQualified {
 /// Every event of a lead. The derive names each variant (`lead.created`,
 /// `lead.scored`, `lead.qualified`), gives it a schema version and generates
 /// the decoder that upcasts old versions.
+/// A lead's personal data is the lead's own: the subject whose key seals
+/// it is the lead's stream (`lead-{id}`).
 #[derive(Event, Debug, Clone, PartialEq)]
 pub(crate) enum LeadEvent {
+    #[event(subject = envelope.stream_id)]
     Created(LeadCreated),
     #[event(version = 2, history(1 = LeadScoredV1))]
     Scored(LeadScored),
@@ -80,7 +86,7 @@ pub(crate) struct ReshapedLeadScored {
 #[derive(Aggregate, Default, Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq)]
 #[aggregate(event = LeadEvent, snapshot_every = 3)]
 pub(crate) struct Lead {
-    pub(crate) name: Option<String>,
+    pub(crate) name: Option<Personal<String>>,
     pub(crate) treatment: Option<String>,
     pub(crate) score: Option<u8>,
     pub(crate) qualified_by: Option<String>,
@@ -119,7 +125,7 @@ impl Aggregate for Lead {
             return match command {
                 LeadCommand::Create { name, treatment } => {
                     Ok(vec![LeadEvent::Created(LeadCreated {
-                        name: name.clone(),
+                        name: Personal::Known(name.clone()),
                         treatment: treatment.clone(),
                     })])
                 }
@@ -139,7 +145,7 @@ impl Aggregate for Lead {
                     Ok(vec![LeadEvent::Qualified(LeadQualified { by: by.clone() })])
                 }
                 score => Err(LeadError::ScoreTooLow {
-                    name: name.clone(),
+                    name: name.to_string(),
                     score,
                     needed: QUALIFYING_SCORE,
                 }),

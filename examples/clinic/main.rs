@@ -25,6 +25,7 @@
 use std::error::Error as StdError;
 use std::process::ExitCode;
 
+use annals::personal::{LocalKeyProvider, PersonalStore};
 use annals::postgres::sqlx::PgPool;
 use annals::postgres::{
     connect, migrate, PgEventStore, PgProjectionStore, PgSagaStore, PgSnapshotStore,
@@ -178,13 +179,21 @@ async fn serve(database_url: Option<&str>, args: &[String]) -> Result<(), BoxErr
         Some(url) => {
             let pool = connect(url).await?;
             migrate(&pool).await?;
-            let store = PgEventStore::builder(pool)
+            let store = PgEventStore::builder(pool.clone())
                 .register::<LeadEvent>()
                 .build()
                 .await?;
-            service::start(store, metrics, stale_after)
+            let keys = annals::postgres::PgSubjectKeys::new(pool, kek()?);
+            service::start(PersonalStore::new(store, keys), metrics, stale_after)
         }
-        None => service::start(InMemoryEventStore::new(), metrics, stale_after),
+        None => {
+            let keys = annals::personal::InMemorySubjectKeys::new(kek()?);
+            service::start(
+                PersonalStore::new(InMemoryEventStore::new(), keys),
+                metrics,
+                stale_after,
+            )
+        }
     };
     tracing::info!(
         addr = %listener.local_addr()?,
@@ -206,6 +215,21 @@ async fn serve(database_url: Option<&str>, args: &[String]) -> Result<(), BoxErr
     tracing::info!("stopping");
     service.stop().await;
     Ok(())
+}
+
+/// The key-encryption key that wraps every lead's data key: `ANNALS_KEK`
+/// (32 bytes in base64, e.g. from `openssl rand -base64 32`), from a
+/// secret store in production. Without it the example uses a fixed demo
+/// key and says so: fine for a tour, never for real data.
+fn kek() -> Result<LocalKeyProvider, BoxError> {
+    if std::env::var_os("ANNALS_KEK").is_some() {
+        return Ok(LocalKeyProvider::from_env("clinic-kek-1", "ANNALS_KEK")?);
+    }
+    tracing::warn!("ANNALS_KEK is not set: using the example's fixed demo key-encryption key");
+    Ok(LocalKeyProvider::from_base64(
+        "clinic-demo-kek",
+        "Y2xpbmljLWRlbW8ta2V5LW5vdC1mb3ItcmVhbC1kYXQ=",
+    )?)
 }
 
 // Output helpers shared by the sections.

@@ -19,7 +19,15 @@
 //! - `POST /leads/{id}/commands`: a command for the `Lead` aggregate, e.g.
 //!   `{"type": "create", "name": "Ana", "treatment": "implant"}`,
 //!   `{"type": "score", "score": 82, "confidence": 0.9}`,
-//!   `{"type": "qualify", "by": "reception"}`.
+//!   `{"type": "qualify", "by": "reception"}`;
+//! - `DELETE /leads/{id}/personal-data`: forgets the lead (the right to
+//!   erasure): its key is deleted, so its name reads as forgotten in the
+//!   log, in snapshots and in every copy sealed with it, and the read model
+//!   erases its own copy when the `subject.forgotten` event reaches it.
+//!   `202 Accepted`: the read model follows within moments.
+//!
+//! The store is a `PersonalStore`: the lead's name is sealed with the
+//! lead's own key before it is stored.
 //!
 //! The read model lives in memory (every instance builds its own copy from
 //! the log at start-up), so its checkpoint does too: an
@@ -27,8 +35,12 @@
 //! `PgProjectionStore` and write through the runner's transaction.
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use annals::personal::{PersonalStore, SubjectForgotten, SubjectKeys};
 
 use annals::projection::{InMemoryConn, ProjectionHandle};
 use annals::shutdown::ShutdownTrigger;
@@ -42,12 +54,13 @@ use axum::extract::{Path, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::{Deserialize, Serialize};
 
 use super::{Lead, LeadCommand, LeadEvent};
+use annals::AggregateState as _;
 
 /// The projection's name: its checkpoint, metrics and health entry.
 pub(crate) const SUMMARIES: &str = "lead_summaries";
@@ -56,7 +69,8 @@ pub(crate) const SUMMARIES: &str = "lead_summaries";
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub(crate) struct LeadSummary {
     pub(crate) id: String,
-    pub(crate) name: String,
+    /// `None` once the lead was forgotten.
+    pub(crate) name: Option<String>,
     pub(crate) treatment: String,
     pub(crate) score: Option<u8>,
     pub(crate) qualified_by: Option<String>,
@@ -96,7 +110,7 @@ impl Projection for LeadSummaries {
         });
         match &e.payload {
             LeadEvent::Created(c) => {
-                lead.name = c.name.clone();
+                lead.name = c.name.known().cloned();
                 lead.treatment = c.treatment.clone();
             }
             LeadEvent::Scored(s) => lead.score = Some(s.score),
@@ -108,6 +122,38 @@ impl Projection for LeadSummaries {
 
     async fn reset(&self, _: &mut InMemoryConn) -> Result<(), HandlerError> {
         self.lock().clear();
+        Ok(())
+    }
+}
+
+/// The read model's erasure: a projection of `subject.forgotten` events
+/// that blanks the forgotten lead's name in the same map.
+struct ForgottenLeads {
+    summaries: Arc<LeadSummaries>,
+}
+
+/// The erasure projection's name.
+const ERASURE: &str = "lead_summaries_erasure";
+
+impl Projection for ForgottenLeads {
+    type Event = SubjectForgotten;
+    type Conn = InMemoryConn;
+
+    fn name(&self) -> &str {
+        ERASURE
+    }
+
+    async fn apply(
+        &self,
+        _: &mut InMemoryConn,
+        e: &Envelope<SubjectForgotten>,
+    ) -> Result<(), HandlerError> {
+        // a lead's subject is its stream, `lead-{id}`
+        if let Some(id) = e.payload.subject.strip_prefix("lead-") {
+            if let Some(lead) = self.summaries.lock().get_mut(id) {
+                lead.name = None;
+            }
+        }
         Ok(())
     }
 }
@@ -131,8 +177,14 @@ impl From<CommandBody> for LeadCommand {
     }
 }
 
+/// Forgets a subject (the store's `forget`, behind the store's key type).
+type Forget = Arc<
+    dyn Fn(String) -> Pin<Box<dyn Future<Output = Result<(), annals::Error>> + Send>> + Send + Sync,
+>;
+
 struct App<S> {
     repository: Repository<Lead, S>,
+    forget: Forget,
     summaries: Arc<LeadSummaries>,
     health: HealthCheck<S, InMemoryProjectionStore>,
     metrics: PrometheusHandle,
@@ -143,7 +195,7 @@ struct App<S> {
 pub(crate) struct RunningService {
     router: Router,
     trigger: ShutdownTrigger,
-    projection: Option<ProjectionHandle>,
+    projections: Vec<ProjectionHandle>,
 }
 
 impl RunningService {
@@ -152,12 +204,12 @@ impl RunningService {
         self.router.clone()
     }
 
-    /// Stops the projection runner (the read model stops moving; readiness
+    /// Stops the projection runners (the read model stops moving; readiness
     /// turns to 503 once it lags beyond the threshold).
     pub(crate) async fn stop_projection(&mut self) {
-        if let Some(p) = self.projection.take() {
+        for p in self.projections.drain(..) {
             if let Err(e) = p.stop().await {
-                tracing::warn!(error = %e, "the projection runner ended with an error");
+                tracing::warn!(error = %e, "a projection runner ended with an error");
             }
         }
     }
@@ -172,15 +224,34 @@ impl RunningService {
 /// Starts the service's background work on `store` (the projection runner
 /// and a health monitor that keeps the health gauges current) and builds its
 /// router. `stale_after` is the projection's staleness threshold.
-pub(crate) fn start<S>(store: S, metrics: PrometheusHandle, stale_after: Duration) -> RunningService
+pub(crate) fn start<I, K>(
+    store: PersonalStore<I, K>,
+    metrics: PrometheusHandle,
+    stale_after: Duration,
+) -> RunningService
 where
-    S: WatchLog + Clone + Send + Sync + 'static,
+    I: WatchLog + Clone + Send + Sync + 'static,
+    K: SubjectKeys,
 {
     let projections = InMemoryProjectionStore::new();
     let summaries = Arc::new(LeadSummaries::default());
     let projection = ProjectionRunner::new(store.clone(), projections.clone(), summaries.clone())
         .poll_interval(Duration::from_millis(500))
         .spawn();
+    let erasure = ProjectionRunner::new(
+        store.clone(),
+        projections.clone(),
+        Arc::new(ForgottenLeads {
+            summaries: summaries.clone(),
+        }),
+    )
+    .poll_interval(Duration::from_millis(500))
+    .spawn();
+    let forgetting = store.clone();
+    let forget: Forget = Arc::new(move |subject| {
+        let store = forgetting.clone();
+        Box::pin(async move { store.forget(&subject).await.map(drop) })
+    });
     let health = HealthCheck::new(store.clone(), projections)
         .stale_after(stale_after)
         .expect(SUMMARIES);
@@ -189,24 +260,29 @@ where
     tokio::spawn(async move { monitor.monitor(Duration::from_secs(5), shutdown).await });
     let app = Arc::new(App {
         repository: Repository::of::<Lead>(store),
+        forget,
         summaries,
         health,
         metrics,
     });
     let router = Router::new()
-        .route("/metrics", get(metrics_route::<S>))
+        .route("/metrics", get(metrics_route::<PersonalStore<I, K>>))
         .route("/health/live", get(live))
-        .route("/health/ready", get(ready::<S>))
-        .route("/leads", get(list_leads::<S>))
-        .route("/leads/{id}", get(get_lead::<S>))
-        .route("/leads/{id}/commands", post(command::<S>))
+        .route("/health/ready", get(ready::<PersonalStore<I, K>>))
+        .route("/leads", get(list_leads::<PersonalStore<I, K>>))
+        .route("/leads/{id}", get(get_lead::<PersonalStore<I, K>>))
+        .route("/leads/{id}/commands", post(command::<PersonalStore<I, K>>))
+        .route(
+            "/leads/{id}/personal-data",
+            delete(forget_lead::<PersonalStore<I, K>>),
+        )
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route".to_owned()) })
         .layer(middleware::from_fn(log_request))
         .with_state(app);
     RunningService {
         router,
         trigger,
-        projection: Some(projection),
+        projections: vec![projection, erasure],
     }
 }
 
@@ -280,6 +356,28 @@ async fn command<S: WatchLog + Clone + Send + Sync + 'static>(
                 tracing::error!(lead = %id, error = ?e, "command failed");
             }
             error(status, e.to_string())
+        }
+    }
+}
+
+/// Forgets a lead: `202 Accepted` with the subject that was forgotten.
+async fn forget_lead<S: WatchLog + Clone + Send + Sync + 'static>(
+    State(app): State<Arc<App<S>>>,
+    Path(id): Path<String>,
+) -> Response {
+    let subject = Lead::stream_id(&id);
+    match (app.forget)(subject.clone()).await {
+        Ok(()) => (
+            StatusCode::ACCEPTED,
+            Json(serde_json::json!({ "forgotten": subject })),
+        )
+            .into_response(),
+        Err(annals::Error::Personal(annals::personal::PersonalError::InvalidInput(e))) => {
+            error(StatusCode::BAD_REQUEST, e.to_string())
+        }
+        Err(e) => {
+            tracing::error!(lead = %id, error = ?e, "forgetting a lead failed");
+            error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
         }
     }
 }

@@ -54,16 +54,92 @@ async fn eventually(mut check: impl AsyncFnMut() -> bool, what: &str) {
     }
 }
 
+/// The service's store in memory: leads' names sealed with keys of their
+/// own.
+fn in_memory() -> annals::personal::PersonalStore<
+    annals::InMemoryEventStore,
+    annals::personal::InMemorySubjectKeys<annals::personal::LocalKeyProvider>,
+> {
+    let keys = annals::personal::InMemorySubjectKeys::new(
+        annals::personal::LocalKeyProvider::generate("test-kek"),
+    );
+    annals::personal::PersonalStore::new(annals::InMemoryEventStore::new(), keys)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_forgets_a_lead() {
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .build_recorder()
+        .handle();
+    let store = in_memory();
+    let service = service::start(store.clone(), metrics, Duration::from_secs(300));
+    let router = service.router();
+    for (lead, name) in [("ana", "Ana Canary"), ("bo", "Bo Canary")] {
+        let body = format!(r#"{{"type":"create","name":"{name}","treatment":"implant"}}"#);
+        let (status, answer) =
+            call(&router, "POST", &format!("/leads/{lead}/commands"), &body).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    eventually(
+        async || {
+            call(&router, "GET", "/leads/bo", "")
+                .await
+                .1
+                .contains("Bo Canary")
+        },
+        "the read model shows both names",
+    )
+    .await;
+    // stored sealed: no name in the log's payloads
+    let stored = annals::EventStoreExt::read_stream(store.inner(), "lead-ana", ..)
+        .await
+        .expect("read the stored events");
+    assert!(
+        !stored[0].payload.get().contains("Ana Canary"),
+        "{}",
+        stored[0].payload.get()
+    );
+
+    let (status, answer) = call(&router, "DELETE", "/leads/ana/personal-data", "").await;
+    assert_eq!(status, 202, "{answer}");
+    assert!(answer.contains("lead-ana"), "{answer}");
+    eventually(
+        async || {
+            let (status, body) = call(&router, "GET", "/leads/ana", "").await;
+            status == 200 && body.contains("\"name\":null")
+        },
+        "the read model erases the name",
+    )
+    .await;
+    let (_, body) = call(&router, "GET", "/leads/bo", "").await;
+    assert!(
+        body.contains("Bo Canary"),
+        "another lead keeps its name: {body}"
+    );
+    // the lead itself goes on: a score is not personal data
+    let (status, answer) = call(
+        &router,
+        "POST",
+        "/leads/ana/commands",
+        r#"{"type":"score","score":82,"confidence":0.9}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let lead = annals::Repository::<crate::Lead, _>::new(store.clone())
+        .load("ana")
+        .await
+        .expect("a forgotten lead still loads");
+    assert_eq!(lead.state.name, Some(annals::personal::Personal::Forgotten));
+    assert_eq!(lead.state.score, Some(82));
+    service.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_service_serves_commands_the_read_model_metrics_and_readiness() {
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .expect("install the Prometheus recorder");
-    let mut service = service::start(
-        annals::InMemoryEventStore::new(),
-        metrics,
-        Duration::from_millis(300),
-    );
+    let mut service = service::start(in_memory(), metrics, Duration::from_millis(300));
     let addr = service.router();
 
     let (status, body) = call(&addr, "GET", "/health/live", "").await;
@@ -175,11 +251,7 @@ async fn client_errors_are_json_with_a_4xx_status() {
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .build_recorder()
         .handle();
-    let service = service::start(
-        annals::InMemoryEventStore::new(),
-        metrics,
-        Duration::from_secs(300),
-    );
+    let service = service::start(in_memory(), metrics, Duration::from_secs(300));
     let router = service.router();
     let json = |body: &str| -> serde_json::Value {
         serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))

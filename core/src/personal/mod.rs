@@ -114,6 +114,22 @@ impl<T> From<T> for Personal<T> {
     }
 }
 
+impl From<&str> for Personal<String> {
+    fn from(value: &str) -> Self {
+        Personal::Known(value.to_owned())
+    }
+}
+
+impl<T: std::fmt::Display> std::fmt::Display for Personal<T> {
+    /// The value, or `(forgotten)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Personal::Known(v) => v.fmt(f),
+            Personal::Forgotten => f.write_str("(forgotten)"),
+        }
+    }
+}
+
 /// The marker a forgotten value is stored (and read) as.
 pub fn forgotten_marker() -> serde_json::Value {
     serde_json::json!({ FORGOTTEN: true })
