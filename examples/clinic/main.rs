@@ -39,6 +39,7 @@ mod aggregate;
 mod domain;
 mod events;
 mod knowledge;
+mod personal;
 mod postgres;
 mod projections;
 mod sagas;
@@ -104,6 +105,8 @@ pub(crate) async fn tour_in_memory() -> Result<(), BoxError> {
     )
     .await?;
     knowledge::tour(&annals::knowledge::InMemoryKnowledgeBase::new(), "").await?;
+    let keys = annals::personal::InMemorySubjectKeys::new(kek()?);
+    personal::tour(&store, keys, "").await?;
     Ok(())
 }
 
@@ -139,10 +142,12 @@ pub(crate) async fn tour_on_postgres(pool: PgPool) -> Result<(), BoxError> {
     annals::postgres::knowledge::migrate(&pool).await?;
     say("`annals::postgres::knowledge::migrate(&pool)` installed pgvector and the knowledge base's tables.");
     knowledge::tour(
-        &annals::postgres::knowledge::PgKnowledgeBase::new(pool),
+        &annals::postgres::knowledge::PgKnowledgeBase::new(pool.clone()),
         &run,
     )
     .await?;
+    let keys = annals::postgres::PgSubjectKeys::new(pool, kek()?);
+    personal::tour(&store, keys, &run).await?;
     Ok(())
 }
 
