@@ -2,7 +2,7 @@
 //! full_page_writes on): events with two personal fields appended and
 //! loaded through a `PersonalStore`, against the same events with plain
 //! fields through the `PgEventStore` it wraps, in the same run,
-//! interleaved (3 rounds, medians).
+//! one operation of each in turn (3 rounds, medians).
 //!
 //! - append: one event per append, each to a stream of its own subject
 //!   (a new data key per subject: a key row is written beside the first
@@ -92,19 +92,27 @@ fn run_of(mut latencies: Vec<Duration>, elapsed: Duration) -> Run {
     }
 }
 
-async fn timed<F, Fut>(n: usize, mut op: F) -> Run
+/// Runs `a` and `b` alternately, `n` times each, so that both see the same
+/// moments of the machine (a noisy neighbour slows both, not one side);
+/// each side's rate is its operations over the sum of its own latencies.
+async fn paired<A, FA, B, FB>(n: usize, mut a: A, mut b: B) -> (Run, Run)
 where
-    F: FnMut(usize) -> Fut,
-    Fut: std::future::Future<Output = ()>,
+    A: FnMut(usize) -> FA,
+    FA: std::future::Future<Output = ()>,
+    B: FnMut(usize) -> FB,
+    FB: std::future::Future<Output = ()>,
 {
-    let mut latencies = Vec::with_capacity(n);
-    let started = Instant::now();
+    let (mut la, mut lb) = (Vec::with_capacity(n), Vec::with_capacity(n));
     for i in 0..n {
         let t = Instant::now();
-        op(i).await;
-        latencies.push(t.elapsed());
+        a(i).await;
+        la.push(t.elapsed());
+        let t = Instant::now();
+        b(i).await;
+        lb.push(t.elapsed());
     }
-    run_of(latencies, started.elapsed())
+    let (ta, tb) = (la.iter().sum(), lb.iter().sum());
+    (run_of(la, ta), run_of(lb, tb))
 }
 
 fn median(runs: &[Run], f: impl Fn(&Run) -> f64) -> f64 {
@@ -143,120 +151,93 @@ fn main() {
         let (mut new_p, mut new_b, mut known_p, mut known_b) = (vec![], vec![], vec![], vec![]);
         let (mut load_p, mut load_b, mut cold_p, mut cold_b) = (vec![], vec![], vec![], vec![]);
         for round in 0..ROUNDS {
+            let (store, inner, meta) = (&store, &inner, &meta);
             // appends, each to a new subject's stream
-            new_p.push(
-                timed(STREAMS, |i| {
-                    let store = &store;
-                    let meta = &meta;
-                    async move {
-                        let stream = format!("p-{round}-{i}");
-                        store
-                            .append_events(&stream, ExpectedVersion::NoStream, &[personal(0)], meta)
-                            .await
-                            .expect("append personal");
-                    }
-                })
-                .await,
-            );
-            new_b.push(
-                timed(STREAMS, |i| {
-                    let inner = &inner;
-                    let meta = &meta;
-                    async move {
-                        let stream = format!("b-{round}-{i}");
-                        inner
-                            .append_events(&stream, ExpectedVersion::NoStream, &[plain(0)], meta)
-                            .await
-                            .expect("append plain");
-                    }
-                })
-                .await,
-            );
+            let (p, b) = paired(
+                STREAMS,
+                |i| async move {
+                    let stream = format!("p-{round}-{i}");
+                    store
+                        .append_events(&stream, ExpectedVersion::NoStream, &[personal(0)], meta)
+                        .await
+                        .expect("append personal");
+                },
+                |i| async move {
+                    let stream = format!("b-{round}-{i}");
+                    inner
+                        .append_events(&stream, ExpectedVersion::NoStream, &[plain(0)], meta)
+                        .await
+                        .expect("append plain");
+                },
+            )
+            .await;
+            new_p.push(p);
+            new_b.push(b);
             // 9 more events per stream: subjects known (keys cached)
-            let n = STREAMS * 9;
-            known_p.push(
-                timed(n, |i| {
-                    let store = &store;
-                    let meta = &meta;
-                    async move {
-                        let stream = format!("p-{round}-{}", i % STREAMS);
-                        store
-                            .append_events(&stream, ExpectedVersion::Any, &[personal(i)], meta)
-                            .await
-                            .expect("append personal");
-                    }
-                })
-                .await,
-            );
-            known_b.push(
-                timed(n, |i| {
-                    let inner = &inner;
-                    let meta = &meta;
-                    async move {
-                        let stream = format!("b-{round}-{}", i % STREAMS);
-                        inner
-                            .append_events(&stream, ExpectedVersion::Any, &[plain(i)], meta)
-                            .await
-                            .expect("append plain");
-                    }
-                })
-                .await,
-            );
+            let (p, b) = paired(
+                STREAMS * 9,
+                |i| async move {
+                    let stream = format!("p-{round}-{}", i % STREAMS);
+                    store
+                        .append_events(&stream, ExpectedVersion::Any, &[personal(i)], meta)
+                        .await
+                        .expect("append personal");
+                },
+                |i| async move {
+                    let stream = format!("b-{round}-{}", i % STREAMS);
+                    inner
+                        .append_events(&stream, ExpectedVersion::Any, &[plain(i)], meta)
+                        .await
+                        .expect("append plain");
+                },
+            )
+            .await;
+            known_p.push(p);
+            known_b.push(b);
             // loads of the 10-event streams, keys cached
-            load_p.push(
-                timed(STREAMS, |i| {
-                    let store = &store;
-                    async move {
-                        let read = store
-                            .read_stream_as::<PersonalNoted>(&format!("p-{round}-{i}"), ..)
-                            .await
-                            .expect("load personal");
-                        assert_eq!(read.len(), 10);
-                        assert!(read[0].payload.name.known().is_some());
-                    }
-                })
-                .await,
-            );
-            load_b.push(
-                timed(STREAMS, |i| {
-                    let inner = &inner;
-                    async move {
-                        let read = inner
-                            .read_stream_as::<PlainNoted>(&format!("b-{round}-{i}"), ..)
-                            .await
-                            .expect("load plain");
-                        assert_eq!(read.len(), 10);
-                    }
-                })
-                .await,
-            );
+            let (p, b) = paired(
+                STREAMS,
+                |i| async move {
+                    let read = store
+                        .read_stream_as::<PersonalNoted>(&format!("p-{round}-{i}"), ..)
+                        .await
+                        .expect("load personal");
+                    assert_eq!(read.len(), 10);
+                    assert!(read[0].payload.name.known().is_some());
+                },
+                |i| async move {
+                    let read = inner
+                        .read_stream_as::<PlainNoted>(&format!("b-{round}-{i}"), ..)
+                        .await
+                        .expect("load plain");
+                    assert_eq!(read.len(), 10);
+                },
+            )
+            .await;
+            load_p.push(p);
+            load_b.push(b);
             // the same loads from a process with no key cached
             let cold: Store = PersonalStore::new(inner.clone(), keys.clone());
-            cold_p.push(
-                timed(STREAMS, |i| {
-                    let cold = &cold;
-                    async move {
-                        let read = cold
-                            .read_stream_as::<PersonalNoted>(&format!("p-{round}-{i}"), ..)
-                            .await
-                            .expect("cold load personal");
-                        assert!(read[9].payload.phone.known().is_some());
-                    }
-                })
-                .await,
-            );
-            cold_b.push(
-                timed(STREAMS, |i| {
-                    let inner = &inner;
-                    async move {
-                        inner
-                            .read_stream_as::<PlainNoted>(&format!("b-{round}-{i}"), ..)
-                            .await
-                            .expect("load plain");
-                    }
-                })
-                .await,
-            );
+            let cold = &cold;
+            let (p, b) = paired(
+                STREAMS,
+                |i| async move {
+                    let read = cold
+                        .read_stream_as::<PersonalNoted>(&format!("p-{round}-{i}"), ..)
+                        .await
+                        .expect("cold load personal");
+                    assert!(read[9].payload.phone.known().is_some());
+                },
+                |i| async move {
+                    inner
+                        .read_stream_as::<PlainNoted>(&format!("b-{round}-{i}"), ..)
+                        .await
+                        .expect("load plain");
+                },
+            )
+            .await;
+            cold_p.push(p);
+            cold_b.push(b);
             assert_eq!(cold.cached_keys(), STREAMS, "one key per subject cached");
         }
         println!(
