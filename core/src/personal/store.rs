@@ -330,15 +330,16 @@ impl<K: SubjectKeys> Shared<K> {
         Ok(key)
     }
 
-    /// Validates (in plaintext) and seals the personal fields of events
-    /// about to be appended to `stream_id`.
-    async fn seal_events(
+    /// Validates (in plaintext, when `store` validates) and seals the
+    /// personal fields of events about to be appended to `stream_id` in
+    /// `store`.
+    async fn seal_for<S: EventStore>(
         &self,
-        registry: &SchemaRegistry,
-        validates: bool,
+        store: &S,
         stream_id: &str,
         events: &mut [NewEvent],
     ) -> Result<(), Error> {
+        let (registry, validates) = (store.registry(), store.validates_on_append());
         for e in events.iter_mut() {
             let Some(schema) = registry.get(&e.event_type, e.schema_version) else {
                 continue;
@@ -549,12 +550,7 @@ impl<S: EventStore + Clone, K: SubjectKeys> Session for PersonalSession<S, K> {
         mut events: Vec<NewEvent>,
     ) -> Result<AppendResult, Error> {
         self.shared
-            .seal_events(
-                self.store.registry(),
-                self.store.validates_on_append(),
-                stream_id,
-                &mut events,
-            )
+            .seal_for(&self.store, stream_id, &mut events)
             .await?;
         self.inner.append(stream_id, expected, events).await
     }
@@ -586,12 +582,7 @@ impl<S: EventStore + Clone, K: SubjectKeys> EventStore for PersonalStore<S, K> {
         mut events: Vec<NewEvent>,
     ) -> Result<AppendResult, Error> {
         self.shared
-            .seal_events(
-                self.inner.registry(),
-                self.inner.validates_on_append(),
-                stream_id,
-                &mut events,
-            )
+            .seal_for(&self.inner, stream_id, &mut events)
             .await?;
         self.inner.append(stream_id, expected, events).await
     }
@@ -634,24 +625,6 @@ impl<S: EventStore + Clone, K: SubjectKeys> EventStore for PersonalStore<S, K> {
                 })
             })
             .collect()
-    }
-
-    async fn fold_stream_payloads<F>(
-        &self,
-        stream_id: &str,
-        versions: impl RangeBounds<u64> + Send,
-        f: F,
-    ) -> Result<u64, Error>
-    where
-        F: FnMut(PayloadRef<'_>) -> Result<(), Error> + Send,
-    {
-        let mut opener = Opener::new(&self.shared, stream_id, f);
-        let n = self
-            .inner
-            .fold_stream_payloads(stream_id, versions, |p| opener.accept(p).map(drop))
-            .await?;
-        opener.finish().await?;
-        Ok(n)
     }
 
     async fn read_log(
