@@ -57,6 +57,9 @@
 
 mod cli;
 mod commands;
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub mod http;
 mod error;
 mod exit;
 mod output;
