@@ -57,11 +57,11 @@
 
 mod cli;
 mod commands;
+mod error;
+mod exit;
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod http;
-mod error;
-mod exit;
 mod output;
 mod progress;
 mod registered;

@@ -106,9 +106,13 @@ pub(crate) async fn run(
         },
         DeadLettersCommand::Discard { id, reason } => {
             discard(admin, *id, reason).await?;
-            out.emit(&Discarded { id: *id, reason: reason.clone() }, |w| {
-                writeln!(w, "dead letter {id} discarded")
-            })?;
+            out.emit(
+                &Discarded {
+                    id: *id,
+                    reason: reason.clone(),
+                },
+                |w| writeln!(w, "dead letter {id} discarded"),
+            )?;
             Ok(Exit::Ok)
         }
     }

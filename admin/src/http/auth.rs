@@ -40,7 +40,10 @@ impl std::fmt::Debug for Auth {
 
 /// The token given to [`Auth::bearer`] is too short to be a secret.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("the admin token must be at least {} characters long (got {length}); generate a random one", Auth::MIN_TOKEN_LENGTH)]
+#[error(
+    "the admin token must be at least {} characters long (got {length}); generate a random one",
+    Auth::MIN_TOKEN_LENGTH
+)]
 pub struct ShortToken {
     /// The length of the token given, in characters.
     pub length: usize,

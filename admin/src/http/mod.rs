@@ -98,7 +98,6 @@ pub fn router(admin: Admin, auth: Auth) -> Router {
         .route("/sagas/{id}", get(api::saga))
         .route("/sagas/{id}/retry", post(api::retry))
         .route("/streams/{stream}", get(api::stream))
-        .fallback(api::not_found)
         .route_layer(axum::middleware::from_fn_with_state(
             shared.clone(),
             api::require_token,
@@ -113,6 +112,7 @@ pub fn router(admin: Admin, auth: Auth) -> Router {
         .route("/projections/{name}/resume", post(page::resume))
         .route("/sagas/{id}/retry", post(page::retry))
         .nest("/api", api)
+        .fallback(api::not_found)
         .with_state(shared)
 }
 

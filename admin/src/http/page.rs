@@ -188,8 +188,7 @@ async fn page(
     let admin = &state.admin;
     let loaded = async {
         let status = status::report(admin).await?;
-        let letters =
-            dead_letters::list(admin, None, StatusFilter::Pending, 0, PAGE_ROWS).await?;
+        let letters = dead_letters::list(admin, None, StatusFilter::Pending, 0, PAGE_ROWS).await?;
         let sagas = sagas::list(admin, None, PAGE_ROWS).await?;
         Ok::<_, AdminError>((status, letters, sagas))
     }
@@ -262,7 +261,11 @@ impl View<'_> {
             write!(h, "<p class=\"notice\" id=\"notice\">{}</p>", Esc(notice))?;
         }
         if let Some(problem) = self.problem {
-            write!(h, "<p class=\"problem\" id=\"problem\">{}</p>", Esc(problem))?;
+            write!(
+                h,
+                "<p class=\"problem\" id=\"problem\">{}</p>",
+                Esc(problem)
+            )?;
         }
 
         h.push_str(
@@ -364,7 +367,9 @@ impl View<'_> {
         let in_flight: u64 = s.sagas_in_flight.iter().map(|c| c.count).sum();
         write!(h, "<h2>Sagas in flight: {in_flight}</h2>")?;
         if !s.sagas_in_flight.is_empty() {
-            h.push_str("<table id=\"saga-counts\"><tr><th>Type</th><th>Status</th><th>Count</th></tr>");
+            h.push_str(
+                "<table id=\"saga-counts\"><tr><th>Type</th><th>Status</th><th>Count</th></tr>",
+            );
             for c in &s.sagas_in_flight {
                 write!(
                     h,
@@ -466,7 +471,9 @@ where
         Err(Failure::Admin(e)) => {
             page(&state, &base, status_of(&e), None, Some(&e.to_string())).await
         }
-        Err(Failure::Malformed(e)) => page(&state, &base, StatusCode::BAD_REQUEST, None, Some(&e)).await,
+        Err(Failure::Malformed(e)) => {
+            page(&state, &base, StatusCode::BAD_REQUEST, None, Some(&e)).await
+        }
     }
 }
 
@@ -588,7 +595,10 @@ mod tests {
             done: Some("replayed".into()),
             id: Some("7".into()),
         };
-        assert_eq!(done.message().as_deref(), Some("Dead letter 7 replayed: resolved."));
+        assert_eq!(
+            done.message().as_deref(),
+            Some("Dead letter 7 replayed: resolved.")
+        );
         let unknown = Done {
             done: Some("<b>hi</b>".into()),
             id: None,

@@ -698,4 +698,3 @@ impl<S: WatchLog + Clone, K: SubjectKeys> WatchLog for PersonalStore<S, K> {
         self.inner.watch().await
     }
 }
-
