@@ -116,11 +116,7 @@ async fn the_json_api_replays_and_discards_dead_letters() {
     assert_eq!(status, StatusCode::OK, "{body}");
     let shown = json_of(&body);
     assert_eq!(shown["dead_letter"]["stream_id"], "note-1");
-    assert_eq!(
-        shown["event"]["payload"],
-        json!("first"),
-        "{body}"
-    );
+    assert_eq!(shown["event"]["payload"], json!("first"), "{body}");
 
     let (status, _, body) = send(
         &app,

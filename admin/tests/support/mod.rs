@@ -17,16 +17,16 @@ use annals::{
 };
 
 /// The admin token of the tests.
-pub const TOKEN: &str = "test-admin-token-0123456789";
+pub(crate) const TOKEN: &str = "test-admin-token-0123456789";
 
 #[derive(Debug, Clone, PartialEq, annals::Event)]
-pub enum NoteEvent {
+pub(crate) enum NoteEvent {
     Written(String),
 }
 
 /// Refuses every note while broken, naming the note in its error.
-pub struct Notes {
-    pub broken: AtomicBool,
+pub(crate) struct Notes {
+    pub(crate) broken: AtomicBool,
 }
 
 impl Projection for Notes {
@@ -52,17 +52,17 @@ impl Projection for Notes {
     }
 }
 
-pub struct World {
-    pub db: TestDatabase,
-    pub store: PgEventStore,
-    pub admin: Admin,
-    pub notes: Arc<Notes>,
+pub(crate) struct World {
+    pub(crate) db: TestDatabase,
+    pub(crate) store: PgEventStore,
+    pub(crate) admin: Admin,
+    pub(crate) notes: Arc<Notes>,
     /// The application's own runner (the admin has another).
-    pub runner: ProjectionRunner<PgEventStore, PgProjectionStore, Notes>,
+    pub(crate) runner: ProjectionRunner<PgEventStore, PgProjectionStore, Notes>,
 }
 
 impl World {
-    pub async fn new() -> World {
+    pub(crate) async fn new() -> World {
         let db = TestDatabase::new().await;
         let store = PgEventStore::builder(db.pool().clone())
             .register::<NoteEvent>()
@@ -94,14 +94,14 @@ impl World {
     }
 
     /// The admin's routes, nested at `/admin` as an application mounts them.
-    pub fn app(&self) -> axum::Router {
+    pub(crate) fn app(&self) -> axum::Router {
         let auth = Auth::bearer(TOKEN).expect("a long enough token");
         axum::Router::new().nest("/admin", router(self.admin.clone(), auth))
     }
 
     /// Appends a note to `stream` while the projection is broken, so that
     /// it is parked; then fixes the projection. Returns the dead letter's id.
-    pub async fn park(&self, stream: &str, text: &str) -> u64 {
+    pub(crate) async fn park(&self, stream: &str, text: &str) -> u64 {
         self.notes.broken.store(true, Ordering::SeqCst);
         self.store
             .append_events(
