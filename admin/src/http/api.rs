@@ -13,7 +13,7 @@ use super::{ApiError, State};
 use crate::cli::StatusFilter;
 use crate::commands::{dead_letters, projections, sagas, status, streams};
 
-type Answer = Result<Json<Value>, ApiError>;
+type Answer = Result<Response, ApiError>;
 
 /// Answers 401 unless the request carries the bearer token.
 pub(super) async fn require_token(state: State, request: Request, next: Next) -> Response {
@@ -29,9 +29,7 @@ pub(super) async fn not_found() -> ApiError {
 }
 
 fn json<T: serde::Serialize>(value: T) -> Answer {
-    serde_json::to_value(value)
-        .map(Json)
-        .map_err(|e| ApiError::Admin(crate::AdminError::Output(e.into())))
+    Ok(Json(value).into_response())
 }
 
 fn path<T>(p: Result<Path<T>, PathRejection>) -> Result<T, ApiError> {
@@ -140,12 +138,12 @@ pub(super) struct SagaList {
 pub(super) async fn sagas(state: State, q: Result<Query<SagaList>, QueryRejection>) -> Answer {
     let q = query(q)?;
     let list = sagas::list(&state.admin, q.saga_type.as_deref(), q.limit.unwrap_or(100)).await?;
-    Ok(Json(list.iter().map(sagas::saga_json).collect()))
+    json(list.iter().map(sagas::saga_json).collect::<Vec<Value>>())
 }
 
 pub(super) async fn saga(state: State, id: Result<Path<Uuid>, PathRejection>) -> Answer {
     let (saga, commands) = sagas::show(&state.admin, path(id)?).await?;
-    Ok(Json(sagas::show_json(&saga, &commands)))
+    json(sagas::show_json(&saga, &commands))
 }
 
 pub(super) async fn retry(state: State, id: Result<Path<Uuid>, PathRejection>) -> Answer {
