@@ -4,9 +4,9 @@ use std::fmt;
 use std::future::Future;
 use std::path::Path;
 
+use base64::Engine as _;
 use aes_gcm::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
 use aes_gcm::{Aes256Gcm, Key, Nonce};
-use base64::Engine as _;
 use zeroize::Zeroizing;
 
 use super::PersonalError;

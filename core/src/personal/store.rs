@@ -698,3 +698,4 @@ impl<S: WatchLog + Clone, K: SubjectKeys> WatchLog for PersonalStore<S, K> {
         self.inner.watch().await
     }
 }
+
