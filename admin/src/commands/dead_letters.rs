@@ -26,18 +26,18 @@ pub(crate) struct Shown {
 /// A dead letter replayed successfully.
 #[derive(Debug, Serialize)]
 pub(crate) struct Replayed {
-    pub(crate) id: u64,
-    pub(crate) handler: String,
-    pub(crate) outcome: &'static str,
+    id: u64,
+    handler: String,
+    outcome: &'static str,
 }
 
 /// What replaying a handler's dead letters did.
 #[derive(Debug, Default, Serialize)]
 pub(crate) struct ReplaySummary {
     handler: String,
-    pub(crate) resolved: u64,
-    pub(crate) failed: u64,
-    pub(crate) skipped: u64,
+    resolved: u64,
+    failed: u64,
+    skipped: u64,
     /// The last error of each entry that failed again, by id.
     errors: Vec<(u64, String)>,
 }
@@ -45,8 +45,8 @@ pub(crate) struct ReplaySummary {
 /// A dead letter given up on.
 #[derive(Debug, Serialize)]
 pub(crate) struct Discarded {
-    pub(crate) id: u64,
-    pub(crate) reason: String,
+    id: u64,
+    reason: String,
 }
 
 pub(crate) async fn run(
@@ -105,14 +105,8 @@ pub(crate) async fn run(
             }),
         },
         DeadLettersCommand::Discard { id, reason } => {
-            discard(admin, *id, reason).await?;
-            out.emit(
-                &Discarded {
-                    id: *id,
-                    reason: reason.clone(),
-                },
-                |w| writeln!(w, "dead letter {id} discarded"),
-            )?;
+            let discarded = discard(admin, *id, reason).await?;
+            out.emit(&discarded, |w| writeln!(w, "dead letter {id} discarded"))?;
             Ok(Exit::Ok)
         }
     }

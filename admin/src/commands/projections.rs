@@ -25,11 +25,11 @@ pub(crate) struct Rebuilt {
 /// What a pause or a resume did.
 #[derive(Debug, Serialize)]
 pub(crate) struct Changed {
-    pub(crate) projection: String,
+    projection: String,
     /// The status now.
-    pub(crate) status: &'static str,
+    status: &'static str,
     /// Whether this command changed it (false: it already was).
-    pub(crate) changed: bool,
+    changed: bool,
 }
 
 pub(crate) async fn run(

@@ -186,9 +186,9 @@ pub(crate) fn show_json(saga: &SagaRecord, commands: &[OutboxEntry]) -> Value {
 /// What `retry` did.
 #[derive(Debug, Serialize)]
 pub(crate) struct Retried {
-    pub(crate) saga_id: Uuid,
-    pub(crate) status: &'static str,
-    pub(crate) commands_rescheduled: u64,
+    saga_id: Uuid,
+    status: &'static str,
+    commands_rescheduled: u64,
 }
 
 /// Makes the saga's undelivered commands due now.
