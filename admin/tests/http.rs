@@ -277,8 +277,15 @@ async fn the_page_escapes_what_the_database_holds() {
     let cookie = session_cookie(&login);
     assert!(!cookie.contains(TOKEN), "the cookie is not the token");
 
-    let (status, _, body) = send(&app, page_request(Some(&cookie))).await;
+    let (status, response, body) = send(&app, page_request(Some(&cookie))).await;
     assert_eq!(status, StatusCode::OK, "{body}");
+    let policy = response.headers()["content-security-policy"]
+        .to_str()
+        .expect("ASCII");
+    assert!(
+        policy.contains("default-src 'none'"),
+        "no script may run: {policy}"
+    );
     assert!(!body.contains("<script"), "unescaped: {body}");
     assert!(
         body.contains("note-&lt;script&gt;alert(&#39;owned&#39;)&lt;/script&gt;"),

@@ -47,7 +47,8 @@
 //! resume buttons), the horizon, pending dead letters with replay and
 //! discard buttons, sagas in flight with a retry button. Each button is a
 //! plain form that posts, then redirects back to the page. Every value
-//! from the database is HTML-escaped.
+//! from the database is HTML-escaped, and the page's
+//! `Content-Security-Policy` lets no script run and no other site frame it.
 //!
 //! Without a session the page answers 401 with a login form: the operator
 //! pastes the token, and the page sets an `HttpOnly`, `Secure`,

@@ -7,7 +7,9 @@ use annals_core::dead_letter::DeadLetter;
 use annals_core::saga::SagaRecord;
 use axum::extract::rejection::{FormRejection, NestedPathRejection, PathRejection};
 use axum::extract::{NestedPath, Path, Query};
-use axum::http::header::{CACHE_CONTROL, LOCATION, SET_COOKIE};
+use axum::http::header::{
+    CACHE_CONTROL, CONTENT_SECURITY_POLICY, LOCATION, SET_COOKIE, X_FRAME_OPTIONS,
+};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::Form;
@@ -86,9 +88,20 @@ fn time(t: Option<DateTime<Utc>>) -> String {
     crate::output::time(t)
 }
 
-/// A response that must not be cached (it shows live state, or a form).
+/// What the page may load and who may frame it: nothing but its own
+/// inline style and forms posting to itself (no script runs, even one
+/// that escaped the escaping; no other site can frame the buttons).
+const POLICY: &str = "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; \
+                      frame-ancestors 'none'; base-uri 'none'";
+
+/// A page: not cached (it shows live state, or a form), under [`POLICY`].
 fn no_store(status: StatusCode, html: String) -> Response {
-    (status, [(CACHE_CONTROL, "no-store")], Html(html)).into_response()
+    let headers = [
+        (CACHE_CONTROL, "no-store"),
+        (CONTENT_SECURITY_POLICY, POLICY),
+        (X_FRAME_OPTIONS, "DENY"),
+    ];
+    (status, headers, Html(html)).into_response()
 }
 
 fn see_other(location: String, cookie: Option<String>) -> Response {
