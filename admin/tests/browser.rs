@@ -10,6 +10,7 @@
 
 mod support;
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -32,7 +33,11 @@ struct Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        // chromedriver and the browser it started share a process group
+        // (see `start`): end them all, also when the test failed before
+        // closing its session
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.profile);
     }
@@ -64,6 +69,7 @@ impl Driver {
         std::fs::create_dir_all(&profile).expect("a profile directory");
         let child = Command::new(CHROMEDRIVER)
             .arg(format!("--port={port}"))
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -101,6 +107,8 @@ impl Driver {
                     "--no-sandbox",
                     "--disable-gpu",
                     "--disable-dev-shm-usage",
+                    "--disable-crash-reporter",
+                    "--disable-breakpad",
                     "--window-size=1400,1000",
                     format!("--user-data-dir={}", self.profile.display()),
                 ],
