@@ -345,3 +345,28 @@ async fn the_page_escapes_what_the_database_holds() {
     let cleared = response.headers()[SET_COOKIE].to_str().expect("ASCII");
     assert!(cleared.contains("Max-Age=0"), "{cleared}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_the_applications_own_auth_the_router_checks_nothing() {
+    let world = World::new().await;
+    let app = axum::Router::new().nest(
+        "/ops",
+        annals::admin::http::router(
+            world.admin.clone(),
+            annals::admin::http::Auth::application(),
+        ),
+    );
+    let request = Request::get("/ops/api/status")
+        .body(Body::empty())
+        .expect("a request");
+    let (status, _, body) = send(&app, request).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let request = Request::get("/ops").body(Body::empty()).expect("a request");
+    let (status, _, body) = send(&app, request).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(!body.contains("Log out"), "nothing to log out of: {body}");
+    assert!(
+        body.contains("action=\"/ops/projections/notes/pause\""),
+        "{body}"
+    );
+}
