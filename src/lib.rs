@@ -26,7 +26,9 @@ pub use annals_postgres as postgres;
 
 /// The operator's console: admin commands (status, projections, dead
 /// letters, sagas, streams, schemas, migrations) an application mounts as
-/// a subcommand of its own binary ([`Admin`](admin::Admin)).
+/// a subcommand of its own binary ([`Admin`](admin::Admin)); with the
+/// feature `admin-http`, the same operations as a JSON API and a status
+/// page (`admin::http::router`).
 #[cfg(feature = "admin")]
 #[cfg_attr(docsrs, doc(cfg(feature = "admin")))]
 pub use annals_admin as admin;

@@ -108,7 +108,8 @@ pub enum ProjectionsCommand {
 }
 
 /// Which dead letters `dead-letters list` shows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum StatusFilter {
     /// Waiting for a replay or a discard.
     Pending,

@@ -37,6 +37,10 @@
 //! # }
 //! ```
 //!
+//! With the feature `http` (`admin-http` on the `annals` crate),
+//! `http::router` serves the same operations as a JSON API and a status
+//! page, for an application to mount in its axum service.
+//!
 //! The commands (`--json` after any of them prints JSON for scripts;
 //! [`Exit`] lists the exit codes):
 //!
@@ -59,6 +63,9 @@ mod cli;
 mod commands;
 mod error;
 mod exit;
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub mod http;
 mod output;
 mod progress;
 mod registered;

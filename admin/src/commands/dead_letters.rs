@@ -6,6 +6,7 @@ use std::io::Write;
 use annals_core::dead_letter::{DeadLetter, DeadLetterQuery, DeadLetterStatus, DeadLetterStore};
 use annals_core::projection::ReplayOutcome;
 use annals_core::EventStore;
+use indicatif::ProgressBar;
 use serde::Serialize;
 
 use super::streams::{decoded, DecodedEvent};
@@ -14,22 +15,25 @@ use crate::output::{opt, short, time, Out, Table};
 use crate::registered::RegisteredProjection;
 use crate::{progress, Admin, AdminError, Exit};
 
+/// One dead letter with its stored event.
 #[derive(Debug, Serialize)]
-struct Shown {
+pub(crate) struct Shown {
     dead_letter: DeadLetter,
     /// The parked event (`None`: no longer in the store).
     event: Option<DecodedEvent>,
 }
 
+/// A dead letter replayed successfully.
 #[derive(Debug, Serialize)]
-struct Replayed {
+pub(crate) struct Replayed {
     id: u64,
     handler: String,
     outcome: &'static str,
 }
 
+/// What replaying a handler's dead letters did.
 #[derive(Debug, Default, Serialize)]
-struct ReplaySummary {
+pub(crate) struct ReplaySummary {
     handler: String,
     resolved: u64,
     failed: u64,
@@ -38,8 +42,9 @@ struct ReplaySummary {
     errors: Vec<(u64, String)>,
 }
 
+/// A dead letter given up on.
 #[derive(Debug, Serialize)]
-struct Discarded {
+pub(crate) struct Discarded {
     id: u64,
     reason: String,
 }
@@ -56,55 +61,103 @@ pub(crate) async fn run(
             after,
             limit,
         } => {
-            let query = DeadLetterQuery {
-                handler: handler.clone(),
-                status: match status {
-                    StatusFilter::Pending => Some(DeadLetterStatus::Pending),
-                    StatusFilter::Resolved => Some(DeadLetterStatus::Resolved),
-                    StatusFilter::Discarded => Some(DeadLetterStatus::Discarded),
-                    StatusFilter::All => None,
-                },
-                after_id: *after,
-                limit: *limit,
-            };
-            let letters = admin.projections.list_dead_letters(&query).await?;
+            let letters = list(admin, handler.clone(), *status, *after, *limit).await?;
             out.emit(&letters, |w| table(&letters).write(w))?;
             Ok(Exit::Ok)
         }
         DeadLettersCommand::Show { id } => {
-            let letter = find(admin, *id).await?;
-            let event = admin
-                .store
-                .read_event(letter.event_position)
-                .await?
-                .map(|event| decoded(admin, event));
-            let shown = Shown {
-                dead_letter: letter,
-                event,
-            };
-            out.emit(&shown, |w| show(w, &shown))?;
+            let shown = show(admin, *id).await?;
+            out.emit(&shown, |w| write_shown(w, &shown))?;
             Ok(Exit::Ok)
         }
         DeadLettersCommand::Replay { id, handler } => match (id, handler) {
-            (Some(id), _) => replay_one(admin, *id, out).await,
-            (None, Some(handler)) => replay_handler(admin, handler, out).await,
+            (Some(id), _) => {
+                let bar = progress::bar(1, "replaying");
+                let replayed = replay_one(admin, *id).await;
+                bar.finish_and_clear();
+                let replayed = replayed?;
+                out.emit(&replayed, |w| {
+                    writeln!(w, "dead letter {id} replayed: {}", replayed.outcome)
+                })?;
+                Ok(Exit::Ok)
+            }
+            (None, Some(handler)) => {
+                let summary = replay_handler(admin, handler, true).await?;
+                out.emit(&summary, |w| {
+                    writeln!(
+                        w,
+                        "replayed `{handler}`: {} resolved, {} failed again, {} skipped (behind a failure in their stream)",
+                        summary.resolved, summary.failed, summary.skipped
+                    )?;
+                    for (id, error) in &summary.errors {
+                        writeln!(w, "  dead letter {id}: {}", short(error, 100))?;
+                    }
+                    Ok(())
+                })?;
+                Ok(if summary.failed == 0 {
+                    Exit::Ok
+                } else {
+                    Exit::Failed
+                })
+            }
             (None, None) => Err(AdminError::MissingArgument {
                 argument: "ID or --handler",
             }),
         },
         DeadLettersCommand::Discard { id, reason } => {
-            if !admin.projections.discard_dead_letter(*id, reason).await? {
-                let letter = find(admin, *id).await?;
-                return Err(AdminError::not_pending(*id, letter.status));
-            }
-            let discarded = Discarded {
-                id: *id,
-                reason: reason.clone(),
-            };
+            let discarded = discard(admin, *id, reason).await?;
             out.emit(&discarded, |w| writeln!(w, "dead letter {id} discarded"))?;
             Ok(Exit::Ok)
         }
     }
+}
+
+/// A page of dead letters, by id.
+pub(crate) async fn list(
+    admin: &Admin,
+    handler: Option<String>,
+    status: StatusFilter,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<DeadLetter>, AdminError> {
+    let query = DeadLetterQuery {
+        handler,
+        status: match status {
+            StatusFilter::Pending => Some(DeadLetterStatus::Pending),
+            StatusFilter::Resolved => Some(DeadLetterStatus::Resolved),
+            StatusFilter::Discarded => Some(DeadLetterStatus::Discarded),
+            StatusFilter::All => None,
+        },
+        after_id: after,
+        limit,
+    };
+    Ok(admin.projections.list_dead_letters(&query).await?)
+}
+
+/// One dead letter, with its stored event decoded.
+pub(crate) async fn show(admin: &Admin, id: u64) -> Result<Shown, AdminError> {
+    let letter = find(admin, id).await?;
+    let event = admin
+        .store
+        .read_event(letter.event_position)
+        .await?
+        .map(|event| decoded(admin, event));
+    Ok(Shown {
+        dead_letter: letter,
+        event,
+    })
+}
+
+/// Gives up on a pending dead letter.
+pub(crate) async fn discard(admin: &Admin, id: u64, reason: &str) -> Result<Discarded, AdminError> {
+    if !admin.projections.discard_dead_letter(id, reason).await? {
+        let letter = find(admin, id).await?;
+        return Err(AdminError::not_pending(id, letter.status));
+    }
+    Ok(Discarded {
+        id,
+        reason: reason.to_owned(),
+    })
 }
 
 async fn find(admin: &Admin, id: u64) -> Result<DeadLetter, AdminError> {
@@ -143,7 +196,7 @@ fn table(letters: &[DeadLetter]) -> Table {
     table
 }
 
-fn show(w: &mut dyn Write, shown: &Shown) -> std::io::Result<()> {
+fn write_shown(w: &mut dyn Write, shown: &Shown) -> std::io::Result<()> {
     let l = &shown.dead_letter;
     writeln!(w, "dead letter {}", l.id)?;
     writeln!(w, "  handler:      {}", l.handler)?;
@@ -170,7 +223,8 @@ fn show(w: &mut dyn Write, shown: &Shown) -> std::io::Result<()> {
     }
 }
 
-async fn replay_one(admin: &Admin, id: u64, out: &mut Out<'_>) -> Result<Exit, AdminError> {
+/// Runs a pending dead letter through its registered projection again.
+pub(crate) async fn replay_one(admin: &Admin, id: u64) -> Result<Replayed, AdminError> {
     let letter = find(admin, id).await?;
     if letter.status != DeadLetterStatus::Pending {
         return Err(AdminError::not_pending(id, letter.status));
@@ -181,21 +235,12 @@ async fn replay_one(admin: &Admin, id: u64, out: &mut Out<'_>) -> Result<Exit, A
             id,
             handler: letter.handler.clone(),
         })?;
-    let bar = progress::bar(1, "replaying");
-    let outcome = runner.replay(id).await;
-    bar.finish_and_clear();
-    match outcome? {
-        ReplayOutcome::Resolved => {
-            let replayed = Replayed {
-                id,
-                handler: letter.handler,
-                outcome: "resolved",
-            };
-            out.emit(&replayed, |w| {
-                writeln!(w, "dead letter {id} replayed: resolved")
-            })?;
-            Ok(Exit::Ok)
-        }
+    match runner.replay(id).await? {
+        ReplayOutcome::Resolved => Ok(Replayed {
+            id,
+            handler: letter.handler,
+            outcome: "resolved",
+        }),
         ReplayOutcome::Failed(e) => Err(AdminError::ReplayFailed {
             id,
             error: e.to_string(),
@@ -210,12 +255,13 @@ async fn replay_one(admin: &Admin, id: u64, out: &mut Out<'_>) -> Result<Exit, A
 
 /// Every pending entry of a handler, stream by stream in log order; within
 /// a stream it stops at the first entry that fails again (as
-/// `ProjectionRunner::replay_all`, one entry at a time for the progress bar).
-async fn replay_handler(
+/// `ProjectionRunner::replay_all`, one entry at a time for the progress bar,
+/// drawn on a terminal with `progress`).
+pub(crate) async fn replay_handler(
     admin: &Admin,
     handler: &str,
-    out: &mut Out<'_>,
-) -> Result<Exit, AdminError> {
+    progress: bool,
+) -> Result<ReplaySummary, AdminError> {
     let runner: &dyn RegisteredProjection = admin.require_runner(handler)?.as_ref();
     let mut pending = Vec::new();
     let mut query = DeadLetterQuery::pending(handler).limit(500);
@@ -226,7 +272,11 @@ async fn replay_handler(
         pending.extend(page);
     }
     pending.sort_by_key(|l| l.event_position);
-    let bar = progress::bar(pending.len() as u64, "replaying");
+    let bar = if progress {
+        progress::bar(pending.len() as u64, "replaying")
+    } else {
+        ProgressBar::hidden()
+    };
     let mut summary = ReplaySummary {
         handler: handler.to_owned(),
         ..ReplaySummary::default()
@@ -253,20 +303,5 @@ async fn replay_handler(
         }
     }
     bar.finish_and_clear();
-    out.emit(&summary, |w| {
-        writeln!(
-            w,
-            "replayed `{handler}`: {} resolved, {} failed again, {} skipped (behind a failure in their stream)",
-            summary.resolved, summary.failed, summary.skipped
-        )?;
-        for (id, error) in &summary.errors {
-            writeln!(w, "  dead letter {id}: {}", short(error, 100))?;
-        }
-        Ok(())
-    })?;
-    Ok(if summary.failed == 0 {
-        Exit::Ok
-    } else {
-        Exit::Failed
-    })
+    Ok(summary)
 }

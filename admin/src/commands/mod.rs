@@ -4,13 +4,13 @@ use crate::cli::AdminCommand;
 use crate::output::Out;
 use crate::{Admin, AdminError, Exit};
 
-mod dead_letters;
+pub(crate) mod dead_letters;
 mod migrate;
-mod projections;
-mod sagas;
+pub(crate) mod projections;
+pub(crate) mod sagas;
 mod schemas;
-mod status;
-mod streams;
+pub(crate) mod status;
+pub(crate) mod streams;
 
 pub(crate) async fn run(
     admin: &Admin,

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use annals_core::projection::{ProjectionError, ProjectionStatus};
 use annals_core::{EventStore, LogPosition, ProjectionStore};
+use indicatif::ProgressBar;
 use serde::Serialize;
 
 use super::status::{health, projections_table};
@@ -11,8 +12,9 @@ use crate::cli::ProjectionsCommand;
 use crate::output::Out;
 use crate::{progress, Admin, AdminError, Exit};
 
+/// What a rebuild did.
 #[derive(Debug, Serialize)]
-struct Rebuilt {
+pub(crate) struct Rebuilt {
     projection: String,
     events_read: u64,
     events_applied: u64,
@@ -20,8 +22,9 @@ struct Rebuilt {
     checkpoint: LogPosition,
 }
 
+/// What a pause or a resume did.
 #[derive(Debug, Serialize)]
-struct Changed {
+pub(crate) struct Changed {
     projection: String,
     /// The status now.
     status: &'static str,
@@ -40,24 +43,52 @@ pub(crate) async fn run(
             out.emit(&rows, |w| projections_table(&rows).write(w))?;
             Ok(Exit::Ok)
         }
-        ProjectionsCommand::Rebuild { name } => rebuild(admin, name, out).await,
-        ProjectionsCommand::Pause { name } => {
-            // a registered projection that never ran gets its checkpoint,
-            // so that it can be paused before its first run
-            if admin.runner(name).is_some() {
-                admin.projections.init_checkpoint(name).await?;
-            } else {
-                require_checkpoint(admin, name).await?;
-            }
-            let changed = admin.projections.pause(name).await?;
-            report(out, name, "paused", changed)
+        ProjectionsCommand::Rebuild { name } => {
+            let rebuilt = rebuild(admin, name, true).await?;
+            out.emit(&rebuilt, |w| {
+                writeln!(
+                    w,
+                    "rebuilt `{name}`: {} event(s) read, {} applied, {} parked; checkpoint {}/{}",
+                    rebuilt.events_read,
+                    rebuilt.events_applied,
+                    rebuilt.events_parked,
+                    rebuilt.checkpoint.transaction_id,
+                    rebuilt.checkpoint.position
+                )
+            })?;
+            Ok(Exit::Ok)
         }
-        ProjectionsCommand::Resume { name } => {
-            require_checkpoint(admin, name).await?;
-            let changed = admin.projections.resume(name).await?;
-            report(out, name, "running", changed)
-        }
+        ProjectionsCommand::Pause { name } => report(out, pause(admin, name).await?),
+        ProjectionsCommand::Resume { name } => report(out, resume(admin, name).await?),
     }
+}
+
+/// Stops every runner of the projection until it is resumed.
+pub(crate) async fn pause(admin: &Admin, name: &str) -> Result<Changed, AdminError> {
+    // a registered projection that never ran gets its checkpoint, so that
+    // it can be paused before its first run
+    if admin.runner(name).is_some() {
+        admin.projections.init_checkpoint(name).await?;
+    } else {
+        require_checkpoint(admin, name).await?;
+    }
+    let changed = admin.projections.pause(name).await?;
+    Ok(Changed {
+        projection: name.to_owned(),
+        status: "paused",
+        changed,
+    })
+}
+
+/// Lets a paused projection's runners take it again.
+pub(crate) async fn resume(admin: &Admin, name: &str) -> Result<Changed, AdminError> {
+    require_checkpoint(admin, name).await?;
+    let changed = admin.projections.resume(name).await?;
+    Ok(Changed {
+        projection: name.to_owned(),
+        status: "running",
+        changed,
+    })
 }
 
 /// A projection is known when registered or checkpointed.
@@ -68,28 +99,27 @@ async fn require_checkpoint(admin: &Admin, name: &str) -> Result<(), AdminError>
     admin.require_runner(name).map(|_| ())
 }
 
-fn report(
-    out: &mut Out<'_>,
-    name: &str,
-    status: &'static str,
-    changed: bool,
-) -> Result<Exit, AdminError> {
-    let change = Changed {
-        projection: name.to_owned(),
-        status,
-        changed,
-    };
+fn report(out: &mut Out<'_>, change: Changed) -> Result<Exit, AdminError> {
     out.emit(&change, |w| {
-        if changed {
-            writeln!(w, "projection `{name}` {status}")
+        let Changed {
+            projection, status, ..
+        } = &change;
+        if change.changed {
+            writeln!(w, "projection `{projection}` {status}")
         } else {
-            writeln!(w, "projection `{name}` was already {status}")
+            writeln!(w, "projection `{projection}` was already {status}")
         }
     })?;
     Ok(Exit::Ok)
 }
 
-async fn rebuild(admin: &Admin, name: &str, out: &mut Out<'_>) -> Result<Exit, AdminError> {
+/// Clears the projection's read model and applies the whole log again;
+/// with `progress`, a progress bar on a terminal.
+pub(crate) async fn rebuild(
+    admin: &Admin,
+    name: &str,
+    progress: bool,
+) -> Result<Rebuilt, AdminError> {
     let runner = admin.require_runner(name)?.clone();
     if let Some(checkpoint) = admin.projections.checkpoint(name).await? {
         if checkpoint.status == ProjectionStatus::Stopped {
@@ -98,8 +128,12 @@ async fn rebuild(admin: &Admin, name: &str, out: &mut Out<'_>) -> Result<Exit, A
             });
         }
     }
-    let total = admin.store.backlog(LogPosition::START).await?.events;
-    let bar = progress::bar(total, "rebuilding");
+    let bar = if progress {
+        let total = admin.store.backlog(LogPosition::START).await?.events;
+        progress::bar(total, "rebuilding")
+    } else {
+        ProgressBar::hidden()
+    };
     let done = if bar.is_hidden() {
         runner.rebuild().await
     } else {
@@ -112,7 +146,7 @@ async fn rebuild(admin: &Admin, name: &str, out: &mut Out<'_>) -> Result<Exit, A
                 () = tokio::time::sleep(Duration::from_millis(250)) => {
                     if let Ok(Some(c)) = admin.projections.checkpoint(name).await {
                         if let Ok(left) = admin.store.backlog(c.position).await {
-                            bar.set_position(total.saturating_sub(left.events));
+                            bar.set_position(bar.length().unwrap_or(0).saturating_sub(left.events));
                         }
                     }
                 }
@@ -124,23 +158,11 @@ async fn rebuild(admin: &Admin, name: &str, out: &mut Out<'_>) -> Result<Exit, A
         ProjectionError::NotOwner { projection } => AdminError::Owned { name: projection },
         e => e.into(),
     })?;
-    let rebuilt = Rebuilt {
+    Ok(Rebuilt {
         projection: name.to_owned(),
         events_read: done.events_read,
         events_applied: done.events_applied,
         events_parked: done.events_parked,
         checkpoint: done.position,
-    };
-    out.emit(&rebuilt, |w| {
-        writeln!(
-            w,
-            "rebuilt `{name}`: {} event(s) read, {} applied, {} parked; checkpoint {}/{}",
-            rebuilt.events_read,
-            rebuilt.events_applied,
-            rebuilt.events_parked,
-            rebuilt.checkpoint.transaction_id,
-            rebuilt.checkpoint.position
-        )
-    })?;
-    Ok(Exit::Ok)
+    })
 }

@@ -2,13 +2,15 @@
 
 use annals_core::saga::{OutboxEntry, SagaRecord};
 use annals_core::SagaStore;
+use serde::Serialize;
 use serde_json::{json, Value};
+use uuid::Uuid;
 
 use crate::cli::SagasCommand;
 use crate::output::{opt, short, time, Out, Table};
 use crate::{Admin, AdminError, Exit};
 
-fn saga_json(s: &SagaRecord) -> Value {
+pub(crate) fn saga_json(s: &SagaRecord) -> Value {
     json!({
         "saga_id": s.saga_id,
         "saga_type": s.saga_type,
@@ -29,7 +31,7 @@ fn saga_json(s: &SagaRecord) -> Value {
     })
 }
 
-fn command_json(c: &OutboxEntry) -> Value {
+pub(crate) fn command_json(c: &OutboxEntry) -> Value {
     json!({
         "id": c.id,
         "idempotency_key": c.idempotency_key,
@@ -61,10 +63,7 @@ pub(crate) async fn run(
 ) -> Result<Exit, AdminError> {
     match command {
         SagasCommand::List { saga_type, limit } => {
-            let sagas = admin
-                .sagas
-                .list_unfinished(saga_type.as_deref(), None, *limit)
-                .await?;
+            let sagas = list(admin, saga_type.as_deref(), *limit).await?;
             let json: Vec<Value> = sagas.iter().map(saga_json).collect();
             out.emit(&json, |w| {
                 let mut table = Table::new(&[
@@ -98,12 +97,8 @@ pub(crate) async fn run(
             Ok(Exit::Ok)
         }
         SagasCommand::Show { id } => {
-            let saga = find(admin, *id).await?;
-            let commands = admin.sagas.commands_of(*id).await?;
-            let json = json!({
-                "saga": saga_json(&saga),
-                "commands": commands.iter().map(command_json).collect::<Vec<_>>(),
-            });
+            let (saga, commands) = show(admin, *id).await?;
+            let json = show_json(&saga, &commands);
             out.emit(&json, |w| {
                 writeln!(w, "saga {} ({})", saga.saga_id, saga.saga_type)?;
                 writeln!(w, "  correlation: {}", saga.correlation_id)?;
@@ -148,18 +143,12 @@ pub(crate) async fn run(
             Ok(Exit::Ok)
         }
         SagasCommand::Retry { id } => {
-            let saga = find(admin, *id).await?;
-            let rescheduled = admin.sagas.retry_now(*id).await?;
-            let json = json!({
-                "saga_id": id,
-                "status": saga.status.as_str(),
-                "commands_rescheduled": rescheduled,
-            });
-            out.emit(&json, |w| {
+            let retried = retry(admin, *id).await?;
+            out.emit(&retried, |w| {
                 writeln!(
                     w,
-                    "saga {id} ({}): {rescheduled} undelivered command(s) made due now",
-                    saga.status.as_str()
+                    "saga {id} ({}): {} undelivered command(s) made due now",
+                    retried.status, retried.commands_rescheduled
                 )
             })?;
             Ok(Exit::Ok)
@@ -167,7 +156,53 @@ pub(crate) async fn run(
     }
 }
 
-async fn find(admin: &Admin, id: uuid::Uuid) -> Result<SagaRecord, AdminError> {
+/// Unfinished sagas, by id.
+pub(crate) async fn list(
+    admin: &Admin,
+    saga_type: Option<&str>,
+    limit: usize,
+) -> Result<Vec<SagaRecord>, AdminError> {
+    Ok(admin.sagas.list_unfinished(saga_type, None, limit).await?)
+}
+
+/// One saga and its outbox commands.
+pub(crate) async fn show(
+    admin: &Admin,
+    id: Uuid,
+) -> Result<(SagaRecord, Vec<OutboxEntry>), AdminError> {
+    let saga = find(admin, id).await?;
+    let commands = admin.sagas.commands_of(id).await?;
+    Ok((saga, commands))
+}
+
+/// A saga and its commands as JSON.
+pub(crate) fn show_json(saga: &SagaRecord, commands: &[OutboxEntry]) -> Value {
+    json!({
+        "saga": saga_json(saga),
+        "commands": commands.iter().map(command_json).collect::<Vec<_>>(),
+    })
+}
+
+/// What `retry` did.
+#[derive(Debug, Serialize)]
+pub(crate) struct Retried {
+    saga_id: Uuid,
+    status: &'static str,
+    commands_rescheduled: u64,
+}
+
+/// Makes the saga's undelivered commands due now.
+pub(crate) async fn retry(admin: &Admin, id: Uuid) -> Result<Retried, AdminError> {
+    let saga = find(admin, id).await?;
+    let commands_rescheduled = admin.sagas.retry_now(id).await?;
+    Ok(Retried {
+        saga_id: id,
+        status: saga.status.as_str(),
+        commands_rescheduled,
+    })
+}
+
+async fn find(admin: &Admin, id: Uuid) -> Result<SagaRecord, AdminError> {
     admin
         .sagas
         .get(id)

@@ -14,30 +14,42 @@ use crate::{Admin, AdminError, Exit};
 #[derive(Debug, Serialize)]
 pub(crate) struct ProjectionRow {
     #[serde(flatten)]
-    health: ProjectionHealth,
+    pub(crate) health: ProjectionHealth,
     /// Paused (`projections pause`): no runner takes it until resumed.
-    paused: bool,
+    pub(crate) paused: bool,
     /// Registered with the admin (can be rebuilt and replayed).
-    registered: bool,
+    pub(crate) registered: bool,
+}
+
+impl ProjectionRow {
+    /// The status as the tables and the status page show it.
+    pub(crate) fn status(&self) -> &'static str {
+        match self.health.status {
+            None => "never ran",
+            Some(ProjectionStatus::Stopped) => "paused",
+            Some(s) => s.as_str(),
+        }
+    }
 }
 
 /// Unfinished sagas of one type and status.
 #[derive(Debug, Serialize)]
-struct SagasInFlight {
-    saga_type: String,
-    status: &'static str,
-    count: u64,
+pub(crate) struct SagasInFlight {
+    pub(crate) saga_type: String,
+    pub(crate) status: &'static str,
+    pub(crate) count: u64,
 }
 
+/// What `status` reports.
 #[derive(Debug, Serialize)]
-struct Status {
-    projections: Vec<ProjectionRow>,
-    horizon: Horizon,
-    horizon_stale: bool,
-    dead_letters_pending: u64,
-    sagas_in_flight: Vec<SagasInFlight>,
-    healthy: bool,
-    checked_at: chrono::DateTime<chrono::Utc>,
+pub(crate) struct Status {
+    pub(crate) projections: Vec<ProjectionRow>,
+    pub(crate) horizon: Horizon,
+    pub(crate) horizon_stale: bool,
+    pub(crate) dead_letters_pending: u64,
+    pub(crate) sagas_in_flight: Vec<SagasInFlight>,
+    pub(crate) healthy: bool,
+    pub(crate) checked_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// The health of every registered or checkpointed projection.
@@ -77,11 +89,6 @@ pub(crate) fn projections_table(rows: &[ProjectionRow]) -> Table {
     ]);
     for row in rows {
         let h = &row.health;
-        let status = match h.status {
-            None => "never ran",
-            Some(ProjectionStatus::Stopped) => "paused",
-            Some(s) => s.as_str(),
-        };
         let health = match &h.reason {
             Some(reason) => format!("stale: {}", short(reason, 60)),
             None if h.stale => "stale".to_owned(),
@@ -97,7 +104,7 @@ pub(crate) fn projections_table(rows: &[ProjectionRow]) -> Table {
                     " (unregistered)"
                 }
             ),
-            status.to_owned(),
+            row.status().to_owned(),
             format!("{}/{}", h.position.transaction_id, h.position.position),
             time(h.last_event_at),
             format!("{:.1}s", h.lag_seconds),
@@ -109,7 +116,8 @@ pub(crate) fn projections_table(rows: &[ProjectionRow]) -> Table {
     table
 }
 
-pub(crate) async fn status(admin: &Admin, out: &mut Out<'_>) -> Result<Exit, AdminError> {
+/// Projections, horizon, dead letters and sagas in flight.
+pub(crate) async fn report(admin: &Admin) -> Result<Status, AdminError> {
     let (report, projections) = health(admin).await?;
     let dead_letters_pending = projections
         .iter()
@@ -117,7 +125,7 @@ pub(crate) async fn status(admin: &Admin, out: &mut Out<'_>) -> Result<Exit, Adm
         .sum();
     let sagas_in_flight = sagas_in_flight(admin).await?;
     let healthy = !report.horizon_stale && projections.iter().all(|p| !p.health.stale);
-    let status = Status {
+    Ok(Status {
         projections,
         horizon: report.horizon,
         horizon_stale: report.horizon_stale,
@@ -125,7 +133,11 @@ pub(crate) async fn status(admin: &Admin, out: &mut Out<'_>) -> Result<Exit, Adm
         sagas_in_flight,
         healthy,
         checked_at: report.checked_at,
-    };
+    })
+}
+
+pub(crate) async fn status(admin: &Admin, out: &mut Out<'_>) -> Result<Exit, AdminError> {
+    let status = report(admin).await?;
     out.emit(&status, |w| {
         projections_table(&status.projections).write(w)?;
         writeln!(w)?;

@@ -60,6 +60,27 @@ pub(crate) fn decoded(admin: &Admin, event: RecordedEvent) -> DecodedEvent {
     }
 }
 
+/// At most `limit` events of `stream` from version `from`, decoded.
+pub(crate) async fn read(
+    admin: &Admin,
+    stream: &str,
+    from: u64,
+    limit: u64,
+) -> Result<Vec<DecodedEvent>, AdminError> {
+    if admin.store.stream_version(stream).await?.is_none() {
+        return Err(AdminError::StreamNotFound {
+            stream: stream.to_owned(),
+        });
+    }
+    let first = from.max(1);
+    let last = first.saturating_add(limit.saturating_sub(1));
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    let events = admin.store.read_stream(stream, first..=last).await?;
+    Ok(events.into_iter().map(|e| decoded(admin, e)).collect())
+}
+
 pub(crate) async fn run(
     admin: &Admin,
     command: &StreamsCommand,
@@ -71,17 +92,8 @@ pub(crate) async fn run(
             from,
             limit,
         } => {
-            if admin.store.stream_version(stream).await?.is_none() {
-                return Err(AdminError::StreamNotFound {
-                    stream: stream.clone(),
-                });
-            }
-            let first = (*from).max(1);
-            let last = first.saturating_add(limit.saturating_sub(1));
-            if *limit > 0 {
-                for event in admin.store.read_stream(stream, first..=last).await? {
-                    out.line(&decoded(admin, event))?;
-                }
+            for event in read(admin, stream, *from, *limit).await? {
+                out.line(&event)?;
             }
             Ok(Exit::Ok)
         }
