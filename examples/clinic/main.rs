@@ -66,6 +66,9 @@ ENVIRONMENT:
     DATABASE_URL     a Postgres database to run on (it is migrated first);
                      `scripts/with-services cargo run --example clinic` starts a throwaway one
     RUST_LOG         the service's log filter (default: info)
+    ANNALS_KEK       the key-encryption key of leads' data keys (32 bytes, base64)
+    ANNALS_ADMIN_TOKEN  with `serve` on Postgres: mounts the HTTP admin and its
+                     status page at /admin, behind this bearer token
 ";
 
 #[tokio::main]
@@ -180,6 +183,7 @@ async fn serve(database_url: Option<&str>, args: &[String]) -> Result<(), BoxErr
     annals::metrics::describe();
     let listener = tokio::net::TcpListener::bind(("0.0.0.0", port)).await?;
     let stale_after = std::time::Duration::from_secs(300);
+    let mut admin_http = None;
     let service = match database_url {
         Some(url) => {
             let pool = connect(url).await?;
@@ -188,6 +192,16 @@ async fn serve(database_url: Option<&str>, args: &[String]) -> Result<(), BoxErr
                 .register::<LeadEvent>()
                 .build()
                 .await?;
+            // the operator's status page and JSON API under /admin, behind
+            // a bearer token (ANNALS_ADMIN_TOKEN, 16 characters or more)
+            if let Ok(token) = std::env::var("ANNALS_ADMIN_TOKEN") {
+                admin::create_tables(&pool).await?;
+                let auth = annals::admin::http::Auth::bearer(&token)?;
+                admin_http = Some(annals::admin::http::router(
+                    admin::admin(pool.clone()).await?,
+                    auth,
+                ));
+            }
             let keys = annals::postgres::PgSubjectKeys::new(pool, kek()?);
             service::start(PersonalStore::new(store, keys), metrics, stale_after)
         }
@@ -209,7 +223,14 @@ async fn serve(database_url: Option<&str>, args: &[String]) -> Result<(), BoxErr
         "  curl -X POST localhost:{port}/leads/ana/commands -H 'content-type: application/json' \\\n       -d '{{\"type\":\"create\",\"name\":\"Ana\",\"treatment\":\"implant\"}}'"
     );
     println!("  curl localhost:{port}/leads/ana   curl localhost:{port}/health/ready   curl localhost:{port}/metrics");
-    axum::serve(listener, service.router())
+    let router = match admin_http {
+        Some(admin) => {
+            println!("  the operator's status page: http://localhost:{port}/admin");
+            service.router().nest("/admin", admin)
+        }
+        None => service.router(),
+    };
+    axum::serve(listener, router)
         .with_graceful_shutdown(async {
             // If Ctrl-C cannot be watched, serve until killed.
             if tokio::signal::ctrl_c().await.is_err() {
