@@ -1,6 +1,6 @@
-//! The conformance suite of personal data: what a
-//! [`PersonalStore`](crate::personal::PersonalStore) over a backend must
-//! do, written once and run on every backend with its own subject keys.
+//! The conformance suite of personal data: what a [`PersonalStore`] over a
+//! backend must do, written once and run on every backend with its own
+//! subject keys.
 //!
 //! ```
 //! # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(async {
