@@ -552,7 +552,7 @@ pub async fn appends_racing_a_forget_write_nothing_readable<
     }
 }
 
-/// Hostile input: an empty or NUL subject, a payload that breaks its
+/// Hostile input: an empty, NUL or 10 kB subject, a payload that breaks its
 /// schema, an event with personal fields and no subject. Each is a typed
 /// error and nothing is written.
 pub async fn hostile_input_is_refused_with_typed_errors<S: EventStore + Clone, K: SubjectKeys>(
@@ -560,7 +560,8 @@ pub async fn hostile_input_is_refused_with_typed_errors<S: EventStore + Clone, K
     keys: K,
 ) {
     let store = PersonalStore::new(inner.clone(), keys);
-    for subject in ["", "a\0b"] {
+    let huge = "s".repeat(10_000);
+    for subject in ["", "a\0b", huge.as_str()] {
         let r = store
             .append_events(
                 "patient-x",
