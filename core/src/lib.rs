@@ -18,7 +18,7 @@
 //! - [`saga`]: long-running processes with compensation.
 //! - [`dead_letter`], [`handler`], [`retry`], [`breaker`]: what happens when
 //!   a handler fails.
-//! - [`metrics`], [`shutdown`], [`testing`].
+//! - [`metrics`], [`trace`], [`shutdown`], [`testing`].
 //! - `knowledge` (feature `knowledge`): vector search over a knowledge base
 //!   fed by document events.
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -44,6 +44,7 @@ pub mod shutdown;
 pub mod snapshot;
 pub mod store;
 pub mod testing;
+pub mod trace;
 
 pub use aggregate::{Aggregate, AggregateState, CommandError, Repository};
 pub use error::{Error, VersionConflict};

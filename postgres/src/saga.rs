@@ -1,5 +1,6 @@
 use std::time::Duration;
 
+use annals_core::trace::TraceContext;
 use annals_core::{
     saga::CommandOutcome, saga::OutboxEntry, saga::SagaChange, saga::SagaError, saga::SagaProgress,
     saga::SagaRecord, saga::SagaStatus, saga::StepRecord, LogPosition, SagaStore,
@@ -82,19 +83,22 @@ macro_rules! saga_columns {
 macro_rules! outbox_columns {
     () => {
         "id, saga_id, saga_type, idempotency_key, command_type, command, step, compensation, \
-         attempts, last_error, created_at, dispatched_at, failed_at, next_attempt_at"
+         attempts, last_error, created_at, dispatched_at, failed_at, next_attempt_at, \
+         traceparent, tracestate"
     };
 }
 
 /// Inserts the commands of `saga` (a CTE returning `saga_id, saga_type`),
-/// skipping keys already recorded. `$13..$17` are the command columns.
+/// skipping keys already recorded. `$13..$19` are the command columns.
 macro_rules! insert_commands {
     () => {
         concat!(
             "cmds AS (
-                 INSERT INTO annals_saga_outbox (saga_id, saga_type, idempotency_key, command_type, command, step, compensation)
-                 SELECT saga.saga_id, saga.saga_type, c.k, c.t, c.c::jsonb, c.s, c.comp
-                 FROM saga, UNNEST($13::text[], $14::text[], $15::text[], $16::int4[], $17::bool[]) WITH ORDINALITY AS c(k, t, c, s, comp, ord)
+                 INSERT INTO annals_saga_outbox (saga_id, saga_type, idempotency_key, command_type, command, step, compensation,
+                     traceparent, tracestate)
+                 SELECT saga.saga_id, saga.saga_type, c.k, c.t, c.c::jsonb, c.s, c.comp, c.tp, c.ts
+                 FROM saga, UNNEST($13::text[], $14::text[], $15::text[], $16::int4[], $17::bool[], $18::text[], $19::text[])
+                      WITH ORDINALITY AS c(k, t, c, s, comp, tp, ts, ord)
                  ORDER BY c.ord
                  ON CONFLICT (idempotency_key) DO NOTHING
              )
@@ -105,7 +109,7 @@ macro_rules! insert_commands {
 
 // $1 id, $2 type, $3 correlation, $4 state, $5 data, $6 status, $7 step,
 // $8 steps, $9 deadline (ms from now), $10 error, $11 last tx, $12 last pos,
-// $13..$17 commands
+// $13..$19 commands
 const INSERT_SAGA: &str = concat!(
     "WITH saga AS (
          INSERT INTO annals_sagas (saga_id, saga_type, correlation_id, state, status, current_step,
@@ -118,8 +122,8 @@ const INSERT_SAGA: &str = concat!(
     insert_commands!()
 );
 
-// as INSERT_SAGA ($2, $3 unused but bound), plus $18 expected version and
-// $19 cancel pending forward commands
+// as INSERT_SAGA ($2, $3 unused but bound), plus $20 expected version and
+// $21 cancel pending forward commands
 const UPDATE_SAGA: &str = concat!(
     "WITH saga AS (
          UPDATE annals_sagas SET
@@ -128,14 +132,14 @@ const UPDATE_SAGA: &str = concat!(
              deadline_at = now() + $9::float8 * interval '1 millisecond', updated_at = now(),
              completed_at = CASE WHEN $6 IN ('completed', 'failed') THEN coalesce(completed_at, now()) END,
              error_message = $10, last_event_tx = $11, last_event_position = $12
-         WHERE saga_id = $1 AND version = $18 AND saga_type = $2 AND correlation_id = $3
+         WHERE saga_id = $1 AND version = $20 AND saga_type = $2 AND correlation_id = $3
          RETURNING saga_id, saga_type
      ), cancelled AS (
          UPDATE annals_saga_outbox o
             SET failed_at = now(),
                 last_error = 'cancelled: the saga started compensating before this command was attempted'
            FROM saga
-          WHERE $19::bool AND o.saga_id = saga.saga_id AND NOT o.compensation AND o.attempts = 0
+          WHERE $21::bool AND o.saga_id = saga.saga_id AND NOT o.compensation AND o.attempts = 0
             AND o.dispatched_at IS NULL AND o.failed_at IS NULL
      ), ",
     insert_commands!()
@@ -158,7 +162,8 @@ const CLAIM: &str = concat!(
       WHERE o.id = due.id
      RETURNING ",
     "o.id, o.saga_id, o.saga_type, o.idempotency_key, o.command_type, o.command, o.step, o.compensation, \
-     o.attempts, o.last_error, o.created_at, o.dispatched_at, o.failed_at, o.next_attempt_at"
+     o.attempts, o.last_error, o.created_at, o.dispatched_at, o.failed_at, o.next_attempt_at, \
+     o.traceparent, o.tracestate"
 );
 
 fn ms(d: Duration) -> f64 {
@@ -226,6 +231,12 @@ fn decode_entry(row: &PgRow) -> Result<OutboxEntry, SagaError> {
         command: command.0,
         step: step.max(0) as u32,
         compensation: row.try_get("compensation").map_err(get)?,
+        trace: TraceContext::new(
+            row.try_get::<Option<&str>, _>("traceparent")
+                .map_err(get)?
+                .unwrap_or_default(),
+            row.try_get("tracestate").map_err(get)?,
+        ),
         attempts: attempts.max(0) as u32,
         last_error: row.try_get("last_error").map_err(get)?,
         created_at: row.try_get("created_at").map_err(get)?,
@@ -245,12 +256,16 @@ async fn save_on(conn: &mut PgConnection, change: &SagaChange) -> Result<(), Sag
     let mut bodies = Vec::with_capacity(change.commands.len());
     let mut step_numbers = Vec::with_capacity(change.commands.len());
     let mut compensations = Vec::with_capacity(change.commands.len());
+    let mut parents = Vec::with_capacity(change.commands.len());
+    let mut states = Vec::with_capacity(change.commands.len());
     for c in &change.commands {
         keys.push(c.idempotency_key.as_str());
         types.push(c.command_type.as_str());
         bodies.push(c.command.to_string());
         step_numbers.push(i32::try_from(c.step).unwrap_or(i32::MAX));
         compensations.push(c.compensation);
+        parents.push(c.trace.as_ref().map(|t| t.traceparent()));
+        states.push(c.trace.as_ref().and_then(|t| t.tracestate()));
     }
     let sql = if change.insert {
         INSERT_SAGA
@@ -274,7 +289,9 @@ async fn save_on(conn: &mut PgConnection, change: &SagaChange) -> Result<(), Sag
         .bind(&types)
         .bind(&bodies)
         .bind(&step_numbers)
-        .bind(&compensations);
+        .bind(&compensations)
+        .bind(&parents)
+        .bind(&states);
     if !change.insert {
         q = q.bind(to_i64(r.version)).bind(change.cancel_pending);
     }

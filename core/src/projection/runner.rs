@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use tracing::Instrument as _;
 
 use crate::dead_letter::{DeadLetterQuery, NewDeadLetter};
 use crate::metrics as m;
@@ -761,6 +762,18 @@ where
         }
     }
 
+    /// Applies one event inside its `process` span (see [`crate::trace`]).
+    async fn apply_one(
+        &self,
+        conn: &mut P::Conn,
+        event: &Envelope<P::Event>,
+    ) -> Result<(), HandlerError> {
+        self.projection
+            .apply(conn, event)
+            .instrument(crate::trace::process_span(self.name(), event))
+            .await
+    }
+
     async fn process_batch(
         &self,
         s: &mut Ownership<B::Lease>,
@@ -787,7 +800,10 @@ where
             let applied = if events.is_empty() {
                 Ok(())
             } else {
-                self.projection.apply_batch(B::conn(&mut tx), &events).await
+                self.projection
+                    .apply_batch(B::conn(&mut tx), &events)
+                    .instrument(crate::trace::batch_span(self.name(), &events))
+                    .await
             };
             match applied {
                 Ok(()) => {
@@ -915,7 +931,7 @@ where
                         Failure::Undecodable(e.to_string()),
                     )))
                 }
-                Item::Event(e) => match self.projection.apply(B::conn(tx), e).await {
+                Item::Event(e) => match self.apply_one(B::conn(tx), e).await {
                     Ok(()) => applied += 1,
                     Err(err) => return Ok(Err((k, (applied, parked), Failure::Handler(err)))),
                 },
@@ -972,7 +988,7 @@ where
             }
             self.await_breaker(shutdown).await?;
             let mut tx = self.projection_store.begin().await?;
-            match self.projection.apply(B::conn(&mut tx), event).await {
+            match self.apply_one(B::conn(&mut tx), event).await {
                 Ok(()) => {
                     self.breaker.record_success();
                     self.commit_at(tx, s, event.log_position, event.recorded_at)
@@ -1194,7 +1210,7 @@ where
                 .into())
             }
             Item::Undecodable(_, e) => HandlerError::event(e),
-            Item::Event(event) => match self.projection.apply(B::conn(&mut tx), &event).await {
+            Item::Event(event) => match self.apply_one(B::conn(&mut tx), &event).await {
                 Ok(()) => {
                     self.projection_store.resolve_dead_letter(&mut tx, id).await?;
                     self.projection_store.commit(tx).await?;

@@ -520,6 +520,7 @@ fn outbox<S: Saga>(
         command: value,
         step,
         compensation,
+        trace: crate::trace::current(),
     })
 }
 

@@ -145,6 +145,7 @@ impl State {
                 command: c.command.clone(),
                 step: c.step,
                 compensation: c.compensation,
+                trace: c.trace.clone(),
                 attempts: 0,
                 last_error: None,
                 created_at: now,

@@ -189,9 +189,12 @@ impl<S: Saga, St: SagaStore> Projection for SagaProjection<S, St> {
                 current: None,
                 change: None,
             });
-            let Some(decision) = engine::on_event::<S>(pending.current.clone(), id.clone(), event)
-                .map_err(super::SagaError::into_handler_error)?
-            else {
+            // each event's step in its own `process` span, a child of the
+            // event's append: the commands it issues record that span
+            let decision = crate::trace::process_span(Projection::name(self), event)
+                .in_scope(|| engine::on_event::<S>(pending.current.clone(), id.clone(), event))
+                .map_err(super::SagaError::into_handler_error)?;
+            let Some(decision) = decision else {
                 continue;
             };
             // a saga new in this batch has no command in the store yet

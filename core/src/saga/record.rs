@@ -159,6 +159,9 @@ pub struct OutboxCommand {
     pub step: u32,
     /// Whether it is a compensating command.
     pub compensation: bool,
+    /// The trace context of the saga step that issued it (feature `otel`;
+    /// see [`crate::trace`]): the worker's dispatch continues that trace.
+    pub trace: Option<crate::trace::TraceContext>,
 }
 
 /// A saga's new state, decided by the saga engine, for a store to write in
@@ -205,6 +208,8 @@ pub struct OutboxEntry {
     pub step: u32,
     /// Whether it is a compensating command.
     pub compensation: bool,
+    /// See [`OutboxCommand::trace`].
+    pub trace: Option<crate::trace::TraceContext>,
     /// Delivery attempts started so far (a claimed entry counts the attempt
     /// it was claimed for).
     pub attempts: u32,

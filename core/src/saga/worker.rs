@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize as _;
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use super::engine::{self, FailCause};
@@ -75,6 +76,13 @@ pub struct Dispatch<C> {
     pub compensation: bool,
     /// This attempt's number, from 1.
     pub attempt: u32,
+    /// The trace context of the saga step that issued the command (feature
+    /// `otel`). The bus runs inside the worker's `send` span, a child of
+    /// that step, so the commands it executes in this process join the
+    /// trace; to carry the trace to another service, send
+    /// `TraceContext::current()` (the `send` span's context) as its
+    /// `traceparent` header.
+    pub trace: Option<crate::trace::TraceContext>,
 }
 
 /// What one [`SagaWorker::run_once`] did.
@@ -315,8 +323,15 @@ where
             saga_type: S::NAME,
             compensation: entry.compensation,
             attempt: entry.attempts,
+            trace: entry.trace.clone(),
         };
-        match self.bus.dispatch(dispatch).await {
+        let span = crate::trace::dispatch_span(
+            S::NAME,
+            &entry.command_type,
+            &entry.idempotency_key,
+            entry.trace.as_ref(),
+        );
+        match self.bus.dispatch(dispatch).instrument(span).await {
             Ok(()) => {
                 self.breaker.record_success();
                 CommandOutcome::Delivered

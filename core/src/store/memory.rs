@@ -229,10 +229,10 @@ impl EventStore for InMemoryEventStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, Error> {
-        let started = std::time::Instant::now();
-        let result = self.append_sync(stream_id, expected, events);
-        crate::metrics::record_append("memory", started, &result);
-        result
+        crate::trace::observed_append("memory", stream_id, events, |events| async move {
+            self.append_sync(stream_id, expected, events)
+        })
+        .await
     }
 
     async fn read_stream_with<T, F>(

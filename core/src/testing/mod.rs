@@ -8,6 +8,8 @@
 //!   a factory of fresh, empty stores) and the event types it uses.
 //! - With the `testing` and `knowledge` features: the knowledge base's
 //!   conformance suite ([`knowledge`]).
+//! - With the `testing` and `otel` features: the trace check ([`trace`]):
+//!   one trace from a request through the log, on any backend.
 
 mod scenario;
 
@@ -25,3 +27,6 @@ pub mod knowledge;
 #[cfg(all(feature = "testing", feature = "personal"))]
 #[cfg_attr(docsrs, doc(cfg(all(feature = "testing", feature = "personal"))))]
 pub mod personal;
+#[cfg(all(feature = "testing", feature = "otel"))]
+#[cfg_attr(docsrs, doc(cfg(all(feature = "testing", feature = "otel"))))]
+pub mod trace;

@@ -12,3 +12,5 @@ mod personal;
 mod projections;
 #[cfg(all(feature = "testing", feature = "redis"))]
 mod redis_cache;
+#[cfg(feature = "otel")]
+mod trace;

@@ -284,12 +284,10 @@ impl PgEventStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, Error> {
-        let started = std::time::Instant::now();
-        let result = self
-            .append_on(conn, false, stream_id, expected, events)
-            .await;
-        annals_core::metrics::record_append("postgres", started, &result);
-        result
+        annals_core::trace::observed_append("postgres", stream_id, events, |events| {
+            self.append_on(conn, false, stream_id, expected, events)
+        })
+        .await
     }
 
     /// A connection from the pool; `context` names the wait in the error.
@@ -396,13 +394,11 @@ impl Session for PgSession {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, Error> {
-        let started = std::time::Instant::now();
-        let result = self
-            .store
-            .append_committed(Some(&mut self.conn), stream_id, expected, events)
-            .await;
-        annals_core::metrics::record_append("postgres", started, &result);
-        result
+        annals_core::trace::observed_append("postgres", stream_id, events, |events| {
+            self.store
+                .append_committed(Some(&mut self.conn), stream_id, expected, events)
+        })
+        .await
     }
 }
 
@@ -518,12 +514,10 @@ impl EventStore for PgEventStore {
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, Error> {
         // timed with the checkout: a starved pool shows in the metric
-        let started = std::time::Instant::now();
-        let result = self
-            .append_committed(None, stream_id, expected, events)
-            .await;
-        annals_core::metrics::record_append("postgres", started, &result);
-        result
+        annals_core::trace::observed_append("postgres", stream_id, events, |events| {
+            self.append_committed(None, stream_id, expected, events)
+        })
+        .await
     }
 
     async fn read_stream_with<T, F>(

@@ -13,3 +13,5 @@ mod projections;
 mod store;
 #[cfg(feature = "personal")]
 mod subject_keys;
+#[cfg(all(feature = "otel", feature = "testing"))]
+mod trace;

@@ -1,0 +1,3 @@
+ALTER TABLE annals_saga_outbox
+    DROP COLUMN tracestate,
+    DROP COLUMN traceparent;
