@@ -329,6 +329,7 @@ pub(crate) fn process_span<T>(handler: &str, event: &Envelope<T>) -> Span {
 }
 
 /// The most links a batch's span carries (OpenTelemetry's default limit).
+#[cfg(feature = "otel")]
 const BATCH_LINKS_MAX: usize = 128;
 
 /// The span in which `handler` applies a batch of events in one
