@@ -404,11 +404,34 @@ fn error(status: StatusCode, message: String) -> Response {
 }
 
 /// Logs each request with its status and duration (`RUST_LOG` filters).
+/// Logs every request, inside a server span (`{method} {route}`) that
+/// continues the caller's trace when it sends a W3C `traceparent` header:
+/// the events a command appends carry that trace to the projections and
+/// sagas that handle them (`annals::trace`).
 async fn log_request(request: Request, next: Next) -> Response {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_owned();
+    let span = tracing::info_span!(
+        "request",
+        otel.name = format!("{method} {route}"),
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = %route,
+    );
+    let headers = request.headers();
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(parent) = header("traceparent")
+        .and_then(|p| annals::trace::TraceContext::new(p, header("tracestate")))
+    {
+        parent.set_as_parent_of(&span);
+    }
     let started = std::time::Instant::now();
-    let response = next.run(request).await;
+    let response = tracing::Instrument::instrument(next.run(request), span).await;
     let status = response.status().as_u16();
     let ms = started.elapsed().as_secs_f64() * 1e3;
     if response.status().is_server_error() {

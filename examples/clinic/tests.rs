@@ -66,6 +66,55 @@ fn in_memory() -> annals::personal::PersonalStore<
     annals::personal::PersonalStore::new(annals::InMemoryEventStore::new(), keys)
 }
 
+/// An HTTP command continues the caller's trace: the request's server span
+/// takes the `traceparent` header as its parent, and the event the command
+/// appends stores the append's context, in the same trace.
+// current-thread: the span recorder is this thread's subscriber
+#[tokio::test(flavor = "current_thread")]
+async fn a_command_continues_the_callers_trace() {
+    use annals::testing::trace::{find, SpanRecorder};
+    let recorder = SpanRecorder::install();
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .build_recorder()
+        .handle();
+    let store = in_memory();
+    let service = service::start(store.clone(), metrics, Duration::from_secs(300));
+    let caller = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let request = Request::builder()
+        .method("POST")
+        .uri("/leads/tia/commands")
+        .header("content-type", "application/json")
+        .header("traceparent", caller)
+        .body(Body::from(
+            r#"{"type":"create","name":"Tia","treatment":"implant"}"#,
+        ))
+        .expect("a valid request");
+    let response = service
+        .router()
+        .oneshot(request)
+        .await
+        .expect("the router answers");
+    assert_eq!(response.status(), 200);
+
+    let stored = annals::EventStoreExt::read_stream(&store, "lead-tia", ..)
+        .await
+        .expect("the lead's stream");
+    let context = annals::trace::TraceContext::from_metadata(&stored[0].metadata)
+        .expect("the event carries a traceparent");
+    assert_eq!(context.trace_id(), "0af7651916cd43dd8448eb211c80319c");
+
+    let spans = recorder.spans();
+    let server = find(&spans, "POST /leads/{id}/commands", 0);
+    assert_eq!(server.parent_span_id.to_string(), "b7ad6b7169203331");
+    let append = find(&spans, "append lead", 0);
+    assert_eq!(append.span_context.span_id().to_string(), context.span_id());
+    assert_eq!(
+        append.span_context.trace_id().to_string(),
+        "0af7651916cd43dd8448eb211c80319c"
+    );
+    service.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_service_forgets_a_lead() {
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
