@@ -2,8 +2,9 @@ use std::time::Duration;
 
 use annals_core::trace::TraceContext;
 use annals_core::{
-    saga::CommandOutcome, saga::OutboxEntry, saga::SagaChange, saga::SagaError, saga::SagaProgress,
-    saga::SagaRecord, saga::SagaStatus, saga::StepRecord, LogPosition, SagaStore,
+    saga::forget_marked, saga::CommandOutcome, saga::OutboxEntry, saga::SagaChange,
+    saga::SagaError, saga::SagaProgress, saga::SagaRecord, saga::SagaStatus, saga::StepRecord,
+    LogPosition, SagaStore,
 };
 use sqlx::postgres::PgRow;
 
@@ -76,7 +77,7 @@ macro_rules! saga_columns {
     () => {
         "saga_id, saga_type, correlation_id, state->>'state' AS state_name, state->'data' AS data, \
          status, current_step, completed_steps, version, deadline_at, started_at, updated_at, \
-         completed_at, error_message, retry_count, last_event_tx, last_event_position"
+         completed_at, error_message, retry_count, last_event_tx, last_event_position, subject"
     };
 }
 
@@ -109,21 +110,22 @@ macro_rules! insert_commands {
 
 // $1 id, $2 type, $3 correlation, $4 state, $5 data, $6 status, $7 step,
 // $8 steps, $9 deadline (ms from now), $10 error, $11 last tx, $12 last pos,
-// $13..$19 commands
+// $13..$19 commands, $20 subject
 const INSERT_SAGA: &str = concat!(
     "WITH saga AS (
          INSERT INTO annals_sagas (saga_id, saga_type, correlation_id, state, status, current_step,
-             completed_steps, version, deadline_at, completed_at, error_message, last_event_tx, last_event_position)
+             completed_steps, version, deadline_at, completed_at, error_message, last_event_tx, last_event_position,
+             subject)
          VALUES ($1, $2, $3, jsonb_build_object('state', $4::text, 'data', $5::jsonb), $6, $7, $8::jsonb, 1,
              now() + $9::float8 * interval '1 millisecond',
-             CASE WHEN $6 IN ('completed', 'failed') THEN now() END, $10, $11, $12)
+             CASE WHEN $6 IN ('completed', 'failed') THEN now() END, $10, $11, $12, $20)
          RETURNING saga_id, saga_type
      ), ",
     insert_commands!()
 );
 
-// as INSERT_SAGA ($2, $3 unused but bound), plus $20 expected version and
-// $21 cancel pending forward commands
+// as INSERT_SAGA ($2, $3 unused but bound), plus $21 expected version and
+// $22 cancel pending forward commands
 const UPDATE_SAGA: &str = concat!(
     "WITH saga AS (
          UPDATE annals_sagas SET
@@ -131,15 +133,15 @@ const UPDATE_SAGA: &str = concat!(
              current_step = $7, completed_steps = $8::jsonb, version = version + 1,
              deadline_at = now() + $9::float8 * interval '1 millisecond', updated_at = now(),
              completed_at = CASE WHEN $6 IN ('completed', 'failed') THEN coalesce(completed_at, now()) END,
-             error_message = $10, last_event_tx = $11, last_event_position = $12
-         WHERE saga_id = $1 AND version = $20 AND saga_type = $2 AND correlation_id = $3
+             error_message = $10, last_event_tx = $11, last_event_position = $12, subject = $20
+         WHERE saga_id = $1 AND version = $21 AND saga_type = $2 AND correlation_id = $3
          RETURNING saga_id, saga_type
      ), cancelled AS (
          UPDATE annals_saga_outbox o
             SET failed_at = now(),
                 last_error = 'cancelled: the saga started compensating before this command was attempted'
            FROM saga
-          WHERE $21::bool AND o.saga_id = saga.saga_id AND NOT o.compensation AND o.attempts = 0
+          WHERE $22::bool AND o.saga_id = saga.saga_id AND NOT o.compensation AND o.attempts = 0
             AND o.dispatched_at IS NULL AND o.failed_at IS NULL
      ), ",
     insert_commands!()
@@ -213,6 +215,7 @@ fn decode_saga(row: &PgRow) -> Result<SagaRecord, SagaError> {
         error_message: row.try_get("error_message").map_err(get)?,
         retry_count: retry_count.max(0) as u32,
         last_event: LogPosition::new(last_tx.max(0) as u64, last_position.max(0) as u64),
+        subject: row.try_get("subject").map_err(get)?,
     })
 }
 
@@ -291,7 +294,8 @@ async fn save_on(conn: &mut PgConnection, change: &SagaChange) -> Result<(), Sag
         .bind(&step_numbers)
         .bind(&compensations)
         .bind(&parents)
-        .bind(&states);
+        .bind(&states)
+        .bind(r.subject.as_deref());
     if !change.insert {
         q = q.bind(to_i64(r.version)).bind(change.cancel_pending);
     }
@@ -351,6 +355,62 @@ async fn attempted_steps_on(
 }
 
 impl SagaStore for PgSagaStore {
+    async fn forget_subject(&self, subject: &str) -> Result<u64, SagaError> {
+        annals_core::store::limits::check_subject(subject)?;
+        let err = |e| saga_error("forgetting a subject's personal data in sagas", e);
+        let mut tx = self.pool.begin().await.map_err(err)?;
+        let sagas = sqlx::query(
+            "SELECT saga_id, state->'data' AS data FROM annals_sagas
+              WHERE subject = $1 ORDER BY saga_id FOR UPDATE",
+        )
+        .bind(subject)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(err)?;
+        let mut changed = 0;
+        for saga in sagas {
+            let saga_id: Uuid = saga.try_get("saga_id").map_err(err)?;
+            let Json(mut data): Json<serde_json::Value> = saga.try_get("data").map_err(err)?;
+            let mut erased = forget_marked(&mut data);
+            if erased > 0 {
+                sqlx::query(
+                    "UPDATE annals_sagas SET state = jsonb_set(state, '{data}', $2) WHERE saga_id = $1",
+                )
+                .bind(saga_id)
+                .bind(Json(&data))
+                .execute(&mut *tx)
+                .await
+                .map_err(err)?;
+            }
+            let commands = sqlx::query(
+                "SELECT id, command FROM annals_saga_outbox WHERE saga_id = $1 ORDER BY id FOR UPDATE",
+            )
+            .bind(saga_id)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(err)?;
+            for command in commands {
+                let id: i64 = command.try_get("id").map_err(err)?;
+                let Json(mut body): Json<serde_json::Value> =
+                    command.try_get("command").map_err(err)?;
+                if forget_marked(&mut body) > 0 {
+                    erased += 1;
+                    sqlx::query("UPDATE annals_saga_outbox SET command = $2 WHERE id = $1")
+                        .bind(id)
+                        .bind(Json(&body))
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(err)?;
+                }
+            }
+            if erased > 0 {
+                changed += 1;
+            }
+        }
+        tx.commit().await.map_err(err)?;
+        Ok(changed)
+    }
+
     type Conn = PgConnection;
 
     async fn attempted_steps(

@@ -62,6 +62,7 @@
 //! ```
 
 mod keys;
+mod sagas;
 mod seal;
 mod snapshots;
 mod store;
@@ -71,8 +72,10 @@ use std::borrow::Cow;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+pub use crate::saga::{forget_marked, MARKED};
 pub use crate::schema::{personal_pointers, PERSONAL_KEYWORD};
 pub use keys::{DataKey, KeyProvider, LocalKeyProvider, WrappedKey};
+pub use sagas::SagaEraser;
 pub use seal::{open, seal, sealed_subjects, SEALED, SUBJECT};
 pub use snapshots::PersonalSnapshots;
 pub use store::{
@@ -141,9 +144,55 @@ fn is_forgotten_marker(value: &serde_json::Value) -> bool {
         .is_some_and(|o| o.len() == 1 && o.get(FORGOTTEN) == Some(&serde_json::Value::Bool(true)))
 }
 
+thread_local! {
+    /// Set while [`to_marked_value`] serializes on this thread.
+    static MARKING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Serializes `value` to JSON with every known [`Personal`] value inside
+/// wrapped as `{"$personal": value}`, so that a store without schemas can
+/// find them and erase them when their subject is forgotten
+/// ([`forget_marked`]). The saga engine writes saga data and commands this
+/// way; `Personal` reads both forms back.
+///
+/// (serde passes no context to `Serialize`: a flag of this thread, set for
+/// the call's duration, tells `Personal` to wrap itself.)
+///
+/// ```
+/// use annals::personal::{forget_marked, to_marked_value, Personal};
+///
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// struct Booking { lead_id: u64, name: Personal<String> }
+///
+/// let booking = Booking { lead_id: 7, name: "Ana".into() };
+/// let mut stored = to_marked_value(&booking)?;
+/// assert_eq!(stored, serde_json::json!({"lead_id": 7, "name": {"$personal": "Ana"}}));
+/// assert_eq!(serde_json::from_value::<Booking>(stored.clone())?.name, Personal::Known("Ana".into()));
+///
+/// assert_eq!(forget_marked(&mut stored), 1);
+/// assert_eq!(serde_json::from_value::<Booking>(stored)?.name, Personal::Forgotten);
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+pub fn to_marked_value<T: Serialize + ?Sized>(value: &T) -> serde_json::Result<serde_json::Value> {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            MARKING.with(|m| m.set(self.0));
+        }
+    }
+    let _restore = Restore(MARKING.with(|m| m.replace(true)));
+    serde_json::to_value(value)
+}
+
 impl<T: Serialize> Serialize for Personal<T> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         match self {
+            Personal::Known(v) if MARKING.with(|m| m.get()) => {
+                use serde::ser::SerializeMap as _;
+                let mut map = serializer.serialize_map(Some(1))?;
+                map.serialize_entry(MARKED, v)?;
+                map.end()
+            }
             Personal::Known(v) => v.serialize(serializer),
             Personal::Forgotten => forgotten_marker().serialize(serializer),
         }
@@ -154,9 +203,14 @@ impl<'de, T: serde::de::DeserializeOwned> Deserialize<'de> for Personal<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         // through a JSON value: the marker and a `T` that is itself an
         // object cannot be told apart before looking
-        let value = serde_json::Value::deserialize(deserializer)?;
+        let mut value = serde_json::Value::deserialize(deserializer)?;
         if is_forgotten_marker(&value) {
             return Ok(Personal::Forgotten);
+        }
+        if let Some(map) = value.as_object_mut().filter(|m| m.len() == 1) {
+            if let Some(marked) = map.remove(MARKED) {
+                value = marked;
+            }
         }
         T::deserialize(value)
             .map(Personal::Known)

@@ -219,6 +219,7 @@ pub(crate) fn on_event<S: Saga>(
             error_message: None,
             retry_count: 0,
             last_event: event.log_position,
+            subject: None,
         };
         let mut change = new_change(record, true);
         enter::<S>(&mut change, start, &data, true)?;
@@ -395,6 +396,16 @@ fn state_of<S: Saga>(record: &SagaRecord) -> Result<S, SagaError> {
     })
 }
 
+/// Saga data and commands as stored: with the `personal` feature, personal
+/// values wrapped so that forgetting their subject can find them
+/// ([`to_marked_value`](crate::personal::to_marked_value)).
+fn to_stored_value<T: serde::Serialize>(value: &T) -> serde_json::Result<serde_json::Value> {
+    #[cfg(feature = "personal")]
+    return crate::personal::to_marked_value(value);
+    #[cfg(not(feature = "personal"))]
+    serde_json::to_value(value)
+}
+
 fn data_of<S: Saga>(record: &SagaRecord) -> Result<S::Data, SagaError> {
     S::Data::deserialize(&record.data).map_err(|source| SagaError::Data {
         saga_type: record.saga_type.clone(),
@@ -405,7 +416,8 @@ fn data_of<S: Saga>(record: &SagaRecord) -> Result<S::Data, SagaError> {
 }
 
 fn set_data<S: Saga>(change: &mut SagaChange, data: &S::Data) -> Result<(), SagaError> {
-    change.record.data = serde_json::to_value(data).map_err(|source| SagaError::Data {
+    change.record.subject = data.subject();
+    change.record.data = to_stored_value(data).map_err(|source| SagaError::Data {
         saga_type: change.record.saga_type.clone(),
         saga_id: change.record.saga_id,
         action: "serialize",
@@ -508,7 +520,7 @@ fn outbox<S: Saga>(
     compensation: bool,
     command: NamedCommand<S::Command>,
 ) -> Result<OutboxCommand, SagaError> {
-    let value = serde_json::to_value(&command.command).map_err(|source| SagaError::Command {
+    let value = to_stored_value(&command.command).map_err(|source| SagaError::Command {
         saga_type: S::NAME.to_owned(),
         command_type: command.command_type.to_owned(),
         source,

@@ -163,6 +163,27 @@ impl State {
 impl SagaStore for InMemorySagaStore {
     type Conn = InMemoryConn;
 
+    async fn forget_subject(&self, subject: &str) -> Result<u64, SagaError> {
+        use super::forget_marked;
+        crate::store::limits::check_subject(subject)?;
+        let mut state = self.lock();
+        let State { sagas, outbox, .. } = &mut *state;
+        let mut changed = 0;
+        for saga in sagas
+            .values_mut()
+            .filter(|s| s.subject.as_deref() == Some(subject))
+        {
+            let mut erased = forget_marked(&mut saga.data);
+            for entry in outbox.iter_mut().filter(|e| e.saga_id == saga.saga_id) {
+                erased += forget_marked(&mut entry.command);
+            }
+            if erased > 0 {
+                changed += 1;
+            }
+        }
+        Ok(changed)
+    }
+
     async fn load(
         &self,
         _tx: &mut InMemoryConn,

@@ -52,8 +52,8 @@ pub use error::SagaError;
 pub use memory::InMemorySagaStore;
 pub use projection::SagaProjection;
 pub use record::{
-    CommandOutcome, OutboxCommand, OutboxEntry, SagaChange, SagaProgress, SagaRecord, SagaStatus,
-    StepRecord, StepStatus,
+    forget_marked, CommandOutcome, OutboxCommand, OutboxEntry, SagaChange, SagaProgress,
+    SagaRecord, SagaStatus, StepRecord, StepStatus, MARKED,
 };
 pub use store::SagaStore;
 pub use worker::{CommandBus, Dispatch, SagaWorker, SagaWorkerHandle, WorkerRound};
@@ -195,6 +195,17 @@ pub trait SagaData: Default + Serialize + DeserializeOwned + Send + Sync + 'stat
     /// ```
     fn apply_envelope(&mut self, event: &Envelope<Self::Event>) {
         self.apply(&event.payload);
+    }
+
+    /// Whose personal data the saga holds, if any: its data's and its
+    /// commands' `Personal<T>` fields (feature `personal`). The store
+    /// records it with the saga; forgetting the subject
+    /// ([`SagaStore::forget_subject`], or the [`SagaEraser`] projection on
+    /// `subject.forgotten`) turns those fields into `Personal::Forgotten`
+    /// in the saga's data and in every command it issued. `None` (the
+    /// default): nobody's.
+    fn subject(&self) -> Option<String> {
+        None
     }
 }
 

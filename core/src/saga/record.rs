@@ -97,6 +97,29 @@ pub struct StepRecord {
     pub status: StepStatus,
 }
 
+/// The key of the wrapper a personal value is stored in where no schema
+/// says which fields are personal (saga data, saga commands):
+/// `{"$personal": value}`. With the `personal` feature the saga engine
+/// writes `Personal<T>` values so (`personal::to_marked_value`), and
+/// [`forget_marked`] finds them by it.
+pub const MARKED: &str = "$personal";
+
+/// Replaces every `{"$personal": value}` inside `value` with the forgotten
+/// marker `{"$forgotten": true}`; returns how many it replaced. Saga
+/// stores call it to forget a subject
+/// ([`SagaStore::forget_subject`](super::SagaStore::forget_subject)).
+pub fn forget_marked(value: &mut serde_json::Value) -> usize {
+    match value {
+        serde_json::Value::Object(map) if map.len() == 1 && map.contains_key(MARKED) => {
+            *value = serde_json::json!({ "$forgotten": true });
+            1
+        }
+        serde_json::Value::Object(map) => map.values_mut().map(forget_marked).sum(),
+        serde_json::Value::Array(items) => items.iter_mut().map(forget_marked).sum(),
+        _ => 0,
+    }
+}
+
 /// A saga instance as stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SagaRecord {
@@ -134,6 +157,11 @@ pub struct SagaRecord {
     /// The last event the saga applied: an event at or before it is a
     /// duplicate delivery and is ignored.
     pub last_event: LogPosition,
+    /// Whose personal data the saga holds
+    /// ([`SagaData::subject`](super::SagaData::subject)): forgetting the
+    /// subject erases it from the saga's data and commands
+    /// ([`SagaStore::forget_subject`](super::SagaStore::forget_subject)).
+    pub subject: Option<String>,
 }
 
 impl SagaRecord {

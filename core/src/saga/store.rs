@@ -166,6 +166,14 @@ pub trait SagaStore: Clone + Send + Sync + 'static {
     where
         F: FnOnce(SagaRecord, SagaProgress) -> Result<Option<SagaChange>, SagaError> + Send;
 
+    /// Erases `subject`'s personal data from every saga that holds it (its
+    /// [`SagaRecord::subject`]): each `Personal` value in the saga's data
+    /// and in every command it issued, delivered or not, becomes the
+    /// forgotten marker (stored `{"$personal": ...}` wrappers, see
+    /// [`to_marked_value`](crate::personal::to_marked_value)). Idempotent;
+    /// returns how many sagas it changed. Runs in a transaction of its own.
+    fn forget_subject(&self, subject: &str) -> impl Future<Output = Result<u64, SagaError>> + Send;
+
     /// Locks up to `limit` running sagas of this type whose deadline has
     /// passed (skipping sagas another instance holds), calls `decide` for
     /// each with its [attempted steps](SagaStore::attempted_steps) and

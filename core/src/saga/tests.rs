@@ -925,6 +925,7 @@ fn unknown_stored_state_is_a_typed_error() {
         error_message: None,
         retry_count: 0,
         last_event: LogPosition::START,
+        subject: None,
     };
     let err = engine::on_timeout::<TripBooking>(record).unwrap_err();
     assert!(err.to_string().contains("state `Renamed`"), "{err}");

@@ -698,3 +698,152 @@ where
         );
     }
 }
+
+/// A call to make to a patient: the command carries the patient's name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallPatient {
+    pub patient_id: String,
+    pub name: Personal<String>,
+}
+
+/// The care saga's commands.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum CareCommand {
+    Call(CallPatient),
+}
+
+/// The care saga's data: it copies the patient's name, and says whose
+/// personal data it holds.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Care {
+    pub patient_id: String,
+    pub name: Option<Personal<String>>,
+}
+
+impl crate::SagaData for Care {
+    type Event = PatientEvent;
+    fn apply(&mut self, event: &PatientEvent) {
+        if let PatientEvent::Registered(r) = event {
+            self.patient_id = r.patient_id.clone();
+            self.name = Some(r.name.clone());
+        }
+    }
+    fn subject(&self) -> Option<String> {
+        Some(self.patient_id.clone())
+    }
+}
+
+impl crate::Issue<CallPatient> for Care {
+    fn issue(&self) -> CallPatient {
+        CallPatient {
+            patient_id: self.patient_id.clone(),
+            name: self.name.clone().unwrap_or(Personal::Forgotten),
+        }
+    }
+}
+
+/// Registered → call the patient (with their name) → registered again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, annals_macros::Saga)]
+#[saga(crate = "crate", event = PatientEvent, command = CareCommand, data = Care,
+       correlation = String, correlate = patient_id)]
+pub enum CareSaga {
+    #[saga(start = Registered, issue = Call, compensate = none, on(Registered => Done))]
+    Calling,
+    #[saga(terminal)]
+    Done,
+}
+
+/// Sagas forget their subject: two patients' registrations start a care
+/// saga each, whose data and outbox command hold the patient's name in
+/// plaintext (as a saga's state is, while its subject is known). After
+/// `forget(A)` and a [`SagaEraser`](crate::personal::SagaEraser) catching
+/// up, A's saga data and command hold no canary and read `Forgotten`; B's
+/// keep theirs; a second erase changes nothing; a hostile subject is a
+/// typed error.
+pub async fn sagas_forget_their_subject<S, K, B, St>(inner: S, keys: K, projections: B, sagas: St)
+where
+    S: crate::store::WatchLog + Clone + 'static,
+    K: SubjectKeys,
+    B: crate::ProjectionStore<Conn = St::Conn> + Clone,
+    St: crate::SagaStore + Clone,
+{
+    use crate::personal::SagaEraser;
+    use crate::saga::SagaError;
+    use crate::{ProjectionRunner, Saga as _, SagaProjection};
+
+    let store = PersonalStore::new(inner, keys);
+    for patient in ["patient-sa", "patient-sb"] {
+        append(&store, patient, &[registered(patient)]).await;
+    }
+    ProjectionRunner::new(
+        store.clone(),
+        projections.clone(),
+        Arc::new(SagaProjection::<CareSaga, _>::new(sagas.clone())),
+    )
+    .catch_up()
+    .await
+    .expect("the care sagas start");
+    let stored = |patient: &'static str| {
+        let sagas = sagas.clone();
+        async move {
+            let saga = sagas
+                .find_by_correlation_id(CareSaga::NAME, patient)
+                .await
+                .expect("find the saga")
+                .unwrap_or_else(|| panic!("no care saga for {patient}"));
+            let commands = sagas.commands_of(saga.saga_id).await.expect("commands");
+            assert_eq!(commands.len(), 1, "one call command");
+            (saga, commands[0].command.clone())
+        }
+    };
+    let (a, command) = stored("patient-sa").await;
+    assert_eq!(a.subject.as_deref(), Some("patient-sa"));
+    for json in [&a.data, &command] {
+        assert!(
+            json.to_string().contains("canary-name-patient-sa"),
+            "plaintext while the subject is known: {json}"
+        );
+    }
+
+    store.forget("patient-sa").await.expect("forget");
+    ProjectionRunner::new(
+        store.clone(),
+        projections,
+        Arc::new(SagaEraser::new(sagas.clone())),
+    )
+    .catch_up()
+    .await
+    .expect("the eraser catches up");
+
+    let (a, command) = stored("patient-sa").await;
+    for json in [&a.data, &command] {
+        assert_no_canary_of(&json.to_string(), "patient-sa");
+    }
+    let data: Care = serde_json::from_value(a.data.clone()).expect("the data still reads");
+    assert_eq!(data.name, Some(Personal::Forgotten));
+    assert_eq!(data.patient_id, "patient-sa", "what is not personal stays");
+    let command: CareCommand = serde_json::from_value(command).expect("the command still reads");
+    let CareCommand::Call(call) = command;
+    assert_eq!(call.name, Personal::Forgotten);
+
+    let (b, command) = stored("patient-sb").await;
+    let data: Care = serde_json::from_value(b.data).expect("B's data");
+    assert_eq!(
+        data.name,
+        Some(Personal::Known("canary-name-patient-sb".into()))
+    );
+    assert!(command.to_string().contains("canary-name-patient-sb"));
+
+    assert_eq!(
+        sagas.forget_subject("patient-sa").await.expect("again"),
+        0,
+        "a second erase changes nothing"
+    );
+    for hostile in [String::new(), "nul\0".to_owned(), "x".repeat(1025)] {
+        let err = sagas.forget_subject(&hostile).await.unwrap_err();
+        assert!(
+            matches!(err, SagaError::InvalidInput(_)),
+            "{hostile:?}: {err}"
+        );
+    }
+}

@@ -27,3 +27,15 @@ async fn in_memory_snapshots_are_sealed_and_forgotten() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_memory_sagas_forget_their_subject() {
+    let keys = InMemorySubjectKeys::new(LocalKeyProvider::generate("kek-1"));
+    annals_core::testing::personal::sagas_forget_their_subject(
+        InMemoryEventStore::new(),
+        keys,
+        annals_core::InMemoryProjectionStore::new(),
+        annals_core::InMemorySagaStore::new(),
+    )
+    .await;
+}

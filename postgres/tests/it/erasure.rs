@@ -1,18 +1,19 @@
 //! Forgetting a person, end to end on a real Postgres: events, snapshots,
-//! a read model kept by an application projection, a parked dead letter
-//! and the key table hold canaries of two patients; after `forget(A)` a
+//! a read model kept by an application projection, a saga's data and
+//! outbox command, a parked dead letter and the key table hold canaries
+//! of two patients; after `forget(A)` a
 //! full `pg_dump` of the database holds no canary of A, and B's data still
 //! reads back through the API, from this process and from a new one (new
 //! pool, stores and key cache, as after a restart).
 
-use annals_core::personal::{LocalKeyProvider, PersonalStore, SubjectForgotten};
-use annals_core::testing::personal::{noted, registered, Patient, PatientEvent};
+use annals_core::personal::{LocalKeyProvider, PersonalStore, SagaEraser, SubjectForgotten};
+use annals_core::testing::personal::{noted, registered, CareSaga, Patient, PatientEvent};
 use annals_core::{
     dead_letter::DeadLetterQuery, dead_letter::DeadLetterStore, Envelope, HandlerError, Metadata,
-    Projection, ProjectionRunner, Repository,
+    Projection, ProjectionRunner, Repository, SagaProjection,
 };
 use annals_postgres::testing::{database_url, TestDatabase};
-use annals_postgres::{PgProjectionStore, PgSnapshotStore, PgSubjectKeys};
+use annals_postgres::{PgProjectionStore, PgSagaStore, PgSnapshotStore, PgSubjectKeys};
 use sqlx::PgConnection;
 
 const KEK: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
@@ -144,6 +145,21 @@ async fn forget_leaves_no_plaintext_in_a_full_dump() {
         std::sync::Arc::new(Directory),
     );
     runner.catch_up().await.expect("catch up");
+    // a saga per patient copies the name into its data and its command
+    let sagas = PgSagaStore::new(db.pool().clone());
+    ProjectionRunner::new(
+        store.clone(),
+        projections.clone(),
+        std::sync::Arc::new(SagaProjection::<CareSaga, _>::new(sagas.clone())),
+    )
+    .catch_up()
+    .await
+    .expect("the care sagas start");
+    let eraser = ProjectionRunner::new(
+        store.clone(),
+        projections.clone(),
+        std::sync::Arc::new(SagaEraser::new(sagas)),
+    );
     let parked = projections
         .list_dead_letters(&DeadLetterQuery::pending("directory"))
         .await
@@ -151,17 +167,22 @@ async fn forget_leaves_no_plaintext_in_a_full_dump() {
     assert_eq!(parked.len(), 1, "the poison registration is parked");
     let before = pg_dump(&db);
     for canary in canaries("patient-a") {
-        // sealed in events and snapshots; in the read model the name is
-        // plaintext, as read models are
+        // sealed in events and snapshots; in the read model, the saga's
+        // data and its command the name is plaintext, as read models are
         assert_eq!(
             before.matches(&canary).count(),
-            usize::from(canary.starts_with("canary-name")),
+            if canary.starts_with("canary-name") {
+                3
+            } else {
+                0
+            },
             "{canary} before forget"
         );
     }
 
     store.forget("patient-a").await.expect("forget");
     runner.catch_up().await.expect("catch up the forget");
+    eraser.catch_up().await.expect("the sagas forget");
 
     let dump = pg_dump(&db);
     for canary in canaries("patient-a") {

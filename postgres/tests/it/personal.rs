@@ -93,3 +93,16 @@ async fn postgres_snapshots_are_sealed_and_forgotten() {
     annals_core::testing::personal::snapshots_are_sealed_and_forgotten(store, keys, snapshots)
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_sagas_forget_their_subject() {
+    let db = TestDatabase::new().await;
+    let pool = db.pool().clone();
+    annals_core::testing::personal::sagas_forget_their_subject(
+        db.store().await,
+        PgSubjectKeys::new(pool.clone(), kek()),
+        annals_postgres::PgProjectionStore::new(pool.clone()),
+        annals_postgres::PgSagaStore::new(pool),
+    )
+    .await;
+}

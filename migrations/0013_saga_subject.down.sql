@@ -1,0 +1,2 @@
+DROP INDEX annals_sagas_subject_idx;
+ALTER TABLE annals_sagas DROP COLUMN subject;
