@@ -33,9 +33,16 @@
 //! subject's rows. Upcasters of old versions see a forgotten field as the
 //! marker `{"$forgotten": true}`, and must pass it through.
 //!
-//! **Not covered yet** (issue 21): saga data and outbox payloads, the
-//! knowledge base and its embedding caches are not sealed or erased; a
-//! handler's error text stored with a dead letter is the handler's own
+//! **Sagas.** A saga's data and commands are not sealed: they are state the
+//! saga works with, like a read model. The engine stores their `Personal`
+//! values wrapped (`{"$personal": value}`, [`to_marked_value`]), the saga's
+//! [`SagaData::subject`](crate::SagaData::subject) says whose they are, and
+//! [`SagaEraser`] (a projection of `subject.forgotten`) replaces them with
+//! the forgotten marker in the saga's data and in every command it issued
+//! ([`SagaStore::forget_subject`](crate::SagaStore::forget_subject)).
+//!
+//! **Not covered yet** (issue 21): the knowledge base and its embedding
+//! caches are not sealed or erased; a handler's error text stored with a dead letter is the handler's own
 //! (it must not quote personal data). A forgotten key's bytes are
 //! overwritten in place, but old row versions stay in the table's files
 //! and the WAL until vacuum and WAL recycling (and in backups taken
