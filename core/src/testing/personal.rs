@@ -840,7 +840,10 @@ where
         "a second erase changes nothing"
     );
     for hostile in [String::new(), "nul\0".to_owned(), "x".repeat(1025)] {
-        let err = sagas.forget_subject(&hostile).await.unwrap_err();
+        let err = sagas
+            .forget_subject(&hostile)
+            .await
+            .expect_err("a hostile subject is refused");
         assert!(
             matches!(err, SagaError::InvalidInput(_)),
             "{hostile:?}: {err}"
