@@ -3,7 +3,14 @@
 
 use annals_core::personal::{LocalKeyProvider, PersonalError, PersonalStore};
 use annals_core::testing::personal::{registered, PatientEvent};
-use annals_core::{Error, EventStoreExt, ExpectedVersion, Metadata};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use annals_core::dead_letter::{DeadLetterQuery, DeadLetterStore as _};
+use annals_core::{
+    Envelope, Error, EventStoreExt, ExpectedVersion, HandlerError, Metadata, Projection,
+    ProjectionRunner,
+};
 use annals_postgres::testing::TestDatabase;
 use annals_postgres::PgSubjectKeys;
 
@@ -74,7 +81,29 @@ async fn a_wrong_kek_decrypts_nothing_and_loses_nothing() {
         matches!(&write, Err(Error::Personal(PersonalError::WrongKek { .. }))),
         "{write:?}"
     );
-    // nothing lost: the right KEK still reads it
+    // a projection over the wrong KEK fails its read: nothing applied,
+    // nothing parked (the event is not at fault), the checkpoint stays
+    let projections = annals_postgres::PgProjectionStore::new(db.pool().clone());
+    let applied = Arc::new(AtomicU32::new(0));
+    let runner = |store| {
+        ProjectionRunner::new(
+            store,
+            projections.clone(),
+            Arc::new(Counting(applied.clone())),
+        )
+    };
+    let failed = runner(wrong).catch_up().await;
+    assert!(
+        failed.as_ref().is_err_and(|e| e.to_string().contains("does not unwrap")),
+        "the read fails with the KEK error: {failed:?}"
+    );
+    assert_eq!(applied.load(Ordering::SeqCst), 0);
+    let parked = projections
+        .list_dead_letters(&DeadLetterQuery::pending("counting"))
+        .await
+        .expect("dead letters");
+    assert!(parked.is_empty(), "nothing parked: {parked:?}");
+    // nothing lost: the right KEK still reads it, and the projection goes on
     let again = PersonalStore::new(store, PgSubjectKeys::new(db.pool().clone(), kek()));
     let read = again
         .read_stream_as::<PatientEvent>("patient-a", ..)
@@ -82,6 +111,27 @@ async fn a_wrong_kek_decrypts_nothing_and_loses_nothing() {
         .expect("the right KEK reads");
     assert_eq!(read.len(), 1);
     assert_eq!(read[0].payload, registered("patient-a"));
+    runner(again).catch_up().await.expect("catch up with the right KEK");
+    assert_eq!(applied.load(Ordering::SeqCst), 1);
+}
+
+/// Counts the patient events it applies.
+struct Counting(Arc<AtomicU32>);
+
+impl Projection for Counting {
+    type Event = PatientEvent;
+    type Conn = sqlx::PgConnection;
+    fn name(&self) -> &str {
+        "counting"
+    }
+    async fn apply(
+        &self,
+        _: &mut sqlx::PgConnection,
+        _: &Envelope<PatientEvent>,
+    ) -> Result<(), HandlerError> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
