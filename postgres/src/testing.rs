@@ -244,3 +244,142 @@ impl Drop for TestDatabase {
         let _ = handle.join();
     }
 }
+
+/// A PostgreSQL server of a test's own: a fresh data directory and a free
+/// port on 127.0.0.1, for tests that restart a server or need several.
+/// Durable (`fsync`, `synchronous_commit` on), so a restart after an
+/// immediate stop recovers exactly what committed. Stopped and removed on
+/// drop.
+///
+/// The binaries come from `ANNALS_PG_BIN` (`scripts/with-services` and
+/// `scripts/test` set it); without it, [`start`](Self::start) panics with
+/// what to do. As root, the server runs as the `postgres` OS user
+/// (`scripts/provision` makes sure there is one).
+#[derive(Debug)]
+pub struct PgServer {
+    bin: std::path::PathBuf,
+    dir: std::path::PathBuf,
+    port: u16,
+}
+
+impl PgServer {
+    /// Initializes a data directory and starts the server.
+    pub fn start() -> Self {
+        let bin = match std::env::var("ANNALS_PG_BIN") {
+            Ok(b) if !b.is_empty() => std::path::PathBuf::from(b),
+            _ => panic!(
+                "ANNALS_PG_BIN is not set: this test starts PostgreSQL servers of its own and needs \
+                 the directory of initdb and pg_ctl. Run the test command `scripts/test`, or \
+                 `scripts/with-services cargo test ...`, which set it"
+            ),
+        };
+        let dir = std::env::temp_dir().join(format!("annals-pg-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&dir).expect("create the server's directory");
+        if is_root() {
+            run(std::process::Command::new("chown").arg("postgres:").arg(&dir));
+        }
+        let data = dir.join("data");
+        run(as_pg(&bin.join("initdb"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"]));
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free port")
+                .port();
+            let server = PgServer {
+                bin: bin.clone(),
+                dir: dir.clone(),
+                port,
+            };
+            if server.pg_ctl("start").status().is_ok_and(|s| s.success()) {
+                return server;
+            }
+            // the port was taken between the probe and the bind: another
+            std::mem::forget(server);
+        }
+        panic!(
+            "PostgreSQL did not start; see {}",
+            dir.join("server.log").display()
+        );
+    }
+
+    /// The server's URL (database `postgres`, user `postgres`).
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Stops the server as a crash would (`pg_ctl stop -m immediate`: no
+    /// shutdown checkpoint, WAL replay at the next start) and starts it
+    /// again on the same port. Connections to it break.
+    pub fn crash_and_restart(&self) {
+        run(&mut self.pg_ctl("stop"));
+        run(&mut self.pg_ctl("start"));
+    }
+
+    fn pg_ctl(&self, action: &str) -> std::process::Command {
+        let mut command = as_pg(&self.bin.join("pg_ctl"));
+        command
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .arg("-w")
+            .args(["-t", "60"]);
+        match action {
+            "start" => {
+                command.arg("-l").arg(self.dir.join("server.log")).args([
+                    "start",
+                    "-o",
+                    &format!(
+                        "-c listen_addresses=127.0.0.1 -p {} -c unix_socket_directories={} \
+                         -c fsync=on -c synchronous_commit=on -c full_page_writes=on",
+                        self.port,
+                        self.dir.display()
+                    ),
+                ]);
+            }
+            _ => {
+                command.args(["stop", "-m", "immediate"]);
+            }
+        }
+        command
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        let _ = self.pg_ctl("stop").output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+}
+
+/// `program`, run as the `postgres` OS user when we are root (initdb and
+/// postgres refuse to run as root).
+fn as_pg(program: &std::path::Path) -> std::process::Command {
+    if is_root() {
+        let mut command = std::process::Command::new("runuser");
+        command.args(["-u", "postgres", "--"]).arg(program);
+        command
+    } else {
+        std::process::Command::new(program)
+    }
+}
+
+fn run(command: &mut std::process::Command) {
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    assert!(
+        output.status.success(),
+        "{command:?} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

@@ -156,3 +156,70 @@ async fn postgres_sagas_forget_their_subject() {
     )
     .await;
 }
+
+/// Through a crash of the database server (an immediate stop: no shutdown
+/// checkpoint, WAL replay at start): a subject's key survives, even though
+/// its row committed without waiting for the flush (the events sealed with
+/// it flushed it), and a forgotten subject stays forgotten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_survive_a_server_crash_and_forgotten_stays_forgotten() {
+    let server = annals_postgres::testing::PgServer::start();
+    let connect = || async {
+        let pool = sqlx::PgPool::connect(&server.url())
+            .await
+            .expect("connect to the test's own server");
+        let store = annals_postgres::PgEventStore::builder(pool.clone())
+            .build()
+            .await
+            .expect("a store");
+        PersonalStore::new(store, PgSubjectKeys::new(pool, kek()))
+    };
+    {
+        let pool = sqlx::PgPool::connect(&server.url())
+            .await
+            .expect("connect");
+        annals_postgres::migrate(&pool).await.expect("migrate");
+    }
+    let before = connect().await;
+    for patient in ["patient-a", "patient-b"] {
+        before
+            .append_events(
+                patient,
+                ExpectedVersion::NoStream,
+                &[registered(patient)],
+                &Metadata::new(),
+            )
+            .await
+            .expect("append");
+    }
+    before.forget("patient-a").await.expect("forget");
+
+    server.crash_and_restart();
+
+    let after = connect().await;
+    let b = after
+        .read_stream_as::<PatientEvent>("patient-b", ..)
+        .await
+        .expect("B's key survived the crash");
+    assert_eq!(b[0].payload, registered("patient-b"));
+    let a = after
+        .read_stream_as::<PatientEvent>("patient-a", ..)
+        .await
+        .expect("A reads, as forgotten");
+    let PatientEvent::Registered(r) = &a[0].payload else {
+        panic!("a registration: {:?}", a[0].payload)
+    };
+    assert!(r.name.is_forgotten() && r.contact.is_forgotten(), "{r:?}");
+    let write = after
+        .append_events(
+            "patient-a",
+            ExpectedVersion::Any,
+            &[registered("patient-a")],
+            &Metadata::new(),
+        )
+        .await;
+    assert!(
+        matches!(&write, Err(Error::Personal(PersonalError::Forgotten { .. }))),
+        "the tombstone survived the crash: {write:?}"
+    );
+}
