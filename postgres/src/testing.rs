@@ -276,13 +276,20 @@ impl PgServer {
         let dir = std::env::temp_dir().join(format!("annals-pg-{}", uuid::Uuid::now_v7()));
         std::fs::create_dir_all(&dir).expect("create the server's directory");
         if is_root() {
-            run(std::process::Command::new("chown").arg("postgres:").arg(&dir));
+            run(std::process::Command::new("chown")
+                .arg("postgres:")
+                .arg(&dir));
         }
         let data = dir.join("data");
-        run(as_pg(&bin.join("initdb"))
-            .arg("-D")
-            .arg(&data)
-            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"]));
+        run(as_pg(&bin.join("initdb")).arg("-D").arg(&data).args([
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "--no-sync",
+            "-E",
+            "UTF8",
+        ]));
         for _ in 0..5 {
             let port = std::net::TcpListener::bind("127.0.0.1:0")
                 .and_then(|l| l.local_addr())

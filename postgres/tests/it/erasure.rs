@@ -218,17 +218,29 @@ async fn forget_leaves_no_plaintext_in_a_full_dump() {
         assert!(a.state.name.is_some_and(|n| n.is_forgotten()));
         assert!(a.state.notes.iter().all(|n| n.is_forgotten()));
     }
-    let names: Vec<(String, Option<String>)> =
-        sqlx::query_as("SELECT subject, name FROM directory ORDER BY subject")
-            .fetch_all(db.pool())
-            .await
-            .expect("the read model");
+    let names = || async {
+        sqlx::query_as::<_, (String, Option<String>)>(
+            "SELECT subject, name FROM directory ORDER BY subject",
+        )
+        .fetch_all(db.pool())
+        .await
+        .expect("the read model")
+    };
+    let expected = [(
+        "patient-b".to_owned(),
+        Some("canary-name-patient-b".to_owned()),
+    )];
     assert_eq!(
-        names,
-        [(
-            "patient-b".to_owned(),
-            Some("canary-name-patient-b".to_owned())
-        )],
+        names().await,
+        expected,
         "the read model erased A and kept B"
     );
+    // a rebuild after the forget reads A's events as forgotten and erases
+    // A again at `subject.forgotten`: no canary comes back
+    runner.rebuild().await.expect("rebuild after forget");
+    assert_eq!(names().await, expected, "the rebuilt read model");
+    let dump = pg_dump(&db);
+    for canary in canaries("patient-a") {
+        assert!(!dump.contains(&canary), "{canary} is back after a rebuild");
+    }
 }

@@ -94,7 +94,9 @@ async fn a_wrong_kek_decrypts_nothing_and_loses_nothing() {
     };
     let failed = runner(wrong).catch_up().await;
     assert!(
-        failed.as_ref().is_err_and(|e| e.to_string().contains("does not unwrap")),
+        failed
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("does not unwrap")),
         "the read fails with the KEK error: {failed:?}"
     );
     assert_eq!(applied.load(Ordering::SeqCst), 0);
@@ -111,7 +113,10 @@ async fn a_wrong_kek_decrypts_nothing_and_loses_nothing() {
         .expect("the right KEK reads");
     assert_eq!(read.len(), 1);
     assert_eq!(read[0].payload, registered("patient-a"));
-    runner(again).catch_up().await.expect("catch up with the right KEK");
+    runner(again)
+        .catch_up()
+        .await
+        .expect("catch up with the right KEK");
     assert_eq!(applied.load(Ordering::SeqCst), 1);
 }
 
@@ -175,9 +180,7 @@ async fn keys_survive_a_server_crash_and_forgotten_stays_forgotten() {
         PersonalStore::new(store, PgSubjectKeys::new(pool, kek()))
     };
     {
-        let pool = sqlx::PgPool::connect(&server.url())
-            .await
-            .expect("connect");
+        let pool = sqlx::PgPool::connect(&server.url()).await.expect("connect");
         annals_postgres::migrate(&pool).await.expect("migrate");
     }
     let before = connect().await;
@@ -219,7 +222,10 @@ async fn keys_survive_a_server_crash_and_forgotten_stays_forgotten() {
         )
         .await;
     assert!(
-        matches!(&write, Err(Error::Personal(PersonalError::Forgotten { .. }))),
+        matches!(
+            &write,
+            Err(Error::Personal(PersonalError::Forgotten { .. }))
+        ),
         "the tombstone survived the crash: {write:?}"
     );
 }
