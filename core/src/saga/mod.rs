@@ -200,7 +200,7 @@ pub trait SagaData: Default + Serialize + DeserializeOwned + Send + Sync + 'stat
     /// Whose personal data the saga holds, if any: its data's and its
     /// commands' `Personal<T>` fields (feature `personal`). The store
     /// records it with the saga; forgetting the subject
-    /// ([`SagaStore::forget_subject`], or the [`SagaEraser`] projection on
+    /// ([`SagaStore::forget_subject`], or the `personal::SagaEraser` projection on
     /// `subject.forgotten`) turns those fields into `Personal::Forgotten`
     /// in the saga's data and in every command it issued. `None` (the
     /// default): nobody's.

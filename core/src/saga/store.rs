@@ -170,7 +170,7 @@ pub trait SagaStore: Clone + Send + Sync + 'static {
     /// [`SagaRecord::subject`]): each `Personal` value in the saga's data
     /// and in every command it issued, delivered or not, becomes the
     /// forgotten marker (stored `{"$personal": ...}` wrappers, see
-    /// [`to_marked_value`](crate::personal::to_marked_value)). Idempotent;
+    /// `personal::to_marked_value`). Idempotent;
     /// returns how many sagas it changed. Runs in a transaction of its own.
     fn forget_subject(&self, subject: &str) -> impl Future<Output = Result<u64, SagaError>> + Send;
 
