@@ -95,10 +95,11 @@ const fn concat<const N: usize>(parts: &[&[EventTypeInfo]]) -> [EventTypeInfo; N
     out
 }
 
-static TYPES: [EventTypeInfo; count(PARTS)] = concat(PARTS);
+/// Every event type of [`KnowledgeEvent`], in variant order.
+static ALL_TYPES: [EventTypeInfo; count(PARTS)] = concat(PARTS);
 
 impl Event for KnowledgeEvent {
-    const TYPES: &'static [EventTypeInfo] = &TYPES;
+    const TYPES: &'static [EventTypeInfo] = &ALL_TYPES;
 
     fn event_type(&self) -> &'static str {
         match self {
