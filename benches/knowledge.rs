@@ -396,6 +396,7 @@ fn corpus_doc(id: Uuid, n: usize, edit: Option<usize>) -> Document {
             language: Some("en".into()),
             tags: vec![],
             metadata: Default::default(),
+            subject: None,
         },
         content: paragraphs.join("\n\n"),
     }

@@ -25,6 +25,7 @@ async fn main() -> Result<(), KnowledgeError> {
             language: Some("ro".into()),
             tags: vec!["hours".into()],
             metadata: Default::default(),
+            subject: None,
         },
         content: "Clinica este deschisă de luni până vineri, între 8 și 20.".into(),
     };

@@ -28,6 +28,8 @@ pub mod breaker;
 pub mod dead_letter;
 pub mod error;
 pub mod event;
+#[cfg(any(feature = "knowledge", feature = "personal"))]
+mod forgotten;
 pub mod handler;
 #[cfg(feature = "knowledge")]
 #[cfg_attr(docsrs, doc(cfg(feature = "knowledge")))]

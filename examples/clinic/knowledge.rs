@@ -31,6 +31,7 @@ fn faq(
             language: Some(language.into()),
             tags: tags.iter().map(|t| (*t).to_owned()).collect(),
             metadata: Default::default(),
+            subject: None,
         },
         content: content.into(),
     }

@@ -4,6 +4,13 @@
 //! refresh job's storage and the knowledge base projection. Behind the
 //! `knowledge` feature.
 //!
+//! Each row keeps its document's subject (`subject`, nullable, indexed
+//! where set; migration `0002_knowledge_base_subject`).
+//! [`PgKnowledgeBase::forget_subject`](annals_core::knowledge::KnowledgeBase::forget_subject)
+//! and the projection, on `subject.forgotten`, lock the subject's rows,
+//! remove their texts from the embedding caches and delete them, in one
+//! transaction (see `annals::knowledge`, "Forgetting a subject").
+//!
 //! ```no_run
 //! use annals::knowledge::{Embedder, HashingEmbedder, Ingestor, KnowledgeBase, Scope, SearchQuery};
 //! use annals::postgres::knowledge::{self, PgKnowledgeBase};
@@ -30,9 +37,9 @@ use std::sync::{Arc, Mutex};
 
 use annals_core::knowledge::{
     validate_model_name, BatchCommit, ChunkRow, DocumentEvent, DocumentMeta, Embedder,
-    EmbeddingUpdate, IngestReport, Ingestor, KnowledgeBase, KnowledgeEntry, KnowledgeError,
-    KnowledgeWriter, RefreshJobState, RowOp, Scope, SearchHit, SearchQuery, StaleRow,
-    StoredEmbedding,
+    EmbeddingUpdate, ErasureReport, IngestReport, Ingestor, KnowledgeBase, KnowledgeEntry,
+    KnowledgeError, KnowledgeEvent, KnowledgeWriter, RefreshJobState, RowOp, Scope, SearchHit,
+    SearchQuery, StaleRow, StoredEmbedding,
 };
 use annals_core::{Envelope, Error, HandlerError, Projection};
 use chrono::{DateTime, Utc};
@@ -429,7 +436,7 @@ fn create_index_sql(name: &str, model: &str, dimensions: usize, concurrently: bo
 
 const ENTRY_COLUMNS: &str =
     "id, parent_id, source_type, title, content, content_hash, chunk_index, chunk_total, \
-     tenant_id, language, tags, metadata, version, is_active, embedding_model, embedded_at";
+     tenant_id, language, tags, metadata, subject, version, is_active, embedding_model, embedded_at";
 
 /// The search statement of one (model, dimensions): the model and the
 /// dimensions are literals (the partial index's predicate and expression),
@@ -482,6 +489,7 @@ fn meta(row: &PgRow) -> Result<DocumentMeta, KnowledgeError> {
         language: get(row, "language")?,
         tags: get(row, "tags")?,
         metadata,
+        subject: get(row, "subject")?,
     })
 }
 
@@ -619,6 +627,20 @@ impl PgKnowledgeWriter<'_> {
         rows.iter().map(chunk_row).collect()
     }
 
+    async fn subject_rows(&mut self, subject: &str) -> Result<Vec<KnowledgeEntry>, KnowledgeError> {
+        // locked until the transaction ends: the rows deleted are the rows
+        // whose texts left the caches
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {ENTRY_COLUMNS} FROM annals_knowledge_base \
+             WHERE subject = $1 ORDER BY id FOR UPDATE"
+        )))
+        .bind(subject)
+        .fetch_all(&mut *self.conn)
+        .await
+        .map_err(kb_error("reading the subject's rows"))?;
+        rows.iter().map(entry).collect()
+    }
+
     async fn write(&mut self, document_id: Uuid, ops: Vec<RowOp>) -> Result<(), KnowledgeError> {
         for op in ops {
             match op {
@@ -658,8 +680,8 @@ impl PgKnowledgeWriter<'_> {
                     sqlx::query(
                         "INSERT INTO annals_knowledge_base (id, parent_id, source_type, title, content, \
                              content_hash, chunk_index, chunk_total, embedding, embedding_model, embedded_at, \
-                             tenant_id, language, tags, metadata, version, is_active) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
+                             tenant_id, language, tags, metadata, version, is_active, subject) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) \
                          ON CONFLICT (id) DO UPDATE SET parent_id = EXCLUDED.parent_id, \
                              source_type = EXCLUDED.source_type, title = EXCLUDED.title, \
                              content = EXCLUDED.content, content_hash = EXCLUDED.content_hash, \
@@ -668,7 +690,7 @@ impl PgKnowledgeWriter<'_> {
                              embedded_at = EXCLUDED.embedded_at, tenant_id = EXCLUDED.tenant_id, \
                              language = EXCLUDED.language, tags = EXCLUDED.tags, \
                              metadata = EXCLUDED.metadata, version = EXCLUDED.version, \
-                             is_active = EXCLUDED.is_active, updated_at = now()",
+                             is_active = EXCLUDED.is_active, subject = EXCLUDED.subject, updated_at = now()",
                     )
                     .bind(row.id)
                     .bind(row.parent_id)
@@ -687,6 +709,7 @@ impl PgKnowledgeWriter<'_> {
                     .bind(Json(&row.document.metadata))
                     .bind(version)
                     .bind(row.is_active)
+                    .bind(row.document.subject.as_deref())
                     .execute(&mut *self.conn)
                     .await
                     .map_err(|e| {
@@ -717,6 +740,13 @@ impl KnowledgeWriter for PgKnowledgeWriter<'_> {
         self.rows(document_id)
     }
 
+    fn subject_rows(
+        &mut self,
+        subject: &str,
+    ) -> impl Future<Output = Result<Vec<KnowledgeEntry>, KnowledgeError>> + Send {
+        PgKnowledgeWriter::subject_rows(self, subject)
+    }
+
     fn apply(
         &mut self,
         document_id: Uuid,
@@ -741,6 +771,26 @@ impl KnowledgeBase for PgKnowledgeBase {
         tx.commit()
             .await
             .map_err(|e| map_error(e, "committing an ingest", Some(event.document_id())))?;
+        Ok(report)
+    }
+
+    async fn forget_subject<E: Embedder>(
+        &self,
+        ingestor: &Ingestor<E>,
+        subject: &str,
+    ) -> Result<ErasureReport, KnowledgeError> {
+        annals_core::store::limits::check_subject(subject)?;
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(kb_error("starting an erasure"))?;
+        let report = ingestor
+            .forget_subject(&mut self.writer(&mut tx), subject)
+            .await?;
+        tx.commit()
+            .await
+            .map_err(kb_error("committing an erasure"))?;
         Ok(report)
     }
 
@@ -967,10 +1017,12 @@ impl KnowledgeBase for PgKnowledgeBase {
     }
 }
 
-/// The knowledge base projection on Postgres: applies [`DocumentEvent`]s
-/// from the log through the same [`Ingestor`] path as
-/// [`PgKnowledgeBase::ingest`], inside the runner's transaction, so the
-/// rows and the projection's checkpoint commit together.
+/// The knowledge base projection on Postgres: applies the
+/// [`KnowledgeEvent`]s of the log (documents, and `subject.forgotten`,
+/// which erases the subject as [`PgKnowledgeBase::forget_subject`] does)
+/// through the same [`Ingestor`] path as [`PgKnowledgeBase::ingest`],
+/// inside the runner's transaction, so the rows and the projection's
+/// checkpoint commit together.
 ///
 /// Transient failures (the embedding service, the database) are reported
 /// as [dependency](annals_core::handler::FailureKind::Dependency) failures, so the
@@ -1000,7 +1052,7 @@ impl<E: Embedder> PgKnowledgeProjection<E> {
 }
 
 impl<E: Embedder + 'static> Projection for PgKnowledgeProjection<E> {
-    type Event = DocumentEvent;
+    type Event = KnowledgeEvent;
     type Conn = PgConnection;
 
     fn name(&self) -> &str {
@@ -1010,12 +1062,11 @@ impl<E: Embedder + 'static> Projection for PgKnowledgeProjection<E> {
     async fn apply(
         &self,
         tx: &mut PgConnection,
-        event: &Envelope<DocumentEvent>,
+        event: &Envelope<KnowledgeEvent>,
     ) -> Result<(), HandlerError> {
         self.ingestor
-            .apply(&mut self.kb.writer(tx), &event.payload)
+            .handle(&mut self.kb.writer(tx), &event.payload)
             .await
-            .map(drop)
             .map_err(KnowledgeError::into_handler_error)
     }
 

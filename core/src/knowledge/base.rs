@@ -8,7 +8,7 @@ use uuid::Uuid;
 use super::document::DocumentEvent;
 use super::embedder::{EmbedError, Embedder};
 use super::error::KnowledgeError;
-use super::ingest::{IngestReport, Ingestor};
+use super::ingest::{ErasureReport, IngestReport, Ingestor};
 use super::search::{KnowledgeEntry, SearchHit, SearchQuery};
 
 /// A knowledge base: documents in, similarity search out.
@@ -24,6 +24,26 @@ pub trait KnowledgeBase: Send + Sync {
         ingestor: &Ingestor<E>,
         event: &DocumentEvent,
     ) -> impl Future<Output = Result<IngestReport, KnowledgeError>> + Send;
+
+    /// Erases a subject ([`DocumentMeta::subject`](super::DocumentMeta::subject)):
+    /// deletes every row (active or retired) of its documents, and removes
+    /// their texts' embeddings from the caches of `ingestor`'s embedder
+    /// (see [`Ingestor::forget_subject`]); on Postgres in one transaction,
+    /// in memory document by document. Afterwards no search
+    /// finds them and no row holds their text or vectors; other subjects'
+    /// documents, and documents of nobody's, are untouched.
+    ///
+    /// The knowledge base projections call it when a `subject.forgotten`
+    /// event reaches them (`PersonalStore::forget` records one), so an
+    /// application that runs one need not call it itself. A subject id out
+    /// of the limits (empty, NUL, longer than
+    /// [`MAX_SUBJECT_BYTES`](crate::store::limits::MAX_SUBJECT_BYTES)) is
+    /// [`KnowledgeError::InvalidInput`] naming the field `subject`.
+    fn forget_subject<E: Embedder>(
+        &self,
+        ingestor: &Ingestor<E>,
+        subject: &str,
+    ) -> impl Future<Output = Result<ErasureReport, KnowledgeError>> + Send;
 
     /// The `query.k` active rows embedded by `model` nearest to `vector`
     /// that pass the query's filters, most similar first.

@@ -109,6 +109,16 @@ pub trait EmbeddingCache: Send + Sync {
     /// Removes every embedding of `model`; returns how many there were.
     fn invalidate_model(&self, model: &str)
         -> impl Future<Output = Result<u64, CacheError>> + Send;
+
+    /// Removes the embeddings of `keys` under `model` (those there are);
+    /// returns how many were removed. What erasure calls
+    /// ([`KnowledgeBase::forget_subject`](super::KnowledgeBase::forget_subject)):
+    /// once it returns `Ok`, the cache holds none of them.
+    fn remove_many(
+        &self,
+        model: &str,
+        keys: &[TextHash],
+    ) -> impl Future<Output = Result<u64, CacheError>> + Send;
 }
 
 impl<C: EmbeddingCache + ?Sized> EmbeddingCache for Arc<C> {
@@ -134,6 +144,13 @@ impl<C: EmbeddingCache + ?Sized> EmbeddingCache for Arc<C> {
         model: &str,
     ) -> impl Future<Output = Result<u64, CacheError>> + Send {
         (**self).invalidate_model(model)
+    }
+    fn remove_many(
+        &self,
+        model: &str,
+        keys: &[TextHash],
+    ) -> impl Future<Output = Result<u64, CacheError>> + Send {
+        (**self).remove_many(model, keys)
     }
 }
 
@@ -184,16 +201,20 @@ impl Lru {
         self.tick
     }
 
-    fn remove(&mut self, model: &str, key: &TextHash) {
+    /// Removes one entry; returns whether there was one.
+    fn remove(&mut self, model: &str, key: &TextHash) -> bool {
+        let mut removed = false;
         if let Some(map) = self.models.get_mut(model) {
             if let Some(slot) = map.remove(key) {
                 self.order.remove(&slot.tick);
                 self.len -= 1;
+                removed = true;
             }
             if map.is_empty() {
                 self.models.remove(model);
             }
         }
+        removed
     }
 }
 
@@ -311,6 +332,11 @@ impl InMemoryEmbeddingCache {
         }
     }
 
+    fn remove_sync(&self, model: &str, keys: &[TextHash]) -> u64 {
+        let mut lru = self.lock();
+        keys.iter().filter(|key| lru.remove(model, key)).count() as u64
+    }
+
     fn invalidate_sync(&self, model: &str) -> u64 {
         let mut lru = self.lock();
         let Some(map) = lru.models.remove(model) else {
@@ -351,6 +377,14 @@ impl EmbeddingCache for InMemoryEmbeddingCache {
         model: &str,
     ) -> impl Future<Output = Result<u64, CacheError>> + Send {
         std::future::ready(Ok(self.invalidate_sync(model)))
+    }
+
+    fn remove_many(
+        &self,
+        model: &str,
+        keys: &[TextHash],
+    ) -> impl Future<Output = Result<u64, CacheError>> + Send {
+        std::future::ready(Ok(self.remove_sync(model, keys)))
     }
 }
 
@@ -482,6 +516,15 @@ impl<E: Embedder, C: EmbeddingCache> Embedder for CachedEmbedder<E, C> {
     ) -> impl Future<Output = Result<Vec<Vec<f32>>, EmbedError>> + Send {
         self.embed_cached(texts)
     }
+
+    /// Removes the texts from this cache, then from whatever the wrapped
+    /// embedder keeps (a second cache level). Unlike a lookup, a failing
+    /// cache fails this: an erasure must not report success while a copy
+    /// remains.
+    async fn forget_cached(&self, model: &str, texts: &[TextHash]) -> Result<u64, CacheError> {
+        let here = self.cache.remove_many(model, texts).await?;
+        Ok(here + self.inner.forget_cached(model, texts).await?)
+    }
 }
 
 #[cfg(test)]
@@ -599,6 +642,36 @@ mod tests {
             cache.get_many("m2", &[k]).await.unwrap(),
             vec![Some(vec![2.0])]
         );
+    }
+
+    #[tokio::test]
+    async fn remove_many_removes_exactly_those_keys_of_that_model() {
+        let cache = InMemoryEmbeddingCache::new(10);
+        let (a, b, c) = (TextHash::of("a"), TextHash::of("b"), TextHash::of("c"));
+        cache
+            .put_many("m", &[(a, &[1.0]), (b, &[2.0]), (c, &[3.0])])
+            .await
+            .unwrap();
+        cache.put_many("n", &[(a, &[4.0])]).await.unwrap();
+        assert_eq!(cache.remove_many("m", &[a, c, a]).await.unwrap(), 2);
+        assert_eq!(cache.remove_many("m", &[a]).await.unwrap(), 0);
+        assert_eq!(
+            cache.get_many("m", &[a, b, c]).await.unwrap(),
+            vec![None, Some(vec![2.0]), None]
+        );
+        assert_eq!(
+            cache.get_many("n", &[a]).await.unwrap(),
+            vec![Some(vec![4.0])]
+        );
+        assert_eq!(cache.len(), 2);
+        // two levels: the cached embedder forgets in both
+        let inner = CachedEmbedder::new(HashingEmbedder::new(8), InMemoryEmbeddingCache::new(10));
+        let outer = CachedEmbedder::new(inner, InMemoryEmbeddingCache::new(10));
+        outer.embed(&["x", "y"]).await.unwrap();
+        let model = outer.model().to_owned();
+        let x = TextHash::of("x");
+        assert_eq!(outer.forget_cached(&model, &[x]).await.unwrap(), 2);
+        assert_eq!((outer.cache().len(), outer.inner().cache().len()), (1, 1));
     }
 
     #[test]

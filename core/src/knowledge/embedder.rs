@@ -3,6 +3,8 @@
 use std::future::Future;
 use std::time::Duration;
 
+use super::cache::{CacheError, TextHash};
+
 /// Turns texts into vectors: one call embeds a batch.
 ///
 /// Implementations: [`HashingEmbedder`](super::HashingEmbedder) (local,
@@ -37,6 +39,24 @@ pub trait Embedder: Send + Sync {
         &self,
         texts: &[&str],
     ) -> impl Future<Output = Result<Vec<Vec<f32>>, EmbedError>> + Send;
+
+    /// Removes whatever this embedder keeps of the texts with these hashes
+    /// under `model` (the entries of an
+    /// [`EmbeddingCache`](super::EmbeddingCache)); returns how many entries
+    /// it removed. Erasing a subject's documents calls it
+    /// ([`KnowledgeBase::forget_subject`](super::KnowledgeBase::forget_subject)).
+    ///
+    /// The default keeps nothing and removes nothing. An embedder that
+    /// caches, or wraps one that does, must override it (and pass it on to
+    /// what it wraps), or erased text stays in its cache.
+    fn forget_cached(
+        &self,
+        model: &str,
+        texts: &[TextHash],
+    ) -> impl Future<Output = Result<u64, CacheError>> + Send {
+        let _ = (model, texts);
+        std::future::ready(Ok(0))
+    }
 }
 
 impl<E: Embedder + ?Sized> Embedder for std::sync::Arc<E> {
@@ -52,6 +72,13 @@ impl<E: Embedder + ?Sized> Embedder for std::sync::Arc<E> {
     ) -> impl Future<Output = Result<Vec<Vec<f32>>, EmbedError>> + Send {
         (**self).embed(texts)
     }
+    fn forget_cached(
+        &self,
+        model: &str,
+        texts: &[TextHash],
+    ) -> impl Future<Output = Result<u64, CacheError>> + Send {
+        (**self).forget_cached(model, texts)
+    }
 }
 
 impl<E: Embedder + ?Sized> Embedder for &E {
@@ -66,6 +93,13 @@ impl<E: Embedder + ?Sized> Embedder for &E {
         texts: &[&str],
     ) -> impl Future<Output = Result<Vec<Vec<f32>>, EmbedError>> + Send {
         (**self).embed(texts)
+    }
+    fn forget_cached(
+        &self,
+        model: &str,
+        texts: &[TextHash],
+    ) -> impl Future<Output = Result<u64, CacheError>> + Send {
+        (**self).forget_cached(model, texts)
     }
 }
 

@@ -2,6 +2,7 @@
 
 use uuid::Uuid;
 
+use super::cache::CacheError;
 use super::embedder::EmbedError;
 
 /// Why a knowledge base operation failed. Nothing was written.
@@ -11,6 +12,12 @@ pub enum KnowledgeError {
     /// Embedding failed.
     #[error(transparent)]
     Embed(#[from] EmbedError),
+
+    /// An embedding cache failed while a subject's embeddings were being
+    /// removed from it ([`KnowledgeBase::forget_subject`](super::KnowledgeBase::forget_subject));
+    /// nothing was deleted, and the erasure can run again.
+    #[error("erasing from the embedding cache failed: {0}")]
+    Cache(#[from] CacheError),
 
     /// A document has no text to store.
     #[error("document {document_id} has no content (only whitespace); retire it instead of adding an empty one")]
@@ -104,7 +111,9 @@ impl KnowledgeError {
     pub fn is_transient(&self) -> bool {
         match self {
             KnowledgeError::Embed(e) => e.is_transient(),
-            KnowledgeError::Backend { .. } | KnowledgeError::Conflict { .. } => true,
+            KnowledgeError::Backend { .. }
+            | KnowledgeError::Conflict { .. }
+            | KnowledgeError::Cache(_) => true,
             _ => false,
         }
     }

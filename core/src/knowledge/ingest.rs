@@ -1,18 +1,19 @@
 //! The one ingest code path: chunk, hash, skip what is unchanged, embed
 //! the rest, write.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::cache::hex;
+use super::cache::{hex, TextHash};
 use super::chunk::Chunker;
 use super::document::{Document, DocumentEvent};
 use super::embedder::{check_vectors, Embedder};
 use super::error::{validate_model_name, KnowledgeError};
+use super::events::KnowledgeEvent;
 use super::writer::{ChunkRow, KnowledgeWriter, RowOp, StoredEmbedding};
 
 /// The content hash of a chunk: SHA-256 (hex) of the document id's 16 bytes
@@ -65,6 +66,29 @@ impl IngestReport {
     }
 }
 
+/// What erasing a subject did
+/// ([`KnowledgeBase::forget_subject`](super::KnowledgeBase::forget_subject)).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct ErasureReport {
+    /// The subject.
+    pub subject: String,
+    /// The documents whose rows were deleted, in id order.
+    pub documents: Vec<Uuid>,
+    /// Rows deleted (active or retired).
+    pub rows: usize,
+    /// Embeddings removed from the embedder's caches (every cache level
+    /// counts its own).
+    pub cache_entries: u64,
+}
+
+impl ErasureReport {
+    /// Whether there was nothing of the subject to erase.
+    pub fn is_noop(&self) -> bool {
+        self.rows == 0 && self.cache_entries == 0
+    }
+}
+
 /// The ingest code path, shared by every backend and by the projection:
 /// chunk the document, hash each chunk, compare with the stored rows, embed
 /// only new or changed text (through whatever embedder it holds: wrap it in
@@ -85,6 +109,7 @@ impl IngestReport {
 ///         language: Some("en".into()),
 ///         tags: vec![],
 ///         metadata: Default::default(),
+///         subject: None,
 ///     },
 ///     content: "We are open Monday to Friday, 8 to 20.".into(),
 /// };
@@ -158,6 +183,85 @@ impl<E: Embedder> Ingestor<E> {
         }
     }
 
+    /// Applies one event of the knowledge base projections, through
+    /// `writer`: a document event is [applied](Self::apply) (a personal
+    /// document under its subject, or skipped when it reads as forgotten),
+    /// a `subject.forgotten` [erases the subject](Self::forget_subject).
+    pub async fn handle<W: KnowledgeWriter>(
+        &self,
+        writer: &mut W,
+        event: &KnowledgeEvent,
+    ) -> Result<(), KnowledgeError> {
+        match event {
+            KnowledgeEvent::Document(e) => self.apply(writer, e).await.map(drop),
+            #[cfg(feature = "personal")]
+            KnowledgeEvent::PersonalDocument(e) => match e.document_event() {
+                Some(e) => self.apply(writer, &e).await.map(drop),
+                // forgotten: its rows went (or go) with the subject
+                None => Ok(()),
+            },
+            KnowledgeEvent::SubjectForgotten(f) => {
+                self.forget_subject(writer, &f.subject).await.map(drop)
+            }
+        }
+    }
+
+    /// Erases `subject` through `writer`: deletes every row of its
+    /// documents (active and retired) and removes their texts' embeddings
+    /// from the embedder's caches ([`Embedder::forget_cached`]), under
+    /// the model of each row and the embedder's own.
+    ///
+    /// The caches go first: if one fails
+    /// ([`KnowledgeError::Cache`], transient), no row was deleted yet, and
+    /// the erasure can simply run again. A subject with nothing stored is
+    /// a no-op. `subject` is checked like every subject id
+    /// ([`check_subject`](crate::store::limits::check_subject)) before
+    /// anything is read.
+    pub async fn forget_subject<W: KnowledgeWriter>(
+        &self,
+        writer: &mut W,
+        subject: &str,
+    ) -> Result<ErasureReport, KnowledgeError> {
+        crate::store::limits::check_subject(subject)?;
+        let rows = writer.subject_rows(subject).await?;
+        let own = self.embedder.model();
+        let mut cached: BTreeMap<&str, BTreeSet<TextHash>> = BTreeMap::new();
+        let mut documents: BTreeMap<Uuid, Vec<Uuid>> = BTreeMap::new();
+        for row in &rows {
+            let hash = TextHash::of(&row.content);
+            cached.entry(own).or_default().insert(hash);
+            if let Some(model) = row.embedding_model.as_deref() {
+                cached.entry(model).or_default().insert(hash);
+            }
+            documents.entry(row.document_id).or_default().push(row.id);
+        }
+        let mut cache_entries = 0;
+        if !rows.is_empty() {
+            for (model, hashes) in cached {
+                let hashes: Vec<TextHash> = hashes.into_iter().collect();
+                cache_entries += self.embedder.forget_cached(model, &hashes).await?;
+            }
+        }
+        for (document_id, ids) in &documents {
+            // the anchor last: the other rows point at it
+            let mut ops: Vec<RowOp> = ids
+                .iter()
+                .filter(|id| *id != document_id)
+                .map(|id| RowOp::Delete(*id))
+                .collect();
+            if ids.contains(document_id) {
+                ops.push(RowOp::Delete(*document_id));
+            }
+            writer.apply(*document_id, ops).await?;
+        }
+        Ok(ErasureReport {
+            subject: subject.to_owned(),
+            documents: documents.into_keys().collect(),
+            rows: rows.len(),
+            cache_entries,
+        })
+    }
+
     async fn upsert<W: KnowledgeWriter>(
         &self,
         writer: &mut W,
@@ -198,17 +302,68 @@ impl<E: Embedder> Ingestor<E> {
                 });
             }
         }
+        let left = left_texts(&existing, &plan);
         let mut ops: Vec<RowOp> = plan.deletes.into_iter().map(RowOp::Delete).collect();
         ops.extend(plan.rows.into_iter().map(|r| RowOp::Upsert(Box::new(r))));
         if !ops.is_empty() {
             writer.apply(doc.document_id, ops).await?;
         }
+        self.uncache_left(doc, left).await;
         Ok(plan.report)
     }
+
+    /// Removes from the embedder's caches the texts that left a subject's
+    /// document: the knowledge base no longer holds them, so erasing the
+    /// subject later could not find them. Best effort, after the write: a
+    /// cache that fails is logged (the entries then expire with their
+    /// TTL), and the ingest still succeeds.
+    async fn uncache_left(&self, doc: &Document, left: BTreeMap<String, Vec<TextHash>>) {
+        for (model, hashes) in left {
+            if let Err(error) = self.embedder.forget_cached(&model, &hashes).await {
+                tracing::warn!(
+                    document_id = %doc.document_id,
+                    model,
+                    %error,
+                    "could not remove texts that left a personal document from the embedding cache; they expire with their TTL"
+                );
+            }
+        }
+    }
+}
+
+/// The texts of a document's stored rows that are personal data
+/// ([`DocumentMeta::subject`](super::DocumentMeta::subject) set) and that
+/// the planned write drops from the document, with the models they may be
+/// cached under (the embedder's and the row's own).
+fn left_texts(existing: &[ChunkRow], plan: &Plan) -> BTreeMap<String, Vec<TextHash>> {
+    let mut left: BTreeMap<String, BTreeSet<TextHash>> = BTreeMap::new();
+    for row in existing {
+        // a text leaves with its row, or when the anchor row takes another
+        if row.document.subject.is_none() || plan.hashes.contains(&row.content_hash) {
+            continue;
+        }
+        let hash = TextHash::of(&row.content);
+        for model in [
+            Some(plan.model.as_str()),
+            row.embedding.as_ref().map(|e| e.model.as_str()),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            left.entry(model.to_owned()).or_default().insert(hash);
+        }
+    }
+    left.into_iter()
+        .map(|(model, hashes)| (model, hashes.into_iter().collect()))
+        .collect()
 }
 
 /// The writes that bring a document's stored rows to its new content.
 struct Plan {
+    /// The model new embeddings are made with.
+    model: String,
+    /// The content hash of every chunk of the new content.
+    hashes: HashSet<String>,
     /// Rows to delete, first.
     deletes: Vec<Uuid>,
     /// Rows to upsert, after.
@@ -324,6 +479,8 @@ fn plan(doc: &Document, chunks: &[String], total: u32, existing: &[ChunkRow], mo
     debug_assert!(anchor.is_none() || !anchor_free);
     report.deleted = deletes.len() - usize::from(mover.is_some());
     Plan {
+        model: model.to_owned(),
+        hashes: seen,
         deletes,
         rows,
         to_embed,

@@ -11,8 +11,9 @@ use super::base::{BatchCommit, EmbeddingUpdate, KnowledgeBase, RefreshJobState, 
 use super::document::DocumentEvent;
 use super::embedder::Embedder;
 use super::error::KnowledgeError;
+use super::events::KnowledgeEvent;
 use super::hashing::cosine_similarity;
-use super::ingest::{IngestReport, Ingestor};
+use super::ingest::{ErasureReport, IngestReport, Ingestor};
 use super::search::{KnowledgeEntry, SearchHit, SearchQuery};
 use super::writer::{ChunkRow, KnowledgeWriter, RowOp, StoredEmbedding};
 
@@ -246,6 +247,21 @@ impl KnowledgeWriter for InMemoryKnowledgeWriter<'_> {
         std::future::ready(Ok(rows))
     }
 
+    fn subject_rows(
+        &mut self,
+        subject: &str,
+    ) -> impl Future<Output = Result<Vec<KnowledgeEntry>, KnowledgeError>> + Send {
+        let rows = self
+            .kb
+            .lock()
+            .rows
+            .values()
+            .filter(|s| s.row.document.subject.as_deref() == Some(subject))
+            .map(entry)
+            .collect();
+        std::future::ready(Ok(rows))
+    }
+
     fn apply(
         &mut self,
         document_id: Uuid,
@@ -262,6 +278,14 @@ impl KnowledgeBase for InMemoryKnowledgeBase {
         event: &DocumentEvent,
     ) -> Result<IngestReport, KnowledgeError> {
         ingestor.apply(&mut self.writer(), event).await
+    }
+
+    async fn forget_subject<E: Embedder>(
+        &self,
+        ingestor: &Ingestor<E>,
+        subject: &str,
+    ) -> Result<ErasureReport, KnowledgeError> {
+        ingestor.forget_subject(&mut self.writer(), subject).await
     }
 
     fn search(
@@ -478,7 +502,8 @@ fn is_of(row: &ChunkRow, model: &str) -> bool {
 }
 
 /// The knowledge base projection on the in-memory backend: feeds an
-/// [`InMemoryKnowledgeBase`] from [`DocumentEvent`]s in the log, through
+/// [`InMemoryKnowledgeBase`] from the [`KnowledgeEvent`]s in the log
+/// (documents, and `subject.forgotten`, which erases the subject), through
 /// the same [`Ingestor`] path as a direct ingest.
 ///
 /// Transient failures (the embedding service, the database) are reported
@@ -509,7 +534,7 @@ impl<E: Embedder> InMemoryKnowledgeProjection<E> {
 }
 
 impl<E: Embedder + 'static> crate::Projection for InMemoryKnowledgeProjection<E> {
-    type Event = DocumentEvent;
+    type Event = KnowledgeEvent;
     type Conn = crate::projection::InMemoryConn;
 
     fn name(&self) -> &str {
@@ -519,12 +544,11 @@ impl<E: Embedder + 'static> crate::Projection for InMemoryKnowledgeProjection<E>
     async fn apply(
         &self,
         _tx: &mut crate::projection::InMemoryConn,
-        event: &crate::Envelope<DocumentEvent>,
+        event: &crate::Envelope<KnowledgeEvent>,
     ) -> Result<(), crate::HandlerError> {
-        self.kb
-            .ingest(&self.ingestor, &event.payload)
+        self.ingestor
+            .handle(&mut self.kb.writer(), &event.payload)
             .await
-            .map(drop)
             .map_err(KnowledgeError::into_handler_error)
     }
 

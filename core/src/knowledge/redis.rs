@@ -15,7 +15,14 @@ use super::cache::{CacheError, EmbeddingCache, TextHash, DEFAULT_CACHE_TTL};
 /// `f32` bytes (4 bytes per dimension), written with `SET ... EX ttl`
 /// (default [`DEFAULT_CACHE_TTL`], 7 days). Lookups are one `MGET`, writes
 /// one pipeline. [`invalidate_model`](EmbeddingCache::invalidate_model)
-/// walks the model's keys with `SCAN` (never `KEYS`) and `UNLINK`s them.
+/// walks the model's keys with `SCAN` (never `KEYS`) and `UNLINK`s them;
+/// [`remove_many`](EmbeddingCache::remove_many) (erasure) `DEL`s the given
+/// keys, at most 1,000 per command.
+///
+/// Erasure removes the keys from the server and its replicas. A Redis
+/// that persists (RDB snapshots, an append-only file) keeps the removed
+/// values in files written before, until they are rewritten; run the
+/// cache without persistence (it is a cache) or mind those files.
 ///
 /// The connection is a [`ConnectionManager`]: it reconnects by itself after
 /// Redis restarts.
@@ -153,6 +160,21 @@ impl RedisEmbeddingCache {
             .map_err(|e| backend("writing embeddings", e))
     }
 
+    async fn remove(&self, model: &str, keys: &[TextHash]) -> Result<u64, CacheError> {
+        let mut conn = self.conn.clone();
+        let mut removed = 0u64;
+        for batch in keys.chunks(1000) {
+            let names: Vec<String> = batch.iter().map(|k| self.key(model, k)).collect();
+            let n: u64 = redis::cmd("DEL")
+                .arg(&names)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| backend("removing embeddings", e))?;
+            removed += n;
+        }
+        Ok(removed)
+    }
+
     async fn invalidate(&self, model: &str) -> Result<u64, CacheError> {
         // exactly this model's keys: the hash part is 64 characters, so a
         // model whose name extends this one (`m:x`) does not match
@@ -246,6 +268,14 @@ impl EmbeddingCache for RedisEmbeddingCache {
         model: &str,
     ) -> impl Future<Output = Result<u64, CacheError>> + Send {
         self.invalidate(model)
+    }
+
+    fn remove_many(
+        &self,
+        model: &str,
+        keys: &[TextHash],
+    ) -> impl Future<Output = Result<u64, CacheError>> + Send {
+        self.remove(model, keys)
     }
 }
 

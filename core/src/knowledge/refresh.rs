@@ -72,7 +72,7 @@ pub struct RefreshOutcome {
 ///
 /// let kb = InMemoryKnowledgeBase::new();
 /// let old = Ingestor::new(HashingEmbedder::new(64));
-/// # let meta = DocumentMeta { source_type: "faq".into(), title: "t".into(), tenant_id: None, language: None, tags: vec![], metadata: Default::default() };
+/// # let meta = DocumentMeta { source_type: "faq".into(), title: "t".into(), tenant_id: None, language: None, tags: vec![], metadata: Default::default(), subject: None };
 /// # kb.ingest(&old, &DocumentEvent::Added(Document { document_id: uuid::Uuid::now_v7(), meta, content: "hello".into() })).await?;
 /// // the configured model changes
 /// let refresh = EmbeddingRefresh::new(HashingEmbedder::new(64).with_seed(2)).batch_size(100);

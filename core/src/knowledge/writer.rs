@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 use super::document::DocumentMeta;
 use super::error::KnowledgeError;
+use super::search::KnowledgeEntry;
 
 /// A stored embedding.
 #[derive(Debug, Clone, PartialEq)]
@@ -77,6 +78,15 @@ pub trait KnowledgeWriter: Send {
         &mut self,
         document_id: Uuid,
     ) -> impl Future<Output = Result<Vec<ChunkRow>, KnowledgeError>> + Send;
+
+    /// Every row of the documents of `subject`
+    /// ([`DocumentMeta::subject`]), active or not, without their vectors:
+    /// what erasing the subject deletes. A backend with transactions locks
+    /// them until its transaction ends.
+    fn subject_rows(
+        &mut self,
+        subject: &str,
+    ) -> impl Future<Output = Result<Vec<KnowledgeEntry>, KnowledgeError>> + Send;
 
     /// Applies `ops` in order. Backends with transactions apply all or
     /// none.

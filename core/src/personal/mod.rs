@@ -41,9 +41,15 @@
 //! the forgotten marker in the saga's data and in every command it issued
 //! ([`SagaStore::forget_subject`](crate::SagaStore::forget_subject)).
 //!
-//! **Not covered yet** (issue 21): the knowledge base and its embedding
-//! caches are not sealed or erased; a handler's error text stored with a dead letter is the handler's own
-//! (it must not quote personal data). A forgotten key's bytes are
+//! **The knowledge base** (feature `knowledge`): a document names its
+//! subject (`DocumentMeta::subject`); the knowledge base projections
+//! handle [`SubjectForgotten`] by deleting the subject's rows and their
+//! cached embeddings (memory and Redis), and `PersonalDocumentEvent` keeps
+//! such documents sealed in the log. What that leaves is listed in the
+//! `annals::knowledge` docs ("Forgetting a subject").
+//!
+//! **Not covered:** a handler's error text stored with a dead letter is
+//! the handler's own (it must not quote personal data). A forgotten key's bytes are
 //! overwritten in place, but old row versions stay in the table's files
 //! and the WAL until vacuum and WAL recycling (and in backups taken
 //! before): sealed data in those backups stays unreadable only once every
@@ -79,15 +85,14 @@ use std::borrow::Cow;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+pub use crate::forgotten::SubjectForgotten;
 pub use crate::saga::{forget_marked, MARKED};
 pub use crate::schema::{personal_pointers, PERSONAL_KEYWORD};
 pub use keys::{DataKey, KeyProvider, LocalKeyProvider, WrappedKey};
 pub use sagas::SagaEraser;
 pub use seal::{open, seal, sealed_subjects, SEALED, SUBJECT};
 pub use snapshots::PersonalSnapshots;
-pub use store::{
-    PersonalSession, PersonalStore, SubjectForgotten, DEFAULT_KEY_TTL, FORGOTTEN_SUBJECTS_STREAM,
-};
+pub use store::{PersonalSession, PersonalStore, DEFAULT_KEY_TTL, FORGOTTEN_SUBJECTS_STREAM};
 pub use subjects::{InMemorySubjectKeys, KeyRotation, SubjectKeys};
 
 /// The key of the marker object a forgotten value reads as:

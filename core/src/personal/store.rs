@@ -12,6 +12,7 @@ use serde_json::Value;
 use super::seal::{may_be_sealed, open_all, seal, subjects_in, Lookup};
 use super::{DataKey, PersonalError, SubjectKeys};
 use crate::event::Subject;
+use crate::forgotten::SubjectForgotten;
 use crate::store::{
     AppendResult, Backlog, EventStore, EventStoreExt, ExpectedVersion, Horizon, LogPosition,
     PayloadRef, Session, WatchLog,
@@ -21,29 +22,6 @@ use crate::{Envelope, Error, Metadata, NewEvent, RecordedEvent, SchemaRegistry};
 /// The stream [`PersonalStore::forget`] records its
 /// [`SubjectForgotten`] events in.
 pub const FORGOTTEN_SUBJECTS_STREAM: &str = "annals.forgotten-subjects";
-
-/// Recorded when a subject is forgotten ([`PersonalStore::forget`]), so
-/// that projections can erase what they copied of the subject's personal
-/// data: read models keep plaintext that no key protects.
-///
-/// A projection that stores personal data handles it by deleting (or
-/// blanking) the subject's rows: add a variant
-/// `Forgotten(annals::personal::SubjectForgotten)` to its event enum.
-#[derive(
-    Debug,
-    Clone,
-    PartialEq,
-    Eq,
-    serde::Serialize,
-    serde::Deserialize,
-    schemars::JsonSchema,
-    annals_macros::Event,
-)]
-#[event(crate = "crate", name = "subject.forgotten", version = 1)]
-pub struct SubjectForgotten {
-    /// The subject that was forgotten.
-    pub subject: String,
-}
 
 /// How long a process trusts a data key it fetched before asking the key
 /// store again (see [`PersonalStore::with_key_ttl`]).

@@ -9,6 +9,7 @@
 //! | stream id | not empty, no NUL, at most [`MAX_STREAM_ID_BYTES`] bytes | [`check_stream_id`] (appends, stream reads, `stream_version`) |
 //! | event type | not empty, no NUL, at most [`MAX_EVENT_TYPE_BYTES`] bytes | [`check_event_type`] (appends) |
 //! | projection name | not empty, no NUL, at most [`MAX_PROJECTION_NAME_BYTES`] bytes | [`check_projection_name`] (projection stores) |
+//! | subject id | not empty, no NUL, at most [`MAX_SUBJECT_BYTES`] bytes | [`check_subject`] (subject keys and `forget`, a knowledge base's `forget_subject`; a document's subject, as `document subject`) |
 //! | payload | no `\u0000` in a string, nested at most [`MAX_JSON_DEPTH`] levels | [`check_payload`] (appends) |
 //! | metadata | no NUL in a string or key, nested at most [`MAX_JSON_DEPTH`] levels | [`check_metadata`] (appends) |
 //!

@@ -21,9 +21,10 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use crate::knowledge::{
-    Chunker, Document, DocumentEvent, DocumentMeta, DocumentRetired, EmbedError, Embedder,
-    EmbeddingRefresh, HashingEmbedder, IngestReport, Ingestor, KnowledgeBase, KnowledgeError,
-    Scope, SearchHit, SearchQuery,
+    CacheError, CachedEmbedder, Chunker, Document, DocumentEvent, DocumentMeta, DocumentRetired,
+    EmbedError, Embedder, EmbeddingCache, EmbeddingRefresh, HashingEmbedder,
+    InMemoryEmbeddingCache, IngestReport, Ingestor, KnowledgeBase, KnowledgeError, Scope,
+    SearchHit, SearchQuery, TextHash,
 };
 
 /// An embedder that counts calls and texts, and fails every call after
@@ -100,6 +101,20 @@ impl<E: Embedder> Embedder for CountingEmbedder<E> {
             inner.await
         }
     }
+
+    fn forget_cached(
+        &self,
+        model: &str,
+        texts: &[TextHash],
+    ) -> impl Future<Output = Result<u64, CacheError>> + Send {
+        self.inner.forget_cached(model, texts)
+    }
+}
+
+/// `doc` as `subject`'s personal data.
+pub fn of_subject(mut doc: Document, subject: &str) -> Document {
+    doc.meta.subject = Some(subject.to_owned());
+    doc
 }
 
 /// A document for the suite: `tenant`, `language`, tags, and content made
@@ -121,6 +136,7 @@ pub fn document(
             language: Some(language.to_owned()),
             tags: tags.iter().map(|t| (*t).to_owned()).collect(),
             metadata: serde_json::Map::new(),
+            subject: None,
         },
         content: paragraphs.join("\n\n"),
     }
@@ -170,6 +186,7 @@ where
     retire_and_reactivate(make().await).await;
     refresh_reembeds_only_stale_rows_and_resumes(make().await).await;
     bad_input_is_refused(make().await).await;
+    forget_subject_erases_only_that_subject(make().await).await;
 }
 
 const P1: &str = "The clinic is open Monday to Friday from 8 to 20.";
@@ -645,6 +662,18 @@ pub async fn bad_input_is_refused<K: KnowledgeBase>(kb: K) {
             document(id(47), None, "e\0n", &[], "Doc", &[P1]),
             "document language",
         ),
+        (
+            of_subject(document(id(48), None, "en", &[], "Doc", &[P1]), ""),
+            "document subject",
+        ),
+        (
+            of_subject(document(id(49), None, "en", &[], "Doc", &[P1]), "a\0b"),
+            "document subject",
+        ),
+        (
+            of_subject(document(id(50), None, "en", &[], "Doc", &[P1]), &huge),
+            "document subject",
+        ),
     ] {
         let document_id = doc.document_id;
         let err = ingest_err(&kb, &ingestor, DocumentEvent::Added(doc)).await;
@@ -698,6 +727,175 @@ pub async fn bad_input_is_refused<K: KnowledgeBase>(kb: K) {
         Ok(hits) => panic!("a 4-dimension query of a 16-dimension model returned {hits:?}"),
     };
     assert!(matches!(err, KnowledgeError::Dimensions { .. }), "{err}");
+}
+
+/// The canaries of subject `who`'s documents: text that must not be
+/// found anywhere once `who` is forgotten. Each is one chunk with the
+/// suite's [`chunker`] for a `who` of up to 12 characters.
+pub fn canaries(who: &str) -> [String; 3] {
+    [
+        format!("Canary {who}: fractured molar, third visit."),
+        format!("Canary {who}: allergic to penicillin (rash)."),
+        format!("Canary {who}: phone 0721 555 019, after six."),
+    ]
+}
+
+/// Forgetting a subject deletes every row of its documents (active and
+/// retired) and their embeddings in the embedder's cache; other subjects'
+/// documents and documents of nobody's are untouched and still found.
+/// Hostile subject ids are refused with a typed error before anything is
+/// read.
+pub async fn forget_subject_erases_only_that_subject<K: KnowledgeBase>(kb: K) {
+    let counting = CountingEmbedder::new(HashingEmbedder::new(64));
+    let cache = Arc::new(InMemoryEmbeddingCache::new(1_000));
+    let ingestor =
+        Ingestor::new(CachedEmbedder::new(counting.clone(), cache.clone())).with_chunker(chunker());
+    let model = ingestor.embedder().model().to_owned();
+    let [a1, a2, a3] = canaries("subject-a");
+    let [b1, b2, _] = canaries("subject-b");
+    let early = "Canary subject-a: an early note, removed later.";
+    let docs = [
+        of_subject(
+            document(id(60), Some("c"), "en", &[], "Letter A", &[early, &a1, &a2]),
+            "subject-a",
+        ),
+        of_subject(
+            document(id(61), Some("c"), "en", &[], "Notes A", &[&a3, P1]),
+            "subject-a",
+        ),
+        of_subject(
+            document(id(62), Some("c"), "en", &[], "Letter B", &[&b1, &b2]),
+            "subject-b",
+        ),
+        document(id(63), Some("c"), "en", &[], "Hours", &[P1, P2]),
+    ];
+    for d in docs {
+        ingest(&kb, &ingestor, DocumentEvent::Added(d)).await;
+    }
+    // a text that leaves one of A's documents leaves the cache with its
+    // row (the erasure could not find it later): here the anchor's text
+    let early_cached = || async {
+        must("cache", async {
+            cache
+                .get_many(&model, &[TextHash::of(early)])
+                .await
+                .map_err(KnowledgeError::from)
+        })
+        .await
+    };
+    assert!(early_cached().await[0].is_some());
+    let r = ingest(
+        &kb,
+        &ingestor,
+        DocumentEvent::Updated(of_subject(
+            document(id(60), Some("c"), "en", &[], "Letter A", &[&a1, &a2]),
+            "subject-a",
+        )),
+    )
+    .await;
+    assert_eq!(r.embedded, 0, "{r:?}");
+    assert_eq!(
+        early_cached().await,
+        vec![None],
+        "a text that left stays cached"
+    );
+    // one of A's documents retired: its rows stay until A is forgotten
+    ingest(
+        &kb,
+        &ingestor,
+        DocumentEvent::Retired(DocumentRetired {
+            document_id: id(61),
+        }),
+    )
+    .await;
+    let rows = must("document", kb.document(id(60))).await;
+    assert!(rows
+        .iter()
+        .all(|r| r.document.subject.as_deref() == Some("subject-a")));
+    let q = SearchQuery::new(Scope::All, 100);
+    let a_hashes: Vec<TextHash> = [&a1, &a2, &a3].iter().map(|t| TextHash::of(t)).collect();
+    let cached = must("cache", async {
+        cache
+            .get_many(&model, &a_hashes)
+            .await
+            .map_err(KnowledgeError::from)
+    })
+    .await;
+    assert!(cached.iter().all(Option::is_some), "A's texts were cached");
+
+    let report = must("forget_subject", kb.forget_subject(&ingestor, "subject-a")).await;
+    assert_eq!(report.subject, "subject-a");
+    assert_eq!(report.documents, vec![id(60), id(61)]);
+    assert_eq!(report.rows, 4, "{report:?}");
+    assert!(report.cache_entries >= 3, "{report:?}");
+    // checked before any search: a search embeds its query through the
+    // cache too, and A's own text as a query would be cached again
+    let cached = must("cache", async {
+        cache
+            .get_many(&model, &a_hashes)
+            .await
+            .map_err(KnowledgeError::from)
+    })
+    .await;
+    assert_eq!(cached, vec![None, None, None], "A's embeddings stay cached");
+    for doc in [id(60), id(61)] {
+        assert!(must("document", kb.document(doc)).await.is_empty());
+    }
+    let plain = HashingEmbedder::new(64);
+    for text in [&a1, &a2, &a3] {
+        let hits = must("search", kb.search_text(&plain, text, &q)).await;
+        assert!(
+            hits.iter().all(|h| !h.entry.content.contains("subject-a")
+                && h.entry.document.subject.as_deref() != Some("subject-a")),
+            "A is still found: {:?}",
+            titles(&hits)
+        );
+    }
+    // B and the shared document are untouched, and still found
+    let hits = must("search", kb.search_text(&plain, &b1, &q)).await;
+    assert_eq!(hits[0].entry.content, b1);
+    assert_eq!(hits[0].entry.document.subject.as_deref(), Some("subject-b"));
+    assert_eq!(must("document", kb.document(id(62))).await.len(), 2);
+    assert_eq!(must("document", kb.document(id(63))).await.len(), 2);
+    let b_cached = must("cache", async {
+        cache
+            .get_many(&model, &[TextHash::of(&b1)])
+            .await
+            .map_err(KnowledgeError::from)
+    })
+    .await;
+    assert!(b_cached[0].is_some(), "B's embedding left the cache");
+
+    // again: nothing left to erase
+    let again = must("forget_subject", kb.forget_subject(&ingestor, "subject-a")).await;
+    assert!(again.is_noop() && again.documents.is_empty(), "{again:?}");
+    // hostile subject ids: a typed error naming the field and the limit
+    let huge = "s".repeat(10_000);
+    for (subject, problem) in [
+        ("", "must not be empty"),
+        ("a\0b", "NUL"),
+        (huge.as_str(), "limit of 1024 bytes"),
+    ] {
+        match kb.forget_subject(&ingestor, subject).await {
+            Err(KnowledgeError::InvalidInput(e)) => {
+                assert_eq!(e.field, "subject");
+                assert!(e.problem.contains(problem), "{e}");
+            }
+            other => panic!("forget_subject({} bytes): {other:?}", subject.len()),
+        }
+    }
+    assert_eq!(must("document", kb.document(id(62))).await.len(), 2);
+    // a forgotten subject can have documents again (a new document of it)
+    let r = ingest(
+        &kb,
+        &ingestor,
+        DocumentEvent::Added(of_subject(
+            document(id(64), Some("c"), "en", &[], "New A", &[P3]),
+            "subject-a",
+        )),
+    )
+    .await;
+    assert_eq!(r.embedded, 1);
 }
 
 async fn ingest_err<K: KnowledgeBase, E: Embedder>(

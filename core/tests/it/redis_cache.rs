@@ -187,3 +187,124 @@ async fn an_unreachable_redis_is_a_typed_error() {
     assert!(matches!(err, CacheError::Backend { .. }), "{err}");
     assert!(err.to_string().contains("connecting to Redis"), "{err}");
 }
+
+/// Every key of the server with its value, read with `SCAN` and `GET` (a
+/// key of another type has its type as its value): what a dump of the
+/// Redis holds.
+async fn dump_all(conn: &mut redis::aio::MultiplexedConnection) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(conn)
+            .await
+            .unwrap();
+        for key in keys {
+            let kind: String = redis::cmd("TYPE")
+                .arg(&key)
+                .query_async(conn)
+                .await
+                .unwrap();
+            let value: Option<Vec<u8>> = if kind == "string" {
+                redis::cmd("GET").arg(&key).query_async(conn).await.unwrap()
+            } else {
+                Some(kind.into_bytes())
+            };
+            // gone meanwhile (another test's key expired): nothing held
+            if let Some(value) = value {
+                out.push((key, value));
+            }
+        }
+        if next == 0 {
+            return out;
+        }
+        cursor = next;
+    }
+}
+
+fn le_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// Forgetting a subject in a knowledge base whose embedder caches in
+/// Redis: afterwards no key of the server holds one of the subject's
+/// embeddings (by key or by value), and the other subject's are still
+/// there and still answer.
+#[tokio::test]
+async fn forget_subject_leaves_none_of_its_embeddings_in_redis() {
+    use annals_core::knowledge::{DocumentEvent, InMemoryKnowledgeBase, Ingestor, KnowledgeBase};
+    use annals_core::testing::knowledge::{canaries, chunker, document, of_subject};
+
+    let prefix = prefix();
+    let counting = CountingEmbedder::new(HashingEmbedder::new(16));
+    let embedder = CachedEmbedder::new(counting.clone(), cache(&prefix).await);
+    let ingestor = Ingestor::new(embedder.clone()).with_chunker(chunker());
+    let kb = InMemoryKnowledgeBase::new();
+    let (a, b) = (canaries("redis-a"), canaries("redis-b"));
+    for (subject, paragraphs) in [
+        ("redis-a", vec![a[0].as_str(), a[1].as_str()]),
+        ("redis-a", vec![a[2].as_str()]),
+        ("redis-b", vec![b[0].as_str(), b[1].as_str()]),
+    ] {
+        let doc = document(uuid::Uuid::now_v7(), None, "en", &[], "Letter", &paragraphs);
+        kb.ingest(&ingestor, &DocumentEvent::Added(of_subject(doc, subject)))
+            .await
+            .unwrap();
+    }
+    let model = counting.model().to_owned();
+    let plain = HashingEmbedder::new(16);
+    let entry = |text: &str| {
+        (
+            embedder.cache().key(&model, &TextHash::of(text)),
+            le_bytes(&plain.embed_one(text)),
+        )
+    };
+    let mut conn = redis::Client::open(redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let before = dump_all(&mut conn).await;
+    for text in a.iter().chain(&b[..2]) {
+        assert!(before.contains(&entry(text)), "{text} was not cached");
+    }
+
+    let report = kb.forget_subject(&ingestor, "redis-a").await.unwrap();
+    assert_eq!((report.documents.len(), report.rows), (2, 3));
+    assert_eq!(report.cache_entries, 3, "{report:?}");
+
+    let after = dump_all(&mut conn).await;
+    for text in &a {
+        let (key, value) = entry(text);
+        let hash = TextHash::of(text).to_hex();
+        assert!(
+            after.iter().all(|(k, v)| !k.contains(&hash) && *v != value),
+            "{key}: A's embedding is still in Redis"
+        );
+    }
+    for text in &b[..2] {
+        assert!(after.contains(&entry(text)), "B's {text} left Redis");
+    }
+    // B's embeddings still answer: no embedder call
+    counting.reset();
+    embedder
+        .embed(&[b[0].as_str(), b[1].as_str()])
+        .await
+        .unwrap();
+    assert_eq!(counting.calls(), 0);
+    // nothing left of A: a second erasure removes nothing
+    let again = kb.forget_subject(&ingestor, "redis-a").await.unwrap();
+    assert!(again.is_noop(), "{again:?}");
+    assert_eq!(
+        embedder
+            .cache()
+            .remove_many(&model, &[TextHash::of(&a[0])])
+            .await
+            .unwrap(),
+        0
+    );
+    embedder.cache().invalidate_model(&model).await.unwrap();
+}

@@ -4,7 +4,9 @@
 //! of two patients; after `forget(A)` a
 //! full `pg_dump` of the database holds no canary of A, and B's data still
 //! reads back through the API, from this process and from a new one (new
-//! pool, stores and key cache, as after a restart).
+//! pool, stores and key cache, as after a restart). With the `knowledge`
+//! feature, the same for the knowledge base on pgvector, fed by its
+//! projection.
 
 use annals_core::personal::{LocalKeyProvider, PersonalStore, SagaEraser, SubjectForgotten};
 use annals_core::testing::personal::{noted, registered, CareSaga, Patient, PatientEvent};
@@ -243,4 +245,166 @@ async fn forget_leaves_no_plaintext_in_a_full_dump() {
     for canary in canaries("patient-a") {
         assert!(!dump.contains(&canary), "{canary} is back after a rebuild");
     }
+}
+
+/// The knowledge base on pgvector, fed by its projection from personal
+/// documents sealed in the log: after `forget(A)` and the projection's
+/// catch-up, a full `pg_dump` holds no canary of A (rows, events), no row
+/// holds A's vectors, the embedding cache none of A's texts, and B's
+/// documents still read back through search; a rebuild of the projection
+/// does not bring A back.
+#[cfg(feature = "knowledge")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forget_erases_the_knowledge_base_in_a_full_dump() {
+    use std::sync::Arc;
+
+    use annals_core::knowledge::{
+        CachedEmbedder, DocumentEvent, Embedder, EmbeddingCache, HashingEmbedder,
+        InMemoryEmbeddingCache, Ingestor, KnowledgeBase, PersonalDocument, PersonalDocumentEvent,
+        Scope, SearchQuery, TextHash,
+    };
+    use annals_core::testing::knowledge::{canaries, chunker, document};
+    use annals_core::{EventStoreExt, ExpectedVersion};
+    use annals_postgres::knowledge::{self, PgKnowledgeBase, PgKnowledgeProjection};
+
+    let db = TestDatabase::new().await;
+    if let Err(e) = knowledge::migrate(db.pool()).await {
+        panic!("knowledge::migrate: {e} (is pgvector installed? `scripts/test` installs it)");
+    }
+    let store = PersonalStore::new(
+        db.store().await,
+        PgSubjectKeys::new(db.pool().clone(), kek()),
+    );
+    let kb = PgKnowledgeBase::new(db.pool().clone());
+    let cache = Arc::new(InMemoryEmbeddingCache::new(1_000));
+    let embedder = CachedEmbedder::new(HashingEmbedder::new(32), cache.clone());
+    let model = embedder.model().to_owned();
+    let runner = ProjectionRunner::new(
+        store.clone(),
+        PgProjectionStore::new(db.pool().clone()),
+        Arc::new(PgKnowledgeProjection::new(
+            "knowledge",
+            kb.clone(),
+            Ingestor::new(embedder).with_chunker(chunker()),
+        )),
+    );
+    let (a, b) = (canaries("patient-a"), canaries("patient-b"));
+    let title = |p: &str| format!("Discharge letter canary-title-{p}");
+    let letters = [
+        ("patient-a", vec![a[0].as_str(), a[1].as_str()]),
+        ("patient-a", vec![a[2].as_str()]),
+        (
+            "patient-b",
+            vec![b[0].as_str(), b[1].as_str(), b[2].as_str()],
+        ),
+    ];
+    for (subject, paragraphs) in &letters {
+        let doc = document(
+            uuid::Uuid::now_v7(),
+            Some("clinic-1"),
+            "en",
+            &[],
+            &title(subject),
+            paragraphs,
+        );
+        let event = PersonalDocumentEvent::Added(PersonalDocument::new(*subject, doc));
+        store
+            .append_events(
+                &format!("letters-{subject}"),
+                ExpectedVersion::Any,
+                &[event],
+                &Metadata::new(),
+            )
+            .await
+            .expect("append a letter");
+    }
+    let faq = document(
+        uuid::Uuid::now_v7(),
+        Some("clinic-1"),
+        "en",
+        &[],
+        "Opening hours",
+        &["The clinic is open Monday to Friday from 8 to 20."],
+    );
+    store
+        .append_events(
+            "faq",
+            ExpectedVersion::Any,
+            &[DocumentEvent::Added(faq)],
+            &Metadata::new(),
+        )
+        .await
+        .expect("append the FAQ");
+    runner.catch_up().await.expect("catch up");
+
+    // before: each canary once, in the knowledge base's rows (plaintext,
+    // as read models are); the events hold them sealed
+    let before = pg_dump(&db);
+    for canary in a.iter().chain(&b) {
+        assert_eq!(
+            before.matches(canary.as_str()).count(),
+            1,
+            "{canary} before forget"
+        );
+    }
+    assert!(before.contains(&title("patient-a")));
+
+    store.forget("patient-a").await.expect("forget");
+    let done = runner.catch_up().await.expect("catch up the forget");
+    assert_eq!((done.events_applied, done.events_parked), (1, 0));
+
+    let plain = HashingEmbedder::new(32);
+    let check = |when: &'static str| {
+        let (db, kb, cache, plain) = (&db, &kb, &cache, &plain);
+        let (a, b, model) = (&a, &b, &model);
+        async move {
+            let dump = pg_dump(db);
+            for canary in a {
+                assert!(
+                    !dump.contains(canary.as_str()),
+                    "{when}: {canary} is in the dump"
+                );
+            }
+            assert!(
+                !dump.contains(&title("patient-a")),
+                "{when}: A's title is in the dump"
+            );
+            for canary in b {
+                assert_eq!(dump.matches(canary.as_str()).count(), 1, "{when}: {canary}");
+            }
+            for text in a {
+                let vector = pgvector::Vector::from(plain.embed_one(text));
+                let rows: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM annals_knowledge_base WHERE embedding = $1",
+                )
+                .bind(vector)
+                .fetch_one(db.pool())
+                .await
+                .expect("count A's vectors");
+                assert_eq!(rows, 0, "{when}: a row holds the vector of {text}");
+            }
+            let hashes: Vec<TextHash> = a.iter().map(|t| TextHash::of(t)).collect();
+            let cached = cache.get_many(model, &hashes).await.expect("the cache");
+            assert!(
+                cached.iter().all(Option::is_none),
+                "{when}: A's vectors are cached"
+            );
+            // B reads back through search (a cacheless embedder of the same
+            // model: a cached query would be a copy of its own)
+            let q = SearchQuery::new(Scope::Tenant("clinic-1".into()), 10);
+            for canary in b {
+                let hits = kb.search_text(plain, canary, &q).await.expect("search");
+                assert_eq!(&hits[0].entry.content, canary, "{when}");
+                assert_eq!(hits[0].entry.document.subject.as_deref(), Some("patient-b"));
+                assert!(hits
+                    .iter()
+                    .all(|h| h.entry.document.subject.as_deref() != Some("patient-a")));
+            }
+        }
+    };
+    check("after the forget").await;
+    // a rebuild replays the sealed letters: A's read as forgotten
+    let rebuilt = runner.rebuild().await.expect("rebuild");
+    assert_eq!((rebuilt.events_applied, rebuilt.events_parked), (5, 0));
+    check("after a rebuild").await;
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use annals_core::knowledge::{
     cosine_similarity, DocumentEvent, Embedder, EmbeddingRefresh, HashingEmbedder, Ingestor,
-    KnowledgeBase, Scope, SearchQuery,
+    KnowledgeBase, KnowledgeEvent, Scope, SearchQuery,
 };
 use annals_core::testing::knowledge::{chunker, document, CountingEmbedder};
 use annals_core::{Envelope, LogPosition, Metadata, Projection};
@@ -69,7 +69,17 @@ async fn the_knowledge_migrations_install_pgvector_and_their_tables() {
     .fetch_one(pool)
     .await
     .unwrap();
-    assert_eq!(applied, 1);
+    assert_eq!(applied, 2);
+    // documents say whose personal data they are; the erasure looks them up
+    let subject: Option<String> = sqlx::query_scalar(
+        "SELECT data_type::text FROM information_schema.columns \
+         WHERE table_name = 'annals_knowledge_base' AND column_name = 'subject' AND is_nullable = 'YES'",
+    )
+    .fetch_optional(pool)
+    .await
+    .unwrap();
+    assert_eq!(subject.as_deref(), Some("text"));
+    assert!(table_exists(pool, "annals_knowledge_base_subject").await);
     // recorded apart from the event-sourcing migrations
     let mixed: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
         "SELECT count(*) FROM {} WHERE description LIKE '%knowledge%'",
@@ -292,17 +302,17 @@ async fn hnsw_recall_at_10_against_exact_search() {
     );
 }
 
-fn envelope(payload: DocumentEvent) -> Envelope<DocumentEvent> {
+fn envelope(payload: DocumentEvent) -> Envelope<KnowledgeEvent> {
     Envelope {
         event_id: Uuid::now_v7(),
         stream_id: format!("document-{}", payload.document_id()),
         stream_version: 1,
         log_position: LogPosition::new(1, 1),
         event_type: "document.added".to_owned(),
-        schema_version: 1,
+        schema_version: 2,
         metadata: Metadata::new(),
         recorded_at: chrono::Utc::now(),
-        payload,
+        payload: KnowledgeEvent::Document(payload),
     }
 }
 
