@@ -3,6 +3,7 @@
 //! confirmation, releases the slot) when the confirmation fails or times
 //! out.
 
+use annals::personal::Personal;
 use annals::{EventStore, EventStoreExt, ExpectedVersion, Metadata};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -10,11 +11,12 @@ use uuid::Uuid;
 
 use super::{say, section, why, BoxError};
 
-/// The front desk asks for an appointment for a qualified lead.
+/// The front desk asks for an appointment for a qualified lead. The name
+/// is the lead's personal data (its subject: the lead id).
 #[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq)]
 struct AppointmentRequested {
     lead_id: Uuid,
-    name: String,
+    name: Personal<String>,
 }
 
 /// The scheduler held a slot for the lead.
@@ -33,6 +35,7 @@ struct ConfirmationReport {
 /// The events the booking saga reads: `booking.appointment_requested`, ...
 #[derive(annals::Event, Debug, Clone, PartialEq)]
 enum BookingEvent {
+    #[event(subject = lead_id)]
     AppointmentRequested(AppointmentRequested),
     SlotReserved(SlotReserved),
     ConfirmationSent(ConfirmationReport),
@@ -50,7 +53,7 @@ struct SlotRequest {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 struct Message {
     lead_id: Uuid,
-    to: String,
+    to: Personal<String>,
     slot: Option<String>,
 }
 
@@ -63,11 +66,13 @@ enum BookingCommand {
     WithdrawConfirmation(Message),
 }
 
-/// What the saga knows about one booking.
-#[derive(Serialize, Deserialize, Debug, Default)]
+/// What the saga knows about one booking. It copies the lead's name, so it
+/// says whose personal data it holds (`subject`): forgetting the lead
+/// erases the name from the saga and its commands (`SagaEraser`).
+#[derive(Serialize, Deserialize, Debug)]
 struct Booking {
     lead_id: Uuid,
-    name: String,
+    name: Personal<String>,
     slot: Option<String>,
 }
 
@@ -81,6 +86,20 @@ impl annals::SagaData for Booking {
             }
             BookingEvent::SlotReserved(e) => self.slot = Some(e.slot.clone()),
             BookingEvent::ConfirmationSent(_) | BookingEvent::ConfirmationFailed(_) => {}
+        }
+    }
+
+    fn subject(&self) -> Option<String> {
+        Some(self.lead_id.to_string())
+    }
+}
+
+impl Default for Booking {
+    fn default() -> Self {
+        Booking {
+            lead_id: Uuid::nil(),
+            name: Personal::Known(String::new()),
+            slot: None,
         }
     }
 }
@@ -148,12 +167,12 @@ impl<S: EventStore + Clone + 'static> annals::CommandBus<BookingCommand> for Cli
                     lead_id: r.lead_id,
                     slot: format!("Tue 10:{:02}", r.lead_id.as_u128() % 60),
                 })),
-                BookingCommand::SendConfirmation(m) if m.to == "Bruno" => {
+                BookingCommand::SendConfirmation(m) if m.to == "Bruno".into() => {
                     Some(BookingEvent::ConfirmationFailed(ConfirmationReport {
                         lead_id: m.lead_id,
                     }))
                 }
-                BookingCommand::SendConfirmation(m) if m.to == "Carla" => None,
+                BookingCommand::SendConfirmation(m) if m.to == "Carla".into() => None,
                 BookingCommand::SendConfirmation(m) => {
                     Some(BookingEvent::ConfirmationSent(ConfirmationReport {
                         lead_id: m.lead_id,
@@ -235,7 +254,7 @@ where
                 ExpectedVersion::Any,
                 &[BookingEvent::AppointmentRequested(AppointmentRequested {
                     lead_id: *lead,
-                    name: (*name).to_owned(),
+                    name: Personal::Known((*name).to_owned()),
                 })],
                 &Metadata::new().with_user("front-desk"),
             )
