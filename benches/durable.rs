@@ -53,6 +53,51 @@ struct Run {
     p50: Duration,
     p99: Duration,
     wal_syncs_per_op: f64,
+    /// CPU time of this process (the bench, its runtime, annals or sqlx)
+    /// per operation, in ms.
+    client_cpu_ms: f64,
+    /// CPU time of the PostgreSQL server's processes per operation, in ms.
+    server_cpu_ms: f64,
+}
+
+/// CPU seconds (user + system) of the processes whose pid and command name
+/// satisfy `wanted`, with the CPU of the children they reaped (the
+/// postmaster reaps every backend that ended, so the server's figure
+/// counts the run's connections after they closed): clock ticks of 1/100
+/// s, the Linux default (`getconf CLK_TCK`). A diagnostic.
+fn cpu_seconds(wanted: impl Fn(u32, &str) -> bool) -> f64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return f64::NAN;
+    };
+    let mut ticks = 0u64;
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        if !wanted(pid, &stat[open + 1..close]) {
+            continue;
+        }
+        // after the name: state, ppid, ... utime is field 14, stime 15
+        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+        let field = |i: usize| fields.get(i - 3).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+        ticks += field(14) + field(15) + field(16) + field(17);
+    }
+    ticks as f64 / 100.0
+}
+
+fn client_cpu() -> f64 {
+    let me = std::process::id();
+    cpu_seconds(|pid, _| pid == me)
+}
+
+fn server_cpu() -> f64 {
+    cpu_seconds(|_, name| name == "postgres")
 }
 
 /// The WAL flushes the server has done so far. Backends report their WAL
@@ -80,9 +125,11 @@ where
     Fut: std::future::Future<Output = Vec<Duration>>,
 {
     let before = wal_syncs(admin).await;
+    let (client_before, server_before) = (client_cpu(), server_cpu());
     let started = Instant::now();
     let mut latencies = work().await;
     let elapsed = started.elapsed();
+    let (client_after, server_after) = (client_cpu(), server_cpu());
     // let every backend of the run report its WAL statistics
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     let after = wal_syncs(admin).await;
@@ -93,6 +140,8 @@ where
         p50: percentile(&latencies, 0.50),
         p99: percentile(&latencies, 0.99),
         wal_syncs_per_op: (after - before) as f64 / ops,
+        client_cpu_ms: (client_after - client_before) * 1e3 / ops,
+        server_cpu_ms: (server_after - server_before) * 1e3 / ops,
     }
 }
 
@@ -117,13 +166,17 @@ fn report(name: &str, unit: &str, subject: &[Run], baseline: &[Run], target: Opt
         None => "no target".to_owned(),
     };
     println!(
-        "{name:<44} {s:>9.0} {unit}/s vs {b:>9.0} ({ratio:.2}x, {verdict}); p50 {:.2} / p99 {:.2} ms vs {:.2} / {:.2} ms; WAL flushes/op {:.2} vs {:.2}",
+        "{name:<44} {s:>9.0} {unit}/s vs {b:>9.0} ({ratio:.2}x, {verdict}); p50 {:.2} / p99 {:.2} ms vs {:.2} / {:.2} ms; WAL flushes/op {:.2} vs {:.2}; CPU ms/op client {:.3} vs {:.3}, server {:.3} vs {:.3}",
         median(subject, |r| ms(r.p50)),
         median(subject, |r| ms(r.p99)),
         median(baseline, |r| ms(r.p50)),
         median(baseline, |r| ms(r.p99)),
         median(subject, |r| r.wal_syncs_per_op),
         median(baseline, |r| r.wal_syncs_per_op),
+        median(subject, |r| r.client_cpu_ms),
+        median(baseline, |r| r.client_cpu_ms),
+        median(subject, |r| r.server_cpu_ms),
+        median(baseline, |r| r.server_cpu_ms),
     );
 }
 
