@@ -71,7 +71,11 @@ fn cpu_seconds(wanted: impl Fn(u32, &str) -> bool) -> f64 {
     };
     let mut ticks = 0u64;
     for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
             continue;
         };
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
@@ -85,7 +89,12 @@ fn cpu_seconds(wanted: impl Fn(u32, &str) -> bool) -> f64 {
         }
         // after the name: state, ppid, ... utime is field 14, stime 15
         let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
-        let field = |i: usize| fields.get(i - 3).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+        let field = |i: usize| {
+            fields
+                .get(i - 3)
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
         ticks += field(14) + field(15) + field(16) + field(17);
     }
     ticks as f64 / 100.0

@@ -222,11 +222,15 @@ impl AdminBuilder {
     /// policies, breaker), and `status` reports the projection even before
     /// its first run. A saga's [`SagaProjection`](annals_core::saga::SagaProjection)
     /// runner is registered the same way (its dead letters are the saga's).
-    pub fn projection<P>(
-        mut self,
-        runner: ProjectionRunner<PgEventStore, PgProjectionStore, P>,
-    ) -> Self
+    ///
+    /// The runner may read through any store over this database: a
+    /// `PersonalStore` wrapping the `PgEventStore`, say, so that a rebuild
+    /// or a replay opens the events' personal fields as the application's
+    /// own runner does (through the bare `PgEventStore` they stay sealed
+    /// and do not decode).
+    pub fn projection<S, P>(mut self, runner: ProjectionRunner<S, PgProjectionStore, P>) -> Self
     where
+        S: annals_core::store::WatchLog + Clone + Send + Sync + 'static,
         P: Projection<Conn = PgConnection>,
         P::Event: Send + Sync,
     {

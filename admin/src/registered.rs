@@ -6,6 +6,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use annals_core::projection::{CatchUp, ProjectionError, ReplayOutcome};
+use annals_core::store::WatchLog;
 use annals_core::{Error, Event, EventStoreExt, Projection, ProjectionRunner, RecordedEvent};
 use annals_postgres::sqlx::PgConnection;
 use annals_postgres::{PgEventStore, PgProjectionStore};
@@ -20,8 +21,9 @@ pub(crate) trait RegisteredProjection: Send + Sync {
     fn replay(&self, id: u64) -> BoxFuture<'_, Result<ReplayOutcome, ProjectionError>>;
 }
 
-impl<P> RegisteredProjection for ProjectionRunner<PgEventStore, PgProjectionStore, P>
+impl<S, P> RegisteredProjection for ProjectionRunner<S, PgProjectionStore, P>
 where
+    S: WatchLog + Clone + Send + Sync + 'static,
     P: Projection<Conn = PgConnection>,
     P::Event: Send + Sync,
 {

@@ -14,8 +14,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use annals::admin::{Admin, AdminArgs, Exit};
+use annals::personal::PersonalStore;
 use annals::postgres::sqlx::{self, PgConnection, PgPool};
-use annals::postgres::{connect, PgEventStore, PgProjectionStore, PgSagaStore};
+use annals::postgres::{connect, PgEventStore, PgProjectionStore, PgSagaStore, PgSubjectKeys};
 use annals::{Envelope, HandlerError, Projection, ProjectionRunner, RetryPolicy};
 
 use super::{BoxError, LeadEvent};
@@ -108,23 +109,34 @@ pub(crate) async fn create_tables(pool: &PgPool) -> Result<(), sqlx::Error> {
     sqlx::raw_sql(TABLES).execute(pool).await.map(|_| ())
 }
 
-/// The admin with everything the clinic registers.
-pub(crate) async fn admin(pool: PgPool) -> Result<Admin, annals::Error> {
+/// The admin with everything the clinic registers. Its runners read
+/// through a `PersonalStore` with the clinic's KEK, as the service does, so
+/// that a rebuild or a replay opens the leads' names (or reads them as
+/// forgotten) instead of meeting sealed values.
+pub(crate) async fn admin(pool: PgPool) -> Result<Admin, BoxError> {
     // no `register` on the store: `admin schemas check` reports a changed
     // schema instead of the store refusing to start
     let store = PgEventStore::builder(pool.clone())
         .without_group_commit()
         .build()
         .await?;
+    let personal = PersonalStore::new(
+        store.clone(),
+        PgSubjectKeys::new(pool.clone(), super::kek()?),
+    );
     let projections = PgProjectionStore::new(pool.clone());
-    let directory =
-        ProjectionRunner::new(store.clone(), projections.clone(), Arc::new(LeadDirectory))
-            // an operator waits for a rebuild: give up on a bad event quickly
-            .retry(RetryPolicy::new(2).initial_delay(Duration::from_millis(10)));
-    let builder = Admin::builder(store.clone())
+    let directory = ProjectionRunner::new(
+        personal.clone(),
+        projections.clone(),
+        Arc::new(LeadDirectory),
+    )
+    // an operator waits for a rebuild: give up on a bad event quickly
+    .retry(RetryPolicy::new(2).initial_delay(Duration::from_millis(10)));
+    let builder = Admin::builder(store)
         .projection(directory)
         .events::<LeadEvent>();
-    let builder = super::sagas::register_admin(builder, store, projections, PgSagaStore::new(pool));
+    let builder =
+        super::sagas::register_admin(builder, personal, projections, PgSagaStore::new(pool));
     Ok(builder.build())
 }
 

@@ -618,3 +618,57 @@ async fn sagas_in_flight_are_listed_shown_and_retried() {
         .expect(3);
     admin(&db, &["sagas", "show", "not-a-uuid"]).await.expect(2);
 }
+
+/// The admin's runners read through the clinic's `PersonalStore`: a
+/// rebuild opens the sealed names, and after a forget reads them as
+/// forgotten (NULL in the directory), never as undecodable events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_opens_sealed_names_and_reads_forgotten_ones() {
+    let db = TestDatabase::new().await;
+    let keys =
+        annals::postgres::PgSubjectKeys::new(db.pool().clone(), super::kek().expect("the KEK"));
+    let personal = annals::personal::PersonalStore::new(store(&db).await, keys);
+    for (lead, name) in [("ana", "Ana Sealed"), ("bo", "Bo Sealed")] {
+        personal
+            .append_events(
+                &format!("lead-{lead}"),
+                ExpectedVersion::NoStream,
+                &[created(name, "implant")],
+                &Metadata::new(),
+            )
+            .await
+            .expect("a sealed append");
+    }
+    let names = || async {
+        sqlx::query_as::<_, (String, Option<String>)>(
+            "SELECT lead_id, name FROM clinic_lead_directory ORDER BY lead_id",
+        )
+        .fetch_all(db.pool())
+        .await
+        .expect("reading the directory")
+    };
+    let run = admin(&db, &["projections", "rebuild", "lead_directory"])
+        .await
+        .expect(0);
+    assert!(run.stdout.contains("2 applied, 0 parked"), "{}", run.stdout);
+    assert_eq!(
+        names().await,
+        [
+            ("ana".to_owned(), Some("Ana Sealed".to_owned())),
+            ("bo".to_owned(), Some("Bo Sealed".to_owned()))
+        ]
+    );
+
+    personal.forget("lead-ana").await.expect("forget");
+    let run = admin(&db, &["projections", "rebuild", "lead_directory"])
+        .await
+        .expect(0);
+    assert!(run.stdout.contains("0 parked"), "{}", run.stdout);
+    assert_eq!(
+        names().await,
+        [
+            ("ana".to_owned(), None),
+            ("bo".to_owned(), Some("Bo Sealed".to_owned()))
+        ]
+    );
+}

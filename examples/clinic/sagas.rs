@@ -344,9 +344,9 @@ where
 /// Registers the booking saga with the admin commands: its projection
 /// runner on Postgres (the saga's dead letters are replayed through it) and
 /// its events (decoded by `admin streams read`).
-pub(crate) fn register_admin(
+pub(crate) fn register_admin<S: annals::store::WatchLog + Clone + Send + Sync + 'static>(
     admin: annals::admin::AdminBuilder,
-    store: annals::postgres::PgEventStore,
+    store: S,
     projections: annals::postgres::PgProjectionStore,
     sagas: annals::postgres::PgSagaStore,
 ) -> annals::admin::AdminBuilder {
