@@ -408,7 +408,7 @@ fn error(status: StatusCode, message: String) -> Response {
 /// continues the caller's trace when it sends a W3C `traceparent` header:
 /// the events a command appends carry that trace to the projections and
 /// sagas that handle them (`annals::trace`).
-async fn log_request(request: Request, next: Next) -> Response {
+pub(crate) async fn log_request(request: Request, next: Next) -> Response {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let route = request

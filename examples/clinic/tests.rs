@@ -66,6 +66,51 @@ fn in_memory() -> annals::personal::PersonalStore<
     annals::personal::PersonalStore::new(annals::InMemoryEventStore::new(), keys)
 }
 
+/// One trace from an HTTP command to the next command: the clinic's
+/// request middleware opens the server span, the handler appends, and the
+/// trace check follows it through a projection, a saga step, the outbox
+/// dispatch and the command the dispatch runs (`annals::testing::trace`).
+// current-thread: the span recorder is this thread's subscriber
+#[tokio::test(flavor = "current_thread")]
+async fn one_trace_from_an_http_command_to_the_next_command() {
+    use annals::testing::trace::{one_trace_from, placed, ORDER_STREAM};
+    use annals::{EventStoreExt as _, ExpectedVersion, Metadata};
+    one_trace_from(
+        annals::InMemoryEventStore::new(),
+        annals::InMemoryProjectionStore::new(),
+        annals::InMemorySagaStore::new(),
+        "POST /orders/{id}",
+        |store| async move {
+            let place = move || {
+                let store = store.clone();
+                async move {
+                    store
+                        .append_events(
+                            ORDER_STREAM,
+                            ExpectedVersion::NoStream,
+                            &[placed()],
+                            &Metadata::new(),
+                        )
+                        .await
+                        .map(|_| axum::http::StatusCode::CREATED)
+                        .map_err(|e| (axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+                }
+            };
+            let router = Router::new()
+                .route("/orders/{id}", axum::routing::post(place))
+                .layer(axum::middleware::from_fn(service::log_request));
+            let request = Request::builder()
+                .method("POST")
+                .uri("/orders/7")
+                .body(Body::empty())
+                .expect("a valid request");
+            let response = router.oneshot(request).await.expect("the router answers");
+            assert_eq!(response.status(), 201);
+        },
+    )
+    .await;
+}
+
 /// An HTTP command continues the caller's trace: the request's server span
 /// takes the `traceparent` header as its parent, and the event the command
 /// appends stores the append's context, in the same trace.

@@ -237,6 +237,53 @@ where
     B: ProjectionStore<Conn = St::Conn> + Clone,
     St: SagaStore + Clone,
 {
+    one_trace_from(
+        store,
+        projections,
+        sagas,
+        "POST /orders",
+        |store| async move {
+            store
+                .append_events(
+                    ORDER_STREAM,
+                    ExpectedVersion::NoStream,
+                    &[placed()],
+                    &Metadata::new(),
+                )
+                .instrument(tracing::info_span!("POST /orders", otel.kind = "server"))
+                .await
+                .unwrap();
+        },
+    )
+    .await;
+}
+
+/// The stream the check's order lives in.
+pub const ORDER_STREAM: &str = "order-7";
+
+/// The event that starts the check: order 7 placed (append it to
+/// [`ORDER_STREAM`]).
+pub fn placed() -> OrderEvent {
+    OrderEvent::Placed(OrderRef { order_id: 7 })
+}
+
+/// The check from a request of the caller's: `request` must append
+/// [`placed`] to [`ORDER_STREAM`] on `store`, under a root span named
+/// `root` (an HTTP server's, say), which the check asserts is the root of
+/// the whole trace. See [`one_trace_through_the_log`].
+pub async fn one_trace_from<S, B, St, F, Fut>(
+    store: S,
+    projections: B,
+    sagas: St,
+    root: &str,
+    request: F,
+) where
+    S: WatchLog + Clone + 'static,
+    B: ProjectionStore<Conn = St::Conn> + Clone,
+    St: SagaStore + Clone,
+    F: FnOnce(S) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     let recorder = SpanRecorder::install();
     let count = Arc::new(Count::<B::Conn>::new());
     let read_model = ProjectionRunner::new(store.clone(), projections.clone(), count.clone());
@@ -247,18 +294,8 @@ where
     );
     let worker = SagaWorker::<Fulfil, _, _>::new(sagas, Orders(store.clone()));
 
-    let request = tracing::info_span!("POST /orders", otel.kind = "server");
-    store
-        .append_events(
-            "order-7",
-            ExpectedVersion::NoStream,
-            &[OrderEvent::Placed(OrderRef { order_id: 7 })],
-            &Metadata::new(),
-        )
-        .instrument(request)
-        .await
-        .unwrap();
-    let placed = store.read_stream("order-7", ..).await.unwrap();
+    request(store.clone()).await;
+    let placed = store.read_stream(ORDER_STREAM, ..).await.unwrap();
     let stored = TraceContext::from_metadata(&placed[0].metadata)
         .expect("the stored event carries its append's traceparent");
 
@@ -271,7 +308,7 @@ where
     assert_eq!(count.get(), 2);
 
     let spans = recorder.spans();
-    let request = find(&spans, "POST /orders", 0);
+    let request = find(&spans, root, 0);
     let append_placed = find(&spans, "append order", 0);
     let apply_placed = find(&spans, "process order-count", 0);
     let step = find(&spans, "process saga:fulfil", 0);
