@@ -144,8 +144,19 @@ fn main() {
     let rt = common::runtime();
     rt.block_on(async {
         let db = TestDatabase::new().await;
-        let inner = db.store().await;
-        let keys = PgSubjectKeys::new(db.pool().clone(), kek());
+        // annals' production pool (no ping at checkout), as an application
+        // has it; the test database's pool pings on every checkout, which
+        // the key statements would pay and the plain appends (on the group
+        // commit's own connection) would not
+        let pool = annals::postgres::PoolConfig::from_options(db.connect_options())
+            .connect()
+            .await
+            .expect("a pool");
+        let inner = annals::postgres::PgEventStore::builder(pool.clone())
+            .build()
+            .await
+            .expect("a store");
+        let keys = PgSubjectKeys::new(pool, kek());
         let store: Store = PersonalStore::new(inner.clone(), keys.clone());
         let meta = Metadata::new();
         let (mut new_p, mut new_b, mut known_p, mut known_b) = (vec![], vec![], vec![], vec![]);
