@@ -417,6 +417,15 @@ fn data_of<S: Saga>(record: &SagaRecord) -> Result<S::Data, SagaError> {
 
 fn set_data<S: Saga>(change: &mut SagaChange, data: &S::Data) -> Result<(), SagaError> {
     change.record.subject = data.subject();
+    if let Some(subject) = &change.record.subject {
+        // the subject comes from the application's data: refused before
+        // any store sees it (Postgres text cannot hold a NUL), the same on
+        // every backend, and the event that led here is parked
+        crate::store::limits::check_subject(subject).map_err(|mut e| {
+            e.field = "saga subject";
+            e
+        })?;
+    }
     change.record.data = to_stored_value(data).map_err(|source| SagaError::Data {
         saga_type: change.record.saga_type.clone(),
         saga_id: change.record.saga_id,

@@ -1330,3 +1330,71 @@ fn saga_values_no_store_can_hold_are_refused_by_the_engine() {
         crate::handler::FailureKind::Event
     );
 }
+
+/// Trip data that names an owner as its subject: the owner comes from the
+/// trip id, hostile for some.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Owned {
+    trip_id: u64,
+}
+
+impl SagaData for Owned {
+    type Event = TripEvent;
+    fn apply(&mut self, event: &TripEvent) {
+        if let TripEvent::Requested(r) = event {
+            self.trip_id = r.trip_id;
+        }
+    }
+    fn subject(&self) -> Option<String> {
+        Some(match self.trip_id {
+            1 => String::new(),
+            2 => "x".repeat(1025),
+            3 => "nul\0".to_owned(),
+            n => format!("traveller-{n}"),
+        })
+    }
+}
+
+impl Issue<u64> for Owned {
+    fn issue(&self) -> u64 {
+        self.trip_id
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, annals_macros::Saga)]
+#[saga(crate = "crate", event = TripEvent, command = TripCommand, data = Owned,
+       correlation = u64, correlate = trip_id)]
+enum OwnedTrip {
+    #[saga(start = Requested, issue = BookFlight, compensate = none, on(FlightBooked => Done))]
+    Booking,
+    #[saga(terminal)]
+    Done,
+}
+
+/// A saga's subject comes from the application's data: an empty, huge or
+/// NUL-holding one is refused by the engine, before any store (the same on
+/// every backend), as an event failure (parked); a good one is recorded.
+#[test]
+fn a_hostile_saga_subject_is_refused_by_the_engine() {
+    for trip in 1..=3 {
+        let requested = envelope_in("trip-x", trip, TripEvent::Requested(r(trip)));
+        let err = engine::on_event::<OwnedTrip>(None, trip.to_string(), &requested)
+            .expect_err("a hostile subject is refused");
+        match &err {
+            SagaError::InvalidInput(i) => assert_eq!(i.field, "saga subject", "{i}"),
+            other => panic!("trip {trip}: expected InvalidInput, got {other:?}"),
+        }
+        assert_eq!(
+            err.into_handler_error().kind(),
+            crate::handler::FailureKind::Event
+        );
+    }
+    let requested = envelope_in("trip-x", 4, TripEvent::Requested(r(4)));
+    let decision = engine::on_event::<OwnedTrip>(None, "4".into(), &requested)
+        .expect("a good subject")
+        .expect("the saga starts");
+    assert_eq!(
+        decision.change().record.subject.as_deref(),
+        Some("traveller-4")
+    );
+}
