@@ -370,3 +370,46 @@ async fn behind_the_applications_own_auth_the_router_checks_nothing() {
         "{body}"
     );
 }
+
+/// The page's Rebuild button: only with its confirmation box ticked (the
+/// browser requires it, the server checks it), then the projection is
+/// rebuilt and the page says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_rebuilds_a_projection_once_confirmed() {
+    let world = World::new().await;
+    let app = world.app();
+    let (_, login, _) = send(&app, login_request(TOKEN)).await;
+    let cookie = session_cookie(&login);
+    let (_, _, body) = send(&app, page_request(Some(&cookie))).await;
+    assert!(
+        body.contains("action=\"/admin/projections/notes/rebuild\"")
+            && body.contains("name=\"confirm\" value=\"yes\" required"),
+        "{body}"
+    );
+    let rebuild = |form: &'static str| {
+        Request::post("/admin/projections/notes/rebuild")
+            .header(COOKIE, &cookie)
+            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(form))
+            .expect("a request")
+    };
+    let (status, _, body) = send(&app, rebuild("")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.contains("tick the box to confirm"), "{body}");
+    let (status, response, _) = send(&app, rebuild("confirm=yes")).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let location = response.headers()[LOCATION]
+        .to_str()
+        .expect("ASCII")
+        .to_owned();
+    assert_eq!(location, "/admin?done=rebuilt&id=notes");
+    let request = Request::get(&location)
+        .header(COOKIE, &cookie)
+        .body(Body::empty())
+        .expect("a request");
+    let (_, _, body) = send(&app, request).await;
+    assert!(
+        body.contains("Projection notes rebuilt from the whole log."),
+        "{body}"
+    );
+}

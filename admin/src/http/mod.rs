@@ -43,8 +43,9 @@
 //! # The status page
 //!
 //! `GET` on the mount path (`/admin` above) is a server-rendered HTML page
-//! (no JavaScript): projections with their lag and status (and pause and
-//! resume buttons), the horizon, pending dead letters with replay and
+//! (no JavaScript): projections with their lag and status (pause and
+//! resume buttons, and a rebuild button behind a confirmation box the
+//! browser requires ticked; the rebuild runs inside the request), the horizon, pending dead letters with replay and
 //! discard buttons, sagas in flight with a retry button. Each button is a
 //! plain form that posts, then redirects back to the page. Every value
 //! from the database is HTML-escaped, and the page's
@@ -111,6 +112,7 @@ pub fn router(admin: Admin, auth: Auth) -> Router {
         .route("/dead-letters/{id}/discard", post(page::discard))
         .route("/projections/{name}/pause", post(page::pause))
         .route("/projections/{name}/resume", post(page::resume))
+        .route("/projections/{name}/rebuild", post(page::rebuild))
         .route("/sagas/{id}/retry", post(page::retry))
         .nest("/api", api)
         .fallback(api::not_found)

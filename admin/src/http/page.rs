@@ -170,6 +170,7 @@ impl Done {
             "discarded" => format!("Dead letter {id} discarded."),
             "paused" => format!("Projection {id} paused."),
             "resumed" => format!("Projection {id} resumed."),
+            "rebuilt" => format!("Projection {id} rebuilt from the whole log."),
             "retried" => format!("Saga {id}: its undelivered commands are due now."),
             _ => return None,
         })
@@ -315,9 +316,22 @@ impl View<'_> {
             write!(
                 h,
                 "<td><form method=\"post\" action=\"{base}/projections/{}/{action}\">\
-                 <button type=\"submit\">{label}</button></form></td></tr>",
+                 <button type=\"submit\">{label}</button></form>",
                 Esc(&name)
             )?;
+            if row.registered {
+                // a rebuild clears the read model: the browser asks for the
+                // box to be ticked first (no script needed), the server
+                // checks it too
+                write!(
+                    h,
+                    "<form method=\"post\" action=\"{base}/projections/{}/rebuild\">\
+                     <label><input type=\"checkbox\" name=\"confirm\" value=\"yes\" required> \
+                     clear and replay</label> <button type=\"submit\">Rebuild</button></form>",
+                    Esc(&name)
+                )?;
+            }
+            h.push_str("</td></tr>");
         }
         h.push_str("</table>");
 
@@ -555,6 +569,37 @@ pub(super) async fn pause(
         let Path(name) = name.map_err(malformed)?;
         projections::pause(&admin, &name).await?;
         Ok(("paused", name))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+pub(super) struct Confirm {
+    #[serde(default)]
+    confirm: Option<String>,
+}
+
+/// Rebuilds a projection from the page: only with the confirmation box
+/// ticked. The rebuild runs inside the request (as `POST
+/// api/projections/{name}/rebuild` does).
+pub(super) async fn rebuild(
+    state: State,
+    nested: Result<NestedPath, NestedPathRejection>,
+    headers: HeaderMap,
+    name: Result<Path<String>, PathRejection>,
+    form: Result<Form<Confirm>, FormRejection>,
+) -> Response {
+    let admin = state.admin.clone();
+    act(state, nested, &headers, async move {
+        let Path(name) = name.map_err(malformed)?;
+        let Form(Confirm { confirm }) = form.map_err(malformed)?;
+        if confirm.as_deref() != Some("yes") {
+            return Err(malformed(format!(
+                "rebuilding `{name}` clears its read model: tick the box to confirm"
+            )));
+        }
+        projections::rebuild(&admin, &name, false).await?;
+        Ok(("rebuilt", name))
     })
     .await
 }
