@@ -430,7 +430,7 @@ fn loads(c: &mut Criterion, rt: &Runtime, rows: &mut Vec<Comparison>) {
                 .expect("the command that crosses the snapshot policy");
             assert_eq!(done.version, n as u64);
             let saved = PgSnapshotStore::new(&store)
-                .load("lead", &stream)
+                .load(&annals::TenantId::default(), "lead", &stream)
                 .await
                 .expect("snapshot")
                 .expect("the repository wrote a snapshot");
@@ -751,7 +751,7 @@ fn loads(c: &mut Criterion, rt: &Runtime, rows: &mut Vec<Comparison>) {
                 Box::new(move || {
                     timed(|| {
                         let s = rt
-                            .block_on(snapshots.load("lead", stream))
+                            .block_on(snapshots.load(&annals::TenantId::default(), "lead", stream))
                             .expect("snapshot")
                             .expect("present");
                         black_box(s);

@@ -45,6 +45,7 @@ pub mod schema;
 pub mod shutdown;
 pub mod snapshot;
 pub mod store;
+pub mod tenant;
 pub mod testing;
 pub mod trace;
 
@@ -63,6 +64,7 @@ pub use snapshot::{InMemorySnapshotStore, SnapshotStore};
 pub use store::{
     AppendResult, EventStore, EventStoreExt, ExpectedVersion, InMemoryEventStore, LogPosition,
 };
+pub use tenant::TenantId;
 
 pub use chrono;
 pub use serde_json;

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use serde_json::value::RawValue;
 
 use crate::store::{EventStore, PayloadRef, Session};
+use crate::tenant::TenantId;
 use crate::Error;
 
 /// A stored snapshot of an aggregate's state.
@@ -42,22 +43,31 @@ pub trait SnapshotStore<S: EventStore>: Clone + Send + Sync + 'static {
         true
     }
 
-    /// The aggregate's snapshot, if any.
+    /// The aggregate's snapshot in `tenant`'s snapshots, if any.
     fn load(
         &self,
+        tenant: &TenantId,
         aggregate_type: &str,
         aggregate_id: &str,
     ) -> impl Future<Output = Result<Option<Snapshot>, Error>> + Send;
 
-    /// Saves a snapshot.
-    fn save(&self, snapshot: Snapshot) -> impl Future<Output = Result<(), Error>> + Send;
+    /// Saves a snapshot among `tenant`'s.
+    fn save(
+        &self,
+        tenant: &TenantId,
+        snapshot: Snapshot,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
 
     /// Saves a snapshot over the stored one whatever their versions: what a
     /// repository writes after it found the stored snapshot unusable (one
     /// beyond the end of its stream has a higher version than any fresh
     /// one, and would otherwise stay). The default is [`save`](Self::save).
-    fn replace(&self, snapshot: Snapshot) -> impl Future<Output = Result<(), Error>> + Send {
-        self.save(snapshot)
+    fn replace(
+        &self,
+        tenant: &TenantId,
+        snapshot: Snapshot,
+    ) -> impl Future<Output = Result<(), Error>> + Send {
+        self.save(tenant, snapshot)
     }
 
     /// Loads the snapshot of the aggregate whose stream is `stream_id` and
@@ -81,6 +91,7 @@ pub trait SnapshotStore<S: EventStore>: Clone + Send + Sync + 'static {
     fn load_and_fold<F>(
         &self,
         session: &mut S::Session,
+        tenant: &TenantId,
         aggregate_type: &str,
         stream_id: &str,
         fold: &mut F,
@@ -89,7 +100,7 @@ pub trait SnapshotStore<S: EventStore>: Clone + Send + Sync + 'static {
         F: SnapshotFold + Send,
     {
         async move {
-            let snapshot = self.load(aggregate_type, stream_id).await?;
+            let snapshot = self.load(tenant, aggregate_type, stream_id).await?;
             let Some(snapshot) = snapshot.filter(|s| s.version > 0) else {
                 let from = fold.snapshot(None);
                 return session
@@ -171,19 +182,30 @@ impl<S: EventStore> SnapshotStore<S> for NoSnapshots {
         false
     }
 
-    async fn load(&self, _: &str, _: &str) -> Result<Option<Snapshot>, Error> {
+    async fn load(&self, _: &TenantId, _: &str, _: &str) -> Result<Option<Snapshot>, Error> {
         Ok(None)
     }
 
-    async fn save(&self, _: Snapshot) -> Result<(), Error> {
+    async fn save(&self, _: &TenantId, _: Snapshot) -> Result<(), Error> {
         Ok(())
     }
 }
 
-/// Snapshots in memory. Cloning shares the store.
+/// Snapshots in memory, by tenant. Cloning shares the store.
 #[derive(Debug, Clone, Default)]
 pub struct InMemorySnapshotStore {
-    inner: Arc<Mutex<HashMap<(String, String), Snapshot>>>,
+    inner: Arc<Mutex<HashMap<SnapshotKey, Snapshot>>>,
+}
+
+/// A snapshot's tenant, aggregate type and aggregate id.
+type SnapshotKey = (TenantId, String, String);
+
+fn key(tenant: &TenantId, snapshot: &Snapshot) -> SnapshotKey {
+    (
+        tenant.clone(),
+        snapshot.aggregate_type.clone(),
+        snapshot.aggregate_id.clone(),
+    )
 }
 
 impl InMemorySnapshotStore {
@@ -202,19 +224,18 @@ impl InMemorySnapshotStore {
         self.len() == 0
     }
 
-    /// Replaces a snapshot unconditionally (for tests of corrupted or
-    /// outdated snapshots).
+    /// Replaces a snapshot of the default tenant unconditionally (for
+    /// tests of corrupted or outdated snapshots).
     pub fn put(&self, snapshot: Snapshot) {
-        self.lock().insert(
-            (
-                snapshot.aggregate_type.clone(),
-                snapshot.aggregate_id.clone(),
-            ),
-            snapshot,
-        );
+        self.put_in(&TenantId::default(), snapshot);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Snapshot>> {
+    /// Replaces a snapshot of `tenant` unconditionally.
+    pub fn put_in(&self, tenant: &TenantId, snapshot: Snapshot) {
+        self.lock().insert(key(tenant, &snapshot), snapshot);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SnapshotKey, Snapshot>> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -222,31 +243,33 @@ impl InMemorySnapshotStore {
 impl<S: EventStore> SnapshotStore<S> for InMemorySnapshotStore {
     async fn load(
         &self,
+        tenant: &TenantId,
         aggregate_type: &str,
         aggregate_id: &str,
     ) -> Result<Option<Snapshot>, Error> {
         crate::store::limits::check_stream_id(aggregate_id)?;
         Ok(self
             .lock()
-            .get(&(aggregate_type.to_owned(), aggregate_id.to_owned()))
+            .get(&(
+                tenant.clone(),
+                aggregate_type.to_owned(),
+                aggregate_id.to_owned(),
+            ))
             .cloned())
     }
 
-    async fn replace(&self, snapshot: Snapshot) -> Result<(), Error> {
+    async fn replace(&self, tenant: &TenantId, snapshot: Snapshot) -> Result<(), Error> {
         crate::store::limits::check_stream_id(&snapshot.aggregate_id)?;
         crate::store::limits::check_snapshot_state(snapshot.state.get())?;
-        self.put(snapshot);
+        self.put_in(tenant, snapshot);
         Ok(())
     }
 
-    async fn save(&self, snapshot: Snapshot) -> Result<(), Error> {
+    async fn save(&self, tenant: &TenantId, snapshot: Snapshot) -> Result<(), Error> {
         crate::store::limits::check_stream_id(&snapshot.aggregate_id)?;
         crate::store::limits::check_snapshot_state(snapshot.state.get())?;
         let mut map = self.lock();
-        let key = (
-            snapshot.aggregate_type.clone(),
-            snapshot.aggregate_id.clone(),
-        );
+        let key = key(tenant, &snapshot);
         let replace = match map.get(&key) {
             None => true,
             Some(old) => {
@@ -328,6 +351,7 @@ mod tests {
         let n = SnapshotStore::<InMemoryEventStore>::load_and_fold(
             &snapshots,
             &mut session,
+            &TenantId::default(),
             "t",
             "s",
             &mut recorder,

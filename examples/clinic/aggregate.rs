@@ -153,16 +153,19 @@ async fn snapshots_and_replay<S: EventStore + Clone, N: SnapshotStore<S>>(
     ));
     // What a build whose `Lead` had other fields would have left behind.
     snapshots
-        .save(Snapshot {
-            aggregate_type: Lead::TYPE.to_owned(),
-            aggregate_id: stream.clone(),
-            version: loaded.version,
-            state: serde_json::value::to_raw_value(
-                &serde_json::json!({ "name": "Diego", "stage": "hot" }),
-            )?,
-            fingerprint: "sha256:an-older-shape-of-lead".to_owned(),
-            codec_version: 1,
-        })
+        .save(
+            store.tenant_id(),
+            Snapshot {
+                aggregate_type: Lead::TYPE.to_owned(),
+                aggregate_id: stream.clone(),
+                version: loaded.version,
+                state: serde_json::value::to_raw_value(
+                    &serde_json::json!({ "name": "Diego", "stage": "hot" }),
+                )?,
+                fingerprint: "sha256:an-older-shape-of-lead".to_owned(),
+                codec_version: 1,
+            },
+        )
         .await?;
     say("Now an older build, whose `Lead` had other fields, left a snapshot at version 4. The next load:");
     let reloaded = repo.load(diego).await?;

@@ -86,7 +86,7 @@ impl PoolConfig {
     /// The settings for sqlx connect options, with annals' defaults.
     pub fn from_options(options: PgConnectOptions) -> Self {
         PoolConfig {
-            options,
+            options: crate::tenancy::every_tenant(options),
             max_connections: 10,
             connect_timeout: Duration::from_secs(5),
             test_before_acquire: false,

@@ -29,6 +29,9 @@ pub(crate) fn duplicate_uuid(e: &dyn sqlx::error::DatabaseError) -> Option<uuid:
         .and_then(|pg| pg.detail())
         .and_then(|d| d.split("=(").nth(1))
         .and_then(|rest| rest.split(')').next())
+        // `(tenant_id, event_id)=(clinic-7, 0192...)`: a tenant id holds
+        // no comma
+        .and_then(|values| values.rsplit(", ").next())
         .and_then(|id| uuid::Uuid::parse_str(id).ok())
 }
 

@@ -49,6 +49,7 @@ pub mod sql;
 mod store;
 #[cfg(feature = "personal")]
 mod subject_keys;
+pub mod tenancy;
 
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]

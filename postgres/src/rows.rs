@@ -10,7 +10,7 @@
 
 use annals_core::event::Metadata;
 use annals_core::store::{LogPosition, PayloadRef};
-use annals_core::{Envelope, Error};
+use annals_core::{Envelope, Error, TenantId};
 use futures_core::Stream;
 use sqlx::postgres::{PgRow, PgValueFormat, PgValueRef};
 use sqlx::types::Json;
@@ -253,6 +253,7 @@ where
 /// error it is, naming the original error's event.
 pub(crate) async fn locate(
     conn: &mut PgConnection,
+    tenant: &TenantId,
     stream_id: &str,
     stream_version: Option<i64>,
     error: Error,
@@ -267,6 +268,7 @@ pub(crate) async fn locate(
     match sqlx::query_scalar::<_, i64>(sql::LOCATE)
         .bind(stream_id)
         .bind(version)
+        .bind(tenant.as_str())
         .fetch_optional(conn)
         .await
     {

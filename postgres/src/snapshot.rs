@@ -2,7 +2,7 @@
 
 use annals_core::snapshot::{Snapshot, SnapshotFold, SnapshotStore, BEYOND_STREAM};
 use annals_core::store::{limits, PayloadRef, VersionRange};
-use annals_core::Error;
+use annals_core::{Error, EventStore as _, TenantId};
 use serde_json::value::RawValue;
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
@@ -88,15 +88,20 @@ fn snapshot_row(
 /// save_snapshot.sql without its condition: the row is replaced whatever
 /// its version (see [`SnapshotStore::replace`]).
 const REPLACE_SNAPSHOT: &str = "INSERT INTO annals_snapshots AS s \
-     (aggregate_type, aggregate_id, version, state, fingerprint, codec_version) \
-     VALUES ($1, $2, $3, $4::jsonb, $5, $6) \
-     ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE \
+     (tenant_id, aggregate_type, aggregate_id, version, state, fingerprint, codec_version) \
+     VALUES ($7, $1, $2, $3, $4::jsonb, $5, $6) \
+     ON CONFLICT (tenant_id, aggregate_type, aggregate_id) DO UPDATE \
      SET version = EXCLUDED.version, state = EXCLUDED.state, \
          fingerprint = EXCLUDED.fingerprint, \
          codec_version = EXCLUDED.codec_version, created_at = now()";
 
 impl PgSnapshotStore {
-    async fn write(&self, statement: &'static str, snapshot: Snapshot) -> Result<(), Error> {
+    async fn write(
+        &self,
+        statement: &'static str,
+        tenant: &TenantId,
+        snapshot: Snapshot,
+    ) -> Result<(), Error> {
         limits::check_stream_id(&snapshot.aggregate_id)?;
         limits::check_snapshot_state(snapshot.state.get())?;
         sqlx::query(statement)
@@ -106,6 +111,7 @@ impl PgSnapshotStore {
             .bind(snapshot.state.get())
             .bind(&snapshot.fingerprint)
             .bind(snapshot.codec_version.min(i32::MAX as u32) as i32)
+            .bind(tenant.as_str())
             .execute(&self.pool)
             .await
             .map_err(db("saving a snapshot"))?;
@@ -116,6 +122,7 @@ impl PgSnapshotStore {
 impl SnapshotStore<PgEventStore> for PgSnapshotStore {
     async fn load(
         &self,
+        tenant: &TenantId,
         aggregate_type: &str,
         aggregate_id: &str,
     ) -> Result<Option<Snapshot>, Error> {
@@ -123,6 +130,7 @@ impl SnapshotStore<PgEventStore> for PgSnapshotStore {
         let row = sqlx::query(sql::LOAD_SNAPSHOT)
             .bind(aggregate_type)
             .bind(aggregate_id)
+            .bind(tenant.as_str())
             .fetch_optional(&self.pool)
             .await
             .map_err(db("loading a snapshot"))?;
@@ -132,12 +140,12 @@ impl SnapshotStore<PgEventStore> for PgSnapshotStore {
         }
     }
 
-    async fn save(&self, snapshot: Snapshot) -> Result<(), Error> {
-        self.write(sql::SAVE_SNAPSHOT, snapshot).await
+    async fn save(&self, tenant: &TenantId, snapshot: Snapshot) -> Result<(), Error> {
+        self.write(sql::SAVE_SNAPSHOT, tenant, snapshot).await
     }
 
-    async fn replace(&self, snapshot: Snapshot) -> Result<(), Error> {
-        self.write(REPLACE_SNAPSHOT, snapshot).await
+    async fn replace(&self, tenant: &TenantId, snapshot: Snapshot) -> Result<(), Error> {
+        self.write(REPLACE_SNAPSHOT, tenant, snapshot).await
     }
 
     /// The snapshot and the events after it in one statement
@@ -146,6 +154,7 @@ impl SnapshotStore<PgEventStore> for PgSnapshotStore {
     async fn load_and_fold<F>(
         &self,
         session: &mut PgSession,
+        tenant: &TenantId,
         aggregate_type: &str,
         stream_id: &str,
         fold: &mut F,
@@ -155,11 +164,21 @@ impl SnapshotStore<PgEventStore> for PgSnapshotStore {
     {
         limits::check_stream_id(stream_id)?;
         let pg = session.store().clone();
+        if tenant != pg.tenant_id() {
+            return Err(Error::backend(
+                "loading a snapshot and its stream",
+                format!(
+                    "the snapshot's tenant `{tenant}` is not the session's tenant `{}`",
+                    pg.tenant_id()
+                ),
+            ));
+        }
         let conn = session.connection();
         let keys = pg.schema_keys();
         let mut rows = sqlx::query(sql::LOAD_SNAPSHOT_AND_EVENTS)
             .bind(aggregate_type)
             .bind(stream_id)
+            .bind(tenant.as_str())
             .fetch(&mut *conn);
         // a snapshot waiting for the event at its own version, which
         // proves that the stream reaches it (the statement reads the

@@ -5,7 +5,8 @@ use annals::postgres::testing::TestDatabase;
 use annals::postgres::{PgEventStore, PgSnapshotStore};
 use annals::{
     snapshot::Snapshot, testing::given, Aggregate, AggregateState, CommandError, EventStore,
-    InMemoryEventStore, InMemorySnapshotStore, Metadata, Repository, SnapshotStore,
+    EventStoreExt as _, InMemoryEventStore, InMemorySnapshotStore, Metadata, Repository,
+    SnapshotStore,
 };
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
@@ -321,7 +322,7 @@ async fn outdated_and_corrupted_snapshots_are_ignored<
         .await
         .expect("note");
     let replaced = snapshots
-        .load("lead", "lead-s")
+        .load(&annals::TenantId::default(), "lead", "lead-s")
         .await
         .expect("load snapshot")
         .expect("a snapshot");
@@ -411,7 +412,7 @@ async fn snapshots_beyond_the_stream_are_ignored<S: EventStore + Clone, N: Snaps
     // the fresh snapshot replaces the one beyond the stream (a save alone
     // keeps the higher version), so loads start from it again
     let stored = snapshots
-        .load("lead", "lead-b")
+        .load(&annals::TenantId::default(), "lead", "lead-b")
         .await
         .expect("load snapshot")
         .expect("a snapshot");
@@ -438,9 +439,13 @@ async fn hostile_snapshot_states_are_refused<S: EventStore, N: SnapshotStore<S>>
         };
         for replace in [false, true] {
             let result = if replace {
-                snapshots.replace(snapshot.clone()).await
+                snapshots
+                    .replace(&annals::TenantId::default(), snapshot.clone())
+                    .await
             } else {
-                snapshots.save(snapshot.clone()).await
+                snapshots
+                    .save(&annals::TenantId::default(), snapshot.clone())
+                    .await
             };
             match result {
                 Err(annals::Error::InvalidInput(i)) => {
@@ -451,7 +456,7 @@ async fn hostile_snapshot_states_are_refused<S: EventStore, N: SnapshotStore<S>>
         }
     }
     assert!(snapshots
-        .load("lead", "lead-hostile")
+        .load(&annals::TenantId::default(), "lead", "lead-hostile")
         .await
         .expect("load")
         .is_none());
@@ -843,4 +848,76 @@ async fn command_metadata_flows_into_events() {
         done,
         Err(CommandError::Rejected(LeadError::ScoreTooLow(0)))
     ));
+}
+
+/// Snapshots belong to the tenant of the repository's store: the same
+/// aggregate id in two tenants has two snapshots, and each tenant loads
+/// from its own (and never from the other's, which is at another version).
+async fn snapshots_are_kept_per_tenant<S, N>(store: S, snapshots: N)
+where
+    S: EventStore + Clone,
+    N: SnapshotStore<S>,
+{
+    for (tenant, notes) in [("clinic-a", 3u64), ("clinic-b", 5)] {
+        let scoped = store.tenant(tenant).expect("tenant");
+        let repo = Repository::<Lead, _>::new(scoped)
+            .with_snapshots(snapshots.clone())
+            .snapshot_every(Some(1))
+            .inline_snapshots();
+        repo.execute(
+            "same",
+            &LeadCommand::Create(tenant.to_owned()),
+            &Metadata::new(),
+        )
+        .await
+        .expect("create");
+        for i in 0..notes {
+            repo.execute("same", &LeadCommand::Note(i.to_string()), &Metadata::new())
+                .await
+                .expect("note");
+        }
+    }
+    for (tenant, version) in [("clinic-a", 4), ("clinic-b", 6)] {
+        let scoped = store.tenant(tenant).expect("tenant");
+        let stored = snapshots
+            .load(scoped.tenant_id(), "lead", "lead-same")
+            .await
+            .expect("load the snapshot")
+            .expect("a snapshot");
+        assert_eq!(stored.version, version, "{tenant}'s own snapshot");
+        let loaded = Repository::<Lead, _>::new(scoped)
+            .with_snapshots(snapshots.clone())
+            .snapshot_every(Some(1))
+            .load("same")
+            .await
+            .expect("load");
+        assert_eq!(loaded.version, version);
+        assert_eq!(
+            loaded.snapshot_version,
+            Some(version),
+            "{tenant} loads from its snapshot"
+        );
+        assert_eq!(loaded.state.name.as_deref(), Some(tenant));
+    }
+    assert!(
+        snapshots
+            .load(store.tenant_id(), "lead", "lead-same")
+            .await
+            .expect("load")
+            .is_none(),
+        "the default tenant has no snapshot of lead-same"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_memory_snapshots_are_kept_per_tenant() {
+    snapshots_are_kept_per_tenant(InMemoryEventStore::new(), InMemorySnapshotStore::new()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_snapshots_are_kept_per_tenant() {
+    let db = TestDatabase::new().await;
+    let store = lead_store(db.pool()).await;
+    let snapshots = PgSnapshotStore::new(&store);
+    snapshots_are_kept_per_tenant(store, snapshots).await;
 }

@@ -206,7 +206,7 @@ impl<A: Aggregate, S: EventStore, N: SnapshotStore<S>> Repository<A, S, N> {
         };
         let replayed = if self.uses_snapshots() {
             self.snapshots
-                .load_and_fold(session, A::TYPE, stream, &mut fold)
+                .load_and_fold(session, self.store.tenant_id(), A::TYPE, stream, &mut fold)
                 .await?
         } else {
             session
@@ -361,11 +361,12 @@ impl<A: Aggregate, S: EventStore, N: SnapshotStore<S>> Repository<A, S, N> {
             codec_version: A::CODEC_VERSION,
         };
         let store = self.snapshots.clone();
+        let tenant = self.store.tenant_id().clone();
         let save = async move {
             let saved = if replace {
-                store.replace(snapshot).await
+                store.replace(&tenant, snapshot).await
             } else {
-                store.save(snapshot).await
+                store.save(&tenant, snapshot).await
             };
             match saved {
                 Ok(()) => {

@@ -166,25 +166,30 @@ where
 
     async fn load(
         &self,
+        tenant: &crate::TenantId,
         aggregate_type: &str,
         aggregate_id: &str,
     ) -> Result<Option<Snapshot>, Error> {
-        match self.inner.load(aggregate_type, aggregate_id).await? {
+        match self
+            .inner
+            .load(tenant, aggregate_type, aggregate_id)
+            .await?
+        {
             Some(snapshot) => self.open(snapshot).await,
             None => Ok(None),
         }
     }
 
-    async fn save(&self, snapshot: Snapshot) -> Result<(), Error> {
+    async fn save(&self, tenant: &crate::TenantId, snapshot: Snapshot) -> Result<(), Error> {
         match self.seal(snapshot).await? {
-            Some(sealed) => self.inner.save(sealed).await,
+            Some(sealed) => self.inner.save(tenant, sealed).await,
             None => Ok(()),
         }
     }
 
-    async fn replace(&self, snapshot: Snapshot) -> Result<(), Error> {
+    async fn replace(&self, tenant: &crate::TenantId, snapshot: Snapshot) -> Result<(), Error> {
         match self.seal(snapshot).await? {
-            Some(sealed) => self.inner.replace(sealed).await,
+            Some(sealed) => self.inner.replace(tenant, sealed).await,
             None => Ok(()),
         }
     }

@@ -545,6 +545,17 @@ impl<S: EventStore + Clone, K: SubjectKeys> EventStore for PersonalStore<S, K> {
         self.inner.validates_on_append()
     }
 
+    fn tenant_id(&self) -> &crate::TenantId {
+        self.inner.tenant_id()
+    }
+
+    fn in_tenant(&self, tenant: crate::TenantId) -> Self {
+        PersonalStore {
+            inner: self.inner.in_tenant(tenant),
+            shared: self.shared.clone(),
+        }
+    }
+
     async fn session(&self) -> Result<Self::Session, Error> {
         Ok(PersonalSession {
             inner: self.inner.session().await?,

@@ -9,6 +9,7 @@ use crate::store::{
     limits, AppendResult, Backlog, EventStore, ExpectedVersion, LogPosition, PayloadRef, Session,
     VersionRange, Watch, WatchLog,
 };
+use crate::tenant::TenantId;
 use crate::{Envelope, Error, NewEvent, RecordedEvent, SchemaRegistry, VersionConflict};
 
 /// The embedded event store: everything in memory, with exactly the semantics
@@ -35,6 +36,7 @@ use crate::{Envelope, Error, NewEvent, RecordedEvent, SchemaRegistry, VersionCon
 #[derive(Clone, Debug)]
 pub struct InMemoryEventStore {
     shared: Arc<Shared>,
+    tenant: TenantId,
 }
 
 #[derive(Debug)]
@@ -48,12 +50,29 @@ struct Shared {
 
 #[derive(Debug, Default)]
 struct State {
-    log: Vec<RecordedEvent>,
-    streams: HashMap<String, Vec<usize>>,
-    event_ids: HashSet<uuid::Uuid>,
+    tenants: HashMap<TenantId, TenantLog>,
+    /// Transactions and positions are counted across tenants, as Postgres
+    /// counts them across the table.
     next_transaction: u64,
     next_position: u64,
 }
+
+/// One tenant's events.
+#[derive(Debug, Default)]
+struct TenantLog {
+    log: Vec<RecordedEvent>,
+    streams: HashMap<String, Vec<usize>>,
+    event_ids: HashSet<uuid::Uuid>,
+}
+
+impl State {
+    fn of(&self, tenant: &TenantId) -> Option<&TenantLog> {
+        self.tenants.get(tenant)
+    }
+}
+
+/// A tenant that has no events yet.
+static EMPTY: std::sync::LazyLock<TenantLog> = std::sync::LazyLock::new(TenantLog::default);
 
 impl Default for InMemoryEventStore {
     fn default() -> Self {
@@ -76,6 +95,7 @@ impl InMemoryEventStore {
                 validate: true,
                 appended: tokio::sync::watch::channel(0).0,
             }),
+            tenant: TenantId::default(),
         }
     }
 
@@ -89,6 +109,7 @@ impl InMemoryEventStore {
                 validate: false,
                 appended: tokio::sync::watch::channel(0).0,
             }),
+            tenant: TenantId::default(),
         }
     }
 
@@ -97,12 +118,12 @@ impl InMemoryEventStore {
         self.shared.registry.clone()
     }
 
-    /// How many events the store holds.
+    /// How many events the store holds for its tenant.
     pub fn len(&self) -> usize {
-        self.lock().log.len()
+        self.lock().of(&self.tenant).map_or(0, |t| t.log.len())
     }
 
-    /// Whether the store holds no events.
+    /// Whether the store holds no events for its tenant.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -123,12 +144,14 @@ impl InMemoryEventStore {
         if self.shared.validate {
             self.shared.registry.validate_new(&events)?;
         }
-        let mut state = self.lock();
-        let current = state
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let tenant = state.tenants.entry(self.tenant.clone()).or_default();
+        let current = tenant
             .streams
             .get(stream_id)
             .and_then(|s| s.last())
-            .map(|&i| state.log[i].stream_version);
+            .map(|&i| tenant.log[i].stream_version);
         if !expected.matches(current) {
             return Err(VersionConflict {
                 stream_id: stream_id.to_owned(),
@@ -139,7 +162,7 @@ impl InMemoryEventStore {
         }
         let mut batch = HashSet::with_capacity(events.len());
         for e in &events {
-            if state.event_ids.contains(&e.event_id) || !batch.insert(e.event_id) {
+            if tenant.event_ids.contains(&e.event_id) || !batch.insert(e.event_id) {
                 return Err(Error::DuplicateEventId {
                     event_id: e.event_id,
                 });
@@ -169,17 +192,17 @@ impl InMemoryEventStore {
                 recorded_at: now,
                 payload: e.payload,
             };
-            state.event_ids.insert(record.event_id);
-            let index = state.log.len();
-            state.log.push(record.clone());
-            state
+            tenant.event_ids.insert(record.event_id);
+            let index = tenant.log.len();
+            tenant.log.push(record.clone());
+            tenant
                 .streams
                 .entry(stream_id.to_owned())
                 .or_default()
                 .push(index);
             appended.push(record);
         }
-        self.shared.appended.send_replace(state.log.len());
+        self.shared.appended.send_modify(|n| *n += 1);
         Ok(AppendResult {
             version: base + appended.len() as u64,
             events: appended,
@@ -192,6 +215,7 @@ impl InMemoryEventStore {
     /// decoder may take its time without blocking appends).
     fn stream_range(&self, stream_id: &str, versions: VersionRange) -> Vec<RecordedEvent> {
         let state = self.lock();
+        let state = state.of(&self.tenant).unwrap_or(&EMPTY);
         let Some(indices) = state.streams.get(stream_id) else {
             return Vec::new();
         };
@@ -217,6 +241,17 @@ impl EventStore for InMemoryEventStore {
 
     fn validates_on_append(&self) -> bool {
         self.shared.validate
+    }
+
+    fn tenant_id(&self) -> &TenantId {
+        &self.tenant
+    }
+
+    fn in_tenant(&self, tenant: TenantId) -> Self {
+        InMemoryEventStore {
+            shared: self.shared.clone(),
+            tenant,
+        }
     }
 
     async fn session(&self) -> Result<InMemoryEventStore, Error> {
@@ -278,6 +313,7 @@ impl EventStore for InMemoryEventStore {
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, Error> {
         let state = self.lock();
+        let state = state.of(&self.tenant).unwrap_or(&EMPTY);
         // appends are serialized, so the log is already in (transaction, position) order
         let start = state.log.partition_point(|e| e.log_position <= after);
         Ok(state.log[start..].iter().take(limit).cloned().collect())
@@ -286,6 +322,7 @@ impl EventStore for InMemoryEventStore {
     async fn stream_version(&self, stream_id: &str) -> Result<Option<u64>, Error> {
         limits::check_stream_id(stream_id)?;
         let state = self.lock();
+        let state = state.of(&self.tenant).unwrap_or(&EMPTY);
         Ok(state
             .streams
             .get(stream_id)
@@ -295,6 +332,7 @@ impl EventStore for InMemoryEventStore {
 
     async fn read_event(&self, position: u64) -> Result<Option<RecordedEvent>, Error> {
         let state = self.lock();
+        let state = state.of(&self.tenant).unwrap_or(&EMPTY);
         // positions grow with the log
         Ok(state
             .log
@@ -305,6 +343,7 @@ impl EventStore for InMemoryEventStore {
 
     async fn backlog(&self, after: LogPosition) -> Result<Backlog, Error> {
         let state = self.lock();
+        let state = state.of(&self.tenant).unwrap_or(&EMPTY);
         let start = state.log.partition_point(|e| e.log_position <= after);
         let rest = &state.log[start..];
         Ok(Backlog {

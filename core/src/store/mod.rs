@@ -29,6 +29,7 @@ use chrono::{DateTime, Utc};
 
 use serde::{Deserialize, Serialize};
 
+use crate::tenant::TenantId;
 use crate::{Envelope, Error, Event, Metadata, NewEvent, RecordedEvent, SchemaRegistry};
 
 pub mod limits;
@@ -315,6 +316,16 @@ pub trait EventStore: Send + Sync + 'static {
     /// Whether appends validate payloads against their schemas.
     fn validates_on_append(&self) -> bool;
 
+    /// The tenant this handle reads and writes (see [`crate::tenant`]).
+    fn tenant_id(&self) -> &TenantId;
+
+    /// The same store scoped to `tenant`: the same storage, only that
+    /// tenant's streams and log. [`EventStoreExt::tenant`] checks an id
+    /// given as text.
+    fn in_tenant(&self, tenant: TenantId) -> Self
+    where
+        Self: Sized;
+
     /// A session: one connection of the store until it is dropped.
     fn session(&self) -> impl Future<Output = Result<Self::Session, Error>> + Send;
 
@@ -531,6 +542,16 @@ pub trait WatchLog: EventStore {
 /// The typed layer over any [`EventStore`]: encodes application events,
 /// validates, decodes and upcasts. Implemented for every store.
 pub trait EventStoreExt: EventStore {
+    /// The same store scoped to the tenant `id`: a handle from which no
+    /// other tenant's streams can be read or written. An id out of
+    /// [`TenantId`]'s limits is [`Error::InvalidInput`] naming `tenant`.
+    fn tenant(&self, id: &str) -> Result<Self, Error>
+    where
+        Self: Sized,
+    {
+        Ok(self.in_tenant(TenantId::new(id)?))
+    }
+
     /// Encodes application events into [`NewEvent`]s with shared metadata
     /// (registering `E` with the store's registry): what
     /// [`append_events`](Self::append_events) appends.

@@ -98,6 +98,7 @@ where
     input_limits_before_validation(make(true).await).await;
     concurrent_writers(make(true).await).await;
     session(make(true).await).await;
+    tenants_are_isolated(make(true).await).await;
 }
 
 async fn events_by_position_and_backlog<S: EventStore>(store: S) {
@@ -1280,5 +1281,241 @@ async fn session<S: EventStore>(store: S) {
         must("the stream's version", store.stream_version("notes-1")).await,
         Some(3),
         "the conflict wrote nothing"
+    );
+}
+
+/// Tenants: handles scoped to two tenants write streams of the same name
+/// (and events of the same id) independently; no read through one handle
+/// (a stream, a fold, the log, an event by position, the backlog, the end
+/// of the log) ever returns another tenant's event; versions and conflicts
+/// are per tenant; concurrent appends of many tenants to one stream name
+/// (a Postgres group commit joins them) each land in their own tenant;
+/// hostile tenant ids are refused by name.
+async fn tenants_are_isolated<S: EventStore + Clone + 'static>(store: S) {
+    use crate::TenantId;
+
+    assert_eq!(
+        store.tenant_id(),
+        &TenantId::default(),
+        "a store starts in the default tenant"
+    );
+    let a = must("tenant a", async { store.tenant("clinic-a") }).await;
+    let b = must("tenant b", async { store.tenant("clinic-b") }).await;
+    assert_eq!(a.tenant_id().as_str(), "clinic-a");
+
+    let first = must(
+        "append in a",
+        a.append_events(
+            "lead-1",
+            ExpectedVersion::NoStream,
+            &[created("a")],
+            &Metadata::new(),
+        ),
+    )
+    .await;
+    // the same stream name, and the very same event id, in tenant b
+    let mut twin = must("encode", async {
+        b.encode_events(&[created("b")], &Metadata::new())
+    })
+    .await;
+    twin[0].event_id = first.events[0].event_id;
+    let second = must(
+        "append the same stream name and event id in b",
+        b.append("lead-1", ExpectedVersion::NoStream, twin),
+    )
+    .await;
+    assert_eq!(
+        (first.version, second.version),
+        (1, 1),
+        "each tenant has its own lead-1"
+    );
+
+    let names = |events: Vec<crate::Envelope<TestEvent>>| -> Vec<String> {
+        events
+            .into_iter()
+            .map(|e| match e.payload {
+                TestEvent::Created(c) => c.name,
+                other => format!("{other:?}"),
+            })
+            .collect()
+    };
+    assert_eq!(
+        names(must("read a", a.read_stream_as::<TestEvent>("lead-1", ..)).await),
+        ["a"]
+    );
+    assert_eq!(
+        names(must("read b", b.read_stream_as::<TestEvent>("lead-1", ..)).await),
+        ["b"]
+    );
+    assert!(
+        must("read default", store.read_stream("lead-1", ..))
+            .await
+            .is_empty(),
+        "the default tenant sees neither"
+    );
+    let mut folded = 0;
+    must(
+        "fold b",
+        b.fold_stream_payloads("lead-1", .., |_| {
+            folded += 1;
+            Ok(())
+        }),
+    )
+    .await;
+    assert_eq!(folded, 1, "a fold reads its own tenant's stream only");
+
+    // versions and conflicts are per tenant
+    must(
+        "append to a's lead-1",
+        a.append_events(
+            "lead-1",
+            ExpectedVersion::Exact(1),
+            &[scored(1)],
+            &Metadata::new(),
+        ),
+    )
+    .await;
+    assert_eq!(
+        must("version in a", a.stream_version("lead-1")).await,
+        Some(2)
+    );
+    assert_eq!(
+        must("version in b", b.stream_version("lead-1")).await,
+        Some(1)
+    );
+    match b
+        .append_events(
+            "lead-1",
+            ExpectedVersion::Exact(2),
+            &[scored(2)],
+            &Metadata::new(),
+        )
+        .await
+    {
+        Err(Error::Conflict(c)) => assert_eq!(c.actual, Some(1), "b's conflict names b's version"),
+        other => panic!("b at version 2 must be a conflict, got {other:?}"),
+    }
+    let mut session = must("a session of b", b.session()).await;
+    let mut seen = 0;
+    must(
+        "fold in b's session",
+        session.fold_stream_payloads("lead-1", .., |_| {
+            seen += 1;
+            Ok(())
+        }),
+    )
+    .await;
+    assert_eq!(seen, 1, "a session folds its tenant's stream");
+    let encoded = must("encode", async {
+        b.encode_events(&[scored(3)], &Metadata::new())
+    })
+    .await;
+    let appended = must(
+        "append in b's session",
+        session.append("lead-1", ExpectedVersion::Exact(1), encoded),
+    )
+    .await;
+    assert_eq!(appended.version, 2);
+    drop(session);
+
+    // the log, by tenant
+    let log_a = read_log_settled(&a, LogPosition::START, 2).await;
+    let log_b = read_log_settled(&b, LogPosition::START, 2).await;
+    assert_eq!(log_a.len(), 2, "a's log holds a's two events only");
+    assert_eq!(log_b.len(), 2, "b's log holds b's two events only");
+    let ids_a: HashSet<_> = log_a.iter().map(|e| e.log_position).collect();
+    assert!(log_b.iter().all(|e| !ids_a.contains(&e.log_position)));
+    assert!(
+        must("default log", store.read_log(LogPosition::START, 100))
+            .await
+            .is_empty(),
+        "the default tenant's log is empty"
+    );
+    for e in &log_b {
+        assert!(
+            must("read b's event through a", a.read_event(e.position()))
+                .await
+                .is_none(),
+            "an event of b is not at its position in a"
+        );
+        assert!(must("read b's event", b.read_event(e.position()))
+            .await
+            .is_some());
+    }
+    assert_eq!(
+        must("backlog a", a.backlog(LogPosition::START))
+            .await
+            .events,
+        2
+    );
+    assert_eq!(
+        must("backlog default", store.backlog(LogPosition::START))
+            .await
+            .events,
+        0
+    );
+    let end_b = must("end of b's log", b.log_end()).await;
+    if end_b.is_some() {
+        // (a store whose events are visible at once may not say: `None`)
+        assert_eq!(
+            end_b,
+            log_b.last().map(|e| e.log_position),
+            "b's log ends at b's last event"
+        );
+    }
+    assert_eq!(must("end of default", store.log_end()).await, None);
+
+    // many tenants append to one stream name at once
+    const TENANTS: usize = 8;
+    let mut handles = Vec::new();
+    for t in 0..TENANTS {
+        let scoped = must("tenant", async { store.tenant(&format!("clinic-{t}")) }).await;
+        handles.push(tokio::spawn(async move {
+            scoped
+                .append_events(
+                    "hot",
+                    ExpectedVersion::NoStream,
+                    &[scored(t as u8)],
+                    &Metadata::new(),
+                )
+                .await
+                .map(|r| r.version)
+        }));
+    }
+    for h in handles {
+        match h.await {
+            Ok(Ok(version)) => assert_eq!(version, 1, "each tenant's hot starts at 1"),
+            Ok(Err(e)) => panic!("a tenant's append to its own new stream failed: {e}"),
+            Err(e) => panic!("append task panicked: {e}"),
+        }
+    }
+    for t in 0..TENANTS {
+        let scoped = must("tenant", async { store.tenant(&format!("clinic-{t}")) }).await;
+        let events = must("read hot", scoped.read_stream_as::<TestEvent>("hot", ..)).await;
+        assert_eq!(events.len(), 1, "tenant clinic-{t} has its own hot");
+        assert!(
+            matches!(&events[0].payload, TestEvent::Scored(s) if s.score == t as u8),
+            "clinic-{t}'s hot holds clinic-{t}'s event"
+        );
+    }
+
+    for (id, says) in [
+        ("", "must not be empty"),
+        ("a*", "at byte 1"),
+        ("a\0b", "at byte 1"),
+        ("clinic 1", "at byte 6"),
+    ] {
+        match store.tenant(id) {
+            Err(Error::InvalidInput(e)) => {
+                assert_eq!(e.field, "tenant");
+                assert!(e.problem.contains(says), "{id:?}: {}", e.problem);
+            }
+            Err(e) => panic!("tenant {id:?}: expected InvalidInput, got {e}"),
+            Ok(_) => panic!("tenant {id:?} must be refused"),
+        }
+    }
+    let long = "t".repeat(crate::tenant::MAX_TENANT_BYTES + 1);
+    assert!(
+        matches!(store.tenant(&long), Err(Error::InvalidInput(e)) if e.problem.contains("limit of 128 bytes"))
     );
 }

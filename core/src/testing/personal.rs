@@ -649,7 +649,7 @@ where
     let stream_id = Patient::stream_id("s");
     assert_eq!(stream_id, stream, "the subject is the stream");
     let stored = snapshots
-        .load(Patient::TYPE, &stream_id)
+        .load(inner.tenant_id(), Patient::TYPE, &stream_id)
         .await
         .expect("load the stored snapshot")
         .expect("a snapshot was written");

@@ -3,4 +3,4 @@
 -- reader just cannot see them yet.
 SELECT count(*) AS n, min(recorded_at) AS oldest
   FROM annals_events
- WHERE (transaction_id, position) > ($1::text::xid8, $2)
+ WHERE tenant_id = $3 AND (transaction_id, position) > ($1::text::xid8, $2)

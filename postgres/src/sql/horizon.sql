@@ -9,4 +9,4 @@ SELECT pg_snapshot_xmin(pg_current_snapshot())::text::int8 AS xmin,
          (SELECT min(prepared) FROM pg_prepared_xacts)) AS oldest,
        now() AS now,
        (SELECT count(*) FROM annals_events
-         WHERE transaction_id >= pg_snapshot_xmin(pg_current_snapshot())) AS held
+         WHERE tenant_id = $1 AND transaction_id >= pg_snapshot_xmin(pg_current_snapshot())) AS held

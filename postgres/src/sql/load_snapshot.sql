@@ -2,4 +2,4 @@
 -- load_snapshot_and_events.sql (one decoder reads both).
 SELECT -version, NULL::int8, state, fingerprint, codec_version
   FROM annals_snapshots
- WHERE aggregate_type = $1 AND aggregate_id = $2
+ WHERE tenant_id = $3 AND aggregate_type = $1 AND aggregate_id = $2

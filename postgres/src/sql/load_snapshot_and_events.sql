@@ -13,14 +13,14 @@
 -- $1 aggregate type, $2 stream id.
 WITH s AS (
     SELECT version, state, fingerprint, codec_version FROM annals_snapshots
-     WHERE aggregate_type = $1 AND aggregate_id = $2)
+     WHERE tenant_id = $3 AND aggregate_type = $1 AND aggregate_id = $2)
 SELECT -version AS stream_version, NULL::int8 AS schema_key, state AS payload,
        fingerprint, codec_version
   FROM s
 UNION ALL
 (SELECT stream_version, schema_key, payload, NULL, NULL
    FROM annals_events
-  WHERE stream_id = $2 AND stream_version >= coalesce((SELECT version FROM s), 0)
+  WHERE tenant_id = $3 AND stream_id = $2 AND stream_version >= coalesce((SELECT version FROM s), 0)
   ORDER BY stream_version
   LIMIT (SELECT NULL::int8))
 ORDER BY stream_version

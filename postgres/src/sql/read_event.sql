@@ -2,4 +2,4 @@
 SELECT position, transaction_id::text::int8 AS tx, event_id, stream_id, stream_version,
        event_type, schema_version, payload, metadata, recorded_at
   FROM annals_events
- WHERE position = $1
+ WHERE tenant_id = $2 AND position = $1

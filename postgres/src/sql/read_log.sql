@@ -5,7 +5,7 @@
 SELECT position, transaction_id::text::int8 AS tx, event_id, stream_id, stream_version,
        event_type, schema_version, payload, metadata, recorded_at
   FROM annals_events
- WHERE (transaction_id, position) > ($1::text::xid8, $2)
+ WHERE tenant_id = $4 AND (transaction_id, position) > ($1::text::xid8, $2)
    AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
  ORDER BY transaction_id, position
  LIMIT $3

@@ -9,6 +9,6 @@
 -- LIMIT keeps the index plan (see read_stream.sql).
 SELECT stream_version, schema_key, payload
   FROM annals_events
- WHERE stream_id = $1 AND stream_version >= $2
+ WHERE tenant_id = $4 AND stream_id = $1 AND stream_version >= $2
  ORDER BY stream_version
  LIMIT (SELECT $3::int8)

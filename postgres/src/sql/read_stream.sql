@@ -14,6 +14,6 @@
 SELECT position, transaction_id::text::int8 AS tx, event_id, stream_id, stream_version,
        event_type, schema_version, payload, metadata, recorded_at
   FROM annals_events
- WHERE stream_id = $1 AND stream_version >= $2
+ WHERE tenant_id = $4 AND stream_id = $1 AND stream_version >= $2
  ORDER BY stream_version
  LIMIT (SELECT $3::int8)

@@ -3,7 +3,7 @@
 
 use annals_core::event::NewEvent;
 use annals_core::store::{limits, AppendResult, ExpectedVersion, LogPosition};
-use annals_core::{Envelope, Error, VersionConflict};
+use annals_core::{Envelope, Error, TenantId, VersionConflict};
 use chrono::{DateTime, Utc};
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row};
@@ -58,12 +58,13 @@ impl PgEventStore {
     ) -> Result<AppendResult, Error> {
         limits::check_append(stream_id, &events)?;
         if events.is_empty() {
-            return check_empty_append(conn, stream_id, expected).await;
+            return check_empty_append(conn, &self.tenant, stream_id, expected).await;
         }
         let metas = self.prepare(&events)?;
         let rows = insert(
             conn,
             owned,
+            &self.tenant,
             stream_id,
             expected,
             Binds::new(&events, &metas),
@@ -101,17 +102,35 @@ impl PgEventStore {
                 // alone when nothing else is being written, else with the
                 // next group; either way on the group's connection
                 let Some(mut turn) = group.alone() else {
-                    return group.append(stream_id, expected, events, metas).await;
+                    return group
+                        .append(&self.tenant, stream_id, expected, events, metas)
+                        .await;
                 };
-                let mut written = alone(&mut turn, stream_id, expected, &events, &metas).await;
+                let mut written = alone(
+                    &mut turn,
+                    &self.tenant,
+                    stream_id,
+                    expected,
+                    &events,
+                    &metas,
+                )
+                .await;
                 if matches!(&written, Err(e) if e.is_retryable()) {
                     // the connection may be gone, perhaps after the commit:
                     // find out on a new one, and try once more if nothing
                     // was written
-                    match turn.committed(&events).await {
+                    match turn.committed(&self.tenant, &events).await {
                         Ok(Some(rows)) => written = Ok(rows),
                         Ok(None) => {
-                            written = alone(&mut turn, stream_id, expected, &events, &metas).await
+                            written = alone(
+                                &mut turn,
+                                &self.tenant,
+                                stream_id,
+                                expected,
+                                &events,
+                                &metas,
+                            )
+                            .await
                         }
                         Err(_) => {}
                     }
@@ -132,9 +151,17 @@ impl PgEventStore {
             None => &mut **pooled.insert(self.checkout(CONTEXT).await?),
         };
         if events.is_empty() {
-            return check_empty_append(conn, stream_id, expected).await;
+            return check_empty_append(conn, &self.tenant, stream_id, expected).await;
         }
-        let rows = insert(conn, true, stream_id, expected, Binds::new(&events, &metas)).await?;
+        let rows = insert(
+            conn,
+            true,
+            &self.tenant,
+            stream_id,
+            expected,
+            Binds::new(&events, &metas),
+        )
+        .await?;
         self.wake.appended();
         appended(stream_id, &rows, events)
     }
@@ -160,25 +187,35 @@ impl PgEventStore {
 /// Writes an append alone on the group's connection.
 async fn alone(
     turn: &mut AloneTurn,
+    tenant: &TenantId,
     stream_id: &str,
     expected: ExpectedVersion,
     events: &[NewEvent],
     metas: &[String],
 ) -> Result<Vec<Written>, Error> {
     let conn = turn.connection().await?;
-    write_alone(conn, stream_id, expected, events, metas).await
+    write_alone(conn, tenant, stream_id, expected, events, metas).await
 }
 
 /// Writes one append as its own transaction on `conn`: what the database
 /// gave each event.
 pub(super) async fn write_alone(
     conn: &mut PgConnection,
+    tenant: &TenantId,
     stream_id: &str,
     expected: ExpectedVersion,
     events: &[NewEvent],
     metas: &[String],
 ) -> Result<Vec<Written>, Error> {
-    let rows = insert(conn, true, stream_id, expected, Binds::new(events, metas)).await?;
+    let rows = insert(
+        conn,
+        true,
+        tenant,
+        stream_id,
+        expected,
+        Binds::new(events, metas),
+    )
+    .await?;
     rows.iter().map(|row| Written::read(row, 0)).collect()
 }
 
@@ -209,6 +246,7 @@ fn statement(owned: bool, one: bool, expected: ExpectedVersion) -> &'static str 
 pub(super) async fn insert(
     conn: &mut PgConnection,
     owned: bool,
+    tenant: &TenantId,
     stream_id: &str,
     expected: ExpectedVersion,
     binds: Binds<'_>,
@@ -235,9 +273,9 @@ pub(super) async fn insert(
         if let ExpectedVersion::Exact(v) = expected {
             q = q.bind(int8(v));
         }
-        let rows = match q.fetch_all(&mut *conn).await {
+        let rows = match q.bind(tenant.as_str()).fetch_all(&mut *conn).await {
             Ok(rows) => rows,
-            Err(e) => return Err(append_error(conn, stream_id, expected, e).await),
+            Err(e) => return Err(append_error(conn, tenant, stream_id, expected, e).await),
         };
         if !rows.is_empty() || expected != ExpectedVersion::Any || attempt >= ANY_ATTEMPTS {
             break rows;
@@ -247,7 +285,7 @@ pub(super) async fn insert(
     };
     if rows.is_empty() {
         // the stream was not at the expected version: nothing was written
-        return Err(conflict(conn, stream_id, expected).await);
+        return Err(conflict(conn, tenant, stream_id, expected).await);
     }
     Ok(rows)
 }
@@ -256,10 +294,11 @@ pub(super) async fn insert(
 /// expected, with the stream's version now.
 pub(super) async fn conflict(
     conn: &mut PgConnection,
+    tenant: &TenantId,
     stream_id: &str,
     expected: ExpectedVersion,
 ) -> Error {
-    match stream_version_on(conn, stream_id).await {
+    match stream_version_on(conn, tenant, stream_id).await {
         Ok(actual) => VersionConflict {
             stream_id: stream_id.to_owned(),
             expected,
@@ -275,6 +314,7 @@ pub(super) async fn conflict(
 /// database error it is.
 async fn append_error(
     conn: &mut PgConnection,
+    tenant: &TenantId,
     stream_id: &str,
     expected: ExpectedVersion,
     e: sqlx::Error,
@@ -289,7 +329,7 @@ async fn append_error(
             }
             // a concurrent writer won the race for a version
             Some("annals_events_stream_version_key") => {
-                return conflict(conn, stream_id, expected).await
+                return conflict(conn, tenant, stream_id, expected).await
             }
             _ => {}
         }
@@ -301,10 +341,11 @@ async fn append_error(
 /// checked (the typed conflict when the stream is not where it says).
 async fn check_empty_append(
     conn: &mut PgConnection,
+    tenant: &TenantId,
     stream_id: &str,
     expected: ExpectedVersion,
 ) -> Result<AppendResult, Error> {
-    let actual = stream_version_on(conn, stream_id).await?;
+    let actual = stream_version_on(conn, tenant, stream_id).await?;
     if !expected.matches(actual) {
         return Err(VersionConflict {
             stream_id: stream_id.to_owned(),

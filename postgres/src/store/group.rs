@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use annals_core::event::NewEvent;
 use annals_core::store::{AppendResult, ExpectedVersion};
-use annals_core::Error;
+use annals_core::{Error, TenantId};
 use sqlx::postgres::{PgConnectOptions, PgRow};
 use sqlx::{Connection as _, PgConnection, Row as _};
 use tokio::sync::oneshot;
@@ -77,6 +77,7 @@ struct Queue {
 /// An append waiting for its group.
 #[derive(Debug)]
 struct Pending {
+    tenant: TenantId,
     stream_id: String,
     expected: ExpectedVersion,
     events: Vec<NewEvent>,
@@ -140,6 +141,7 @@ impl GroupCommit {
     /// the next group.
     pub(crate) async fn append(
         self: &Arc<Self>,
+        tenant: &TenantId,
         stream_id: &str,
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
@@ -149,6 +151,7 @@ impl GroupCommit {
         let lead = {
             let mut queue = self.lock();
             queue.waiting.push_back(Pending {
+                tenant: tenant.clone(),
                 stream_id: stream_id.to_owned(),
                 expected,
                 events,
@@ -226,7 +229,7 @@ impl GroupCommit {
         &self,
         conn: &mut PgConnection,
         batch: Vec<Pending>,
-        written: HashMap<String, Vec<Written>>,
+        written: HashMap<StreamKey, Vec<Written>>,
     ) {
         if !written.is_empty() {
             self.wake.appended();
@@ -251,11 +254,11 @@ impl GroupCommit {
             Ok(c) => conn.insert(c),
             Err(_) => return fail_all(batch, CONTEXT, lost),
         };
-        let ids: Vec<uuid::Uuid> = batch
+        let (tenants, ids): (Vec<&str>, Vec<uuid::Uuid>) = batch
             .iter()
-            .flat_map(|p| p.events.iter().map(|e| e.event_id))
-            .collect();
-        match committed_rows(c, &ids).await {
+            .flat_map(|p| p.events.iter().map(|e| (p.tenant.as_str(), e.event_id)))
+            .unzip();
+        match committed_rows(c, &tenants, &ids).await {
             Ok(Some(found)) => return self.answer(c, batch, found).await,
             Ok(None) => {}
             Err(e) => {
@@ -277,7 +280,15 @@ impl GroupCommit {
     async fn one_by_one(&self, conn: &mut PgConnection, batch: Vec<Pending>) {
         let mut any = false;
         for p in batch {
-            let result = write_alone(conn, &p.stream_id, p.expected, &p.events, &p.metas).await;
+            let result = write_alone(
+                conn,
+                &p.tenant,
+                &p.stream_id,
+                p.expected,
+                &p.events,
+                &p.metas,
+            )
+            .await;
             let Pending {
                 stream_id,
                 events,
@@ -331,12 +342,14 @@ impl AloneTurn {
     /// for another try.
     pub(crate) async fn committed(
         &mut self,
+        tenant: &TenantId,
         events: &[NewEvent],
     ) -> Result<Option<Vec<Written>>, Error> {
         self.conn = None;
         let ids: Vec<uuid::Uuid> = events.iter().map(|e| e.event_id).collect();
+        let tenants = vec![tenant.as_str(); ids.len()];
         let conn = self.connection().await?;
-        let found = committed_rows(conn, &ids)
+        let found = committed_rows(conn, &tenants, &ids)
             .await
             .map_err(|e| crate::error::db_error("checking whether an append committed", e))?;
         let written: Option<Vec<Written>> = found.map(|rows| {
@@ -391,7 +404,7 @@ impl Drop for Leading<'_> {
     }
 }
 
-/// Up to `max` waiting appends, one per stream, oldest first; the others
+/// Up to `max` waiting appends, one per stream (of a tenant), oldest first; the others
 /// stay in order. Appends whose caller stopped waiting are dropped.
 fn take_batch(waiting: &mut VecDeque<Pending>, max: usize) -> Vec<Pending> {
     let mut batch = Vec::new();
@@ -401,7 +414,7 @@ fn take_batch(waiting: &mut VecDeque<Pending>, max: usize) -> Vec<Pending> {
         if p.reply.is_closed() {
             continue;
         }
-        if batch.len() < max && streams.insert(p.stream_id.clone()) {
+        if batch.len() < max && streams.insert((p.tenant.clone(), p.stream_id.clone())) {
             batch.push(p);
         } else {
             later.push_back(p);
@@ -415,8 +428,9 @@ fn take_batch(waiting: &mut VecDeque<Pending>, max: usize) -> Vec<Pending> {
 async fn write(
     conn: &mut PgConnection,
     batch: &[Pending],
-) -> Result<HashMap<String, Vec<Written>>, sqlx::Error> {
+) -> Result<HashMap<StreamKey, Vec<Written>>, sqlx::Error> {
     let mut ks = Vec::with_capacity(batch.len());
+    let mut tenants = Vec::with_capacity(batch.len());
     let mut streams = Vec::with_capacity(batch.len());
     let mut expected = Vec::with_capacity(batch.len());
     let events: usize = batch.iter().map(|p| p.events.len()).sum();
@@ -431,6 +445,7 @@ async fn write(
     for (k, p) in batch.iter().enumerate() {
         let k = k as i32;
         ks.push(k);
+        tenants.push(p.tenant.as_str());
         streams.push(p.stream_id.as_str());
         expected.push(match p.expected {
             ExpectedVersion::Exact(v) => Some(int8(v)),
@@ -457,19 +472,24 @@ async fn write(
         .bind(versions)
         .bind(payloads)
         .bind(metas)
+        .bind(tenants)
         .fetch_all(&mut *conn)
         .await?;
     by_stream(&rows)
 }
 
-/// Rows of `stream_id, position, tx, stream_version, recorded_at` by
-/// stream, each stream's in version order.
-fn by_stream(rows: &[PgRow]) -> Result<HashMap<String, Vec<Written>>, sqlx::Error> {
-    let mut written: HashMap<String, Vec<Written>> = HashMap::new();
+/// A stream of a tenant: (tenant id, stream id).
+type StreamKey = (String, String);
+
+/// Rows of `tenant_id, stream_id, position, tx, stream_version,
+/// recorded_at` by stream, each stream's in version order.
+fn by_stream(rows: &[PgRow]) -> Result<HashMap<StreamKey, Vec<Written>>, sqlx::Error> {
+    let mut written: HashMap<StreamKey, Vec<Written>> = HashMap::new();
     for row in rows {
-        let stream: String = row.try_get(0)?;
-        let w = Written::get(row, 1)?;
-        written.entry(stream).or_default().push(w);
+        let tenant: String = row.try_get(0)?;
+        let stream: String = row.try_get(1)?;
+        let w = Written::get(row, 2)?;
+        written.entry((tenant, stream)).or_default().push(w);
     }
     for ws in written.values_mut() {
         ws.sort_by_key(Written::stream_version);
@@ -485,10 +505,12 @@ fn by_stream(rows: &[PgRow]) -> Result<HashMap<String, Vec<Written>>, sqlx::Erro
 /// wrote nothing).
 async fn committed_rows(
     conn: &mut PgConnection,
+    tenants: &[&str],
     ids: &[uuid::Uuid],
-) -> Result<Option<HashMap<String, Vec<Written>>>, sqlx::Error> {
+) -> Result<Option<HashMap<StreamKey, Vec<Written>>>, sqlx::Error> {
     let rows = sqlx::query(sql::APPEND_GROUP_FIND)
         .bind(ids)
+        .bind(tenants)
         .fetch_all(conn)
         .await?;
     let found = by_stream(&rows)?;
@@ -513,19 +535,20 @@ fn ends_session(e: &sqlx::Error) -> bool {
 async fn answer(
     conn: &mut PgConnection,
     batch: Vec<Pending>,
-    mut written: HashMap<String, Vec<Written>>,
+    mut written: HashMap<StreamKey, Vec<Written>>,
 ) {
     for p in batch {
         let Pending {
+            tenant,
             stream_id,
             expected,
             events,
             reply,
             ..
         } = p;
-        let result = match written.remove(&stream_id) {
+        let result = match written.remove(&(tenant.as_str().to_owned(), stream_id.clone())) {
             Some(ws) => append_result(&stream_id, &ws, events),
-            None => Err(conflict(conn, &stream_id, expected).await),
+            None => Err(conflict(conn, &tenant, &stream_id, expected).await),
         };
         // a caller that stopped waiting does not want its answer
         let _ = reply.send(result);

@@ -9,7 +9,7 @@ use annals_core::store::{
     limits, AppendResult, Backlog, ExpectedVersion, Horizon, LogPosition, PayloadRef, Session,
     VersionRange, Watch, WatchLog,
 };
-use annals_core::{Envelope, Error, Event, EventStore, RecordedEvent, SchemaRegistry};
+use annals_core::{Envelope, Error, Event, EventStore, RecordedEvent, SchemaRegistry, TenantId};
 use chrono::{DateTime, Utc};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgListener, PgRow};
@@ -65,6 +65,8 @@ pub struct PgEventStore {
     wake: Arc<Wake>,
     /// `None`: group commit switched off.
     group: Option<Arc<GroupCommit>>,
+    /// The tenant whose rows this handle reads and writes.
+    tenant: TenantId,
 }
 
 type Registration = Box<dyn FnOnce(&SchemaRegistry) -> Result<(), Error> + Send>;
@@ -173,7 +175,9 @@ impl PgEventStoreBuilder {
             keys: Arc::default(),
             wake,
             group,
+            tenant: TenantId::default(),
         };
+        crate::tenancy::check_sees_every_tenant(&store.pool).await?;
         store.sync_schemas().await?;
         Ok(store)
     }
@@ -303,6 +307,7 @@ impl PgEventStore {
     /// (or superuser); without it `oldest_open_since` may be `None`.
     pub async fn horizon(&self) -> Result<Horizon, Error> {
         let row = sqlx::query(sql::HORIZON)
+            .bind(self.tenant.as_str())
             .fetch_one(&self.pool)
             .await
             .map_err(db("reading the snapshot horizon"))?;
@@ -500,6 +505,17 @@ impl EventStore for PgEventStore {
         self.validate
     }
 
+    fn tenant_id(&self) -> &TenantId {
+        &self.tenant
+    }
+
+    fn in_tenant(&self, tenant: TenantId) -> Self {
+        PgEventStore {
+            tenant,
+            ..self.clone()
+        }
+    }
+
     async fn session(&self) -> Result<PgSession, Error> {
         Ok(PgSession {
             store: self.clone(),
@@ -539,6 +555,7 @@ impl EventStore for PgEventStore {
             .bind(stream_id)
             .bind(int8(range.first))
             .bind(limit_of(range))
+            .bind(self.tenant.as_str())
             .fetch(&self.pool);
         let mut out = Vec::new();
         while let Some(row) = next(&mut rows).await {
@@ -573,6 +590,7 @@ impl EventStore for PgEventStore {
             .bind(after.transaction_id.to_string())
             .bind(int8(after.position))
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .bind(self.tenant.as_str())
             .fetch_all(&self.pool)
             .await
             .map_err(db("reading the global log"))?;
@@ -592,12 +610,13 @@ impl EventStore for PgEventStore {
     async fn stream_version(&self, stream_id: &str) -> Result<Option<u64>, Error> {
         limits::check_stream_id(stream_id)?;
         let mut conn = self.checkout("acquiring a connection").await?;
-        read::stream_version_on(&mut conn, stream_id).await
+        read::stream_version_on(&mut conn, &self.tenant, stream_id).await
     }
 
     async fn read_event(&self, position: u64) -> Result<Option<RecordedEvent>, Error> {
         let row = sqlx::query(sql::READ_EVENT)
             .bind(int8(position))
+            .bind(self.tenant.as_str())
             .fetch_optional(&self.pool)
             .await
             .map_err(db("reading an event by position"))?;
@@ -610,6 +629,7 @@ impl EventStore for PgEventStore {
         let row = sqlx::query(sql::BACKLOG)
             .bind(after.transaction_id.to_string())
             .bind(int8(after.position))
+            .bind(self.tenant.as_str())
             .fetch_one(&self.pool)
             .await
             .map_err(db("counting events behind a checkpoint"))?;
@@ -626,6 +646,7 @@ impl EventStore for PgEventStore {
 
     async fn log_end(&self) -> Result<Option<LogPosition>, Error> {
         let row: Option<(i64, i64)> = sqlx::query_as(sql::LOG_END)
+            .bind(self.tenant.as_str())
             .fetch_optional(&self.pool)
             .await
             .map_err(db("reading the end of the global log"))?;

@@ -2,7 +2,7 @@
 //! full one it falls back to for a key it cannot map.
 
 use annals_core::store::{limits, PayloadRef, VersionRange};
-use annals_core::Error;
+use annals_core::{Error, TenantId};
 use sqlx::PgConnection;
 
 use super::{int8, limit_of, PgEventStore};
@@ -34,6 +34,7 @@ impl PgEventStore {
             .bind(stream_id)
             .bind(int8(range.first))
             .bind(limit_of(range))
+            .bind(self.tenant.as_str())
             .fetch(&mut *conn);
         let mut n = 0;
         while let Some(row) = next(&mut rows).await {
@@ -70,7 +71,9 @@ impl PgEventStore {
                 };
                 Ok(folded + self.fold_full(conn, stream_id, rest, f).await?)
             }
-            Stop::Failed(version, e) => Err(locate(conn, stream_id, version, e).await),
+            Stop::Failed(version, e) => {
+                Err(locate(conn, &self.tenant, stream_id, version, e).await)
+            }
         }
     }
 
@@ -94,6 +97,7 @@ impl PgEventStore {
             .bind(stream_id)
             .bind(int8(range.first))
             .bind(limit_of(range))
+            .bind(self.tenant.as_str())
             .fetch(&mut *conn);
         let mut n = 0;
         let mut failure = None;
@@ -126,7 +130,9 @@ impl PgEventStore {
             .learn(learned.iter().map(|(key, t, v)| (*key, t.as_str(), *v)));
         match failure {
             None => Ok(n),
-            Some(Stop::Failed(version, e)) => Err(locate(conn, stream_id, version, e).await),
+            Some(Stop::Failed(version, e)) => {
+                Err(locate(conn, &self.tenant, stream_id, version, e).await)
+            }
             // the full read maps every row by its own columns
             Some(Stop::Unmapped(_)) => Ok(n),
         }
@@ -136,10 +142,12 @@ impl PgEventStore {
 /// The version of a stream's last event on `conn` (`None`: no such stream).
 pub(crate) async fn stream_version_on(
     conn: &mut PgConnection,
+    tenant: &TenantId,
     stream_id: &str,
 ) -> Result<Option<u64>, Error> {
     let v: Option<i64> = sqlx::query_scalar(sql::STREAM_VERSION)
         .bind(stream_id)
+        .bind(tenant.as_str())
         .fetch_one(conn)
         .await
         .map_err(db("reading a stream's version"))?;

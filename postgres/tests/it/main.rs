@@ -13,5 +13,6 @@ mod projections;
 mod store;
 #[cfg(feature = "personal")]
 mod subject_keys;
+mod tenancy;
 #[cfg(all(feature = "otel", feature = "testing"))]
 mod trace;

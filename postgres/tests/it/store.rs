@@ -682,12 +682,14 @@ async fn a_database_that_goes_away_gives_typed_errors_and_loses_nothing() {
     // an unreachable server: a typed error naming what the store was doing
     let unreachable = sqlx::postgres::PgPoolOptions::new()
         .acquire_timeout(Duration::from_millis(500))
-        .connect_lazy_with(db.connect_options().port(1));
+        .connect_lazy_with(annals_postgres::tenancy::every_tenant(
+            db.connect_options().port(1),
+        ));
     let dead = PgEventStore::builder(unreachable)
         .without_validation()
         .build()
         .await
-        .expect("no schemas to sync: builds without touching the database");
+        .expect("no schemas to sync, annals' tenant setting: builds without touching the database");
     match dead.read_stream("g", ..).await {
         Err(Error::Backend { context, .. }) => assert_eq!(context, "reading a stream"),
         other => panic!("expected a backend error, got {other:?}"),

@@ -1,0 +1,54 @@
+-- Tenants (issue 22): every event and snapshot belongs to a tenant, the
+-- tenant leads every key, and row-level security keeps every query to the
+-- tenant its transaction names.
+--
+-- Existing rows belong to the tenant 'default', the tenant of applications
+-- that have one. annals names the tenant in every statement; the column
+-- keeps 'default' as its default only so that rows written by hand (a
+-- fixture, a repair) land in the single tenant, as they did before.
+--
+-- Row-level security: a role that is not a superuser and has no BYPASSRLS
+-- sees and writes only the rows of the tenant in the setting
+-- `annals.tenant`, set per transaction:
+--     SELECT set_config('annals.tenant', 'clinic-7', true);  -- = SET LOCAL
+-- Without the setting (NULL, or '' once a session has used SET LOCAL) no
+-- row matches. annals' own connections set `annals.tenant` to '*' for the
+-- whole session (every tenant): each of annals' statements names its
+-- tenant itself, which its conformance suite checks. FORCE applies the
+-- policies to the tables' owner too.
+
+ALTER TABLE annals_events
+    ADD COLUMN tenant_id text NOT NULL DEFAULT 'default'
+    CONSTRAINT annals_events_tenant_id_check CHECK (tenant_id <> '');
+ALTER TABLE annals_events
+    DROP CONSTRAINT annals_events_stream_version_key,
+    ADD CONSTRAINT annals_events_stream_version_key UNIQUE (tenant_id, stream_id, stream_version),
+    DROP CONSTRAINT annals_events_event_id_key,
+    ADD CONSTRAINT annals_events_event_id_key UNIQUE (tenant_id, event_id),
+    DROP CONSTRAINT annals_events_pkey,
+    ADD CONSTRAINT annals_events_pkey PRIMARY KEY (tenant_id, position);
+DROP INDEX annals_events_global_order;
+CREATE INDEX annals_events_global_order ON annals_events (tenant_id, transaction_id, position);
+
+ALTER TABLE annals_snapshots
+    ADD COLUMN tenant_id text NOT NULL DEFAULT 'default'
+    CONSTRAINT annals_snapshots_tenant_id_check CHECK (tenant_id <> '');
+ALTER TABLE annals_snapshots
+    DROP CONSTRAINT annals_snapshots_pkey,
+    ADD CONSTRAINT annals_snapshots_pkey PRIMARY KEY (tenant_id, aggregate_type, aggregate_id);
+
+ALTER TABLE annals_events ENABLE ROW LEVEL SECURITY;
+ALTER TABLE annals_events FORCE ROW LEVEL SECURITY;
+CREATE POLICY annals_tenant ON annals_events
+    USING (tenant_id = current_setting('annals.tenant', true)
+           OR current_setting('annals.tenant', true) = '*')
+    WITH CHECK (tenant_id = current_setting('annals.tenant', true)
+                OR current_setting('annals.tenant', true) = '*');
+
+ALTER TABLE annals_snapshots ENABLE ROW LEVEL SECURITY;
+ALTER TABLE annals_snapshots FORCE ROW LEVEL SECURITY;
+CREATE POLICY annals_tenant ON annals_snapshots
+    USING (tenant_id = current_setting('annals.tenant', true)
+           OR current_setting('annals.tenant', true) = '*')
+    WITH CHECK (tenant_id = current_setting('annals.tenant', true)
+                OR current_setting('annals.tenant', true) = '*');
