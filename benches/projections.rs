@@ -85,7 +85,11 @@ impl Projection for Scores {
         Ok(())
     }
 
-    async fn reset(&self, conn: &mut PgConnection) -> Result<(), HandlerError> {
+    async fn reset(
+        &self,
+        conn: &mut PgConnection,
+        _: &annals::TenantId,
+    ) -> Result<(), HandlerError> {
         sqlx::query("TRUNCATE scores").execute(conn).await?;
         Ok(())
     }

@@ -1,4 +1,5 @@
--- Tenants (issue 22): every event and snapshot belongs to a tenant, the
+-- Tenants (issue 22): every event, snapshot, projection checkpoint, dead
+-- letter and subject key belongs to a tenant, the
 -- tenant leads every key, and row-level security keeps every query to the
 -- tenant its transaction names.
 --
@@ -37,6 +38,37 @@ ALTER TABLE annals_snapshots
     DROP CONSTRAINT annals_snapshots_pkey,
     ADD CONSTRAINT annals_snapshots_pkey PRIMARY KEY (tenant_id, aggregate_type, aggregate_id);
 
+ALTER TABLE annals_projection_checkpoints
+    ADD COLUMN tenant_id text NOT NULL DEFAULT 'default'
+    CONSTRAINT annals_projection_checkpoints_tenant_id_check CHECK (tenant_id <> '');
+ALTER TABLE annals_projection_checkpoints
+    DROP CONSTRAINT annals_projection_checkpoints_pkey,
+    ADD CONSTRAINT annals_projection_checkpoints_pkey PRIMARY KEY (tenant_id, projection_name);
+
+ALTER TABLE annals_dead_letters
+    ADD COLUMN tenant_id text NOT NULL DEFAULT 'default'
+    CONSTRAINT annals_dead_letters_tenant_id_check CHECK (tenant_id <> '');
+ALTER TABLE annals_dead_letters
+    DROP CONSTRAINT annals_dead_letters_handler_event_key,
+    ADD CONSTRAINT annals_dead_letters_handler_event_key UNIQUE (tenant_id, handler, event_id),
+    DROP CONSTRAINT annals_dead_letters_pkey,
+    ADD CONSTRAINT annals_dead_letters_pkey PRIMARY KEY (tenant_id, id);
+DROP INDEX annals_dead_letters_pending;
+CREATE INDEX annals_dead_letters_pending
+    ON annals_dead_letters (tenant_id, handler, id)
+    WHERE status = 'pending';
+DROP INDEX annals_dead_letters_pending_stream;
+CREATE INDEX annals_dead_letters_pending_stream
+    ON annals_dead_letters (tenant_id, handler, stream_id)
+    WHERE status = 'pending';
+
+ALTER TABLE annals_subject_keys
+    ADD COLUMN tenant_id text NOT NULL DEFAULT 'default'
+    CONSTRAINT annals_subject_keys_tenant_id_check CHECK (tenant_id <> '');
+ALTER TABLE annals_subject_keys
+    DROP CONSTRAINT annals_subject_keys_pkey,
+    ADD CONSTRAINT annals_subject_keys_pkey PRIMARY KEY (tenant_id, subject);
+
 ALTER TABLE annals_events ENABLE ROW LEVEL SECURITY;
 ALTER TABLE annals_events FORCE ROW LEVEL SECURITY;
 CREATE POLICY annals_tenant ON annals_events
@@ -48,6 +80,30 @@ CREATE POLICY annals_tenant ON annals_events
 ALTER TABLE annals_snapshots ENABLE ROW LEVEL SECURITY;
 ALTER TABLE annals_snapshots FORCE ROW LEVEL SECURITY;
 CREATE POLICY annals_tenant ON annals_snapshots
+    USING (tenant_id = current_setting('annals.tenant', true)
+           OR current_setting('annals.tenant', true) = '*')
+    WITH CHECK (tenant_id = current_setting('annals.tenant', true)
+                OR current_setting('annals.tenant', true) = '*');
+
+ALTER TABLE annals_projection_checkpoints ENABLE ROW LEVEL SECURITY;
+ALTER TABLE annals_projection_checkpoints FORCE ROW LEVEL SECURITY;
+CREATE POLICY annals_tenant ON annals_projection_checkpoints
+    USING (tenant_id = current_setting('annals.tenant', true)
+           OR current_setting('annals.tenant', true) = '*')
+    WITH CHECK (tenant_id = current_setting('annals.tenant', true)
+                OR current_setting('annals.tenant', true) = '*');
+
+ALTER TABLE annals_dead_letters ENABLE ROW LEVEL SECURITY;
+ALTER TABLE annals_dead_letters FORCE ROW LEVEL SECURITY;
+CREATE POLICY annals_tenant ON annals_dead_letters
+    USING (tenant_id = current_setting('annals.tenant', true)
+           OR current_setting('annals.tenant', true) = '*')
+    WITH CHECK (tenant_id = current_setting('annals.tenant', true)
+                OR current_setting('annals.tenant', true) = '*');
+
+ALTER TABLE annals_subject_keys ENABLE ROW LEVEL SECURITY;
+ALTER TABLE annals_subject_keys FORCE ROW LEVEL SECURITY;
+CREATE POLICY annals_tenant ON annals_subject_keys
     USING (tenant_id = current_setting('annals.tenant', true)
            OR current_setting('annals.tenant', true) = '*')
     WITH CHECK (tenant_id = current_setting('annals.tenant', true)

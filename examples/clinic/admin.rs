@@ -17,6 +17,7 @@ use annals::admin::{Admin, AdminArgs, Exit};
 use annals::personal::PersonalStore;
 use annals::postgres::sqlx::{self, PgConnection, PgPool};
 use annals::postgres::{connect, PgEventStore, PgProjectionStore, PgSagaStore, PgSubjectKeys};
+use annals::TenantId;
 use annals::{Envelope, HandlerError, Projection, ProjectionRunner, RetryPolicy};
 
 use super::{BoxError, LeadEvent};
@@ -95,7 +96,7 @@ impl Projection for LeadDirectory {
         Ok(())
     }
 
-    async fn reset(&self, conn: &mut PgConnection) -> Result<(), HandlerError> {
+    async fn reset(&self, conn: &mut PgConnection, _: &TenantId) -> Result<(), HandlerError> {
         sqlx::query("DELETE FROM clinic_lead_directory")
             .execute(conn)
             .await

@@ -47,7 +47,7 @@ use annals::shutdown::ShutdownTrigger;
 use annals::store::WatchLog;
 use annals::{
     projection::HealthCheck, CommandError, Envelope, HandlerError, InMemoryProjectionStore,
-    Metadata, Projection, ProjectionRunner, Repository, Shutdown,
+    Metadata, Projection, ProjectionRunner, Repository, Shutdown, TenantId,
 };
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Request, State};
@@ -120,7 +120,7 @@ impl Projection for LeadSummaries {
         Ok(())
     }
 
-    async fn reset(&self, _: &mut InMemoryConn) -> Result<(), HandlerError> {
+    async fn reset(&self, _: &mut InMemoryConn, _: &TenantId) -> Result<(), HandlerError> {
         self.lock().clear();
         Ok(())
     }

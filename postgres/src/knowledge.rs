@@ -41,7 +41,7 @@ use annals_core::knowledge::{
     KnowledgeError, KnowledgeEvent, KnowledgeWriter, RefreshJobState, RowOp, Scope, SearchHit,
     SearchQuery, StaleRow, StoredEmbedding,
 };
-use annals_core::{Envelope, Error, HandlerError, Projection};
+use annals_core::{Envelope, Error, HandlerError, Projection, TenantId};
 use chrono::{DateTime, Utc};
 use pgvector::Vector;
 use sha2::{Digest, Sha256};
@@ -1070,8 +1070,14 @@ impl<E: Embedder + 'static> Projection for PgKnowledgeProjection<E> {
             .map_err(KnowledgeError::into_handler_error)
     }
 
-    async fn reset(&self, tx: &mut PgConnection) -> Result<(), HandlerError> {
-        sqlx::query("DELETE FROM annals_knowledge_base")
+    /// The default tenant's rebuild clears the whole knowledge base (as
+    /// before tenants); another tenant's removes the documents of that
+    /// tenant (`tenant_id`) only.
+    async fn reset(&self, tx: &mut PgConnection, tenant: &TenantId) -> Result<(), HandlerError> {
+        let all = tenant.as_str() == TenantId::DEFAULT_NAME;
+        sqlx::query("DELETE FROM annals_knowledge_base WHERE $1 OR tenant_id = $2")
+            .bind(all)
+            .bind(tenant.as_str())
             .execute(tx)
             .await
             .map(drop)

@@ -8,7 +8,7 @@ use annals_core::store::limits::check_projection_name;
 use annals_core::{
     dead_letter::DeadLetter, dead_letter::DeadLetterQuery, dead_letter::DeadLetterStatus,
     dead_letter::DeadLetterStore, dead_letter::NewDeadLetter, projection::Checkpoint,
-    projection::Lease, projection::ProjectionStatus, Error, LogPosition, ProjectionStore,
+    projection::Lease, projection::ProjectionStatus, Error, LogPosition, ProjectionStore, TenantId,
 };
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
@@ -36,6 +36,8 @@ use crate::error::db;
 #[derive(Debug, Clone)]
 pub struct PgProjectionStore {
     pool: PgPool,
+    /// The tenant whose rows this handle reads and writes.
+    tenant: TenantId,
 }
 
 /// Ownership of one projection: a session-level advisory lock on a
@@ -48,6 +50,7 @@ pub struct PgProjectionStore {
 pub struct PgLease {
     conn: Option<PgConnection>,
     key: i64,
+    tenant: TenantId,
     projection: String,
     epoch: i64,
 }
@@ -60,9 +63,11 @@ impl Lease for PgLease {
         let epoch = tokio::time::timeout(
             Duration::from_secs(10),
             sqlx::query_scalar::<_, i64>(
-                "SELECT lease_epoch FROM annals_projection_checkpoints WHERE projection_name = $1",
+                "SELECT lease_epoch FROM annals_projection_checkpoints
+                  WHERE tenant_id = $2 AND projection_name = $1",
             )
             .bind(&self.projection)
+            .bind(self.tenant.as_str())
             .fetch_optional(&mut *conn),
         )
         .await;
@@ -90,10 +95,19 @@ impl Lease for PgLease {
     }
 }
 
-/// The advisory-lock key of a projection: 64 bits of a hash of its name,
-/// in a namespace of annals' own.
-fn lock_key(projection: &str) -> i64 {
-    let digest = Sha256::digest(format!("annals.projection:{projection}").as_bytes());
+/// The advisory-lock key of a projection of a tenant: 64 bits of a hash of
+/// its names, in a namespace of annals' own. The default tenant's keys are
+/// those of the releases before tenants (`annals.projection:{name}`), so a
+/// process of an older release and one of this one never own a projection
+/// at once; another tenant's are `annals.projection:{tenant}/{name}` (a
+/// tenant id holds no `/`, so two pairs never share a text).
+fn lock_key(tenant: &TenantId, projection: &str) -> i64 {
+    let text = if tenant.as_str() == TenantId::DEFAULT_NAME {
+        format!("annals.projection:{projection}")
+    } else {
+        format!("annals.projection:{tenant}/{projection}")
+    };
+    let digest = Sha256::digest(text.as_bytes());
     let mut bytes = [0u8; 8];
     bytes.copy_from_slice(&digest[..8]);
     i64::from_be_bytes(bytes)
@@ -158,7 +172,10 @@ fn int8(n: u64) -> i64 {
 impl PgProjectionStore {
     /// A projection store on `pool` (run [`migrate`](crate::migrate) first).
     pub fn new(pool: PgPool) -> Self {
-        PgProjectionStore { pool }
+        PgProjectionStore {
+            pool,
+            tenant: TenantId::default(),
+        }
     }
 
     /// The connection pool.
@@ -181,9 +198,10 @@ impl PgProjectionStore {
         let done = sqlx::query(
             "UPDATE annals_projection_checkpoints
                 SET status = 'stopped', lease_epoch = lease_epoch + 1, updated_at = now()
-              WHERE projection_name = $1 AND status <> 'stopped'",
+              WHERE tenant_id = $2 AND projection_name = $1 AND status <> 'stopped'",
         )
         .bind(projection)
+        .bind(self.tenant.as_str())
         .execute(&self.pool)
         .await
         .map_err(db("pausing a projection"))?;
@@ -198,9 +216,10 @@ impl PgProjectionStore {
         let done = sqlx::query(
             "UPDATE annals_projection_checkpoints
                 SET status = 'running', error = NULL, error_position = NULL, updated_at = now()
-              WHERE projection_name = $1 AND status = 'stopped'",
+              WHERE tenant_id = $2 AND projection_name = $1 AND status = 'stopped'",
         )
         .bind(projection)
+        .bind(self.tenant.as_str())
         .execute(&self.pool)
         .await
         .map_err(db("resuming a projection"))?;
@@ -212,7 +231,8 @@ impl DeadLetterStore for PgProjectionStore {
     async fn list_dead_letters(&self, query: &DeadLetterQuery) -> Result<Vec<DeadLetter>, Error> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {DEAD_LETTER_COLUMNS} FROM annals_dead_letters
-             WHERE ($1::text IS NULL OR handler = $1)
+             WHERE tenant_id = $5
+               AND ($1::text IS NULL OR handler = $1)
                AND ($2::text IS NULL OR status = $2)
                AND id > $3
              ORDER BY id LIMIT $4"
@@ -221,6 +241,7 @@ impl DeadLetterStore for PgProjectionStore {
         .bind(query.status.map(|s| s.as_str()))
         .bind(int8(query.after_id))
         .bind(int8(query.limit as u64))
+        .bind(self.tenant.as_str())
         .fetch_all(&self.pool)
         .await
         .map_err(db("listing dead letters"))?;
@@ -229,9 +250,10 @@ impl DeadLetterStore for PgProjectionStore {
 
     async fn dead_letter(&self, id: u64) -> Result<Option<DeadLetter>, Error> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {DEAD_LETTER_COLUMNS} FROM annals_dead_letters WHERE id = $1"
+            "SELECT {DEAD_LETTER_COLUMNS} FROM annals_dead_letters WHERE tenant_id = $2 AND id = $1"
         )))
         .bind(int8(id))
+        .bind(self.tenant.as_str())
         .fetch_optional(&self.pool)
         .await
         .map_err(db("reading a dead letter"))?;
@@ -243,10 +265,11 @@ impl DeadLetterStore for PgProjectionStore {
         let done = sqlx::query(
             "UPDATE annals_dead_letters
                 SET status = 'discarded', resolved_at = now(), discard_reason = $2
-              WHERE id = $1 AND status = 'pending'",
+              WHERE tenant_id = $3 AND id = $1 AND status = 'pending'",
         )
         .bind(int8(id))
         .bind(reason)
+        .bind(self.tenant.as_str())
         .execute(&self.pool)
         .await
         .map_err(db("discarding a dead letter"))?;
@@ -255,9 +278,11 @@ impl DeadLetterStore for PgProjectionStore {
 
     async fn pending_dead_letters(&self, handler: &str) -> Result<u64, Error> {
         let n: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM annals_dead_letters WHERE handler = $1 AND status = 'pending'",
+            "SELECT count(*) FROM annals_dead_letters
+              WHERE tenant_id = $2 AND handler = $1 AND status = 'pending'",
         )
         .bind(handler)
+        .bind(self.tenant.as_str())
         .fetch_one(&self.pool)
         .await
         .map_err(db("counting pending dead letters"))?;
@@ -274,6 +299,17 @@ impl ProjectionStore for PgProjectionStore {
 
     fn conn(tx: &mut Self::Transaction) -> &mut PgConnection {
         tx
+    }
+
+    fn tenant_id(&self) -> &TenantId {
+        &self.tenant
+    }
+
+    fn in_tenant(&self, tenant: TenantId) -> Self {
+        PgProjectionStore {
+            pool: self.pool.clone(),
+            tenant,
+        }
     }
 
     async fn begin(&self) -> Result<Self::Transaction, Error> {
@@ -299,7 +335,7 @@ impl ProjectionStore for PgProjectionStore {
             .await
             .map_err(db("connecting for a projection lease"))?
             .detach();
-        let key = lock_key(projection);
+        let key = lock_key(&self.tenant, projection);
         let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
             .bind(key)
             .fetch_one(&mut conn)
@@ -312,14 +348,15 @@ impl ProjectionStore for PgProjectionStore {
             // A paused projection (status `stopped`, see `pause`) is not
             // taken: no row comes back, and the lock is given up below.
             let epoch = sqlx::query_scalar::<_, i64>(
-                "INSERT INTO annals_projection_checkpoints (projection_name, lease_epoch)
-                 VALUES ($1, 1)
-                 ON CONFLICT (projection_name)
+                "INSERT INTO annals_projection_checkpoints (tenant_id, projection_name, lease_epoch)
+                 VALUES ($2, $1, 1)
+                 ON CONFLICT (tenant_id, projection_name)
                  DO UPDATE SET lease_epoch = annals_projection_checkpoints.lease_epoch + 1
                     WHERE annals_projection_checkpoints.status <> 'stopped'
                  RETURNING lease_epoch",
             )
             .bind(projection)
+            .bind(self.tenant.as_str())
             .fetch_optional(&mut conn)
             .await
             .map_err(db("starting a projection lease"));
@@ -331,6 +368,7 @@ impl ProjectionStore for PgProjectionStore {
                 Ok(Some(epoch)) => Ok(Some(PgLease {
                     conn: Some(conn),
                     key,
+                    tenant: self.tenant.clone(),
                     projection: projection.to_owned(),
                     epoch,
                 })),
@@ -347,9 +385,11 @@ impl ProjectionStore for PgProjectionStore {
 
     async fn checkpoint(&self, projection: &str) -> Result<Option<Checkpoint>, Error> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {CHECKPOINT_COLUMNS} FROM annals_projection_checkpoints WHERE projection_name = $1"
+            "SELECT {CHECKPOINT_COLUMNS} FROM annals_projection_checkpoints
+              WHERE tenant_id = $2 AND projection_name = $1"
         )))
         .bind(projection)
+        .bind(self.tenant.as_str())
         .fetch_optional(&self.pool)
         .await
         .map_err(db("reading a projection checkpoint"))?;
@@ -358,8 +398,10 @@ impl ProjectionStore for PgProjectionStore {
 
     async fn checkpoints(&self) -> Result<Vec<Checkpoint>, Error> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {CHECKPOINT_COLUMNS} FROM annals_projection_checkpoints ORDER BY projection_name"
+            "SELECT {CHECKPOINT_COLUMNS} FROM annals_projection_checkpoints
+              WHERE tenant_id = $1 ORDER BY projection_name"
         )))
+        .bind(self.tenant.as_str())
         .fetch_all(&self.pool)
         .await
         .map_err(db("reading projection checkpoints"))?;
@@ -369,10 +411,11 @@ impl ProjectionStore for PgProjectionStore {
     async fn init_checkpoint(&self, projection: &str) -> Result<Checkpoint, Error> {
         check_projection_name(projection)?;
         sqlx::query(
-            "INSERT INTO annals_projection_checkpoints (projection_name) VALUES ($1)
-             ON CONFLICT (projection_name) DO NOTHING",
+            "INSERT INTO annals_projection_checkpoints (tenant_id, projection_name) VALUES ($2, $1)
+             ON CONFLICT (tenant_id, projection_name) DO NOTHING",
         )
         .bind(projection)
+        .bind(self.tenant.as_str())
         .execute(&self.pool)
         .await
         .map_err(db("creating a projection checkpoint"))?;
@@ -398,7 +441,7 @@ impl ProjectionStore for PgProjectionStore {
                 SET transaction_id = $4::text::xid8, position = $5,
                     last_event_at = COALESCE($6, last_event_at), updated_at = now(),
                     status = 'running', error = NULL, error_position = NULL
-              WHERE projection_name = $1
+              WHERE tenant_id = $8 AND projection_name = $1
                 AND transaction_id = $2::text::xid8 AND position = $3
                 AND lease_epoch = $7",
         )
@@ -409,6 +452,7 @@ impl ProjectionStore for PgProjectionStore {
         .bind(int8(to.position))
         .bind(last_event_at)
         .bind(lease.epoch)
+        .bind(self.tenant.as_str())
         .execute(&mut **tx)
         .await
         .map_err(db("moving a projection checkpoint"))?;
@@ -422,9 +466,10 @@ impl ProjectionStore for PgProjectionStore {
                 SET transaction_id = '0', position = 0, last_event_at = NULL, updated_at = now(),
                     status = CASE status WHEN 'stopped' THEN 'stopped' ELSE 'running' END,
                     error = NULL, error_position = NULL
-              WHERE projection_name = $1",
+              WHERE tenant_id = $2 AND projection_name = $1",
         )
         .bind(projection)
+        .bind(self.tenant.as_str())
         .execute(&mut **tx)
         .await
         .map_err(db("resetting a projection checkpoint"))?;
@@ -442,12 +487,13 @@ impl ProjectionStore for PgProjectionStore {
         sqlx::query(
             "UPDATE annals_projection_checkpoints
                 SET status = 'failed', error = $2, error_position = $3, updated_at = now()
-              WHERE projection_name = $1 AND lease_epoch = $4",
+              WHERE tenant_id = $5 AND projection_name = $1 AND lease_epoch = $4",
         )
         .bind(projection)
         .bind(error)
         .bind(int8(position))
         .bind(lease.epoch)
+        .bind(self.tenant.as_str())
         .execute(&self.pool)
         .await
         .map_err(db("marking a projection failed"))?;
@@ -457,9 +503,9 @@ impl ProjectionStore for PgProjectionStore {
     async fn park(&self, tx: &mut Self::Transaction, letter: &NewDeadLetter) -> Result<u64, Error> {
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO annals_dead_letters AS d
-                 (handler, event_position, event_id, stream_id, event_type, error, attempts, blocked_by)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-             ON CONFLICT (handler, event_id) DO UPDATE
+                 (tenant_id, handler, event_position, event_id, stream_id, event_type, error, attempts, blocked_by)
+             VALUES ($9, $1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (tenant_id, handler, event_id) DO UPDATE
                 SET error = EXCLUDED.error, attempts = d.attempts + EXCLUDED.attempts,
                     last_failed_at = now(), status = 'pending', resolved_at = NULL,
                     discard_reason = NULL, blocked_by = EXCLUDED.blocked_by
@@ -473,6 +519,7 @@ impl ProjectionStore for PgProjectionStore {
         .bind(&letter.error)
         .bind(i32::try_from(letter.attempts).unwrap_or(i32::MAX))
         .bind(letter.blocked_by.map(int8))
+        .bind(self.tenant.as_str())
         .fetch_one(&mut **tx)
         .await
         .map_err(db("parking a dead letter"))?;
@@ -482,9 +529,10 @@ impl ProjectionStore for PgProjectionStore {
     async fn pending_streams(&self, handler: &str) -> Result<HashMap<String, u64>, Error> {
         let rows = sqlx::query(
             "SELECT stream_id, min(event_position) FROM annals_dead_letters
-              WHERE handler = $1 AND status = 'pending' GROUP BY stream_id",
+              WHERE tenant_id = $2 AND handler = $1 AND status = 'pending' GROUP BY stream_id",
         )
         .bind(handler)
+        .bind(self.tenant.as_str())
         .fetch_all(&self.pool)
         .await
         .map_err(db("reading the streams with dead letters"))?;
@@ -504,9 +552,10 @@ impl ProjectionStore for PgProjectionStore {
     ) -> Result<Option<DeadLetter>, Error> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {DEAD_LETTER_COLUMNS} FROM annals_dead_letters
-              WHERE id = $1 AND status = 'pending' FOR UPDATE"
+              WHERE tenant_id = $2 AND id = $1 AND status = 'pending' FOR UPDATE"
         )))
         .bind(int8(id))
+        .bind(self.tenant.as_str())
         .fetch_optional(&mut **tx)
         .await
         .map_err(db("locking a dead letter"))?;
@@ -516,9 +565,10 @@ impl ProjectionStore for PgProjectionStore {
     async fn resolve_dead_letter(&self, tx: &mut Self::Transaction, id: u64) -> Result<(), Error> {
         sqlx::query(
             "UPDATE annals_dead_letters SET status = 'resolved', resolved_at = now()
-              WHERE id = $1 AND status = 'pending'",
+              WHERE tenant_id = $2 AND id = $1 AND status = 'pending'",
         )
         .bind(int8(id))
+        .bind(self.tenant.as_str())
         .execute(&mut **tx)
         .await
         .map_err(db("resolving a dead letter"))?;
@@ -529,10 +579,11 @@ impl ProjectionStore for PgProjectionStore {
         sqlx::query(
             "UPDATE annals_dead_letters
                 SET attempts = attempts + 1, error = $2, last_failed_at = now()
-              WHERE id = $1",
+              WHERE tenant_id = $3 AND id = $1",
         )
         .bind(int8(id))
         .bind(error)
+        .bind(self.tenant.as_str())
         .execute(&self.pool)
         .await
         .map_err(db("recording a failed replay"))?;
@@ -548,10 +599,11 @@ impl ProjectionStore for PgProjectionStore {
         let done = sqlx::query(
             "UPDATE annals_dead_letters
                 SET status = 'discarded', resolved_at = now(), discard_reason = $2
-              WHERE handler = $1 AND status = 'pending'",
+              WHERE tenant_id = $3 AND handler = $1 AND status = 'pending'",
         )
         .bind(handler)
         .bind(reason)
+        .bind(self.tenant.as_str())
         .execute(&mut **tx)
         .await
         .map_err(db("discarding dead letters"))?;

@@ -57,7 +57,7 @@ fn corrupted(message: String) -> Error {
 /// others get stand-ins (schema version 0, empty metadata, payload `null`)
 /// when they do not. When even the identifying columns fail (a column
 /// altered to another type) it is `problem` as it is.
-pub(crate) fn unreadable_event_row(row: &PgRow, problem: Error) -> Error {
+pub(crate) fn unreadable_event_row(row: &PgRow, tenant: &TenantId, problem: Error) -> Error {
     let identity = || -> Result<_, sqlx::Error> {
         Ok((
             row.try_get::<i64, _>(0)?,
@@ -95,6 +95,7 @@ pub(crate) fn unreadable_event_row(row: &PgRow, problem: Error) -> Error {
     };
     Error::UnreadableEvent {
         event: Box::new(Envelope {
+            tenant_id: tenant.clone(),
             event_id,
             stream_id,
             stream_version: stream_version.max(0) as u64,
@@ -116,6 +117,7 @@ pub(crate) fn unreadable_event_row(row: &PgRow, problem: Error) -> Error {
 /// intermediate string.
 pub(crate) fn decode_event_row<T>(
     row: &PgRow,
+    tenant: &TenantId,
     decode: impl FnOnce(PayloadRef<'_>) -> Result<T, Error>,
 ) -> Result<Envelope<T>, Error> {
     let at = |i: usize| move |e| db_error(COLUMN_NAMES[i], e);
@@ -146,6 +148,7 @@ pub(crate) fn decode_event_row<T>(
         )))
     })?;
     Ok(Envelope {
+        tenant_id: tenant.clone(),
         event_id: row.try_get_unchecked(2).map_err(at(2))?,
         stream_id: row.try_get_unchecked(3).map_err(at(3))?,
         stream_version: stream_version as u64,

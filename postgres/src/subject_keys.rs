@@ -3,9 +3,10 @@
 use std::sync::Arc;
 
 use annals_core::personal::{
-    DataKey, KeyProvider, KeyRotation, PersonalError, SubjectKeys, WrappedKey,
+    wrapping_name, DataKey, KeyProvider, KeyRotation, PersonalError, SubjectKeys, WrappedKey,
 };
 use annals_core::store::limits::check_subject;
+use annals_core::TenantId;
 use sqlx::{PgPool, Row as _};
 
 /// Each subject's data key in `annals_subject_keys`, wrapped by the
@@ -25,6 +26,7 @@ pub struct PgSubjectKeys<P> {
     pool: PgPool,
     current: Arc<P>,
     older: Arc<Vec<Arc<P>>>,
+    tenant: TenantId,
 }
 
 impl<P> Clone for PgSubjectKeys<P> {
@@ -33,6 +35,7 @@ impl<P> Clone for PgSubjectKeys<P> {
             pool: self.pool.clone(),
             current: self.current.clone(),
             older: self.older.clone(),
+            tenant: self.tenant.clone(),
         }
     }
 }
@@ -56,6 +59,7 @@ impl<P: KeyProvider> PgSubjectKeys<P> {
             pool,
             current: Arc::new(kek),
             older: Arc::new(Vec::new()),
+            tenant: TenantId::default(),
         }
     }
 
@@ -68,6 +72,7 @@ impl<P: KeyProvider> PgSubjectKeys<P> {
             pool: self.pool,
             current: Arc::new(kek),
             older: Arc::new(older),
+            tenant: self.tenant,
         }
     }
 
@@ -84,8 +89,9 @@ impl<P: KeyProvider> PgSubjectKeys<P> {
 
     async fn stored(&self, subject: &str) -> Result<Option<Stored>, PersonalError> {
         let row =
-            sqlx::query("SELECT kek_id, wrapped_key FROM annals_subject_keys WHERE subject = $1")
+            sqlx::query("SELECT kek_id, wrapped_key FROM annals_subject_keys WHERE tenant_id = $2 AND subject = $1")
                 .bind(subject)
+                .bind(self.tenant.as_str())
                 .fetch_optional(&self.pool)
                 .await
                 .map_err(backend("reading a subject key"))?;
@@ -98,7 +104,12 @@ impl<P: KeyProvider> PgSubjectKeys<P> {
         }))
     }
 
-    async fn unwrap(&self, subject: &str, wrapped: &WrappedKey) -> Result<DataKey, PersonalError> {
+    async fn unwrap(
+        &self,
+        tenant: &TenantId,
+        subject: &str,
+        wrapped: &WrappedKey,
+    ) -> Result<DataKey, PersonalError> {
         let provider = std::iter::once(&self.current)
             .chain(self.older.iter().rev())
             .find(|p| p.kek_id() == wrapped.kek_id)
@@ -106,7 +117,9 @@ impl<P: KeyProvider> PgSubjectKeys<P> {
                 subject: subject.to_owned(),
                 kek_id: wrapped.kek_id.clone(),
             })?;
-        provider.unwrap(subject, wrapped).await
+        provider
+            .unwrap(&wrapping_name(tenant, subject), wrapped)
+            .await
     }
 }
 
@@ -114,7 +127,9 @@ impl<P: KeyProvider> SubjectKeys for PgSubjectKeys<P> {
     async fn key_for_writing(&self, subject: &str) -> Result<DataKey, PersonalError> {
         check_subject(subject)?;
         match self.stored(subject).await? {
-            Some(Stored::Key(wrapped)) => return self.unwrap(subject, &wrapped).await,
+            Some(Stored::Key(wrapped)) => {
+                return self.unwrap(&self.tenant, subject, &wrapped).await
+            }
             Some(Stored::Tombstone) => {
                 return Err(PersonalError::Forgotten {
                     subject: subject.to_owned(),
@@ -123,7 +138,10 @@ impl<P: KeyProvider> SubjectKeys for PgSubjectKeys<P> {
             None => {}
         }
         let key = DataKey::generate();
-        let wrapped = self.current.wrap(subject, &key).await?;
+        let wrapped = self
+            .current
+            .wrap(&wrapping_name(&self.tenant, subject), &key)
+            .await?;
         // A new key's row commits without waiting for its WAL flush: the
         // events it seals commit after it on the same server, durably, and
         // their flush carries the key's commit record with it (the WAL is
@@ -131,13 +149,14 @@ impl<P: KeyProvider> SubjectKeys for PgSubjectKeys<P> {
         // durable was sealed with. Waiting cost a second durable commit per
         // new subject (benches/personal.rs, "append, new subject").
         let inserted = sqlx::query(
-            "INSERT INTO annals_subject_keys (subject, kek_id, wrapped_key)
-             SELECT $1, $2, $3 FROM (SELECT set_config('synchronous_commit', 'off', true)) AS lazy
-             ON CONFLICT (subject) DO NOTHING",
+            "INSERT INTO annals_subject_keys (tenant_id, subject, kek_id, wrapped_key)
+             SELECT $4, $1, $2, $3 FROM (SELECT set_config('synchronous_commit', 'off', true)) AS lazy
+             ON CONFLICT (tenant_id, subject) DO NOTHING",
         )
         .bind(subject)
         .bind(&wrapped.kek_id)
         .bind(&wrapped.bytes)
+        .bind(self.tenant.as_str())
         .execute(&self.pool)
         .await
         .map_err(backend("creating a subject key"))?;
@@ -146,7 +165,7 @@ impl<P: KeyProvider> SubjectKeys for PgSubjectKeys<P> {
         }
         // another writer created it (or a forget came) first: theirs wins
         match self.stored(subject).await? {
-            Some(Stored::Key(theirs)) => self.unwrap(subject, &theirs).await,
+            Some(Stored::Key(theirs)) => self.unwrap(&self.tenant, subject, &theirs).await,
             _ => Err(PersonalError::Forgotten {
                 subject: subject.to_owned(),
             }),
@@ -155,7 +174,9 @@ impl<P: KeyProvider> SubjectKeys for PgSubjectKeys<P> {
 
     async fn key_for_reading(&self, subject: &str) -> Result<Option<DataKey>, PersonalError> {
         match self.stored(subject).await? {
-            Some(Stored::Key(wrapped)) => self.unwrap(subject, &wrapped).await.map(Some),
+            Some(Stored::Key(wrapped)) => {
+                self.unwrap(&self.tenant, subject, &wrapped).await.map(Some)
+            }
             Some(Stored::Tombstone) | None => Ok(None),
         }
     }
@@ -167,17 +188,18 @@ impl<P: KeyProvider> SubjectKeys for PgSubjectKeys<P> {
         let had: Option<bool> = sqlx::query_scalar(
             "WITH before AS (
                  SELECT wrapped_key IS NOT NULL AS had FROM annals_subject_keys
-                  WHERE subject = $1 FOR UPDATE
+                  WHERE tenant_id = $2 AND subject = $1 FOR UPDATE
              ), tombstone AS (
-                 INSERT INTO annals_subject_keys (subject, kek_id, wrapped_key, forgotten_at)
-                 VALUES ($1, NULL, NULL, now())
-                 ON CONFLICT (subject) DO UPDATE
+                 INSERT INTO annals_subject_keys (tenant_id, subject, kek_id, wrapped_key, forgotten_at)
+                 VALUES ($2, $1, NULL, NULL, now())
+                 ON CONFLICT (tenant_id, subject) DO UPDATE
                     SET kek_id = NULL, wrapped_key = NULL,
                         forgotten_at = COALESCE(annals_subject_keys.forgotten_at, now())
              )
              SELECT had FROM before",
         )
         .bind(subject)
+        .bind(self.tenant.as_str())
         .fetch_optional(&self.pool)
         .await
         .map_err(backend("forgetting a subject"))?;
@@ -186,9 +208,11 @@ impl<P: KeyProvider> SubjectKeys for PgSubjectKeys<P> {
 
     async fn start_again(&self, subject: &str) -> Result<(), PersonalError> {
         sqlx::query(
-            "DELETE FROM annals_subject_keys WHERE subject = $1 AND forgotten_at IS NOT NULL",
+            "DELETE FROM annals_subject_keys
+              WHERE tenant_id = $2 AND subject = $1 AND forgotten_at IS NOT NULL",
         )
         .bind(subject)
+        .bind(self.tenant.as_str())
         .execute(&self.pool)
         .await
         .map_err(backend("starting a subject again"))?;
@@ -198,9 +222,9 @@ impl<P: KeyProvider> SubjectKeys for PgSubjectKeys<P> {
     async fn rewrap(&self, batch: usize) -> Result<KeyRotation, PersonalError> {
         let current = self.current.kek_id();
         let rows = sqlx::query(
-            "SELECT subject, kek_id, wrapped_key FROM annals_subject_keys
+            "SELECT subject, kek_id, wrapped_key, tenant_id FROM annals_subject_keys
               WHERE wrapped_key IS NOT NULL AND kek_id <> $1
-              ORDER BY subject LIMIT $2",
+              ORDER BY tenant_id, subject LIMIT $2",
         )
         .bind(current)
         .bind(i64::try_from(batch).unwrap_or(i64::MAX))
@@ -215,18 +239,26 @@ impl<P: KeyProvider> SubjectKeys for PgSubjectKeys<P> {
                 kek_id: row.try_get(1).map_err(&read)?,
                 bytes: row.try_get(2).map_err(&read)?,
             };
-            let key = self.unwrap(&subject, &old).await?;
-            let new = self.current.wrap(&subject, &key).await?;
+            let tenant: String = row.try_get(3).map_err(&read)?;
+            // a tenant id a hand-written row made invalid: re-wrapped under
+            // the default tenant's name, as it was wrapped
+            let tenant = TenantId::new(&tenant).unwrap_or_default();
+            let key = self.unwrap(&tenant, &subject, &old).await?;
+            let new = self
+                .current
+                .wrap(&wrapping_name(&tenant, &subject), &key)
+                .await?;
             // only if the row is still what was read (not forgotten since)
             let done = sqlx::query(
                 "UPDATE annals_subject_keys SET kek_id = $2, wrapped_key = $3
-                  WHERE subject = $1 AND kek_id = $4 AND wrapped_key = $5",
+                  WHERE tenant_id = $6 AND subject = $1 AND kek_id = $4 AND wrapped_key = $5",
             )
             .bind(&subject)
             .bind(&new.kek_id)
             .bind(&new.bytes)
             .bind(&old.kek_id)
             .bind(&old.bytes)
+            .bind(tenant.as_str())
             .execute(&self.pool)
             .await
             .map_err(backend("re-wrapping a key"))?;
@@ -243,5 +275,16 @@ impl<P: KeyProvider> SubjectKeys for PgSubjectKeys<P> {
             rewrapped,
             remaining: remaining.max(0) as u64,
         })
+    }
+
+    fn tenant_id(&self) -> &TenantId {
+        &self.tenant
+    }
+
+    fn in_tenant(&self, tenant: TenantId) -> Self {
+        PgSubjectKeys {
+            tenant,
+            ..self.clone()
+        }
     }
 }

@@ -155,6 +155,7 @@ async fn a_value_postgres_refuses_is_a_refused_event_not_a_failing_store() {
     let db = TestDatabase::new().await;
     let sagas = PgSagaStore::new(db.pool().clone());
     let placed = Envelope {
+        tenant_id: annals::TenantId::default(),
         event_id: uuid::Uuid::now_v7(),
         stream_id: "order-1".into(),
         stream_version: 1,

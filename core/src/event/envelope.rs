@@ -5,6 +5,7 @@ use uuid::Uuid;
 
 use crate::event::Subject;
 use crate::store::LogPosition;
+use crate::tenant::TenantId;
 
 /// Metadata carried by every event: who caused it and why.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -102,6 +103,8 @@ impl NewEvent {
 /// stored ([`RecordedEvent`]) or the decoded, upcast application event.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Envelope<T> {
+    /// The tenant the event belongs to (see [`crate::tenant`]).
+    pub tenant_id: TenantId,
     /// The event's id.
     pub event_id: Uuid,
     /// The stream (usually one aggregate instance) the event belongs to.
@@ -140,6 +143,7 @@ impl<T> Envelope<T> {
     /// ```
     /// # use annals::{Envelope, LogPosition, Metadata};
     /// # let envelope = |stream: &str| Envelope {
+    /// #     tenant_id: annals::TenantId::default(),
     /// #     event_id: annals::uuid::Uuid::nil(), stream_id: stream.into(), stream_version: 1,
     /// #     log_position: LogPosition::START, event_type: "appointment.booked".into(),
     /// #     schema_version: 1, metadata: Metadata::new(), recorded_at: annals::chrono::Utc::now(), payload: (),
@@ -165,6 +169,7 @@ impl<T> Envelope<T> {
     /// Replaces the payload, keeping the envelope.
     pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Envelope<U> {
         Envelope {
+            tenant_id: self.tenant_id,
             event_id: self.event_id,
             stream_id: self.stream_id,
             stream_version: self.stream_version,
@@ -180,6 +185,7 @@ impl<T> Envelope<T> {
     /// Like [`Envelope::map`] with a fallible function.
     pub fn try_map<U, E>(self, f: impl FnOnce(T) -> Result<U, E>) -> Result<Envelope<U>, E> {
         let Envelope {
+            tenant_id,
             event_id,
             stream_id,
             stream_version,
@@ -192,6 +198,7 @@ impl<T> Envelope<T> {
         } = self;
         Ok(Envelope {
             payload: f(payload)?,
+            tenant_id,
             event_id,
             stream_id,
             stream_version,

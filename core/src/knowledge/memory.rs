@@ -173,6 +173,26 @@ impl InMemoryKnowledgeBase {
     }
 }
 
+impl State {
+    /// Removes the rows of the knowledge-base tenant `tenant` (a tenant's
+    /// rebuild of the knowledge projection).
+    fn remove_tenant(&mut self, tenant: &str) {
+        let doomed: Vec<Uuid> = self
+            .rows
+            .iter()
+            .filter(|(_, s)| s.row.document.tenant_id.as_deref() == Some(tenant))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in doomed {
+            if let Some(s) = self.rows.remove(&id) {
+                if self.hashes.get(&s.row.content_hash) == Some(&id) {
+                    self.hashes.remove(&s.row.content_hash);
+                }
+            }
+        }
+    }
+}
+
 /// A row as staged so far, else as stored.
 fn current(staged: &HashMap<Uuid, Option<Stored>>, state: &State, id: Uuid) -> Option<Stored> {
     match staged.get(&id) {
@@ -552,13 +572,21 @@ impl<E: Embedder + 'static> crate::Projection for InMemoryKnowledgeProjection<E>
             .map_err(KnowledgeError::into_handler_error)
     }
 
+    /// The default tenant's rebuild clears the whole knowledge base (as
+    /// before tenants); another tenant's removes the documents of that
+    /// tenant (`DocumentMeta::tenant_id`) only.
     fn reset(
         &self,
         _tx: &mut crate::projection::InMemoryConn,
+        tenant: &crate::TenantId,
     ) -> impl Future<Output = Result<(), crate::HandlerError>> + Send {
         let mut state = self.kb.lock();
-        state.rows.clear();
-        state.hashes.clear();
+        if tenant.as_str() == crate::TenantId::DEFAULT_NAME {
+            state.rows.clear();
+            state.hashes.clear();
+        } else {
+            state.remove_tenant(tenant.as_str());
+        }
         drop(state);
         std::future::ready(Ok(()))
     }

@@ -93,7 +93,7 @@ pub use sagas::SagaEraser;
 pub use seal::{open, seal, sealed_subjects, SEALED, SUBJECT};
 pub use snapshots::PersonalSnapshots;
 pub use store::{PersonalSession, PersonalStore, DEFAULT_KEY_TTL, FORGOTTEN_SUBJECTS_STREAM};
-pub use subjects::{InMemorySubjectKeys, KeyRotation, SubjectKeys};
+pub use subjects::{wrapping_name, InMemorySubjectKeys, KeyRotation, SubjectKeys};
 
 /// The key of the marker object a forgotten value reads as:
 /// `{"$forgotten": true}`.

@@ -117,8 +117,10 @@ struct Cached {
 }
 
 impl<S: EventStore + Clone, K: SubjectKeys> PersonalStore<S, K> {
-    /// `inner`, sealing personal fields with the data keys in `keys`.
+    /// `inner`, sealing personal fields with the data keys in `keys`
+    /// (scoped to `inner`'s tenant: a subject's key is its tenant's).
     pub fn new(inner: S, keys: K) -> Self {
+        let keys = keys.in_tenant(inner.tenant_id().clone());
         PersonalStore {
             inner,
             shared: Arc::new(Shared {
@@ -549,10 +551,18 @@ impl<S: EventStore + Clone, K: SubjectKeys> EventStore for PersonalStore<S, K> {
         self.inner.tenant_id()
     }
 
+    /// The same store scoped to `tenant`, with the tenant's subject keys.
+    /// The handle has a key cache of its own: keep one handle per tenant
+    /// (clones share it) rather than scoping anew for each command.
     fn in_tenant(&self, tenant: crate::TenantId) -> Self {
         PersonalStore {
+            shared: Arc::new(Shared {
+                keys: self.shared.keys.in_tenant(tenant.clone()),
+                ttl: self.shared.ttl,
+                cache: Mutex::new(HashMap::new()),
+                streams: Mutex::new(HashMap::new()),
+            }),
             inner: self.inner.in_tenant(tenant),
-            shared: self.shared.clone(),
         }
     }
 
@@ -602,6 +612,7 @@ impl<S: EventStore + Clone, K: SubjectKeys> EventStore for PersonalStore<S, K> {
                     })?,
                 };
                 Ok(Envelope {
+                    tenant_id: e.tenant_id,
                     event_id: e.event_id,
                     stream_id: e.stream_id,
                     stream_version: e.stream_version,

@@ -1,10 +1,12 @@
 //! The data key of each subject.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::{DataKey, KeyProvider, PersonalError, WrappedKey};
+use crate::TenantId;
 
 /// Progress of re-wrapping the data keys under a new KEK.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -45,10 +47,35 @@ pub trait SubjectKeys: Clone + Send + Sync + 'static {
     /// Re-wraps up to `batch` keys still wrapped by an older KEK with the
     /// current one. Resumable: call it until `remaining` is 0; an
     /// interrupted rotation goes on where it stopped.
+    ///
+    /// A rotation walks the keys of every tenant, whichever tenant the
+    /// handle is scoped to: a KEK is the deployment's, not a tenant's.
     fn rewrap(
         &self,
         batch: usize,
     ) -> impl Future<Output = Result<KeyRotation, PersonalError>> + Send;
+
+    /// The tenant whose subjects this handle's keys are (see
+    /// [`crate::tenant`]): a subject id names a person within a tenant, so
+    /// the same id in two tenants has two keys, and forgetting it in one
+    /// leaves the other's.
+    fn tenant_id(&self) -> &TenantId;
+
+    /// The same keys scoped to `tenant`.
+    fn in_tenant(&self, tenant: TenantId) -> Self;
+}
+
+/// The name a tenant's subject key is wrapped under (what the KEK binds
+/// the wrapped key to): the subject itself in the default tenant (as
+/// before tenants, so existing keys unwrap), `{tenant}/{subject}` in any
+/// other, so that a wrapped key copied to another tenant's row does not
+/// unwrap there.
+pub fn wrapping_name<'a>(tenant: &TenantId, subject: &'a str) -> Cow<'a, str> {
+    if tenant.as_str() == TenantId::DEFAULT_NAME {
+        Cow::Borrowed(subject)
+    } else {
+        Cow::Owned(format!("{tenant}/{subject}"))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -61,7 +88,7 @@ enum Entry {
 struct State<P> {
     current: Arc<P>,
     older: Vec<Arc<P>>,
-    subjects: BTreeMap<String, Entry>,
+    subjects: BTreeMap<(TenantId, String), Entry>,
 }
 
 /// Subject keys in memory (the embedded default; nothing survives the
@@ -69,12 +96,14 @@ struct State<P> {
 #[derive(Debug)]
 pub struct InMemorySubjectKeys<P> {
     state: Arc<Mutex<State<P>>>,
+    tenant: TenantId,
 }
 
 impl<P> Clone for InMemorySubjectKeys<P> {
     fn clone(&self) -> Self {
         InMemorySubjectKeys {
             state: self.state.clone(),
+            tenant: self.tenant.clone(),
         }
     }
 }
@@ -88,6 +117,7 @@ impl<P: KeyProvider> InMemorySubjectKeys<P> {
                 older: Vec::new(),
                 subjects: BTreeMap::new(),
             })),
+            tenant: TenantId::default(),
         }
     }
 
@@ -112,39 +142,56 @@ impl<P: KeyProvider> InMemorySubjectKeys<P> {
             .cloned()
     }
 
-    async fn unwrap(&self, subject: &str, wrapped: &WrappedKey) -> Result<DataKey, PersonalError> {
+    async fn unwrap(
+        &self,
+        tenant: &TenantId,
+        subject: &str,
+        wrapped: &WrappedKey,
+    ) -> Result<DataKey, PersonalError> {
         let provider =
             self.provider_for(&wrapped.kek_id)
                 .ok_or_else(|| PersonalError::WrongKek {
                     subject: subject.to_owned(),
                     kek_id: wrapped.kek_id.clone(),
                 })?;
-        provider.unwrap(subject, wrapped).await
+        provider
+            .unwrap(&wrapping_name(tenant, subject), wrapped)
+            .await
+    }
+
+    fn entry(&self, subject: &str) -> Option<Entry> {
+        self.lock().subjects.get(&self.key(subject)).cloned()
+    }
+
+    fn key(&self, subject: &str) -> (TenantId, String) {
+        (self.tenant.clone(), subject.to_owned())
     }
 }
 
 impl<P: KeyProvider> SubjectKeys for InMemorySubjectKeys<P> {
     async fn key_for_writing(&self, subject: &str) -> Result<DataKey, PersonalError> {
         crate::store::limits::check_subject(subject)?;
-        let existing = self.lock().subjects.get(subject).cloned();
+        let existing = self.entry(subject);
         match existing {
-            Some(Entry::Key(wrapped)) => self.unwrap(subject, &wrapped).await,
+            Some(Entry::Key(wrapped)) => self.unwrap(&self.tenant, subject, &wrapped).await,
             Some(Entry::Tombstone) => Err(PersonalError::Forgotten {
                 subject: subject.to_owned(),
             }),
             None => {
                 let key = DataKey::generate();
                 let current = self.lock().current.clone();
-                let wrapped = current.wrap(subject, &key).await?;
+                let wrapped = current
+                    .wrap(&wrapping_name(&self.tenant, subject), &key)
+                    .await?;
                 // another writer may have created it, or a forget may have
                 // come, meanwhile: the stored entry wins
                 let stored = {
                     let mut state = self.lock();
-                    let stored = state.subjects.get(subject).cloned();
+                    let stored = state.subjects.get(&self.key(subject)).cloned();
                     if stored.is_none() {
                         state
                             .subjects
-                            .insert(subject.to_owned(), Entry::Key(wrapped));
+                            .insert(self.key(subject), Entry::Key(wrapped));
                     }
                     stored
                 };
@@ -152,7 +199,7 @@ impl<P: KeyProvider> SubjectKeys for InMemorySubjectKeys<P> {
                     Some(Entry::Tombstone) => Err(PersonalError::Forgotten {
                         subject: subject.to_owned(),
                     }),
-                    Some(Entry::Key(theirs)) => self.unwrap(subject, &theirs).await,
+                    Some(Entry::Key(theirs)) => self.unwrap(&self.tenant, subject, &theirs).await,
                     None => Ok(key),
                 }
             }
@@ -160,9 +207,11 @@ impl<P: KeyProvider> SubjectKeys for InMemorySubjectKeys<P> {
     }
 
     async fn key_for_reading(&self, subject: &str) -> Result<Option<DataKey>, PersonalError> {
-        let existing = self.lock().subjects.get(subject).cloned();
+        let existing = self.entry(subject);
         match existing {
-            Some(Entry::Key(wrapped)) => self.unwrap(subject, &wrapped).await.map(Some),
+            Some(Entry::Key(wrapped)) => {
+                self.unwrap(&self.tenant, subject, &wrapped).await.map(Some)
+            }
             Some(Entry::Tombstone) | None => Ok(None),
         }
     }
@@ -172,20 +221,21 @@ impl<P: KeyProvider> SubjectKeys for InMemorySubjectKeys<P> {
         let before = self
             .lock()
             .subjects
-            .insert(subject.to_owned(), Entry::Tombstone);
+            .insert(self.key(subject), Entry::Tombstone);
         Ok(matches!(before, Some(Entry::Key(_))))
     }
 
     async fn start_again(&self, subject: &str) -> Result<(), PersonalError> {
         let mut state = self.lock();
-        if matches!(state.subjects.get(subject), Some(Entry::Tombstone)) {
-            state.subjects.remove(subject);
+        let key = self.key(subject);
+        if matches!(state.subjects.get(&key), Some(Entry::Tombstone)) {
+            state.subjects.remove(&key);
         }
         Ok(())
     }
 
     async fn rewrap(&self, batch: usize) -> Result<KeyRotation, PersonalError> {
-        let (current, old): (Arc<P>, Vec<(String, WrappedKey)>) = {
+        let (current, old): (Arc<P>, Vec<((TenantId, String), WrappedKey)>) = {
             let state = self.lock();
             let current = state.current.clone();
             let old = state
@@ -202,11 +252,12 @@ impl<P: KeyProvider> SubjectKeys for InMemorySubjectKeys<P> {
             rewrapped: 0,
             remaining: old.len() as u64,
         };
-        for (subject, wrapped) in old.into_iter().take(batch) {
-            let key = self.unwrap(&subject, &wrapped).await?;
-            let rewrapped = current.wrap(&subject, &key).await?;
+        for (at, wrapped) in old.into_iter().take(batch) {
+            let (tenant, subject) = &at;
+            let key = self.unwrap(tenant, subject, &wrapped).await?;
+            let rewrapped = current.wrap(&wrapping_name(tenant, subject), &key).await?;
             // a key forgotten meanwhile stays forgotten
-            if let Some(Entry::Key(w)) = self.lock().subjects.get_mut(&subject) {
+            if let Some(Entry::Key(w)) = self.lock().subjects.get_mut(&at) {
                 if *w == wrapped {
                     *w = rewrapped;
                 }
@@ -215,6 +266,17 @@ impl<P: KeyProvider> SubjectKeys for InMemorySubjectKeys<P> {
             rotation.remaining -= 1;
         }
         Ok(rotation)
+    }
+
+    fn tenant_id(&self) -> &TenantId {
+        &self.tenant
+    }
+
+    fn in_tenant(&self, tenant: TenantId) -> Self {
+        InMemorySubjectKeys {
+            state: self.state.clone(),
+            tenant,
+        }
     }
 }
 

@@ -11,7 +11,7 @@ use crate::dead_letter::{
 };
 use crate::projection::store::{Checkpoint, Lease, ProjectionStatus, ProjectionStore};
 use crate::store::limits::check_projection_name;
-use crate::{projection::InMemoryConn, Error, LogPosition};
+use crate::{projection::InMemoryConn, Error, LogPosition, TenantId};
 
 /// The embedded projection store, with the semantics of the Postgres one:
 /// a transaction's checkpoint moves and dead-letter changes apply together
@@ -19,9 +19,15 @@ use crate::{projection::InMemoryConn, Error, LogPosition};
 /// left it, and one lease per projection.
 ///
 /// Cloning is cheap and shares the store. Nothing survives the process.
-#[derive(Debug, Clone, Default)]
+/// Each tenant's checkpoints, leases and dead letters are apart (see
+/// [`ProjectionStore::in_tenant`]).
+#[derive(Debug, Clone)]
 pub struct InMemoryProjectionStore {
+    /// The tenant's state.
     shared: Arc<Mutex<State>>,
+    tenant: TenantId,
+    /// Every tenant's state, for [`ProjectionStore::in_tenant`].
+    tenants: Arc<Mutex<HashMap<TenantId, Arc<Mutex<State>>>>>,
 }
 
 #[derive(Debug, Default)]
@@ -100,10 +106,23 @@ fn fresh_checkpoint(projection: &str) -> Checkpoint {
     }
 }
 
+impl Default for InMemoryProjectionStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl InMemoryProjectionStore {
-    /// An empty store.
+    /// An empty store, scoped to the default tenant.
     pub fn new() -> Self {
-        Self::default()
+        let shared = Arc::default();
+        let tenant = TenantId::default();
+        let tenants = HashMap::from([(tenant.clone(), Arc::clone(&shared))]);
+        InMemoryProjectionStore {
+            shared,
+            tenant,
+            tenants: Arc::new(Mutex::new(tenants)),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -201,6 +220,25 @@ impl ProjectionStore for InMemoryProjectionStore {
 
     fn conn(tx: &mut InMemoryTransaction) -> &mut InMemoryConn {
         &mut tx.conn
+    }
+
+    fn tenant_id(&self) -> &TenantId {
+        &self.tenant
+    }
+
+    fn in_tenant(&self, tenant: TenantId) -> Self {
+        let shared = self
+            .tenants
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(tenant.clone())
+            .or_default()
+            .clone();
+        InMemoryProjectionStore {
+            shared,
+            tenant,
+            tenants: self.tenants.clone(),
+        }
     }
 
     async fn begin(&self) -> Result<InMemoryTransaction, Error> {

@@ -74,13 +74,22 @@ pub trait Projection: Send + Sync + 'static {
         }
     }
 
-    /// Clears the read model before a rebuild (in the same transaction that
-    /// resets the checkpoint). The default does nothing.
+    /// Clears `tenant`'s read model before a rebuild of that tenant's
+    /// projection (in the same transaction that resets the checkpoint).
+    /// The default does nothing.
+    ///
+    /// Only `tenant`'s rows: a runner runs a projection for one tenant
+    /// (its event store's, see [`ProjectionRunner::new`](crate::ProjectionRunner::new)),
+    /// and a rebuild of one tenant must leave every other tenant's read
+    /// model as it is. A read model of an application with one tenant
+    /// ([`TenantId::DEFAULT_NAME`](crate::TenantId::DEFAULT_NAME)) may
+    /// simply clear everything.
     fn reset(
         &self,
         conn: &mut Self::Conn,
+        tenant: &crate::TenantId,
     ) -> impl Future<Output = Result<(), HandlerError>> + Send {
-        let _ = conn;
+        let _ = (conn, tenant);
         async { Ok(()) }
     }
 }

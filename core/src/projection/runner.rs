@@ -318,9 +318,15 @@ where
     /// second when no notification arrives, takeover checks every second,
     /// [`RetryPolicy::default`], [`FailurePolicy::Park`], and a circuit
     /// breaker named after the projection in a registry of its own.
+    ///
+    /// The projection runs for the event store's tenant: the projection
+    /// store is scoped to it, so the checkpoint, the lease and the dead
+    /// letters are that tenant's. A runner per tenant, each on
+    /// `store.tenant(..)`, runs a projection per tenant.
     pub fn new(store: S, projection_store: B, projection: Arc<P>) -> Self {
         let breakers = CircuitBreakerRegistry::new();
         let breaker = breakers.get(projection.name());
+        let projection_store = projection_store.in_tenant(store.tenant_id().clone());
         ProjectionRunner {
             store,
             projection_store,
@@ -502,9 +508,13 @@ where
         let lease = self.acquire_now().await?;
         self.projection_store.init_checkpoint(self.name()).await?;
         let mut tx = self.projection_store.begin().await?;
-        self.projection.reset(B::conn(&mut tx)).await.map_err(|e| {
-            Error::backend("resetting the read model for a rebuild", e.into_source())
-        })?;
+        let tenant = self.store.tenant_id();
+        self.projection
+            .reset(B::conn(&mut tx), tenant)
+            .await
+            .map_err(|e| {
+                Error::backend("resetting the read model for a rebuild", e.into_source())
+            })?;
         self.projection_store.reset(&mut tx, self.name()).await?;
         let discarded = self
             .projection_store

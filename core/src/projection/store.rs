@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::dead_letter::{DeadLetter, DeadLetterStore, NewDeadLetter};
-use crate::{Error, LogPosition};
+use crate::{Error, LogPosition, TenantId};
 
 /// What a projection's checkpoint row says about it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -104,6 +104,18 @@ pub trait ProjectionStore: DeadLetterStore + Clone + Send + Sync + 'static {
 
     /// The connection inside a transaction.
     fn conn(tx: &mut Self::Transaction) -> &mut Self::Conn;
+
+    /// The tenant whose checkpoints, leases and dead letters this handle
+    /// reads and writes (see [`crate::tenant`]).
+    fn tenant_id(&self) -> &TenantId;
+
+    /// The same store scoped to `tenant`. A
+    /// [`ProjectionRunner`](crate::ProjectionRunner) scopes its projection
+    /// store to its event store's tenant itself: a projection runs per
+    /// tenant, with its own checkpoint, lease and dead letters.
+    fn in_tenant(&self, tenant: TenantId) -> Self
+    where
+        Self: Sized;
 
     /// Opens a transaction.
     fn begin(&self) -> impl Future<Output = Result<Self::Transaction, Error>> + Send;

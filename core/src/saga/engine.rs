@@ -67,6 +67,7 @@ impl FailCause {
 /// #     Done,
 /// # }
 /// let ordered = Envelope {
+///     tenant_id: annals::TenantId::default(),
 ///     event_id: uuid::Uuid::now_v7(),
 ///     stream_id: "order-42".into(),
 ///     stream_version: 1,

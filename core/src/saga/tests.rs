@@ -194,6 +194,7 @@ impl Harness {
 /// `event` stored in `stream` at log position `position`.
 fn envelope_in<E: crate::Event>(stream: &str, position: u64, event: E) -> Envelope<E> {
     Envelope {
+        tenant_id: crate::TenantId::default(),
         event_id: Uuid::now_v7(),
         stream_id: stream.to_owned(),
         stream_version: position,

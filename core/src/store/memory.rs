@@ -182,6 +182,7 @@ impl InMemoryEventStore {
         for (i, e) in events.into_iter().enumerate() {
             state.next_position += 1;
             let record = Envelope {
+                tenant_id: self.tenant.clone(),
                 event_id: e.event_id,
                 stream_id: stream_id.to_owned(),
                 stream_version: base + i as u64 + 1,

@@ -24,7 +24,10 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::personal::{Personal, PersonalError, PersonalStore, SubjectForgotten, SubjectKeys};
+use crate::personal::{
+    Personal, PersonalError, PersonalStore, SubjectForgotten, SubjectKeys,
+    FORGOTTEN_SUBJECTS_STREAM,
+};
 use crate::store::Session;
 use crate::{Error, EventStore, EventStoreExt, ExpectedVersion, LogPosition, Metadata, NewEvent};
 
@@ -160,6 +163,8 @@ where
     appends_racing_a_forget_write_nothing_readable(s, k).await;
     let (s, k) = make().await;
     hostile_input_is_refused_with_typed_errors(s, k).await;
+    let (s, k) = make().await;
+    forgetting_is_per_tenant(s, k).await;
 }
 
 async fn append<S: EventStore + Clone, K: SubjectKeys>(
@@ -849,4 +854,77 @@ where
             "{hostile:?}: {err}"
         );
     }
+}
+
+/// A subject id names a person within a tenant: the same id in two
+/// tenants has two keys, forgetting it in one leaves the other's data
+/// readable and writable, and each tenant's `subject.forgotten` event is
+/// in that tenant's log only.
+pub async fn forgetting_is_per_tenant<S: EventStore + Clone, K: SubjectKeys>(inner: S, keys: K) {
+    let store = PersonalStore::new(inner.clone(), keys);
+    let a = store.tenant("clinic-a").expect("tenant a");
+    let b = store.tenant("clinic-b").expect("tenant b");
+    for tenant in [&a, &b] {
+        append(tenant, "patient-x", &[registered("patient-x")]).await;
+    }
+    a.forget("patient-x").await.expect("forget in a");
+
+    let first = |s: PersonalStore<S, K>| async move {
+        s.read_stream_as::<PatientEvent>("patient-x", ..)
+            .await
+            .expect("read")
+            .remove(0)
+            .payload
+    };
+    let PatientEvent::Registered(in_a) = first(a.clone()).await else {
+        panic!("a registration");
+    };
+    assert_eq!(in_a.name, Personal::Forgotten, "forgotten in a");
+    assert_eq!(
+        first(b.clone()).await,
+        registered("patient-x"),
+        "the same subject id in b is another person, still known"
+    );
+    // a cold handle of b (no key cached) reads it too
+    let cold_b = PersonalStore::new(inner.clone(), b.keys().clone())
+        .tenant("clinic-b")
+        .expect("b");
+    assert_eq!(first(cold_b).await, registered("patient-x"));
+    append(&b, "patient-x", &[noted("patient-x", 1)]).await;
+    let refused = a
+        .append_events(
+            "patient-x",
+            ExpectedVersion::Any,
+            &[noted("patient-x", 2)],
+            &Metadata::new(),
+        )
+        .await;
+    assert!(refused.is_err(), "a's subject stays forgotten: {refused:?}");
+    assert!(
+        b.keys()
+            .key_for_reading("patient-x")
+            .await
+            .expect("b's key")
+            .is_some(),
+        "b's key is kept"
+    );
+    assert!(a
+        .keys()
+        .key_for_reading("patient-x")
+        .await
+        .expect("a's key")
+        .is_none());
+    let forgotten_in = |s: PersonalStore<S, K>| async move {
+        s.inner()
+            .read_stream(FORGOTTEN_SUBJECTS_STREAM, ..)
+            .await
+            .expect("read the forgotten subjects")
+            .len()
+    };
+    assert_eq!(
+        forgotten_in(a.clone()).await,
+        1,
+        "a's log records a's forget"
+    );
+    assert_eq!(forgotten_in(b.clone()).await, 0, "b's log records none");
 }

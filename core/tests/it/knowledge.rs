@@ -21,6 +21,7 @@ fn envelope(payload: DocumentEvent, position: u64) -> Envelope<KnowledgeEvent> {
     let stream_id = format!("document-{}", payload.document_id());
     let payload = KnowledgeEvent::Document(payload);
     Envelope {
+        tenant_id: annals_core::TenantId::default(),
         event_id: uuid::Uuid::now_v7(),
         stream_id,
         stream_version: 1,
@@ -92,7 +93,10 @@ async fn the_projection_uses_the_ingest_path() {
         .unwrap_err();
     assert_eq!(err.kind(), FailureKind::Dependency, "{err}");
 
-    projection.reset(&mut tx).await.unwrap();
+    projection
+        .reset(&mut tx, &annals_core::TenantId::default())
+        .await
+        .unwrap();
     assert!(kb.is_empty());
 }
 
@@ -470,6 +474,7 @@ async fn a_failing_cache_fails_the_erasure_and_deletes_nothing() {
     // through the projection: a dependency failure, retried, never parked
     let projection = InMemoryKnowledgeProjection::new("knowledge", kb.clone(), ingestor.clone());
     let forgotten = Envelope {
+        tenant_id: annals_core::TenantId::default(),
         payload: KnowledgeEvent::SubjectForgotten(SubjectForgotten {
             subject: "subject-a".into(),
         }),

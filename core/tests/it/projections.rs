@@ -90,7 +90,11 @@ impl Projection for Recorder {
         Ok(())
     }
 
-    async fn reset(&self, _: &mut InMemoryConn) -> Result<(), HandlerError> {
+    async fn reset(
+        &self,
+        _: &mut InMemoryConn,
+        _: &annals_core::TenantId,
+    ) -> Result<(), HandlerError> {
         self.applied.lock().unwrap().clear();
         Ok(())
     }

@@ -70,7 +70,7 @@ impl PgEventStore {
             Binds::new(&events, &metas),
         )
         .await?;
-        appended(stream_id, &rows, events)
+        appended(&self.tenant, stream_id, &rows, events)
     }
 
     /// Appends as its own transaction, through the group commit when the
@@ -142,7 +142,7 @@ impl PgEventStore {
                 drop(turn);
                 let written = written?;
                 self.wake.appended();
-                return append_result(stream_id, &written, events);
+                return append_result(&self.tenant, stream_id, &written, events);
             }
         }
         let mut pooled = None;
@@ -163,7 +163,7 @@ impl PgEventStore {
         )
         .await?;
         self.wake.appended();
-        appended(stream_id, &rows, events)
+        appended(&self.tenant, stream_id, &rows, events)
     }
 
     /// Validates `events` (when the store validates) and encodes their
@@ -397,17 +397,23 @@ impl Written {
 
 /// The result of an append statement's rows (one per event, in stream
 /// order).
-fn appended(stream_id: &str, rows: &[PgRow], events: Vec<NewEvent>) -> Result<AppendResult, Error> {
+fn appended(
+    tenant: &TenantId,
+    stream_id: &str,
+    rows: &[PgRow],
+    events: Vec<NewEvent>,
+) -> Result<AppendResult, Error> {
     let written = rows
         .iter()
         .map(|row| Written::read(row, 0))
         .collect::<Result<Vec<_>, _>>()?;
-    append_result(stream_id, &written, events)
+    append_result(tenant, stream_id, &written, events)
 }
 
 /// The result of an append: `events` with what the database gave each
 /// (position, transaction, stream version, time), in this order.
 pub(super) fn append_result(
+    tenant: &TenantId,
     stream_id: &str,
     written: &[Written],
     events: Vec<NewEvent>,
@@ -427,6 +433,7 @@ pub(super) fn append_result(
     for (w, e) in written.iter().zip(events) {
         last = w.stream_version as u64;
         out.push(Envelope {
+            tenant_id: tenant.clone(),
             event_id: e.event_id,
             stream_id: stream_id.to_owned(),
             stream_version: w.stream_version as u64,

@@ -290,12 +290,14 @@ impl GroupCommit {
             )
             .await;
             let Pending {
+                tenant,
                 stream_id,
                 events,
                 reply,
                 ..
             } = p;
-            let result = result.and_then(|written| append_result(&stream_id, &written, events));
+            let result =
+                result.and_then(|written| append_result(&tenant, &stream_id, &written, events));
             any |= result.is_ok();
             let _ = reply.send(result);
         }
@@ -547,7 +549,7 @@ async fn answer(
             ..
         } = p;
         let result = match written.remove(&(tenant.as_str().to_owned(), stream_id.clone())) {
-            Some(ws) => append_result(&stream_id, &ws, events),
+            Some(ws) => append_result(&tenant, &stream_id, &ws, events),
             None => Err(conflict(conn, &tenant, &stream_id, expected).await),
         };
         // a caller that stopped waiting does not want its answer

@@ -560,7 +560,7 @@ impl EventStore for PgEventStore {
         let mut out = Vec::new();
         while let Some(row) = next(&mut rows).await {
             let row = row.map_err(db("reading a stream"))?;
-            out.push(decode_event_row(&row, &mut decode)?);
+            out.push(decode_event_row(&row, &self.tenant, &mut decode)?);
         }
         Ok(out)
     }
@@ -596,12 +596,12 @@ impl EventStore for PgEventStore {
             .map_err(db("reading the global log"))?;
         let mut events = Vec::with_capacity(rows.len());
         for row in &rows {
-            match decode_event_row(row, raw_payload) {
+            match decode_event_row(row, &self.tenant, raw_payload) {
                 Ok(event) => events.push(event),
                 // the events before an unreadable one first; then, read
                 // from there, the unreadable one alone, as its error
                 Err(_) if !events.is_empty() => break,
-                Err(problem) => return Err(unreadable_event_row(row, problem)),
+                Err(problem) => return Err(unreadable_event_row(row, &self.tenant, problem)),
             }
         }
         Ok(events)
@@ -621,7 +621,7 @@ impl EventStore for PgEventStore {
             .await
             .map_err(db("reading an event by position"))?;
         row.as_ref()
-            .map(|row| decode_event_row(row, raw_payload))
+            .map(|row| decode_event_row(row, &self.tenant, raw_payload))
             .transpose()
     }
 

@@ -304,6 +304,7 @@ async fn hnsw_recall_at_10_against_exact_search() {
 
 fn envelope(payload: DocumentEvent) -> Envelope<KnowledgeEvent> {
     Envelope {
+        tenant_id: annals_core::TenantId::default(),
         event_id: Uuid::now_v7(),
         stream_id: format!("document-{}", payload.document_id()),
         stream_version: 1,
@@ -363,7 +364,10 @@ async fn the_projection_writes_inside_the_callers_transaction() {
     assert_eq!(embedder.calls(), 0);
     assert_eq!(kb.document(id).await.unwrap().len(), 2);
     let mut tx = db.pool().begin().await.unwrap();
-    projection.reset(&mut tx).await.unwrap();
+    projection
+        .reset(&mut tx, &annals_core::TenantId::default())
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
     assert!(kb.document(id).await.unwrap().is_empty());
 }

@@ -88,7 +88,11 @@ impl Projection for Recorder {
         Ok(())
     }
 
-    async fn reset(&self, conn: &mut PgConnection) -> Result<(), HandlerError> {
+    async fn reset(
+        &self,
+        conn: &mut PgConnection,
+        _: &annals_core::TenantId,
+    ) -> Result<(), HandlerError> {
         sqlx::query("TRUNCATE applied").execute(conn).await?;
         Ok(())
     }
@@ -786,7 +790,11 @@ impl Projection for Fenced {
         Ok(())
     }
 
-    async fn reset(&self, conn: &mut PgConnection) -> Result<(), HandlerError> {
+    async fn reset(
+        &self,
+        conn: &mut PgConnection,
+        _: &annals_core::TenantId,
+    ) -> Result<(), HandlerError> {
         sqlx::query("TRUNCATE fenced").execute(conn).await?;
         Ok(())
     }
