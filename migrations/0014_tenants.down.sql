@@ -1,3 +1,9 @@
+DROP POLICY annals_tenant ON annals_saga_outbox;
+ALTER TABLE annals_saga_outbox NO FORCE ROW LEVEL SECURITY;
+ALTER TABLE annals_saga_outbox DISABLE ROW LEVEL SECURITY;
+DROP POLICY annals_tenant ON annals_sagas;
+ALTER TABLE annals_sagas NO FORCE ROW LEVEL SECURITY;
+ALTER TABLE annals_sagas DISABLE ROW LEVEL SECURITY;
 DROP POLICY annals_tenant ON annals_subject_keys;
 ALTER TABLE annals_subject_keys NO FORCE ROW LEVEL SECURITY;
 ALTER TABLE annals_subject_keys DISABLE ROW LEVEL SECURITY;
@@ -13,6 +19,41 @@ ALTER TABLE annals_snapshots DISABLE ROW LEVEL SECURITY;
 DROP POLICY annals_tenant ON annals_events;
 ALTER TABLE annals_events NO FORCE ROW LEVEL SECURITY;
 ALTER TABLE annals_events DISABLE ROW LEVEL SECURITY;
+
+-- fails while two tenants have a saga of the same type and correlation
+-- id, or a command of the same idempotency key
+DROP INDEX annals_saga_outbox_saga;
+CREATE INDEX annals_saga_outbox_saga ON annals_saga_outbox (saga_id);
+DROP INDEX annals_saga_outbox_undispatched;
+CREATE INDEX annals_saga_outbox_undispatched
+    ON annals_saga_outbox (saga_type, next_attempt_at, id)
+    WHERE dispatched_at IS NULL AND failed_at IS NULL;
+DROP INDEX annals_sagas_subject_idx;
+CREATE INDEX annals_sagas_subject_idx ON annals_sagas (subject) WHERE subject IS NOT NULL;
+DROP INDEX annals_sagas_deadline;
+CREATE INDEX annals_sagas_deadline
+    ON annals_sagas (saga_type, deadline_at)
+    WHERE deadline_at IS NOT NULL;
+DROP INDEX annals_sagas_unfinished;
+CREATE INDEX annals_sagas_unfinished
+    ON annals_sagas (saga_type, saga_id)
+    WHERE status IN ('pending', 'running', 'compensating');
+ALTER TABLE annals_saga_outbox
+    DROP CONSTRAINT annals_saga_outbox_saga_id_fkey,
+    DROP CONSTRAINT annals_saga_outbox_pkey,
+    ADD CONSTRAINT annals_saga_outbox_pkey PRIMARY KEY (id),
+    DROP CONSTRAINT annals_saga_outbox_idempotency_key_key,
+    ADD CONSTRAINT annals_saga_outbox_idempotency_key_key UNIQUE (idempotency_key);
+ALTER TABLE annals_sagas
+    DROP CONSTRAINT annals_sagas_pkey,
+    ADD CONSTRAINT annals_sagas_pkey PRIMARY KEY (saga_id),
+    DROP CONSTRAINT annals_sagas_type_correlation_key,
+    ADD CONSTRAINT annals_sagas_type_correlation_key UNIQUE (saga_type, correlation_id);
+ALTER TABLE annals_saga_outbox
+    ADD CONSTRAINT annals_saga_outbox_saga_id_fkey FOREIGN KEY (saga_id)
+        REFERENCES annals_sagas (saga_id) ON DELETE CASCADE;
+ALTER TABLE annals_saga_outbox DROP COLUMN tenant_id;
+ALTER TABLE annals_sagas DROP COLUMN tenant_id;
 
 -- fails while two tenants have a subject of the same id
 ALTER TABLE annals_subject_keys

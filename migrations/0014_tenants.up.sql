@@ -1,5 +1,5 @@
 -- Tenants (issue 22): every event, snapshot, projection checkpoint, dead
--- letter and subject key belongs to a tenant, the
+-- letter, saga, outbox command and subject key belongs to a tenant, the
 -- tenant leads every key, and row-level security keeps every query to the
 -- tenant its transaction names.
 --
@@ -69,6 +69,43 @@ ALTER TABLE annals_subject_keys
     DROP CONSTRAINT annals_subject_keys_pkey,
     ADD CONSTRAINT annals_subject_keys_pkey PRIMARY KEY (tenant_id, subject);
 
+ALTER TABLE annals_sagas
+    ADD COLUMN tenant_id text NOT NULL DEFAULT 'default'
+    CONSTRAINT annals_sagas_tenant_id_check CHECK (tenant_id <> '');
+ALTER TABLE annals_saga_outbox
+    ADD COLUMN tenant_id text NOT NULL DEFAULT 'default'
+    CONSTRAINT annals_saga_outbox_tenant_id_check CHECK (tenant_id <> '');
+ALTER TABLE annals_saga_outbox
+    DROP CONSTRAINT annals_saga_outbox_saga_id_fkey;
+ALTER TABLE annals_sagas
+    DROP CONSTRAINT annals_sagas_type_correlation_key,
+    ADD CONSTRAINT annals_sagas_type_correlation_key UNIQUE (tenant_id, saga_type, correlation_id),
+    DROP CONSTRAINT annals_sagas_pkey,
+    ADD CONSTRAINT annals_sagas_pkey PRIMARY KEY (tenant_id, saga_id);
+ALTER TABLE annals_saga_outbox
+    DROP CONSTRAINT annals_saga_outbox_idempotency_key_key,
+    ADD CONSTRAINT annals_saga_outbox_idempotency_key_key UNIQUE (tenant_id, idempotency_key),
+    DROP CONSTRAINT annals_saga_outbox_pkey,
+    ADD CONSTRAINT annals_saga_outbox_pkey PRIMARY KEY (tenant_id, id),
+    ADD CONSTRAINT annals_saga_outbox_saga_id_fkey FOREIGN KEY (tenant_id, saga_id)
+        REFERENCES annals_sagas (tenant_id, saga_id) ON DELETE CASCADE;
+DROP INDEX annals_sagas_unfinished;
+CREATE INDEX annals_sagas_unfinished
+    ON annals_sagas (tenant_id, saga_type, saga_id)
+    WHERE status IN ('pending', 'running', 'compensating');
+DROP INDEX annals_sagas_deadline;
+CREATE INDEX annals_sagas_deadline
+    ON annals_sagas (tenant_id, saga_type, deadline_at)
+    WHERE deadline_at IS NOT NULL;
+DROP INDEX annals_sagas_subject_idx;
+CREATE INDEX annals_sagas_subject_idx ON annals_sagas (tenant_id, subject) WHERE subject IS NOT NULL;
+DROP INDEX annals_saga_outbox_undispatched;
+CREATE INDEX annals_saga_outbox_undispatched
+    ON annals_saga_outbox (tenant_id, saga_type, next_attempt_at, id)
+    WHERE dispatched_at IS NULL AND failed_at IS NULL;
+DROP INDEX annals_saga_outbox_saga;
+CREATE INDEX annals_saga_outbox_saga ON annals_saga_outbox (tenant_id, saga_id);
+
 ALTER TABLE annals_events ENABLE ROW LEVEL SECURITY;
 ALTER TABLE annals_events FORCE ROW LEVEL SECURITY;
 CREATE POLICY annals_tenant ON annals_events
@@ -104,6 +141,22 @@ CREATE POLICY annals_tenant ON annals_dead_letters
 ALTER TABLE annals_subject_keys ENABLE ROW LEVEL SECURITY;
 ALTER TABLE annals_subject_keys FORCE ROW LEVEL SECURITY;
 CREATE POLICY annals_tenant ON annals_subject_keys
+    USING (tenant_id = current_setting('annals.tenant', true)
+           OR current_setting('annals.tenant', true) = '*')
+    WITH CHECK (tenant_id = current_setting('annals.tenant', true)
+                OR current_setting('annals.tenant', true) = '*');
+
+ALTER TABLE annals_sagas ENABLE ROW LEVEL SECURITY;
+ALTER TABLE annals_sagas FORCE ROW LEVEL SECURITY;
+CREATE POLICY annals_tenant ON annals_sagas
+    USING (tenant_id = current_setting('annals.tenant', true)
+           OR current_setting('annals.tenant', true) = '*')
+    WITH CHECK (tenant_id = current_setting('annals.tenant', true)
+                OR current_setting('annals.tenant', true) = '*');
+
+ALTER TABLE annals_saga_outbox ENABLE ROW LEVEL SECURITY;
+ALTER TABLE annals_saga_outbox FORCE ROW LEVEL SECURITY;
+CREATE POLICY annals_tenant ON annals_saga_outbox
     USING (tenant_id = current_setting('annals.tenant', true)
            OR current_setting('annals.tenant', true) = '*')
     WITH CHECK (tenant_id = current_setting('annals.tenant', true)

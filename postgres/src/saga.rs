@@ -4,7 +4,7 @@ use annals_core::trace::TraceContext;
 use annals_core::{
     saga::forget_marked, saga::CommandOutcome, saga::OutboxEntry, saga::SagaChange,
     saga::SagaError, saga::SagaProgress, saga::SagaRecord, saga::SagaStatus, saga::StepRecord,
-    LogPosition, SagaStore,
+    LogPosition, SagaStore, TenantId,
 };
 use sqlx::postgres::PgRow;
 
@@ -39,12 +39,18 @@ use uuid::Uuid;
 #[derive(Debug, Clone)]
 pub struct PgSagaStore {
     pool: PgPool,
+    /// The tenant whose sagas this handle reads and writes.
+    tenant: TenantId,
 }
 
 impl PgSagaStore {
-    /// A saga store on `pool` (run [`migrate`](crate::migrate) first).
+    /// A saga store on `pool` (run [`migrate`](crate::migrate) first),
+    /// scoped to the default tenant.
     pub fn new(pool: PgPool) -> Self {
-        PgSagaStore { pool }
+        PgSagaStore {
+            pool,
+            tenant: TenantId::default(),
+        }
     }
 
     /// The connection pool.
@@ -63,9 +69,10 @@ impl PgSagaStore {
     pub async fn retry_now(&self, saga_id: Uuid) -> Result<u64, SagaError> {
         let done = sqlx::query(
             "UPDATE annals_saga_outbox SET next_attempt_at = now()
-              WHERE saga_id = $1 AND dispatched_at IS NULL AND failed_at IS NULL",
+              WHERE tenant_id = $2 AND saga_id = $1 AND dispatched_at IS NULL AND failed_at IS NULL",
         )
         .bind(saga_id)
+        .bind(self.tenant.as_str())
         .execute(&self.pool)
         .await
         .map_err(|e| saga_error("rescheduling a saga's commands", e))?;
@@ -89,19 +96,19 @@ macro_rules! outbox_columns {
     };
 }
 
-/// Inserts the commands of `saga` (a CTE returning `saga_id, saga_type`),
+/// Inserts the commands of `saga` (a CTE returning `tenant_id, saga_id, saga_type`),
 /// skipping keys already recorded. `$13..$19` are the command columns.
 macro_rules! insert_commands {
     () => {
         concat!(
             "cmds AS (
-                 INSERT INTO annals_saga_outbox (saga_id, saga_type, idempotency_key, command_type, command, step, compensation,
+                 INSERT INTO annals_saga_outbox (tenant_id, saga_id, saga_type, idempotency_key, command_type, command, step, compensation,
                      traceparent, tracestate)
-                 SELECT saga.saga_id, saga.saga_type, c.k, c.t, c.c::jsonb, c.s, c.comp, c.tp, c.ts
+                 SELECT saga.tenant_id, saga.saga_id, saga.saga_type, c.k, c.t, c.c::jsonb, c.s, c.comp, c.tp, c.ts
                  FROM saga, UNNEST($13::text[], $14::text[], $15::text[], $16::int4[], $17::bool[], $18::text[], $19::text[])
                       WITH ORDINALITY AS c(k, t, c, s, comp, tp, ts, ord)
                  ORDER BY c.ord
-                 ON CONFLICT (idempotency_key) DO NOTHING
+                 ON CONFLICT (tenant_id, idempotency_key) DO NOTHING
              )
              SELECT count(*) FROM saga"
         )
@@ -110,22 +117,22 @@ macro_rules! insert_commands {
 
 // $1 id, $2 type, $3 correlation, $4 state, $5 data, $6 status, $7 step,
 // $8 steps, $9 deadline (ms from now), $10 error, $11 last tx, $12 last pos,
-// $13..$19 commands, $20 subject
+// $13..$19 commands, $20 subject, $21 tenant
 const INSERT_SAGA: &str = concat!(
     "WITH saga AS (
-         INSERT INTO annals_sagas (saga_id, saga_type, correlation_id, state, status, current_step,
+         INSERT INTO annals_sagas (tenant_id, saga_id, saga_type, correlation_id, state, status, current_step,
              completed_steps, version, deadline_at, completed_at, error_message, last_event_tx, last_event_position,
              subject)
-         VALUES ($1, $2, $3, jsonb_build_object('state', $4::text, 'data', $5::jsonb), $6, $7, $8::jsonb, 1,
+         VALUES ($21, $1, $2, $3, jsonb_build_object('state', $4::text, 'data', $5::jsonb), $6, $7, $8::jsonb, 1,
              now() + $9::float8 * interval '1 millisecond',
              CASE WHEN $6 IN ('completed', 'failed') THEN now() END, $10, $11, $12, $20)
-         RETURNING saga_id, saga_type
+         RETURNING tenant_id, saga_id, saga_type
      ), ",
     insert_commands!()
 );
 
-// as INSERT_SAGA ($2, $3 unused but bound), plus $21 expected version and
-// $22 cancel pending forward commands
+// as INSERT_SAGA ($2, $3 unused but bound), plus $22 expected version and
+// $23 cancel pending forward commands
 const UPDATE_SAGA: &str = concat!(
     "WITH saga AS (
          UPDATE annals_sagas SET
@@ -134,14 +141,14 @@ const UPDATE_SAGA: &str = concat!(
              deadline_at = now() + $9::float8 * interval '1 millisecond', updated_at = now(),
              completed_at = CASE WHEN $6 IN ('completed', 'failed') THEN coalesce(completed_at, now()) END,
              error_message = $10, last_event_tx = $11, last_event_position = $12, subject = $20
-         WHERE saga_id = $1 AND version = $21 AND saga_type = $2 AND correlation_id = $3
-         RETURNING saga_id, saga_type
+         WHERE tenant_id = $21 AND saga_id = $1 AND version = $22 AND saga_type = $2 AND correlation_id = $3
+         RETURNING tenant_id, saga_id, saga_type
      ), cancelled AS (
          UPDATE annals_saga_outbox o
             SET failed_at = now(),
                 last_error = 'cancelled: the saga started compensating before this command was attempted'
            FROM saga
-          WHERE $22::bool AND o.saga_id = saga.saga_id AND NOT o.compensation AND o.attempts = 0
+          WHERE $23::bool AND o.tenant_id = saga.tenant_id AND o.saga_id = saga.saga_id AND NOT o.compensation AND o.attempts = 0
             AND o.dispatched_at IS NULL AND o.failed_at IS NULL
      ), ",
     insert_commands!()
@@ -151,12 +158,12 @@ const CLAIM: &str = concat!(
     "UPDATE annals_saga_outbox o
         SET attempts = o.attempts + 1, next_attempt_at = now() + $3::float8 * interval '1 millisecond'
        FROM (SELECT c.id FROM annals_saga_outbox c
-              WHERE c.saga_type = $1 AND c.dispatched_at IS NULL AND c.failed_at IS NULL
+              WHERE c.tenant_id = $4 AND c.saga_type = $1 AND c.dispatched_at IS NULL AND c.failed_at IS NULL
                 AND c.next_attempt_at <= now()
                 -- a saga's compensations wait until its forward commands are resolved
                 AND NOT (c.compensation AND EXISTS (
                     SELECT 1 FROM annals_saga_outbox f
-                     WHERE f.saga_id = c.saga_id AND NOT f.compensation
+                     WHERE f.tenant_id = c.tenant_id AND f.saga_id = c.saga_id AND NOT f.compensation
                        AND f.dispatched_at IS NULL AND f.failed_at IS NULL))
               ORDER BY c.next_attempt_at, c.id
               LIMIT $2
@@ -250,7 +257,11 @@ fn decode_entry(row: &PgRow) -> Result<OutboxEntry, SagaError> {
 }
 
 /// Writes a saga's change on `conn` (one statement).
-async fn save_on(conn: &mut PgConnection, change: &SagaChange) -> Result<(), SagaError> {
+async fn save_on(
+    conn: &mut PgConnection,
+    tenant: &TenantId,
+    change: &SagaChange,
+) -> Result<(), SagaError> {
     let r = &change.record;
     let steps = serde_json::to_string(&r.completed_steps)
         .map_err(|e| corrupted(format!("saga {}: steps do not serialize: {e}", r.saga_id)))?;
@@ -295,7 +306,8 @@ async fn save_on(conn: &mut PgConnection, change: &SagaChange) -> Result<(), Sag
         .bind(&compensations)
         .bind(&parents)
         .bind(&states)
-        .bind(r.subject.as_deref());
+        .bind(r.subject.as_deref())
+        .bind(tenant.as_str());
     if !change.insert {
         q = q.bind(to_i64(r.version)).bind(change.cancel_pending);
     }
@@ -332,15 +344,17 @@ async fn save_on(conn: &mut PgConnection, change: &SagaChange) -> Result<(), Sag
 /// transaction ends; a claim in progress is waited for and then seen.
 async fn attempted_steps_on(
     conn: &mut PgConnection,
+    tenant: &TenantId,
     saga_id: uuid::Uuid,
 ) -> Result<Vec<u32>, SagaError> {
     let rows: Vec<(i32, bool)> = sqlx::query_as(
         "SELECT step, dispatched_at IS NOT NULL OR (failed_at IS NULL AND attempts > 0)
            FROM annals_saga_outbox
-          WHERE saga_id = $1 AND NOT compensation
+          WHERE tenant_id = $2 AND saga_id = $1 AND NOT compensation
             FOR UPDATE",
     )
     .bind(saga_id)
+    .bind(tenant.as_str())
     .fetch_all(&mut *conn)
     .await
     .map_err(|e| saga_error("reading which saga steps were attempted", e))?;
@@ -361,9 +375,10 @@ impl SagaStore for PgSagaStore {
         let mut tx = self.pool.begin().await.map_err(err)?;
         let sagas = sqlx::query(
             "SELECT saga_id, state->'data' AS data FROM annals_sagas
-              WHERE subject = $1 ORDER BY saga_id FOR UPDATE",
+              WHERE tenant_id = $2 AND subject = $1 ORDER BY saga_id FOR UPDATE",
         )
         .bind(subject)
+        .bind(self.tenant.as_str())
         .fetch_all(&mut *tx)
         .await
         .map_err(err)?;
@@ -374,18 +389,22 @@ impl SagaStore for PgSagaStore {
             let mut erased = forget_marked(&mut data);
             if erased > 0 {
                 sqlx::query(
-                    "UPDATE annals_sagas SET state = jsonb_set(state, '{data}', $2) WHERE saga_id = $1",
+                    "UPDATE annals_sagas SET state = jsonb_set(state, '{data}', $2)
+                      WHERE tenant_id = $3 AND saga_id = $1",
                 )
                 .bind(saga_id)
                 .bind(Json(&data))
+                .bind(self.tenant.as_str())
                 .execute(&mut *tx)
                 .await
                 .map_err(err)?;
             }
             let commands = sqlx::query(
-                "SELECT id, command FROM annals_saga_outbox WHERE saga_id = $1 ORDER BY id FOR UPDATE",
+                "SELECT id, command FROM annals_saga_outbox
+                  WHERE tenant_id = $2 AND saga_id = $1 ORDER BY id FOR UPDATE",
             )
             .bind(saga_id)
+            .bind(self.tenant.as_str())
             .fetch_all(&mut *tx)
             .await
             .map_err(err)?;
@@ -395,9 +414,12 @@ impl SagaStore for PgSagaStore {
                     command.try_get("command").map_err(err)?;
                 if forget_marked(&mut body) > 0 {
                     erased += 1;
-                    sqlx::query("UPDATE annals_saga_outbox SET command = $2 WHERE id = $1")
-                        .bind(id)
-                        .bind(Json(&body))
+                    sqlx::query(
+                        "UPDATE annals_saga_outbox SET command = $2 WHERE tenant_id = $3 AND id = $1",
+                    )
+                    .bind(id)
+                    .bind(Json(&body))
+                    .bind(self.tenant.as_str())
                         .execute(&mut *tx)
                         .await
                         .map_err(err)?;
@@ -413,12 +435,23 @@ impl SagaStore for PgSagaStore {
 
     type Conn = PgConnection;
 
+    fn tenant_id(&self) -> &TenantId {
+        &self.tenant
+    }
+
+    fn in_tenant(&self, tenant: TenantId) -> Self {
+        PgSagaStore {
+            pool: self.pool.clone(),
+            tenant,
+        }
+    }
+
     async fn attempted_steps(
         &self,
         tx: &mut PgConnection,
         saga_id: uuid::Uuid,
     ) -> Result<Vec<u32>, SagaError> {
-        attempted_steps_on(tx, saga_id).await
+        attempted_steps_on(tx, &self.tenant, saga_id).await
     }
 
     async fn load(
@@ -430,10 +463,11 @@ impl SagaStore for PgSagaStore {
         let row = sqlx::query(concat!(
             "SELECT ",
             saga_columns!(),
-            " FROM annals_sagas WHERE saga_type = $1 AND correlation_id = $2 FOR UPDATE"
+            " FROM annals_sagas WHERE tenant_id = $3 AND saga_type = $1 AND correlation_id = $2 FOR UPDATE"
         ))
         .bind(saga_type)
         .bind(correlation_id)
+        .bind(self.tenant.as_str())
         .fetch_optional(&mut *tx)
         .await
         .map_err(|e| saga_error("loading a saga", e))?;
@@ -451,11 +485,12 @@ impl SagaStore for PgSagaStore {
         let rows = sqlx::query(concat!(
             "SELECT ",
             saga_columns!(),
-            " FROM annals_sagas WHERE saga_type = $1 AND correlation_id = ANY($2)
+            " FROM annals_sagas WHERE tenant_id = $3 AND saga_type = $1 AND correlation_id = ANY($2)
               ORDER BY saga_id FOR UPDATE"
         ))
         .bind(saga_type)
         .bind(correlation_ids)
+        .bind(self.tenant.as_str())
         .fetch_all(&mut *tx)
         .await
         .map_err(|e| saga_error("loading sagas", e))?;
@@ -463,7 +498,7 @@ impl SagaStore for PgSagaStore {
     }
 
     async fn save(&self, tx: &mut PgConnection, change: &SagaChange) -> Result<(), SagaError> {
-        save_on(tx, change).await
+        save_on(tx, &self.tenant, change).await
     }
 
     async fn find_by_correlation_id(
@@ -474,10 +509,11 @@ impl SagaStore for PgSagaStore {
         let row = sqlx::query(concat!(
             "SELECT ",
             saga_columns!(),
-            " FROM annals_sagas WHERE saga_type = $1 AND correlation_id = $2"
+            " FROM annals_sagas WHERE tenant_id = $3 AND saga_type = $1 AND correlation_id = $2"
         ))
         .bind(saga_type)
         .bind(correlation_id)
+        .bind(self.tenant.as_str())
         .fetch_optional(&self.pool)
         .await
         .map_err(|e| saga_error("finding a saga by correlation id", e))?;
@@ -488,9 +524,10 @@ impl SagaStore for PgSagaStore {
         let row = sqlx::query(concat!(
             "SELECT ",
             saga_columns!(),
-            " FROM annals_sagas WHERE saga_id = $1"
+            " FROM annals_sagas WHERE tenant_id = $2 AND saga_id = $1"
         ))
         .bind(saga_id)
+        .bind(self.tenant.as_str())
         .fetch_optional(&self.pool)
         .await
         .map_err(|e| saga_error("reading a saga", e))?;
@@ -507,7 +544,7 @@ impl SagaStore for PgSagaStore {
             "SELECT ",
             saga_columns!(),
             " FROM annals_sagas
-             WHERE status IN ('pending', 'running', 'compensating')
+             WHERE tenant_id = $4 AND status IN ('pending', 'running', 'compensating')
                AND ($1::text IS NULL OR saga_type = $1)
                AND ($2::uuid IS NULL OR saga_id > $2)
              ORDER BY saga_id LIMIT $3"
@@ -515,6 +552,7 @@ impl SagaStore for PgSagaStore {
         .bind(saga_type)
         .bind(after)
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .bind(self.tenant.as_str())
         .fetch_all(&self.pool)
         .await
         .map_err(|e| saga_error("listing unfinished sagas", e))?;
@@ -525,9 +563,10 @@ impl SagaStore for PgSagaStore {
         let rows = sqlx::query(concat!(
             "SELECT ",
             outbox_columns!(),
-            " FROM annals_saga_outbox WHERE saga_id = $1 ORDER BY id"
+            " FROM annals_saga_outbox WHERE tenant_id = $2 AND saga_id = $1 ORDER BY id"
         ))
         .bind(saga_id)
+        .bind(self.tenant.as_str())
         .fetch_all(&self.pool)
         .await
         .map_err(|e| saga_error("listing a saga's commands", e))?;
@@ -537,9 +576,10 @@ impl SagaStore for PgSagaStore {
     async fn pending_commands(&self, saga_type: &str) -> Result<u64, SagaError> {
         let n: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM annals_saga_outbox
-             WHERE saga_type = $1 AND dispatched_at IS NULL AND failed_at IS NULL",
+             WHERE tenant_id = $2 AND saga_type = $1 AND dispatched_at IS NULL AND failed_at IS NULL",
         )
         .bind(saga_type)
+        .bind(self.tenant.as_str())
         .fetch_one(&self.pool)
         .await
         .map_err(|e| saga_error("counting pending saga commands", e))?;
@@ -549,10 +589,11 @@ impl SagaStore for PgSagaStore {
     async fn count_unfinished(&self, saga_type: &str) -> Result<Vec<(SagaStatus, u64)>, SagaError> {
         let rows = sqlx::query(
             "SELECT status, count(*) AS n FROM annals_sagas
-             WHERE saga_type = $1 AND status IN ('pending', 'running', 'compensating')
+             WHERE tenant_id = $2 AND saga_type = $1 AND status IN ('pending', 'running', 'compensating')
              GROUP BY status ORDER BY status",
         )
         .bind(saga_type)
+        .bind(self.tenant.as_str())
         .fetch_all(&self.pool)
         .await
         .map_err(|e| saga_error("counting unfinished sagas", e))?;
@@ -578,6 +619,7 @@ impl SagaStore for PgSagaStore {
             .bind(saga_type)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .bind(ms(lease))
+            .bind(self.tenant.as_str())
             .fetch_all(&self.pool)
             .await
             .map_err(|e| saga_error("claiming saga commands", e))?;
@@ -605,9 +647,11 @@ impl SagaStore for PgSagaStore {
             "WITH lazy AS (SELECT set_config('synchronous_commit', 'off', true))
              UPDATE annals_saga_outbox SET dispatched_at = now()
                FROM lazy
-              WHERE id = ANY($1) AND dispatched_at IS NULL AND failed_at IS NULL AND NOT compensation",
+              WHERE tenant_id = $2 AND id = ANY($1)
+                AND dispatched_at IS NULL AND failed_at IS NULL AND NOT compensation",
         )
         .bind(&ids)
+        .bind(self.tenant.as_str())
         .execute(&self.pool)
         .await
         .map_err(|e| saga_error("marking saga commands delivered", e))?;
@@ -629,10 +673,10 @@ impl SagaStore for PgSagaStore {
                 "WITH o AS (
                      UPDATE annals_saga_outbox SET last_error = $2,
                             next_attempt_at = now() + $3::float8 * interval '1 millisecond'
-                      WHERE id = $1 AND dispatched_at IS NULL AND failed_at IS NULL
+                      WHERE tenant_id = $6 AND id = $1 AND dispatched_at IS NULL AND failed_at IS NULL
                  )
                  UPDATE annals_sagas SET retry_count = retry_count + 1, error_message = $4, updated_at = now()
-                  WHERE saga_id = $5",
+                  WHERE tenant_id = $6 AND saga_id = $5",
             )
             .bind(id)
             .bind(error)
@@ -642,6 +686,7 @@ impl SagaStore for PgSagaStore {
                 command.command_type, command.attempts
             ))
             .bind(command.saga_id)
+            .bind(self.tenant.as_str())
             .execute(&self.pool)
             .await
             .map_err(|e| saga_error("scheduling a saga command's retry", e))?;
@@ -654,24 +699,27 @@ impl SagaStore for PgSagaStore {
         let saga = sqlx::query(concat!(
             "SELECT ",
             saga_columns!(),
-            " FROM annals_sagas WHERE saga_id = $1 FOR UPDATE"
+            " FROM annals_sagas WHERE tenant_id = $2 AND saga_id = $1 FOR UPDATE"
         ))
         .bind(command.saga_id)
+        .bind(self.tenant.as_str())
         .fetch_optional(&mut *tx)
         .await
         .map_err(fail)?;
         match &outcome {
             CommandOutcome::Delivered => sqlx::query(
                 "UPDATE annals_saga_outbox SET dispatched_at = now()
-                 WHERE id = $1 AND dispatched_at IS NULL AND failed_at IS NULL",
-            )
-            .bind(id),
-            CommandOutcome::Abandoned { error } => sqlx::query(
-                "UPDATE annals_saga_outbox SET failed_at = now(), last_error = $2
-                 WHERE id = $1 AND dispatched_at IS NULL AND failed_at IS NULL",
+                 WHERE tenant_id = $2 AND id = $1 AND dispatched_at IS NULL AND failed_at IS NULL",
             )
             .bind(id)
-            .bind(error),
+            .bind(self.tenant.as_str()),
+            CommandOutcome::Abandoned { error } => sqlx::query(
+                "UPDATE annals_saga_outbox SET failed_at = now(), last_error = $2
+                 WHERE tenant_id = $3 AND id = $1 AND dispatched_at IS NULL AND failed_at IS NULL",
+            )
+            .bind(id)
+            .bind(error)
+            .bind(self.tenant.as_str()),
             CommandOutcome::Retry { .. } => return Ok(()),
         }
         .execute(&mut *tx)
@@ -682,11 +730,12 @@ impl SagaStore for PgSagaStore {
             let row = sqlx::query(
                 "SELECT count(*) FILTER (WHERE dispatched_at IS NULL AND failed_at IS NULL) AS outstanding,
                         count(*) FILTER (WHERE step = $2 AND compensation = $3 AND dispatched_at IS NOT NULL) AS delivered
-                   FROM annals_saga_outbox WHERE saga_id = $1",
+                   FROM annals_saga_outbox WHERE tenant_id = $4 AND saga_id = $1",
             )
             .bind(command.saga_id)
             .bind(i32::try_from(command.step).unwrap_or(i32::MAX))
             .bind(command.compensation)
+            .bind(self.tenant.as_str())
             .fetch_one(&mut *tx)
             .await
             .map_err(fail)?;
@@ -695,10 +744,10 @@ impl SagaStore for PgSagaStore {
             let progress = SagaProgress {
                 outstanding: outstanding.max(0) as u64,
                 step_delivered: delivered.max(0) as u64,
-                attempted_steps: attempted_steps_on(&mut tx, command.saga_id).await?,
+                attempted_steps: attempted_steps_on(&mut tx, &self.tenant, command.saga_id).await?,
             };
             if let Some(change) = decide(saga, progress)? {
-                save_on(&mut tx, &change).await?;
+                save_on(&mut tx, &self.tenant, &change).await?;
             }
         }
         tx.commit().await.map_err(fail)?;
@@ -719,10 +768,12 @@ impl SagaStore for PgSagaStore {
         // no transaction
         let due: bool = sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM annals_sagas
-                             WHERE saga_type = $1 AND deadline_at IS NOT NULL AND deadline_at <= now()
+                             WHERE tenant_id = $2 AND saga_type = $1
+                               AND deadline_at IS NOT NULL AND deadline_at <= now()
                                AND status IN ('pending', 'running'))",
         )
         .bind(saga_type)
+        .bind(self.tenant.as_str())
         .fetch_one(&self.pool)
         .await
         .map_err(fail)?;
@@ -735,7 +786,7 @@ impl SagaStore for PgSagaStore {
             "SELECT ",
             saga_columns!(),
             " FROM annals_sagas
-             WHERE saga_type = $1 AND deadline_at IS NOT NULL AND deadline_at <= now()
+             WHERE tenant_id = $3 AND saga_type = $1 AND deadline_at IS NOT NULL AND deadline_at <= now()
                AND status IN ('pending', 'running')
              ORDER BY deadline_at
              LIMIT $2
@@ -743,15 +794,16 @@ impl SagaStore for PgSagaStore {
         ))
         .bind(saga_type)
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .bind(self.tenant.as_str())
         .fetch_all(&mut *tx)
         .await
         .map_err(fail)?;
         let mut changed = 0;
         for row in &rows {
             let saga = decode_saga(row)?;
-            let attempted = attempted_steps_on(&mut tx, saga.saga_id).await?;
+            let attempted = attempted_steps_on(&mut tx, &self.tenant, saga.saga_id).await?;
             if let Some(change) = decide(saga, &attempted)? {
-                save_on(&mut tx, &change).await?;
+                save_on(&mut tx, &self.tenant, &change).await?;
                 changed += 1;
             }
         }

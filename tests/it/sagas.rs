@@ -16,9 +16,9 @@ use annals::postgres::testing::TestDatabase;
 use annals::postgres::{PgEventStore, PgProjectionStore, PgSagaStore};
 use annals::{
     saga::Dispatch, saga::SagaEngine, saga::SagaError, saga::SagaRecord, saga::SagaStatus,
-    saga::StepStatus, CommandBus, EventStoreExt, ExpectedVersion, HandlerError, Issue, Metadata,
-    Projection, ProjectionRunner, RetryPolicy, Saga, SagaData, SagaProjection, SagaStore,
-    SagaWorker,
+    saga::StepStatus, CommandBus, EventStore, EventStoreExt, ExpectedVersion, HandlerError, Issue,
+    Metadata, Projection, ProjectionRunner, RetryPolicy, Saga, SagaData, SagaProjection, SagaStore,
+    SagaWorker, TenantId,
 };
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -235,7 +235,9 @@ impl CommandBus<ClinicCommand> for Clinic {
             }
         };
         if let Some(event) = reply {
+            // the command runs in the tenant of the saga that issued it
             self.events
+                .in_tenant(d.tenant_id.clone())
                 .append_events(
                     &format!("clinic-{lead}"),
                     ExpectedVersion::Any,
@@ -1112,4 +1114,100 @@ async fn a_written_log_caught_up_in_batches() {
     for (lead, was) in leads.iter().zip(before) {
         assert_eq!(s.saga(*lead).await.unwrap(), was);
     }
+}
+
+/// Two tenants, one lead id: each tenant's saga (same correlation id, same
+/// stream names) runs on its own, its commands are delivered with its
+/// tenant and their answers land in its log, and no handle of one tenant
+/// sees the other's saga or commands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_tenant_runs_its_own_saga_for_the_same_lead() {
+    let s = setup().await;
+    let lead = Uuid::now_v7();
+    s.clinic.lock().scripts.insert(lead, Script::Books);
+    let tenants = ["clinic-a", "clinic-b"];
+    let mut running = Vec::new();
+    for t in tenants {
+        let events = s.events.tenant(t).unwrap();
+        events
+            .append_events(
+                &format!("lead-{lead}"),
+                ExpectedVersion::NoStream,
+                &[ClinicEvent::LeadQualified(LeadQualified {
+                    lead_id: lead,
+                    name: t.into(),
+                })],
+                &Metadata::new(),
+            )
+            .await
+            .unwrap();
+        // the projection's saga store is the default tenant's: it follows
+        // each event's tenant by itself
+        let runner = runner(s.db.pool(), &events, &s.sagas).spawn();
+        let tenant = TenantId::new(t).unwrap();
+        let worker =
+            SagaWorker::<BookingSaga, _, _>::new(s.sagas.in_tenant(tenant), s.clinic.clone())
+                .poll_interval(Duration::from_millis(10))
+                .spawn();
+        running.push((runner, worker));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut finished = Vec::new();
+    for t in tenants {
+        let sagas = s.sagas.in_tenant(TenantId::new(t).unwrap());
+        loop {
+            let saga = sagas
+                .find_by_correlation_id(BookingSaga::NAME, &lead.to_string())
+                .await
+                .unwrap();
+            if let Some(saga) = saga.filter(|s| s.status.is_finished()) {
+                assert_eq!(saga.status, SagaStatus::Completed, "{t}: {saga:?}");
+                finished.push(saga);
+                break;
+            }
+            assert!(Instant::now() < deadline, "{t}'s saga did not finish");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    for (runner, worker) in running {
+        runner.stop().await.unwrap();
+        worker.stop().await;
+    }
+    assert_ne!(finished[0].saga_id, finished[1].saga_id, "two sagas");
+    let a = s.sagas.in_tenant(TenantId::new("clinic-a").unwrap());
+    assert!(
+        a.get(finished[1].saga_id).await.unwrap().is_none(),
+        "a does not see b's saga"
+    );
+    assert!(
+        a.commands_of(finished[1].saga_id).await.unwrap().is_empty(),
+        "nor its commands"
+    );
+    assert_eq!(a.commands_of(finished[0].saga_id).await.unwrap().len(), 3);
+    assert!(
+        s.sagas
+            .find_by_correlation_id(BookingSaga::NAME, &lead.to_string())
+            .await
+            .unwrap()
+            .is_none(),
+        "the default tenant has no saga"
+    );
+    for t in tenants {
+        let answers = s
+            .events
+            .tenant(t)
+            .unwrap()
+            .read_stream(&format!("clinic-{lead}"), ..)
+            .await
+            .unwrap();
+        assert_eq!(answers.len(), 3, "{t}'s answers are in {t}'s log");
+    }
+    assert!(s
+        .events
+        .read_stream(&format!("clinic-{lead}"), ..)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(s.clinic.duplicates(), 0);
+    assert_eq!(s.clinic.order(lead).len(), 6, "three commands per tenant");
 }

@@ -60,7 +60,9 @@ impl<St: SagaStore> Projection for SagaEraser<St> {
         _: &mut St::Conn,
         event: &Envelope<SubjectForgotten>,
     ) -> Result<(), HandlerError> {
+        // the subject is the event's tenant's
         self.sagas
+            .in_tenant(event.tenant_id.clone())
             .forget_subject(&event.payload.subject)
             .await
             .map(drop)

@@ -374,6 +374,7 @@ mod tests {
                 older: Vec::new(),
                 subjects,
             })),
+            tenant: TenantId::default(),
         };
         for (s, data) in sealed.iter().enumerate().take(4) {
             let key = only_new
@@ -397,6 +398,7 @@ mod tests {
                 older: Vec::new(),
                 subjects: stored.clone(),
             })),
+            tenant: TenantId::default(),
         };
         assert!(matches!(
             wrong.key_for_reading("a").await,

@@ -10,6 +10,7 @@ use super::{
     SagaStore,
 };
 use crate::projection::InMemoryConn;
+use crate::TenantId;
 
 /// Sagas and their outbox in memory: the embedded default, with the
 /// semantics of the Postgres saga store (optimistic versions, one saga per
@@ -27,9 +28,19 @@ use crate::projection::InMemoryConn;
 /// # Ok::<(), annals::saga::SagaError>(())
 /// # }).unwrap();
 /// ```
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct InMemorySagaStore {
+    /// The tenant's sagas.
     state: Arc<Mutex<State>>,
+    tenant: TenantId,
+    /// Every tenant's, for [`SagaStore::in_tenant`].
+    tenants: Arc<Mutex<HashMap<TenantId, Arc<Mutex<State>>>>>,
+}
+
+impl Default for InMemorySagaStore {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -56,9 +67,16 @@ fn after(now: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
 }
 
 impl InMemorySagaStore {
-    /// An empty store.
+    /// An empty store, scoped to the default tenant.
     pub fn new() -> Self {
-        Self::default()
+        let state = Arc::default();
+        let tenant = TenantId::default();
+        let tenants = HashMap::from([(tenant.clone(), Arc::clone(&state))]);
+        InMemorySagaStore {
+            state,
+            tenant,
+            tenants: Arc::new(Mutex::new(tenants)),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -162,6 +180,25 @@ impl State {
 
 impl SagaStore for InMemorySagaStore {
     type Conn = InMemoryConn;
+
+    fn tenant_id(&self) -> &TenantId {
+        &self.tenant
+    }
+
+    fn in_tenant(&self, tenant: TenantId) -> Self {
+        let state = self
+            .tenants
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(tenant.clone())
+            .or_default()
+            .clone();
+        InMemorySagaStore {
+            state,
+            tenant,
+            tenants: self.tenants.clone(),
+        }
+    }
 
     async fn forget_subject(&self, subject: &str) -> Result<u64, SagaError> {
         use super::forget_marked;

@@ -80,13 +80,13 @@ impl<S: Saga, St: SagaStore> SagaProjection<S, St> {
     /// store says which steps were attempted (a saga not `stored` yet has
     /// none).
     async fn finish(
-        &self,
+        store: &St,
         tx: &mut St::Conn,
         decision: engine::Decision<S>,
         stored: bool,
     ) -> Result<SagaChange, super::SagaError> {
         let attempted = if decision.starts_compensation() && stored {
-            self.store
+            store
                 .attempted_steps(tx, decision.change().record.saga_id)
                 .await?
         } else {
@@ -114,8 +114,9 @@ impl<S: Saga, St: SagaStore> Projection for SagaProjection<S, St> {
         };
         crate::store::limits::check_correlation_id(&correlation_id)
             .map_err(|e| super::SagaError::from(e).into_handler_error())?;
-        let existing = self
-            .store
+        // the saga is the event's tenant's
+        let store = self.store.in_tenant(event.tenant_id.clone());
+        let existing = store
             .load(tx, S::NAME, &correlation_id)
             .await
             .map_err(super::SagaError::into_handler_error)?;
@@ -125,11 +126,10 @@ impl<S: Saga, St: SagaStore> Projection for SagaProjection<S, St> {
         else {
             return Ok(());
         };
-        let change = self
-            .finish(tx, decision, before.is_some())
+        let change = Self::finish(&store, tx, decision, before.is_some())
             .await
             .map_err(super::SagaError::into_handler_error)?;
-        self.store
+        store
             .save(tx, &change)
             .await
             .map_err(super::SagaError::into_handler_error)?;
@@ -147,9 +147,18 @@ impl<S: Saga, St: SagaStore> Projection for SagaProjection<S, St> {
         tx: &mut Self::Conn,
         events: &[Envelope<Self::Event>],
     ) -> Result<(), HandlerError> {
-        if let [event] = events {
-            return self.apply(tx, event).await;
+        let Some(first) = events.first() else {
+            return Ok(());
+        };
+        if events.len() == 1 || events.iter().any(|e| e.tenant_id != first.tenant_id) {
+            // one event, or several tenants' (each saga is its event's
+            // tenant's): one by one
+            for event in events {
+                self.apply(tx, event).await?;
+            }
+            return Ok(());
         }
+        let store = self.store.in_tenant(first.tenant_id.clone());
         let ids: Vec<Option<String>> = events.iter().map(S::correlation_id).collect();
         for id in ids.iter().flatten() {
             // one bad id fails the batch; the runner then applies its
@@ -163,8 +172,7 @@ impl<S: Saga, St: SagaStore> Projection for SagaProjection<S, St> {
         if wanted.is_empty() {
             return Ok(());
         }
-        let loaded = self
-            .store
+        let loaded = store
             .load_many(tx, S::NAME, &wanted)
             .await
             .map_err(super::SagaError::into_handler_error)?;
@@ -198,8 +206,7 @@ impl<S: Saga, St: SagaStore> Projection for SagaProjection<S, St> {
                 continue;
             };
             // a saga new in this batch has no command in the store yet
-            let next = self
-                .finish(tx, decision, pending.before.is_some())
+            let next = Self::finish(&store, tx, decision, pending.before.is_some())
                 .await
                 .map_err(super::SagaError::into_handler_error)?;
             pending.current = Some(next.record.clone());
@@ -218,7 +225,7 @@ impl<S: Saga, St: SagaStore> Projection for SagaProjection<S, St> {
             let Some(change) = &pending.change else {
                 continue;
             };
-            self.store
+            store
                 .save(tx, change)
                 .await
                 .map_err(super::SagaError::into_handler_error)?;

@@ -3,6 +3,8 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
+use crate::TenantId;
+
 use super::{
     CommandOutcome, OutboxEntry, SagaChange, SagaError, SagaProgress, SagaRecord, SagaStatus,
 };
@@ -31,6 +33,16 @@ pub trait SagaStore: Clone + Send + Sync + 'static {
     /// The transaction handle [`load`](SagaStore::load) and
     /// [`save`](SagaStore::save) run in.
     type Conn: ?Sized + Send;
+
+    /// The tenant whose sagas and commands this handle reads and writes
+    /// (see [`crate::tenant`]).
+    fn tenant_id(&self) -> &TenantId;
+
+    /// The same store scoped to `tenant`. A
+    /// [`SagaProjection`](super::SagaProjection) scopes its store to each
+    /// event's tenant itself; a [`SagaWorker`](super::SagaWorker) delivers
+    /// the commands of its store's tenant.
+    fn in_tenant(&self, tenant: TenantId) -> Self;
 
     /// The saga of this type for this correlation id, locked until `tx`
     /// ends.

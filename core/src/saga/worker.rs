@@ -60,6 +60,9 @@ pub trait CommandBus<C>: Send + Sync + 'static {
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct Dispatch<C> {
+    /// The tenant of the saga that issued it: the bus executes the
+    /// command in this tenant.
+    pub tenant_id: crate::TenantId,
     /// The command.
     pub command: C,
     /// The same for every delivery of this command, unique across commands:
@@ -316,6 +319,7 @@ where
             };
         }
         let dispatch = Dispatch {
+            tenant_id: self.store.tenant_id().clone(),
             command,
             idempotency_key: entry.idempotency_key.clone(),
             command_type: entry.command_type.clone(),

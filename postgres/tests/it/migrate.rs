@@ -120,6 +120,9 @@ impl Sandbox {
             .database(&self.database)
             .username(&self.role)
             .password(&self.password);
+        // annals' connections see every tenant (row-level security holds
+        // the tables' owner too: see annals_postgres::tenancy)
+        let options = annals_postgres::tenancy::every_tenant(options);
         PgPoolOptions::new()
             .max_connections(2)
             .connect_with(options)
