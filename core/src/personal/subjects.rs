@@ -88,8 +88,11 @@ enum Entry {
 struct State<P> {
     current: Arc<P>,
     older: Vec<Arc<P>>,
-    subjects: BTreeMap<(TenantId, String), Entry>,
+    subjects: BTreeMap<SubjectAt, Entry>,
 }
+
+/// A subject of a tenant.
+type SubjectAt = (TenantId, String);
 
 /// Subject keys in memory (the embedded default; nothing survives the
 /// process). Keys are kept wrapped, as a database keeps them.
@@ -163,7 +166,7 @@ impl<P: KeyProvider> InMemorySubjectKeys<P> {
         self.lock().subjects.get(&self.key(subject)).cloned()
     }
 
-    fn key(&self, subject: &str) -> (TenantId, String) {
+    fn key(&self, subject: &str) -> SubjectAt {
         (self.tenant.clone(), subject.to_owned())
     }
 }
@@ -235,7 +238,7 @@ impl<P: KeyProvider> SubjectKeys for InMemorySubjectKeys<P> {
     }
 
     async fn rewrap(&self, batch: usize) -> Result<KeyRotation, PersonalError> {
-        let (current, old): (Arc<P>, Vec<((TenantId, String), WrappedKey)>) = {
+        let (current, old): (Arc<P>, Vec<(SubjectAt, WrappedKey)>) = {
             let state = self.lock();
             let current = state.current.clone();
             let old = state

@@ -2,10 +2,18 @@
 //! application role that is neither a superuser nor BYPASSRLS (superusers
 //! always bypass it), and annals itself running as that role.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use annals_core::tenant::{TenantRouter, TenantServer};
 use annals_core::testing::events::{Created, TestEvent};
-use annals_core::{EventStoreExt, ExpectedVersion, Metadata};
-use annals_postgres::testing::TestDatabase;
-use annals_postgres::{PgEventStore, PoolConfig};
+use annals_core::{
+    Envelope, Error, EventStoreExt, ExpectedVersion, HandlerError, Metadata, Projection,
+    ProjectionRunner, TenantId,
+};
+use annals_postgres::testing::{PgServer, TestDatabase};
+use annals_postgres::{PgEventStore, PgProjectionStore, PoolConfig};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection as _, PgConnection};
 
@@ -222,4 +230,238 @@ async fn annals_runs_as_an_application_role_under_row_level_security() {
         }
     })
     .await;
+}
+
+/// One server of the router: its event store and projection store.
+#[derive(Clone, Debug)]
+struct Server {
+    events: PgEventStore,
+    projections: PgProjectionStore,
+}
+
+impl TenantServer for Server {
+    type Events = PgEventStore;
+
+    fn events(&self) -> &PgEventStore {
+        &self.events
+    }
+}
+
+/// Counts each tenant's events in `counts`, keyed by the envelope's tenant.
+struct Counter;
+
+impl Projection for Counter {
+    type Event = TestEvent;
+    type Conn = PgConnection;
+
+    fn name(&self) -> &str {
+        "counter"
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        e: &Envelope<TestEvent>,
+    ) -> Result<(), HandlerError> {
+        sqlx::query(
+            "INSERT INTO counts (tenant_id, n) VALUES ($1, 1)
+             ON CONFLICT (tenant_id) DO UPDATE SET n = counts.n + 1",
+        )
+        .bind(e.tenant_id.as_str())
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+
+    async fn reset(&self, conn: &mut PgConnection, tenant: &TenantId) -> Result<(), HandlerError> {
+        sqlx::query("DELETE FROM counts WHERE tenant_id = $1")
+            .bind(tenant.as_str())
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+}
+
+async fn server(pg: &PgServer) -> Server {
+    let pool = PoolConfig::from_url(&pg.url())
+        .expect("url")
+        .max_connections(4)
+        .connect()
+        .await
+        .expect("connect");
+    annals_postgres::migrate(&pool).await.expect("migrate");
+    sqlx::query("CREATE TABLE counts (tenant_id text PRIMARY KEY, n int NOT NULL)")
+        .execute(&pool)
+        .await
+        .expect("read model table");
+    Server {
+        events: PgEventStore::builder(pool.clone())
+            .build()
+            .await
+            .expect("store"),
+        projections: PgProjectionStore::new(pool),
+    }
+}
+
+/// Appends one event to the tenant's `lead-1`, retrying what a restarted
+/// server's dead pooled connections answer (retryable errors) for up to
+/// 60 s.
+async fn append_one(store: &PgEventStore, n: u64) -> Result<(), Error> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let result = store
+            .append_events(
+                "lead-1",
+                ExpectedVersion::Any,
+                &[created(&format!("n{n}"))],
+                &Metadata::new(),
+            )
+            .await;
+        match result {
+            Err(e) if e.is_retryable() && std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => return other.map(drop),
+        }
+    }
+}
+
+async fn counted(server: &Server, tenant: &TenantId) -> i64 {
+    sqlx::query_scalar::<_, i32>("SELECT n FROM counts WHERE tenant_id = $1")
+        .bind(tenant.as_str())
+        .fetch_optional(server.projections.pool())
+        .await
+        .expect("count")
+        .map_or(0, i64::from)
+}
+
+/// Tenants on two servers (durable, each started by the test): commands
+/// and projections run on the server the router gives each tenant, with
+/// that server's rows only; while one server crashes and restarts, the
+/// other keeps serving its tenants; afterwards the restarted one serves
+/// its tenants again, with nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_across_two_servers_and_one_restarts() {
+    let (pg_one, pg_two) = (PgServer::start(), PgServer::start());
+    let router = TenantRouter::builder()
+        .server("one", server(&pg_one).await)
+        .server("two", server(&pg_two).await)
+        .place("clinic-pinned", "two")
+        .build()
+        .expect("router");
+    let tenants: Vec<TenantId> = (0..8)
+        .map(|i| TenantId::new(&format!("clinic-{i}")).expect("tenant"))
+        .chain([TenantId::new("clinic-pinned").expect("tenant")])
+        .collect();
+    let on_one = router.tenants_on("one", &tenants);
+    let on_two = router.tenants_on("two", &tenants);
+    assert!(
+        !on_one.is_empty() && !on_two.is_empty(),
+        "tenants on both servers: {on_one:?} / {on_two:?}"
+    );
+    assert_eq!(router.server_of(&tenants[8]), "two", "the pinned tenant");
+
+    // concurrent commands, 10 per tenant, every tenant at once
+    let mut tasks = Vec::new();
+    for t in &tenants {
+        let store = router.events(t);
+        tasks.push(tokio::spawn(async move {
+            for n in 0..10 {
+                append_one(&store, n).await?;
+            }
+            Ok::<_, Error>(())
+        }));
+    }
+    for task in tasks {
+        task.await.expect("task").expect("commands");
+    }
+    // each server holds its tenants' events, and only theirs
+    for (name, server) in router.servers() {
+        let stored: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT tenant_id, count(*) FROM annals_events GROUP BY tenant_id ORDER BY tenant_id",
+        )
+        .fetch_all(server.events.pool())
+        .await
+        .expect("rows");
+        let mut expected: Vec<(String, i64)> = router
+            .tenants_on(name, &tenants)
+            .iter()
+            .map(|t| (t.to_string(), 10))
+            .collect();
+        expected.sort();
+        assert_eq!(stored, expected, "server {name} holds its tenants' events");
+    }
+
+    // a projection per tenant, each on its tenant's server
+    let catch_up = |t: &TenantId| {
+        let (_, server) = router.route(t);
+        ProjectionRunner::new(
+            router.events(t),
+            server.projections.clone(),
+            Arc::new(Counter),
+        )
+    };
+    for t in &tenants {
+        catch_up(t).catch_up().await.expect("catch up");
+        assert_eq!(
+            counted(router.route(t).1, t).await,
+            10,
+            "{t} counted on its server"
+        );
+    }
+
+    // server one crashes and restarts while server two keeps serving
+    let serving = Arc::new(AtomicBool::new(true));
+    let served = Arc::new(AtomicU64::new(0));
+    let two_store = router.events(on_two[0]);
+    let writer = {
+        let (serving, served) = (serving.clone(), served.clone());
+        tokio::spawn(async move {
+            let mut n = 100;
+            while serving.load(Ordering::SeqCst) {
+                two_store
+                    .append_events(
+                        "lead-2",
+                        ExpectedVersion::Any,
+                        &[created(&format!("w{n}"))],
+                        &Metadata::new(),
+                    )
+                    .await?;
+                served.fetch_add(1, Ordering::SeqCst);
+                n += 1;
+            }
+            Ok::<_, Error>(())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = served.load(Ordering::SeqCst);
+    let pg_one = tokio::task::spawn_blocking(move || {
+        pg_one.crash_and_restart();
+        pg_one
+    })
+    .await
+    .expect("restart");
+    let during = served.load(Ordering::SeqCst) - before;
+    serving.store(false, Ordering::SeqCst);
+    writer
+        .await
+        .expect("writer")
+        .expect("server two never failed");
+    assert!(during > 0, "server two served while server one restarted");
+    // the restarted server serves its tenants again, nothing lost
+    for t in &on_one {
+        append_one(&router.events(t), 10)
+            .await
+            .expect("append after the restart");
+        catch_up(t)
+            .catch_up()
+            .await
+            .expect("catch up after the restart");
+        assert_eq!(counted(router.route(t).1, t).await, 11, "{t}: nothing lost");
+    }
+    // each server's horizon, on its own
+    for (name, horizon) in router.horizons().await {
+        horizon.unwrap_or_else(|e| panic!("the horizon of server {name}: {e}"));
+    }
+    drop((pg_one, pg_two));
 }

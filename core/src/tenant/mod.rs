@@ -33,6 +33,10 @@ use std::sync::Arc;
 
 use crate::error::InvalidInput;
 
+mod router;
+
+pub use router::{TenantRouter, TenantRouterBuilder, TenantServer};
+
 /// The longest tenant id, in bytes.
 pub const MAX_TENANT_BYTES: usize = 128;
 
@@ -130,24 +134,24 @@ mod tests {
             ("clinic 7", "at byte 6 of 8"),
             ("kliník", "at byte 4 of 7"),
         ] {
-            let e = TenantId::new(id).unwrap_err();
+            let e = TenantId::new(id).expect_err("refused");
             assert_eq!(e.field, "tenant");
             assert!(e.problem.contains(problem), "{id:?}: {}", e.problem);
         }
         let long = "t".repeat(MAX_TENANT_BYTES + 1);
         assert!(TenantId::new(&long)
-            .unwrap_err()
+            .expect_err("too long")
             .problem
             .contains("more than the limit of 128 bytes"));
         assert_eq!(
             TenantId::new(&"t".repeat(MAX_TENANT_BYTES))
-                .unwrap()
+                .expect("at the limit")
                 .as_str()
                 .len(),
             128
         );
         assert_eq!(
-            TenantId::new("clinic-7:a.b_c").unwrap().as_str(),
+            TenantId::new("clinic-7:a.b_c").expect("valid").as_str(),
             "clinic-7:a.b_c"
         );
         assert_eq!(TenantId::default().as_str(), "default");
