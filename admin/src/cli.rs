@@ -30,6 +30,12 @@ pub struct AdminArgs {
     #[arg(long, global = true)]
     pub json: bool,
 
+    /// The tenant to work on (default: the tenant of the store the admin
+    /// was built on, `default` for an application with one tenant). Every
+    /// command reads and changes that tenant's rows only.
+    #[arg(long, global = true, value_name = "TENANT")]
+    pub tenant: Option<String>,
+
     /// What to do.
     #[command(subcommand)]
     pub command: AdminCommand,

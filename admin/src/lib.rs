@@ -73,7 +73,10 @@ mod registered;
 use std::sync::Arc;
 use std::time::Duration;
 
-use annals_core::{Event, Projection, ProjectionRunner, SchemaRegistry};
+use annals_core::{
+    Error, Event, EventStore as _, Projection, ProjectionRunner, ProjectionStore as _,
+    SagaStore as _, SchemaRegistry, TenantId,
+};
 use annals_postgres::sqlx::PgConnection;
 use annals_postgres::{PgEventStore, PgProjectionStore, PgSagaStore};
 
@@ -126,13 +129,18 @@ impl std::fmt::Debug for AdminBuilder {
 impl Admin {
     /// An admin on `store`'s database: the projection, dead-letter and saga
     /// stores are the Postgres ones on the same pool.
+    ///
+    /// The admin works on `store`'s tenant (`--tenant` picks another for
+    /// one command); runners of several tenants may be registered, and a
+    /// command sees those of its tenant.
     pub fn builder(store: PgEventStore) -> AdminBuilder {
         let pool = store.pool().clone();
+        let tenant = store.tenant_id().clone();
         AdminBuilder {
             admin: Admin {
                 store,
-                projections: PgProjectionStore::new(pool.clone()),
-                sagas: PgSagaStore::new(pool),
+                projections: PgProjectionStore::new(pool.clone()).in_tenant(tenant.clone()),
+                sagas: PgSagaStore::new(pool).in_tenant(tenant),
                 runners: Vec::new(),
                 events: Vec::new(),
                 stale_after: Duration::from_secs(300),
@@ -184,15 +192,37 @@ impl Admin {
             json: args.json,
             stdout,
         };
-        commands::run(self, &args.command, &mut out).await
+        match &args.tenant {
+            Some(tenant) => {
+                let scoped = self.in_tenant(TenantId::new(tenant).map_err(Error::from)?);
+                commands::run(&scoped, &args.command, &mut out).await
+            }
+            None => commands::run(self, &args.command, &mut out).await,
+        }
+    }
+
+    /// The same admin working on `tenant`'s rows.
+    pub fn in_tenant(&self, tenant: TenantId) -> Admin {
+        Admin {
+            store: self.store.in_tenant(tenant.clone()),
+            projections: self.projections.in_tenant(tenant.clone()),
+            sagas: self.sagas.in_tenant(tenant),
+            ..self.clone()
+        }
+    }
+
+    /// The registered runners of the admin's tenant.
+    fn tenant_runners(&self) -> impl Iterator<Item = &Arc<dyn RegisteredProjection>> {
+        let tenant = self.store.tenant_id();
+        self.runners.iter().filter(move |r| r.tenant() == tenant)
     }
 
     fn projection_names(&self) -> Vec<&str> {
-        self.runners.iter().map(|r| r.name()).collect()
+        self.tenant_runners().map(|r| r.name()).collect()
     }
 
     fn runner(&self, name: &str) -> Option<&Arc<dyn RegisteredProjection>> {
-        self.runners.iter().find(|r| r.name() == name)
+        self.tenant_runners().find(|r| r.name() == name)
     }
 
     fn require_runner(&self, name: &str) -> Result<&Arc<dyn RegisteredProjection>, AdminError> {

@@ -7,7 +7,9 @@ use std::pin::Pin;
 
 use annals_core::projection::{CatchUp, ProjectionError, ReplayOutcome};
 use annals_core::store::WatchLog;
-use annals_core::{Error, Event, EventStoreExt, Projection, ProjectionRunner, RecordedEvent};
+use annals_core::{
+    Error, Event, EventStoreExt, Projection, ProjectionRunner, RecordedEvent, TenantId,
+};
 use annals_postgres::sqlx::PgConnection;
 use annals_postgres::{PgEventStore, PgProjectionStore};
 use serde_json::value::RawValue;
@@ -16,6 +18,7 @@ type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// A projection runner with its types erased: what the admin needs of it.
 pub(crate) trait RegisteredProjection: Send + Sync {
+    fn tenant(&self) -> &TenantId;
     fn name(&self) -> &str;
     fn rebuild(&self) -> BoxFuture<'_, Result<CatchUp, ProjectionError>>;
     fn replay(&self, id: u64) -> BoxFuture<'_, Result<ReplayOutcome, ProjectionError>>;
@@ -27,6 +30,10 @@ where
     P: Projection<Conn = PgConnection>,
     P::Event: Send + Sync,
 {
+    fn tenant(&self) -> &TenantId {
+        ProjectionRunner::tenant_id(self)
+    }
+
     fn name(&self) -> &str {
         ProjectionRunner::name(self)
     }

@@ -12,6 +12,7 @@ use annals::dead_letter::{DeadLetterStatus, DeadLetterStore};
 use annals::postgres::sqlx::PgConnection;
 use annals::postgres::testing::TestDatabase;
 use annals::postgres::{PgEventStore, PgProjectionStore};
+use annals::ProjectionStore as _;
 use annals::{
     Envelope, EventStoreExt, ExpectedVersion, HandlerError, Metadata, Projection, ProjectionRunner,
     RetryPolicy,
@@ -245,4 +246,118 @@ async fn status_exits_4_when_a_projection_is_stale() {
     let (result, out) = execute(&admin, &["status"]).await;
     assert_eq!(result.expect("a status"), Exit::Unhealthy);
     assert!(out.contains("stale: projection `notes` is"), "{out}");
+}
+
+/// `--tenant` runs a command on one tenant's rows: its projections, dead
+/// letters and streams; another tenant's dead letter cannot be discarded
+/// through it, and a rebuild of one tenant leaves the other's rows as
+/// they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_picks_the_rows_a_command_works_on() {
+    let db = TestDatabase::new().await;
+    let store = PgEventStore::builder(db.pool().clone())
+        .register::<NoteEvent>()
+        .build()
+        .await
+        .expect("an event store");
+    let mut builder = Admin::builder(store.clone()).events::<NoteEvent>();
+    for tenant in ["clinic-a", "clinic-b"] {
+        let scoped = store.tenant(tenant).expect("a tenant");
+        scoped
+            .append_events(
+                "note-1",
+                ExpectedVersion::NoStream,
+                &[NoteEvent::Written("poison".into())],
+                &Metadata::new(),
+            )
+            .await
+            .expect("an append");
+        let runner = ProjectionRunner::new(
+            scoped,
+            PgProjectionStore::new(db.pool().clone()),
+            Arc::new(Notes),
+        )
+        .retry(RetryPolicy::new(1).initial_delay(Duration::from_millis(1)));
+        runner.catch_up().await.expect("a catch-up");
+        builder = builder.projection(runner);
+    }
+    let admin = builder.build();
+    let b_rows = || async {
+        annals::postgres::sqlx::query_scalar::<_, String>(
+            "SELECT string_agg(t::text, '|' ORDER BY t::text) FROM (
+                 SELECT to_jsonb(d) - 'tenant_id' AS t FROM annals_dead_letters d WHERE tenant_id = 'clinic-b'
+                 UNION ALL
+                 SELECT to_jsonb(c) - 'tenant_id' FROM annals_projection_checkpoints c WHERE tenant_id = 'clinic-b') x",
+        )
+        .fetch_one(db.pool())
+        .await
+        .expect("b's rows")
+    };
+    let before = b_rows().await;
+
+    // the default tenant has no registered runner and no dead letter
+    let (result, _) = execute(&admin, &["projections", "rebuild", "notes"]).await;
+    assert!(
+        matches!(result, Err(AdminError::UnknownProjection { .. })),
+        "{result:?}"
+    );
+    let (_, out) = execute(&admin, &["dead-letters", "list", "--json"]).await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).expect("JSON"),
+        Value::Array(vec![]),
+        "the default tenant has no dead letter: {out}"
+    );
+
+    let b_letter = PgProjectionStore::new(db.pool().clone())
+        .in_tenant(annals::TenantId::new("clinic-b").expect("a tenant"))
+        .list_dead_letters(&annals::dead_letter::DeadLetterQuery::pending("notes"))
+        .await
+        .expect("b's letters")
+        .remove(0)
+        .id
+        .to_string();
+    let (result, _) = execute(
+        &admin,
+        &[
+            "dead-letters",
+            "discard",
+            &b_letter,
+            "--reason",
+            "x",
+            "--tenant",
+            "clinic-a",
+        ],
+    )
+    .await;
+    assert!(
+        matches!(result, Err(AdminError::DeadLetterNotFound { .. })),
+        "a's admin does not find b's dead letter: {result:?}"
+    );
+    let (result, out) = execute(
+        &admin,
+        &[
+            "projections",
+            "rebuild",
+            "notes",
+            "--tenant",
+            "clinic-a",
+            "--json",
+        ],
+    )
+    .await;
+    assert_eq!(result.expect("a's rebuild"), Exit::Ok, "{out}");
+    let (_, out) = execute(
+        &admin,
+        &[
+            "streams", "read", "note-1", "--tenant", "clinic-b", "--json",
+        ],
+    )
+    .await;
+    assert!(out.contains("poison"), "b's stream, read as b: {out}");
+    let (result, _) = execute(&admin, &["status", "--tenant", "clinic 1"]).await;
+    assert!(
+        matches!(&result, Err(AdminError::Store(annals::Error::InvalidInput(e))) if e.field == "tenant"),
+        "{result:?}"
+    );
+    assert_eq!(b_rows().await, before, "b's rows are as they were");
 }

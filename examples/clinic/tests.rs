@@ -304,7 +304,7 @@ async fn the_service_serves_commands_the_read_model_metrics_and_readiness() {
         assert!(body.contains(metric), "/metrics lacks {metric}:\n{body}");
     }
     assert!(
-        body.contains("annals_projection_events_applied_total{projection=\"lead_summaries\"} 2"),
+        body.contains("annals_projection_events_applied_total{projection=\"lead_summaries\",tenant=\"default\"} 2"),
         "{body}"
     );
 
@@ -334,7 +334,9 @@ async fn the_service_serves_commands_the_read_model_metrics_and_readiness() {
     );
     let (_, body) = call(&addr, "GET", "/metrics", "").await;
     assert!(
-        body.contains("annals_projection_stale{projection=\"lead_summaries\"} 1"),
+        body.contains(
+            "annals_projection_stale{projection=\"lead_summaries\",tenant=\"default\"} 1"
+        ),
         "{body}"
     );
     service.stop().await;

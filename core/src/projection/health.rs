@@ -101,7 +101,11 @@ pub struct HealthCheck<S, B> {
 impl<S: EventStore, B: ProjectionStore> HealthCheck<S, B> {
     /// A health check with the defaults: a projection is stale after 5
     /// minutes of lag, the horizon after 5 minutes held back.
+    ///
+    /// It checks the projections of the event store's tenant: the
+    /// projection store is scoped to it, as a runner scopes its own.
     pub fn new(store: S, projection_store: B) -> Self {
+        let projection_store = projection_store.in_tenant(store.tenant_id().clone());
         HealthCheck {
             store,
             projection_store,
@@ -206,7 +210,7 @@ impl<S: EventStore, B: ProjectionStore> HealthCheck<S, B> {
             dead_letters_pending: pending,
             reason,
         };
-        export(&health);
+        export(&health, self.store.tenant_id().as_str());
         Ok(health)
     }
 
@@ -280,24 +284,21 @@ impl<S: EventStore, B: ProjectionStore> HealthCheck<S, B> {
     }
 }
 
-fn export(h: &ProjectionHealth) {
-    let name = h.name.clone();
-    metrics::gauge!(m::PROJECTION_LAG_SECONDS, "projection" => name.clone()).set(h.lag_seconds);
-    metrics::gauge!(m::PROJECTION_EVENTS_BEHIND, "projection" => name.clone())
-        .set(h.events_behind as f64);
-    metrics::gauge!(m::PROJECTION_STALE, "projection" => name.clone()).set(if h.stale {
-        1.0
-    } else {
-        0.0
-    });
-    metrics::gauge!(m::PROJECTION_FAILED, "projection" => name.clone()).set(
+fn export(h: &ProjectionHealth, tenant: &str) {
+    let (name, tenant) = (h.name.clone(), tenant.to_owned());
+    let labels = [("projection", name.clone()), ("tenant", tenant.clone())];
+    metrics::gauge!(m::PROJECTION_LAG_SECONDS, &labels).set(h.lag_seconds);
+    metrics::gauge!(m::PROJECTION_EVENTS_BEHIND, &labels).set(h.events_behind as f64);
+    metrics::gauge!(m::PROJECTION_STALE, &labels).set(if h.stale { 1.0 } else { 0.0 });
+    metrics::gauge!(m::PROJECTION_FAILED, &labels).set(
         if h.status == Some(ProjectionStatus::Failed) {
             1.0
         } else {
             0.0
         },
     );
-    metrics::gauge!(m::DEAD_LETTERS_PENDING, "handler" => name).set(h.dead_letters_pending as f64);
+    metrics::gauge!(m::DEAD_LETTERS_PENDING, "handler" => name, "tenant" => tenant)
+        .set(h.dead_letters_pending as f64);
 }
 
 /// Whether `horizon` has been held back longer than `threshold` while it

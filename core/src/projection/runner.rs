@@ -399,6 +399,18 @@ where
         self
     }
 
+    /// The `tenant` label of the runner's metrics: its event store's
+    /// tenant (a projection runs per tenant, so each tenant's runner has
+    /// series of its own).
+    fn tenant_label(&self) -> String {
+        self.store.tenant_id().to_string()
+    }
+
+    /// The tenant the runner runs the projection for (its event store's).
+    pub fn tenant_id(&self) -> &crate::TenantId {
+        self.store.tenant_id()
+    }
+
     /// The projection's name.
     pub fn name(&self) -> &str {
         self.projection.name()
@@ -699,7 +711,7 @@ where
                     Item::Undecodable(*event, Error::CorruptedRow { position, message })
                 } else {
                     tracing::warn!(projection = self.name(), position = event.log_position.position, event_type = %event.event_type, %message, "skipping an unreadable row of a type this projection does not read");
-                    metrics::counter!(m::PROJECTION_UNREADABLE_SKIPPED_TOTAL, "projection" => self.name().to_owned())
+                    metrics::counter!(m::PROJECTION_UNREADABLE_SKIPPED_TOTAL, "projection" => self.name().to_owned(), "tenant" => self.tenant_label())
                         .increment(1);
                     Item::Skip(event.log_position, event.recorded_at)
                 }]
@@ -735,10 +747,10 @@ where
             self.export_pending().await;
         }
         s.summary.events_read += n as u64;
-        metrics::histogram!(m::PROJECTION_BATCH_DURATION_SECONDS, "projection" => self.name().to_owned())
+        metrics::histogram!(m::PROJECTION_BATCH_DURATION_SECONDS, "projection" => self.name().to_owned(), "tenant" => self.tenant_label())
             .record(started.elapsed().as_secs_f64());
         let lag = (Utc::now() - last_at).num_milliseconds().max(0) as f64 / 1000.0;
-        metrics::gauge!(m::PROJECTION_LAG_SECONDS, "projection" => self.name().to_owned()).set(lag);
+        metrics::gauge!(m::PROJECTION_LAG_SECONDS, "projection" => self.name().to_owned(), "tenant" => self.tenant_label()).set(lag);
         Ok(n)
     }
 
@@ -1059,7 +1071,7 @@ where
                         position.position,
                     )
                     .await?;
-                metrics::gauge!(m::PROJECTION_FAILED, "projection" => self.name().to_owned())
+                metrics::gauge!(m::PROJECTION_FAILED, "projection" => self.name().to_owned(), "tenant" => self.tenant_label())
                     .set(1.0);
                 let stopped = ProjectionError::Stopped {
                     projection: self.name().to_owned(),
@@ -1094,7 +1106,7 @@ where
         }
         self.projection_store.commit(tx).await?;
         s.position = to;
-        metrics::gauge!(m::PROJECTION_FAILED, "projection" => self.name().to_owned()).set(0.0);
+        metrics::gauge!(m::PROJECTION_FAILED, "projection" => self.name().to_owned(), "tenant" => self.tenant_label()).set(0.0);
         Ok(())
     }
 
@@ -1129,7 +1141,7 @@ where
     fn count_applied(&self, s: &mut Ownership<B::Lease>, n: u64) {
         s.summary.events_applied += n;
         if n > 0 {
-            metrics::counter!(m::PROJECTION_EVENTS_APPLIED_TOTAL, "projection" => self.name().to_owned())
+            metrics::counter!(m::PROJECTION_EVENTS_APPLIED_TOTAL, "projection" => self.name().to_owned(), "tenant" => self.tenant_label())
                 .increment(n);
         }
     }
@@ -1137,14 +1149,14 @@ where
     fn count_parked(&self, s: &mut Ownership<B::Lease>, n: u64, reason: &'static str) {
         s.summary.events_parked += n;
         if n > 0 {
-            metrics::counter!(m::DEAD_LETTERS_PARKED_TOTAL, "handler" => self.name().to_owned(), "reason" => reason)
+            metrics::counter!(m::DEAD_LETTERS_PARKED_TOTAL, "handler" => self.name().to_owned(), "tenant" => self.tenant_label(), "reason" => reason)
                 .increment(n);
         }
     }
 
     fn export_caught_up(&self) {
-        metrics::gauge!(m::PROJECTION_LAG_SECONDS, "projection" => self.name().to_owned()).set(0.0);
-        metrics::gauge!(m::PROJECTION_EVENTS_BEHIND, "projection" => self.name().to_owned())
+        metrics::gauge!(m::PROJECTION_LAG_SECONDS, "projection" => self.name().to_owned(), "tenant" => self.tenant_label()).set(0.0);
+        metrics::gauge!(m::PROJECTION_EVENTS_BEHIND, "projection" => self.name().to_owned(), "tenant" => self.tenant_label())
             .set(0.0);
     }
 
@@ -1154,7 +1166,7 @@ where
             .pending_dead_letters(self.name())
             .await
         {
-            metrics::gauge!(m::DEAD_LETTERS_PENDING, "handler" => self.name().to_owned())
+            metrics::gauge!(m::DEAD_LETTERS_PENDING, "handler" => self.name().to_owned(), "tenant" => self.tenant_label())
                 .set(n as f64);
         }
     }
@@ -1224,7 +1236,7 @@ where
                 Ok(()) => {
                     self.projection_store.resolve_dead_letter(&mut tx, id).await?;
                     self.projection_store.commit(tx).await?;
-                    metrics::counter!(m::DEAD_LETTERS_REPLAYED_TOTAL, "handler" => self.name().to_owned(), "outcome" => "resolved")
+                    metrics::counter!(m::DEAD_LETTERS_REPLAYED_TOTAL, "handler" => self.name().to_owned(), "tenant" => self.tenant_label(), "outcome" => "resolved")
                         .increment(1);
                     tracing::info!(
                         projection = self.name(),
@@ -1244,7 +1256,7 @@ where
                 &crate::store::limits::stored_error_text(error.to_string()),
             )
             .await?;
-        metrics::counter!(m::DEAD_LETTERS_REPLAYED_TOTAL, "handler" => self.name().to_owned(), "outcome" => "failed")
+        metrics::counter!(m::DEAD_LETTERS_REPLAYED_TOTAL, "handler" => self.name().to_owned(), "tenant" => self.tenant_label(), "outcome" => "failed")
             .increment(1);
         tracing::warn!(projection = self.name(), dead_letter = id, error = %error, "dead letter replay failed");
         Ok(ReplayOutcome::Failed(error))

@@ -5,10 +5,10 @@ mod plan_tests {
     use crate::testing::TestDatabase;
     use sqlx::AssertSqlSafe;
 
-    /// Every stream read stays on the `(stream_id, stream_version)` index,
+    /// Every stream read stays on the `(tenant_id, stream_id, stream_version)` index,
     /// in custom and in generic plans, on a table whose statistics tempt the
     /// planner into a bitmap scan and a sort (a few big streams); the log
-    /// read stays on the `(transaction_id, position)` index.
+    /// read stays on the `(tenant_id, transaction_id, position)` index.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn reads_keep_their_index_plans() {
         let db = TestDatabase::new().await;
@@ -37,10 +37,10 @@ mod plan_tests {
         // the arguments and index of every statement that reads events
         let reads = |file: &str| match file {
             "read_stream.sql" | "read_payloads.sql" | "read_full_payloads.sql" => {
-                Some(("('big-a', 1, NULL)", stream_index))
+                Some(("('big-a', 1, NULL, 'default')", stream_index))
             }
-            "load_snapshot_and_events.sql" => Some(("('lead', 'big-a')", stream_index)),
-            "read_log.sql" => Some(("('0', 0, 1000)", log_index)),
+            "load_snapshot_and_events.sql" => Some(("('lead', 'big-a', 'default')", stream_index)),
+            "read_log.sql" => Some(("('0', 0, 1000, 'default')", log_index)),
             _ => None,
         };
         let statements: Vec<_> = sql::ALL

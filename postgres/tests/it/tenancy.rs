@@ -263,6 +263,9 @@ impl Projection for Counter {
         conn: &mut PgConnection,
         e: &Envelope<TestEvent>,
     ) -> Result<(), HandlerError> {
+        if matches!(&e.payload, TestEvent::Created(c) if c.name == "poison") {
+            return Err(HandlerError::event(format!("cannot count {}", e.stream_id)));
+        }
         sqlx::query(
             "INSERT INTO counts (tenant_id, n) VALUES ($1, 1)
              ON CONFLICT (tenant_id) DO UPDATE SET n = counts.n + 1",
@@ -464,4 +467,128 @@ async fn tenants_across_two_servers_and_one_restarts() {
         horizon.unwrap_or_else(|e| panic!("the horizon of server {name}: {e}"));
     }
     drop((pg_one, pg_two));
+}
+
+/// Every row of `tenant` in every annals table (and the read model), as
+/// text, in a fixed order: what "byte-identical" compares.
+async fn rows_of(pool: &sqlx::PgPool, tenant: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for table in [
+        "annals_events",
+        "annals_snapshots",
+        "annals_projection_checkpoints",
+        "annals_dead_letters",
+        "annals_sagas",
+        "annals_saga_outbox",
+        "annals_subject_keys",
+        "counts",
+    ] {
+        let rows: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT t::text FROM {table} t WHERE tenant_id = $1 ORDER BY t::text"
+        )))
+        .bind(tenant)
+        .fetch_all(pool)
+        .await
+        .unwrap_or_else(|e| panic!("{table}: {e}"));
+        out.extend(rows.into_iter().map(|r| format!("{table}: {r}")));
+    }
+    out
+}
+
+/// The operations an operator runs on one tenant (a rebuild, a replay and
+/// a discard of dead letters, a pause and a resume) leave every row of
+/// another tenant byte-identical, and a handle of one tenant cannot touch
+/// the other's dead letters by id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_on_one_tenant_leave_another_s_rows_byte_identical() {
+    use annals_core::dead_letter::{DeadLetterQuery, DeadLetterStore as _};
+    use annals_core::projection::ReplayOutcome;
+    use annals_core::ProjectionStore as _;
+
+    let db = TestDatabase::new().await;
+    sqlx::query("CREATE TABLE counts (tenant_id text PRIMARY KEY, n int NOT NULL)")
+        .execute(db.pool())
+        .await
+        .expect("read model table");
+    let store = db.store().await;
+    let projections = PgProjectionStore::new(db.pool().clone());
+    let runner = |t: &str| {
+        ProjectionRunner::new(
+            store.tenant(t).expect("tenant"),
+            projections.clone(),
+            Arc::new(Counter),
+        )
+    };
+    for t in ["clinic-a", "clinic-b"] {
+        let scoped = store.tenant(t).expect("tenant");
+        for (stream, name) in [("lead-1", "ana"), ("lead-2", "poison"), ("lead-3", "bo")] {
+            scoped
+                .append_events(
+                    stream,
+                    ExpectedVersion::NoStream,
+                    &[created(name)],
+                    &Metadata::new(),
+                )
+                .await
+                .expect("append");
+        }
+        runner(t).catch_up().await.expect("catch up");
+    }
+    let b_before = rows_of(db.pool(), "clinic-b").await;
+    assert!(
+        b_before
+            .iter()
+            .any(|r| r.starts_with("annals_dead_letters")),
+        "b has a dead letter"
+    );
+    assert!(
+        b_before.iter().any(|r| r.starts_with("counts")),
+        "b has a read model row"
+    );
+
+    let a = projections.in_tenant(TenantId::new("clinic-a").expect("tenant"));
+    let b = projections.in_tenant(TenantId::new("clinic-b").expect("tenant"));
+    let letter_of = |p: &PgProjectionStore| {
+        let p = p.clone();
+        async move {
+            p.list_dead_letters(&DeadLetterQuery::pending("counter"))
+                .await
+                .expect("list")
+                .remove(0)
+                .id
+        }
+    };
+    let (a_letter, b_letter) = (letter_of(&a).await, letter_of(&b).await);
+    // a's handle does not see, replay or discard b's dead letter
+    assert!(a.dead_letter(b_letter).await.expect("read").is_none());
+    assert!(!a
+        .discard_dead_letter(b_letter, "not mine")
+        .await
+        .expect("discard"));
+    assert!(
+        matches!(
+            runner("clinic-a").replay(b_letter).await.expect("replay"),
+            ReplayOutcome::NotPending
+        ),
+        "a's runner does not replay b's letter"
+    );
+    // a's operations on a's rows
+    assert!(matches!(
+        runner("clinic-a").replay(a_letter).await.expect("replay"),
+        ReplayOutcome::Failed(_)
+    ));
+    assert!(a
+        .discard_dead_letter(a_letter, "poison")
+        .await
+        .expect("discard"));
+    assert!(a.pause("counter").await.expect("pause"));
+    assert!(a.resume("counter").await.expect("resume"));
+    runner("clinic-a").rebuild().await.expect("rebuild a");
+
+    assert_eq!(
+        rows_of(db.pool(), "clinic-b").await,
+        b_before,
+        "b's rows are byte-identical"
+    );
+    assert!(b.dead_letter(b_letter).await.expect("read").is_some());
 }
