@@ -8,6 +8,10 @@
 //!   the baseline: a SELECT of the stream's payloads and a plain INSERT on
 //!   a connection each task holds for the whole run);
 //! - 100-event appends against one 100-row INSERT (UNNEST);
+//! - tenants: the same commands (8 tasks, group commit) spread over 100
+//!   tenants against one tenant, and over 100 tenants on two servers
+//!   (each a durable server of its own, tenants placed by `TenantRouter`)
+//!   against the same on one of them;
 //! - wake-up: append committed → live projection's `apply` called, with
 //!   the runner on the appending store (same process) and on a second
 //!   store with its own pool (shares nothing in memory with the writer:
@@ -25,8 +29,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use annals::postgres::sqlx::{self, types::Json, PgConnection, PgPool, Row};
-use annals::postgres::testing::TestDatabase;
+use annals::postgres::testing::{PgServer, TestDatabase};
 use annals::postgres::{PgEventStore, PgProjectionStore};
+use annals::tenant::TenantRouter;
 use annals::{
     Envelope, EventStore, EventStoreExt, ExpectedVersion, HandlerError, Metadata, NewEvent,
     Projection, ProjectionRunner, Repository,
@@ -311,6 +316,159 @@ async fn commands(db: &TestDatabase, side: Side, tasks: usize, run: usize) -> Ve
     all
 }
 
+// --- tenants ------------------------------------------------------------------------
+
+/// A tenant's id in the tenant rows (`default` when there is one tenant).
+fn tenant_name(tenants: usize, t: usize) -> String {
+    if tenants == 1 {
+        "default".to_owned()
+    } else {
+        format!("clinic-{t}")
+    }
+}
+
+/// An event store on `options` for the tenant rows (group commit on, a
+/// pool of `tasks` connections).
+async fn tenant_server(options: sqlx::postgres::PgConnectOptions, tasks: usize) -> PgEventStore {
+    let pool = annals::postgres::PoolConfig::from_options(options)
+        .max_connections(tasks as u32)
+        .connect()
+        .await
+        .expect("pool");
+    annals::postgres::migrate(&pool).await.expect("migrate");
+    PgEventStore::builder(pool)
+        .register::<LeadEvent>()
+        .build()
+        .await
+        .expect("store")
+}
+
+/// The command workload from `tasks` tasks, aggregate `a` in tenant
+/// `a % tenants`, each tenant on the server `router` gives it.
+async fn tenant_commands(
+    router: &TenantRouter<PgEventStore>,
+    tenants: usize,
+    tasks: usize,
+    run: usize,
+) -> Vec<Duration> {
+    let repos: Arc<Vec<Repository<Lead, PgEventStore>>> = Arc::new(
+        (0..tenants)
+            .map(|t| {
+                let store = router.tenant(&tenant_name(tenants, t)).expect("tenant");
+                Repository::<Lead, _>::new(store)
+            })
+            .collect(),
+    );
+    let meta = Metadata::new().with_user("bench");
+    let mut handles = Vec::new();
+    for t in 0..tasks {
+        let (repos, meta) = (repos.clone(), meta.clone());
+        handles.push(tokio::spawn(async move {
+            let mine: Vec<usize> = (t..AGGREGATES).step_by(tasks).collect();
+            let mut latencies = Vec::with_capacity(mine.len() * COMMANDS);
+            for c in 0..COMMANDS {
+                for &a in &mine {
+                    let started = Instant::now();
+                    let done = repos[a % tenants]
+                        .execute(&format!("r{run}-{a}"), &Score(scored(a + c)), &meta)
+                        .await
+                        .expect("execute");
+                    assert_eq!(done.version, c as u64 + 1);
+                    latencies.push(started.elapsed());
+                }
+            }
+            latencies
+        }));
+    }
+    let mut all = Vec::new();
+    for h in handles {
+        all.extend(h.await.expect("task"));
+    }
+    all
+}
+
+/// The tenant rows: 100 tenants against one on the bench's server; then
+/// 100 tenants on two servers against the same on one of them.
+async fn tenant_rows(db: &TestDatabase) {
+    const TASKS: usize = 8;
+    const TENANTS: usize = 100;
+    let admin = db.pool().clone();
+    let one = TenantRouter::builder()
+        .server("bench", tenant_server(db.connect_options(), TASKS).await)
+        .build()
+        .expect("router");
+    let (mut many, mut single) = (Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        let run = 50_000 + round * 10;
+        single.push(measure(&admin, 1.0, || tenant_commands(&one, 1, TASKS, run)).await);
+        many.push(
+            measure(&admin, 1.0, || {
+                tenant_commands(&one, TENANTS, TASKS, run + 1)
+            })
+            .await,
+        );
+    }
+    // ≤ 1.1x the time: ≥ 1/1.1 of the throughput
+    report(
+        "command, 8 tasks, 100 tenants vs one tenant",
+        "cmd",
+        &many,
+        &single,
+        Some(1.0 / 1.1),
+    );
+
+    let (pg_a, pg_b) = (PgServer::start(), PgServer::start());
+    let options = |pg: &PgServer| {
+        <sqlx::postgres::PgConnectOptions as std::str::FromStr>::from_str(&pg.url()).expect("url")
+    };
+    let (a, b) = (
+        tenant_server(options(&pg_a), TASKS).await,
+        tenant_server(options(&pg_b), TASKS).await,
+    );
+    let single_server = TenantRouter::builder()
+        .server("a", a.clone())
+        .build()
+        .expect("router");
+    let both = TenantRouter::builder()
+        .server("a", a.clone())
+        .server("b", b)
+        .build()
+        .expect("router");
+    let on_a = (0..TENANTS)
+        .filter(|t| {
+            let t = annals::TenantId::new(&tenant_name(TENANTS, *t)).expect("tenant");
+            both.server_of(&t) == "a"
+        })
+        .count();
+    println!("two servers: {on_a} of {TENANTS} tenants on server a");
+    // WAL flushes are counted on server a only here: read them per server
+    let a_pool = a.pool().clone();
+    let (mut two, mut one_of_two) = (Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        let run = 60_000 + round * 10;
+        one_of_two.push(
+            measure(&a_pool, 1.0, || {
+                tenant_commands(&single_server, TENANTS, TASKS, run)
+            })
+            .await,
+        );
+        two.push(
+            measure(&a_pool, 1.0, || {
+                tenant_commands(&both, TENANTS, TASKS, run + 1)
+            })
+            .await,
+        );
+    }
+    report(
+        "command, 8 tasks, 100 tenants, 2 servers vs 1",
+        "cmd",
+        &two,
+        &one_of_two,
+        Some(1.7),
+    );
+    drop((pg_a, pg_b));
+}
+
 // --- 100-event appends -----------------------------------------------------------
 
 const INSERT_MANY: &str = "INSERT INTO annals_events (event_id, stream_id, stream_version, event_type, schema_version, payload, metadata)
@@ -515,6 +673,10 @@ fn main() {
                     (i == 0).then_some(target),
                 );
             }
+        }
+
+        if !skip.contains("tenants") {
+            tenant_rows(&db).await;
         }
 
         if !skip.contains("big") {

@@ -1,25 +1,14 @@
-DROP POLICY annals_tenant ON annals_saga_outbox;
-ALTER TABLE annals_saga_outbox NO FORCE ROW LEVEL SECURITY;
-ALTER TABLE annals_saga_outbox DISABLE ROW LEVEL SECURITY;
-DROP POLICY annals_tenant ON annals_sagas;
-ALTER TABLE annals_sagas NO FORCE ROW LEVEL SECURITY;
-ALTER TABLE annals_sagas DISABLE ROW LEVEL SECURITY;
-DROP POLICY annals_tenant ON annals_subject_keys;
-ALTER TABLE annals_subject_keys NO FORCE ROW LEVEL SECURITY;
-ALTER TABLE annals_subject_keys DISABLE ROW LEVEL SECURITY;
-DROP POLICY annals_tenant ON annals_dead_letters;
-ALTER TABLE annals_dead_letters NO FORCE ROW LEVEL SECURITY;
-ALTER TABLE annals_dead_letters DISABLE ROW LEVEL SECURITY;
-DROP POLICY annals_tenant ON annals_projection_checkpoints;
-ALTER TABLE annals_projection_checkpoints NO FORCE ROW LEVEL SECURITY;
-ALTER TABLE annals_projection_checkpoints DISABLE ROW LEVEL SECURITY;
-DROP POLICY annals_tenant ON annals_snapshots;
-ALTER TABLE annals_snapshots NO FORCE ROW LEVEL SECURITY;
-ALTER TABLE annals_snapshots DISABLE ROW LEVEL SECURITY;
-DROP POLICY annals_tenant ON annals_events;
-ALTER TABLE annals_events NO FORCE ROW LEVEL SECURITY;
-ALTER TABLE annals_events DISABLE ROW LEVEL SECURITY;
-
+DO $$
+DECLARE
+    t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['annals_saga_outbox', 'annals_sagas', 'annals_subject_keys', 'annals_dead_letters', 'annals_projection_checkpoints', 'annals_snapshots', 'annals_events'] LOOP
+        EXECUTE format('DROP POLICY annals_tenant ON %I', t);
+        EXECUTE format('ALTER TABLE %I NO FORCE ROW LEVEL SECURITY', t);
+        EXECUTE format('ALTER TABLE %I DISABLE ROW LEVEL SECURITY', t);
+    END LOOP;
+END
+$$;
 -- fails while two tenants have a saga of the same type and correlation
 -- id, or a command of the same idempotency key
 DROP INDEX annals_saga_outbox_saga;

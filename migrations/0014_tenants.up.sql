@@ -106,58 +106,21 @@ CREATE INDEX annals_saga_outbox_undispatched
 DROP INDEX annals_saga_outbox_saga;
 CREATE INDEX annals_saga_outbox_saga ON annals_saga_outbox (tenant_id, saga_id);
 
-ALTER TABLE annals_events ENABLE ROW LEVEL SECURITY;
-ALTER TABLE annals_events FORCE ROW LEVEL SECURITY;
-CREATE POLICY annals_tenant ON annals_events
-    USING (tenant_id = current_setting('annals.tenant', true)
-           OR current_setting('annals.tenant', true) = '*')
-    WITH CHECK (tenant_id = current_setting('annals.tenant', true)
-                OR current_setting('annals.tenant', true) = '*');
-
-ALTER TABLE annals_snapshots ENABLE ROW LEVEL SECURITY;
-ALTER TABLE annals_snapshots FORCE ROW LEVEL SECURITY;
-CREATE POLICY annals_tenant ON annals_snapshots
-    USING (tenant_id = current_setting('annals.tenant', true)
-           OR current_setting('annals.tenant', true) = '*')
-    WITH CHECK (tenant_id = current_setting('annals.tenant', true)
-                OR current_setting('annals.tenant', true) = '*');
-
-ALTER TABLE annals_projection_checkpoints ENABLE ROW LEVEL SECURITY;
-ALTER TABLE annals_projection_checkpoints FORCE ROW LEVEL SECURITY;
-CREATE POLICY annals_tenant ON annals_projection_checkpoints
-    USING (tenant_id = current_setting('annals.tenant', true)
-           OR current_setting('annals.tenant', true) = '*')
-    WITH CHECK (tenant_id = current_setting('annals.tenant', true)
-                OR current_setting('annals.tenant', true) = '*');
-
-ALTER TABLE annals_dead_letters ENABLE ROW LEVEL SECURITY;
-ALTER TABLE annals_dead_letters FORCE ROW LEVEL SECURITY;
-CREATE POLICY annals_tenant ON annals_dead_letters
-    USING (tenant_id = current_setting('annals.tenant', true)
-           OR current_setting('annals.tenant', true) = '*')
-    WITH CHECK (tenant_id = current_setting('annals.tenant', true)
-                OR current_setting('annals.tenant', true) = '*');
-
-ALTER TABLE annals_subject_keys ENABLE ROW LEVEL SECURITY;
-ALTER TABLE annals_subject_keys FORCE ROW LEVEL SECURITY;
-CREATE POLICY annals_tenant ON annals_subject_keys
-    USING (tenant_id = current_setting('annals.tenant', true)
-           OR current_setting('annals.tenant', true) = '*')
-    WITH CHECK (tenant_id = current_setting('annals.tenant', true)
-                OR current_setting('annals.tenant', true) = '*');
-
-ALTER TABLE annals_sagas ENABLE ROW LEVEL SECURITY;
-ALTER TABLE annals_sagas FORCE ROW LEVEL SECURITY;
-CREATE POLICY annals_tenant ON annals_sagas
-    USING (tenant_id = current_setting('annals.tenant', true)
-           OR current_setting('annals.tenant', true) = '*')
-    WITH CHECK (tenant_id = current_setting('annals.tenant', true)
-                OR current_setting('annals.tenant', true) = '*');
-
-ALTER TABLE annals_saga_outbox ENABLE ROW LEVEL SECURITY;
-ALTER TABLE annals_saga_outbox FORCE ROW LEVEL SECURITY;
-CREATE POLICY annals_tenant ON annals_saga_outbox
-    USING (tenant_id = current_setting('annals.tenant', true)
-           OR current_setting('annals.tenant', true) = '*')
-    WITH CHECK (tenant_id = current_setting('annals.tenant', true)
-                OR current_setting('annals.tenant', true) = '*');
+-- The same policy on every tenant table.
+DO $$
+DECLARE
+    t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['annals_events', 'annals_snapshots', 'annals_projection_checkpoints', 'annals_dead_letters', 'annals_subject_keys', 'annals_sagas', 'annals_saga_outbox'] LOOP
+        EXECUTE format('ALTER TABLE %I ENABLE ROW LEVEL SECURITY', t);
+        EXECUTE format('ALTER TABLE %I FORCE ROW LEVEL SECURITY', t);
+        EXECUTE format(
+            $policy$CREATE POLICY annals_tenant ON %I
+                USING (tenant_id = current_setting('annals.tenant', true)
+                       OR current_setting('annals.tenant', true) = '*')
+                WITH CHECK (tenant_id = current_setting('annals.tenant', true)
+                            OR current_setting('annals.tenant', true) = '*')$policy$,
+            t);
+    END LOOP;
+END
+$$;

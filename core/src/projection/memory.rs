@@ -11,6 +11,7 @@ use crate::dead_letter::{
 };
 use crate::projection::store::{Checkpoint, Lease, ProjectionStatus, ProjectionStore};
 use crate::store::limits::check_projection_name;
+use crate::tenant::PerTenant;
 use crate::{projection::InMemoryConn, Error, LogPosition, TenantId};
 
 /// The embedded projection store, with the semantics of the Postgres one:
@@ -27,7 +28,7 @@ pub struct InMemoryProjectionStore {
     shared: Arc<Mutex<State>>,
     tenant: TenantId,
     /// Every tenant's state, for [`ProjectionStore::in_tenant`].
-    tenants: Arc<Mutex<HashMap<TenantId, Arc<Mutex<State>>>>>,
+    tenants: PerTenant<State>,
 }
 
 #[derive(Debug, Default)]
@@ -115,13 +116,12 @@ impl Default for InMemoryProjectionStore {
 impl InMemoryProjectionStore {
     /// An empty store, scoped to the default tenant.
     pub fn new() -> Self {
-        let shared = Arc::default();
+        let tenants = PerTenant::new();
         let tenant = TenantId::default();
-        let tenants = HashMap::from([(tenant.clone(), Arc::clone(&shared))]);
         InMemoryProjectionStore {
-            shared,
+            shared: tenants.of(&tenant),
             tenant,
-            tenants: Arc::new(Mutex::new(tenants)),
+            tenants,
         }
     }
 
@@ -227,15 +227,8 @@ impl ProjectionStore for InMemoryProjectionStore {
     }
 
     fn in_tenant(&self, tenant: TenantId) -> Self {
-        let shared = self
-            .tenants
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(tenant.clone())
-            .or_default()
-            .clone();
         InMemoryProjectionStore {
-            shared,
+            shared: self.tenants.of(&tenant),
             tenant,
             tenants: self.tenants.clone(),
         }

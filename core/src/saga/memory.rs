@@ -10,6 +10,7 @@ use super::{
     SagaStore,
 };
 use crate::projection::InMemoryConn;
+use crate::tenant::PerTenant;
 use crate::TenantId;
 
 /// Sagas and their outbox in memory: the embedded default, with the
@@ -34,7 +35,7 @@ pub struct InMemorySagaStore {
     state: Arc<Mutex<State>>,
     tenant: TenantId,
     /// Every tenant's, for [`SagaStore::in_tenant`].
-    tenants: Arc<Mutex<HashMap<TenantId, Arc<Mutex<State>>>>>,
+    tenants: PerTenant<State>,
 }
 
 impl Default for InMemorySagaStore {
@@ -69,13 +70,12 @@ fn after(now: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
 impl InMemorySagaStore {
     /// An empty store, scoped to the default tenant.
     pub fn new() -> Self {
-        let state = Arc::default();
+        let tenants = PerTenant::new();
         let tenant = TenantId::default();
-        let tenants = HashMap::from([(tenant.clone(), Arc::clone(&state))]);
         InMemorySagaStore {
-            state,
+            state: tenants.of(&tenant),
             tenant,
-            tenants: Arc::new(Mutex::new(tenants)),
+            tenants,
         }
     }
 
@@ -186,15 +186,8 @@ impl SagaStore for InMemorySagaStore {
     }
 
     fn in_tenant(&self, tenant: TenantId) -> Self {
-        let state = self
-            .tenants
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(tenant.clone())
-            .or_default()
-            .clone();
         InMemorySagaStore {
-            state,
+            state: self.tenants.of(&tenant),
             tenant,
             tenants: self.tenants.clone(),
         }

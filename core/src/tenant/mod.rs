@@ -92,6 +92,37 @@ impl AsRef<str> for TenantId {
     }
 }
 
+/// Each tenant's state of an in-memory store, shared by all the store's
+/// handles (clones and [`in_tenant`](crate::EventStore::in_tenant) scopes).
+#[derive(Debug)]
+pub(crate) struct PerTenant<T> {
+    map: Arc<std::sync::Mutex<std::collections::HashMap<TenantId, Arc<std::sync::Mutex<T>>>>>,
+}
+
+impl<T> Clone for PerTenant<T> {
+    fn clone(&self) -> Self {
+        PerTenant {
+            map: self.map.clone(),
+        }
+    }
+}
+
+impl<T: Default> PerTenant<T> {
+    /// No tenant yet.
+    pub(crate) fn new() -> Self {
+        PerTenant {
+            map: Arc::default(),
+        }
+    }
+
+    /// `tenant`'s state, created empty on first use.
+    pub(crate) fn of(&self, tenant: &TenantId) -> Arc<std::sync::Mutex<T>> {
+        // a panic while holding the map leaves it whole: one insert
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(tenant.clone()).or_default().clone()
+    }
+}
+
 /// Checks a tenant id (see [`TenantId`]).
 pub fn check_tenant(id: &str) -> Result<(), InvalidInput> {
     if id.is_empty() {
