@@ -44,7 +44,18 @@ pub struct SpanRecorder {
     provider: SdkTracerProvider,
     spans: Arc<Mutex<Vec<SpanData>>>,
     _guard: tracing::subscriber::DefaultGuard,
+    /// Dropped last, after the subscriber: see [`RECORDING`].
+    _serial: std::sync::MutexGuard<'static, ()>,
 }
+
+/// One recorder at a time in a process. `tracing` caches each callsite's
+/// interest across threads and rebuilds it when a subscriber comes or
+/// goes; two thread-local subscribers coming and going at once on
+/// parallel test threads can leave a callsite disabled for one of them.
+/// That is the likely cause of a `process` span missing from a recording,
+/// seen once in CI while two recording tests ran at once (not reproduced
+/// in five runs alone). Tests that record take turns; other tests run on.
+static RECORDING: Mutex<()> = Mutex::new(());
 
 #[derive(Debug, Clone)]
 struct Exporter(Arc<Mutex<Vec<SpanData>>>);
@@ -60,6 +71,9 @@ impl SpanRecorder {
     /// Starts recording (a `tracing-opentelemetry` layer over an in-memory
     /// exporter, the default subscriber of this thread).
     pub fn install() -> Self {
+        // a test that panicked while recording poisons it; the lock
+        // guards nothing but the turn
+        let serial = RECORDING.lock().unwrap_or_else(|p| p.into_inner());
         let spans = Arc::new(Mutex::new(Vec::new()));
         let provider = SdkTracerProvider::builder()
             .with_simple_exporter(Exporter(spans.clone()))
@@ -70,6 +84,7 @@ impl SpanRecorder {
             provider,
             spans,
             _guard: tracing::subscriber::set_default(subscriber),
+            _serial: serial,
         }
     }
 
