@@ -108,6 +108,27 @@ pub fn find<'a>(spans: &'a [SpanData], name: &str, nth: usize) -> &'a SpanData {
         })
 }
 
+/// Every span's name, ids, parent and links, for a failure message.
+fn dump(spans: &[SpanData]) -> String {
+    spans
+        .iter()
+        .map(|s| {
+            let links: Vec<String> = s
+                .links
+                .iter()
+                .map(|l| format!("{:?}", l.span_context.span_id()))
+                .collect();
+            format!(
+                "\n  {} {:?} (trace {:?}) parent {:?} links {links:?}",
+                s.name,
+                s.span_context.span_id(),
+                s.span_context.trace_id(),
+                s.parent_span_id
+            )
+        })
+        .collect()
+}
+
 fn assert_parent(child: &SpanData, parent: &SpanData) {
     assert_eq!(
         child.parent_span_id,
@@ -445,7 +466,12 @@ where
                             && l.span_context.trace_id() == append.trace_id()
                     }))
         });
-        assert!(reached, "no projection span reaches append #{i}");
+        assert!(
+            reached,
+            "no projection span reaches append #{i} ({:?}); spans: {}",
+            append.span_id(),
+            dump(&spans)
+        );
         let step = spans
             .iter()
             .find(|s| s.name == "process saga:fulfil" && s.parent_span_id == append.span_id());
