@@ -1,6 +1,6 @@
 //! Tenants: every stream, event and snapshot belongs to one.
 //!
-//! A store handle is scoped to one tenant ([`TenantId::DEFAULT`] unless the
+//! A store handle is scoped to one tenant ([`TenantId::DEFAULT_NAME`] unless the
 //! application asks for another): it reads and writes only that tenant's
 //! rows, so stream names may repeat across tenants and no call through the
 //! handle can see another tenant's data. On Postgres every statement names

@@ -44,18 +44,54 @@ pub struct SpanRecorder {
     provider: SdkTracerProvider,
     spans: Arc<Mutex<Vec<SpanData>>>,
     _guard: tracing::subscriber::DefaultGuard,
-    /// Dropped last, after the subscriber: see [`RECORDING`].
+    /// Dropped last, after the subscriber: one recorder at a time.
     _serial: std::sync::MutexGuard<'static, ()>,
 }
 
-/// One recorder at a time in a process. `tracing` caches each callsite's
-/// interest across threads and rebuilds it when a subscriber comes or
-/// goes; two thread-local subscribers coming and going at once on
-/// parallel test threads can leave a callsite disabled for one of them.
-/// That is the likely cause of a `process` span missing from a recording,
-/// seen once in CI while two recording tests ran at once (not reproduced
-/// in five runs alone). Tests that record take turns; other tests run on.
+/// One recorder at a time in a process: a test that records takes its
+/// turn; other tests run on.
 static RECORDING: Mutex<()> = Mutex::new(());
+
+/// The process' global subscriber while recorders are in use: it records
+/// nothing, but answers "sometimes" for every callsite. `tracing` caches
+/// each callsite's interest over the subscribers that exist when the
+/// callsite is first hit; a test thread that hit a callsite (a `process`
+/// span, say) while the recorder of another thread was being installed
+/// could cache "never" for it, and the recorder then missed that span:
+/// the likely cause of a trace test that lost a span in two CI runs of
+/// three, and once in three full runs under CPU load here. With this
+/// subscriber always there, no callsite is ever cached as "never": each
+/// span asks the current thread's subscriber.
+struct Undecided;
+
+impl tracing::Subscriber for Undecided {
+    fn register_callsite(
+        &self,
+        _: &'static tracing::Metadata<'static>,
+    ) -> tracing::subscriber::Interest {
+        tracing::subscriber::Interest::sometimes()
+    }
+
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        false
+    }
+
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+
+    fn event(&self, _: &tracing::Event<'_>) {}
+
+    fn enter(&self, _: &tracing::span::Id) {}
+
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+static UNDECIDED: std::sync::Once = std::sync::Once::new();
 
 #[derive(Debug, Clone)]
 struct Exporter(Arc<Mutex<Vec<SpanData>>>);
@@ -74,6 +110,13 @@ impl SpanRecorder {
         // a test that panicked while recording poisons it; the lock
         // guards nothing but the turn
         let serial = RECORDING.lock().unwrap_or_else(|p| p.into_inner());
+        UNDECIDED.call_once(|| {
+            // an application's own global subscriber, if it set one first,
+            // stays (and then decides the interest itself)
+            if tracing::subscriber::set_global_default(Undecided).is_ok() {
+                tracing::callsite::rebuild_interest_cache();
+            }
+        });
         let spans = Arc::new(Mutex::new(Vec::new()));
         let provider = SdkTracerProvider::builder()
             .with_simple_exporter(Exporter(spans.clone()))
@@ -475,7 +518,13 @@ where
         let step = spans
             .iter()
             .find(|s| s.name == "process saga:fulfil" && s.parent_span_id == append.span_id());
-        let step = step.unwrap_or_else(|| panic!("no saga step under append #{i}"));
+        let step = step.unwrap_or_else(|| {
+            panic!(
+                "no saga step under append #{i} ({:?}); spans: {}",
+                append.span_id(),
+                dump(&spans)
+            )
+        });
         assert_eq!(step.span_context.trace_id(), append.trace_id());
     }
 }
