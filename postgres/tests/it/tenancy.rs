@@ -286,17 +286,25 @@ impl Projection for Counter {
 }
 
 async fn server(pg: &PgServer) -> Server {
-    let pool = PoolConfig::from_url(&pg.url())
+    server_at(&pg.url(), true).await
+}
+
+/// The server at `url` (migrated, with the `counts` read model when
+/// `create`: the first process to use it).
+async fn server_at(url: &str, create: bool) -> Server {
+    let pool = PoolConfig::from_url(url)
         .expect("url")
         .max_connections(4)
         .connect()
         .await
         .expect("connect");
-    annals_postgres::migrate(&pool).await.expect("migrate");
-    sqlx::query("CREATE TABLE counts (tenant_id text PRIMARY KEY, n int NOT NULL)")
-        .execute(&pool)
-        .await
-        .expect("read model table");
+    if create {
+        annals_postgres::migrate(&pool).await.expect("migrate");
+        sqlx::query("CREATE TABLE counts (tenant_id text PRIMARY KEY, n int NOT NULL)")
+            .execute(&pool)
+            .await
+            .expect("read model table");
+    }
     Server {
         events: PgEventStore::builder(pool.clone())
             .build()
@@ -304,6 +312,17 @@ async fn server(pg: &PgServer) -> Server {
             .expect("store"),
         projections: PgProjectionStore::new(pool),
     }
+}
+
+/// The router of the two-server tests: servers `one` and `two` at
+/// `urls`, `clinic-pinned` on `two`.
+fn router_of(one: Server, two: Server) -> TenantRouter<Server> {
+    TenantRouter::builder()
+        .server("one", one)
+        .server("two", two)
+        .place("clinic-pinned", "two")
+        .build()
+        .expect("router")
 }
 
 /// Appends one event to the tenant's `lead-1`, retrying what a restarted
@@ -346,12 +365,7 @@ async fn counted(server: &Server, tenant: &TenantId) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenants_across_two_servers_and_one_restarts() {
     let (pg_one, pg_two) = (PgServer::start(), PgServer::start());
-    let router = TenantRouter::builder()
-        .server("one", server(&pg_one).await)
-        .server("two", server(&pg_two).await)
-        .place("clinic-pinned", "two")
-        .build()
-        .expect("router");
+    let router = router_of(server(&pg_one).await, server(&pg_two).await);
     let tenants: Vec<TenantId> = (0..8)
         .map(|i| TenantId::new(&format!("clinic-{i}")).expect("tenant"))
         .chain([TenantId::new("clinic-pinned").expect("tenant")])
@@ -591,4 +605,134 @@ async fn operations_on_one_tenant_leave_another_s_rows_byte_identical() {
         "b's rows are byte-identical"
     );
     assert!(b.dead_letter(b_letter).await.expect("read").is_some());
+}
+
+/// The child processes' instructions: the two servers' URLs, the
+/// tenants, and the file whose existence tells them to stop.
+const CHILD: &str = "ANNALS_TENANCY_CHILD";
+
+/// Run by `several_processes_per_server_apply_each_event_once` in child
+/// processes: runs the counter projection of every tenant, each on its
+/// tenant's server, until the stop file appears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a helper: several_processes_per_server_apply_each_event_once runs it in child processes"]
+async fn child_runs_every_tenant_s_projection() {
+    let spec =
+        std::env::var(CHILD).expect("run by several_processes_per_server_apply_each_event_once");
+    let parts: Vec<&str> = spec.split(' ').collect();
+    let [one, two, tenants, stop] = parts[..] else {
+        panic!("{CHILD} is `one-url two-url tenants stop-file`: {spec}");
+    };
+    let router = router_of(server_at(one, false).await, server_at(two, false).await);
+    let mut handles = Vec::new();
+    for t in tenants.split(',') {
+        let t = TenantId::new(t).expect("tenant");
+        let runner = ProjectionRunner::new(
+            router.events(&t),
+            router.route(&t).1.projections.clone(),
+            Arc::new(Counter),
+        )
+        .poll_interval(Duration::from_millis(50))
+        .takeover_interval(Duration::from_millis(50));
+        handles.push(runner.spawn());
+    }
+    while !std::path::Path::new(stop).exists() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for h in handles {
+        h.stop().await.expect("a runner stopped cleanly");
+    }
+}
+
+/// Two servers, three OS processes each running every tenant's
+/// projection (so each projection of each tenant has three candidate
+/// owners across processes, one of them killed halfway): every event of
+/// every tenant is applied exactly once, on its tenant's server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_processes_per_server_apply_each_event_once() {
+    const EVENTS: u64 = 20;
+    let (pg_one, pg_two) = (PgServer::start(), PgServer::start());
+    let router = router_of(server(&pg_one).await, server(&pg_two).await);
+    let tenants: Vec<TenantId> = (0..6)
+        .map(|i| TenantId::new(&format!("clinic-{i}")).expect("tenant"))
+        .chain([TenantId::new("clinic-pinned").expect("tenant")])
+        .collect();
+    let names: Vec<String> = tenants.iter().map(|t| t.to_string()).collect();
+    let stop = std::env::temp_dir().join(format!("annals-tenancy-stop-{}", uuid::Uuid::now_v7()));
+    let spec = format!(
+        "{} {} {} {}",
+        pg_one.url(),
+        pg_two.url(),
+        names.join(","),
+        stop.display()
+    );
+    let mut children: Vec<std::process::Child> = (0..3)
+        .map(|_| {
+            std::process::Command::new(std::env::current_exe().expect("the test binary"))
+                .args([
+                    "--ignored",
+                    "--exact",
+                    "tenancy::child_runs_every_tenant_s_projection",
+                    "--test-threads=1",
+                ])
+                .env(CHILD, &spec)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("a child process")
+        })
+        .collect();
+    // every tenant's commands, concurrently; the first child dies halfway
+    let mut tasks = Vec::new();
+    for t in &tenants {
+        let store = router.events(t);
+        tasks.push(tokio::spawn(async move {
+            for n in 0..EVENTS {
+                append_one(&store, n).await?;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Ok::<_, Error>(())
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    children[0].kill().expect("kill a child");
+    for task in tasks {
+        task.await.expect("task").expect("commands");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    for t in &tenants {
+        loop {
+            let n = counted(router.route(t).1, t).await;
+            assert!(
+                n <= EVENTS as i64,
+                "{t}: {n} applications of {EVENTS} events"
+            );
+            if n == EVENTS as i64 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{t}: {n} of {EVENTS} events applied after 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    std::fs::write(&stop, b"stop").expect("the stop file");
+    for (i, child) in children.into_iter().enumerate() {
+        let out = child.wait_with_output().expect("a child's end");
+        if i > 0 {
+            assert!(
+                out.status.success(),
+                "child {i} failed:\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    let _ = std::fs::remove_file(&stop);
+    // exactly once: no tenant's count moved past its events
+    for t in &tenants {
+        assert_eq!(counted(router.route(t).1, t).await, EVENTS as i64, "{t}");
+    }
+    drop((pg_one, pg_two));
 }
