@@ -413,3 +413,84 @@ async fn the_page_rebuilds_a_projection_once_confirmed() {
         "{body}"
     );
 }
+
+/// `?tenant=` picks the tenant of an API call: each tenant's dead letters
+/// are listed apart, one tenant's call cannot discard another's, and an
+/// invalid tenant id is a 400 that names the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_json_api_works_on_the_tenant_of_the_call() {
+    use annals::{EventStoreExt as _, ExpectedVersion, Metadata, ProjectionRunner};
+    use std::sync::atomic::Ordering;
+
+    let world = World::new().await;
+    let app = world.app();
+    let default_letter = world.park("note-1", "in default").await;
+    // a dead letter of tenant clinic-b, parked by clinic-b's own runner
+    let b = world.store.tenant("clinic-b").expect("a tenant");
+    world.notes.broken.store(true, Ordering::SeqCst);
+    b.append_events(
+        "note-1",
+        ExpectedVersion::Any,
+        &[support::NoteEvent::Written("in b".into())],
+        &Metadata::new(),
+    )
+    .await
+    .expect("an append");
+    let b_runner = ProjectionRunner::new(
+        b,
+        annals::postgres::PgProjectionStore::new(world.db.pool().clone()),
+        world.notes.clone(),
+    )
+    .retry(annals::RetryPolicy::new(1).initial_delay(std::time::Duration::from_millis(1)));
+    assert_eq!(
+        b_runner
+            .catch_up()
+            .await
+            .expect("b's catch-up")
+            .events_parked,
+        1
+    );
+    world.notes.broken.store(false, Ordering::SeqCst);
+
+    let listed = |tenant: &'static str| {
+        let app = app.clone();
+        async move {
+            let (status, _, body) = send(
+                &app,
+                api(
+                    "GET",
+                    &format!("/dead-letters?status=pending{tenant}"),
+                    None,
+                ),
+            )
+            .await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            json_of(&body).as_array().cloned().expect("an array")
+        }
+    };
+    let in_default = listed("").await;
+    let in_b = listed("&tenant=clinic-b").await;
+    assert_eq!(in_default.len(), 1);
+    assert_eq!(in_default[0]["id"], json!(default_letter));
+    assert_eq!(in_b.len(), 1);
+    assert_ne!(in_b[0]["id"], json!(default_letter), "b's own dead letter");
+    assert!(listed("&tenant=clinic-c").await.is_empty());
+
+    // clinic-c's call does not reach b's dead letter
+    let b_letter = in_b[0]["id"].as_u64().expect("an id");
+    let (status, _, body) = send(
+        &app,
+        api(
+            "POST",
+            &format!("/dead-letters/{b_letter}/discard?tenant=clinic-c"),
+            Some(json!({"reason": "not mine"})),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(listed("&tenant=clinic-b").await.len(), 1, "still pending");
+
+    let (status, _, body) = send(&app, api("GET", "/dead-letters?tenant=clinic%201", None)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.contains("invalid tenant"), "{body}");
+}

@@ -1,7 +1,7 @@
 //! The JSON API: the admin operations, one route each.
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{Path, Query, Request};
+use axum::extract::{FromRequestParts, Path, Query, Request};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -28,6 +28,37 @@ pub(super) async fn not_found() -> ApiError {
     ApiError::NotFound
 }
 
+/// The admin of the request's tenant: the `tenant` query parameter
+/// (`?tenant=clinic-7`; without it, the tenant the `Admin` was built on).
+/// An invalid id is a 400 naming the field.
+pub(super) struct TenantAdmin(crate::Admin);
+
+#[derive(Deserialize)]
+struct TenantParam {
+    tenant: Option<String>,
+}
+
+impl FromRequestParts<std::sync::Arc<super::Shared>> for TenantAdmin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &std::sync::Arc<super::Shared>,
+    ) -> Result<Self, ApiError> {
+        let Query(param) = Query::<TenantParam>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::BadRequest(e.body_text()))?;
+        Ok(TenantAdmin(match param.tenant {
+            None => state.admin.clone(),
+            Some(t) => {
+                let tenant = annals_core::TenantId::new(&t)
+                    .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+                state.admin.in_tenant(tenant)
+            }
+        }))
+    }
+}
+
 fn json<T: serde::Serialize>(value: T) -> Answer {
     Ok(Json(value).into_response())
 }
@@ -47,24 +78,33 @@ fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
         .map_err(|e| ApiError::BadRequest(e.body_text()))
 }
 
-pub(super) async fn status(state: State) -> Answer {
-    json(status::report(&state.admin).await?)
+pub(super) async fn status(TenantAdmin(admin): TenantAdmin) -> Answer {
+    json(status::report(&admin).await?)
 }
 
-pub(super) async fn projections(state: State) -> Answer {
-    json(status::health(&state.admin).await?.1)
+pub(super) async fn projections(TenantAdmin(admin): TenantAdmin) -> Answer {
+    json(status::health(&admin).await?.1)
 }
 
-pub(super) async fn rebuild(state: State, name: Result<Path<String>, PathRejection>) -> Answer {
-    json(projections::rebuild(&state.admin, &path(name)?, false).await?)
+pub(super) async fn rebuild(
+    TenantAdmin(admin): TenantAdmin,
+    name: Result<Path<String>, PathRejection>,
+) -> Answer {
+    json(projections::rebuild(&admin, &path(name)?, false).await?)
 }
 
-pub(super) async fn pause(state: State, name: Result<Path<String>, PathRejection>) -> Answer {
-    json(projections::pause(&state.admin, &path(name)?).await?)
+pub(super) async fn pause(
+    TenantAdmin(admin): TenantAdmin,
+    name: Result<Path<String>, PathRejection>,
+) -> Answer {
+    json(projections::pause(&admin, &path(name)?).await?)
 }
 
-pub(super) async fn resume(state: State, name: Result<Path<String>, PathRejection>) -> Answer {
-    json(projections::resume(&state.admin, &path(name)?).await?)
+pub(super) async fn resume(
+    TenantAdmin(admin): TenantAdmin,
+    name: Result<Path<String>, PathRejection>,
+) -> Answer {
+    json(projections::resume(&admin, &path(name)?).await?)
 }
 
 #[derive(Deserialize)]
@@ -77,13 +117,13 @@ pub(super) struct DeadLetterList {
 }
 
 pub(super) async fn dead_letters(
-    state: State,
+    TenantAdmin(admin): TenantAdmin,
     q: Result<Query<DeadLetterList>, QueryRejection>,
 ) -> Answer {
     let q = query(q)?;
     json(
         dead_letters::list(
-            &state.admin,
+            &admin,
             q.handler,
             q.status.unwrap_or(StatusFilter::Pending),
             q.after,
@@ -93,12 +133,18 @@ pub(super) async fn dead_letters(
     )
 }
 
-pub(super) async fn dead_letter(state: State, id: Result<Path<u64>, PathRejection>) -> Answer {
-    json(dead_letters::show(&state.admin, path(id)?).await?)
+pub(super) async fn dead_letter(
+    TenantAdmin(admin): TenantAdmin,
+    id: Result<Path<u64>, PathRejection>,
+) -> Answer {
+    json(dead_letters::show(&admin, path(id)?).await?)
 }
 
-pub(super) async fn replay(state: State, id: Result<Path<u64>, PathRejection>) -> Answer {
-    json(dead_letters::replay_one(&state.admin, path(id)?).await?)
+pub(super) async fn replay(
+    TenantAdmin(admin): TenantAdmin,
+    id: Result<Path<u64>, PathRejection>,
+) -> Answer {
+    json(dead_letters::replay_one(&admin, path(id)?).await?)
 }
 
 #[derive(Deserialize)]
@@ -107,12 +153,12 @@ pub(super) struct Reason {
 }
 
 pub(super) async fn discard(
-    state: State,
+    TenantAdmin(admin): TenantAdmin,
     id: Result<Path<u64>, PathRejection>,
     reason: Result<Json<Reason>, JsonRejection>,
 ) -> Answer {
     let id = path(id)?;
-    json(dead_letters::discard(&state.admin, id, &body(reason)?.reason).await?)
+    json(dead_letters::discard(&admin, id, &body(reason)?.reason).await?)
 }
 
 #[derive(Deserialize)]
@@ -121,11 +167,11 @@ pub(super) struct Handler {
 }
 
 pub(super) async fn replay_handler(
-    state: State,
+    TenantAdmin(admin): TenantAdmin,
     handler: Result<Json<Handler>, JsonRejection>,
 ) -> Answer {
     let handler = body(handler)?.handler;
-    json(dead_letters::replay_handler(&state.admin, &handler, false).await?)
+    json(dead_letters::replay_handler(&admin, &handler, false).await?)
 }
 
 #[derive(Deserialize)]
@@ -135,19 +181,28 @@ pub(super) struct SagaList {
     limit: Option<usize>,
 }
 
-pub(super) async fn sagas(state: State, q: Result<Query<SagaList>, QueryRejection>) -> Answer {
+pub(super) async fn sagas(
+    TenantAdmin(admin): TenantAdmin,
+    q: Result<Query<SagaList>, QueryRejection>,
+) -> Answer {
     let q = query(q)?;
-    let list = sagas::list(&state.admin, q.saga_type.as_deref(), q.limit.unwrap_or(100)).await?;
+    let list = sagas::list(&admin, q.saga_type.as_deref(), q.limit.unwrap_or(100)).await?;
     json(list.iter().map(sagas::saga_json).collect::<Vec<Value>>())
 }
 
-pub(super) async fn saga(state: State, id: Result<Path<Uuid>, PathRejection>) -> Answer {
-    let (saga, commands) = sagas::show(&state.admin, path(id)?).await?;
+pub(super) async fn saga(
+    TenantAdmin(admin): TenantAdmin,
+    id: Result<Path<Uuid>, PathRejection>,
+) -> Answer {
+    let (saga, commands) = sagas::show(&admin, path(id)?).await?;
     json(sagas::show_json(&saga, &commands))
 }
 
-pub(super) async fn retry(state: State, id: Result<Path<Uuid>, PathRejection>) -> Answer {
-    json(sagas::retry(&state.admin, path(id)?).await?)
+pub(super) async fn retry(
+    TenantAdmin(admin): TenantAdmin,
+    id: Result<Path<Uuid>, PathRejection>,
+) -> Answer {
+    json(sagas::retry(&admin, path(id)?).await?)
 }
 
 #[derive(Deserialize)]
@@ -157,17 +212,12 @@ pub(super) struct StreamRange {
 }
 
 pub(super) async fn stream(
-    state: State,
+    TenantAdmin(admin): TenantAdmin,
     stream: Result<Path<String>, PathRejection>,
     q: Result<Query<StreamRange>, QueryRejection>,
 ) -> Answer {
     let (stream, q) = (path(stream)?, query(q)?);
-    let events = streams::read(
-        &state.admin,
-        &stream,
-        q.from.unwrap_or(1),
-        q.limit.unwrap_or(100),
-    )
-    .await?;
+    let events =
+        streams::read(&admin, &stream, q.from.unwrap_or(1), q.limit.unwrap_or(100)).await?;
     json(events)
 }

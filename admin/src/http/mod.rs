@@ -40,6 +40,12 @@
 //! | `POST api/sagas/{id}/retry` | as `sagas retry` |
 //! | `GET api/streams/{stream}?from=1&limit=100` | as `streams read`, as one JSON array |
 //!
+//! Every API route takes `?tenant=ID` (as the commands' `--tenant`): the
+//! call reads and changes that tenant's rows only, with the runners
+//! registered for it; without it, the tenant of the store the `Admin` was
+//! built on. An invalid id is a 400 naming `tenant`. The status page shows
+//! that tenant only.
+//!
 //! # The status page
 //!
 //! `GET` on the mount path (`/admin` above) is a server-rendered HTML page
