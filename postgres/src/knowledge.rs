@@ -1065,7 +1065,7 @@ impl<E: Embedder + 'static> Projection for PgKnowledgeProjection<E> {
         event: &Envelope<KnowledgeEvent>,
     ) -> Result<(), HandlerError> {
         self.ingestor
-            .handle(&mut self.kb.writer(tx), &event.payload)
+            .handle_in(&mut self.kb.writer(tx), &event.payload, &event.tenant_id)
             .await
             .map_err(KnowledgeError::into_handler_error)
     }

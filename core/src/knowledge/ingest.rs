@@ -187,10 +187,29 @@ impl<E: Embedder> Ingestor<E> {
     /// `writer`: a document event is [applied](Self::apply) (a personal
     /// document under its subject, or skipped when it reads as forgotten),
     /// a `subject.forgotten` [erases the subject](Self::forget_subject).
+    ///
+    /// The event is the default tenant's: see [`handle_in`](Self::handle_in).
     pub async fn handle<W: KnowledgeWriter>(
         &self,
         writer: &mut W,
         event: &KnowledgeEvent,
+    ) -> Result<(), KnowledgeError> {
+        self.handle_in(writer, event, &crate::TenantId::default())
+            .await
+    }
+
+    /// [`handle`](Self::handle) for an event of `tenant`'s log (what the
+    /// knowledge base projections call, with the envelope's tenant). A
+    /// `subject.forgotten` of a tenant other than the default erases the
+    /// subject's documents of that tenant (`DocumentMeta::tenant_id`) only:
+    /// the same subject id in another tenant is another person. The
+    /// default tenant's erases every document of the subject, as before
+    /// tenants.
+    pub async fn handle_in<W: KnowledgeWriter>(
+        &self,
+        writer: &mut W,
+        event: &KnowledgeEvent,
+        tenant: &crate::TenantId,
     ) -> Result<(), KnowledgeError> {
         match event {
             KnowledgeEvent::Document(e) => self.apply(writer, e).await.map(drop),
@@ -201,7 +220,10 @@ impl<E: Embedder> Ingestor<E> {
                 None => Ok(()),
             },
             KnowledgeEvent::SubjectForgotten(f) => {
-                self.forget_subject(writer, &f.subject).await.map(drop)
+                let only = (tenant.as_str() != crate::TenantId::DEFAULT_NAME).then_some(tenant);
+                self.forget_subject_of(writer, &f.subject, only)
+                    .await
+                    .map(drop)
             }
         }
     }
@@ -222,8 +244,22 @@ impl<E: Embedder> Ingestor<E> {
         writer: &mut W,
         subject: &str,
     ) -> Result<ErasureReport, KnowledgeError> {
+        self.forget_subject_of(writer, subject, None).await
+    }
+
+    /// [`forget_subject`](Self::forget_subject), limited to the documents
+    /// of the knowledge-base tenant `only` when it is given.
+    async fn forget_subject_of<W: KnowledgeWriter>(
+        &self,
+        writer: &mut W,
+        subject: &str,
+        only: Option<&crate::TenantId>,
+    ) -> Result<ErasureReport, KnowledgeError> {
         crate::store::limits::check_subject(subject)?;
-        let rows = writer.subject_rows(subject).await?;
+        let mut rows = writer.subject_rows(subject).await?;
+        if let Some(tenant) = only {
+            rows.retain(|r| r.document.tenant_id.as_deref() == Some(tenant.as_str()));
+        }
         let own = self.embedder.model();
         let mut cached: BTreeMap<&str, BTreeSet<TextHash>> = BTreeMap::new();
         let mut documents: BTreeMap<Uuid, Vec<Uuid>> = BTreeMap::new();

@@ -567,7 +567,7 @@ impl<E: Embedder + 'static> crate::Projection for InMemoryKnowledgeProjection<E>
         event: &crate::Envelope<KnowledgeEvent>,
     ) -> Result<(), crate::HandlerError> {
         self.ingestor
-            .handle(&mut self.kb.writer(), &event.payload)
+            .handle_in(&mut self.kb.writer(), &event.payload, &event.tenant_id)
             .await
             .map_err(KnowledgeError::into_handler_error)
     }

@@ -496,3 +496,64 @@ async fn a_failing_cache_fails_the_erasure_and_deletes_nothing() {
     assert!(kb.is_empty());
     assert!(cache.inner.is_empty(), "A's embeddings stay cached");
 }
+
+/// A `subject.forgotten` of one tenant's log erases that tenant's
+/// documents of the subject only: the same subject id in another tenant
+/// is another person, whose documents stay. The default tenant's erases
+/// every document of the subject, as before tenants.
+#[tokio::test]
+async fn a_tenant_s_forget_erases_that_tenant_s_documents_only() {
+    use annals_core::knowledge::SubjectForgotten;
+
+    let ingestor = Ingestor::new(HashingEmbedder::new(32)).with_chunker(chunker());
+    let kb = InMemoryKnowledgeBase::new();
+    let (in_a, in_b) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    for (id, tenant) in [(in_a, "clinic-a"), (in_b, "clinic-b")] {
+        let doc = of_subject(
+            document(
+                id,
+                Some(tenant),
+                "en",
+                &[],
+                "letter",
+                &[&format!("a letter in {tenant}")],
+            ),
+            "patient-1",
+        );
+        kb.ingest(&ingestor, &DocumentEvent::Added(doc))
+            .await
+            .unwrap();
+    }
+    let projection = InMemoryKnowledgeProjection::new("knowledge", kb.clone(), ingestor.clone());
+    let forgotten = |tenant: &str| Envelope {
+        tenant_id: annals_core::TenantId::new(tenant).unwrap(),
+        payload: KnowledgeEvent::SubjectForgotten(SubjectForgotten {
+            subject: "patient-1".into(),
+        }),
+        ..envelope(
+            DocumentEvent::Added(document(in_a, None, "en", &[], "x", &["x"])),
+            9,
+        )
+    };
+    projection
+        .apply(&mut InMemoryConn::new(), &forgotten("clinic-a"))
+        .await
+        .unwrap();
+    assert!(
+        kb.document(in_a).await.unwrap().is_empty(),
+        "a's letter is erased"
+    );
+    assert_eq!(
+        kb.document(in_b).await.unwrap().len(),
+        1,
+        "b's patient-1 is another person"
+    );
+    projection
+        .apply(&mut InMemoryConn::new(), &forgotten("default"))
+        .await
+        .unwrap();
+    assert!(
+        kb.is_empty(),
+        "the default tenant's forget erases every document of the subject"
+    );
+}
