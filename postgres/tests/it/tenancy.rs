@@ -736,3 +736,51 @@ async fn several_processes_per_server_apply_each_event_once() {
     }
     drop((pg_one, pg_two));
 }
+
+/// Forgetting a subject in one tenant leaves every row of another tenant
+/// that has a subject of the same id byte-identical (its events, its key).
+#[cfg(feature = "personal")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forget_in_one_tenant_leaves_another_s_rows_byte_identical() {
+    use annals_core::personal::{LocalKeyProvider, PersonalStore};
+    use annals_core::testing::personal::registered;
+
+    let db = TestDatabase::new().await;
+    sqlx::query("CREATE TABLE counts (tenant_id text PRIMARY KEY, n int NOT NULL)")
+        .execute(db.pool())
+        .await
+        .expect("the read model table rows_of reads");
+    let keys =
+        annals_postgres::PgSubjectKeys::new(db.pool().clone(), LocalKeyProvider::generate("kek-1"));
+    let store = PersonalStore::new(db.store().await, keys);
+    let (a, b) = (
+        store.tenant("clinic-a").expect("tenant"),
+        store.tenant("clinic-b").expect("tenant"),
+    );
+    for tenant in [&a, &b] {
+        tenant
+            .append_events(
+                "patient-x",
+                ExpectedVersion::NoStream,
+                &[registered("patient-x")],
+                &Metadata::new(),
+            )
+            .await
+            .expect("append");
+    }
+    let (a_before, b_before) = (
+        rows_of(db.pool(), "clinic-a").await,
+        rows_of(db.pool(), "clinic-b").await,
+    );
+    a.forget("patient-x").await.expect("forget in a");
+    assert_ne!(
+        rows_of(db.pool(), "clinic-a").await,
+        a_before,
+        "a's key became a tombstone"
+    );
+    assert_eq!(
+        rows_of(db.pool(), "clinic-b").await,
+        b_before,
+        "b's rows are byte-identical"
+    );
+}
