@@ -42,6 +42,14 @@ statements! {
     READ_EVENT = "read_event.sql";
     /// A page of the global log below the horizon.
     READ_LOG = "read_log.sql";
+    /// A page of every tenant's log below the horizon, each event with its tenant.
+    READ_LOG_EVERY = "read_log_every.sql";
+    /// The event at a global position, whichever tenant's.
+    READ_EVENT_EVERY = "read_event_every.sql";
+    /// Every tenant's committed events after a checkpoint.
+    BACKLOG_EVERY = "backlog_every.sql";
+    /// The newest committed event's place in every tenant's log.
+    LOG_END_EVERY = "log_end_every.sql";
     /// A stream's version.
     STREAM_VERSION = "stream_version.sql";
     /// The committed events after a checkpoint.
@@ -50,6 +58,8 @@ statements! {
     LOG_END = "log_end.sql";
     /// How far the horizon holds readers back.
     HORIZON = "horizon.sql";
+    /// How far the horizon holds every tenant's readers back.
+    HORIZON_EVERY = "horizon_every.sql";
     /// Records event schemas and reads back what is recorded.
     RECORD_SCHEMAS = "record_schemas.sql";
     /// The schema keys of (type, version) pairs.

@@ -69,6 +69,21 @@ impl State {
     fn of(&self, tenant: &TenantId) -> Option<&TenantLog> {
         self.tenants.get(tenant)
     }
+
+    /// Every tenant's events after `after`, in log order (an every-tenant
+    /// handle's read).
+    fn after_in_every_tenant(&self, after: LogPosition) -> Vec<&RecordedEvent> {
+        let mut events: Vec<&RecordedEvent> = self
+            .tenants
+            .values()
+            .flat_map(|t| {
+                let start = t.log.partition_point(|e| e.log_position <= after);
+                &t.log[start..]
+            })
+            .collect();
+        events.sort_by_key(|e| e.log_position);
+        events
+    }
 }
 
 /// A tenant that has no events yet.
@@ -140,6 +155,7 @@ impl InMemoryEventStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, Error> {
+        self.tenant.require_one("an append")?;
         limits::check_append(stream_id, &events)?;
         if self.shared.validate {
             self.shared.registry.validate_new(&events)?;
@@ -282,6 +298,7 @@ impl EventStore for InMemoryEventStore {
         F: FnMut(PayloadRef<'_>) -> Result<T, Error> + Send,
     {
         limits::check_stream_id(stream_id)?;
+        self.tenant.require_one("a stream read")?;
         self.stream_range(stream_id, VersionRange::new(versions))
             .into_iter()
             .map(|r| {
@@ -301,6 +318,7 @@ impl EventStore for InMemoryEventStore {
         F: FnMut(PayloadRef<'_>) -> Result<(), Error> + Send,
     {
         limits::check_stream_id(stream_id)?;
+        self.tenant.require_one("a stream read")?;
         let events = self.stream_range(stream_id, VersionRange::new(versions));
         for r in &events {
             f(payload_ref(r)).map_err(|e| e.at_position(r.position()))?;
@@ -314,6 +332,14 @@ impl EventStore for InMemoryEventStore {
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, Error> {
         let state = self.lock();
+        if self.tenant.is_every() {
+            return Ok(state
+                .after_in_every_tenant(after)
+                .into_iter()
+                .take(limit)
+                .cloned()
+                .collect());
+        }
         let state = state.of(&self.tenant).unwrap_or(&EMPTY);
         // appends are serialized, so the log is already in (transaction, position) order
         let start = state.log.partition_point(|e| e.log_position <= after);
@@ -322,6 +348,7 @@ impl EventStore for InMemoryEventStore {
 
     async fn stream_version(&self, stream_id: &str) -> Result<Option<u64>, Error> {
         limits::check_stream_id(stream_id)?;
+        self.tenant.require_one("a stream read")?;
         let state = self.lock();
         let state = state.of(&self.tenant).unwrap_or(&EMPTY);
         Ok(state
@@ -333,23 +360,31 @@ impl EventStore for InMemoryEventStore {
 
     async fn read_event(&self, position: u64) -> Result<Option<RecordedEvent>, Error> {
         let state = self.lock();
-        let state = state.of(&self.tenant).unwrap_or(&EMPTY);
-        // positions grow with the log
-        Ok(state
-            .log
-            .binary_search_by_key(&position, |e| e.log_position.position)
-            .ok()
-            .map(|i| state.log[i].clone()))
+        let found = |log: &TenantLog| {
+            // positions grow with the log
+            log.log
+                .binary_search_by_key(&position, |e| e.log_position.position)
+                .ok()
+                .map(|i| log.log[i].clone())
+        };
+        if self.tenant.is_every() {
+            return Ok(state.tenants.values().find_map(found));
+        }
+        Ok(found(state.of(&self.tenant).unwrap_or(&EMPTY)))
     }
 
     async fn backlog(&self, after: LogPosition) -> Result<Backlog, Error> {
         let state = self.lock();
-        let state = state.of(&self.tenant).unwrap_or(&EMPTY);
-        let start = state.log.partition_point(|e| e.log_position <= after);
-        let rest = &state.log[start..];
+        let rest: Vec<&RecordedEvent> = if self.tenant.is_every() {
+            state.after_in_every_tenant(after)
+        } else {
+            let log = &state.of(&self.tenant).unwrap_or(&EMPTY).log;
+            let start = log.partition_point(|e| e.log_position <= after);
+            log[start..].iter().collect()
+        };
         Ok(Backlog {
             events: rest.len() as u64,
-            oldest_recorded_at: rest.first().map(|e| e.recorded_at),
+            oldest_recorded_at: rest.iter().map(|e| e.recorded_at).min(),
         })
     }
 }

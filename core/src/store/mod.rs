@@ -552,6 +552,18 @@ pub trait EventStoreExt: EventStore {
         Ok(self.in_tenant(TenantId::new(id)?))
     }
 
+    /// The same store on every tenant at once, to read the whole log: a
+    /// projection (or saga) runner on it follows every tenant's events in
+    /// the log's order, each envelope carrying its own tenant, with one
+    /// checkpoint (under the tenant `*`). Appends and stream reads through
+    /// it are [`Error::InvalidInput`] naming `tenant`: they need one.
+    fn every_tenant(&self) -> Self
+    where
+        Self: Sized,
+    {
+        self.in_tenant(TenantId::every())
+    }
+
     /// Encodes application events into [`NewEvent`]s with shared metadata
     /// (registering `E` with the store's registry): what
     /// [`append_events`](Self::append_events) appends.

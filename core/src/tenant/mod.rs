@@ -62,6 +62,34 @@ impl TenantId {
         TenantId(Arc::from(Self::DEFAULT_NAME))
     }
 
+    /// The id of a handle on every tenant (see
+    /// [`EventStoreExt::every_tenant`](crate::EventStoreExt::every_tenant)),
+    /// which no tenant can have: [`new`](Self::new) refuses it.
+    pub const EVERY_NAME: &'static str = "*";
+
+    /// Every tenant: a handle scoped to it reads every tenant's log (each
+    /// envelope with its own tenant), and nothing else.
+    pub fn every() -> Self {
+        TenantId(Arc::from(Self::EVERY_NAME))
+    }
+
+    /// Whether this is [`every`](Self::every) tenant.
+    pub fn is_every(&self) -> bool {
+        &*self.0 == Self::EVERY_NAME
+    }
+
+    /// Refuses what needs one tenant (`operation`: an append, a stream
+    /// read, a snapshot) on an [`every`](Self::every)-tenant handle.
+    pub fn require_one(&self, operation: &str) -> Result<(), InvalidInput> {
+        if self.is_every() {
+            return Err(InvalidInput::new(
+                "tenant",
+                format!("`*` (every tenant) reads the log only; {operation} needs one tenant"),
+            ));
+        }
+        Ok(())
+    }
+
     /// The id as text.
     pub fn as_str(&self) -> &str {
         &self.0

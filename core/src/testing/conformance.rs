@@ -99,6 +99,7 @@ where
     concurrent_writers(make(true).await).await;
     session(make(true).await).await;
     tenants_are_isolated(make(true).await).await;
+    every_tenant_reads_the_whole_log(make(true).await).await;
 }
 
 async fn events_by_position_and_backlog<S: EventStore>(store: S) {
@@ -1517,5 +1518,96 @@ async fn tenants_are_isolated<S: EventStore + Clone + 'static>(store: S) {
     let long = "t".repeat(crate::tenant::MAX_TENANT_BYTES + 1);
     assert!(
         matches!(store.tenant(&long), Err(Error::InvalidInput(e)) if e.problem.contains("limit of 128 bytes"))
+    );
+}
+
+/// An every-tenant handle reads every tenant's log as one, in log order,
+/// each envelope with its own tenant (the log, an event by position, the
+/// backlog, the end of the log), and refuses what needs one tenant.
+async fn every_tenant_reads_the_whole_log<S: EventStore + Clone + 'static>(store: S) {
+    let a = must("tenant a", async { store.tenant("clinic-a") }).await;
+    let b = must("tenant b", async { store.tenant("clinic-b") }).await;
+    let mut appended = Vec::new();
+    for (tenant, stream, expected) in [
+        (&a, "lead-1", ExpectedVersion::NoStream),
+        (&b, "lead-1", ExpectedVersion::NoStream),
+        (&a, "lead-1", ExpectedVersion::Exact(1)),
+        (&store, "lead-9", ExpectedVersion::NoStream),
+    ] {
+        let r = must(
+            "append",
+            tenant.append_events(stream, expected, &[created("x")], &Metadata::new()),
+        )
+        .await;
+        appended.push((tenant.tenant_id().clone(), r.events[0].log_position));
+    }
+    let every = store.every_tenant();
+    assert!(every.tenant_id().is_every());
+    let log = read_log_settled(&every, LogPosition::START, 4).await;
+    let read: Vec<_> = log
+        .iter()
+        .map(|e| (e.tenant_id.clone(), e.log_position))
+        .collect();
+    assert_eq!(
+        read, appended,
+        "every tenant's events, in log order, each with its tenant"
+    );
+    let page = must("a page", every.read_log(log[0].log_position, 2)).await;
+    assert_eq!(page.len(), 2, "pages go on after a checkpoint");
+    assert_eq!(page[0].log_position, log[1].log_position);
+    let second = must("read b's event", every.read_event(log[1].position())).await;
+    assert_eq!(
+        second.map(|e| e.tenant_id),
+        Some(crate::TenantId::new("clinic-b").expect("tenant")),
+        "an event by position, whichever tenant's"
+    );
+    assert_eq!(
+        must("backlog", every.backlog(LogPosition::START))
+            .await
+            .events,
+        4
+    );
+    assert_eq!(
+        must("backlog", every.backlog(log[1].log_position))
+            .await
+            .events,
+        2
+    );
+    if let Some(end) = must("log end", every.log_end()).await {
+        assert_eq!(end, log[3].log_position, "the end of every tenant's log");
+    }
+    let refused = |what: &str, r: Result<(), Error>| match r {
+        Err(Error::InvalidInput(e)) if e.field == "tenant" => {}
+        other => {
+            panic!("{what} through an every-tenant handle: expected InvalidInput, got {other:?}")
+        }
+    };
+    refused(
+        "an append",
+        every
+            .append_events(
+                "lead-1",
+                ExpectedVersion::Any,
+                &[created("x")],
+                &Metadata::new(),
+            )
+            .await
+            .map(drop),
+    );
+    refused(
+        "a stream read",
+        every.read_stream("lead-1", ..).await.map(drop),
+    );
+    refused(
+        "a stream version",
+        every.stream_version("lead-1").await.map(drop),
+    );
+    let mut session = must("a session", every.session()).await;
+    refused(
+        "a session's fold",
+        session
+            .fold_stream_payloads("lead-1", .., |_| Ok(()))
+            .await
+            .map(drop),
     );
 }

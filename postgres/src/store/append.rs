@@ -56,6 +56,7 @@ impl PgEventStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, Error> {
+        self.tenant.require_one("an append")?;
         limits::check_append(stream_id, &events)?;
         if events.is_empty() {
             return check_empty_append(conn, &self.tenant, stream_id, expected).await;
@@ -86,6 +87,7 @@ impl PgEventStore {
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, Error> {
         const CONTEXT: &str = "acquiring a connection to append";
+        self.tenant.require_one("an append")?;
         limits::check_append(stream_id, &events)?;
         let metas = if events.is_empty() {
             Vec::new()

@@ -294,6 +294,19 @@ impl PgEventStore {
         .await
     }
 
+    /// The tenant of an event row: the handle's, or for an every-tenant
+    /// handle the row's own (the column after the envelope's).
+    fn tenant_of(&self, row: &PgRow) -> Result<TenantId, Error> {
+        if !self.tenant.is_every() {
+            return Ok(self.tenant.clone());
+        }
+        let stored: &str = get(row, "tenant_id")?;
+        TenantId::new(stored).map_err(|e| Error::CorruptedRow {
+            position: get::<i64>(row, "position").ok().map(|p| p.max(0) as u64),
+            message: format!("the event's tenant_id is not a tenant id: {e}"),
+        })
+    }
+
     /// A connection from the pool; `context` names the wait in the error.
     pub(crate) async fn checkout(
         &self,
@@ -306,8 +319,12 @@ impl PgEventStore {
     /// sessions' transaction start times needs the `pg_read_all_stats` role
     /// (or superuser); without it `oldest_open_since` may be `None`.
     pub async fn horizon(&self) -> Result<Horizon, Error> {
-        let row = sqlx::query(sql::HORIZON)
-            .bind(self.tenant.as_str())
+        let q = if self.tenant.is_every() {
+            sqlx::query(sql::HORIZON_EVERY)
+        } else {
+            sqlx::query(sql::HORIZON).bind(self.tenant.as_str())
+        };
+        let row = q
             .fetch_one(&self.pool)
             .await
             .map_err(db("reading the snapshot horizon"))?;
@@ -547,6 +564,7 @@ impl EventStore for PgEventStore {
         F: FnMut(PayloadRef<'_>) -> Result<T, Error> + Send,
     {
         limits::check_stream_id(stream_id)?;
+        self.tenant.require_one("a stream read")?;
         let range = VersionRange::new(versions);
         if range.is_empty() {
             return Ok(Vec::new());
@@ -586,22 +604,38 @@ impl EventStore for PgEventStore {
         after: LogPosition,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, Error> {
-        let rows = sqlx::query(sql::READ_LOG)
-            .bind(after.transaction_id.to_string())
-            .bind(int8(after.position))
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .bind(self.tenant.as_str())
+        let every = self.tenant.is_every();
+        let q = sqlx::query(if every {
+            sql::READ_LOG_EVERY
+        } else {
+            sql::READ_LOG
+        })
+        .bind(after.transaction_id.to_string())
+        .bind(int8(after.position))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX));
+        let q = if every {
+            q
+        } else {
+            q.bind(self.tenant.as_str())
+        };
+        let rows = q
             .fetch_all(&self.pool)
             .await
             .map_err(db("reading the global log"))?;
         let mut events = Vec::with_capacity(rows.len());
         for row in &rows {
-            match decode_event_row(row, &self.tenant, raw_payload) {
+            let decoded = self
+                .tenant_of(row)
+                .and_then(|tenant| decode_event_row(row, &tenant, raw_payload));
+            match decoded {
                 Ok(event) => events.push(event),
                 // the events before an unreadable one first; then, read
                 // from there, the unreadable one alone, as its error
                 Err(_) if !events.is_empty() => break,
-                Err(problem) => return Err(unreadable_event_row(row, &self.tenant, problem)),
+                Err(problem) => {
+                    let tenant = self.tenant_of(row).unwrap_or_default();
+                    return Err(unreadable_event_row(row, &tenant, problem));
+                }
             }
         }
         Ok(events)
@@ -609,27 +643,43 @@ impl EventStore for PgEventStore {
 
     async fn stream_version(&self, stream_id: &str) -> Result<Option<u64>, Error> {
         limits::check_stream_id(stream_id)?;
+        self.tenant.require_one("a stream read")?;
         let mut conn = self.checkout("acquiring a connection").await?;
         read::stream_version_on(&mut conn, &self.tenant, stream_id).await
     }
 
     async fn read_event(&self, position: u64) -> Result<Option<RecordedEvent>, Error> {
-        let row = sqlx::query(sql::READ_EVENT)
-            .bind(int8(position))
-            .bind(self.tenant.as_str())
+        let q = if self.tenant.is_every() {
+            sqlx::query(sql::READ_EVENT_EVERY).bind(int8(position))
+        } else {
+            sqlx::query(sql::READ_EVENT)
+                .bind(int8(position))
+                .bind(self.tenant.as_str())
+        };
+        let row = q
             .fetch_optional(&self.pool)
             .await
             .map_err(db("reading an event by position"))?;
         row.as_ref()
-            .map(|row| decode_event_row(row, &self.tenant, raw_payload))
+            .map(|row| decode_event_row(row, &self.tenant_of(row)?, raw_payload))
             .transpose()
     }
 
     async fn backlog(&self, after: LogPosition) -> Result<Backlog, Error> {
-        let row = sqlx::query(sql::BACKLOG)
-            .bind(after.transaction_id.to_string())
-            .bind(int8(after.position))
-            .bind(self.tenant.as_str())
+        let every = self.tenant.is_every();
+        let q = sqlx::query(if every {
+            sql::BACKLOG_EVERY
+        } else {
+            sql::BACKLOG
+        })
+        .bind(after.transaction_id.to_string())
+        .bind(int8(after.position));
+        let q = if every {
+            q
+        } else {
+            q.bind(self.tenant.as_str())
+        };
+        let row = q
             .fetch_one(&self.pool)
             .await
             .map_err(db("counting events behind a checkpoint"))?;
@@ -645,8 +695,12 @@ impl EventStore for PgEventStore {
     }
 
     async fn log_end(&self) -> Result<Option<LogPosition>, Error> {
-        let row: Option<(i64, i64)> = sqlx::query_as(sql::LOG_END)
-            .bind(self.tenant.as_str())
+        let q = if self.tenant.is_every() {
+            sqlx::query_as(sql::LOG_END_EVERY)
+        } else {
+            sqlx::query_as(sql::LOG_END).bind(self.tenant.as_str())
+        };
+        let row: Option<(i64, i64)> = q
             .fetch_optional(&self.pool)
             .await
             .map_err(db("reading the end of the global log"))?;

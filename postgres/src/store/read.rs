@@ -26,6 +26,7 @@ impl PgEventStore {
         F: FnMut(PayloadRef<'_>) -> Result<(), Error> + Send,
     {
         limits::check_stream_id(stream_id)?;
+        self.tenant.require_one("a stream read")?;
         if range.is_empty() {
             return Ok(0);
         }

@@ -41,19 +41,25 @@ mod plan_tests {
             }
             "load_snapshot_and_events.sql" => Some(("('lead', 'big-a', 'default')", stream_index)),
             "read_log.sql" => Some(("('0', 0, 1000, 'default')", log_index)),
+            "read_log_every.sql" => Some(("('0', 0, 1000)", log_index)),
             _ => None,
         };
         let statements: Vec<_> = sql::ALL
             .iter()
             .filter(|(file, _)| file.starts_with("read_") || file.starts_with("load_"))
-            .filter(|(file, _)| !matches!(*file, "read_event.sql" | "load_snapshot.sql"))
+            .filter(|(file, _)| {
+                !matches!(
+                    *file,
+                    "read_event.sql" | "read_event_every.sql" | "load_snapshot.sql"
+                )
+            })
             .map(|(file, sql)| {
                 let (args, index) =
                     reads(file).unwrap_or_else(|| panic!("{file}: no plan check for this read"));
                 (*file, *sql, args, index)
             })
             .collect();
-        assert_eq!(statements.len(), 5, "every stream and log read is checked");
+        assert_eq!(statements.len(), 6, "every stream and log read is checked");
         for (name, sql, args, index) in statements {
             sqlx::raw_sql(AssertSqlSafe(format!("PREPARE plan_check AS {sql}")))
                 .execute(&mut *conn)

@@ -784,3 +784,53 @@ async fn a_forget_in_one_tenant_leaves_another_s_rows_byte_identical() {
         "b's rows are byte-identical"
     );
 }
+
+/// A runner on every tenant follows the whole log: each event reaches the
+/// projection with its own tenant, the checkpoint is one (under `*`), and
+/// later events of any tenant are applied by the next catch-up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_on_every_tenant_follows_the_whole_log() {
+    let db = TestDatabase::new().await;
+    sqlx::query("CREATE TABLE counts (tenant_id text PRIMARY KEY, n int NOT NULL)")
+        .execute(db.pool())
+        .await
+        .expect("read model table");
+    let store = db.store().await;
+    for (tenant, n) in [("clinic-a", 1), ("clinic-b", 2), ("clinic-c", 3)] {
+        let scoped = store.tenant(tenant).expect("tenant");
+        for i in 0..n {
+            append_one(&scoped, i).await.expect("append");
+        }
+    }
+    let runner = ProjectionRunner::new(
+        store.every_tenant(),
+        PgProjectionStore::new(db.pool().clone()),
+        Arc::new(Counter),
+    );
+    let counts = || async {
+        sqlx::query_as::<_, (String, i32)>("SELECT tenant_id, n FROM counts ORDER BY tenant_id")
+            .fetch_all(db.pool())
+            .await
+            .expect("counts")
+    };
+    assert_eq!(runner.catch_up().await.expect("catch up").events_applied, 6);
+    assert_eq!(
+        counts().await,
+        [
+            ("clinic-a".to_owned(), 1),
+            ("clinic-b".to_owned(), 2),
+            ("clinic-c".to_owned(), 3)
+        ]
+    );
+    let checkpoints: Vec<String> =
+        sqlx::query_scalar("SELECT tenant_id FROM annals_projection_checkpoints")
+            .fetch_all(db.pool())
+            .await
+            .expect("checkpoints");
+    assert_eq!(checkpoints, ["*"], "one checkpoint for every tenant");
+    append_one(&store.tenant("clinic-b").expect("tenant"), 9)
+        .await
+        .expect("append");
+    assert_eq!(runner.catch_up().await.expect("catch up").events_applied, 1);
+    assert_eq!(counts().await[1], ("clinic-b".to_owned(), 3));
+}
