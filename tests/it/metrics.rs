@@ -305,3 +305,45 @@ fn described_metrics_have_help_in_the_exposition() {
         );
     }
 }
+
+/// A health check's gauges carry its tenant, and the horizon's its server
+/// when it names one: per-tenant (and per-server) checks never overwrite
+/// each other's series.
+#[tokio::test]
+async fn health_gauges_carry_the_tenant_and_the_server() {
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+
+    let store = InMemoryEventStore::new();
+    let projections = InMemoryProjectionStore::new();
+    for tenant in ["clinic-a", "clinic-b"] {
+        annals::projection::HealthCheck::new(store.tenant(tenant).unwrap(), projections.clone())
+            .server("eu-1")
+            .expect("mailer")
+            .check_all()
+            .await
+            .unwrap();
+    }
+    let rendered = handle.render();
+    for tenant in ["clinic-a", "clinic-b"] {
+        assert_eq!(
+            sample(
+                &rendered,
+                "annals_horizon_events_held_back",
+                &format!("server=\"eu-1\",tenant=\"{tenant}\"")
+            )
+            .or_else(|| sample(
+                &rendered,
+                "annals_horizon_events_held_back",
+                &format!("tenant=\"{tenant}\",server=\"eu-1\"")
+            )),
+            Some(0.0),
+            "{rendered}"
+        );
+        assert!(
+            rendered.contains(&format!("projection=\"mailer\",tenant=\"{tenant}\"")),
+            "{rendered}"
+        );
+    }
+}

@@ -96,6 +96,8 @@ pub struct HealthCheck<S, B> {
     stale_after_for: BTreeMap<String, Duration>,
     horizon_stale_after: Duration,
     expected: BTreeSet<String>,
+    /// The server's name in the horizon's gauges and readiness reason.
+    server: Option<String>,
 }
 
 impl<S: EventStore, B: ProjectionStore> HealthCheck<S, B> {
@@ -113,6 +115,7 @@ impl<S: EventStore, B: ProjectionStore> HealthCheck<S, B> {
             stale_after_for: BTreeMap::new(),
             horizon_stale_after: Duration::from_secs(300),
             expected: BTreeSet::new(),
+            server: None,
         }
     }
 
@@ -126,6 +129,15 @@ impl<S: EventStore, B: ProjectionStore> HealthCheck<S, B> {
     pub fn stale_after_for(mut self, projection: &str, threshold: Duration) -> Self {
         self.stale_after_for
             .insert(projection.to_owned(), threshold);
+        self
+    }
+
+    /// Names the server the store is on (with a
+    /// [`TenantRouter`](crate::tenant::TenantRouter), a health check per
+    /// server and tenant): the horizon's gauges get a `server` label beside
+    /// `tenant`, and a stale horizon's readiness reason names the server.
+    pub fn server(mut self, name: impl Into<String>) -> Self {
+        self.server = Some(name.into());
         self
     }
 
@@ -230,8 +242,11 @@ impl<S: EventStore, B: ProjectionStore> HealthCheck<S, B> {
             projections.push(self.health_of(&name, checkpoint).await?);
         }
         let horizon = self.store.horizon().await?;
-        metrics::gauge!(m::HORIZON_LAG_SECONDS).set(horizon.lag_seconds);
-        metrics::gauge!(m::HORIZON_EVENTS_HELD_BACK).set(horizon.events_held_back as f64);
+        // the lag is the server's; the events held back are the tenant's
+        let mut labels = vec![("tenant", self.store.tenant_id().to_string())];
+        labels.extend(self.server.iter().map(|s| ("server", s.clone())));
+        metrics::gauge!(m::HORIZON_LAG_SECONDS, &labels).set(horizon.lag_seconds);
+        metrics::gauge!(m::HORIZON_EVENTS_HELD_BACK, &labels).set(horizon.events_held_back as f64);
         Ok(HealthReport {
             projections,
             horizon_stale: horizon_stale(&horizon, self.horizon_stale_after),
@@ -251,9 +266,15 @@ impl<S: EventStore, B: ProjectionStore> HealthCheck<S, B> {
                     .filter_map(|p| p.reason.clone())
                     .collect();
                 if report.horizon_stale {
+                    let whose = match &self.server {
+                        Some(server) => format!("server `{server}`'s"),
+                        None => "the event store's".to_owned(),
+                    };
                     reasons.push(format!(
-                        "the event store's horizon has been held back for {:.0} s by an open transaction ({} committed event(s) invisible to readers); find it in pg_stat_activity",
-                        report.horizon.lag_seconds, report.horizon.events_held_back
+                        "{whose} horizon has been held back for {:.0} s by an open transaction ({} committed event(s) of tenant `{}` invisible to readers); find it in pg_stat_activity",
+                        report.horizon.lag_seconds,
+                        report.horizon.events_held_back,
+                        self.store.tenant_id()
                     ));
                 }
                 Readiness {
