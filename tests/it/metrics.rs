@@ -318,12 +318,15 @@ async fn health_gauges_carry_the_tenant_and_the_server() {
     let store = InMemoryEventStore::new();
     let projections = InMemoryProjectionStore::new();
     for tenant in ["clinic-a", "clinic-b"] {
-        annals::projection::HealthCheck::new(store.tenant(tenant).unwrap(), projections.clone())
-            .server("eu-1")
-            .expect("mailer")
-            .check_all()
-            .await
-            .unwrap();
+        annals::projection::HealthCheck::new(
+            store.tenant(tenant).expect("a tenant"),
+            projections.clone(),
+        )
+        .server("eu-1")
+        .expect("mailer")
+        .check_all()
+        .await
+        .expect("a health check");
     }
     let rendered = handle.render();
     for tenant in ["clinic-a", "clinic-b"] {
