@@ -300,10 +300,7 @@ async fn server_at(url: &str, create: bool) -> Server {
         .expect("connect");
     if create {
         annals_postgres::migrate(&pool).await.expect("migrate");
-        sqlx::query("CREATE TABLE counts (tenant_id text PRIMARY KEY, n int NOT NULL)")
-            .execute(&pool)
-            .await
-            .expect("read model table");
+        counts_table(&pool).await;
     }
     Server {
         events: PgEventStore::builder(pool.clone())
@@ -323,6 +320,14 @@ fn router_of(one: Server, two: Server) -> TenantRouter<Server> {
         .place("clinic-pinned", "two")
         .build()
         .expect("router")
+}
+
+/// Creates the `counts` read model of [`Counter`].
+async fn counts_table(pool: &sqlx::PgPool) {
+    sqlx::query("CREATE TABLE counts (tenant_id text PRIMARY KEY, n int NOT NULL)")
+        .execute(pool)
+        .await
+        .expect("the counts table");
 }
 
 /// Appends one event to the tenant's `lead-1`, retrying what a restarted
@@ -520,10 +525,7 @@ async fn operations_on_one_tenant_leave_another_s_rows_byte_identical() {
     use annals_core::ProjectionStore as _;
 
     let db = TestDatabase::new().await;
-    sqlx::query("CREATE TABLE counts (tenant_id text PRIMARY KEY, n int NOT NULL)")
-        .execute(db.pool())
-        .await
-        .expect("read model table");
+    counts_table(db.pool()).await;
     let store = db.store().await;
     let projections = PgProjectionStore::new(db.pool().clone());
     let runner = |t: &str| {
@@ -746,10 +748,7 @@ async fn a_forget_in_one_tenant_leaves_another_s_rows_byte_identical() {
     use annals_core::testing::personal::registered;
 
     let db = TestDatabase::new().await;
-    sqlx::query("CREATE TABLE counts (tenant_id text PRIMARY KEY, n int NOT NULL)")
-        .execute(db.pool())
-        .await
-        .expect("the read model table rows_of reads");
+    counts_table(db.pool()).await;
     let keys =
         annals_postgres::PgSubjectKeys::new(db.pool().clone(), LocalKeyProvider::generate("kek-1"));
     let store = PersonalStore::new(db.store().await, keys);
@@ -791,10 +790,7 @@ async fn a_forget_in_one_tenant_leaves_another_s_rows_byte_identical() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_runner_on_every_tenant_follows_the_whole_log() {
     let db = TestDatabase::new().await;
-    sqlx::query("CREATE TABLE counts (tenant_id text PRIMARY KEY, n int NOT NULL)")
-        .execute(db.pool())
-        .await
-        .expect("read model table");
+    counts_table(db.pool()).await;
     let store = db.store().await;
     for (tenant, n) in [("clinic-a", 1), ("clinic-b", 2), ("clinic-c", 3)] {
         let scoped = store.tenant(tenant).expect("tenant");
